@@ -1,0 +1,41 @@
+# otb-fleet: the two commands are `make run` and `make test`.
+# Both bootstrap from nothing but python3: .venv, dependencies, and (unless DATABASE_URL /
+# REDIS_URL are set) an embedded PostgreSQL and Redis under var/.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+SERVICES := $(PY) scripts/devservices.py
+PYTEST_ARGS ?=
+
+.PHONY: run test bench lint services services-down clean-var
+
+$(STAMP): pyproject.toml agent/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,embedded]' -e ./agent
+	touch $(STAMP)
+
+services: $(STAMP)
+	$(SERVICES) up
+
+services-down: $(STAMP)
+	$(SERVICES) down
+
+run: $(STAMP)
+	$(PY) scripts/devrun.py
+
+test: $(STAMP)
+	$(SERVICES) exec -- $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(SERVICES) exec -- $(PY) bench/run.py $(if $(FULL),--full,)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+
+clean-var:
+	-$(SERVICES) down
+	rm -rf var
