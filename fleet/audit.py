@@ -1,0 +1,66 @@
+"""The audit log writer. Every service that changes state on behalf of a person, an operator, a box
+or the system calls ``audit_record`` inside its transaction, so the entry commits with the change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fleet.models import AuditLog, Box, Organization
+from fleet.request_context import current_request_id
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting: a user (person or staff), or a labelled non-person (``system``, ``box:SERIAL``,
+    ``server:NAME``, ``cli:import_boxes``). Built at the edge from the request."""
+
+    label: str
+    user: Any = None
+    source_ip: str | None = None
+
+    @classmethod
+    def system(cls, label: str = "system") -> Actor:
+        return cls(label=label)
+
+    @classmethod
+    def for_user(cls, user: Any, source_ip: str | None = None) -> Actor:
+        prefix = "staff" if getattr(user, "is_staff", False) else "user"
+        return cls(label=f"{prefix}:{user.get_username()}", user=user, source_ip=source_ip)
+
+    @classmethod
+    def from_request(cls, request: Any) -> Actor:
+        """The actor of an HTTP request: the user, or the box/server principal's label."""
+        user = getattr(request, "user", None)
+        source_ip = request.META.get("REMOTE_ADDR") if hasattr(request, "META") else None
+        if user is not None and hasattr(user, "get_username") and getattr(user, "is_authenticated", False):
+            return cls.for_user(user, source_ip)
+        return cls(label=str(user) if user is not None else "anonymous", source_ip=source_ip)
+
+
+def audit_record(
+    *,
+    actor: Actor,
+    action: str,
+    organization: Organization | None = None,
+    box: Box | None = None,
+    target: Any = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> AuditLog:
+    """Append one audit entry; call it inside the transaction of the change it records."""
+    if organization is None and box is not None:
+        organization = box.organization
+    return AuditLog.objects.create(
+        actor=actor.user,
+        actor_label=actor.label[:150],
+        organization=organization,
+        box=box,
+        action=action,
+        target_type=target.__class__.__name__.lower() if target is not None else "",
+        target_id=str(getattr(target, "pk", "") or "") if target is not None else "",
+        before=before,
+        after=after,
+        request_id=current_request_id(),
+        source_ip=actor.source_ip,
+    )
