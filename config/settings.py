@@ -94,6 +94,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "channels",
     "fleet",
+    "fleet.telemetry",
     "provisioning",
     "frontend",
 ]

@@ -1,0 +1,100 @@
+"""Live status of boxes and their WAN links, and the rollup progress watermark.
+
+The raw samples and rollups are natively partitioned PostgreSQL tables created by RunSQL migrations
+(``telemetry_box_sample``, ``telemetry_wan_sample``, ``telemetry_{box,wan}_rollup_{5m,1h}``); they are
+written with COPY / INSERT ... SELECT by ``fleet.telemetry.writer`` and ``fleet.telemetry.services``
+and read with SQL by ``fleet.telemetry.selectors``, so they have no Django model.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+from fleet.choices import WanKind
+
+
+class BoxStatus(models.Model):
+    """What the cloud knows about a box right now: one row per box.
+
+    ``last_seq`` is the telemetry acknowledgement watermark: every message with ``seq <= last_seq``
+    is committed in the sample tables (the writer moves it under a row lock in the same transaction
+    as the COPY). ``session_id`` names the box's current websocket session; only that session may
+    mark the box offline when it ends.
+    """
+
+    box = models.OneToOneField("fleet.Box", primary_key=True, on_delete=models.CASCADE, related_name="status")
+    online = models.BooleanField(default=False)
+    session_id = models.CharField(max_length=64, blank=True, default="")
+    connected_at = models.DateTimeField(null=True, blank=True)
+    disconnected_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    last_seq = models.BigIntegerField(default=0)
+    boot_id = models.CharField(max_length=64, blank=True, default="")
+    uptime_s = models.BigIntegerField(null=True, blank=True)
+    agent_version = models.CharField(max_length=32, blank=True, default="")
+    firmware_version = models.CharField(max_length=64, blank=True, default="")
+    tunnel_up = models.BooleanField(null=True, blank=True)
+    cpu_pct = models.FloatField(null=True, blank=True)
+    mem_pct = models.FloatField(null=True, blank=True)
+    load1 = models.FloatField(null=True, blank=True)
+    rx_bps = models.BigIntegerField(null=True, blank=True)
+    tx_bps = models.BigIntegerField(null=True, blank=True)
+    wans_up = models.IntegerField(default=0)
+    wans_total = models.IntegerField(default=0)
+    dropped_samples = models.BigIntegerField(default=0)
+    offline_since = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "box statuses"
+        indexes = [
+            models.Index(fields=["online", "last_seen_at"], name="boxstatus_online_seen_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.box_id} {'online' if self.online else 'offline'}"
+
+
+class WanStatus(models.Model):
+    """The latest reported state of one WAN link of a box; one row per (box, iface).
+
+    ``up_changed_at`` is the time of the last up/down transition; ``degraded_since`` is set while the
+    link is up but losing packets or slow (see ``fleet.telemetry.writer.is_degraded``).
+    """
+
+    box = models.ForeignKey("fleet.Box", on_delete=models.CASCADE, related_name="wan_statuses")
+    iface = models.CharField(max_length=32)
+    label = models.CharField(max_length=64, blank=True, default="")
+    kind = models.CharField(max_length=16, choices=WanKind.choices, default=WanKind.OTHER)
+    up = models.BooleanField(default=False)
+    rtt_ms = models.FloatField(null=True, blank=True)
+    jitter_ms = models.FloatField(null=True, blank=True)
+    loss_pct = models.FloatField(null=True, blank=True)
+    rx_bps = models.BigIntegerField(default=0)
+    tx_bps = models.BigIntegerField(default=0)
+    public_ip = models.GenericIPAddressField(null=True, blank=True)
+    subflows = models.IntegerField(default=0)
+    up_changed_at = models.DateTimeField()
+    degraded_since = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["box", "iface"]
+        constraints = [
+            models.UniqueConstraint(fields=["box", "iface"], name="wanstatus_unique_box_iface"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.box_id}/{self.iface} {'up' if self.up else 'down'}"
+
+
+class RollupWatermark(models.Model):
+    """How far a rollup has aggregated: every bucket starting before ``through`` is rolled up
+    (re-rolled within the lookback window on each run, so late samples are still counted)."""
+
+    name = models.CharField(max_length=32, primary_key=True)
+    through = models.DateTimeField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} through {self.through:%Y-%m-%d %H:%M}"
