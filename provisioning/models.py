@@ -12,10 +12,10 @@ import uuid
 
 from django.contrib.postgres.constraints import ExclusionConstraint
 from django.contrib.postgres.fields import RangeOperators
+from django.contrib.postgres.indexes import OpClass
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import F, Q
-from django.contrib.postgres.indexes import OpClass
 
 from provisioning.choices import AssignmentState, PoolPurpose, ServerStatus, TunnelKind
 from provisioning.fields import CidrField
@@ -52,6 +52,9 @@ class AggregationServer(models.Model):
     tunnel_port_max = models.PositiveIntegerField(default=52819)
     capacity = models.PositiveIntegerField()
     assigned_boxes = models.PositiveIntegerField(default=0)
+    # Lowest tunnel port that may be free: every port below it is taken. Raised on allocation and
+    # lowered when a port is freed, so the gap search starts here instead of scanning every box.
+    free_port_hint = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=16, choices=ServerStatus.choices, default=ServerStatus.ACTIVE)
     wg_public_key = models.CharField(max_length=64, blank=True, default="")
     token_prefix = models.CharField(max_length=16, blank=True, default="")
@@ -98,6 +101,9 @@ class AddressPool(models.Model):
     cidr = CidrField()
     purpose = models.CharField(max_length=16, choices=PoolPurpose.choices)
     prefix_length = models.PositiveSmallIntegerField()
+    # Lowest index that may be free: every index below it is taken (active or quarantined). Raised on
+    # allocation and lowered when quarantined rows are deleted, so the gap search starts here.
+    free_index_hint = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -156,7 +162,9 @@ class AddressAssignment(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     pool = models.ForeignKey(AddressPool, on_delete=models.PROTECT, related_name="assignments")
-    box = models.ForeignKey("fleet.Box", null=True, blank=True, on_delete=models.PROTECT, related_name="addresses")
+    box = models.ForeignKey(
+        "fleet.Box", null=True, blank=True, on_delete=models.PROTECT, related_name="addresses"
+    )
     purpose = models.CharField(max_length=16, choices=PoolPurpose.choices)
     index = models.PositiveIntegerField()
     prefix = CidrField()
@@ -210,6 +218,11 @@ class TunnelCredential(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["box", "kind"], condition=Q(revoked_at__isnull=True), name="tunnel_credential_one_live"
+                fields=["box", "kind"],
+                condition=Q(revoked_at__isnull=True),
+                name="tunnel_credential_one_live",
             ),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} ({'revoked' if self.revoked_at else 'live'})"
