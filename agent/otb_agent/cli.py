@@ -1,0 +1,400 @@
+"""Command line: ``otb-agent enroll | run | status | simulate``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+from . import __version__
+from .util import (
+    CREDENTIALS_FILE,
+    DB_FILE,
+    PRIVATE_KEY_FILE,
+    PUBLIC_KEY_FILE,
+    STATUS_FILE,
+    Logger,
+    default_state_dir,
+    ensure_dir,
+    read_json,
+    read_text,
+    write_file_atomic,
+    write_json,
+)
+
+EXIT_USAGE = 2
+EXIT_ENROLL_REJECTED = 4
+
+
+class EnrollError(Exception):
+    pass
+
+
+def _local_mac() -> Optional[str]:
+    for dev in ("eth0", "eth1", "br-lan", "wan"):
+        text = read_text(f"/sys/class/net/{dev}/address")
+        if text and text.strip() and text.strip() != "00:00:00:00:00:00":
+            return text.strip()
+    return None
+
+
+def _local_model() -> Optional[str]:
+    text = read_text("/tmp/sysinfo/model")  # noqa: S108 - OpenWrt board info
+    return text.strip()[:64] if text and text.strip() else None
+
+
+def load_or_create_keys(state_dir: str, new_key: bool = False) -> "tuple[str, str]":
+    from . import x25519
+
+    priv_path = os.path.join(state_dir, PRIVATE_KEY_FILE)
+    pub_path = os.path.join(state_dir, PUBLIC_KEY_FILE)
+    existing = None if new_key else read_text(priv_path)
+    if existing and existing.strip():
+        priv = existing.strip()
+        pub = x25519.b64(x25519.public_key(x25519.from_b64(priv)))
+    else:
+        priv, pub = x25519.generate_keypair_b64()
+        write_file_atomic(priv_path, priv + "\n", 0o600)
+    write_file_atomic(pub_path, pub + "\n", 0o600)
+    return priv, pub
+
+
+def enroll_box(
+    server: str,
+    serial: str,
+    state_dir: str,
+    *,
+    secret: Optional[str] = None,
+    enrollment_token: Optional[str] = None,
+    model: Optional[str] = None,
+    mac: Optional[str] = None,
+    new_key: bool = False,
+    max_attempts: int = 6,
+    log: Optional[Logger] = None,
+) -> Dict[str, Any]:
+    """Enroll (blocking): keys + POST /enroll (retrying 429) + credentials.json (0600)."""
+    from . import httpapi
+
+    ensure_dir(state_dir, 0o700)
+    _, pub = load_or_create_keys(state_dir, new_key=new_key)
+    body: Dict[str, Any] = {"serial": serial, "wg_public_key": pub, "agent_version": __version__}
+    if secret is not None:
+        body["factory_secret"] = secret
+    elif enrollment_token is not None:
+        body["enrollment_token"] = enrollment_token
+    else:
+        raise EnrollError("need a factory secret or an enrollment token")
+    if model:
+        body["model"] = model
+    if mac:
+        body["mac"] = mac
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            resp = httpapi.enroll(server, body)
+            break
+        except httpapi.HttpError as e:
+            if e.status == 429 and attempt < max_attempts:
+                wait = min(120.0, e.retry_after if e.retry_after is not None else 2.0**attempt)
+                if log:
+                    log.warning("enroll_rate_limited", serial=serial, retry_after_s=wait)
+                time.sleep(wait)
+                continue
+            detail = f"{e.code}: {e.message}"
+            if e.fields:
+                detail += " " + json.dumps(e.fields)
+            raise EnrollError(f"enrollment rejected (HTTP {e.status}) {detail}") from None
+        except (ConnectionError, OSError) as e:
+            if attempt < max_attempts:
+                time.sleep(min(30.0, 2.0**attempt))
+                continue
+            raise EnrollError(f"cannot reach {server}: {e}") from None
+    token = resp.get("agent_token") if isinstance(resp, dict) else None
+    if not token:
+        raise EnrollError("server response has no agent_token")
+    creds = {
+        "server": server.rstrip("/"),
+        "serial": resp.get("serial") or serial,
+        "box_id": resp.get("box_id"),
+        "agent_token": token,
+        "enrolled_at": time.time(),
+    }
+    write_json(os.path.join(state_dir, CREDENTIALS_FILE), creds, mode=0o600)
+    return creds
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    log = Logger(level=args.log_level)
+    try:
+        creds = enroll_box(
+            args.server,
+            args.serial,
+            args.state_dir,
+            secret=args.secret,
+            enrollment_token=args.enrollment_token,
+            model=args.model or _local_model(),
+            mac=args.mac or _local_mac(),
+            new_key=args.new_key,
+            log=log,
+        )
+    except EnrollError as e:
+        print(f"otb-agent: {e}", file=sys.stderr)
+        return EXIT_ENROLL_REJECTED
+    print(f"enrolled {creds['serial']} as box {creds['box_id']}; credentials in {args.state_dir}")
+    return 0
+
+
+def _build_collector(args: argparse.Namespace, server: str) -> Any:
+    from .collectors import make_collector, parse_wan_arg
+    from .collectors.probe import DEFAULT_COMMAND, PingProbe
+
+    name = args.collector or ("openwrt" if os.path.exists("/etc/openwrt_release") else "linux")
+    probe = None
+    if name != "simulated" and not args.no_probe:
+        from .commands import server_host_port
+
+        target = args.probe_target or server_host_port(server)[0]
+        probe = PingProbe(target, command=args.probe_command or DEFAULT_COMMAND, count=args.probe_count)
+    wans = [parse_wan_arg(w) for w in args.wan or []]
+    return make_collector(
+        name, serial=args.serial_hint, wans=wans, probe=probe, tunnel_iface=args.tunnel_iface
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .agent import EXIT_UNAUTHORIZED, Agent
+    from .backoff import Backoff
+    from .store import SqliteStore
+    from .util import CONFIG_FILE, Status
+
+    state_dir = args.state_dir
+    creds = read_json(os.path.join(state_dir, CREDENTIALS_FILE))
+    if not creds or not creds.get("agent_token"):
+        print(
+            f"otb-agent: not enrolled (no {CREDENTIALS_FILE} in {state_dir}); run 'otb-agent enroll'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    log = Logger(level=args.log_level, serial=creds.get("serial"))
+    server = args.server or creds["server"]
+    args.serial_hint = creds.get("serial")
+    collector = _build_collector(args, server)
+    saved = read_json(os.path.join(state_dir, CONFIG_FILE))
+    if isinstance(saved, dict):
+        collector.configure(saved)
+    store = SqliteStore(os.path.join(state_dir, DB_FILE), cap=args.buffer_cap)
+    status = Status(os.path.join(state_dir, STATUS_FILE))
+    agent = Agent(
+        server=server,
+        token=creds["agent_token"],
+        serial=creds.get("serial") or "",
+        collector=collector,
+        store=store,
+        log=log,
+        status=status,
+        state_dir=state_dir,
+        apply_hook=args.apply_hook,
+        backoff=Backoff(base=args.backoff_base, cap=args.backoff_cap),
+        telemetry_interval=args.telemetry_interval,
+        simulated=collector.name == "simulated",
+        reboot_command=args.reboot_command,
+        restart_command=args.restart_command,
+    )
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, agent.stop)
+        log.info(
+            "agent_start", version=__version__, server=server, collector=collector.name, state_dir=state_dir
+        )
+        return await agent.run()
+
+    try:
+        rc = asyncio.run(main())
+    finally:
+        store.close()
+    if rc == EXIT_UNAUTHORIZED:
+        print(
+            "otb-agent: the server rejected the agent token (revoked or unknown). The agent stopped; "
+            "re-enroll this box with 'otb-agent enroll'.",
+            file=sys.stderr,
+        )
+    return rc
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = read_json(os.path.join(args.state_dir, STATUS_FILE))
+    creds = read_json(os.path.join(args.state_dir, CREDENTIALS_FILE)) or {}
+    if args.json:
+        print(json.dumps(st or {}, indent=2, sort_keys=True))
+        return 0 if st else 1
+    if not st:
+        enrolled = "enrolled" if creds.get("agent_token") else "not enrolled"
+        print(f"no status yet in {args.state_dir} ({enrolled}; is the agent running?)")
+        return 1
+    state = st.get("state")
+    if state != "stopped" and not _pid_alive(st.get("pid")):
+        state = f"{state} (agent process {st.get('pid')} not running)"
+    lines = [
+        f"box:             {creds.get('serial', '?')} ({creds.get('box_id', '?')})",
+        f"server:          {creds.get('server', '?')}",
+        f"state:           {state}",
+        f"session:         {st.get('session_id') or '-'}",
+        f"buffer depth:    {st.get('buffer_depth', 0)} messages",
+        f"last acked seq:  {st.get('last_acked_seq', 0)}",
+        f"dropped samples: {st.get('dropped_total', 0)} (total)",
+        f"applied config:  {st.get('applied_config_hash') or '-'}",
+    ]
+    if st.get("updated_at"):
+        lines.append(
+            f"updated:         {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(st['updated_at']))}"
+        )
+    errs: List[Dict[str, Any]] = st.get("last_errors") or []
+    lines.append(f"last errors:     {'none' if not errs else ''}")
+    for e in errs[-5:]:
+        ts = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("ts", 0)))
+        lines.append(f"  {ts} {e.get('event')}: {e.get('message')}")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import run_simulation
+
+    return run_simulation(args)
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="otb-agent", description="OTB box agent")
+    p.add_argument("--version", action="version", version=f"otb-agent {__version__}")
+    sub = p.add_subparsers(dest="command")
+    sub.required = True
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--state-dir",
+            default=default_state_dir(),
+            help="state directory (default $OTB_AGENT_STATE_DIR or /var/lib/otb-agent)",
+        )
+        sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    e = sub.add_parser("enroll", help="enroll this box and store its credentials")
+    common(e)
+    e.add_argument("--server", required=True, help="server base URL, e.g. https://fleet.example.com")
+    e.add_argument("--serial", required=True)
+    g = e.add_mutually_exclusive_group(required=True)
+    g.add_argument("--secret", help="factory secret")
+    g.add_argument("--enrollment-token", help="enrollment token")
+    e.add_argument("--model")
+    e.add_argument("--mac")
+    e.add_argument("--new-key", action="store_true", help="generate a new WireGuard key pair")
+    e.set_defaults(func=cmd_enroll)
+
+    r = sub.add_parser("run", help="hold the session with the server")
+    common(r)
+    r.add_argument("--server", help="override the server URL from credentials.json")
+    r.add_argument("--collector", choices=["linux", "openwrt", "simulated"])
+    r.add_argument("--apply-hook", help="script run with the config.json path after each config change")
+    r.add_argument("--probe-target", help="host pinged through each WAN (default: the server host)")
+    r.add_argument(
+        "--probe-command", help="probe command template, default 'ping -c {count} -W 1 -I {iface} {target}'"
+    )
+    r.add_argument("--probe-count", type=int, default=3)
+    r.add_argument("--no-probe", action="store_true", help="do not probe WAN latency")
+    r.add_argument(
+        "--wan",
+        action="append",
+        metavar="IFACE[:KIND[:LABEL]]",
+        help="WAN interface (repeatable; default: from the applied config)",
+    )
+    r.add_argument("--tunnel-iface", help="tunnel interface for aggregate throughput (default from config)")
+    r.add_argument("--buffer-cap", type=int, default=10_000, help="max queued telemetry messages")
+    r.add_argument("--telemetry-interval", type=float, help="override the server's telemetry interval (s)")
+    r.add_argument("--backoff-base", type=float, default=1.0)
+    r.add_argument("--backoff-cap", type=float, default=60.0)
+    r.add_argument("--reboot-command", default="reboot")
+    r.add_argument("--restart-command", default="/etc/init.d/network restart")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("status", help="show the agent session state")
+    s.add_argument("--state-dir", default=default_state_dir())
+    s.add_argument("--json", action="store_true", help="print status.json as is")
+    s.set_defaults(func=cmd_status)
+
+    m = sub.add_parser("simulate", help="run N simulated boxes in one process")
+    common(m)
+    m.set_defaults(log_level="warning")
+    m.add_argument(
+        "--boxes", type=int, help="number of boxes (default: all rows of --boxes-csv/--credentials-file)"
+    )
+    m.add_argument("--server", required=True)
+    src = m.add_mutually_exclusive_group(required=True)
+    src.add_argument("--enrollment-token", help="enroll SIM-00001.. with this token")
+    src.add_argument("--boxes-csv", help="CSV with a header containing serial,factory_secret")
+    src.add_argument("--credentials-file", help="JSON lines {serial, agent_token} (already enrolled)")
+    m.add_argument("--serial-prefix", default="SIM")
+    m.add_argument("--interval", type=float, help="telemetry interval override (s)")
+    m.add_argument(
+        "--fail-fraction",
+        type=float,
+        default=0.0,
+        help="fraction of flaky boxes (links fail 8x more often, connections drop at random)",
+    )
+    m.add_argument(
+        "--memory-buffer", action="store_true", help="in-memory telemetry buffer instead of SQLite"
+    )
+    m.add_argument("--buffer-cap", type=int, default=1000)
+    m.add_argument("--concurrency", type=int, default=200, help="max websocket handshakes in flight")
+    m.add_argument("--enroll-concurrency", type=int, default=16)
+    m.add_argument("--ramp", type=float, help="spread the first connections over this many seconds")
+    m.add_argument("--no-config", action="store_true", help="do not fetch/apply configs")
+    m.add_argument("--progress-interval", type=float, default=5.0)
+    m.add_argument("--duration", type=float, help="stop after this many seconds")
+    m.set_defaults(func=cmd_simulate)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (
+        args.command == "simulate"
+        and args.state_dir == default_state_dir()
+        and "--state-dir" not in (argv or sys.argv)
+    ):
+        args.state_dir = os.path.join(os.getcwd(), "sim-state")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

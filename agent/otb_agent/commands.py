@@ -1,0 +1,111 @@
+"""Remote command implementations (blocking helpers run in a thread by the agent)."""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import subprocess
+import time
+from typing import Any, Dict, List, Optional, Sequence
+from urllib.parse import urlsplit
+
+MAX_OUTPUT_CHARS = 4000
+DEFAULT_SPEEDTEST_BYTES = 10_000_000
+MAX_SPEEDTEST_BYTES = 100_000_000
+
+
+def _clip(text: str, limit: int = MAX_OUTPUT_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: limit - 40] + f"\n...[{len(text) - limit + 40} chars truncated]"
+
+
+def run_command(argv: Sequence[str], timeout: float = 120.0) -> Dict[str, Any]:
+    """Run argv; never raises for a missing tool or timeout (reported in the result)."""
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        return {
+            "ok": False,
+            "output": "",
+            "error": f"{argv[0]}: not found",
+            "duration_s": 0.0,
+            "missing": True,
+        }
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "output": "", "error": f"timed out after {timeout:g}s", "duration_s": timeout}
+    except OSError as e:
+        return {"ok": False, "output": "", "error": str(e), "duration_s": round(time.monotonic() - t0, 3)}
+    err = (p.stderr or "").strip()
+    return {
+        "ok": p.returncode == 0,
+        "output": _clip(p.stdout or ""),
+        "error": None if p.returncode == 0 else _clip(err or f"exit status {p.returncode}", 1000),
+        "duration_s": round(time.monotonic() - t0, 3),
+    }
+
+
+def split_command(cmd: str) -> List[str]:
+    return shlex.split(cmd)
+
+
+def server_host_port(server: str) -> "tuple[str, int]":
+    u = urlsplit(server)
+    port = u.port or (443 if u.scheme in ("https", "wss") else 80)
+    return u.hostname or "", port
+
+
+def check_dns(host: str) -> Dict[str, Any]:
+    t0 = time.monotonic()
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        addrs = sorted({str(i[4][0]) for i in infos})
+        return {
+            "ok": True,
+            "output": ", ".join(addrs),
+            "error": None,
+            "duration_s": round(time.monotonic() - t0, 3),
+        }
+    except OSError as e:
+        return {"ok": False, "output": "", "error": str(e), "duration_s": round(time.monotonic() - t0, 3)}
+
+
+def check_tcp(host: str, port: int, timeout: float = 5.0) -> Dict[str, Any]:
+    t0 = time.monotonic()
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            peer = s.getpeername()
+        dt = round(time.monotonic() - t0, 3)
+        return {
+            "ok": True,
+            "output": f"connected to {peer[0]}:{peer[1]} in {dt * 1000:.1f} ms",
+            "error": None,
+            "duration_s": dt,
+        }
+    except OSError as e:
+        return {"ok": False, "output": "", "error": str(e), "duration_s": round(time.monotonic() - t0, 3)}
+
+
+DIAGNOSTIC_CHECKS = ("interfaces", "routes", "dns", "tcp_connect", "mptcp_endpoints")
+
+
+def diagnostics(server: str, progress: Optional[Any] = None) -> Dict[str, Any]:
+    """Run the fixed diagnostics checks; each check -> {ok, output, error, duration_s}."""
+    host, port = server_host_port(server)
+    steps = [
+        ("interfaces", lambda: run_command(["ip", "-j", "addr"], timeout=15)),
+        ("routes", lambda: run_command(["ip", "route"], timeout=15)),
+        ("dns", lambda: check_dns(host)),
+        ("tcp_connect", lambda: check_tcp(host, port)),
+        ("mptcp_endpoints", lambda: run_command(["ip", "mptcp", "endpoint", "show"], timeout=15)),
+    ]
+    checks: Dict[str, Any] = {}
+    for i, (name, fn) in enumerate(steps):
+        try:
+            checks[name] = fn()
+        except Exception as e:  # a broken check must not kill the others
+            checks[name] = {"ok": False, "output": "", "error": repr(e), "duration_s": 0.0}
+        if progress is not None:
+            progress(int((i + 1) * 100 / len(steps)), f"{name} done")
+    return {"checks": checks, "server": {"host": host, "port": port}}

@@ -1,0 +1,276 @@
+"""Agent session against the fake websocket server (no database)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import time
+import uuid
+
+from otb_agent.agent import EXIT_UNAUTHORIZED, Agent
+from otb_agent.backoff import Backoff
+from otb_agent.collectors import Collector
+from otb_agent.store import MemoryStore, SqliteStore
+from otb_agent.util import Status
+
+
+class StubCollector(Collector):
+    name = "stub"
+
+    def __init__(self) -> None:
+        self.configured: list = []
+        self.n = 0
+
+    def collect(self):
+        self.n += 1
+        return {
+            "ts": time.time(),
+            "cpu_pct": 1.0,
+            "mem_pct": 2.0,
+            "load1": 0.1,
+            "uptime_s": 100 + self.n,
+            "tunnel_up": True,
+            "conntrack": 5,
+            "rx_bps": 10,
+            "tx_bps": 20,
+            "wans": [],
+        }
+
+    def configure(self, config):
+        self.configured.append(config)
+
+    def boot_id(self):
+        return "boot-1"
+
+    def uptime_s(self):
+        return 100
+
+
+def make_agent(fake_http, ws, tmp_path, token, **kw):
+    store = kw.pop("store", None) or SqliteStore(str(tmp_path / "agent.db"))
+    return Agent(
+        server=fake_http.url,
+        ws_url=ws.url,
+        token=token,
+        serial="BOX1",
+        collector=kw.pop("collector", None) or StubCollector(),
+        store=store,
+        state_dir=str(tmp_path),
+        status=Status(str(tmp_path / "status.json")),
+        backoff=Backoff(base=0.05, cap=0.2, rng=__import__("random").Random(1)),
+        telemetry_interval=kw.pop("telemetry_interval", 0.1),
+        ping_interval=None,
+        **kw,
+    )
+
+
+async def wait_for(pred, timeout=10.0):
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def token_for(fake_http, serial="BOX1"):
+    tok = "otba_" + uuid.uuid4().hex
+    fake_http.tokens[tok] = serial
+    return tok
+
+
+async def test_session_hello_welcome_telemetry_config(fleet, tmp_path):
+    fake_http, ws = fleet
+    token = token_for(fake_http)
+    agent = make_agent(fake_http, ws, tmp_path, token)
+    task = asyncio.create_task(agent.run())
+    try:
+        await wait_for(lambda: len(ws.stored.get("BOX1", [])) >= 5)
+        hello = ws.hellos[0]
+        assert hello["v"] == 1 and hello["boot_id"] == "boot-1" and hello["applied_config_hash"] is None
+        seqs = ws.stored["BOX1"]
+        assert seqs == list(range(1, len(seqs) + 1))
+        # config fetched and applied at start (desired hash != applied)
+        h1 = fake_http.config["config_hash"]
+        await wait_for(lambda: fake_http.applied)
+        assert fake_http.applied[0] == {"config_hash": h1, "error": None}
+        saved = json.loads((tmp_path / "config.json").read_text())
+        assert saved["config_hash"] == h1
+        assert stat.S_IMODE(os.stat(tmp_path / "config.json").st_mode) == 0o600
+        assert agent.applied_hash == h1
+
+        # new config -> config_changed -> fetch with If-None-Match of the old hash -> 200
+        h2 = fake_http.set_config({"wan_policy": {"mode": "failover", "interfaces": []}})
+        await ws.send("BOX1", {"type": "config_changed", "desired_config_hash": h2})
+        await wait_for(lambda: agent.applied_hash == h2)
+        req = fake_http.config_requests()[-1]
+        assert req["headers"].get("If-None-Match") == f'"{h1}"'
+        assert fake_http.applied[-1] == {"config_hash": h2, "error": None}
+
+        # config_changed for a hash we cannot get newer than ours -> 304, nothing re-applied
+        n_applied = len(fake_http.applied)
+        await ws.send("BOX1", {"type": "config_changed", "desired_config_hash": "f" * 32})
+        await wait_for(lambda: fake_http.config_requests()[-1]["headers"].get("If-None-Match") == f'"{h2}"')
+        await asyncio.sleep(0.2)
+        assert len(fake_http.applied) == n_applied
+
+        # the buffer drains as acks arrive
+        await wait_for(lambda: agent.store.depth() <= 2)
+        status = json.loads((tmp_path / "status.json").read_text())
+        assert status["state"] == "connected"
+        assert ws.invalid == []
+    finally:
+        agent.stop()
+        assert await asyncio.wait_for(task, 5) == 0
+    assert json.loads((tmp_path / "status.json").read_text())["state"] == "stopped"
+
+
+async def test_apply_hook_failure_reported(fleet, tmp_path):
+    fake_http, ws = fleet
+    hook = tmp_path / "hook.sh"
+    hook.write_text("#!/bin/sh\necho applying $1\necho 'uci: invalid option' >&2\nexit 3\n")
+    hook.chmod(0o755)
+    agent = make_agent(fake_http, ws, tmp_path, token_for(fake_http), apply_hook=str(hook))
+    task = asyncio.create_task(agent.run())
+    try:
+        await wait_for(lambda: fake_http.applied)
+        rep = fake_http.applied[0]
+        assert rep["config_hash"] == fake_http.config["config_hash"]
+        assert "exited with 3" in rep["error"] and "uci: invalid option" in rep["error"]
+        assert agent.applied_hash is None
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_command_runs_once_even_if_delivered_twice(fleet, tmp_path):
+    fake_http, ws = fleet
+    counter = tmp_path / "count"
+    script = tmp_path / "restart.sh"
+    script.write_text(f"#!/bin/sh\necho x >> {counter}\necho restarted\n")
+    script.chmod(0o755)
+    cid = str(uuid.uuid4())
+    cmd = {"type": "command", "id": cid, "kind": "restart_services", "params": {}, "expires_at": time.time() + 60}
+    agent = make_agent(fake_http, ws, tmp_path, token_for(fake_http), restart_command=str(script))
+    task = asyncio.create_task(agent.run())
+    try:
+        await wait_for(lambda: "BOX1" in ws.conns and ws.hellos)
+        await ws.send("BOX1", cmd)
+        await wait_for(lambda: len(ws.results) == 1)
+        assert ws.results[0]["ok"] is True and "restarted" in ws.results[0]["output"]["output"]
+        await ws.send("BOX1", cmd)  # duplicate delivery
+        await wait_for(lambda: len(ws.results) == 2)
+        assert ws.results[1] == ws.results[0]
+        # and again through welcome.pending_commands after a reconnect (4002)
+        ws.pending_commands = [{k: v for k, v in cmd.items() if k != "type"}]
+        await ws.close("BOX1", 4002, "replaced")
+        await wait_for(lambda: len(ws.results) == 3)
+        assert counter.read_text().count("x") == 1
+        # unsupported / expired commands
+        fw = {**cmd, "id": str(uuid.uuid4()), "kind": "firmware_upgrade"}
+        await ws.send("BOX1", fw)
+        old = {**cmd, "id": str(uuid.uuid4()), "expires_at": time.time() - 5}
+        await ws.send("BOX1", old)
+        await wait_for(lambda: len(ws.results) == 5)
+        by_id = {r["id"]: r for r in ws.results}
+        assert by_id[fw["id"]]["ok"] is False and by_id[fw["id"]]["error"] == "unsupported"
+        assert by_id[old["id"]]["error"] == "expired"
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_command_dedupe_survives_restart(fleet, tmp_path):
+    fake_http, ws = fleet
+    token = token_for(fake_http)
+    cid = str(uuid.uuid4())
+    ws.pending_commands = [{"id": cid, "kind": "refresh_config", "params": {}, "expires_at": time.time() + 60}]
+    agent = make_agent(fake_http, ws, tmp_path, token)
+    task = asyncio.create_task(agent.run())
+    await wait_for(lambda: len(ws.results) == 1)
+    agent.stop()
+    await asyncio.wait_for(task, 5)
+    agent.store.close()
+    first = ws.results[0]
+    assert first["ok"] is True and first["output"]["config_hash"] == fake_http.config["config_hash"]
+    n_config = len(fake_http.config_requests())
+    agent2 = make_agent(fake_http, ws, tmp_path, token)
+    task2 = asyncio.create_task(agent2.run())
+    try:
+        await wait_for(lambda: len(ws.results) == 2)
+        assert ws.results[1] == first
+        assert len(fake_http.config_requests()) == n_config  # not run again; config already applied
+    finally:
+        agent2.stop()
+        await asyncio.wait_for(task2, 5)
+
+
+async def test_reconnect_after_4002_resends_unacked(fleet, tmp_path):
+    fake_http, ws = fleet
+    ws.drop_acks = True
+    agent = make_agent(fake_http, ws, tmp_path, token_for(fake_http))
+    task = asyncio.create_task(agent.run())
+    try:
+        await wait_for(lambda: len(ws.stored.get("BOX1", [])) >= 4)
+        assert agent.store.depth() >= 4  # nothing acked yet
+        ws.drop_acks = False
+        await ws.close("BOX1", 4002, "replaced")
+        await wait_for(lambda: ws.sessions >= 2 and agent.welcomed)
+        # after welcome (last_acked_seq = highest stored) the stored seqs were dropped from the buffer
+        await wait_for(lambda: agent.store.depth() <= 2)
+        seqs = ws.stored["BOX1"]
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert agent.backoff.attempt <= 1
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_unauthorized_4001_stops(fleet, tmp_path):
+    fake_http, ws = fleet
+    token = token_for(fake_http)
+    ws.revoked.add(token)
+    agent = make_agent(fake_http, ws, tmp_path, token)
+    t0 = time.monotonic()
+    rc = await asyncio.wait_for(agent.run(), 10)
+    assert rc == EXIT_UNAUTHORIZED
+    assert time.monotonic() - t0 < 5
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "stopped"
+    assert any(e["event"] == "unauthorized" for e in status["last_errors"])
+
+
+async def test_rate_limited_4029_honours_retry_after(fleet, tmp_path):
+    fake_http, ws = fleet
+    agent = make_agent(fake_http, ws, tmp_path, token_for(fake_http), store=MemoryStore())
+    task = asyncio.create_task(agent.run())
+    try:
+        await wait_for(lambda: "BOX1" in ws.conns and agent.welcomed)
+        await ws.send("BOX1", {"type": "error", "code": "rate_limited", "message": "shedding", "retry_after_s": 0.7})
+        await ws.close("BOX1", 4029, "rate limited")
+        t0 = time.monotonic()
+        await wait_for(lambda: ws.sessions >= 2)
+        assert time.monotonic() - t0 >= 0.6
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_buffering_while_server_down(fake_http, tmp_path):
+    from fakefleet import FakeWS
+
+    ws = FakeWS(fake_http)
+    await ws.start()
+    url = ws.url
+    await ws.stop()  # server down: the agent keeps collecting into the buffer
+    agent = make_agent(fake_http, ws, tmp_path, token_for(fake_http))
+    agent.ws_url = url
+    task = asyncio.create_task(agent.run())
+    try:
+        await wait_for(lambda: agent.store.depth() >= 5)
+        assert json.loads((tmp_path / "status.json").read_text())["state"] in ("backoff", "connecting")
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 5)
+    assert agent.store.depth() >= 5
