@@ -13,6 +13,12 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 app.conf.beat_schedule = {
+    "commands-expire": {"task": "fleet.commands.tasks.commands_expire_task", "schedule": 60.0},
+    "alerts-evaluate": {"task": "fleet.monitoring.tasks.alerts_evaluate_task", "schedule": 30.0},
+    "notifications-requeue-stale": {
+        "task": "fleet.monitoring.tasks.notifications_requeue_stale_task",
+        "schedule": 600.0,
+    },
     "addresses-release-quarantine": {
         "task": "provisioning.tasks.addresses_release_quarantined_task",
         "schedule": 300.0,

@@ -95,6 +95,8 @@ INSTALLED_APPS = [
     "channels",
     "fleet",
     "fleet.telemetry",
+    "fleet.commands",
+    "fleet.monitoring",
     "provisioning",
     "frontend",
 ]
@@ -269,6 +271,10 @@ OTB = {
     "RAW_RETENTION_DAYS": env_int("OTB_RAW_RETENTION_DAYS", 7),
     "ROLLUP_5M_RETENTION_DAYS": env_int("OTB_ROLLUP_5M_RETENTION_DAYS", 90),
     "ROLLUP_1H_RETENTION_DAYS": env_int("OTB_ROLLUP_1H_RETENTION_DAYS", 730),
+    # Alert notifications (fleet/monitoring): first retry delay, doubled per attempt; whether webhooks
+    # may target private/loopback addresses (never in production: customers must not probe our network).
+    "NOTIFY_RETRY_BASE_S": env_int("OTB_NOTIFY_RETRY_BASE_S", 30),
+    "WEBHOOK_ALLOW_PRIVATE": env_bool("OTB_WEBHOOK_ALLOW_PRIVATE", not PRODUCTION),
 }
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")

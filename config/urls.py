@@ -11,5 +11,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("fleet.urls")),
     path("api/v1/", include("provisioning.urls")),
+    path("api/v1/", include("fleet.commands.urls")),
+    path("api/v1/", include("fleet.monitoring.urls")),
     path("", include("frontend.urls")),
 ]

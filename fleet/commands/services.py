@@ -1,0 +1,358 @@
+"""Writes for box commands. Every state change goes through ``command_transition``.
+
+The agent session (fleet/consumers.py) calls ``commands_pending_for_box`` on hello and on a
+``doorbell_command`` group message, and ``command_progress`` / ``command_complete`` for the agent's
+reports. Reports for a finished command (a duplicate after a reconnect, or a late result for an
+expired or cancelled command) are ignored and logged, never an error for the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from django.db import transaction
+from django.utils import timezone
+
+from fleet.access import require_role
+from fleet.audit import Actor, audit_record
+from fleet.choices import BoxState, Role
+from fleet.commands.choices import (
+    DELIVERABLE_STATES,
+    FINISHED_STATES,
+    CommandKind,
+    CommandState,
+)
+from fleet.commands.models import Command
+from fleet.errors import Conflict, InvalidInput, NotFound
+from fleet.models import Box
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TTL_S = 3600
+MIN_TTL_S = 10
+MAX_TTL_S = 24 * 3600
+SPEED_TEST_DEFAULT_BYTES = 10 * 1000 * 1000
+SPEED_TEST_MAX_BYTES = 100 * 1000 * 1000
+DIAGNOSTIC_CHECKS = ("interfaces", "routes", "dns", "ping", "mptcp", "tunnel", "traceroute")
+SPEED_TEST_DIRECTIONS = ("download", "upload", "both")
+MAX_OUTPUT_BYTES = 256 * 1024
+
+S = CommandState
+# The one table of legal moves. ``sent -> sent`` is a redelivery (after a reconnect).
+TRANSITIONS: dict[str, frozenset[str]] = {
+    S.PENDING: frozenset({S.SENT, S.RUNNING, S.SUCCEEDED, S.FAILED, S.EXPIRED, S.CANCELLED}),
+    S.SENT: frozenset({S.SENT, S.RUNNING, S.SUCCEEDED, S.FAILED, S.EXPIRED, S.CANCELLED}),
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.EXPIRED}),
+    S.SUCCEEDED: frozenset(),
+    S.FAILED: frozenset(),
+    S.EXPIRED: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+
+
+def command_can_transition(*, current: str, target: str) -> bool:
+    return target in TRANSITIONS.get(current, frozenset())
+
+
+def command_transition(*, command: Command, target: str, now: datetime | None = None) -> list[str]:
+    """Move ``command`` to ``target`` in memory, stamping the matching timestamp; returns the changed
+    field names for ``save(update_fields=...)``. Raises Conflict for an illegal move."""
+    if not command_can_transition(current=command.state, target=target):
+        raise Conflict(f"a {command.state} command cannot become {target}", field="state")
+    now = now or timezone.now()
+    changed = ["state"]
+    if target == S.SENT:
+        command.sent_at = now
+        command.delivery_count += 1
+        changed += ["sent_at", "delivery_count"]
+    elif target == S.RUNNING:
+        command.started_at = now
+        changed.append("started_at")
+    elif target in FINISHED_STATES:
+        command.finished_at = now
+        changed.append("finished_at")
+    command.state = target
+    return changed
+
+
+def _validate_params(kind: str, params: Any) -> dict[str, Any]:
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise InvalidInput("params must be an object", field="params")
+    allowed: dict[str, tuple[str, ...]] = {
+        CommandKind.REBOOT: ("delay_s",),
+        CommandKind.RESTART_SERVICES: (),
+        CommandKind.DIAGNOSTICS: ("checks",),
+        CommandKind.SPEED_TEST: ("bytes", "direction", "iface"),
+        CommandKind.REFRESH_CONFIG: (),
+        CommandKind.FIRMWARE_UPGRADE: ("release_id", "version", "url", "sha256", "signature", "size"),
+    }
+    for key in params:
+        if key not in allowed[kind]:
+            raise InvalidInput(f"unknown parameter {key!r} for {kind}", field=f"params.{key}")
+    clean = dict(params)
+    if kind == CommandKind.REBOOT and "delay_s" in params:
+        delay = params["delay_s"]
+        if type(delay) is not int or not 0 <= delay <= 3600:
+            raise InvalidInput("delay_s must be an integer from 0 to 3600", field="params.delay_s")
+    if kind == CommandKind.DIAGNOSTICS:
+        checks = params.get("checks", list(DIAGNOSTIC_CHECKS))
+        if (
+            not isinstance(checks, list)
+            or not checks
+            or any(check not in DIAGNOSTIC_CHECKS for check in checks)
+        ):
+            raise InvalidInput(
+                f"checks must be a non-empty list drawn from {', '.join(DIAGNOSTIC_CHECKS)}",
+                field="params.checks",
+            )
+        clean["checks"] = list(dict.fromkeys(checks))
+    if kind == CommandKind.SPEED_TEST:
+        size = params.get("bytes", SPEED_TEST_DEFAULT_BYTES)
+        if type(size) is not int or not 1 <= size <= SPEED_TEST_MAX_BYTES:
+            raise InvalidInput(
+                f"bytes must be an integer from 1 to {SPEED_TEST_MAX_BYTES} (100 MB)", field="params.bytes"
+            )
+        direction = params.get("direction", "download")
+        if direction not in SPEED_TEST_DIRECTIONS:
+            raise InvalidInput(
+                f"direction must be one of {', '.join(SPEED_TEST_DIRECTIONS)}", field="params.direction"
+            )
+        iface = params.get("iface")
+        if iface is not None and (not isinstance(iface, str) or not 1 <= len(iface) <= 32):
+            raise InvalidInput("iface must be an interface name (1-32 characters)", field="params.iface")
+        clean.update(bytes=size, direction=direction)
+    return clean
+
+
+def _validate_ttl(ttl_s: Any) -> int:
+    if ttl_s is None:
+        return DEFAULT_TTL_S
+    if type(ttl_s) is not int or not MIN_TTL_S <= ttl_s <= MAX_TTL_S:
+        raise InvalidInput(f"ttl_s must be an integer from {MIN_TTL_S} to {MAX_TTL_S}", field="ttl_s")
+    return ttl_s
+
+
+def _ring_doorbell(box_id: UUID) -> None:
+    try:
+        from fleet.live import doorbell_command
+    except ImportError:  # the live session module is not deployed: the box gets it at its next hello
+        return
+    doorbell_command(box_id)
+
+
+def command_validate(
+    *, box: Box, kind: str, params: Any, ttl_s: Any, internal: bool = False
+) -> tuple[dict[str, Any], int]:
+    """Check a would-be command without writing: returns (clean params, ttl seconds); raises
+    InvalidInput naming ``kind``, ``params.<key>`` or ``ttl_s``, or Conflict for an unclaimed box.
+    Shared by ``command_create`` and the admin form so both say the same thing."""
+    if kind not in CommandKind.values:
+        raise InvalidInput(f"kind must be one of {', '.join(CommandKind.values)}", field="kind")
+    if kind == CommandKind.FIRMWARE_UPGRADE and not internal:
+        raise InvalidInput("firmware upgrades are started by a rollout, not by hand", field="kind")
+    clean_params = _validate_params(kind, params)
+    ttl = _validate_ttl(ttl_s)
+    if box.state != BoxState.CLAIMED or box.organization_id is None:
+        raise Conflict("commands can only be sent to a claimed box", field="box")
+    return clean_params, ttl
+
+
+def command_create(
+    *,
+    actor: Actor,
+    box: Box,
+    kind: str,
+    params: dict[str, Any] | None = None,
+    ttl_s: int | None = None,
+    internal: bool = False,
+) -> Command:
+    """Queue a command for a claimed box and ring its session on commit.
+
+    People need the admin or owner role in the box's organisation (staff always may).
+    ``firmware_upgrade`` is reserved for the rollout engine, which passes ``internal=True``
+    (no person check). Raises InvalidInput naming ``kind``, ``params.<key>`` or ``ttl_s``.
+    """
+    clean_params, ttl = command_validate(box=box, kind=kind, params=params, ttl_s=ttl_s, internal=internal)
+    if not internal:
+        require_role(actor.user, box.organization_id, Role.ADMIN)
+    now = timezone.now()
+    with transaction.atomic():
+        command = Command.objects.create(
+            box=box,
+            organization_id=box.organization_id,
+            kind=kind,
+            params=clean_params,
+            created_by=actor.user if getattr(actor.user, "pk", None) else None,
+            expires_at=now + timedelta(seconds=ttl),
+        )
+        audit_record(
+            actor=actor,
+            action="command.create",
+            box=box,
+            organization=box.organization,
+            target=command,
+            after={"kind": kind, "params": clean_params, "ttl_s": ttl},
+        )
+        box_id = box.pk
+        transaction.on_commit(lambda: _ring_doorbell(box_id))
+    return command
+
+
+def command_protocol_frame(command: Command) -> dict[str, Any]:
+    """The protocol ``command`` frame for a command."""
+    return {
+        "type": "command",
+        "id": str(command.id),
+        "kind": command.kind,
+        "params": command.params or {},
+        "expires_at": command.expires_at.timestamp(),
+    }
+
+
+def commands_pending_for_box(*, box_id: UUID | str) -> list[dict[str, Any]]:
+    """Protocol ``command`` frames for the box's unexpired pending or sent commands, oldest first,
+    each marked sent (``delivery_count`` counts redeliveries). Rows another session is delivering
+    right now are skipped rather than waited for."""
+    now = timezone.now()
+    with transaction.atomic():
+        commands = list(
+            Command.objects.select_for_update(skip_locked=True)
+            .filter(box_id=box_id, state__in=DELIVERABLE_STATES, expires_at__gt=now)
+            .order_by("created_at", "id")[:100]
+        )
+        for command in commands:
+            command.save(update_fields=command_transition(command=command, target=S.SENT, now=now))
+    return [command_protocol_frame(command) for command in commands]
+
+
+def command_mark_sent(*, command_id: UUID | str) -> Command | None:
+    """Record that the command frame went out; None (and a log line) if it is no longer deliverable."""
+    with transaction.atomic():
+        command = Command.objects.select_for_update().filter(pk=command_id).first()
+        if command is None or command.state not in DELIVERABLE_STATES:
+            logger.info("command %s not deliverable, not marked sent", command_id)
+            return None
+        command.save(update_fields=command_transition(command=command, target=S.SENT))
+    return command
+
+
+def _locked_command_of_box(box_id: UUID | str, command_id: UUID | str) -> Command:
+    try:
+        command = Command.objects.select_for_update().select_related("box").get(pk=command_id, box_id=box_id)
+    except (Command.DoesNotExist, ValueError) as exc:
+        raise NotFound("command not found", field="id") from exc
+    return command
+
+
+def _box_actor(command: Command) -> Actor:
+    return Actor(label=f"box:{command.box.serial}")
+
+
+def command_progress(
+    *, box_id: UUID | str, command_id: UUID | str, progress: int, message: str = ""
+) -> Command | None:
+    """The agent reports progress: a delivered command becomes running. Progress for a finished
+    command is ignored (returns None). Raises NotFound for a command of another box."""
+    if type(progress) is not int or not 0 <= progress <= 100:
+        raise InvalidInput("progress must be an integer from 0 to 100", field="progress")
+    with transaction.atomic():
+        command = _locked_command_of_box(box_id, command_id)
+        if command.state in FINISHED_STATES:
+            logger.info("progress for finished command %s (%s) ignored", command.pk, command.state)
+            return None
+        changed = ["progress", "progress_message"]
+        if command.state != S.RUNNING:
+            changed += command_transition(command=command, target=S.RUNNING)
+            audit_record(actor=_box_actor(command), action="command.running", box=command.box, target=command)
+        command.progress = max(command.progress, progress)
+        command.progress_message = (message or "")[:512]
+        command.save(update_fields=changed)
+    return command
+
+
+def command_complete(
+    *,
+    box_id: UUID | str,
+    command_id: UUID | str,
+    ok: bool,
+    output: dict[str, Any] | None,
+    error: str | None,
+) -> Command | None:
+    """The agent's result: the command succeeds or fails and its output is stored; a
+    ``command_finished`` event joins the box timeline. A result for a finished command (a duplicate
+    after a reconnect, or after expiry/cancel) is ignored and logged: returns None."""
+    if output is not None and not isinstance(output, dict):
+        raise InvalidInput("output must be an object", field="output")
+    with transaction.atomic():
+        command = _locked_command_of_box(box_id, command_id)
+        if command.state in FINISHED_STATES:
+            logger.info("result for finished command %s (%s) ignored", command.pk, command.state)
+            return None
+        target = S.SUCCEEDED if ok else S.FAILED
+        changed = command_transition(command=command, target=target)
+        command.result = output or {}
+        command.error = (error or "")[:4096]
+        if ok:
+            command.progress = 100
+        command.save(update_fields=[*changed, "result", "error", "progress"])
+        audit_record(
+            actor=_box_actor(command),
+            action=f"command.{target}",
+            box=command.box,
+            target=command,
+            after={"ok": ok, "error": command.error},
+        )
+        _record_finished_event(command)
+    return command
+
+
+def _record_finished_event(command: Command) -> None:
+    from fleet.monitoring.services import event_record
+
+    event_record(
+        box_id=command.box_id,
+        organization_id=command.organization_id,
+        kind="command_finished",
+        ts=command.finished_at,
+        data={
+            "command_id": str(command.pk),
+            "kind": command.kind,
+            "state": command.state,
+            "error": command.error,
+        },
+    )
+
+
+def command_cancel(*, actor: Actor, command: Command) -> Command:
+    """Cancel a command the box has not started (pending or sent). Needs admin/owner (or staff).
+    Raises Conflict once it is running or finished. A box that already received it will still run
+    it; its result is then ignored."""
+    require_role(actor.user, command.organization_id, Role.ADMIN)
+    with transaction.atomic():
+        locked = Command.objects.select_for_update().select_related("box").get(pk=command.pk)
+        before = locked.state
+        locked.save(update_fields=command_transition(command=locked, target=S.CANCELLED))
+        audit_record(
+            actor=actor,
+            action="command.cancel",
+            box=locked.box,
+            target=locked,
+            before={"state": before},
+            after={"state": locked.state},
+        )
+    return locked
+
+
+def commands_expire(*, now: datetime | None = None) -> int:
+    """Expire every open (pending, sent or running) command whose ``expires_at`` has passed;
+    returns how many. One UPDATE: idempotent and safe to run from several workers."""
+    now = now or timezone.now()
+    expirable = [state for state, targets in TRANSITIONS.items() if S.EXPIRED in targets]
+    return Command.objects.filter(state__in=expirable, expires_at__lte=now).update(
+        state=S.EXPIRED, finished_at=now
+    )

@@ -1,0 +1,355 @@
+"""REST edge for events, alert rules, notification targets, alerts and deliveries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+from rest_framework.pagination import CursorPagination, LimitOffsetPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from fleet.access import box_for, organization_for, visible_organization_ids
+from fleet.audit import Actor
+from fleet.choices import Role
+from fleet.monitoring import selectors
+from fleet.monitoring.choices import AlertRuleKind, AlertState, EventKind, TargetKind
+from fleet.monitoring.models import Alert, AlertRule, Event, NotificationDelivery, NotificationTarget
+from fleet.monitoring.services import (
+    alert_rule_create,
+    alert_rule_delete,
+    alert_rule_update,
+    notification_target_create,
+    notification_target_delete,
+    notification_target_update,
+)
+from fleet.permissions import IsPerson
+
+
+class EventPagination(CursorPagination):
+    """Keyset pagination: no COUNT(*) over a large timeline, stable while new events arrive."""
+
+    ordering = ("-ts", "-id")
+    page_size = 50
+    page_size_query_param = "limit"
+    max_page_size = 500
+
+
+class EventFilterSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=EventKind.choices, required=False)
+    to = serializers.DateTimeField(required=False)
+
+    def get_fields(self) -> dict[str, Any]:
+        fields = super().get_fields()
+        fields["from"] = serializers.DateTimeField(required=False)
+        return fields
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("from") and attrs.get("to") and attrs["from"] >= attrs["to"]:
+            raise serializers.ValidationError({"to": ["must be after from"]})
+        return attrs
+
+
+class EventOutputSerializer(serializers.ModelSerializer):
+    box = serializers.UUIDField(source="box_id")
+    organization = serializers.UUIDField(source="organization_id", allow_null=True)
+
+    class Meta:
+        model = Event
+        fields = ["id", "box", "organization", "kind", "ts", "data"]
+
+
+def _event_page(request: Request, view: APIView, queryset: Any) -> Response:
+    paginator = EventPagination()
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response(EventOutputSerializer(page, many=True).data)
+
+
+class BoxEventListApi(APIView):
+    permission_classes = [IsPerson]
+
+    def get(self, request: Request, box_id: Any) -> Response:
+        box = box_for(request.user, box_id, Role.VIEWER, request.auth)
+        filters = EventFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        return _event_page(request, self, selectors.event_list(box_id=box.pk, filters=filters.validated_data))
+
+
+class OrganizationEventListApi(APIView):
+    permission_classes = [IsPerson]
+
+    class FilterSerializer(EventFilterSerializer):
+        box = serializers.UUIDField(required=False)
+
+    def get(self, request: Request, org_id: Any) -> Response:
+        organization = organization_for(request.user, org_id, Role.VIEWER, request.auth)
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        return _event_page(
+            request,
+            self,
+            selectors.event_list(organization_id=organization.pk, filters=filters.validated_data),
+        )
+
+
+# -- alert rules -----------------------------------------------------------------------------
+
+
+class AlertRuleOutputSerializer(serializers.ModelSerializer):
+    organization = serializers.UUIDField(source="organization_id")
+    box = serializers.UUIDField(source="box_id", allow_null=True)
+    targets = serializers.SerializerMethodField()
+
+    class Meta:
+        model = AlertRule
+        fields = [
+            "id",
+            "organization",
+            "name",
+            "kind",
+            "threshold",
+            "duration_minutes",
+            "box",
+            "enabled",
+            "targets",
+            "created_at",
+            "updated_at",
+        ]
+
+    def get_targets(self, rule: AlertRule) -> list[str]:
+        return sorted(str(target.pk) for target in rule.targets.all())
+
+
+class AlertRuleInputSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    kind = serializers.ChoiceField(choices=AlertRuleKind.choices)
+    threshold = serializers.FloatField(required=False, allow_null=True)
+    duration_minutes = serializers.IntegerField(required=False, min_value=1, max_value=1440)
+    box = serializers.UUIDField(required=False, allow_null=True)
+    enabled = serializers.BooleanField(required=False)
+    targets = serializers.ListField(child=serializers.UUIDField(), required=False, max_length=50)
+
+
+class AlertRuleListApi(APIView):
+    permission_classes = [IsPerson]
+
+    def get(self, request: Request, org_id: Any) -> Response:
+        organization = organization_for(request.user, org_id, Role.VIEWER, request.auth)
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(
+            selectors.alert_rule_list(organization_id=organization.pk), request, view=self
+        )
+        return paginator.get_paginated_response(AlertRuleOutputSerializer(page, many=True).data)
+
+    def post(self, request: Request, org_id: Any) -> Response:
+        organization = organization_for(request.user, org_id, Role.ADMIN, request.auth)
+        payload = AlertRuleInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = dict(payload.validated_data)
+        if "targets" in data:
+            data["target_ids"] = data.pop("targets")
+        rule = alert_rule_create(actor=Actor.from_request(request), organization=organization, **data)
+        rule = selectors.alert_rule_get(organization_id=organization.pk, rule_id=rule.pk)
+        return Response(AlertRuleOutputSerializer(rule).data, status=201)
+
+
+class AlertRuleDetailApi(APIView):
+    permission_classes = [IsPerson]
+
+    class UpdateSerializer(AlertRuleInputSerializer):
+        name = serializers.CharField(max_length=100, required=False)
+        kind = None  # fixed at creation
+
+    def get(self, request: Request, org_id: Any, rule_id: Any) -> Response:
+        organization = organization_for(request.user, org_id, Role.VIEWER, request.auth)
+        rule = selectors.alert_rule_get(organization_id=organization.pk, rule_id=rule_id)
+        return Response(AlertRuleOutputSerializer(rule).data)
+
+    def patch(self, request: Request, org_id: Any, rule_id: Any) -> Response:
+        organization = organization_for(request.user, org_id, Role.ADMIN, request.auth)
+        rule = selectors.alert_rule_get(organization_id=organization.pk, rule_id=rule_id)
+        payload = self.UpdateSerializer(data=request.data, partial=True)
+        payload.is_valid(raise_exception=True)
+        data = dict(payload.validated_data)
+        if "targets" in data:
+            data["target_ids"] = data.pop("targets")
+        alert_rule_update(actor=Actor.from_request(request), rule=rule, **data)
+        rule = selectors.alert_rule_get(organization_id=organization.pk, rule_id=rule.pk)
+        return Response(AlertRuleOutputSerializer(rule).data)
+
+    def delete(self, request: Request, org_id: Any, rule_id: Any) -> Response:
+        organization = organization_for(request.user, org_id, Role.ADMIN, request.auth)
+        rule = selectors.alert_rule_get(organization_id=organization.pk, rule_id=rule_id)
+        alert_rule_delete(actor=Actor.from_request(request), rule=rule)
+        return Response(status=204)
+
+
+# -- notification targets ----------------------------------------------------------------------
+
+
+class NotificationTargetOutputSerializer(serializers.ModelSerializer):
+    organization = serializers.UUIDField(source="organization_id")
+
+    class Meta:
+        model = NotificationTarget
+        fields = ["id", "organization", "name", "kind", "email", "url", "enabled", "created_at", "updated_at"]
+
+
+def _target_body(target: NotificationTarget, secret: str | None) -> dict[str, Any]:
+    body = dict(NotificationTargetOutputSerializer(target).data)
+    if secret:
+        body["secret"] = secret  # shown once: only the encrypted form is stored
+    return body
+
+
+class NotificationTargetListApi(APIView):
+    permission_classes = [IsPerson]
+
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=100)
+        kind = serializers.ChoiceField(choices=TargetKind.choices)
+        email = serializers.CharField(required=False, allow_blank=True, max_length=254)
+        url = serializers.CharField(required=False, allow_blank=True, max_length=500)
+        enabled = serializers.BooleanField(required=False, default=True)
+
+    def get(self, request: Request, org_id: Any) -> Response:
+        organization = organization_for(request.user, org_id, Role.VIEWER, request.auth)
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(
+            selectors.notification_target_list(organization_id=organization.pk), request, view=self
+        )
+        return paginator.get_paginated_response(NotificationTargetOutputSerializer(page, many=True).data)
+
+    def post(self, request: Request, org_id: Any) -> Response:
+        organization = organization_for(request.user, org_id, Role.ADMIN, request.auth)
+        payload = self.InputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        target, secret = notification_target_create(
+            actor=Actor.from_request(request), organization=organization, **payload.validated_data
+        )
+        return Response(_target_body(target, secret), status=201)
+
+
+class NotificationTargetDetailApi(APIView):
+    permission_classes = [IsPerson]
+
+    class UpdateSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=100, required=False)
+        email = serializers.CharField(required=False, allow_blank=True, max_length=254)
+        url = serializers.CharField(required=False, allow_blank=True, max_length=500)
+        enabled = serializers.BooleanField(required=False)
+        rotate_secret = serializers.BooleanField(required=False, default=False)
+
+    def get(self, request: Request, org_id: Any, target_id: Any) -> Response:
+        organization = organization_for(request.user, org_id, Role.VIEWER, request.auth)
+        target = selectors.notification_target_get(organization_id=organization.pk, target_id=target_id)
+        return Response(NotificationTargetOutputSerializer(target).data)
+
+    def patch(self, request: Request, org_id: Any, target_id: Any) -> Response:
+        organization = organization_for(request.user, org_id, Role.ADMIN, request.auth)
+        target = selectors.notification_target_get(organization_id=organization.pk, target_id=target_id)
+        payload = self.UpdateSerializer(data=request.data, partial=True)
+        payload.is_valid(raise_exception=True)
+        target, secret = notification_target_update(
+            actor=Actor.from_request(request), target=target, **payload.validated_data
+        )
+        return Response(_target_body(target, secret))
+
+    def delete(self, request: Request, org_id: Any, target_id: Any) -> Response:
+        organization = organization_for(request.user, org_id, Role.ADMIN, request.auth)
+        target = selectors.notification_target_get(organization_id=organization.pk, target_id=target_id)
+        notification_target_delete(actor=Actor.from_request(request), target=target)
+        return Response(status=204)
+
+
+# -- alerts and deliveries -----------------------------------------------------------------------
+
+
+class AlertOutputSerializer(serializers.ModelSerializer):
+    rule = serializers.UUIDField(source="rule_id")
+    rule_name = serializers.CharField(source="rule.name")
+    rule_kind = serializers.CharField(source="rule.kind")
+    box = serializers.UUIDField(source="box_id")
+    box_serial = serializers.CharField(source="box.serial")
+
+    class Meta:
+        model = Alert
+        fields = [
+            "id",
+            "rule",
+            "rule_name",
+            "rule_kind",
+            "box",
+            "box_serial",
+            "iface",
+            "state",
+            "value",
+            "started_at",
+            "fired_at",
+            "resolved_at",
+            "last_notified_at",
+        ]
+
+
+class AlertListApi(APIView):
+    permission_classes = [IsPerson]
+
+    class FilterSerializer(serializers.Serializer):
+        state = serializers.ChoiceField(choices=AlertState.choices, required=False)
+        box = serializers.UUIDField(required=False)
+
+    def get(self, request: Request, org_id: Any) -> Response:
+        organization = organization_for(request.user, org_id, Role.VIEWER, request.auth)
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        paginator = LimitOffsetPagination()
+        queryset = selectors.alert_list(
+            organization_id=organization.pk,
+            state=filters.validated_data.get("state"),
+            box_id=filters.validated_data.get("box"),
+        )
+        page = paginator.paginate_queryset(queryset, request, view=self)
+        return paginator.get_paginated_response(AlertOutputSerializer(page, many=True).data)
+
+
+class NotificationDeliveryOutputSerializer(serializers.ModelSerializer):
+    alert = serializers.UUIDField(source="alert_id")
+    target = serializers.UUIDField(source="target_id")
+    target_name = serializers.CharField(source="target.name")
+    target_kind = serializers.CharField(source="target.kind")
+
+    class Meta:
+        model = NotificationDelivery
+        fields = [
+            "id",
+            "alert",
+            "target",
+            "target_name",
+            "target_kind",
+            "event",
+            "state",
+            "attempts",
+            "last_error",
+            "response_status",
+            "created_at",
+            "sent_at",
+        ]
+
+
+class NotificationDeliveryListApi(APIView):
+    permission_classes = [IsPerson]
+
+    class FilterSerializer(serializers.Serializer):
+        alert = serializers.UUIDField(required=False)
+
+    def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        paginator = LimitOffsetPagination()
+        queryset = selectors.notification_delivery_list(
+            organization_ids=visible_organization_ids(request.user, request.auth),
+            alert_id=filters.validated_data.get("alert"),
+        )
+        page = paginator.paginate_queryset(queryset, request, view=self)
+        return paginator.get_paginated_response(NotificationDeliveryOutputSerializer(page, many=True).data)

@@ -1,0 +1,51 @@
+from django.db import models
+
+
+class EventKind(models.TextChoices):
+    SESSION_OPENED = "session_opened", "Session opened"
+    SESSION_CLOSED = "session_closed", "Session closed"
+    BOX_ONLINE = "box_online", "Box online"
+    BOX_OFFLINE = "box_offline", "Box offline"
+    WAN_UP = "wan_up", "WAN up"
+    WAN_DOWN = "wan_down", "WAN down"
+    CONFIG_APPLIED = "config_applied", "Configuration applied"
+    CONFIG_FAILED = "config_failed", "Configuration failed"
+    FIRMWARE_CHANGED = "firmware_changed", "Firmware changed"
+    COMMAND_FINISHED = "command_finished", "Command finished"
+    ALERT_FIRING = "alert_firing", "Alert firing"
+    ALERT_RESOLVED = "alert_resolved", "Alert resolved"
+
+
+class AlertRuleKind(models.TextChoices):
+    BOX_OFFLINE = "box_offline", "Box offline for N minutes"
+    WAN_DOWN = "wan_down", "A WAN down for N minutes"
+    LOSS_ABOVE = "loss_above", "A WAN's loss above threshold % for N minutes"
+    RTT_ABOVE = "rtt_above", "A WAN's RTT above threshold ms for N minutes"
+
+
+THRESHOLD_KINDS = (AlertRuleKind.LOSS_ABOVE, AlertRuleKind.RTT_ABOVE)
+
+
+class AlertState(models.TextChoices):
+    """pending (condition holds, not yet for N minutes) -> firing -> resolved. A pending alert whose
+    condition clears is deleted: it never existed for anyone."""
+
+    PENDING = "pending", "Pending"
+    FIRING = "firing", "Firing"
+    RESOLVED = "resolved", "Resolved"
+
+
+class TargetKind(models.TextChoices):
+    EMAIL = "email", "Email"
+    WEBHOOK = "webhook", "Webhook"
+
+
+class NotificationEvent(models.TextChoices):
+    FIRING = "firing", "Firing"
+    RESOLVED = "resolved", "Resolved"
+
+
+class DeliveryState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed"

@@ -1,0 +1,81 @@
+"""Reads for the monitoring app. Callers resolve the box/organisation with fleet.access first."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from django.db.models import QuerySet
+
+from fleet.errors import NotFound
+from fleet.monitoring.models import Alert, AlertRule, Event, NotificationDelivery, NotificationTarget
+
+
+def event_list(
+    *, box_id: UUID | None = None, organization_id: UUID | None = None, filters: dict[str, Any] | None = None
+) -> QuerySet[Event]:
+    """Events of a box or an organisation, newest first; ``filters``: kind, from, to, box."""
+    filters = filters or {}
+    queryset = Event.objects.all()
+    if box_id is not None:
+        queryset = queryset.filter(box_id=box_id)
+    if organization_id is not None:
+        queryset = queryset.filter(organization_id=organization_id)
+    if filters.get("box"):
+        queryset = queryset.filter(box_id=filters["box"])
+    if filters.get("kind"):
+        queryset = queryset.filter(kind=filters["kind"])
+    if filters.get("from"):
+        queryset = queryset.filter(ts__gte=filters["from"])
+    if filters.get("to"):
+        queryset = queryset.filter(ts__lt=filters["to"])
+    return queryset.order_by("-ts", "-id")
+
+
+def alert_rule_list(*, organization_id: UUID) -> QuerySet[AlertRule]:
+    return (
+        AlertRule.objects.filter(organization_id=organization_id)
+        .prefetch_related("targets")
+        .order_by("name", "id")
+    )
+
+
+def alert_rule_get(*, organization_id: UUID, rule_id: Any) -> AlertRule:
+    try:
+        return alert_rule_list(organization_id=organization_id).get(pk=UUID(str(rule_id)))
+    except (AlertRule.DoesNotExist, ValueError) as exc:
+        raise NotFound("alert rule not found") from exc
+
+
+def notification_target_list(*, organization_id: UUID) -> QuerySet[NotificationTarget]:
+    return NotificationTarget.objects.filter(organization_id=organization_id).order_by("name", "id")
+
+
+def notification_target_get(*, organization_id: UUID, target_id: Any) -> NotificationTarget:
+    try:
+        return notification_target_list(organization_id=organization_id).get(pk=UUID(str(target_id)))
+    except (NotificationTarget.DoesNotExist, ValueError) as exc:
+        raise NotFound("notification target not found") from exc
+
+
+def alert_list(
+    *, organization_id: UUID, state: str | None = None, box_id: UUID | None = None
+) -> QuerySet[Alert]:
+    queryset = Alert.objects.filter(organization_id=organization_id).select_related("rule", "box")
+    if state:
+        queryset = queryset.filter(state=state)
+    if box_id:
+        queryset = queryset.filter(box_id=box_id)
+    return queryset.order_by("-started_at", "-id")
+
+
+def notification_delivery_list(
+    *, organization_ids: list[UUID] | None, alert_id: UUID | None = None
+) -> QuerySet[NotificationDelivery]:
+    """Deliveries of alerts in the given organisations (None: all, for staff), newest first."""
+    queryset = NotificationDelivery.objects.select_related("target")
+    if organization_ids is not None:
+        queryset = queryset.filter(alert__organization_id__in=organization_ids)
+    if alert_id:
+        queryset = queryset.filter(alert_id=alert_id)
+    return queryset.order_by("-created_at", "-id")

@@ -1,0 +1,109 @@
+"""The box event timeline: append events, then broadcast each to the people watching after commit."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from django.db import transaction
+from django.utils import timezone
+
+from fleet.errors import InvalidInput
+from fleet.models import Box
+from fleet.monitoring.choices import EventKind
+from fleet.monitoring.models import Event
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 5000
+
+
+def event_payload(event: Event) -> dict[str, Any]:
+    """The JSON shape of an event, in the API and on the portal websocket."""
+    return {
+        "id": str(event.id),
+        "box": str(event.box_id),
+        "organization": str(event.organization_id) if event.organization_id else None,
+        "kind": event.kind,
+        "ts": event.ts.isoformat(),
+        "data": event.data,
+    }
+
+
+def _broadcast(events: list[Event]) -> None:
+    try:
+        from fleet.live import broadcast_to_people
+    except ImportError:  # no live layer deployed: the timeline API still has everything
+        return
+    for event in events:
+        try:
+            broadcast_to_people(
+                event.box_id,
+                event.organization_id,
+                {"kind": "event", "box_id": str(event.box_id), "event": event_payload(event)},
+            )
+        except Exception:  # a doorbell never fails the write that rang it
+            logger.warning("broadcast of event %s failed", event.pk, exc_info=True)
+
+
+def _build(item: dict[str, Any], organizations: dict[Any, Any], now: datetime) -> Event:
+    kind = item.get("kind")
+    if kind not in EventKind.values:
+        raise InvalidInput(f"unknown event kind {kind!r}", field="kind")
+    data = item.get("data") or {}
+    if not isinstance(data, dict):
+        raise InvalidInput("data must be an object", field="data")
+    box_id = item.get("box_id")
+    if box_id is None:
+        raise InvalidInput("box_id is required", field="box_id")
+    organization_id = item.get("organization_id")
+    if organization_id is None:
+        organization_id = organizations.get(str(box_id))
+    return Event(
+        box_id=box_id,
+        organization_id=organization_id,
+        kind=kind,
+        ts=item.get("ts") or now,
+        data=data,
+    )
+
+
+def events_record_batch(events: list[dict[str, Any]]) -> list[Event]:
+    """Append many events in one INSERT (each dict: ``box_id``, ``kind``, ``data``, optional ``ts``
+    and ``organization_id``, the box's organisation when omitted) and broadcast them to people
+    after commit. Raises InvalidInput naming ``kind``/``data``/``box_id`` before writing anything."""
+    if not events:
+        return []
+    if len(events) > MAX_BATCH:
+        raise InvalidInput(f"at most {MAX_BATCH} events per batch", field="events")
+    missing = {str(item.get("box_id")) for item in events if item.get("organization_id") is None}
+    organizations: dict[Any, Any] = {}
+    if missing:
+        organizations = {
+            str(box_id): org_id
+            for box_id, org_id in Box.objects.filter(pk__in=[m for m in missing if m != "None"]).values_list(
+                "pk", "organization_id"
+            )
+        }
+    now = timezone.now()
+    rows = [_build(item, organizations, now) for item in events]
+    with transaction.atomic():
+        created = Event.objects.bulk_create(rows)
+        transaction.on_commit(lambda: _broadcast(created))
+    return created
+
+
+def event_record(
+    *,
+    box_id: UUID | str,
+    kind: str,
+    data: dict[str, Any] | None = None,
+    ts: datetime | None = None,
+    organization_id: UUID | str | None = None,
+) -> Event:
+    """Append one event to a box's timeline (``ts`` defaults to now) and broadcast it after commit."""
+    return events_record_batch(
+        [{"box_id": box_id, "kind": kind, "data": data or {}, "ts": ts, "organization_id": organization_id}]
+    )[0]

@@ -1,0 +1,160 @@
+"""Sending notification deliveries: email or signed webhook, one attempt per call, every attempt
+recorded on the delivery row. The Celery task retries with exponential backoff."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import transaction
+from django.utils import timezone
+
+from fleet.monitoring.choices import DeliveryState, TargetKind
+from fleet.monitoring.models import NotificationDelivery
+from fleet.monitoring.webhooks import webhook_post
+from provisioning.secrets import SecretDecryptionError, secret_decrypt
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 6
+STALE_AFTER = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """What one attempt did: ``retry`` asks the caller to try again later."""
+
+    state: str
+    attempts: int
+    retry: bool
+
+
+def notification_retry_delay(attempts: int) -> float:
+    """Seconds before the next attempt: base * 2^(attempts-1), capped at an hour."""
+    base = float(settings.OTB.get("NOTIFY_RETRY_BASE_S", 30))
+    return min(base * (2 ** max(attempts - 1, 0)), 3600.0)
+
+
+def notification_payload(delivery: NotificationDelivery, now: datetime) -> dict[str, Any]:
+    """The webhook JSON body (also the source of the email text)."""
+    alert, rule, box = delivery.alert, delivery.alert.rule, delivery.alert.box
+    return {
+        "event": f"alert.{delivery.event}",
+        "delivery_id": str(delivery.pk),
+        "sent_at": int(now.timestamp()),
+        "organization": str(alert.organization_id),
+        "alert": {
+            "id": str(alert.pk),
+            "state": alert.state,
+            "iface": alert.iface or None,
+            "value": alert.value,
+            "started_at": alert.started_at.isoformat(),
+            "fired_at": alert.fired_at.isoformat() if alert.fired_at else None,
+            "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
+        },
+        "rule": {
+            "id": str(rule.pk),
+            "name": rule.name,
+            "kind": rule.kind,
+            "threshold": rule.threshold,
+            "duration_minutes": rule.duration_minutes,
+        },
+        "box": {"id": str(box.pk), "serial": box.serial, "name": box.name},
+    }
+
+
+def _email_text(payload: dict[str, Any]) -> tuple[str, str]:
+    rule, box, alert = payload["rule"], payload["box"], payload["alert"]
+    where = f"{box['name'] or box['serial']}" + (f" / {alert['iface']}" if alert["iface"] else "")
+    status = "FIRING" if payload["event"] == "alert.firing" else "RESOLVED"
+    subject = f"[otb] {status}: {rule['name']} on {where}"
+    lines = [
+        f"Alert {status.lower()}: {rule['name']} ({rule['kind']})",
+        f"Box: {box['serial']} {box['name']}".rstrip(),
+        f"WAN: {alert['iface']}" if alert["iface"] else "",
+        f"Threshold: {rule['threshold']}  Current value: {alert['value']}"
+        if rule["threshold"] is not None
+        else "",
+        f"Condition since: {alert['started_at']}",
+        f"Resolved at: {alert['resolved_at']}" if alert["resolved_at"] else "",
+    ]
+    return subject, "\n".join(line for line in lines if line) + "\n"
+
+
+def _attempt(delivery: NotificationDelivery, now: datetime) -> tuple[bool, int | None, str]:
+    target = delivery.target
+    payload = notification_payload(delivery, now)
+    if target.kind == TargetKind.EMAIL:
+        subject, text = _email_text(payload)
+        try:
+            send_mail(subject, text, None, [target.email], fail_silently=False)
+        except Exception as exc:  # any SMTP/backend failure is a failed attempt, retried
+            return False, None, f"{exc.__class__.__name__}: {exc}"[:500]
+        return True, None, ""
+    try:
+        secret = secret_decrypt(target.secret_ciphertext)
+    except SecretDecryptionError as exc:
+        return False, None, str(exc)
+    body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    response = webhook_post(
+        url=target.url, secret=secret, event=payload["event"], body=body, timestamp=payload["sent_at"]
+    )
+    return not response.error, response.status, response.error
+
+
+def notification_deliver(*, delivery_id: UUID | str) -> DeliveryOutcome | None:
+    """Make one attempt at a pending delivery and record it. The row stays locked during the
+    attempt (at most the 10 s webhook timeout) so two workers never send it twice. After
+    ``MAX_ATTEMPTS`` failures the delivery is ``failed``. None if the delivery is gone or busy."""
+    now = timezone.now()
+    with transaction.atomic():
+        delivery = (
+            NotificationDelivery.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("target", "alert", "alert__rule", "alert__box")
+            .filter(pk=delivery_id)
+            .first()
+        )
+        if delivery is None:
+            logger.info("delivery %s not found or being sent elsewhere", delivery_id)
+            return None
+        if delivery.state != DeliveryState.PENDING:
+            return DeliveryOutcome(state=delivery.state, attempts=delivery.attempts, retry=False)
+        if not delivery.target.enabled:
+            delivery.state, delivery.last_error = DeliveryState.FAILED, "target disabled"
+            delivery.save(update_fields=["state", "last_error"])
+            return DeliveryOutcome(state=delivery.state, attempts=delivery.attempts, retry=False)
+        ok, status, error = _attempt(delivery, now)
+        delivery.attempts += 1
+        delivery.response_status = status
+        delivery.last_error = error
+        if ok:
+            delivery.state, delivery.sent_at = DeliveryState.SENT, timezone.now()
+        elif delivery.attempts >= MAX_ATTEMPTS:
+            delivery.state = DeliveryState.FAILED
+        delivery.save(update_fields=["attempts", "response_status", "last_error", "state", "sent_at"])
+        if not ok:
+            logger.warning("delivery %s attempt %d failed: %s", delivery.pk, delivery.attempts, error)
+    return DeliveryOutcome(
+        state=delivery.state, attempts=delivery.attempts, retry=delivery.state == DeliveryState.PENDING
+    )
+
+
+def notifications_requeue_stale(*, now: datetime | None = None) -> int:
+    """Re-queue pending deliveries older than every retry schedule (their task was lost with a
+    broker restart). The row lock in ``notification_deliver`` keeps a late duplicate harmless."""
+    from fleet.monitoring.services.alerts import notifications_queue
+
+    now = now or timezone.now()
+    ids = list(
+        NotificationDelivery.objects.filter(state=DeliveryState.PENDING, created_at__lt=now - STALE_AFTER)
+        .order_by("created_at")
+        .values_list("pk", flat=True)[:1000]
+    )
+    notifications_queue(delivery_ids=ids)
+    return len(ids)

@@ -1,0 +1,51 @@
+"""Celery edge for monitoring: periodic evaluation, deliveries with retries, the stale sweep."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+
+from fleet.monitoring.services import (
+    alerts_evaluate,
+    notification_deliver,
+    notification_retry_delay,
+    notifications_requeue_stale,
+)
+from fleet.monitoring.services.notifications import MAX_ATTEMPTS
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="fleet.monitoring.tasks.alerts_evaluate_task", ignore_result=True, time_limit=120)
+def alerts_evaluate_task() -> dict[str, int]:
+    """Periodic (every 30 s): evaluate every enabled alert rule."""
+    summary = alerts_evaluate()
+    return {"rules": summary.rules, "fired": summary.fired, "resolved": summary.resolved}
+
+
+@shared_task(
+    bind=True,
+    name="fleet.monitoring.tasks.notification_deliver_task",
+    ignore_result=True,
+    max_retries=MAX_ATTEMPTS - 1,
+    acks_late=True,
+    time_limit=60,
+)
+def notification_deliver_task(self: Any, delivery_id: str) -> str | None:
+    """One attempt at a delivery; re-queues itself with exponential backoff while it stays pending."""
+    outcome = notification_deliver(delivery_id=delivery_id)
+    if outcome is None:
+        return None
+    if outcome.retry:
+        raise self.retry(countdown=notification_retry_delay(outcome.attempts))
+    return outcome.state
+
+
+@shared_task(
+    name="fleet.monitoring.tasks.notifications_requeue_stale_task", ignore_result=True, time_limit=60
+)
+def notifications_requeue_stale_task() -> int:
+    """Periodic (every 10 min): re-queue deliveries whose task was lost."""
+    return notifications_requeue_stale()
