@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from fakefleet import FakeHTTP, FakeWS  # noqa: E402
+from fakefleet import FakeHTTP, FakeWS
 
 
 @pytest.fixture

@@ -55,20 +55,25 @@ class FakeHTTP:
             def do_POST(self) -> None:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(n) or b"{}")
-                fake.requests.append({"method": "POST", "path": self.path, "body": body, "headers": dict(self.headers)})
+                fake.requests.append(
+                    {"method": "POST", "path": self.path, "body": body, "headers": dict(self.headers)}
+                )
                 if self.path == "/api/v1/agent/enroll":
                     if fake.rate_limit_next > 0:
                         fake.rate_limit_next -= 1
                         return self._err(429, "rate_limited", "slow down", {"Retry-After": "0"})
                     serial = body.get("serial")
                     ok = (
-                        body.get("factory_secret") is not None and fake.secrets.get(serial) == body["factory_secret"]
+                        body.get("factory_secret") is not None
+                        and fake.secrets.get(serial) == body["factory_secret"]
                     ) or body.get("enrollment_token") in fake.enrollment_tokens
                     if not ok:
                         return self._err(401, "invalid_credentials", "wrong secret")
                     token = "otba_" + uuid.uuid4().hex
                     fake.tokens[token] = serial
-                    return self._json(201, {"box_id": str(uuid.uuid4()), "agent_token": token, "serial": serial})
+                    return self._json(
+                        201, {"box_id": str(uuid.uuid4()), "agent_token": token, "serial": serial}
+                    )
                 if self.path == "/api/v1/agent/config/applied":
                     if not self._auth():
                         return self._err(401, "unauthorized", "bad token")
@@ -142,7 +147,9 @@ class FakeWS:
     async def start(self) -> None:
         from websockets.asyncio.server import serve
 
-        self.server = await serve(self.handler, "127.0.0.1", 0, max_size=protocol.MAX_FRAME_BYTES, compression=None)
+        self.server = await serve(
+            self.handler, "127.0.0.1", 0, max_size=protocol.MAX_FRAME_BYTES, compression=None
+        )
         port = self.server.sockets[0].getsockname()[1]
         self.url = f"ws://127.0.0.1:{port}/ws/agent/"
 
@@ -205,7 +212,7 @@ class FakeWS:
                     self.results.append(msg)
                 elif t == "command_progress":
                     self.progress.append(msg)
-        except Exception:  # noqa: S110 - connection closed
+        except Exception:
             pass
         finally:
             if self.conns.get(serial) is ws:

@@ -151,7 +151,13 @@ async def test_command_runs_once_even_if_delivered_twice(fleet, tmp_path):
     script.write_text(f"#!/bin/sh\necho x >> {counter}\necho restarted\n")
     script.chmod(0o755)
     cid = str(uuid.uuid4())
-    cmd = {"type": "command", "id": cid, "kind": "restart_services", "params": {}, "expires_at": time.time() + 60}
+    cmd = {
+        "type": "command",
+        "id": cid,
+        "kind": "restart_services",
+        "params": {},
+        "expires_at": time.time() + 60,
+    }
     agent = make_agent(fake_http, ws, tmp_path, token_for(fake_http), restart_command=str(script))
     task = asyncio.create_task(agent.run())
     try:
@@ -185,7 +191,9 @@ async def test_command_dedupe_survives_restart(fleet, tmp_path):
     fake_http, ws = fleet
     token = token_for(fake_http)
     cid = str(uuid.uuid4())
-    ws.pending_commands = [{"id": cid, "kind": "refresh_config", "params": {}, "expires_at": time.time() + 60}]
+    ws.pending_commands = [
+        {"id": cid, "kind": "refresh_config", "params": {}, "expires_at": time.time() + 60}
+    ]
     agent = make_agent(fake_http, ws, tmp_path, token)
     task = asyncio.create_task(agent.run())
     await wait_for(lambda: len(ws.results) == 1)
@@ -247,7 +255,9 @@ async def test_rate_limited_4029_honours_retry_after(fleet, tmp_path):
     task = asyncio.create_task(agent.run())
     try:
         await wait_for(lambda: "BOX1" in ws.conns and agent.welcomed)
-        await ws.send("BOX1", {"type": "error", "code": "rate_limited", "message": "shedding", "retry_after_s": 0.7})
+        await ws.send(
+            "BOX1", {"type": "error", "code": "rate_limited", "message": "shedding", "retry_after_s": 0.7}
+        )
         await ws.close("BOX1", 4029, "rate limited")
         t0 = time.monotonic()
         await wait_for(lambda: ws.sessions >= 2)

@@ -23,6 +23,7 @@ MPTCP_ENDPOINTS = ("ip", "mptcp", "endpoint", "show")
 
 _LTE_PROTOS = {"qmi", "ncm", "mbim", "3g", "modemmanager", "wwan"}
 _NOT_WAN = {"loopback", "lan", "guest"}
+_V6_PROTOS = {"dhcpv6", "6in4", "6to4", "6rd", "dslite"}  # IPv6 twins of a WAN, not a separate link
 
 
 def subprocess_runner(argv: Sequence[str], timeout: float = 10.0) -> Tuple[int, str]:
@@ -100,6 +101,23 @@ def parse_mptcp_endpoints(text: str) -> List[Dict[str, Any]]:
     return out
 
 
+_NON_PUBLIC = [
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",  # CGNAT (typical on 4G/5G)
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "0.0.0.0/8",
+        "fc00::/7",
+        "fe80::/10",
+        "::1/128",
+    )
+]
+
+
 def public_or_none(addr: Optional[str]) -> Optional[str]:
     if not addr:
         return None
@@ -107,7 +125,7 @@ def public_or_none(addr: Optional[str]) -> Optional[str]:
         ip = ipaddress.ip_address(addr)
     except ValueError:
         return None
-    if ip.is_private or ip.is_loopback or ip.is_link_local or ip in ipaddress.ip_network("100.64.0.0/10"):
+    if any(ip in net for net in _NON_PUBLIC if net.version == ip.version):
         return None
     return addr
 
@@ -159,6 +177,7 @@ class OpenWrtCollector(LinuxCollector):
         names = [n for n in self.mwan3 if n in self.ifaces] or [
             n for n, i in self.ifaces.items() if i["default_route"] and n not in _NOT_WAN
         ]
+        names = [n for n in names if self.ifaces[n].get("proto") not in _V6_PROTOS]
         out = []
         for n in names[:16]:
             proto = self.ifaces.get(n, {}).get("proto")
