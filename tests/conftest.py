@@ -62,7 +62,11 @@ def user_factory(db: Any) -> Callable[..., Any]:
     """make_user(email=None, *, password=PASSWORD, is_staff=False, is_superuser=False)."""
 
     def make(
-        email: str | None = None, *, password: str = PASSWORD, is_staff: bool = False, is_superuser: bool = False
+        email: str | None = None,
+        *,
+        password: str = PASSWORD,
+        is_staff: bool = False,
+        is_superuser: bool = False,
     ) -> Any:
         email = email or f"user{next(_sequence)}@example.com"
         return get_user_model().objects.create_user(
@@ -117,7 +121,9 @@ def people(user_factory: Callable[..., Any], organization_factory: Callable[...,
     Membership.objects.create(user=admin, organization=org, role=Role.ADMIN)
     Membership.objects.create(user=viewer, organization=org, role=Role.VIEWER)
     other_org = organization_factory("Globex", owner=outsider)
-    return People(org=org, other_org=other_org, owner=owner, admin=admin, viewer=viewer, outsider=outsider, staff=staff)
+    return People(
+        org=org, other_org=other_org, owner=owner, admin=admin, viewer=viewer, outsider=outsider, staff=staff
+    )
 
 
 @pytest.fixture
@@ -186,7 +192,11 @@ def api_token_factory(db: Any) -> Callable[..., str]:
         from fleet.services import api_token_create
 
         _, value = api_token_create(
-            actor=Actor.system("test"), user=user, organization=organization, name="test", expires_in_days=days
+            actor=Actor.system("test"),
+            user=user,
+            organization=organization,
+            name="test",
+            expires_in_days=days,
         )
         return value
 
@@ -231,7 +241,9 @@ def provisioned_region_factory(db: Any) -> Callable[..., ProvisionedRegion]:
             wg_public_key=WG_KEY,
         )
         pools = {
-            purpose: pool_create(actor=actor, name=f"{purpose}-{index}", cidr=cidr, purpose=purpose, region=region)
+            purpose: pool_create(
+                actor=actor, name=f"{purpose}-{index}", cidr=cidr, purpose=purpose, region=region
+            )
             for purpose, cidr in (("public_ipv4", public), ("tunnel_p2p", tunnel), ("ipv6_prefix", ipv6))
         }
         return ProvisionedRegion(region=region, server=server, server_token=token, pools=pools)
