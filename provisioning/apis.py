@@ -1,0 +1,420 @@
+"""REST edges of provisioning: the server peers endpoint and the staff-only management API.
+
+Each view parses with a nested input serializer, calls one service or selector, and serialises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from django.db.models import F
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from fleet.audit import Actor
+from fleet.errors import NotFound
+from fleet.models import Box
+from fleet.permissions import IsAggregationServer, IsStaff
+from provisioning import selectors, services
+from provisioning.choices import PoolPurpose, ServerStatus
+from provisioning.models import AddressPool, AggregationServer, Region
+
+
+def _get(model: Any, pk: Any, what: str, queryset: Any = None) -> Any:
+    try:
+        return (queryset if queryset is not None else model.objects).get(pk=UUID(str(pk)))
+    except (model.DoesNotExist, ValueError) as exc:
+        raise NotFound(f"{what} not found") from exc
+
+
+def _etag_matches(request: Request, etag: str) -> bool:
+    header = request.headers.get("If-None-Match", "")
+    candidates = {value.strip().removeprefix("W/").strip('"') for value in header.split(",")}
+    return etag in candidates or "*" in candidates
+
+
+def _page(
+    request: Request, view: APIView, queryset: Any, serializer: type[serializers.Serializer]
+) -> Response:
+    paginator = LimitOffsetPagination()
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response(serializer(page, many=True).data)
+
+
+# --- peers ------------------------------------------------------------------------------------------
+
+
+class ServerPeersApi(APIView):
+    """The boxes an aggregation server terminates, for its own tunnel configuration."""
+
+    permission_classes = [IsAggregationServer]
+
+    @extend_schema(
+        summary="Peers of the calling aggregation server",
+        description=(
+            "Every claimed box on the server with its tunnel port, addresses and decrypted tunnel "
+            "secrets. Send the previous ETag in If-None-Match to get 304 when nothing changed."
+        ),
+        parameters=[OpenApiParameter("If-None-Match", str, OpenApiParameter.HEADER, required=False)],
+        responses={
+            200: inline_serializer(
+                "ServerPeers",
+                {
+                    "server": serializers.CharField(),
+                    "etag": serializers.CharField(),
+                    "count": serializers.IntegerField(),
+                    "peers": serializers.ListField(child=serializers.DictField()),
+                },
+            ),
+            304: None,
+        },
+        tags=["servers"],
+    )
+    def get(self, request: Request) -> Response:
+        server = request.user.server
+        peers, etag = selectors.server_peers_document(server=server)
+        headers = {"ETag": f'"{etag}"', "Cache-Control": "no-store"}
+        if _etag_matches(request, etag):
+            return Response(status=status.HTTP_304_NOT_MODIFIED, headers=headers)
+        body = {"server": server.name, "etag": etag, "count": len(peers), "peers": peers}
+        return Response(body, headers=headers)
+
+
+# --- regions ----------------------------------------------------------------------------------------
+
+
+class RegionOutput(serializers.ModelSerializer):
+    class Meta:
+        model = Region
+        fields = ["id", "code", "name"]
+
+
+class RegionListApi(APIView):
+    permission_classes = [IsStaff]
+
+    class InputSerializer(serializers.Serializer):
+        code = serializers.SlugField(max_length=32)
+        name = serializers.CharField(max_length=100)
+
+    @extend_schema(summary="List regions", responses=RegionOutput(many=True), tags=["servers"])
+    def get(self, request: Request) -> Response:
+        return _page(request, self, Region.objects.order_by("code"), RegionOutput)
+
+    @extend_schema(
+        summary="Create a region", request=InputSerializer, responses={201: RegionOutput}, tags=["servers"]
+    )
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        region = services.region_create(actor=Actor.from_request(request), **data.validated_data)
+        return Response(RegionOutput(region).data, status=status.HTTP_201_CREATED)
+
+
+# --- servers ----------------------------------------------------------------------------------------
+
+
+class ServerOutput(serializers.ModelSerializer):
+    region_code = serializers.CharField(source="region.code", read_only=True)
+    spare = serializers.SerializerMethodField()
+
+    class Meta:
+        model = AggregationServer
+        fields = [
+            "id",
+            "name",
+            "region",
+            "region_code",
+            "hostname",
+            "public_ipv4",
+            "public_ipv6",
+            "tunnel_port_min",
+            "tunnel_port_max",
+            "capacity",
+            "assigned_boxes",
+            "spare",
+            "status",
+            "wg_public_key",
+            "token_prefix",
+            "created_at",
+            "updated_at",
+        ]
+
+    @extend_schema_field(OpenApiTypes.INT)
+    def get_spare(self, server: AggregationServer) -> int:
+        return server.capacity - server.assigned_boxes
+
+
+class ServerCreatedOutput(ServerOutput):
+    token = serializers.CharField(help_text="The server's API token; shown only in this response.")
+
+    class Meta(ServerOutput.Meta):
+        fields = [*ServerOutput.Meta.fields, "token"]
+
+
+def _servers() -> Any:
+    return AggregationServer.objects.select_related("region").annotate(
+        spare_slots=F("capacity") - F("assigned_boxes")
+    )
+
+
+class ServerListApi(APIView):
+    permission_classes = [IsStaff]
+
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=100)
+        region = serializers.PrimaryKeyRelatedField(queryset=Region.objects.all())
+        hostname = serializers.CharField(max_length=253)
+        public_ipv4 = serializers.IPAddressField(protocol="IPv4")
+        public_ipv6 = serializers.IPAddressField(protocol="IPv6", required=False, allow_null=True)
+        tunnel_port_min = serializers.IntegerField(min_value=1, max_value=65535, default=51820)
+        tunnel_port_max = serializers.IntegerField(min_value=1, max_value=65535, default=52819)
+        capacity = serializers.IntegerField(min_value=0, max_value=65535)
+        wg_public_key = serializers.CharField(max_length=64, allow_blank=True, default="")
+        status = serializers.ChoiceField(choices=ServerStatus.choices, default=ServerStatus.ACTIVE)
+
+    @extend_schema(summary="List aggregation servers", responses=ServerOutput(many=True), tags=["servers"])
+    def get(self, request: Request) -> Response:
+        return _page(request, self, _servers().order_by("name"), ServerOutput)
+
+    @extend_schema(
+        summary="Create an aggregation server",
+        description="The response carries the server's API token in `token`, shown this once.",
+        request=InputSerializer,
+        responses={201: ServerCreatedOutput},
+        tags=["servers"],
+    )
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        server, token = services.server_create(actor=Actor.from_request(request), **data.validated_data)
+        server.token = token  # type: ignore[attr-defined]
+        return Response(ServerCreatedOutput(server).data, status=status.HTTP_201_CREATED)
+
+
+class ServerDetailApi(APIView):
+    permission_classes = [IsStaff]
+
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=100, required=False)
+        region = serializers.PrimaryKeyRelatedField(queryset=Region.objects.all(), required=False)
+        hostname = serializers.CharField(max_length=253, required=False)
+        public_ipv4 = serializers.IPAddressField(protocol="IPv4", required=False)
+        public_ipv6 = serializers.IPAddressField(protocol="IPv6", required=False, allow_null=True)
+        tunnel_port_min = serializers.IntegerField(min_value=1, max_value=65535, required=False)
+        tunnel_port_max = serializers.IntegerField(min_value=1, max_value=65535, required=False)
+        capacity = serializers.IntegerField(min_value=0, max_value=65535, required=False)
+        wg_public_key = serializers.CharField(max_length=64, allow_blank=True, required=False)
+        status = serializers.ChoiceField(choices=ServerStatus.choices, required=False)
+
+    @extend_schema(summary="An aggregation server", responses=ServerOutput, tags=["servers"])
+    def get(self, request: Request, server_id: UUID) -> Response:
+        return Response(ServerOutput(_get(AggregationServer, server_id, "server", _servers())).data)
+
+    @extend_schema(
+        summary="Change an aggregation server (incl. status active/draining/down)",
+        request=InputSerializer,
+        responses=ServerOutput,
+        tags=["servers"],
+    )
+    def patch(self, request: Request, server_id: UUID) -> Response:
+        server = _get(AggregationServer, server_id, "server")
+        data = self.InputSerializer(data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        services.server_update(actor=Actor.from_request(request), server=server, **data.validated_data)
+        return Response(ServerOutput(_get(AggregationServer, server_id, "server", _servers())).data)
+
+
+class ServerRotateTokenApi(APIView):
+    permission_classes = [IsStaff]
+
+    @extend_schema(
+        summary="Issue a new server token (the old one stops working)",
+        request=None,
+        responses={200: inline_serializer("ServerToken", {"token": serializers.CharField()})},
+        tags=["servers"],
+    )
+    def post(self, request: Request, server_id: UUID) -> Response:
+        server = _get(AggregationServer, server_id, "server")
+        token = services.server_rotate_token(actor=Actor.from_request(request), server=server)
+        return Response({"token": token})
+
+
+# --- pools ------------------------------------------------------------------------------------------
+
+
+class PoolOutput(serializers.ModelSerializer):
+    utilisation = serializers.SerializerMethodField()
+
+    class Meta:
+        model = AddressPool
+        fields = [
+            "id",
+            "name",
+            "cidr",
+            "purpose",
+            "prefix_length",
+            "region",
+            "server",
+            "created_at",
+            "utilisation",
+        ]
+
+    @extend_schema_field(
+        inline_serializer(
+            "PoolUtilisation",
+            {
+                "size": serializers.IntegerField(),
+                "active": serializers.IntegerField(),
+                "quarantined": serializers.IntegerField(),
+                "free": serializers.IntegerField(),
+            },
+        )
+    )
+    def get_utilisation(self, pool: AddressPool) -> dict[str, int]:
+        return selectors.pool_utilisation(pool)
+
+
+class PoolListApi(APIView):
+    permission_classes = [IsStaff]
+
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=100)
+        cidr = serializers.CharField(max_length=64)
+        purpose = serializers.ChoiceField(choices=PoolPurpose.choices)
+        prefix_length = serializers.IntegerField(min_value=0, max_value=128, required=False, allow_null=True)
+        region = serializers.PrimaryKeyRelatedField(
+            queryset=Region.objects.all(), required=False, allow_null=True
+        )
+        server = serializers.PrimaryKeyRelatedField(
+            queryset=AggregationServer.objects.all(), required=False, allow_null=True
+        )
+
+    @extend_schema(
+        summary="List address pools with utilisation", responses=PoolOutput(many=True), tags=["pools"]
+    )
+    def get(self, request: Request) -> Response:
+        return _page(request, self, selectors.pools_with_utilisation().order_by("name"), PoolOutput)
+
+    @extend_schema(
+        summary="Create an address pool", request=InputSerializer, responses={201: PoolOutput}, tags=["pools"]
+    )
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        pool = services.pool_create(actor=Actor.from_request(request), **data.validated_data)
+        pool = selectors.pools_with_utilisation().get(pk=pool.pk)
+        return Response(PoolOutput(pool).data, status=status.HTTP_201_CREATED)
+
+
+class PoolDetailApi(APIView):
+    permission_classes = [IsStaff]
+
+    @extend_schema(summary="An address pool with utilisation", responses=PoolOutput, tags=["pools"])
+    def get(self, request: Request, pool_id: UUID) -> Response:
+        return Response(
+            PoolOutput(_get(AddressPool, pool_id, "pool", selectors.pools_with_utilisation())).data
+        )
+
+
+# --- staff box actions -------------------------------------------------------------------------------
+
+
+class BoxProvisioningOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    serial = serializers.CharField()
+    state = serializers.CharField()
+    organization = serializers.UUIDField(source="organization_id", allow_null=True)
+    server = serializers.UUIDField(source="server_id", allow_null=True)
+    tunnel_port = serializers.IntegerField(allow_null=True)
+    config_hash = serializers.CharField()
+
+
+def _box_action(request: Request, box_id: UUID, action: Any, **kwargs: Any) -> Response:
+    box = _get(Box, box_id, "box")
+    box = action(actor=Actor.from_request(request), box=box, **kwargs)
+    return Response(BoxProvisioningOutput(Box.objects.get(pk=box.pk)).data)
+
+
+class BoxReassignServerApi(APIView):
+    permission_classes = [IsStaff]
+
+    class InputSerializer(serializers.Serializer):
+        server = serializers.PrimaryKeyRelatedField(
+            queryset=AggregationServer.objects.all(), required=False, allow_null=True
+        )
+
+    @extend_schema(
+        summary="Move a box to another aggregation server (the given one, or the best other one)",
+        request=InputSerializer,
+        responses=BoxProvisioningOutput,
+        tags=["boxes"],
+    )
+    def post(self, request: Request, box_id: UUID) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return _box_action(
+            request, box_id, services.box_reassign_server, server=data.validated_data.get("server")
+        )
+
+
+class BoxReleaseAddressesApi(APIView):
+    permission_classes = [IsStaff]
+
+    @extend_schema(
+        summary="Quarantine every address of a box",
+        request=None,
+        responses=BoxProvisioningOutput,
+        tags=["boxes"],
+    )
+    def post(self, request: Request, box_id: UUID) -> Response:
+        return _box_action(request, box_id, services.box_release_addresses)
+
+
+class BoxRevokeCredentialsApi(APIView):
+    permission_classes = [IsStaff]
+
+    class InputSerializer(serializers.Serializer):
+        include_agent = serializers.BooleanField(default=False)
+        reissue = serializers.BooleanField(default=False)
+
+    @extend_schema(
+        summary="Revoke a box's tunnel credentials (optionally its agent credential; optionally reissue)",
+        request=InputSerializer,
+        responses=BoxProvisioningOutput,
+        tags=["boxes"],
+    )
+    def post(self, request: Request, box_id: UUID) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return _box_action(request, box_id, services.box_revoke_credentials, **data.validated_data)
+
+
+class BoxDecommissionApi(APIView):
+    permission_classes = [IsStaff]
+
+    @extend_schema(
+        summary="Retire a box for good", request=None, responses=BoxProvisioningOutput, tags=["boxes"]
+    )
+    def post(self, request: Request, box_id: UUID) -> Response:
+        return _box_action(request, box_id, services.box_decommission)
+
+
+__all__ = [
+    "BoxDecommissionApi",
+    "BoxReassignServerApi",
+    "BoxReleaseAddressesApi",
+    "BoxRevokeCredentialsApi",
+    "PoolDetailApi",
+    "PoolListApi",
+    "RegionListApi",
+    "ServerDetailApi",
+    "ServerListApi",
+    "ServerPeersApi",
+    "ServerRotateTokenApi",
+]
