@@ -253,6 +253,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "provisioning.tasks.rollout*": {"queue": "rollouts"},
     "fleet.tasks.telemetry*": {"queue": "telemetry"},
+    "fleet.telemetry.tasks.*": {"queue": "telemetry"},
 }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
@@ -271,6 +272,15 @@ OTB = {
     "RAW_RETENTION_DAYS": env_int("OTB_RAW_RETENTION_DAYS", 7),
     "ROLLUP_5M_RETENTION_DAYS": env_int("OTB_ROLLUP_5M_RETENTION_DAYS", 90),
     "ROLLUP_1H_RETENTION_DAYS": env_int("OTB_ROLLUP_1H_RETENTION_DAYS", 730),
+    # Live sessions and the telemetry writer (fleet/consumers.py, fleet/telemetry/writer.py).
+    "MAX_SESSIONS_PER_PROCESS": env_int("OTB_MAX_SESSIONS_PER_PROCESS", 20000),
+    "INVALID_FRAME_PENALTY_S": env_int("OTB_INVALID_FRAME_PENALTY_S", 60),
+    "TELEMETRY_FLUSH_INTERVAL_MS": env_int("OTB_TELEMETRY_FLUSH_INTERVAL_MS", 50),
+    "TELEMETRY_MAX_BATCH": env_int("OTB_TELEMETRY_MAX_BATCH", 500),
+    "TELEMETRY_MAX_PENDING": env_int("OTB_TELEMETRY_MAX_PENDING", 20000),
+    "LIVE_BROADCAST_INTERVAL_S": env_int("OTB_LIVE_BROADCAST_INTERVAL_S", 5),
+    "ROLLUP_LOOKBACK_MINUTES": env_int("OTB_ROLLUP_LOOKBACK_MINUTES", 60),
+    "BENCH_ECHO": env_bool("OTB_BENCH_ECHO", False),
     # Alert notifications (fleet/monitoring): first retry delay, doubled per attempt; whether webhooks
     # may target private/loopback addresses (never in production: customers must not probe our network).
     "NOTIFY_RETRY_BASE_S": env_int("OTB_NOTIFY_RETRY_BASE_S", 30),

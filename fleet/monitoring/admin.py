@@ -63,6 +63,8 @@ def _form_error(form: forms.ModelForm, exc: DomainError) -> None:
 
 
 class NotificationTargetForm(forms.ModelForm):
+    url = forms.URLField(required=False, max_length=500, assume_scheme="https")
+
     class Meta:
         model = NotificationTarget
         fields = ["organization", "name", "kind", "email", "url", "enabled"]
