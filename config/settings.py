@@ -98,6 +98,7 @@ INSTALLED_APPS = [
     "fleet.commands",
     "fleet.monitoring",
     "provisioning",
+    "provisioning.firmware",
     "frontend",
 ]
 
@@ -111,6 +112,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "frontend.middleware.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -126,6 +128,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "frontend.context_processors.portal",
             ],
         },
     },
@@ -188,6 +191,17 @@ STORAGES = {
     },
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# Browser libraries come from npm (frontend/package.json, `npm ci --prefix frontend`), never a CDN:
+# their dist folders are static dirs under vendor/ (collected by collectstatic in production).
+STATICFILES_DIRS = [
+    (f"vendor/{package}", BASE_DIR / "frontend" / "node_modules" / package / "dist")
+    for package in ("htmx.org", "uplot")
+    if (BASE_DIR / "frontend" / "node_modules" / package / "dist").is_dir()
+]
+WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", not PRODUCTION)
+LOGIN_URL = "frontend:login"
+LOGIN_REDIRECT_URL = "frontend:home"
+LOGOUT_REDIRECT_URL = "frontend:login"
 MEDIA_ROOT = os.environ.get("OTB_MEDIA_ROOT", str(VAR_DIR / "media"))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -252,6 +266,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "provisioning.tasks.rollout*": {"queue": "rollouts"},
+    "provisioning.firmware.tasks.rollout*": {"queue": "rollouts"},
     "fleet.tasks.telemetry*": {"queue": "telemetry"},
     "fleet.telemetry.tasks.*": {"queue": "telemetry"},
 }
@@ -272,6 +287,10 @@ OTB = {
     "RAW_RETENTION_DAYS": env_int("OTB_RAW_RETENTION_DAYS", 7),
     "ROLLUP_5M_RETENTION_DAYS": env_int("OTB_ROLLUP_5M_RETENTION_DAYS", 90),
     "ROLLUP_1H_RETENTION_DAYS": env_int("OTB_ROLLUP_1H_RETENTION_DAYS", 730),
+    # Alert notifications (fleet/monitoring): first retry delay, doubled per attempt; whether webhooks
+    # may target private/loopback addresses (never in production: customers must not probe our network).
+    "NOTIFY_RETRY_BASE_S": env_int("OTB_NOTIFY_RETRY_BASE_S", 30),
+    "WEBHOOK_ALLOW_PRIVATE": env_bool("OTB_WEBHOOK_ALLOW_PRIVATE", not PRODUCTION),
     # Live sessions and the telemetry writer (fleet/consumers.py, fleet/telemetry/writer.py).
     "MAX_SESSIONS_PER_PROCESS": env_int("OTB_MAX_SESSIONS_PER_PROCESS", 20000),
     "INVALID_FRAME_PENALTY_S": env_int("OTB_INVALID_FRAME_PENALTY_S", 60),
@@ -281,10 +300,6 @@ OTB = {
     "LIVE_BROADCAST_INTERVAL_S": env_int("OTB_LIVE_BROADCAST_INTERVAL_S", 5),
     "ROLLUP_LOOKBACK_MINUTES": env_int("OTB_ROLLUP_LOOKBACK_MINUTES", 60),
     "BENCH_ECHO": env_bool("OTB_BENCH_ECHO", False),
-    # Alert notifications (fleet/monitoring): first retry delay, doubled per attempt; whether webhooks
-    # may target private/loopback addresses (never in production: customers must not probe our network).
-    "NOTIFY_RETRY_BASE_S": env_int("OTB_NOTIFY_RETRY_BASE_S", 30),
-    "WEBHOOK_ALLOW_PRIVATE": env_bool("OTB_WEBHOOK_ALLOW_PRIVATE", not PRODUCTION),
 }
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")

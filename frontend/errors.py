@@ -1,0 +1,38 @@
+"""How page views show domain errors: a field error on the form, a 404 page, a 403 page.
+
+Services raise ``fleet.errors``; the API turns them into JSON (``fleet.api_errors``), the pages into
+what a person sees. Objects the person may not see are 404, exactly as in the API.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from django import forms
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse
+
+from fleet.errors import DomainError, Forbidden, NotFound
+
+
+def form_add_domain_error(form: forms.Form, exc: DomainError) -> None:
+    """Attach the error to the field it names (or to the form as a whole)."""
+    field = exc.field if exc.field in form.fields else None
+    form.add_error(field, exc.message)
+
+
+def page_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Turn NotFound into a 404 and Forbidden into a 403 page for a view that does not handle them."""
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return view(request, *args, **kwargs)
+        except NotFound as exc:
+            raise Http404(exc.message) from exc
+        except Forbidden as exc:
+            raise PermissionDenied(exc.message) from exc
+
+    return wrapper

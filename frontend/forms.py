@@ -1,0 +1,224 @@
+"""Page forms: they parse and shape input only. Rules live in the services, whose errors are shown
+on the field they name (``frontend.errors.form_add_domain_error``)."""
+
+from __future__ import annotations
+
+from django import forms
+
+from fleet.choices import ReleaseChannel, Role, WanMode, WanRole
+
+
+class InvitationAcceptForm(forms.Form):
+    token = forms.CharField(
+        label="Invitation token", max_length=200, help_text="It is in the invitation email and starts with otbi_."
+    )
+
+
+class FleetFilterForm(forms.Form):
+    """The fleet page's search and filters (all optional; bad values are ignored, not a 500)."""
+
+    q = forms.CharField(label="Search", required=False, max_length=100)
+    status = forms.ChoiceField(
+        label="Status",
+        required=False,
+        choices=[("", "Any status"), ("online", "Online"), ("offline", "Offline"), ("drift", "Config pending")],
+    )
+    region = forms.ChoiceField(label="Region", required=False)
+    firmware = forms.CharField(label="Firmware", required=False, max_length=64)
+    page = forms.IntegerField(required=False, min_value=1)
+
+    def __init__(self, *args, regions: list[tuple[str, str]] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["region"].choices = [("", "Any region"), *(regions or [])]
+
+
+class BoxClaimForm(forms.Form):
+    serial = forms.CharField(label="Serial number", max_length=64, help_text="On the label under the box.")
+    claim_code = forms.CharField(
+        label="Claim code", max_length=128, strip=False, help_text="Printed next to the serial number."
+    )
+
+
+class BoxRenameForm(forms.Form):
+    name = forms.CharField(label="Name", required=False, max_length=100)
+    tags = forms.CharField(label="Tags", required=False, max_length=900, help_text="Separated by spaces or commas.")
+
+    def cleaned_tags(self) -> list[str]:
+        raw = self.cleaned_data.get("tags") or ""
+        return [tag for tag in raw.replace(",", " ").split() if tag]
+
+
+class WanPolicyForm(forms.Form):
+    """Mode plus one role per interface; the interface fields are added from the box's links."""
+
+    mode = forms.ChoiceField(label="Mode", choices=WanMode.choices)
+
+    def __init__(self, *args, interfaces: list[dict] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.interfaces = interfaces or []
+        for index, interface in enumerate(self.interfaces):
+            self.fields[f"role_{index}"] = forms.ChoiceField(
+                label=f"Role of {interface.get('label') or interface['name']}",
+                choices=WanRole.choices,
+                initial=interface.get("role", WanRole.PRIMARY),
+            )
+
+    def role_fields(self) -> list[tuple[dict, forms.BoundField]]:
+        return [(interface, self[f"role_{index}"]) for index, interface in enumerate(self.interfaces)]
+
+    def policy_interfaces(self) -> list[dict]:
+        """The interfaces as the service takes them, keeping what the editor does not show."""
+        result = []
+        for index, interface in enumerate(self.interfaces):
+            entry = {key: interface[key] for key in ("name", "kind", "up_kbps", "down_kbps") if key in interface}
+            entry["role"] = self.cleaned_data[f"role_{index}"]
+            result.append(entry)
+        return result
+
+
+class FirmwareSettingsForm(forms.Form):
+    release_channel = forms.ChoiceField(label="Release channel", choices=ReleaseChannel.choices)
+    auto_upgrade = forms.BooleanField(label="Upgrade automatically in the maintenance window", required=False)
+
+
+class PostponeForm(forms.Form):
+    days = forms.TypedChoiceField(
+        label="Postpone by",
+        coerce=int,
+        choices=[(1, "1 day"), (3, "3 days"), (7, "1 week"), (14, "2 weeks")],
+        initial=7,
+    )
+
+
+class CommandForm(forms.Form):
+    kind = forms.ChoiceField(
+        label="Command",
+        choices=[
+            ("reboot", "Reboot"),
+            ("diagnostics", "Run diagnostics"),
+            ("speed_test", "Speed test"),
+            ("restart_services", "Restart services"),
+            ("refresh_config", "Refresh configuration"),
+        ],
+    )
+
+
+class InviteForm(forms.Form):
+    email = forms.EmailField(label="Email")
+    role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.VIEWER)
+
+
+class MemberRoleForm(forms.Form):
+    role = forms.ChoiceField(label="Role", choices=Role.choices)
+
+
+class ApiTokenForm(forms.Form):
+    name = forms.CharField(label="Name", max_length=100, help_text="What uses it, e.g. “monitoring script”.")
+    expires_in_days = forms.TypedChoiceField(
+        label="Expires in",
+        coerce=int,
+        choices=[(7, "7 days"), (30, "30 days"), (90, "90 days"), (365, "1 year")],
+        initial=90,
+    )
+
+
+class ConsoleSearchForm(forms.Form):
+    q = forms.CharField(label="Serial, MAC, public IP or customer", max_length=100, required=False)
+
+
+class AuditFilterForm(forms.Form):
+    q = forms.CharField(label="Search", required=False, max_length=100)
+    action = forms.CharField(label="Action starts with", required=False, max_length=64)
+    actor = forms.CharField(label="Actor", required=False, max_length=150)
+    serial = forms.CharField(label="Box serial", required=False, max_length=64)
+    page = forms.IntegerField(required=False, min_value=1)
+
+
+class StaffActionForm(forms.Form):
+    confirm_serial = forms.CharField(label="Type the serial number to confirm", max_length=64)
+    server = forms.ChoiceField(label="Target server", required=False)
+
+
+class AlertRuleForm(forms.Form):
+    name = forms.CharField(label="Name", max_length=100)
+    kind = forms.ChoiceField(label="When")
+    threshold = forms.FloatField(label="Threshold", required=False, help_text="Loss in % or RTT in ms.")
+    duration_minutes = forms.IntegerField(label="For (minutes)", min_value=1, max_value=1440, initial=5)
+    box = forms.ChoiceField(label="Box", required=False)
+    targets = forms.MultipleChoiceField(label="Notify", required=False, widget=forms.CheckboxSelectMultiple)
+
+    def __init__(self, *args, kinds=(), boxes=(), targets=(), **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["kind"].choices = list(kinds)
+        self.fields["box"].choices = [("", "Every box"), *boxes]
+        self.fields["targets"].choices = list(targets)
+
+
+class NotificationTargetForm(forms.Form):
+    name = forms.CharField(label="Name", max_length=100)
+    kind = forms.ChoiceField(label="Kind", choices=[("email", "Email"), ("webhook", "Webhook")])
+    email = forms.CharField(label="Email address", required=False, max_length=254)
+    url = forms.CharField(label="Webhook URL", required=False, max_length=500)
+
+
+class RolloutForm(forms.Form):
+    """A rollout's release and target; the target's rules are checked by the rollout service."""
+
+    name = forms.CharField(label="Name", max_length=120)
+    release = forms.ChoiceField(label="Release")
+    channels = forms.MultipleChoiceField(
+        label="Box channels",
+        required=False,
+        choices=ReleaseChannel.choices,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Empty: every channel that takes the release.",
+    )
+    models = forms.CharField(label="Hardware models", required=False, max_length=500, help_text="Comma separated.")
+    organizations = forms.MultipleChoiceField(label="Customers", required=False)
+    version_min = forms.CharField(label="From version (included)", required=False, max_length=64)
+    version_max = forms.CharField(label="Below version", required=False, max_length=64)
+    tags = forms.CharField(label="Tags", required=False, max_length=500, help_text="A box with any of them.")
+    boxes = forms.CharField(
+        label="Only these boxes",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Serials, separated by spaces, commas or lines.",
+    )
+    phases = forms.CharField(
+        label="Phases (% of eligible boxes)", initial="1, 10, 50, 100", max_length=100,
+        help_text="Each phase waits for the previous one to be healthy.",
+    )
+    force = forms.BooleanField(label="Also boxes with automatic upgrades off", required=False)
+
+    def __init__(self, *args, releases=(), organizations=(), **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["release"].choices = list(releases)
+        self.fields["organizations"].choices = list(organizations)
+
+    @staticmethod
+    def _split(value: str) -> list[str]:
+        return [item for item in value.replace(",", " ").split() if item]
+
+    def clean_phases(self) -> list[int]:
+        try:
+            phases = [int(item) for item in self._split(self.cleaned_data["phases"])]
+        except ValueError as exc:
+            raise forms.ValidationError("phases are whole percentages, e.g. 1, 10, 50, 100") from exc
+        if not phases:
+            raise forms.ValidationError("give at least one phase")
+        return phases
+
+    def target(self) -> dict:
+        data = self.cleaned_data
+        target: dict = {}
+        if data.get("channels"):
+            target["channels"] = list(data["channels"])
+        for key in ("models", "tags", "boxes"):
+            if data.get(key):
+                target[key] = self._split(data[key])
+        if data.get("organizations"):
+            target["organizations"] = list(data["organizations"])
+        for key in ("version_min", "version_max"):
+            if data.get(key):
+                target[key] = data[key].strip()
+        return target

@@ -1,0 +1,80 @@
+"""Signing in and out, password reset, the organisation switcher and accepting an invitation."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse, reverse_lazy
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from fleet.access import organization_for
+from fleet.choices import Role
+from fleet.errors import DomainError
+from fleet.services import invitation_accept
+from frontend.context import current_organization, organization_choose
+from frontend.errors import form_add_domain_error, page_errors
+from frontend.forms import InvitationAcceptForm
+
+login = auth_views.LoginView.as_view(template_name="frontend/auth/login.html", redirect_authenticated_user=True)
+logout = auth_views.LogoutView.as_view()
+password_reset = auth_views.PasswordResetView.as_view(
+    template_name="frontend/auth/password_reset_form.html",
+    email_template_name="frontend/auth/password_reset_email.txt",
+    subject_template_name="frontend/auth/password_reset_subject.txt",
+    success_url=reverse_lazy("frontend:password_reset_done"),
+)
+password_reset_done = auth_views.PasswordResetDoneView.as_view(
+    template_name="frontend/auth/password_reset_done.html"
+)
+password_reset_confirm = auth_views.PasswordResetConfirmView.as_view(
+    template_name="frontend/auth/password_reset_confirm.html",
+    success_url=reverse_lazy("frontend:password_reset_complete"),
+)
+password_reset_complete = auth_views.PasswordResetCompleteView.as_view(
+    template_name="frontend/auth/password_reset_complete.html"
+)
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    """``/``: the fleet page for people, the sign-in page for everyone else."""
+    if not request.user.is_authenticated:
+        return redirect(f"{reverse('frontend:login')}?next=/")
+    if current_organization(request) is None and request.user.is_staff:
+        return redirect("frontend:console")
+    return redirect("frontend:boxes")
+
+
+@login_required
+@require_POST
+@page_errors
+def organization_switch(request: HttpRequest) -> HttpResponse:
+    """Make another organisation (one the person may read) the current one."""
+    organization = organization_for(request.user, request.POST.get("organization", ""), Role.VIEWER)
+    organization_choose(request, organization)
+    target = request.POST.get("next") or reverse("frontend:boxes")
+    if "/boxes/" in target and target.rstrip("/") != reverse("frontend:boxes").rstrip("/"):
+        target = reverse("frontend:boxes")  # a box of the previous organisation would now be a 404
+    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+        target = reverse("frontend:boxes")
+    messages.success(request, f"Now viewing {organization.name}.")
+    return redirect(target)
+
+
+@login_required
+def invitation_accept_page(request: HttpRequest) -> HttpResponse:
+    """Paste the invitation token from the email (tokens never travel in URLs) and join."""
+    form = InvitationAcceptForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            membership = invitation_accept(user=request.user, token=form.cleaned_data["token"])
+        except DomainError as exc:
+            form_add_domain_error(form, exc)
+        else:
+            organization_choose(request, membership.organization)
+            messages.success(request, f"You joined {membership.organization.name} as {membership.role}.")
+            return redirect("frontend:boxes")
+    return render(request, "frontend/invitation_accept.html", {"form": form}, status=400 if form.errors else 200)

@@ -1,0 +1,324 @@
+"""The box page (customer portal and, with staff actions, the support console) and its fragments.
+
+Fragments are small GETs that htmx swaps in: status, configuration state, events, commands. The
+page's script refreshes them when the people websocket (``ws/live/``) says something changed, and
+polls the configuration state while the box has not applied the desired configuration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from fleet.access import ROLE_RANK, box_for, is_staff, require_role
+from fleet.audit import Actor
+from fleet.choices import Role, WanKind
+from fleet.errors import DomainError
+from fleet.models import Box
+from fleet.services import box_set_wan_policy, box_update
+from frontend.errors import form_add_domain_error, page_errors
+from frontend.forms import BoxRenameForm, CommandForm, FirmwareSettingsForm, PostponeForm, WanPolicyForm
+
+EVENTS_SHOWN = 30
+COMMANDS_SHOWN = 15
+
+
+def _role(request: HttpRequest, box: Box) -> str:
+    if is_staff(request.user):
+        return Role.OWNER
+    return require_role(request.user, box.organization_id, Role.VIEWER)
+
+
+def _can_edit(role: str) -> bool:
+    return ROLE_RANK[Role(role)] >= ROLE_RANK[Role.ADMIN]
+
+
+def _status(box: Box) -> Any:
+    from fleet.telemetry.models import BoxStatus
+
+    return BoxStatus.objects.filter(box=box).first()
+
+
+def _wans(box: Box) -> list[Any]:
+    from fleet.telemetry.models import WanStatus
+
+    return list(WanStatus.objects.filter(box=box).order_by("iface"))
+
+
+def _policy_interfaces(box: Box, wans: list[Any]) -> list[dict[str, Any]]:
+    """The policy's interfaces, plus links the box reports that the policy does not name yet."""
+    policy = box.wan_policy or {}
+    interfaces = [dict(item) for item in policy.get("interfaces", []) if isinstance(item, dict)]
+    labels = {wan.iface: wan.label for wan in wans}
+    known = {item.get("name") for item in interfaces}
+    for wan in wans:
+        if wan.iface not in known:
+            kind = wan.kind if wan.kind in WanKind.values else WanKind.OTHER
+            interfaces.append({"name": wan.iface, "role": "primary", "kind": kind})
+    for item in interfaces:
+        item["label"] = labels.get(item.get("name")) or item.get("name")
+    return interfaces
+
+
+def _addresses(box: Box) -> list[Any]:
+    from provisioning.choices import AssignmentState
+
+    return list(box.addresses.filter(state=AssignmentState.ACTIVE).select_related("pool").order_by("purpose"))
+
+
+def _events(box: Box) -> list[Any]:
+    try:
+        from fleet.monitoring.models import Event
+    except ImportError:
+        return []
+    return list(Event.objects.filter(box=box).order_by("-ts", "-id")[:EVENTS_SHOWN])
+
+
+def _commands(box: Box) -> list[Any]:
+    from fleet.commands.selectors import command_list_for_box
+
+    return list(command_list_for_box(box_id=box.pk)[:COMMANDS_SHOWN])
+
+
+def _firmware(box: Box) -> dict[str, Any]:
+    """What the rollout engine says about this box's firmware (pending upgrade, latest release)."""
+    try:
+        from provisioning.firmware import selectors as firmware_selectors  # type: ignore[attr-defined]
+    except ImportError:
+        return {}
+    summary = getattr(firmware_selectors, "box_firmware_summary", None)
+    return summary(box=box) if summary else {}
+
+
+def box_context(request: HttpRequest, box: Box, *, console: bool = False) -> dict[str, Any]:
+    role = _role(request, box)
+    wans = _wans(box)
+    commands = _commands(box)
+    return {
+        "nav": "console" if console else "boxes",
+        "console": console,
+        "box": box,
+        "role": role,
+        "can_edit": _can_edit(role),
+        "status": _status(box),
+        "wans": wans,
+        "addresses": _addresses(box),
+        "events": _events(box),
+        "commands": commands,
+        "commands_open": any(command.state in {"pending", "sent", "running"} for command in commands),
+        "firmware": _firmware(box),
+        "policy_form": WanPolicyForm(
+            initial={"mode": (box.wan_policy or {}).get("mode", "aggregate")},
+            interfaces=_policy_interfaces(box, wans),
+        ),
+        "rename_form": BoxRenameForm(initial={"name": box.name, "tags": " ".join(box.tags)}),
+        "firmware_form": FirmwareSettingsForm(
+            initial={"release_channel": box.release_channel, "auto_upgrade": box.auto_upgrade}
+        ),
+        "postpone_form": PostponeForm(),
+        "command_form": CommandForm(),
+        "box_url": reverse("frontend:console_box" if console else "frontend:box", args=[box.pk]),
+    }
+
+
+@login_required
+@require_GET
+@page_errors
+def box_page(request: HttpRequest, box_id: str) -> HttpResponse:
+    """Everything about one box, live."""
+    box = box_for(request.user, box_id, Role.VIEWER)
+    return render(request, "frontend/box/page.html", box_context(request, box))
+
+
+@login_required
+@require_GET
+@page_errors
+def box_status_fragment(request: HttpRequest, box_id: str) -> HttpResponse:
+    box = box_for(request.user, box_id, Role.VIEWER)
+    return render(
+        request, "frontend/box/_status.html", {"box": box, "status": _status(box), "wans": _wans(box)}
+    )
+
+
+@login_required
+@require_GET
+@page_errors
+def box_config_fragment(request: HttpRequest, box_id: str) -> HttpResponse:
+    """Whether the box has applied the desired configuration (polled while it has not)."""
+    box = box_for(request.user, box_id, Role.VIEWER)
+    return render(request, "frontend/box/_config_state.html", {"box": box})
+
+
+@login_required
+@require_GET
+@page_errors
+def box_events_fragment(request: HttpRequest, box_id: str) -> HttpResponse:
+    box = box_for(request.user, box_id, Role.VIEWER)
+    return render(request, "frontend/box/_events.html", {"box": box, "events": _events(box)})
+
+
+@login_required
+@require_GET
+@page_errors
+def box_commands_fragment(request: HttpRequest, box_id: str) -> HttpResponse:
+    box = box_for(request.user, box_id, Role.VIEWER)
+    commands = _commands(box)
+    return render(
+        request,
+        "frontend/box/_commands.html",
+        {
+            "box": box,
+            "commands": commands,
+            "commands_open": any(command.state in {"pending", "sent", "running"} for command in commands),
+        },
+    )
+
+
+def _back(request: HttpRequest, box: Box, anchor: str) -> HttpResponse:
+    console = request.POST.get("console") == "1" and is_staff(request.user)
+    url = reverse("frontend:console_box" if console else "frontend:box", args=[box.pk])
+    return redirect(f"{url}#{anchor}")
+
+
+@login_required
+@require_POST
+@page_errors
+def box_policy_update(request: HttpRequest, box_id: str) -> HttpResponse:
+    """Save the WAN policy; the page then shows "waiting for the box to apply" until it has."""
+    box = box_for(request.user, box_id, Role.ADMIN)
+    form = WanPolicyForm(request.POST, interfaces=_policy_interfaces(box, _wans(box)))
+    if form.is_valid():
+        try:
+            box = box_set_wan_policy(
+                actor=Actor.from_request(request),
+                box=box,
+                mode=form.cleaned_data["mode"],
+                interfaces=form.policy_interfaces(),
+            )
+        except DomainError as exc:
+            form_add_domain_error(form, exc)
+    status = 400 if form.errors else 200
+    if request.headers.get("HX-Request"):
+        return render(
+            request,
+            "frontend/box/_policy.html",
+            {"box": box, "policy_form": form, "can_edit": True, "saved": not form.errors},
+            status=status,
+        )
+    if form.errors:
+        messages.error(request, "The WAN policy was not saved: " + "; ".join(_error_texts(form)))
+    else:
+        messages.success(request, "WAN policy saved. Waiting for the box to apply it.")
+    return _back(request, box, "policy")
+
+
+def _error_texts(form: Any) -> list[str]:
+    return [f"{'' if field == '__all__' else field + ': '}{error}" for field, errors in form.errors.items() for error in errors]
+
+
+@login_required
+@require_POST
+@page_errors
+def box_rename(request: HttpRequest, box_id: str) -> HttpResponse:
+    box = box_for(request.user, box_id, Role.ADMIN)
+    form = BoxRenameForm(request.POST)
+    if form.is_valid():
+        try:
+            box_update(
+                actor=Actor.from_request(request),
+                box=box,
+                name=form.cleaned_data["name"],
+                tags=form.cleaned_tags(),
+            )
+        except DomainError as exc:
+            form_add_domain_error(form, exc)
+    if form.errors:
+        messages.error(request, "Not saved: " + "; ".join(_error_texts(form)))
+    else:
+        messages.success(request, "Saved.")
+    return _back(request, box, "overview")
+
+
+@login_required
+@require_POST
+@page_errors
+def box_command_create(request: HttpRequest, box_id: str) -> HttpResponse:
+    """Send a command (reboot, diagnostics, speed test...) to the box."""
+    from fleet.commands.services import command_create
+
+    box = box_for(request.user, box_id, Role.ADMIN)
+    form = CommandForm(request.POST)
+    if form.is_valid():
+        try:
+            command = command_create(actor=Actor.from_request(request), box=box, kind=form.cleaned_data["kind"])
+        except DomainError as exc:
+            form_add_domain_error(form, exc)
+        else:
+            messages.success(request, f"{command.get_kind_display()} sent to {box.name or box.serial}.")
+    if form.errors:
+        messages.error(request, "Not sent: " + "; ".join(_error_texts(form)))
+    return _back(request, box, "commands")
+
+
+@login_required
+@require_POST
+@page_errors
+def box_firmware_settings(request: HttpRequest, box_id: str) -> HttpResponse:
+    """Release channel and automatic upgrades (the rollout engine's service decides what they mean)."""
+    box = box_for(request.user, box_id, Role.ADMIN)
+    form = FirmwareSettingsForm(request.POST)
+    service = _firmware_service("box_firmware_settings_update")
+    if form.is_valid() and service is not None:
+        try:
+            service(actor=Actor.from_request(request), box=box, **form.cleaned_data)
+        except DomainError as exc:
+            form_add_domain_error(form, exc)
+    elif service is None:
+        form.add_error(None, "firmware settings are not available yet")
+    if form.errors:
+        messages.error(request, "Not saved: " + "; ".join(_error_texts(form)))
+    else:
+        messages.success(request, "Firmware settings saved.")
+    return _back(request, box, "firmware")
+
+
+@login_required
+@require_POST
+@page_errors
+def box_firmware_action(request: HttpRequest, box_id: str, action: str) -> HttpResponse:
+    """Upgrade now, or postpone the pending upgrade."""
+    box = box_for(request.user, box_id, Role.ADMIN)
+    actor = Actor.from_request(request)
+    try:
+        if action == "upgrade":
+            service = _firmware_service("box_upgrade_now")
+            if service is None:
+                raise DomainError("upgrades are not available yet")
+            service(actor=actor, box=box)
+            messages.success(request, "Upgrade requested: the box installs it now and restarts.")
+        elif action == "postpone":
+            form = PostponeForm(request.POST)
+            service = _firmware_service("box_upgrade_postpone")
+            if not form.is_valid() or service is None:
+                raise DomainError("choose how long to postpone", field="days")
+            service(actor=actor, box=box, days=form.cleaned_data["days"])
+            messages.success(request, f"Upgrade postponed by {form.cleaned_data['days']} day(s).")
+        else:
+            raise DomainError("unknown firmware action")
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    return _back(request, box, "firmware")
+
+
+def _firmware_service(name: str) -> Any:
+    try:
+        from provisioning.firmware import services as firmware_services  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return getattr(firmware_services, name, None)

@@ -1,0 +1,336 @@
+"""The support console (staff only): fleet health, box search, staff actions on a box, rollouts,
+and the audit log. The Django admin stays available for everything else."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from fleet import selectors as fleet_selectors
+from fleet.access import box_for, is_staff
+from fleet.audit import Actor
+from fleet.choices import Role
+from fleet.errors import DomainError
+from fleet.models import Organization
+from frontend import selectors
+from frontend.errors import form_add_domain_error, page_errors
+from frontend.forms import AuditFilterForm, ConsoleSearchForm, RolloutForm, StaffActionForm
+from frontend.views.box import box_context
+
+AUDIT_PAGE_SIZE = 50
+
+STAFF_ACTIONS: dict[str, dict[str, str]] = {
+    "reassign": {
+        "title": "Reassign to another server",
+        "explain": "The box moves to another aggregation server (the least loaded active one in its region "
+        "unless you pick one). Its tunnel restarts on the new server.",
+        "button": "Reassign",
+    },
+    "release": {
+        "title": "Release its addresses",
+        "explain": "Every public IP and tunnel address of the box is released and quarantined. The customer "
+        "loses their public IP until the box is provisioned again.",
+        "button": "Release addresses",
+    },
+    "revoke": {
+        "title": "Revoke its credentials",
+        "explain": "The tunnel keys and the agent's credential are revoked at once: the box disconnects and must "
+        "enroll again.",
+        "button": "Revoke credentials",
+    },
+    "decommission": {
+        "title": "Decommission",
+        "explain": "The box is retired for good: released from its customer, its server, its addresses and its "
+        "credentials. This cannot be undone.",
+        "button": "Decommission",
+    },
+}
+
+
+def staff_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not is_staff(request.user):
+            raise PermissionDenied("support staff only")
+        return view(request, *args, **kwargs)
+
+    return login_required(wrapper)
+
+
+@staff_required
+def console_home(request: HttpRequest) -> HttpResponse:
+    """Fleet health: online share, boxes per server and region against capacity, ingest, alerts."""
+    from provisioning.selectors import server_capacity_summary
+
+    health = selectors.fleet_health()
+    servers = server_capacity_summary()
+    regions = selectors.boxes_per_region()
+    capacity_by_region: dict[str, dict[str, int]] = {}
+    for server in servers:
+        totals = capacity_by_region.setdefault(server["region"], {"capacity": 0, "assigned": 0})
+        totals["capacity"] += server["capacity"]
+        totals["assigned"] += server["assigned"]
+    for region in regions:
+        region.update(capacity_by_region.get(region["code"], {"capacity": 0, "assigned": 0}))
+    for server in servers:
+        server["used_pct"] = round(100 * server["assigned"] / server["capacity"]) if server["capacity"] else 0
+    template = "frontend/console/_health.html" if request.headers.get("HX-Request") else "frontend/console/home.html"
+    return render(
+        request,
+        template,
+        {"nav": "console", "health": health, "servers": servers, "regions": regions, "search": ConsoleSearchForm()},
+    )
+
+
+@staff_required
+def console_search(request: HttpRequest) -> HttpResponse:
+    """Any box by serial, MAC, public IP or customer."""
+    form = ConsoleSearchForm(request.GET or None)
+    boxes: list[Any] = []
+    if form.is_valid() and form.cleaned_data["q"].strip():
+        boxes = list(selectors.console_box_search(query=form.cleaned_data["q"]))
+        if len(boxes) == 1 and request.GET.get("go") == "1":
+            return redirect("frontend:console_box", box_id=boxes[0].pk)
+    return render(
+        request, "frontend/console/search.html", {"nav": "console", "search": form, "boxes": boxes}
+    )
+
+
+@staff_required
+@page_errors
+def console_box(request: HttpRequest, box_id: str) -> HttpResponse:
+    """The customer's box page plus the staff actions."""
+    box = box_for(request.user, box_id, Role.VIEWER)
+    return render(request, "frontend/box/page.html", box_context(request, box, console=True))
+
+
+def _server_choices(box: Any) -> list[tuple[str, str]]:
+    from provisioning.selectors import server_capacity_summary
+
+    return [("", "Least loaded active server in the region")] + [
+        (server["id"], f"{server['name']} · {server['region']} · {server['spare']} free · {server['status']}")
+        for server in server_capacity_summary()
+        if str(box.server_id) != server["id"]
+    ]
+
+
+@staff_required
+@page_errors
+def console_box_action(request: HttpRequest, box_id: str, action: str) -> HttpResponse:
+    """A staff action on a box: GET asks for confirmation (type the serial), POST carries it out."""
+    from provisioning import services as provisioning_services
+    from provisioning.models import AggregationServer
+
+    if action not in STAFF_ACTIONS:
+        raise Http404("unknown action")
+    box = box_for(request.user, box_id, Role.OWNER)
+    form = StaffActionForm(request.POST or None)
+    form.fields["server"].choices = _server_choices(box) if action == "reassign" else [("", "")]
+    status = 200
+    if request.method == "POST":
+        if form.is_valid() and form.cleaned_data["confirm_serial"].strip() != box.serial:
+            form.add_error("confirm_serial", "type the box's serial number exactly to confirm")
+        if form.is_valid():
+            actor = Actor.from_request(request)
+            try:
+                if action == "reassign":
+                    server_id = form.cleaned_data.get("server")
+                    server = AggregationServer.objects.get(pk=server_id) if server_id else None
+                    box = provisioning_services.box_reassign_server(actor=actor, box=box, server=server)
+                    done = f"{box.serial} now terminates on {box.server.name if box.server else 'no server'}."
+                elif action == "release":
+                    provisioning_services.box_release_addresses(actor=actor, box=box)
+                    done = f"The addresses of {box.serial} are released."
+                elif action == "revoke":
+                    provisioning_services.box_revoke_credentials(actor=actor, box=box, include_agent=True)
+                    done = f"The credentials of {box.serial} are revoked."
+                else:
+                    provisioning_services.box_decommission(actor=actor, box=box)
+                    done = f"{box.serial} is decommissioned."
+            except DomainError as exc:
+                form_add_domain_error(form, exc)
+            else:
+                messages.success(request, done)
+                return redirect("frontend:console_box", box_id=box.pk)
+        status = 400
+    return render(
+        request,
+        "frontend/console/box_action.html",
+        {"nav": "console", "box": box, "action": action, "meta": STAFF_ACTIONS[action], "form": form},
+        status=status,
+    )
+
+
+@staff_required
+def console_audit(request: HttpRequest) -> HttpResponse:
+    """The audit log, searchable by text, action, actor and box serial."""
+    form = AuditFilterForm(request.GET or None)
+    filters: dict[str, Any] = {}
+    page_number = 1
+    if form.is_valid():
+        filters = {key: value for key, value in form.cleaned_data.items() if key != "page" and value}
+        page_number = form.cleaned_data.get("page") or 1
+    entries = fleet_selectors.audit_visible(user=request.user, filters=filters)
+    page = Paginator(entries, AUDIT_PAGE_SIZE).get_page(page_number)
+    query = request.GET.copy()
+    query.pop("page", None)
+    template = "frontend/console/_audit_rows.html" if request.headers.get("HX-Target") == "audit-results" else "frontend/console/audit.html"
+    return render(
+        request,
+        template,
+        {"nav": "console", "form": form, "page": page, "entries": list(page.object_list), "query": query.urlencode()},
+    )
+
+
+# -- rollouts --------------------------------------------------------------------------------------
+
+
+def _rollout_services() -> Any:
+    from provisioning.firmware import services  # type: ignore[attr-defined]
+
+    return services
+
+
+def _rollout_form(data: Any = None) -> RolloutForm:
+    from provisioning.firmware.models import Release
+
+    releases = Release.objects.filter(state="published").order_by("-published_at", "-created_at")
+    organizations = Organization.objects.order_by("name").values_list("pk", "name")
+    return RolloutForm(
+        data,
+        releases=[(str(release.pk), f"{release.version} ({release.channel})") for release in releases],
+        organizations=[(str(pk), name) for pk, name in organizations],
+    )
+
+
+@staff_required
+def rollout_list(request: HttpRequest) -> HttpResponse:
+    from provisioning.firmware.models import Rollout
+
+    rollouts = list(Rollout.objects.select_related("release").order_by("-created_at")[:100])
+    return render(request, "frontend/console/rollouts.html", {"nav": "console", "rollouts": rollouts})
+
+
+@staff_required
+@page_errors
+def rollout_new(request: HttpRequest) -> HttpResponse:
+    """Create a rollout; "Preview" shows which boxes match and which are skipped, and why."""
+    from provisioning.firmware.models import Release
+
+    form = _rollout_form(request.POST or None)
+    preview = None
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            services = _rollout_services()
+            release = Release.objects.get(pk=form.cleaned_data["release"])
+            arguments = {
+                "release": release,
+                "target": form.target(),
+                "phases": form.cleaned_data["phases"],
+                "force": form.cleaned_data["force"],
+            }
+            try:
+                if request.POST.get("intent") == "create":
+                    rollout = services.rollout_create(
+                        actor=Actor.from_request(request), name=form.cleaned_data["name"], **arguments
+                    )
+                    if request.POST.get("start") == "1":
+                        services.rollout_start(actor=Actor.from_request(request), rollout=rollout)
+                    messages.success(request, f"Rollout “{rollout.name}” created.")
+                    return redirect("frontend:rollout", rollout_id=rollout.pk)
+                preview = services.rollout_preview(**arguments)
+            except DomainError as exc:
+                form_add_domain_error(form, _target_field(exc))
+        if form.errors:
+            status = 400
+    template = "frontend/console/_rollout_preview.html" if request.headers.get("HX-Request") else "frontend/console/rollout_new.html"
+    return render(request, template, {"nav": "console", "form": form, "preview": preview}, status=status)
+
+
+def _target_field(exc: DomainError) -> DomainError:
+    """``target.channels`` -> the form's ``channels`` field."""
+    if exc.field and exc.field.startswith("target."):
+        exc.field = exc.field.removeprefix("target.")
+    return exc
+
+
+def _rollout(rollout_id: str) -> Any:
+    from provisioning.firmware.models import Rollout
+
+    rollout = Rollout.objects.select_related("release").filter(pk=rollout_id).first()
+    if rollout is None:
+        raise Http404("rollout not found")
+    return rollout
+
+
+def _rollout_progress(rollout: Any) -> dict[str, Any]:
+    from django.db.models import Count
+
+    from provisioning.firmware.choices import FAILURE_STATES, IN_FLIGHT_STATES, WAITING_STATES, UpgradeState
+
+    counts = dict(rollout.upgrades.values_list("state").annotate(n=Count("pk")).values_list("state", "n"))
+    total = sum(counts.values())
+    grouped = {
+        "succeeded": counts.get(UpgradeState.SUCCEEDED, 0),
+        "in_flight": sum(counts.get(state, 0) for state in IN_FLIGHT_STATES),
+        "waiting": sum(counts.get(state, 0) for state in WAITING_STATES),
+        "failed": sum(counts.get(state, 0) for state in FAILURE_STATES),
+        "skipped": counts.get(UpgradeState.SKIPPED, 0),
+        "cancelled": counts.get(UpgradeState.CANCELLED, 0),
+    }
+    considered = max(total - grouped["skipped"], 1)
+    return {
+        "counts": counts,
+        "total": total,
+        **grouped,
+        "pct_done": round(100 * grouped["succeeded"] / considered, 1),
+        "pct_in_flight": round(100 * grouped["in_flight"] / considered, 1),
+        "pct_failed": round(100 * grouped["failed"] / considered, 1),
+    }
+
+
+@staff_required
+@page_errors
+def rollout_detail(request: HttpRequest, rollout_id: str) -> HttpResponse:
+    """A rollout's progress, refreshed live while it runs."""
+    rollout = _rollout(rollout_id)
+    context = {"nav": "console", "rollout": rollout, "progress": _rollout_progress(rollout)}
+    if request.headers.get("HX-Request"):
+        return render(request, "frontend/console/_rollout_progress.html", context)
+    return render(request, "frontend/console/rollout.html", context)
+
+
+ROLLOUT_ACTIONS = {"start", "pause", "resume", "abort", "retry"}
+
+
+@staff_required
+@require_POST
+@page_errors
+def rollout_action(request: HttpRequest, rollout_id: str, action: str) -> HttpResponse:
+    if action not in ROLLOUT_ACTIONS:
+        raise Http404("unknown action")
+    rollout = _rollout(rollout_id)
+    services = _rollout_services()
+    name = {"retry": "rollout_retry_failed"}.get(action, f"rollout_{action}")
+    service = getattr(services, name)
+    try:
+        kwargs: dict[str, Any] = {"actor": Actor.from_request(request), "rollout": rollout}
+        if action == "pause" and request.POST.get("reason"):
+            kwargs["reason"] = request.POST["reason"][:500]
+        service(**kwargs)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Rollout {action} done.")
+    return redirect(reverse("frontend:rollout", args=[rollout.pk]))

@@ -1,0 +1,304 @@
+"""Organisation pages: members and invitations, personal API tokens, alert rules and targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from fleet import selectors
+from fleet.access import organization_for
+from fleet.audit import Actor
+from fleet.choices import Role
+from fleet.errors import DomainError
+from fleet.models import ApiToken, Box, Invitation, Membership
+from fleet.services import api_token_create, api_token_revoke, member_invite, member_remove, member_set_role
+from frontend.context import PortalOrganization, current_organization
+from frontend.errors import form_add_domain_error, page_errors
+from frontend.forms import AlertRuleForm, ApiTokenForm, InviteForm, MemberRoleForm, NotificationTargetForm
+
+
+def _portal(request: HttpRequest) -> PortalOrganization:
+    portal = current_organization(request)
+    if portal is None:
+        raise Http404("no organisation")
+    return portal
+
+
+# -- members ---------------------------------------------------------------------------------------
+
+
+@login_required
+@page_errors
+def members_page(request: HttpRequest) -> HttpResponse:
+    """Members with their roles and pending invitations; owners invite, change roles, remove."""
+    portal = _portal(request)
+    organization = portal.organization
+    form = InviteForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        organization = organization_for(request.user, organization.pk, Role.OWNER)
+        if form.is_valid():
+            try:
+                invitation, _token = member_invite(
+                    actor=Actor.from_request(request),
+                    organization=organization,
+                    email=form.cleaned_data["email"],
+                    role=form.cleaned_data["role"],
+                )
+            except DomainError as exc:
+                form_add_domain_error(form, exc)
+            else:
+                messages.success(request, f"Invitation sent to {invitation.email}.")
+                return redirect("frontend:members")
+        status = 400
+    members = list(selectors.members_of_organization(organization=organization))
+    invitations = list(
+        Invitation.objects.filter(
+            organization=organization, accepted_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now()
+        ).order_by("-created_at")
+    )
+    return render(
+        request,
+        "frontend/organization/members.html",
+        {
+            "nav": "members",
+            "members": members,
+            "invitations": invitations,
+            "form": form,
+            "is_owner": portal.is_owner,
+            "role_choices": Role.choices,
+        },
+        status=status,
+    )
+
+
+def _membership(request: HttpRequest, membership_id: str) -> Membership:
+    portal = _portal(request)
+    organization = organization_for(request.user, portal.organization.pk, Role.OWNER)
+    membership = (
+        Membership.objects.select_related("user", "organization")
+        .filter(pk=membership_id, organization=organization)
+        .first()
+    )
+    if membership is None:
+        raise Http404("member not found")
+    return membership
+
+
+@login_required
+@require_POST
+@page_errors
+def member_role_update(request: HttpRequest, membership_id: str) -> HttpResponse:
+    membership = _membership(request, membership_id)
+    form = MemberRoleForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise DomainError("choose a role", field="role")
+        member_set_role(actor=Actor.from_request(request), membership=membership, role=form.cleaned_data["role"])
+        messages.success(request, f"{membership.user.get_username()} is now {form.cleaned_data['role']}.")
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    return redirect("frontend:members")
+
+
+@login_required
+@require_POST
+@page_errors
+def member_delete(request: HttpRequest, membership_id: str) -> HttpResponse:
+    membership = _membership(request, membership_id)
+    try:
+        member_remove(actor=Actor.from_request(request), membership=membership)
+        messages.success(request, f"{membership.user.get_username()} was removed.")
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    return redirect("frontend:members")
+
+
+# -- personal API tokens ---------------------------------------------------------------------------
+
+
+@login_required
+@page_errors
+def tokens_page(request: HttpRequest) -> HttpResponse:
+    """The person's API tokens for the current organisation; a new token is shown exactly once."""
+    portal = _portal(request)
+    form = ApiTokenForm(request.POST or None)
+    created_value = None
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                _token, created_value = api_token_create(
+                    actor=Actor.from_request(request),
+                    user=request.user,
+                    organization=portal.organization,
+                    name=form.cleaned_data["name"],
+                    expires_in_days=form.cleaned_data["expires_in_days"],
+                )
+            except DomainError as exc:
+                form_add_domain_error(form, exc)
+            else:
+                form = ApiTokenForm()
+        if form.errors:
+            status = 400
+    tokens = [
+        token
+        for token in selectors.api_tokens_of_user(user=request.user)
+        if token.organization_id == portal.organization.pk
+    ]
+    response = render(
+        request,
+        "frontend/organization/tokens.html",
+        {"nav": "tokens", "form": form, "tokens": tokens, "created_value": created_value},
+        status=status,
+    )
+    if created_value:
+        response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+@require_POST
+@page_errors
+def token_revoke(request: HttpRequest, token_id: str) -> HttpResponse:
+    token = ApiToken.objects.select_related("organization").filter(pk=token_id, user=request.user).first()
+    if token is None:
+        raise Http404("token not found")
+    api_token_revoke(actor=Actor.from_request(request), token=token)
+    messages.success(request, f"Token “{token.name}” revoked.")
+    return redirect("frontend:tokens")
+
+
+# -- alerts ----------------------------------------------------------------------------------------
+
+
+def _alert_forms(organization: Any, data: Any = None) -> tuple[AlertRuleForm, NotificationTargetForm]:
+    from fleet.monitoring.choices import AlertRuleKind
+    from fleet.monitoring.models import NotificationTarget
+
+    boxes = Box.objects.filter(organization=organization).order_by("serial").values_list("pk", "serial", "name")[:500]
+    targets = NotificationTarget.objects.filter(organization=organization).values_list("pk", "name")
+    rule_form = AlertRuleForm(
+        data if data and data.get("form") == "rule" else None,
+        kinds=AlertRuleKind.choices,
+        boxes=[(str(pk), f"{name} ({serial})" if name else serial) for pk, serial, name in boxes],
+        targets=[(str(pk), name) for pk, name in targets],
+    )
+    target_form = NotificationTargetForm(data if data and data.get("form") == "target" else None)
+    return rule_form, target_form
+
+
+@login_required
+@page_errors
+def alerts_page(request: HttpRequest) -> HttpResponse:
+    """Alert rules, where notifications go, and what is firing now."""
+    from fleet.monitoring.models import Alert, AlertRule, NotificationTarget
+    from fleet.monitoring.services import alert_rule_create, notification_target_create
+
+    portal = _portal(request)
+    organization = portal.organization
+    rule_form, target_form = _alert_forms(organization, request.POST if request.method == "POST" else None)
+    status = 200
+    if request.method == "POST":
+        organization = organization_for(request.user, organization.pk, Role.ADMIN)
+        actor = Actor.from_request(request)
+        form_name = request.POST.get("form")
+        try:
+            if form_name == "rule" and rule_form.is_valid():
+                data = rule_form.cleaned_data
+                alert_rule_create(
+                    actor=actor,
+                    organization=organization,
+                    name=data["name"],
+                    kind=data["kind"],
+                    threshold=data["threshold"],
+                    duration_minutes=data["duration_minutes"],
+                    box=data["box"] or None,
+                    target_ids=data["targets"],
+                )
+                messages.success(request, f"Alert rule “{data['name']}” created.")
+                return redirect("frontend:alerts")
+            if form_name == "target" and target_form.is_valid():
+                data = target_form.cleaned_data
+                _target, secret = notification_target_create(
+                    actor=actor,
+                    organization=organization,
+                    name=data["name"],
+                    kind=data["kind"],
+                    email=data["email"] or None,
+                    url=data["url"] or None,
+                )
+                if secret:
+                    messages.warning(request, f"Webhook signing secret (shown once, keep it): {secret}")
+                messages.success(request, f"Notification target “{data['name']}” added.")
+                return redirect("frontend:alerts")
+        except DomainError as exc:
+            form_add_domain_error(rule_form if form_name == "rule" else target_form, exc)
+        status = 400
+    rules = list(AlertRule.objects.filter(organization=organization).select_related("box").prefetch_related("targets"))
+    targets = list(NotificationTarget.objects.filter(organization=organization))
+    open_alerts = list(
+        Alert.objects.filter(organization=organization, state__in=["pending", "firing"])
+        .select_related("rule", "box")
+        .order_by("-started_at")[:100]
+    )
+    return render(
+        request,
+        "frontend/organization/alerts.html",
+        {
+            "nav": "alerts",
+            "rule_form": rule_form,
+            "target_form": target_form,
+            "rules": rules,
+            "targets": targets,
+            "open_alerts": open_alerts,
+            "can_edit": portal.can_edit,
+        },
+        status=status,
+    )
+
+
+@login_required
+@require_POST
+@page_errors
+def alert_object_action(request: HttpRequest, kind: str, object_id: str, action: str) -> HttpResponse:
+    """Enable, disable or delete a rule; delete a target."""
+    from fleet.monitoring.models import AlertRule, NotificationTarget
+    from fleet.monitoring.services import alert_rule_delete, alert_rule_update, notification_target_delete
+
+    portal = _portal(request)
+    organization = organization_for(request.user, portal.organization.pk, Role.ADMIN)
+    actor = Actor.from_request(request)
+    try:
+        if kind == "rule":
+            rule = AlertRule.objects.filter(pk=object_id, organization=organization).select_related("organization").first()
+            if rule is None:
+                raise Http404("rule not found")
+            if action == "delete":
+                alert_rule_delete(actor=actor, rule=rule)
+            elif action in {"enable", "disable"}:
+                alert_rule_update(actor=actor, rule=rule, enabled=action == "enable")
+            else:
+                raise Http404("unknown action")
+        elif kind == "target" and action == "delete":
+            target = (
+                NotificationTarget.objects.filter(pk=object_id, organization=organization)
+                .select_related("organization")
+                .first()
+            )
+            if target is None:
+                raise Http404("target not found")
+            notification_target_delete(actor=actor, target=target)
+        else:
+            raise Http404("unknown action")
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Done.")
+    return redirect("frontend:alerts")

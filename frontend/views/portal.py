@@ -1,0 +1,113 @@
+"""The fleet page and claiming a box."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from rest_framework.exceptions import ValidationError
+
+from fleet import selectors
+from fleet.access import organization_for
+from fleet.audit import Actor
+from fleet.choices import Role
+from fleet.errors import DomainError
+from frontend.context import current_organization
+from frontend.errors import form_add_domain_error, page_errors
+from frontend.forms import BoxClaimForm, FleetFilterForm
+from provisioning.models import Region
+
+PAGE_SIZE = 50
+
+
+def _no_organization(request: HttpRequest) -> HttpResponse:
+    return render(request, "frontend/no_organization.html", {"nav": "boxes"})
+
+
+@login_required
+@page_errors
+def fleet_page(request: HttpRequest) -> HttpResponse:
+    """Every box of the current organisation: status, links, firmware, server, public IP.
+
+    One query for the page of boxes (joined and annotated by ``fleet.selectors``), one count, one
+    for the region filter, whatever the fleet size. An htmx request gets only the table.
+    """
+    portal = current_organization(request)
+    if portal is None:
+        return _no_organization(request)
+    regions = list(Region.objects.order_by("code").values_list("code", "name"))
+    form = FleetFilterForm(request.GET or None, regions=[(code, f"{code} – {name}") for code, name in regions])
+    filters: dict[str, object] = {"organization": str(portal.organization.pk)}
+    status = ""
+    page_number = 1
+    if form.is_valid():
+        data = form.cleaned_data
+        filters.update({key: data[key] for key in ("q", "region", "firmware") if data.get(key)})
+        status = data.get("status") or ""
+        page_number = data.get("page") or 1
+        if status == "drift":
+            filters["drift"] = True
+    try:
+        boxes = selectors.box_list(user=request.user, filters=filters)
+    except ValidationError:
+        boxes = selectors.box_list(user=request.user, filters={"organization": filters["organization"]})
+    boxes = boxes.select_related("status").order_by("serial")
+    if status == "online":
+        boxes = boxes.filter(status__online=True)
+    elif status == "offline":
+        boxes = boxes.filter(Q(status__isnull=True) | Q(status__online=False))
+    paginator = Paginator(boxes, PAGE_SIZE)
+    page = paginator.get_page(page_number)
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "nav": "boxes",
+        "form": form,
+        "page": page,
+        "boxes": list(page.object_list),
+        "query": query.urlencode(),
+        "filtered": any(request.GET.get(key) for key in ("q", "status", "region", "firmware")),
+    }
+    if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "fleet-results":
+        return render(request, "frontend/fleet/_results.html", context)
+    return render(request, "frontend/fleet/list.html", context)
+
+
+@login_required
+@page_errors
+def box_claim_page(request: HttpRequest) -> HttpResponse:
+    """Claim a box with its serial and claim code (admins and owners)."""
+    from provisioning.services import box_claim
+
+    portal = current_organization(request)
+    if portal is None:
+        return _no_organization(request)
+    form = BoxClaimForm(request.POST or None)
+    status_code = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                organization = organization_for(request.user, portal.organization.pk, Role.ADMIN)
+                box = box_claim(
+                    actor=Actor.from_request(request),
+                    organization=organization,
+                    serial=form.cleaned_data["serial"].strip(),
+                    claim_code=form.cleaned_data["claim_code"].strip(),
+                )
+            except DomainError as exc:
+                form_add_domain_error(form, exc)
+                status_code = exc.status if exc.status != 404 else 400
+            else:
+                messages.success(request, f"Box {box.serial} is now part of {portal.organization.name}.")
+                return redirect("frontend:box", box_id=box.pk)
+        else:
+            status_code = 400
+    return render(
+        request,
+        "frontend/fleet/claim.html",
+        {"nav": "claim", "form": form, "can_edit": portal.can_edit},
+        status=status_code,
+    )

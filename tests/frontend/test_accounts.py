@@ -1,0 +1,132 @@
+"""Signing in and out, password reset, the organisation switcher, invitations, security headers."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.core import mail
+from django.test import Client
+
+from fleet.audit import Actor
+from fleet.models import Membership
+from fleet.services import member_invite
+from tests.conftest import PASSWORD
+
+pytestmark = pytest.mark.django_db
+
+
+def logged_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_root_sends_anonymous_people_to_sign_in() -> None:
+    # given an anonymous visitor / when they open the root URL
+    response = Client().get("/")
+    # then they are sent to the sign-in page
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
+
+
+def test_root_sends_a_member_to_the_fleet_page(people) -> None:
+    response = logged_in(people.viewer).get("/")
+    assert response.status_code == 302
+    assert response["Location"] == "/boxes/"
+
+
+def test_sign_in_with_the_right_password_then_sign_out(people) -> None:
+    # given the sign-in page
+    client = Client()
+    page = client.get("/accounts/login/")
+    assert page.status_code == 200
+    assert b'<label for="id_username">' in page.content
+    # when the owner signs in
+    response = client.post("/accounts/login/", {"username": "owner@example.com", "password": PASSWORD})
+    # then they land on the portal and are signed in
+    assert response.status_code == 302
+    assert client.get("/boxes/").status_code == 200
+    # and signing out (POST only) ends the session
+    assert client.get("/accounts/logout/").status_code == 405
+    assert client.post("/accounts/logout/").status_code == 302
+    assert client.get("/boxes/").status_code == 302
+
+
+def test_sign_in_with_a_wrong_password_says_so(people) -> None:
+    response = Client().post("/accounts/login/", {"username": "owner@example.com", "password": "nope"})
+    assert response.status_code == 200
+    assert b"correct" in response.content  # Django's "Please enter a correct username and password"
+
+
+def test_password_reset_by_email(people) -> None:
+    # given a person who forgot their password
+    client = Client()
+    # when they ask for a reset link
+    response = client.post("/accounts/password-reset/", {"email": "viewer@example.com"})
+    assert response.status_code == 302
+    # then one email with a one-time link is sent
+    assert len(mail.outbox) == 1
+    link = re.search(r"http://[^/]+(/accounts/reset/\S+)", mail.outbox[0].body).group(1)
+    # and following it lets them choose a new password
+    form = client.get(link, follow=True)
+    assert form.status_code == 200
+    set_url = form.redirect_chain[-1][0] if form.redirect_chain else link
+    done = client.post(set_url, {"new_password1": "a-new-Passw0rd!", "new_password2": "a-new-Passw0rd!"})
+    assert done.status_code == 302
+    assert Client().login(username="viewer@example.com", password="a-new-Passw0rd!")
+
+
+def test_switching_organisation_changes_the_fleet_page(people, box_factory) -> None:
+    # given a person in two organisations, each with a box
+    Membership.objects.create(user=people.viewer, organization=people.other_org, role="viewer")
+    box_factory("ACME-1", organization=people.org)
+    box_factory("GLOBEX-1", organization=people.other_org)
+    client = logged_in(people.viewer)
+    assert b"ACME-1" in client.get("/boxes/").content
+    # when they switch to the other organisation
+    response = client.post("/organization/switch/", {"organization": str(people.other_org.pk), "next": "/boxes/"})
+    # then the fleet page shows that organisation's boxes only
+    assert response.status_code == 302
+    page = client.get("/boxes/").content
+    assert b"GLOBEX-1" in page and b"ACME-1" not in page
+
+
+def test_switching_to_a_foreign_organisation_is_not_found(people) -> None:
+    response = logged_in(people.viewer).post("/organization/switch/", {"organization": str(people.other_org.pk)})
+    assert response.status_code == 404
+    response = logged_in(people.viewer).post("/organization/switch/", {"organization": "not-a-uuid"})
+    assert response.status_code == 404
+
+
+def test_accepting_an_invitation_joins_the_organisation(people, user_factory) -> None:
+    # given an invitation for a person who has an account
+    newcomer = user_factory("newcomer@example.com")
+    _, token = member_invite(
+        actor=Actor.for_user(people.owner), organization=people.org, email="newcomer@example.com", role="admin"
+    )
+    client = logged_in(newcomer)
+    # when a wrong token is pasted, the field says why; the right one joins
+    bad = client.post("/invitations/accept", {"token": "otbi_wrong"})
+    assert bad.status_code == 400
+    assert b"invitation not found" in bad.content
+    good = client.post("/invitations/accept", {"token": token})
+    # then the newcomer is an admin of the organisation
+    assert good.status_code == 302
+    assert Membership.objects.get(user=newcomer, organization=people.org).role == "admin"
+
+
+def test_pages_carry_a_strict_content_security_policy(people) -> None:
+    response = logged_in(people.viewer).get("/boxes/")
+    policy = response["Content-Security-Policy"]
+    assert "default-src 'self'" in policy
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    assert "connect-src 'self' ws: wss:" in policy
+    assert response["X-Frame-Options"] == "DENY"
+    assert b"<script>" not in response.content  # no inline script anywhere
+
+
+def test_a_person_without_organisation_is_told_what_to_do(user_factory) -> None:
+    response = logged_in(user_factory("lonely@example.com")).get("/boxes/")
+    assert response.status_code == 200
+    assert b"not in an organisation yet" in response.content

@@ -1,0 +1,133 @@
+"""The fleet page and claiming a box."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from fleet.models import AuditLog, Box
+from fleet.telemetry.models import BoxStatus
+from tests.conftest import CLAIM_CODE
+
+pytestmark = pytest.mark.django_db
+
+
+def logged_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def boxes_with_status(box_factory, organization, count: int, *, prefix: str = "BOX") -> list[Box]:
+    boxes = [box_factory(f"{prefix}-{index:04d}", organization=organization) for index in range(count)]
+    now = timezone.now()
+    BoxStatus.objects.bulk_create(
+        [
+            BoxStatus(box=box, online=index % 2 == 0, last_seen_at=now, wans_up=1 + index % 2, wans_total=2)
+            for index, box in enumerate(boxes)
+        ]
+    )
+    return boxes
+
+
+def test_fleet_page_lists_the_organisations_boxes_with_their_state(people, box_factory) -> None:
+    # given two boxes of the organisation (one online) and one of another organisation
+    boxes_with_status(box_factory, people.org, 2)
+    box_factory("FOREIGN-1", organization=people.other_org)
+    # when a viewer opens the fleet page
+    response = logged_in(people.viewer).get("/boxes/")
+    # then both boxes are listed, with online/offline and WANs up out of total, and nothing foreign
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert "BOX-0000" in content and "BOX-0001" in content
+    assert "FOREIGN-1" not in content
+    assert "Online" in content and "Offline" in content
+    assert "1/2" in content and "2/2" in content
+
+
+def test_fleet_page_search_and_status_filter(people, box_factory) -> None:
+    boxes_with_status(box_factory, people.org, 4)
+    client = logged_in(people.viewer)
+    # when searching by serial
+    content = client.get("/boxes/", {"q": "BOX-0003"}).content.decode()
+    assert "BOX-0003" in content and "BOX-0002" not in content
+    # when filtering on online boxes (even indexes are online)
+    content = client.get("/boxes/", {"status": "online"}).content.decode()
+    assert "BOX-0000" in content and "BOX-0002" in content and "BOX-0001" not in content
+    # a bad filter value is ignored, never a 500
+    assert client.get("/boxes/", {"status": "bogus", "page": "x"}).status_code == 200
+
+
+def test_fleet_page_htmx_request_gets_only_the_table(people, box_factory) -> None:
+    boxes_with_status(box_factory, people.org, 1)
+    response = logged_in(people.viewer).get("/boxes/", HTTP_HX_REQUEST="true", HTTP_HX_TARGET="fleet-results")
+    assert response.status_code == 200
+    assert b"<html" not in response.content and b"BOX-0000" in response.content
+
+
+def test_fleet_page_is_paginated(people, box_factory) -> None:
+    boxes_with_status(box_factory, people.org, 55)
+    client = logged_in(people.viewer)
+    first = client.get("/boxes/").content.decode()
+    second = client.get("/boxes/", {"page": 2}).content.decode()
+    assert "BOX-0049" in first and "BOX-0050" not in first
+    assert "BOX-0050" in second and "Page 2 of 2" in second
+
+
+def test_fleet_page_runs_the_same_number_of_queries_for_1_and_50_boxes(people, box_factory) -> None:
+    # given a session that has already loaded its user once
+    client = logged_in(people.viewer)
+    boxes_with_status(box_factory, people.org, 1, prefix="ONE")
+    client.get("/boxes/")
+    with CaptureQueriesContext(connection) as one:
+        assert client.get("/boxes/").status_code == 200
+    # when the organisation has 50 boxes
+    boxes_with_status(box_factory, people.org, 49, prefix="MORE")
+    with CaptureQueriesContext(connection) as fifty:
+        response = client.get("/boxes/")
+    # then the page costs exactly as many queries (one list query, one count, one for the filters)
+    assert response.content.decode().count('<tr data-box="') == 50
+    assert len(fifty) == len(one), [q["sql"] for q in fifty.captured_queries]
+    assert len(fifty) <= 8
+
+
+def test_claim_a_box(people, box_factory, provisioned_region) -> None:
+    # given an imported box and an admin of the organisation
+    box = box_factory("NEW-0001")
+    client = logged_in(people.admin)
+    assert client.get("/boxes/claim/").status_code == 200
+    # when the admin claims it with serial and claim code
+    response = client.post("/boxes/claim/", {"serial": "NEW-0001", "claim_code": CLAIM_CODE})
+    # then it is claimed into the organisation and the person lands on the box page
+    box.refresh_from_db()
+    assert box.organization_id == people.org.pk
+    assert response.status_code == 302 and response["Location"] == f"/boxes/{box.pk}/"
+    assert AuditLog.objects.filter(action="box.claim", box=box).exists()
+
+
+def test_claim_with_a_wrong_code_shows_a_clear_error_on_the_field(people, box_factory, provisioned_region) -> None:
+    box_factory("NEW-0002")
+    response = logged_in(people.admin).post("/boxes/claim/", {"serial": "NEW-0002", "claim_code": "wrong"})
+    assert response.status_code == 400
+    content = response.content.decode()
+    assert "unknown serial or wrong claim code" in content
+    assert 'id="id_claim_code-errors"' in content
+    assert Box.objects.get(serial="NEW-0002").organization_id is None
+
+
+def test_claim_with_missing_fields_names_them(people) -> None:
+    response = logged_in(people.admin).post("/boxes/claim/", {"serial": ""})
+    assert response.status_code == 400
+    assert 'id="id_serial-errors"' in response.content.decode()
+
+
+def test_a_viewer_cannot_claim(people, box_factory, provisioned_region) -> None:
+    box_factory("NEW-0003")
+    client = logged_in(people.viewer)
+    assert b"Only admins and owners" in client.get("/boxes/claim/").content
+    response = client.post("/boxes/claim/", {"serial": "NEW-0003", "claim_code": CLAIM_CODE})
+    assert response.status_code == 403
+    assert Box.objects.get(serial="NEW-0003").organization_id is None
