@@ -1,0 +1,329 @@
+/* The box page: live charts over the people websocket, history from the telemetry API, and
+   refreshing the server-rendered fragments (status, events, commands, configuration state) when
+   the websocket says something changed. The database stays the truth: fragments are re-read. */
+(function () {
+  "use strict";
+
+  var root = document.getElementById("box-root");
+  if (!root) { return; }
+  var boxId = root.dataset.box;
+  var LIVE_POINTS = 360;
+  var PALETTE = ["#0a66c2", "#d9480f", "#2b8a3e", "#862e9c", "#c2255c", "#5c940d", "#1864ab", "#e67700"];
+
+  function fmtBps(value) {
+    if (value === null || value === undefined || isNaN(value)) { return "–"; }
+    var units = ["bit/s", "kbit/s", "Mbit/s", "Gbit/s"];
+    var v = Number(value);
+    var i = 0;
+    while (Math.abs(v) >= 1000 && i < units.length - 1) { v /= 1000; i += 1; }
+    return (i === 0 ? v.toFixed(0) : v.toFixed(v < 10 ? 2 : 1)) + " " + units[i];
+  }
+  function fmtNumber(value, digits, unit) {
+    if (value === null || value === undefined || isNaN(value)) { return "–"; }
+    return Number(value).toFixed(digits) + " " + unit;
+  }
+
+  // Render the bit rates the server wrote as raw numbers.
+  function humanizeBps(scope) {
+    (scope || document).querySelectorAll("[data-bps]").forEach(function (el) {
+      el.textContent = fmtBps(Number(el.dataset.bps));
+    });
+    ["agg-rx", "agg-tx"].forEach(function (id) {
+      var el = document.getElementById(id);
+      if (el && /^\d+$/.test(el.textContent.trim())) { el.textContent = fmtBps(Number(el.textContent)); }
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Charts (uPlot). A chart is rebuilt when the set of series changes (a new WAN link appears).
+  function Chart(elementId, valueFormatter) {
+    this.el = document.getElementById(elementId);
+    this.format = valueFormatter;
+    this.names = [];
+    this.plot = null;
+    this.data = [[]];
+  }
+  Chart.prototype.width = function () {
+    return Math.max(this.el.clientWidth || this.el.parentNode.clientWidth || 300, 240);
+  };
+  Chart.prototype.build = function () {
+    if (!window.uPlot || !this.el) { return; }
+    if (this.plot) { this.plot.destroy(); }
+    var format = this.format;
+    var series = [{}].concat(this.names.map(function (name, index) {
+      return {
+        label: name,
+        stroke: name === "aggregate" ? "#111827" : name === "sum of links" ? "#9aa8b8" : PALETTE[index % PALETTE.length],
+        width: name === "aggregate" ? 2.5 : 1.6,
+        dash: name === "sum of links" ? [6, 4] : undefined,
+        value: function (u, v) { return v === null || v === undefined ? "–" : format(v); },
+        spanGaps: false,
+      };
+    }));
+    this.plot = new window.uPlot({
+      width: this.width(),
+      height: 200,
+      series: series,
+      axes: [{}, { values: function (u, ticks) { return ticks.map(format); }, size: 80 }],
+      legend: { live: true },
+      cursor: { drag: { x: false, y: false } },
+    }, this.data, this.el);
+  };
+  Chart.prototype.set = function (names, data) {
+    var rebuild = names.join("|") !== this.names.join("|") || !this.plot;
+    this.names = names.slice();
+    this.data = data;
+    if (rebuild) { this.build(); } else if (this.plot) { this.plot.setData(this.data); }
+  };
+  Chart.prototype.resize = function () {
+    if (this.plot) { this.plot.setSize({ width: this.width(), height: 200 }); }
+  };
+
+  // ---------------------------------------------------------------------------------------------
+  // Live: one ring of points per metric, one series per WAN link.
+  var live = {
+    times: [],
+    rows: [],   // [{ts, aggregate_rx, wans: {iface: {...}}}]
+    ifaces: [],
+    charts: {
+      throughput: new Chart("chart-throughput", fmtBps),
+      rtt: new Chart("chart-rtt", function (v) { return fmtNumber(v, 1, "ms"); }),
+      loss: new Chart("chart-loss", function (v) { return fmtNumber(v, 1, "%"); }),
+    },
+    count: 0,
+  };
+
+  function liveRedraw() {
+    var ifaces = live.ifaces;
+    var times = live.rows.map(function (row) { return row.ts; });
+    function column(fn) { return live.rows.map(fn); }
+    var throughputNames = ifaces.concat(["sum of links", "aggregate"]);
+    var throughput = [times].concat(ifaces.map(function (iface) {
+      return column(function (row) { var w = row.wans[iface]; return w ? w.rx_bps : null; });
+    })).concat([
+      column(function (row) { return row.sum_rx; }),
+      column(function (row) { return row.aggregate_rx; }),
+    ]);
+    live.charts.throughput.set(throughputNames, throughput);
+    live.charts.rtt.set(ifaces, [times].concat(ifaces.map(function (iface) {
+      return column(function (row) { var w = row.wans[iface]; return w && w.up ? w.rtt_ms : null; });
+    })));
+    live.charts.loss.set(ifaces, [times].concat(ifaces.map(function (iface) {
+      return column(function (row) { var w = row.wans[iface]; return w && w.up ? w.loss_pct : null; });
+    })));
+  }
+
+  function onTelemetry(p) {
+    var ts = p.ts ? Date.parse(p.ts) / 1000 : Date.now() / 1000;
+    var row = { ts: ts, aggregate_rx: p.rx_bps, aggregate_tx: p.tx_bps, wans: {}, sum_rx: 0, sum_tx: 0 };
+    (p.wans || []).forEach(function (wan) {
+      row.wans[wan.iface] = wan;
+      if (live.ifaces.indexOf(wan.iface) === -1) { live.ifaces.push(wan.iface); live.ifaces.sort(); }
+      if (wan.up) { row.sum_rx += Number(wan.rx_bps || 0); row.sum_tx += Number(wan.tx_bps || 0); }
+      updateWanRow(wan);
+    });
+    if (live.rows.length && ts <= live.rows[live.rows.length - 1].ts) { return; }
+    live.rows.push(row);
+    if (live.rows.length > LIVE_POINTS) { live.rows.shift(); }
+    live.count += 1;
+    liveRedraw();
+    setText("agg-rx", fmtBps(p.rx_bps));
+    setText("agg-tx", fmtBps(p.tx_bps));
+    setText("sum-rx", fmtBps(row.sum_rx));
+    setText("sum-tx", fmtBps(row.sum_tx));
+    var up = (p.wans || []).filter(function (w) { return w.up; }).length;
+    setText("wans-up", up + " of " + (p.wans || []).length);
+    var counter = document.getElementById("live-points");
+    if (counter) {
+      counter.dataset.count = String(live.count);
+      counter.textContent = live.count + " live update" + (live.count === 1 ? "" : "s") + " received";
+    }
+    setText("live-updated", "updated " + new Date(ts * 1000).toLocaleTimeString());
+  }
+
+  function setText(id, text) {
+    var el = document.getElementById(id);
+    if (el) { el.textContent = text; }
+  }
+
+  function updateWanRow(wan) {
+    var row = document.querySelector('#wan-table tr[data-iface="' + CSS.escape(wan.iface) + '"]');
+    if (!row) { return; }
+    var cells = {
+      rtt_ms: fmtNumber(wan.rtt_ms, 1, "ms"),
+      loss_pct: fmtNumber(wan.loss_pct, 1, "%"),
+      rx_bps: fmtBps(wan.rx_bps),
+      tx_bps: fmtBps(wan.tx_bps),
+    };
+    Object.keys(cells).forEach(function (metric) {
+      var cell = row.querySelector('[data-metric="' + metric + '"]');
+      if (cell) { cell.textContent = cells[metric]; }
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Fragments re-read from the server (debounced: many events may arrive together).
+  var pending = {};
+  function refresh(name, url, target) {
+    if (!window.htmx || pending[name]) { return; }
+    pending[name] = setTimeout(function () {
+      pending[name] = null;
+      window.htmx.ajax("GET", url, { target: target, swap: "innerHTML" }).then(function () {
+        humanizeBps(document.querySelector(target));
+      });
+    }, 400);
+  }
+  function refreshStatus() { refresh("status", root.dataset.statusUrl, "#status-panel"); }
+  function refreshEvents() { refresh("events", root.dataset.eventsUrl, "#events-panel"); }
+  function refreshCommands() { refresh("commands", root.dataset.commandsUrl, "#commands-panel"); }
+
+  function setPresence(online) {
+    var badge = document.getElementById("presence");
+    if (badge) {
+      badge.innerHTML = online ? '<span class="badge ok">Online</span>' : '<span class="badge bad">Offline</span>';
+    }
+  }
+
+  function onMessage(raw) {
+    var message;
+    try { message = JSON.parse(raw); } catch (e) { return; }
+    var p = message.payload || message;
+    var kind = p.kind || message.kind || message.type;
+    var messageBox = p.box_id || (typeof p.box === "string" ? p.box : null);
+    if (messageBox && messageBox !== boxId) { return; }
+    if (kind === "telemetry") {
+      onTelemetry(p);
+    } else if (kind === "presence") {
+      setPresence(Boolean(p.online));
+      refreshStatus();
+    } else if (kind === "event") {
+      var eventKind = (p.event && p.event.kind) || p.event_kind || "";
+      refreshEvents();
+      if (eventKind.indexOf("config") === 0) { document.body.dispatchEvent(new CustomEvent("otb:config")); }
+      if (eventKind === "command_finished") { refreshCommands(); }
+      if (eventKind.indexOf("wan_") === 0 || eventKind.indexOf("box_") === 0 || eventKind === "firmware_changed") {
+        refreshStatus();
+      }
+    } else if (kind === "command") {
+      refreshCommands();
+    } else if (kind === "config") {
+      document.body.dispatchEvent(new CustomEvent("otb:config"));
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // The websocket, reconnecting with backoff.
+  var socket = null;
+  var retry = 0;
+  function liveState(connected, label) {
+    var dot = document.getElementById("live-dot");
+    if (dot) { dot.classList.toggle("on", connected); }
+    setText("live-label", label);
+  }
+  function connect() {
+    var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+    try {
+      socket = new WebSocket(scheme + window.location.host + (root.dataset.ws || "/ws/live/"));
+    } catch (e) {
+      scheduleReconnect();
+      return;
+    }
+    socket.addEventListener("open", function () {
+      retry = 0;
+      socket.send(JSON.stringify({ type: "subscribe", box: boxId }));
+      liveState(true, "live");
+    });
+    socket.addEventListener("message", function (event) { onMessage(event.data); });
+    socket.addEventListener("close", function () {
+      liveState(false, "reconnecting…");
+      scheduleReconnect();
+    });
+  }
+  function scheduleReconnect() {
+    retry = Math.min(retry + 1, 6);
+    setTimeout(function () {
+      // A fresh page state after a gap: re-read what may have changed meanwhile.
+      refreshStatus(); refreshEvents(); refreshCommands();
+      document.body.dispatchEvent(new CustomEvent("otb:config"));
+      connect();
+    }, Math.min(30000, 500 * Math.pow(2, retry)) * (0.75 + Math.random() / 2));
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // History from the telemetry API (the same API customers' scripts use).
+  var history = {
+    throughput: new Chart("history-throughput", fmtBps),
+    rtt: new Chart("history-rtt", function (v) { return fmtNumber(v, 1, "ms"); }),
+    loss: new Chart("history-loss", function (v) { return fmtNumber(v, 1, "%"); }),
+  };
+  function loadHistory(range) {
+    document.querySelectorAll("[data-range]").forEach(function (button) {
+      button.setAttribute("aria-pressed", String(button.dataset.range === range));
+    });
+    setText("history-status", "Loading " + range + "…");
+    fetch(root.dataset.telemetryUrl + "?range=" + encodeURIComponent(range), {
+      credentials: "same-origin",
+      headers: { Accept: "application/json" },
+    }).then(function (response) {
+      if (!response.ok) { throw new Error("HTTP " + response.status); }
+      return response.json();
+    }).then(function (body) {
+      drawHistory(body, range);
+    }).catch(function (error) {
+      setText("history-status", "History is not available (" + error.message + ").");
+    });
+  }
+  function drawHistory(body, range) {
+    // Shape: {"box": {...points...}, "wans": {iface: [{ts, rtt_ms, loss_pct, rx_bps, tx_bps}]}} or
+    // {"points": [{ts, rx_bps, tx_bps, wans: [...]}]}: both are accepted.
+    var boxPoints = body.box || body.points || [];
+    var wans = body.wans || {};
+    if (Array.isArray(wans)) {
+      var byIface = {};
+      wans.forEach(function (series) { byIface[series.iface] = series.points || []; });
+      wans = byIface;
+    }
+    var ifaces = Object.keys(wans).sort();
+    var timeSet = {};
+    boxPoints.forEach(function (point) { timeSet[Date.parse(point.ts) / 1000] = true; });
+    ifaces.forEach(function (iface) {
+      wans[iface].forEach(function (point) { timeSet[Date.parse(point.ts) / 1000] = true; });
+    });
+    var times = Object.keys(timeSet).map(Number).sort(function (a, b) { return a - b; });
+    var index = {};
+    times.forEach(function (t, i) { index[t] = i; });
+    function series(points, key) {
+      var out = times.map(function () { return null; });
+      points.forEach(function (point) {
+        var value = point[key];
+        if (value === undefined) { value = point[key + "_avg"]; }
+        out[index[Date.parse(point.ts) / 1000]] = value === undefined ? null : value;
+      });
+      return out;
+    }
+    history.throughput.set(ifaces.concat(["aggregate"]),
+      [times].concat(ifaces.map(function (i) { return series(wans[i], "rx_bps"); })).concat([series(boxPoints, "rx_bps")]));
+    history.rtt.set(ifaces, [times].concat(ifaces.map(function (i) { return series(wans[i], "rtt_ms"); })));
+    history.loss.set(ifaces, [times].concat(ifaces.map(function (i) { return series(wans[i], "loss_pct"); })));
+    setText("history-status", times.length ? times.length + " points over the last " + range + (body.resolution ? " (" + body.resolution + ")" : "") + "." : "No data for the last " + range + " yet.");
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    humanizeBps(document);
+    document.querySelectorAll("[data-range]").forEach(function (button) {
+      button.addEventListener("click", function () { loadHistory(button.dataset.range); });
+    });
+    loadHistory("hour");
+    liveRedraw();
+    connect();
+    var resizeTimer = null;
+    window.addEventListener("resize", function () {
+      clearTimeout(resizeTimer);
+      resizeTimer = setTimeout(function () {
+        Object.keys(live.charts).forEach(function (k) { live.charts[k].resize(); });
+        Object.keys(history).forEach(function (k) { history[k].resize(); });
+      }, 150);
+    });
+  });
+  document.addEventListener("htmx:afterSwap", function (event) { humanizeBps(event.target); });
+})();

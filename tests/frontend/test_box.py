@@ -1,0 +1,139 @@
+"""The box page and its fragments: permissions, WAN policy with its waiting state, commands."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from fleet.models import AuditLog, Box
+from fleet.services import box_config_applied
+from fleet.telemetry.models import BoxStatus, WanStatus
+
+pytestmark = pytest.mark.django_db
+
+
+def logged_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def box(people, claimed_box_factory) -> Box:
+    box = claimed_box_factory(people.org, "ACME-0001")
+    now = timezone.now()
+    BoxStatus.objects.create(box=box, online=True, last_seen_at=now, wans_up=2, wans_total=2, rx_bps=90_000_000)
+    for iface, label in (("wan0", "Fiber"), ("wan1", "4G")):
+        WanStatus.objects.create(
+            box=box, iface=iface, label=label, kind="fiber" if iface == "wan0" else "lte", up=True,
+            rtt_ms=12.5, loss_pct=0.1, rx_bps=50_000_000, tx_bps=5_000_000, up_changed_at=now, updated_at=now,
+        )
+    return box
+
+
+def test_box_page_shows_status_links_network_and_firmware(people, box) -> None:
+    response = logged_in(people.viewer).get(f"/boxes/{box.pk}/")
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert "ACME-0001" in content
+    assert 'data-iface="wan0"' in content and 'data-iface="wan1"' in content
+    assert box.server.name in content
+    assert "Public IPv4" in content  # the claimed box got a public address
+    assert 'data-ws="/ws/live/"' in content
+    assert "uPlot.iife.min.js" in content
+
+
+def test_another_organisations_box_is_not_found(people, box) -> None:
+    client = logged_in(people.outsider)
+    for url in (
+        f"/boxes/{box.pk}/",
+        f"/boxes/{box.pk}/status/",
+        f"/boxes/{box.pk}/config-state/",
+        f"/boxes/{box.pk}/events/",
+        f"/boxes/{box.pk}/commands/",
+    ):
+        assert client.get(url).status_code == 404, url
+    assert client.post(f"/boxes/{box.pk}/policy/", {"mode": "failover"}).status_code == 404
+    assert client.get(f"/boxes/{uuid.uuid4()}/").status_code == 404
+
+
+def test_anonymous_people_are_sent_to_sign_in(box) -> None:
+    response = Client().get(f"/boxes/{box.pk}/")
+    assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+
+
+def test_a_viewer_cannot_change_the_box(people, box) -> None:
+    client = logged_in(people.viewer)
+    page = client.get(f"/boxes/{box.pk}/").content.decode()
+    assert 'id="policy-form"' not in page
+    before = dict(box.wan_policy)
+    assert client.post(f"/boxes/{box.pk}/policy/", {"mode": "failover"}).status_code == 403
+    assert client.post(f"/boxes/{box.pk}/rename/", {"name": "x"}).status_code == 403
+    assert client.post(f"/boxes/{box.pk}/commands/new/", {"kind": "reboot"}).status_code == 403
+    box.refresh_from_db()
+    assert box.wan_policy == before and box.name == ""
+
+
+def test_changing_the_wan_policy_waits_for_the_box_then_shows_applied(people, box) -> None:
+    # given the box has applied its current configuration
+    box_config_applied(box=box, config_hash=box.config_hash)
+    client = logged_in(people.admin)
+    assert 'data-state="applied"' in client.get(f"/boxes/{box.pk}/config-state/").content.decode()
+    # when the admin switches to failover with the 4G link as backup
+    response = client.post(
+        f"/boxes/{box.pk}/policy/",
+        {"mode": "failover", "role_0": "primary", "role_1": "backup"},
+        HTTP_HX_REQUEST="true",
+    )
+    # then the policy is saved (audited) and the page waits for the box
+    assert response.status_code == 200
+    assert 'data-state="waiting"' in response.content.decode()
+    box.refresh_from_db()
+    assert box.wan_policy["mode"] == "failover"
+    assert [i["role"] for i in box.wan_policy["interfaces"]] == ["primary", "backup"]
+    assert AuditLog.objects.filter(action="box.set_wan_policy", box=box).exists()
+    waiting = client.get(f"/boxes/{box.pk}/config-state/").content.decode()
+    assert 'data-state="waiting"' in waiting and "every 2s" in waiting
+    # when the box reports it applied the new hash
+    box_config_applied(box=box, config_hash=box.config_hash)
+    # then the waiting state clears (and polling stops)
+    applied = client.get(f"/boxes/{box.pk}/config-state/").content.decode()
+    assert 'data-state="applied"' in applied and "every 2s" not in applied
+
+
+def test_an_invalid_wan_policy_is_refused_with_the_field(people, box) -> None:
+    client = logged_in(people.admin)
+    response = client.post(
+        f"/boxes/{box.pk}/policy/", {"mode": "failover", "role_0": "backup", "role_1": "disabled"},
+        HTTP_HX_REQUEST="true",
+    )
+    assert response.status_code == 400
+    assert "failover needs at least one primary interface" in response.content.decode()
+    box.refresh_from_db()
+    assert box.wan_policy.get("mode") != "failover"
+    bogus = client.post(f"/boxes/{box.pk}/policy/", {"mode": "warp-drive"}, HTTP_HX_REQUEST="true")
+    assert bogus.status_code == 400 and "mode" in bogus.content.decode()
+
+
+def test_rename_and_send_a_command(people, box) -> None:
+    client = logged_in(people.admin)
+    response = client.post(f"/boxes/{box.pk}/rename/", {"name": "Paris office", "tags": "paris, hq"})
+    assert response.status_code == 302
+    box.refresh_from_db()
+    assert box.name == "Paris office" and box.tags == ["paris", "hq"]
+    response = client.post(f"/boxes/{box.pk}/commands/new/", {"kind": "diagnostics"})
+    assert response.status_code == 302
+    fragment = client.get(f"/boxes/{box.pk}/commands/").content.decode()
+    assert "Diagnostics" in fragment and "Pending" in fragment
+    assert "every 3s" in fragment  # it keeps polling while the command is open
+
+
+def test_events_fragment_lists_the_timeline(people, box) -> None:
+    from fleet.monitoring.services import event_record
+
+    event_record(box_id=box.pk, kind="wan_down", data={"iface": "wan1"})
+    content = logged_in(people.viewer).get(f"/boxes/{box.pk}/events/").content.decode()
+    assert "WAN down" in content and "wan1" in content
