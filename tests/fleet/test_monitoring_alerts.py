@@ -1,0 +1,330 @@
+"""Alert evaluation (debounce, one notification per firing, recovery, flapping limit) and the delivery
+of notifications by email and by signed webhook to a real local HTTP receiver."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from django.core import mail
+from django.utils import timezone
+
+from fleet.audit import Actor
+from fleet.monitoring.models import Alert, Event, NotificationDelivery
+from fleet.monitoring.services import (
+    MAX_ATTEMPTS,
+    alert_rule_create,
+    alert_rule_evaluate,
+    notification_deliver,
+    notification_target_create,
+)
+from fleet.monitoring.webhooks import webhook_signature_valid
+from fleet.telemetry.models import BoxStatus, WanStatus
+
+pytestmark = pytest.mark.django_db
+
+T0 = timezone.now().replace(microsecond=0) - timedelta(days=1)
+
+
+def at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+class WebhookReceiver:
+    """A local HTTP endpoint recording requests; answers with the queued statuses, then 200."""
+
+    def __init__(self, statuses: list[int] | None = None) -> None:
+        self.statuses = list(statuses or [])
+        self.requests: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append({"headers": dict(self.headers), "body": body})
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    instance = WebhookReceiver()
+    yield instance
+    instance.close()
+
+
+@pytest.fixture
+def box(people: Any, box_factory: Any) -> Any:
+    return box_factory(organization=people.org)
+
+
+@pytest.fixture
+def email_target(people: Any) -> Any:
+    target, secret = notification_target_create(
+        actor=Actor.for_user(people.admin), organization=people.org, name="NOC", kind="email", email="noc@example.com"
+    )
+    assert secret is None
+    return target
+
+
+def offline_rule(people: Any, targets: list[Any], minutes: int = 5) -> Any:
+    return alert_rule_create(
+        actor=Actor.for_user(people.admin),
+        organization=people.org,
+        name="Box offline",
+        kind="box_offline",
+        duration_minutes=minutes,
+        target_ids=[target.pk for target in targets],
+    )
+
+
+def set_offline(box: Any, since: datetime) -> None:
+    BoxStatus.objects.update_or_create(box=box, defaults={"online": False, "offline_since": since})
+
+
+def set_online(box: Any) -> None:
+    BoxStatus.objects.update_or_create(box=box, defaults={"online": True, "offline_since": None})
+
+
+def set_wan(box: Any, iface: str = "wan1", *, up: bool = True, loss: float | None = 0.0, rtt: float = 10.0) -> None:
+    WanStatus.objects.update_or_create(
+        box=box,
+        iface=iface,
+        defaults={
+            "up": up,
+            "loss_pct": loss,
+            "rtt_ms": rtt,
+            "up_changed_at": T0,
+            "updated_at": T0,
+        },
+    )
+
+
+def deliveries(event: str | None = None) -> int:
+    queryset = NotificationDelivery.objects.all()
+    return queryset.filter(event=event).count() if event else queryset.count()
+
+
+def test_offline_shorter_than_n_minutes_does_not_fire(people: Any, box: Any, email_target: Any) -> None:
+    # given a 5-minute box_offline rule and a box offline since T0
+    rule = offline_rule(people, [email_target])
+    set_offline(box, since=at(0))
+    # when evaluated at 3 minutes
+    summary = alert_rule_evaluate(rule_id=rule.pk, now=at(3))
+    # then the alert is only pending, nothing is sent
+    assert summary.fired == 0
+    assert Alert.objects.get().state == "pending"
+    # when the box comes back before 5 minutes
+    set_online(box)
+    alert_rule_evaluate(rule_id=rule.pk, now=at(4))
+    # then the pending alert is forgotten and nobody was notified
+    assert not Alert.objects.exists()
+    assert deliveries() == 0
+
+
+def test_offline_longer_fires_once_then_recovers_once(people: Any, box: Any, email_target: Any) -> None:
+    rule = offline_rule(people, [email_target])
+    set_offline(box, since=at(0))
+    alert_rule_evaluate(rule_id=rule.pk, now=at(2))
+    # when the condition has held 5 minutes and is evaluated several times
+    first = alert_rule_evaluate(rule_id=rule.pk, now=at(5))
+    alert_rule_evaluate(rule_id=rule.pk, now=at(6))
+    alert_rule_evaluate(rule_id=rule.pk, now=at(9))
+    # then exactly one firing notification exists, and a timeline event
+    assert first.fired == 1
+    alert = Alert.objects.get()
+    assert alert.state == "firing" and alert.started_at == at(0) and alert.fired_at == at(5)
+    assert deliveries("firing") == 1
+    assert Event.objects.filter(kind="alert_firing", box=box).count() == 1
+    # when the box comes back online (more than 5 minutes after the firing notice)
+    set_online(box)
+    recovered = alert_rule_evaluate(rule_id=rule.pk, now=at(12))
+    alert_rule_evaluate(rule_id=rule.pk, now=at(13))
+    # then one recovery notification
+    assert recovered.resolved == 1
+    alert.refresh_from_db()
+    assert alert.state == "resolved" and alert.resolved_at == at(12)
+    assert deliveries("resolved") == 1
+    assert Event.objects.filter(kind="alert_resolved", box=box).count() == 1
+
+
+def test_alert_already_long_offline_fires_at_first_evaluation(people: Any, box: Any, email_target: Any) -> None:
+    rule = offline_rule(people, [email_target], minutes=10)
+    set_offline(box, since=at(0))
+    assert alert_rule_evaluate(rule_id=rule.pk, now=at(30)).fired == 1
+
+
+def test_flapping_is_limited_to_one_notification_per_five_minutes(
+    people: Any, box: Any, email_target: Any
+) -> None:
+    # given a 1-minute rule on a box that flaps offline/online every minute
+    rule = offline_rule(people, [email_target], minutes=1)
+    minute = 0.0
+    for _ in range(15):
+        set_offline(box, since=at(minute))
+        alert_rule_evaluate(rule_id=rule.pk, now=at(minute + 0.5))
+        alert_rule_evaluate(rule_id=rule.pk, now=at(minute + 1.2))
+        set_online(box)
+        alert_rule_evaluate(rule_id=rule.pk, now=at(minute + 1.7))
+        minute += 2
+    # then over 30 minutes of flapping the notifications are at least 5 minutes apart
+    sent_times = sorted(
+        t for t in Alert.objects.values_list("fired_at", flat=True) if t is not None
+    ) + sorted(t for t in Alert.objects.values_list("resolved_at", flat=True) if t is not None)
+    sent_times.sort()
+    assert 2 <= len(sent_times) <= 7
+    assert all(b - a >= timedelta(minutes=5) for a, b in zip(sent_times, sent_times[1:], strict=False))
+    assert deliveries() == len(sent_times)
+
+
+def test_wan_down_per_interface_and_only_for_online_boxes(people: Any, box: Any, email_target: Any) -> None:
+    rule = alert_rule_create(
+        actor=Actor.for_user(people.admin),
+        organization=people.org,
+        name="WAN down",
+        kind="wan_down",
+        duration_minutes=5,
+        target_ids=[email_target.pk],
+    )
+    set_online(box)
+    set_wan(box, "wan1", up=False)
+    set_wan(box, "wan2", up=True)
+    summary = alert_rule_evaluate(rule_id=rule.pk, now=at(10))
+    assert summary.fired == 1
+    assert Alert.objects.get().iface == "wan1"
+    # an offline box's WAN rows are stale: its open WAN alerts resolve (box_offline covers it)
+    BoxStatus.objects.filter(box=box).update(online=False, offline_since=at(11))
+    assert alert_rule_evaluate(rule_id=rule.pk, now=at(16)).resolved == 1
+
+
+def test_loss_threshold_tracks_its_own_start_and_a_blip_resets_it(
+    people: Any, box: Any, email_target: Any
+) -> None:
+    # given a rule "loss above 5 % for 3 minutes"
+    rule = alert_rule_create(
+        actor=Actor.for_user(people.admin),
+        organization=people.org,
+        name="Lossy",
+        kind="loss_above",
+        threshold=5.0,
+        duration_minutes=3,
+        target_ids=[email_target.pk],
+    )
+    set_online(box)
+    set_wan(box, loss=12.0)
+    alert_rule_evaluate(rule_id=rule.pk, now=at(0))
+    alert_rule_evaluate(rule_id=rule.pk, now=at(2))
+    # when loss dips below the threshold briefly at 2.5 minutes
+    set_wan(box, loss=1.0)
+    alert_rule_evaluate(rule_id=rule.pk, now=at(2.5))
+    set_wan(box, loss=12.0)
+    alert_rule_evaluate(rule_id=rule.pk, now=at(3))
+    # then the clock restarted: not firing at 4 minutes, firing at 6
+    assert alert_rule_evaluate(rule_id=rule.pk, now=at(4)).fired == 0
+    assert alert_rule_evaluate(rule_id=rule.pk, now=at(6)).fired == 1
+    alert = Alert.objects.get(state="firing")
+    assert alert.value == 12.0 and alert.started_at == at(3)
+
+
+def test_disabled_targets_and_other_boxes_are_not_used(
+    people: Any, box: Any, box_factory: Any, email_target: Any
+) -> None:
+    other = box_factory(organization=people.org)
+    rule = alert_rule_create(
+        actor=Actor.for_user(people.admin),
+        organization=people.org,
+        name="One box",
+        kind="box_offline",
+        duration_minutes=1,
+        box=box,
+        target_ids=[email_target.pk],
+    )
+    set_offline(box, since=at(0))
+    set_offline(other, since=at(0))
+    alert_rule_evaluate(rule_id=rule.pk, now=at(5))
+    assert list(Alert.objects.values_list("box_id", flat=True)) == [box.pk]
+
+
+def test_email_delivery_lands_in_the_outbox(people: Any, box: Any, email_target: Any) -> None:
+    # given a fired alert with an email target
+    rule = offline_rule(people, [email_target])
+    set_offline(box, since=at(0))
+    alert_rule_evaluate(rule_id=rule.pk, now=at(6))
+    delivery = NotificationDelivery.objects.get()
+    # when the delivery is attempted
+    outcome = notification_deliver(delivery_id=delivery.pk)
+    # then an email went out and the delivery is recorded as sent
+    assert outcome is not None and outcome.state == "sent" and not outcome.retry
+    assert len(mail.outbox) == 1
+    assert mail.outbox[0].to == ["noc@example.com"]
+    assert "FIRING" in mail.outbox[0].subject and box.serial in mail.outbox[0].body
+    delivery.refresh_from_db()
+    assert delivery.attempts == 1 and delivery.sent_at is not None
+    # and a second attempt does nothing
+    notification_deliver(delivery_id=delivery.pk)
+    assert len(mail.outbox) == 1
+
+
+def test_webhook_is_signed_with_the_secret_shown_once(people: Any, box: Any, receiver: WebhookReceiver) -> None:
+    # given a webhook target (its secret returned once) on a fired alert
+    target, secret = notification_target_create(
+        actor=Actor.for_user(people.admin), organization=people.org, name="Hook", kind="webhook", url=receiver.url
+    )
+    assert secret and secret not in target.secret_ciphertext
+    rule = offline_rule(people, [target])
+    set_offline(box, since=at(0))
+    alert_rule_evaluate(rule_id=rule.pk, now=at(6))
+    delivery = NotificationDelivery.objects.get()
+    # when delivered
+    outcome = notification_deliver(delivery_id=delivery.pk)
+    # then the receiver got a JSON body whose HMAC matches the header, with the event headers
+    assert outcome is not None and outcome.state == "sent"
+    (request,) = receiver.requests
+    headers = {key.lower(): value for key, value in request["headers"].items()}
+    assert webhook_signature_valid(secret, request["body"], headers["x-otb-signature"])
+    assert not webhook_signature_valid("whsec_wrong", request["body"], headers["x-otb-signature"])
+    assert headers["x-otb-event"] == "alert.firing"
+    body = json.loads(request["body"])
+    assert body["event"] == "alert.firing" and body["box"]["serial"] == box.serial
+    assert int(headers["x-otb-timestamp"]) == body["sent_at"]
+    delivery.refresh_from_db()
+    assert delivery.response_status == 200
+
+
+def test_webhook_failures_are_recorded_and_end_after_max_attempts(people: Any, box: Any) -> None:
+    failing = WebhookReceiver(statuses=[500] * 10)
+    try:
+        target, _ = notification_target_create(
+            actor=Actor.for_user(people.admin), organization=people.org, name="Hook", kind="webhook", url=failing.url
+        )
+        rule = offline_rule(people, [target])
+        set_offline(box, since=at(0))
+        alert_rule_evaluate(rule_id=rule.pk, now=at(6))
+        delivery = NotificationDelivery.objects.get()
+        outcomes = [notification_deliver(delivery_id=delivery.pk) for _ in range(MAX_ATTEMPTS)]
+        assert [outcome.retry for outcome in outcomes] == [True] * (MAX_ATTEMPTS - 1) + [False]
+        delivery.refresh_from_db()
+        assert delivery.state == "failed" and delivery.attempts == MAX_ATTEMPTS
+        assert delivery.response_status == 500 and "500" in delivery.last_error
+        assert len(failing.requests) == MAX_ATTEMPTS
+    finally:
+        failing.close()

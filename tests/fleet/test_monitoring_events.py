@@ -1,0 +1,139 @@
+"""The event timeline: recording, broadcasting to people after commit, and the paginated API."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from fleet.errors import InvalidInput
+from fleet.live import box_group, organization_group
+from fleet.monitoring.models import Event
+from fleet.monitoring.services import event_record, events_record_batch
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def box(people: Any, box_factory: Any) -> Any:
+    return box_factory(organization=people.org)
+
+
+def test_event_record_fills_the_organisation(people: Any, box: Any) -> None:
+    # given a claimed box
+    # when an event is recorded without an organisation
+    event = event_record(box_id=box.pk, kind="wan_down", data={"iface": "wan1"})
+    # then it carries the box's organisation and a timestamp
+    event.refresh_from_db()
+    assert event.organization_id == people.org.pk
+    assert event.data == {"iface": "wan1"}
+    assert abs((timezone.now() - event.ts).total_seconds()) < 5
+
+
+def test_batch_is_all_or_nothing(box: Any) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        events_record_batch(
+            [
+                {"box_id": box.pk, "kind": "box_online", "data": {}},
+                {"box_id": box.pk, "kind": "exploded", "data": {}},
+            ]
+        )
+    assert raised.value.field == "kind"
+    assert not Event.objects.exists()
+    created = events_record_batch(
+        [{"box_id": box.pk, "kind": "box_online", "data": {}}, {"box_id": box.pk, "kind": "box_offline"}]
+    )
+    assert len(created) == 2 and Event.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_events_are_broadcast_to_box_and_organisation_after_commit(people: Any, box: Any) -> None:
+    # given channels in the box group and the organisation group
+    layer = get_channel_layer()
+    box_channel = async_to_sync(layer.new_channel)()
+    org_channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(box_group(box.pk), box_channel)
+    async_to_sync(layer.group_add)(organization_group(people.org.pk), org_channel)
+    try:
+        # when an event is recorded
+        event = event_record(box_id=box.pk, kind="firmware_changed", data={"from": "1.0", "to": "1.1"})
+        # then both groups get a people.event carrying it
+        for channel in (box_channel, org_channel):
+            message = async_to_sync(layer.receive)(channel)
+            assert message["type"] == "people.event"
+            assert message["payload"]["kind"] == "event"
+            assert message["payload"]["event"]["id"] == str(event.pk)
+            assert message["payload"]["event"]["data"]["to"] == "1.1"
+    finally:
+        async_to_sync(layer.group_discard)(box_group(box.pk), box_channel)
+        async_to_sync(layer.group_discard)(organization_group(people.org.pk), org_channel)
+
+
+def _seed(box: Any, count: int, kind: str = "wan_up") -> None:
+    base = timezone.now() - timedelta(hours=1)
+    events_record_batch(
+        [{"box_id": box.pk, "kind": kind, "ts": base + timedelta(seconds=i), "data": {"i": i}} for i in range(count)]
+    )
+
+
+def test_box_timeline_is_newest_first_and_pages_with_a_cursor(people: Any, box: Any, client_for: Any) -> None:
+    # given 7 events on the box
+    _seed(box, 7)
+    client = client_for(people.viewer)
+    # when the viewer reads them 3 at a time
+    first = client.get(f"/api/v1/boxes/{box.pk}/events/?limit=3").json()
+    second = client.get(first["next"]).json()
+    third = client.get(second["next"]).json()
+    # then they come newest first, without gaps or repeats
+    seen = [item["data"]["i"] for page in (first, second, third) for item in page["results"]]
+    assert seen == [6, 5, 4, 3, 2, 1, 0]
+    assert third["next"] is None
+
+
+def test_timeline_filters(people: Any, box: Any, client_for: Any) -> None:
+    _seed(box, 3, kind="wan_up")
+    _seed(box, 2, kind="wan_down")
+    client = client_for(people.viewer)
+    down = client.get(f"/api/v1/boxes/{box.pk}/events/?kind=wan_down").json()["results"]
+    assert {item["kind"] for item in down} == {"wan_down"} and len(down) == 2
+    future = (timezone.now() + timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
+    assert client.get(f"/api/v1/boxes/{box.pk}/events/", {"from": future}).json()["results"] == []
+    bad = client.get(f"/api/v1/boxes/{box.pk}/events/?kind=nope")
+    assert bad.status_code == 400 and "kind" in bad.json()["error"]["fields"]
+    bad_date = client.get(f"/api/v1/boxes/{box.pk}/events/?from=yesterday")
+    assert bad_date.status_code == 400 and "from" in bad_date.json()["error"]["fields"]
+
+
+def test_organisation_timeline_and_scoping(people: Any, box: Any, box_factory: Any, client_for: Any) -> None:
+    other_box = box_factory(organization=people.other_org)
+    _seed(box, 2)
+    _seed(other_box, 3)
+    mine = client_for(people.viewer).get(f"/api/v1/organizations/{people.org.pk}/events/").json()["results"]
+    assert {item["box"] for item in mine} == {str(box.pk)}
+    outsider = client_for(people.outsider)
+    assert outsider.get(f"/api/v1/boxes/{box.pk}/events/").status_code == 404
+    assert outsider.get(f"/api/v1/organizations/{people.org.pk}/events/").status_code == 404
+    staff = client_for(people.staff).get(f"/api/v1/organizations/{people.other_org.pk}/events/").json()
+    assert len(staff["results"]) == 3
+
+
+def test_timeline_query_count_is_fixed(people: Any, box: Any, client_for: Any) -> None:
+    # given a client and a short timeline
+    client = client_for(people.viewer)
+    _seed(box, 2)
+    client.get(f"/api/v1/boxes/{box.pk}/events/")
+    with CaptureQueriesContext(connection) as few:
+        client.get(f"/api/v1/boxes/{box.pk}/events/")
+    # when the timeline grows well past a page
+    _seed(box, 120)
+    with CaptureQueriesContext(connection) as many:
+        body = client.get(f"/api/v1/boxes/{box.pk}/events/").json()
+    # then a page costs the same queries
+    assert len(body["results"]) == 50
+    assert len(many) == len(few)
