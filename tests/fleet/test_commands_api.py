@@ -33,7 +33,11 @@ def test_admin_creates_and_viewer_reads(people: Any, box: Any, client_for: Any) 
     # then it is created pending, and a viewer can see it in the list and in detail
     assert response.status_code == 201, response.content
     body = response.json()
-    assert body["state"] == "pending" and body["kind"] == "speed_test" and body["created_by"] == "admin@example.com"
+    assert (
+        body["state"] == "pending"
+        and body["kind"] == "speed_test"
+        and body["created_by"] == "admin@example.com"
+    )
     viewer = client_for(people.viewer)
     listed = viewer.get(url(box)).json()
     assert [item["id"] for item in listed["results"]] == [body["id"]]

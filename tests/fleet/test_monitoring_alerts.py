@@ -80,7 +80,11 @@ def box(people: Any, box_factory: Any) -> Any:
 @pytest.fixture
 def email_target(people: Any) -> Any:
     target, secret = notification_target_create(
-        actor=Actor.for_user(people.admin), organization=people.org, name="NOC", kind="email", email="noc@example.com"
+        actor=Actor.for_user(people.admin),
+        organization=people.org,
+        name="NOC",
+        kind="email",
+        email="noc@example.com",
     )
     assert secret is None
     return target
@@ -105,7 +109,9 @@ def set_online(box: Any) -> None:
     BoxStatus.objects.update_or_create(box=box, defaults={"online": True, "offline_since": None})
 
 
-def set_wan(box: Any, iface: str = "wan1", *, up: bool = True, loss: float | None = 0.0, rtt: float = 10.0) -> None:
+def set_wan(
+    box: Any, iface: str = "wan1", *, up: bool = True, loss: float | None = 0.0, rtt: float = 10.0
+) -> None:
     WanStatus.objects.update_or_create(
         box=box,
         iface=iface,
@@ -167,7 +173,9 @@ def test_offline_longer_fires_once_then_recovers_once(people: Any, box: Any, ema
     assert Event.objects.filter(kind="alert_resolved", box=box).count() == 1
 
 
-def test_alert_already_long_offline_fires_at_first_evaluation(people: Any, box: Any, email_target: Any) -> None:
+def test_alert_already_long_offline_fires_at_first_evaluation(
+    people: Any, box: Any, email_target: Any
+) -> None:
     rule = offline_rule(people, [email_target], minutes=10)
     set_offline(box, since=at(0))
     assert alert_rule_evaluate(rule_id=rule.pk, now=at(30)).fired == 1
@@ -284,10 +292,16 @@ def test_email_delivery_lands_in_the_outbox(people: Any, box: Any, email_target:
     assert len(mail.outbox) == 1
 
 
-def test_webhook_is_signed_with_the_secret_shown_once(people: Any, box: Any, receiver: WebhookReceiver) -> None:
+def test_webhook_is_signed_with_the_secret_shown_once(
+    people: Any, box: Any, receiver: WebhookReceiver
+) -> None:
     # given a webhook target (its secret returned once) on a fired alert
     target, secret = notification_target_create(
-        actor=Actor.for_user(people.admin), organization=people.org, name="Hook", kind="webhook", url=receiver.url
+        actor=Actor.for_user(people.admin),
+        organization=people.org,
+        name="Hook",
+        kind="webhook",
+        url=receiver.url,
     )
     assert secret and secret not in target.secret_ciphertext
     rule = offline_rule(people, [target])
@@ -314,7 +328,11 @@ def test_webhook_failures_are_recorded_and_end_after_max_attempts(people: Any, b
     failing = WebhookReceiver(statuses=[500] * 10)
     try:
         target, _ = notification_target_create(
-            actor=Actor.for_user(people.admin), organization=people.org, name="Hook", kind="webhook", url=failing.url
+            actor=Actor.for_user(people.admin),
+            organization=people.org,
+            name="Hook",
+            kind="webhook",
+            url=failing.url,
         )
         rule = offline_rule(people, [target])
         set_offline(box, since=at(0))

@@ -78,7 +78,10 @@ def test_events_are_broadcast_to_box_and_organisation_after_commit(people: Any, 
 def _seed(box: Any, count: int, kind: str = "wan_up") -> None:
     base = timezone.now() - timedelta(hours=1)
     events_record_batch(
-        [{"box_id": box.pk, "kind": kind, "ts": base + timedelta(seconds=i), "data": {"i": i}} for i in range(count)]
+        [
+            {"box_id": box.pk, "kind": kind, "ts": base + timedelta(seconds=i), "data": {"i": i}}
+            for i in range(count)
+        ]
     )
 
 
