@@ -1,0 +1,26 @@
+"""A bare echo consumer: the ingest benchmark's baseline.
+
+It does what a websocket server cannot avoid for a telemetry frame (receive it, decode the JSON,
+answer with a small ``ack``) and nothing else: no validation, no storage. Routed at ``/ws/echo/``
+only when ``OTB_BENCH_ECHO=1``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+
+class EchoConsumer(AsyncWebsocketConsumer):
+    async def connect(self) -> None:
+        await self.accept()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None:
+            return
+        message = json.loads(text_data)
+        if message.get("type") == "telemetry":
+            await self.send(text_data=json.dumps({"type": "ack", "seq": message["seq"]}))
+        elif message.get("type") == "hello":
+            await self.send(text_data=json.dumps({"type": "welcome", "last_acked_seq": 0}))
