@@ -60,7 +60,9 @@ async def test_subscriber_to_own_box_receives_its_events(people: Any, box_factor
         await communicator.send_json_to({"type": "subscribe", "box": str(box.pk)})
         assert await receive(communicator) == {"type": "subscribed", "box": str(box.pk)}
         # when an event is recorded for the box (committed, then broadcast)
-        event = await database_sync_to_async(event_record)(box_id=box.pk, kind="wan_down", data={"iface": "wan2"})
+        event = await database_sync_to_async(event_record)(
+            box_id=box.pk, kind="wan_down", data={"iface": "wan2"}
+        )
         # then it arrives on the socket
         frame = await receive(communicator)
         assert frame["kind"] == "event" and frame["event"]["id"] == str(event.pk)
@@ -74,14 +76,18 @@ async def test_subscriber_to_own_box_receives_its_events(people: Any, box_factor
         await communicator.disconnect()
 
 
-async def test_organisation_subscription_receives_telemetry_and_presence(people: Any, box_factory: Any) -> None:
+async def test_organisation_subscription_receives_telemetry_and_presence(
+    people: Any, box_factory: Any
+) -> None:
     box = await database_sync_to_async(box_factory)(organization=people.org)
     communicator = await connect(people.owner)
     try:
         await receive(communicator)
         await communicator.send_json_to({"type": "subscribe", "organization": str(people.org.pk)})
         assert (await receive(communicator))["type"] == "subscribed"
-        await abroadcast_to_people(box.pk, people.org.pk, {"kind": "presence", "box_id": str(box.pk), "online": True})
+        await abroadcast_to_people(
+            box.pk, people.org.pk, {"kind": "presence", "box_id": str(box.pk), "online": True}
+        )
         assert (await receive(communicator))["kind"] == "presence"
     finally:
         await communicator.disconnect()
@@ -101,7 +107,9 @@ async def test_another_organisations_box_is_not_found_and_receives_nothing(
         await communicator.send_json_to({"type": "subscribe", "organization": str(people.other_org.pk)})
         org_error = await receive(communicator)
         # then both are "not found", and its events never reach this socket
-        assert box_error["type"] == "error" and box_error["code"] == "not_found" and box_error["field"] == "box"
+        assert (
+            box_error["type"] == "error" and box_error["code"] == "not_found" and box_error["field"] == "box"
+        )
         assert org_error["code"] == "not_found" and org_error["field"] == "organization"
         await database_sync_to_async(event_record)(box_id=foreign.pk, kind="box_offline", data={})
         assert await communicator.receive_nothing(timeout=0.5)
