@@ -20,11 +20,12 @@ from uuid import UUID
 
 from django.db import connection
 from django.db.models import Case, F, IntegerField, Q, Value, When
+from django.utils import timezone
 
 from fleet.errors import Conflict
 from fleet.models import Box
 from provisioning.addressing import pool_size, prefix_at
-from provisioning.choices import PoolPurpose, ServerStatus
+from provisioning.choices import AssignmentState, PoolPurpose, ServerStatus
 from provisioning.models import AddressAssignment, AddressPool, AggregationServer
 
 # The field name a shortage of each purpose is reported under.
@@ -48,8 +49,8 @@ SELECT p.pool_id, COALESCE(
 FROM unnest(%s::uuid[], %s::bigint[]) AS p(pool_id, hint)
 """
 
-_PORT_GAP_SQL = """
-SELECT COALESCE(
+_PORT_TAKE_SQL = """
+WITH found AS (SELECT COALESCE(
     (SELECT %(hint)s::integer WHERE NOT EXISTS (
         SELECT 1 FROM fleet_box WHERE server_id = %(server)s AND tunnel_port = %(hint)s)),
     (SELECT b.tunnel_port + 1 FROM fleet_box b
@@ -57,7 +58,30 @@ SELECT COALESCE(
         AND NOT EXISTS (SELECT 1 FROM fleet_box c
                          WHERE c.server_id = %(server)s AND c.tunnel_port = b.tunnel_port + 1)
       ORDER BY b.tunnel_port LIMIT 1)
+) AS port)
+UPDATE provisioning_aggregationserver s
+   SET assigned_boxes = s.assigned_boxes + 1, free_port_hint = found.port + 1, updated_at = now()
+  FROM found
+ WHERE s.id = %(server)s AND found.port <= s.tunnel_port_max
+RETURNING found.port
+"""
+
+
+# Inserting the assignments, raising the pool hints and saving the box in one round trip.
+_PLACEMENT_SQL = """
+WITH inserted AS (
+    INSERT INTO provisioning_addressassignment
+           (id, pool_id, box_id, purpose, "index", prefix, state, assigned_at)
+    SELECT id, pool_id, box_id, purpose, idx, prefix, %s, %s
+      FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::text[], %s::integer[], %s::cidr[])
+           AS a(id, pool_id, box_id, purpose, idx, prefix)
+    RETURNING pool_id, "index"
+), hinted AS (
+    UPDATE provisioning_addresspool p SET free_index_hint = inserted."index" + 1
+      FROM inserted WHERE p.id = inserted.pool_id
+    RETURNING p.id
 )
+UPDATE fleet_box SET {set_clause} WHERE id = %s
 """
 
 
@@ -84,10 +108,13 @@ def server_lock_best(
     )
 
 
-def _port_search(server: AggregationServer, hint: int) -> int:
+def _port_take(server: AggregationServer, hint: int) -> int | None:
+    """Find the lowest free port from ``hint`` and take it with the slot, in one statement (the caller
+    holds the server row lock). None when the search ran past the end of the port range."""
     with connection.cursor() as cursor:
-        cursor.execute(_PORT_GAP_SQL, {"hint": hint, "server": server.pk})
-        return int(cursor.fetchone()[0])
+        cursor.execute(_PORT_TAKE_SQL, {"hint": hint, "server": server.pk})
+        row = cursor.fetchone()
+    return None if row is None else int(row[0])
 
 
 def server_slot_take(*, box: Box, server: AggregationServer) -> int:
@@ -97,16 +124,14 @@ def server_slot_take(*, box: Box, server: AggregationServer) -> int:
         raise Conflict(
             f"server {server.name} has no spare capacity", field="server", code="no_server_capacity"
         )
-    port = _port_search(server, max(server.free_port_hint, server.tunnel_port_min))
-    if port > server.tunnel_port_max:
-        port = _port_search(server, server.tunnel_port_min)
-    if port > server.tunnel_port_max:
+    port = _port_take(server, max(server.free_port_hint, server.tunnel_port_min))
+    if port is None:
+        # The hint ran past the range: search once from the start (ports freed out of order).
+        port = _port_take(server, server.tunnel_port_min)
+    if port is None:
         raise Conflict(
             f"server {server.name} has no free tunnel port", field="server", code="no_server_capacity"
         )
-    AggregationServer.objects.filter(pk=server.pk).update(
-        assigned_boxes=F("assigned_boxes") + 1, free_port_hint=port + 1
-    )
     server.assigned_boxes += 1
     server.free_port_hint = port + 1
     box.server = server
@@ -174,12 +199,14 @@ def _exhausted(purpose: str, server: AggregationServer, candidates: list[_Candid
     return Conflict(message, field=field, code="pool_exhausted")
 
 
-def addresses_allocate(
+def addresses_plan(
     *, box: Box, server: AggregationServer, purposes: tuple[str, ...] = ALL_PURPOSES
 ) -> list[AddressAssignment]:
-    """Allocate one prefix per purpose for the box from the pools of ``server`` (server-tied pools
-    first, then its region's), lowest free index first. Raises Conflict(pool_exhausted) naming the
-    purpose's field and the pools when nothing is free. Constant query count."""
+    """Choose one prefix per purpose for the box from the pools of ``server`` (server-tied pools
+    first, then its region's), lowest free index first, and return the unsaved assignments; the pools
+    stay locked until the caller's transaction ends, so ``placement_write`` cannot collide. Raises
+    Conflict(pool_exhausted) naming the purpose's field and the pools. Two queries in the common case.
+    """
     if not purposes:
         return []
     candidates = _candidate_pools(server, purposes)
@@ -204,23 +231,51 @@ def addresses_allocate(
                 retried_from_zero.add(candidate.pool.pk)
             else:
                 pending[purpose].pop(0)
-    assignments = [
+    return [
         AddressAssignment(
             pool=pool,
             box=box,
             purpose=purpose,
             index=index,
             prefix=prefix_at(pool.cidr, pool.prefix_length, index),
+            state=AssignmentState.ACTIVE,
         )
         for purpose, (pool, index) in chosen.items()
     ]
-    AddressAssignment.objects.bulk_create(assignments)
-    hints = {pool.pk: index + 1 for pool, index in chosen.values()}
-    AddressPool.objects.filter(pk__in=list(hints)).update(
-        free_index_hint=Case(
-            *[When(pk=pk, then=Value(hint)) for pk, hint in hints.items()],
-            default=F("free_index_hint"),
-            output_field=IntegerField(),
+
+
+def placement_write(
+    *, box: Box, assignments: list[AddressAssignment], box_fields: tuple[str, ...] = ()
+) -> None:
+    """Insert the planned assignments, raise their pools' hints and save ``box_fields`` of the box, in
+    one statement: it runs while the server and pool rows are locked, so round trips are what limit
+    claims per second on a busy server."""
+    now = timezone.now()
+    for assignment in assignments:
+        assignment.assigned_at = now
+    box.updated_at = now
+    fields = [Box._meta.get_field(name) for name in (*box_fields, "updated_at")]
+    set_clause = ", ".join(f'"{field.column}" = %s' for field in fields)
+    box_values = [field.get_db_prep_save(getattr(box, field.attname), connection) for field in fields]
+    columns = [
+        [str(a.pk) for a in assignments],
+        [str(a.pool_id) for a in assignments],
+        [str(a.box_id) for a in assignments],
+        [a.purpose for a in assignments],
+        [a.index for a in assignments],
+        [a.prefix for a in assignments],
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _PLACEMENT_SQL.format(set_clause=set_clause),
+            [AssignmentState.ACTIVE, now, *columns, *box_values, str(box.pk)],
         )
-    )
+
+
+def addresses_allocate(
+    *, box: Box, server: AggregationServer, purposes: tuple[str, ...] = ALL_PURPOSES
+) -> list[AddressAssignment]:
+    """Plan and insert one assignment per purpose (see ``addresses_plan``)."""
+    assignments = addresses_plan(box=box, server=server, purposes=purposes)
+    placement_write(box=box, assignments=assignments)
     return assignments

@@ -54,12 +54,15 @@ def _addresses(assignments: Iterable[AddressAssignment]) -> dict[str, Any]:
     }
 
 
-def _secrets(credentials: Iterable[TunnelCredential]) -> dict[str, tuple[str, str]]:
-    """kind -> (public_key, decrypted secret)."""
+def _secrets(credentials: Iterable[TunnelCredential], plaintext: bool = False) -> dict[str, tuple[str, str]]:
+    """kind -> (public_key, decrypted secret); with ``plaintext``, rows just issued carry the secret
+    in ``.plaintext`` and nothing is decrypted."""
     return {
         credential.kind: (
             credential.public_key,
-            secret_decrypt(credential.secret_ciphertext) if credential.secret_ciphertext else "",
+            credential.plaintext  # type: ignore[attr-defined]
+            if plaintext
+            else (secret_decrypt(credential.secret_ciphertext) if credential.secret_ciphertext else ""),
         )
         for credential in credentials
     }
@@ -71,9 +74,10 @@ def config_document_build(
     server: AggregationServer | None,
     assignments: Iterable[AddressAssignment],
     credentials: Iterable[TunnelCredential],
+    plaintext: bool = False,
 ) -> dict[str, Any]:
     """The configuration document from already loaded rows, without ``config_hash`` (no queries)."""
-    by_kind = _secrets(credentials)
+    by_kind = _secrets(credentials, plaintext)
     wireguard = by_kind.get(TunnelKind.WIREGUARD)
     glorytun = by_kind.get(TunnelKind.GLORYTUN)
     shadowsocks = by_kind.get(TunnelKind.SHADOWSOCKS)

@@ -350,8 +350,9 @@ def pool_create(
 # --- provisioning a box ----------------------------------------------------------------------------
 
 
-def _credentials_issue(box: Box) -> list[tuple[TunnelCredential, str]]:
-    """One live credential per tunnel kind, secrets encrypted; returns (row, plaintext) pairs."""
+def _credentials_issue(box: Box) -> list[TunnelCredential]:
+    """One live credential per tunnel kind, secrets encrypted; the returned rows also carry the
+    plaintext in ``plaintext`` (never stored) so the config hash needs no decryption."""
     plaintexts = {
         TunnelKind.WIREGUARD: wireguard_key_generate(),
         TunnelKind.GLORYTUN: symmetric_key_generate(),
@@ -367,31 +368,40 @@ def _credentials_issue(box: Box) -> list[tuple[TunnelCredential, str]]:
         for kind, secret in plaintexts.items()
     ]
     TunnelCredential.objects.bulk_create(rows)
-    return [(row, plaintexts[TunnelKind(row.kind)]) for row in rows]
+    for row in rows:
+        row.plaintext = plaintexts[TunnelKind(row.kind)]  # type: ignore[attr-defined]
+    return rows
 
 
 def box_provision(*, box: Box, organization: Organization) -> None:
     """Give a box bound to ``organization`` a server slot and tunnel port, a public IPv4, a tunnel
     pair and a delegated IPv6 prefix, and fresh tunnel credentials; store its config hash.
 
-    Must run inside the caller's transaction with the box row locked. Raises Conflict
-    (``no_server_capacity`` / ``pool_exhausted``); the caller's rollback then leaves nothing assigned.
+    Must run inside the caller's transaction with the box row locked; the box's binding fields
+    (state, organization, claimed_at) are saved from the instance together with the placement.
+    Raises Conflict (``no_server_capacity`` / ``pool_exhausted``); the caller's rollback then leaves
+    nothing assigned.
     """
     with transaction.atomic(savepoint=False):
+        # Everything that does not touch a shared row happens before the server and pools are locked:
+        # those locks are held until commit and serialise every claim on the server.
+        credentials = _credentials_issue(box)
         server = allocation.server_lock_best(preferred_region_id=organization.preferred_region_id)
         if server is None:
             raise Conflict(
                 "no active aggregation server has spare capacity", field="server", code="no_server_capacity"
             )
         allocation.server_slot_take(box=box, server=server)
-        assignments = allocation.addresses_allocate(box=box, server=server)
-        credentials = _credentials_issue(box)
-        box.config_hash = canonical_hash(
-            config_document_build(
-                box=box, server=server, assignments=assignments, credentials=[row for row, _ in credentials]
-            )
+        assignments = allocation.addresses_plan(box=box, server=server)
+        document = config_document_build(
+            box=box, server=server, assignments=assignments, credentials=credentials, plaintext=True
         )
-        box.save(update_fields=["server", "tunnel_port", "config_hash", "updated_at"])
+        box.config_hash = canonical_hash(document)
+        allocation.placement_write(
+            box=box,
+            assignments=assignments,
+            box_fields=("state", "organization", "claimed_at", "server", "tunnel_port", "config_hash"),
+        )
         box_id, config_hash = box.pk, box.config_hash
         transaction.on_commit(lambda: _doorbell(box_id, config_hash))
 
@@ -445,8 +455,6 @@ def box_claim(*, actor: Actor, organization: Organization, serial: str, claim_co
     box.state = BoxState.CLAIMED
     box.organization = organization
     box.claimed_at = timezone.now()
-    box.save(update_fields=["state", "organization", "claimed_at", "updated_at"])
-    box_provision(box=box, organization=organization)
     audit_record(
         actor=actor,
         action="box.claim",
@@ -454,13 +462,9 @@ def box_claim(*, actor: Actor, organization: Organization, serial: str, claim_co
         box=box,
         target=box,
         before={"state": BoxState.UNCLAIMED, "organization": None},
-        after={
-            "state": BoxState.CLAIMED,
-            "organization": str(organization.pk),
-            "server": str(box.server_id),
-            "tunnel_port": box.tunnel_port,
-        },
+        after={"state": BoxState.CLAIMED, "organization": str(organization.pk)},
     )
+    box_provision(box=box, organization=organization)
     return box
 
 
@@ -577,7 +581,6 @@ def box_transfer(*, actor: Actor, box: Box, organization: Organization) -> Box:
     _box_unprovision(box)
     box.organization = organization
     box.claimed_at = timezone.now()
-    box.save(update_fields=["organization", "claimed_at", "updated_at"])
     box_provision(box=box, organization=organization)
     after = _box_state(box)
     audit_record(
@@ -675,8 +678,8 @@ def box_reassign_server(*, actor: Actor, box: Box, server: AggregationServer | N
     _addresses_quarantine(box, moving)
     allocation.server_slot_free(box=box)
     allocation.server_slot_take(box=box, server=target)
-    box.save(update_fields=["server", "tunnel_port", "updated_at"])
-    allocation.addresses_allocate(box=box, server=target, purposes=moving)
+    assignments = allocation.addresses_plan(box=box, server=target, purposes=moving)
+    allocation.placement_write(box=box, assignments=assignments, box_fields=("server", "tunnel_port"))
     if not TunnelCredential.objects.filter(box=box, revoked_at__isnull=True).exists():
         _credentials_issue(box)
     box_config_refresh(box=box)
