@@ -3,6 +3,7 @@ of notifications by email and by signed webhook to a real local HTTP receiver.""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from collections.abc import Iterator
@@ -44,7 +45,7 @@ class WebhookReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.requests.append({"headers": dict(self.headers), "body": body})
                 status = receiver.statuses.pop(0) if receiver.statuses else 200
@@ -196,11 +197,13 @@ def test_flapping_is_limited_to_one_notification_per_five_minutes(
         minute += 2
     # then over 30 minutes of flapping the notifications are at least 5 minutes apart
     sent_times = sorted(
-        t for t in Alert.objects.values_list("fired_at", flat=True) if t is not None
-    ) + sorted(t for t in Alert.objects.values_list("resolved_at", flat=True) if t is not None)
-    sent_times.sort()
+        t
+        for field in ("fired_at", "resolved_at")
+        for t in Alert.objects.values_list(field, flat=True)
+        if t is not None
+    )
     assert 2 <= len(sent_times) <= 7
-    assert all(b - a >= timedelta(minutes=5) for a, b in zip(sent_times, sent_times[1:], strict=False))
+    assert all(b - a >= timedelta(minutes=5) for a, b in itertools.pairwise(sent_times))
     assert deliveries() == len(sent_times)
 
 
