@@ -144,6 +144,15 @@ DATABASES = {
 }
 DATABASES["default"].setdefault("OPTIONS", {})
 DATABASES["default"]["OPTIONS"]["application_name"] = os.environ.get("OTB_PROCESS_NAME", "otb-fleet")
+# Opt-in psycopg connection pool per process (DATABASE_POOL_MAX_SIZE > 0). Under ASGI every request runs
+# in its own thread, so persistent per-thread connections (CONN_MAX_AGE) pile up; a pool does not.
+if env_int("DATABASE_POOL_MAX_SIZE", 0) > 0:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"]["pool"] = {
+        "min_size": env_int("DATABASE_POOL_MIN_SIZE", 2),
+        "max_size": env_int("DATABASE_POOL_MAX_SIZE", 0),
+        "timeout": env_int("DATABASE_POOL_TIMEOUT_S", 10),
+    }
 if os.environ.get("OTB_TEST_DB_NAME"):
     DATABASES["default"]["TEST"] = {"NAME": os.environ["OTB_TEST_DB_NAME"]}
 
