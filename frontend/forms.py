@@ -77,7 +77,6 @@ class WanPolicyForm(forms.Form):
 
 
 class FirmwareSettingsForm(forms.Form):
-    release_channel = forms.ChoiceField(label="Release channel", choices=ReleaseChannel.choices)
     auto_upgrade = forms.BooleanField(label="Upgrade automatically in the maintenance window", required=False)
 
 
@@ -85,8 +84,8 @@ class PostponeForm(forms.Form):
     days = forms.TypedChoiceField(
         label="Postpone by",
         coerce=int,
-        choices=[(1, "1 day"), (3, "3 days"), (7, "1 week"), (14, "2 weeks")],
-        initial=7,
+        choices=[(1, "1 day"), (3, "3 days"), (6, "6 days")],
+        initial=3,
     )
 
 

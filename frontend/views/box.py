@@ -7,19 +7,21 @@ polls the configuration state while the box has not applied the desired configur
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from fleet.access import ROLE_RANK, box_for, is_staff, require_role
 from fleet.audit import Actor
 from fleet.choices import Role, WanKind
-from fleet.errors import DomainError
+from fleet.errors import Conflict, DomainError, InvalidInput
 from fleet.models import Box
 from fleet.services import box_set_wan_policy, box_update
 from frontend.errors import form_add_domain_error, page_errors
@@ -87,13 +89,22 @@ def _commands(box: Box) -> list[Any]:
 
 
 def _firmware(box: Box) -> dict[str, Any]:
-    """What the rollout engine says about this box's firmware (pending upgrade, latest release)."""
-    try:
-        from provisioning.firmware import selectors as firmware_selectors  # type: ignore[attr-defined]
-    except ImportError:
-        return {}
-    summary = getattr(firmware_selectors, "box_firmware_summary", None)
-    return summary(box=box) if summary else {}
+    """What the rollout engine says about this box's firmware: latest release, open upgrade, window."""
+    from provisioning.firmware.choices import OPEN_STATES, WAITING_STATES
+    from provisioning.firmware.selectors import box_upgrade_policy, box_upgrades
+    from provisioning.firmware.services import latest_release_for
+
+    upgrades = list(box_upgrades(box=box)[:5])
+    open_upgrade = next((upgrade for upgrade in upgrades if upgrade.state in OPEN_STATES), None)
+    latest = latest_release_for(box) if box.organization_id else None
+    return {
+        "latest_version": latest.version if latest else "",
+        "upgrade_available": bool(latest and latest.version != box.firmware_version),
+        "open_upgrade": open_upgrade,
+        "can_postpone": open_upgrade is not None and open_upgrade.state in WAITING_STATES,
+        "recent_upgrades": upgrades,
+        "policy": box_upgrade_policy(box=box),
+    }
 
 
 def box_context(request: HttpRequest, box: Box, *, console: bool = False) -> dict[str, Any]:
@@ -118,9 +129,7 @@ def box_context(request: HttpRequest, box: Box, *, console: bool = False) -> dic
             interfaces=_policy_interfaces(box, wans),
         ),
         "rename_form": BoxRenameForm(initial={"name": box.name, "tags": " ".join(box.tags)}),
-        "firmware_form": FirmwareSettingsForm(
-            initial={"release_channel": box.release_channel, "auto_upgrade": box.auto_upgrade}
-        ),
+        "firmware_form": FirmwareSettingsForm(initial={"auto_upgrade": box.auto_upgrade}),
         "postpone_form": PostponeForm(),
         "command_form": CommandForm(),
         "box_url": reverse("frontend:console_box" if console else "frontend:box", args=[box.pk]),
@@ -270,17 +279,18 @@ def box_command_create(request: HttpRequest, box_id: str) -> HttpResponse:
 @require_POST
 @page_errors
 def box_firmware_settings(request: HttpRequest, box_id: str) -> HttpResponse:
-    """Release channel and automatic upgrades (the rollout engine's service decides what they mean)."""
+    """Automatic upgrades on or off (the rollout engine's upgrade policy)."""
+    from provisioning.firmware.services import box_upgrade_policy_update
+
     box = box_for(request.user, box_id, Role.ADMIN)
     form = FirmwareSettingsForm(request.POST)
-    service = _firmware_service("box_firmware_settings_update")
-    if form.is_valid() and service is not None:
+    if form.is_valid():
         try:
-            service(actor=Actor.from_request(request), box=box, **form.cleaned_data)
+            box_upgrade_policy_update(
+                actor=Actor.from_request(request), box=box, auto_upgrade=form.cleaned_data["auto_upgrade"]
+            )
         except DomainError as exc:
             form_add_domain_error(form, exc)
-    elif service is None:
-        form.add_error(None, "firmware settings are not available yet")
     if form.errors:
         messages.error(request, "Not saved: " + "; ".join(_error_texts(form)))
     else:
@@ -292,33 +302,30 @@ def box_firmware_settings(request: HttpRequest, box_id: str) -> HttpResponse:
 @require_POST
 @page_errors
 def box_firmware_action(request: HttpRequest, box_id: str, action: str) -> HttpResponse:
-    """Upgrade now, or postpone the pending upgrade."""
+    """Upgrade now, or postpone the waiting upgrade by a few days."""
+    from provisioning.firmware.choices import WAITING_STATES
+    from provisioning.firmware.selectors import box_upgrades
+    from provisioning.firmware.services import box_upgrade_now, upgrade_postpone
+
     box = box_for(request.user, box_id, Role.ADMIN)
     actor = Actor.from_request(request)
     try:
         if action == "upgrade":
-            service = _firmware_service("box_upgrade_now")
-            if service is None:
-                raise DomainError("upgrades are not available yet")
-            service(actor=actor, box=box)
-            messages.success(request, "Upgrade requested: the box installs it now and restarts.")
+            upgrade = box_upgrade_now(actor=actor, box=box)
+            messages.success(request, f"Upgrade to {upgrade.release.version} sent: the box installs it and restarts.")
         elif action == "postpone":
             form = PostponeForm(request.POST)
-            service = _firmware_service("box_upgrade_postpone")
-            if not form.is_valid() or service is None:
-                raise DomainError("choose how long to postpone", field="days")
-            service(actor=actor, box=box, days=form.cleaned_data["days"])
+            if not form.is_valid():
+                raise InvalidInput("choose how long to postpone", field="days")
+            upgrade = box_upgrades(box=box).filter(state__in=WAITING_STATES).first()
+            if upgrade is None:
+                raise Conflict("there is no waiting upgrade to postpone")
+            upgrade_postpone(
+                actor=actor, upgrade=upgrade, until=timezone.now() + timedelta(days=form.cleaned_data["days"])
+            )
             messages.success(request, f"Upgrade postponed by {form.cleaned_data['days']} day(s).")
         else:
-            raise DomainError("unknown firmware action")
+            raise Http404("unknown firmware action")
     except DomainError as exc:
         messages.error(request, exc.message)
     return _back(request, box, "firmware")
-
-
-def _firmware_service(name: str) -> Any:
-    try:
-        from provisioning.firmware import services as firmware_services  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return getattr(firmware_services, name, None)

@@ -196,7 +196,7 @@ def console_audit(request: HttpRequest) -> HttpResponse:
 
 
 def _rollout_services() -> Any:
-    from provisioning.firmware import services  # type: ignore[attr-defined]
+    from provisioning.firmware import services
 
     return services
 
@@ -215,9 +215,9 @@ def _rollout_form(data: Any = None) -> RolloutForm:
 
 @staff_required
 def rollout_list(request: HttpRequest) -> HttpResponse:
-    from provisioning.firmware.models import Rollout
+    from provisioning.firmware.selectors import rollouts_list
 
-    rollouts = list(Rollout.objects.select_related("release").order_by("-created_at")[:100])
+    rollouts = list(rollouts_list()[:100])
     return render(request, "frontend/console/rollouts.html", {"nav": "console", "rollouts": rollouts})
 
 
@@ -249,7 +249,10 @@ def rollout_new(request: HttpRequest) -> HttpResponse:
                         services.rollout_start(actor=Actor.from_request(request), rollout=rollout)
                     messages.success(request, f"Rollout “{rollout.name}” created.")
                     return redirect("frontend:rollout", rollout_id=rollout.pk)
-                preview = services.rollout_preview(**arguments)
+                from provisioning.firmware.selectors import rollout_preview
+
+                preview = rollout_preview(**arguments)
+                preview["skipped_total"] = sum(preview.get("skipped", {}).values())
             except DomainError as exc:
                 form_add_domain_error(form, _target_field(exc))
         if form.errors:
@@ -275,29 +278,21 @@ def _rollout(rollout_id: str) -> Any:
 
 
 def _rollout_progress(rollout: Any) -> dict[str, Any]:
-    from django.db.models import Count
+    """The rollout engine's progress summary, with the shares the progress bar needs."""
+    from provisioning.firmware.choices import FAILURE_STATES, WAITING_STATES, UpgradeState
+    from provisioning.firmware.selectors import rollout_progress
 
-    from provisioning.firmware.choices import FAILURE_STATES, IN_FLIGHT_STATES, WAITING_STATES, UpgradeState
-
-    counts = dict(rollout.upgrades.values_list("state").annotate(n=Count("pk")).values_list("state", "n"))
-    total = sum(counts.values())
-    grouped = {
-        "succeeded": counts.get(UpgradeState.SUCCEEDED, 0),
-        "in_flight": sum(counts.get(state, 0) for state in IN_FLIGHT_STATES),
-        "waiting": sum(counts.get(state, 0) for state in WAITING_STATES),
-        "failed": sum(counts.get(state, 0) for state in FAILURE_STATES),
-        "skipped": counts.get(UpgradeState.SKIPPED, 0),
-        "cancelled": counts.get(UpgradeState.CANCELLED, 0),
-    }
-    considered = max(total - grouped["skipped"], 1)
-    return {
-        "counts": counts,
-        "total": total,
-        **grouped,
-        "pct_done": round(100 * grouped["succeeded"] / considered, 1),
-        "pct_in_flight": round(100 * grouped["in_flight"] / considered, 1),
-        "pct_failed": round(100 * grouped["failed"] / considered, 1),
-    }
+    progress = rollout_progress(rollout=rollout)
+    counts = progress["counts"]
+    progress["succeeded"] = counts.get(UpgradeState.SUCCEEDED, 0)
+    progress["waiting"] = sum(counts.get(state, 0) for state in WAITING_STATES)
+    progress["failed"] = sum(counts.get(state, 0) for state in FAILURE_STATES)
+    progress["skipped"] = counts.get(UpgradeState.SKIPPED, 0)
+    considered = max(sum(counts.values()) - progress["skipped"], 1)
+    progress["pct_done"] = round(100 * progress["succeeded"] / considered)
+    progress["pct_in_flight"] = round(100 * progress["in_flight"] / considered)
+    progress["pct_failed"] = round(100 * progress["failed"] / considered)
+    return progress
 
 
 @staff_required
@@ -322,7 +317,7 @@ def rollout_action(request: HttpRequest, rollout_id: str, action: str) -> HttpRe
         raise Http404("unknown action")
     rollout = _rollout(rollout_id)
     services = _rollout_services()
-    name = {"retry": "rollout_retry_failed"}.get(action, f"rollout_{action}")
+    name = {"retry": "upgrades_retry_failed"}.get(action, f"rollout_{action}")
     service = getattr(services, name)
     try:
         kwargs: dict[str, Any] = {"actor": Actor.from_request(request), "rollout": rollout}

@@ -1,0 +1,145 @@
+"""The support console: staff only; health, search, confirmed staff actions, rollouts, audit log."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from fleet.audit import Actor
+from fleet.choices import BoxState
+from fleet.models import AuditLog, Box
+from provisioning.firmware.models import Rollout
+from tests.provisioning.firmware_helpers import make_fleet, make_release
+
+pytestmark = pytest.mark.django_db
+
+
+def logged_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_the_console_is_for_staff_only(people) -> None:
+    for user in (people.owner, people.viewer):
+        client = logged_in(user)
+        for url in ("/console/", "/console/search/?q=x", "/console/rollouts/", "/console/audit/"):
+            assert client.get(url).status_code == 403, url
+    assert Client().get("/console/").status_code == 302
+
+
+def test_fleet_health_shows_online_share_servers_and_regions(people, claimed_box_factory, provisioned_region) -> None:
+    claimed_box_factory(people.org, "ACME-0001")
+    response = logged_in(people.staff).get("/console/")
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert "Online" in content and "Telemetry ingest" in content and "Alerts firing" in content
+    assert provisioned_region.server.name in content and "eu-west" in content
+    assert "1 / 200" in content  # boxes on the server against its capacity
+
+
+def test_search_by_serial_mac_public_ip_and_customer(people, claimed_box_factory) -> None:
+    box = claimed_box_factory(people.org, "ACME-0042")
+    client = logged_in(people.staff)
+    public_ip = Box.objects.filter(pk=box.pk).values_list("addresses__prefix", flat=True)
+    ipv4 = next(prefix for prefix in public_ip if prefix and prefix.endswith("/32")).split("/")[0]
+    for query in ("ACME-0042", box.mac, ipv4, "Acme"):
+        content = client.get("/console/search/", {"q": query}).content.decode()
+        assert "ACME-0042" in content, query
+    # a single match with "go" opens the box straight away
+    response = client.get("/console/search/", {"q": "ACME-0042", "go": "1"})
+    assert response.status_code == 302 and response["Location"] == f"/console/boxes/{box.pk}/"
+    assert b"No box matches" in client.get("/console/search/", {"q": "nothing-like-it"}).content
+
+
+def test_staff_box_page_has_the_customer_views_and_staff_actions(people, claimed_box_factory) -> None:
+    box = claimed_box_factory(people.org, "ACME-0007")
+    content = logged_in(people.staff).get(f"/console/boxes/{box.pk}/").content.decode()
+    assert "ACME-0007" in content and "Staff actions" in content and "Decommission" in content
+    assert 'id="policy-form"' in content
+
+
+def test_decommission_needs_the_serial_typed_then_is_audited(people, claimed_box_factory) -> None:
+    box = claimed_box_factory(people.org, "ACME-0009")
+    client = logged_in(people.staff)
+    url = f"/console/boxes/{box.pk}/decommission/"
+    assert b"cannot be undone" in client.get(url).content
+    # when the confirmation does not match, nothing happens and the field says why
+    refused = client.post(url, {"confirm_serial": "ACME-0008"})
+    assert refused.status_code == 400 and b"type the box" in refused.content
+    box.refresh_from_db()
+    assert box.state == BoxState.CLAIMED
+    # when it matches, the box is decommissioned and the action is in the audit log
+    done = client.post(url, {"confirm_serial": "ACME-0009"})
+    assert done.status_code == 302
+    box.refresh_from_db()
+    assert box.state == BoxState.DECOMMISSIONED
+    entry = AuditLog.objects.get(action="box.decommission", box=box)
+    assert entry.actor_label == "staff:staff@example.com"
+
+
+def test_release_addresses_and_revoke_credentials(people, claimed_box_factory) -> None:
+    box = claimed_box_factory(people.org, "ACME-0010")
+    client = logged_in(people.staff)
+    assert client.post(f"/console/boxes/{box.pk}/release/", {"confirm_serial": "ACME-0010"}).status_code == 302
+    assert client.post(f"/console/boxes/{box.pk}/revoke/", {"confirm_serial": "ACME-0010"}).status_code == 302
+    actions = set(AuditLog.objects.filter(box=box).values_list("action", flat=True))
+    assert {"box.release_addresses", "box.revoke_credentials"} <= actions
+    assert client.get(f"/console/boxes/{box.pk}/explode/").status_code == 404
+
+
+def test_staff_actions_are_refused_to_customers(people, claimed_box_factory) -> None:
+    box = claimed_box_factory(people.org, "ACME-0011")
+    response = logged_in(people.owner).post(f"/console/boxes/{box.pk}/decommission/", {"confirm_serial": "ACME-0011"})
+    assert response.status_code == 403
+    box.refresh_from_db()
+    assert box.state == BoxState.CLAIMED
+
+
+def test_rollout_preview_create_and_pause(people) -> None:
+    # given a published release and three boxes on an older version
+    release = make_release("2.0.0")
+    make_fleet(3, organization=people.org, version="1.0.0")
+    client = logged_in(people.staff)
+    form = {"name": "2.0.0 to Acme", "release": str(release.pk), "organizations": [str(people.org.pk)], "phases": "50, 100"}
+    # when staff preview it
+    preview = client.post("/console/rollouts/new/", {**form, "intent": "preview"}, HTTP_HX_REQUEST="true")
+    # then the preview shows the matched and eligible boxes, without creating anything
+    assert preview.status_code == 200
+    content = preview.content.decode()
+    assert 'id="preview-matched">3<' in content and 'id="preview-eligible">3<' in content
+    assert not Rollout.objects.exists()
+    # when they create and start it, then pause it
+    created = client.post("/console/rollouts/new/", {**form, "intent": "create", "start": "1"})
+    rollout = Rollout.objects.get()
+    assert created.status_code == 302 and created["Location"] == f"/console/rollouts/{rollout.pk}/"
+    rollout.refresh_from_db()
+    assert rollout.state in {"running", "scheduled"}
+    page = client.get(f"/console/rollouts/{rollout.pk}/").content.decode()
+    assert "Pause" in page
+    assert client.post(f"/console/rollouts/{rollout.pk}/pause/").status_code == 302
+    rollout.refresh_from_db()
+    assert rollout.state == "paused"
+    assert 'data-state="paused"' in client.get(f"/console/rollouts/{rollout.pk}/", HTTP_HX_REQUEST="true").content.decode()
+    assert AuditLog.objects.filter(action__startswith="rollout.").count() >= 2
+
+
+def test_rollout_form_errors_name_the_field(people) -> None:
+    release = make_release("2.1.0")
+    response = logged_in(people.staff).post(
+        "/console/rollouts/new/",
+        {"name": "x", "release": str(release.pk), "phases": "ten", "version_min": "3.0", "version_max": "2.0", "intent": "preview"},
+    )
+    assert response.status_code == 400
+    assert "phases are whole percentages" in response.content.decode()
+
+
+def test_audit_log_is_searchable(people, claimed_box_factory) -> None:
+    box = claimed_box_factory(people.org, "ACME-0020")
+    from fleet.services import box_update
+
+    box_update(actor=Actor.for_user(people.owner), box=box, name="Lyon")
+    client = logged_in(people.staff)
+    content = client.get("/console/audit/", {"serial": "ACME-0020", "action": "box.update"}).content.decode()
+    assert "box.update" in content and "user:owner@example.com" in content and "box.claim" not in content
+    assert "box.claim" in client.get("/console/audit/", {"q": "ACME-0020"}).content.decode()

@@ -1,0 +1,113 @@
+"""Members and invitations, personal API tokens, alert rules and notification targets."""
+
+from __future__ import annotations
+
+import pytest
+from django.core import mail
+from django.test import Client
+
+from fleet.models import ApiToken, Invitation, Membership
+from fleet.monitoring.models import AlertRule, NotificationTarget
+
+pytestmark = pytest.mark.django_db
+
+
+def logged_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_owner_invites_and_changes_roles(people, django_capture_on_commit_callbacks) -> None:
+    client = logged_in(people.owner)
+    page = client.get("/members/").content.decode()
+    assert "viewer@example.com" in page and "Invite someone" in page
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/members/", {"email": "new@example.com", "role": "admin"})
+    assert response.status_code == 302
+    assert Invitation.objects.filter(email="new@example.com", role="admin").exists()
+    assert len(mail.outbox) == 1
+    viewer = Membership.objects.get(user=people.viewer)
+    client.post(f"/members/{viewer.pk}/role/", {"role": "admin"})
+    viewer.refresh_from_db()
+    assert viewer.role == "admin"
+
+
+def test_invitation_errors_name_the_field(people) -> None:
+    response = logged_in(people.owner).post("/members/", {"email": "viewer@example.com", "role": "admin"})
+    assert response.status_code == 400
+    assert "already a member" in response.content.decode()
+
+
+def test_admins_and_viewers_cannot_manage_people(people) -> None:
+    for user in (people.admin, people.viewer):
+        client = logged_in(user)
+        assert "Only owners can invite" in client.get("/members/").content.decode()
+        assert client.post("/members/", {"email": "x@example.com", "role": "viewer"}).status_code == 403
+    owner_membership = Membership.objects.get(user=people.owner)
+    assert logged_in(people.admin).post(f"/members/{owner_membership.pk}/remove/").status_code == 403
+    assert Membership.objects.filter(pk=owner_membership.pk).exists()
+
+
+def test_members_of_another_organisation_are_not_found(people) -> None:
+    foreign = Membership.objects.get(user=people.outsider)
+    assert logged_in(people.owner).post(f"/members/{foreign.pk}/remove/").status_code == 404
+
+
+def test_api_token_is_shown_once_then_revoked(people) -> None:
+    client = logged_in(people.viewer)
+    response = client.post("/tokens/", {"name": "grafana", "expires_in_days": "30"})
+    assert response.status_code == 200
+    content = response.content.decode()
+    token = ApiToken.objects.get(user=people.viewer)
+    assert 'id="new-token"' in content and token.token_prefix in content
+    assert response["Cache-Control"] == "no-store"
+    # the value is never shown again
+    assert 'id="new-token"' not in client.get("/tokens/").content.decode()
+    assert client.post(f"/tokens/{token.pk}/revoke/").status_code == 302
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+    # someone else's token is not found
+    other = ApiToken.objects.create(
+        user=people.owner, organization=people.org, name="o", token_prefix="x", token_hash="h" * 64,
+        expires_at=token.expires_at,
+    )
+    assert client.post(f"/tokens/{other.pk}/revoke/").status_code == 404
+
+
+def test_api_token_form_errors(people) -> None:
+    response = logged_in(people.viewer).post("/tokens/", {"name": "", "expires_in_days": "9999"})
+    assert response.status_code == 400
+    assert not ApiToken.objects.filter(user=people.viewer).exists()
+
+
+def test_alert_rules_and_targets(people) -> None:
+    client = logged_in(people.admin)
+    assert client.get("/alerts/").status_code == 200
+    response = client.post("/alerts/", {"form": "target", "name": "NOC", "kind": "email", "email": "noc@example.com"})
+    assert response.status_code == 302
+    target = NotificationTarget.objects.get(organization=people.org)
+    response = client.post(
+        "/alerts/",
+        {"form": "rule", "name": "Loss", "kind": "loss_above", "threshold": "5", "duration_minutes": "5",
+         "targets": [str(target.pk)]},
+    )
+    assert response.status_code == 302
+    rule = AlertRule.objects.get(organization=people.org)
+    assert list(rule.targets.all()) == [target]
+    # a loss rule without threshold is refused, naming the field
+    refused = client.post("/alerts/", {"form": "rule", "name": "Bad", "kind": "loss_above", "duration_minutes": "5"})
+    assert refused.status_code == 400 and "threshold" in refused.content.decode()
+    # disable, then delete
+    client.post(f"/alerts/rule/{rule.pk}/disable/")
+    rule.refresh_from_db()
+    assert rule.enabled is False
+    client.post(f"/alerts/rule/{rule.pk}/delete/")
+    assert not AlertRule.objects.exists()
+
+
+def test_viewers_cannot_change_alerts(people) -> None:
+    client = logged_in(people.viewer)
+    response = client.post("/alerts/", {"form": "target", "name": "NOC", "kind": "email", "email": "noc@example.com"})
+    assert response.status_code == 403
+    assert not NotificationTarget.objects.exists()
