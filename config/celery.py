@@ -19,6 +19,13 @@ app.conf.beat_schedule = {
         "task": "fleet.monitoring.tasks.notifications_requeue_stale_task",
         "schedule": 600.0,
     },
+    "telemetry-presence-sweep": {"task": "fleet.telemetry.tasks.presence_sweep_task", "schedule": 15.0},
+    "telemetry-rollup": {"task": "fleet.telemetry.tasks.telemetry_rollup_task", "schedule": 60.0},
+    "telemetry-partitions-ensure": {
+        "task": "fleet.telemetry.tasks.telemetry_partitions_ensure_task",
+        "schedule": 3600.0,
+    },
+    "telemetry-retention": {"task": "fleet.telemetry.tasks.telemetry_retention_task", "schedule": 3600.0},
     "addresses-release-quarantine": {
         "task": "provisioning.tasks.addresses_release_quarantined_task",
         "schedule": 300.0,
