@@ -1,0 +1,167 @@
+"""Reads of telemetry: the live status of a box and its WANs, and time series for charts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from django.db import connection
+
+from fleet.errors import InvalidInput
+from fleet.telemetry.models import BoxStatus, WanStatus
+
+RESOLUTIONS = ("raw", "5m", "1h")
+NATIVE_STEP_S = {"raw": 1, "5m": 300, "1h": 3600}
+DEFAULT_MAX_POINTS = 500
+MAX_MAX_POINTS = 2000
+MAX_SPAN = timedelta(days=800)
+AUTO_RAW_UP_TO = timedelta(hours=6)
+AUTO_5M_UP_TO = timedelta(days=14)
+
+
+@dataclass(frozen=True)
+class SeriesPlan:
+    """Which table answers a series query and how wide its buckets are."""
+
+    resolution: str
+    bucket_s: int
+    start: datetime
+    end: datetime
+
+
+def telemetry_plan(
+    *, start: datetime, end: datetime, resolution: str = "auto", max_points: int | None = None
+) -> SeriesPlan:
+    """Choose the resolution and bucket width so that no series has more than ``max_points`` points.
+
+    ``auto`` picks raw up to 6 h, 5-minute rollups up to 14 days, hourly beyond. A resolution whose
+    buckets would have to be wider than the next coarser one is replaced by that coarser one.
+    Raises InvalidInput naming ``from``, ``to``, ``resolution`` or ``max_points``.
+    """
+    if start >= end:
+        raise InvalidInput("from must be before to", field="from")
+    if end - start > MAX_SPAN:
+        raise InvalidInput(f"the range may cover at most {MAX_SPAN.days} days", field="from")
+    max_points = DEFAULT_MAX_POINTS if max_points is None else max_points
+    if not 1 <= max_points <= MAX_MAX_POINTS:
+        raise InvalidInput(f"max_points must be from 1 to {MAX_MAX_POINTS}", field="max_points")
+    span = end - start
+    if resolution == "auto":
+        resolution = "raw" if span <= AUTO_RAW_UP_TO else "5m" if span <= AUTO_5M_UP_TO else "1h"
+    if resolution not in RESOLUTIONS:
+        raise InvalidInput("resolution must be raw, 5m, 1h or auto", field="resolution")
+    span_s = span.total_seconds()
+    needed = max(1, math.ceil(span_s / max_points))
+    if resolution == "raw" and needed >= NATIVE_STEP_S["5m"]:
+        resolution = "5m"
+    if resolution == "5m" and needed >= NATIVE_STEP_S["1h"]:
+        resolution = "1h"
+    step = NATIVE_STEP_S[resolution]
+    bucket_s = max(step, math.ceil(needed / step) * step)
+    if resolution != "raw":
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
+        start = epoch + timedelta(seconds=((start - epoch).total_seconds() // step) * step)
+        # Aligned buckets may need one more slot: widen so the count stays within max_points.
+        while math.ceil((end - start).total_seconds() / bucket_s) > max_points:
+            bucket_s += step
+    return SeriesPlan(resolution=resolution, bucket_s=bucket_s, start=start, end=end)
+
+
+BOX_RAW_SQL = """
+SELECT date_bin(%(bucket)s, ts, %(start)s) AS t, count(*), avg(cpu_pct), max(cpu_pct), avg(mem_pct),
+    avg(load1), avg(rx_bps), max(rx_bps), avg(tx_bps), max(tx_bps), avg(tunnel_up::int)
+FROM telemetry_box_sample WHERE box_id = %(box)s AND ts >= %(start)s AND ts < %(end)s
+GROUP BY 1 ORDER BY 1
+"""
+BOX_ROLLUP_SQL = """
+SELECT date_bin(%(bucket)s, bucket, %(start)s) AS t, sum(samples), sum(cpu_avg * samples) / sum(samples),
+    max(cpu_max), sum(mem_avg * samples) / sum(samples), sum(load_avg * samples) / sum(samples),
+    sum(rx_avg * samples) / sum(samples), max(rx_max), sum(tx_avg * samples) / sum(samples), max(tx_max),
+    sum(tunnel_up_samples)::float / sum(samples)
+FROM {table} WHERE box_id = %(box)s AND bucket >= %(start)s AND bucket < %(end)s
+GROUP BY 1 ORDER BY 1
+"""
+WAN_RAW_SQL = """
+SELECT iface, date_bin(%(bucket)s, ts, %(start)s) AS t, count(*), avg(up::int), avg(rtt_ms), max(rtt_ms),
+    avg(jitter_ms), avg(loss_pct), avg(rx_bps), max(rx_bps), avg(tx_bps), max(tx_bps)
+FROM telemetry_wan_sample WHERE box_id = %(box)s AND ts >= %(start)s AND ts < %(end)s
+GROUP BY 1, 2 ORDER BY 1, 2
+"""
+WAN_ROLLUP_SQL = """
+SELECT iface, date_bin(%(bucket)s, bucket, %(start)s) AS t, sum(samples),
+    sum(up_samples)::float / sum(samples),
+    sum(rtt_avg * rtt_count) / NULLIF(sum(rtt_count), 0), max(rtt_max),
+    sum(jitter_avg * rtt_count) / NULLIF(sum(rtt_count), 0),
+    sum(loss_avg * loss_count) / NULLIF(sum(loss_count), 0),
+    sum(rx_avg * samples) / sum(samples), max(rx_max), sum(tx_avg * samples) / sum(samples), max(tx_max)
+FROM {table} WHERE box_id = %(box)s AND bucket >= %(start)s AND bucket < %(end)s
+GROUP BY 1, 2 ORDER BY 1, 2
+"""
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None else round(float(value), 3)
+
+
+def telemetry_series(*, box_id: UUID, plan: SeriesPlan) -> dict[str, Any]:
+    """Box and per-WAN series over the plan's range (two queries)."""
+    params = {"bucket": timedelta(seconds=plan.bucket_s), "start": plan.start, "end": plan.end, "box": box_id}
+    if plan.resolution == "raw":
+        box_sql, wan_sql = BOX_RAW_SQL, WAN_RAW_SQL
+    else:
+        box_sql = BOX_ROLLUP_SQL.format(table=f"telemetry_box_rollup_{plan.resolution}")
+        wan_sql = WAN_ROLLUP_SQL.format(table=f"telemetry_wan_rollup_{plan.resolution}")
+    with connection.cursor() as cursor:
+        cursor.execute(box_sql, params)
+        box_points = [
+            {
+                "ts": row[0].isoformat(),
+                "samples": int(row[1]),
+                "cpu_pct": _num(row[2]),
+                "cpu_max_pct": _num(row[3]),
+                "mem_pct": _num(row[4]),
+                "load1": _num(row[5]),
+                "rx_bps": _num(row[6]),
+                "rx_max_bps": _num(row[7]),
+                "tx_bps": _num(row[8]),
+                "tx_max_bps": _num(row[9]),
+                "tunnel_up_ratio": _num(row[10]),
+            }
+            for row in cursor.fetchall()
+        ]
+        cursor.execute(wan_sql, params)
+        wans: dict[str, list[dict[str, Any]]] = {}
+        for row in cursor.fetchall():
+            wans.setdefault(row[0], []).append(
+                {
+                    "ts": row[1].isoformat(),
+                    "samples": int(row[2]),
+                    "up_ratio": _num(row[3]),
+                    "rtt_ms": _num(row[4]),
+                    "rtt_max_ms": _num(row[5]),
+                    "jitter_ms": _num(row[6]),
+                    "loss_pct": _num(row[7]),
+                    "rx_bps": _num(row[8]),
+                    "rx_max_bps": _num(row[9]),
+                    "tx_bps": _num(row[10]),
+                    "tx_max_bps": _num(row[11]),
+                }
+            )
+    return {
+        "box_id": str(box_id),
+        "from": plan.start.isoformat(),
+        "to": plan.end.isoformat(),
+        "resolution": plan.resolution,
+        "bucket_s": plan.bucket_s,
+        "box": box_points,
+        "wans": [{"iface": iface, "points": points} for iface, points in sorted(wans.items())],
+    }
+
+
+def box_live_status(*, box_id: UUID) -> tuple[BoxStatus | None, list[WanStatus]]:
+    """The box's live status row (None if it never connected) and its WAN rows, in two queries."""
+    status = BoxStatus.objects.filter(box_id=box_id).first()
+    return status, list(WanStatus.objects.filter(box_id=box_id).order_by("iface"))
