@@ -30,4 +30,13 @@ app.conf.beat_schedule = {
         "task": "provisioning.tasks.addresses_release_quarantined_task",
         "schedule": 300.0,
     },
+    "rollouts-tick": {
+        "task": "provisioning.firmware.tasks.rollouts_tick_task",
+        "schedule": float(os.environ.get("OTB_ROLLOUT_TICK_S", "30")),
+    },
 }
+
+# A beat that runs only some entries (comma-separated names), e.g. an end-to-end test of one engine.
+if os.environ.get("OTB_BEAT_ONLY"):
+    _only = {name.strip() for name in os.environ["OTB_BEAT_ONLY"].split(",")}
+    app.conf.beat_schedule = {name: entry for name, entry in app.conf.beat_schedule.items() if name in _only}
