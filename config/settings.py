@@ -171,7 +171,9 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [REDIS_URL],
+            # redis-py's default 5 s socket timeout equals channels_redis' 5 s BZPOPMIN: idle
+            # consumers then die with "Timeout reading"; the read timeout must outlast the block.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
             "prefix": os.environ.get("OTB_CHANNELS_PREFIX", "otb-asgi"),
             "capacity": 1000,
             "expiry": 30,
