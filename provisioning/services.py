@@ -151,6 +151,18 @@ def region_create(*, actor: Actor, code: str, name: str) -> Region:
 
 
 @transaction.atomic
+def region_update(*, actor: Actor, region: Region, name: str) -> Region:
+    """Rename a region (its code is its stable identifier and does not change)."""
+    region = Region.objects.select_for_update().get(pk=region.pk)
+    before = {"name": region.name}
+    region.name = name
+    _validated(region)
+    region.save(update_fields=["name"])
+    audit_record(actor=actor, action="region.update", target=region, before=before, after={"name": name})
+    return region
+
+
+@transaction.atomic
 def server_create(
     *,
     actor: Actor,
@@ -756,6 +768,7 @@ __all__ = [
     "boxes_config_refresh",
     "pool_create",
     "region_create",
+    "region_update",
     "server_create",
     "server_rotate_token",
     "server_set_status",

@@ -1,0 +1,271 @@
+"""Benchmark: box claims per second over HTTP against the production ASGI server.
+
+Creates a fresh database (``otb_bench_provision`` next to ``DATABASE_URL``), one organisation with a
+personal API token, one aggregation server with pools large enough for every box, and N unclaimed
+boxes; starts ``uvicorn config.asgi:application --workers 2``; fires ``POST /api/v1/boxes/claim``
+from 16 concurrent keep-alive clients; then checks by SQL that no prefix and no tunnel port was handed
+out twice. Prints one JSON line. Quick mode N=1000, ``--full`` N=10000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+BENCH_DB = "otb_bench_provision"
+CLAIM_CODE = "BENCH-CLAIM-CODE"
+CLIENTS = 16
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def bench_database_url(base: str) -> tuple[str, str]:
+    """(bench database URL, maintenance URL on the same server)."""
+    parts = urlsplit(base)
+    return (
+        urlunsplit(parts._replace(path=f"/{BENCH_DB}")),
+        urlunsplit(parts._replace(path="/postgres")),
+    )
+
+
+def recreate_database(maintenance_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(maintenance_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def seed(count: int) -> tuple[str, str, list[str]]:
+    """Migrate and create the org, token, server, pools and boxes. Returns (org id, token, serials)."""
+    import django
+
+    django.setup()
+    from datetime import timedelta
+
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+    from django.db import connections
+    from django.utils import timezone
+
+    from fleet.audit import Actor
+    from fleet.choices import Role
+    from fleet.models import ApiToken, Box, Membership, Organization
+    from fleet.tokens import TokenKind, box_secret_digest, token_issue
+    from provisioning.services import pool_create, region_create, server_create
+
+    call_command("migrate", verbosity=0)
+    actor = Actor.system("bench")
+    user = get_user_model().objects.create_user("bench", "bench@example.com", "bench-password-123")
+    org = Organization.objects.create(name="Bench", slug="bench")
+    Membership.objects.create(user=user, organization=org, role=Role.OWNER)
+    issued = token_issue(TokenKind.USER)
+    ApiToken.objects.create(
+        user=user,
+        organization=org,
+        name="bench",
+        token_prefix=issued.prefix,
+        token_hash=issued.digest,
+        expires_at=timezone.now() + timedelta(days=1),
+    )
+    region = region_create(actor=actor, code="bench", name="Bench")
+    server_create(
+        actor=actor,
+        name="bench-1",
+        region=region,
+        hostname="bench-1.example.net",
+        public_ipv4="198.51.100.1",
+        tunnel_port_min=20000,
+        tunnel_port_max=20000 + count + 99,
+        capacity=count + 10,
+        wg_public_key="bench-server-key",
+    )
+    pool_create(actor=actor, name="bench-public", cidr="100.80.0.0/18", purpose="public_ipv4", region=region)
+    pool_create(actor=actor, name="bench-tunnel", cidr="100.96.0.0/16", purpose="tunnel_p2p", region=region)
+    pool_create(actor=actor, name="bench-ipv6", cidr="2001:db8::/40", purpose="ipv6_prefix", region=region)
+    serials = [f"BENCH{i:07d}" for i in range(count)]
+    Box.objects.bulk_create(
+        [Box(serial=serial, claim_code_hash=box_secret_digest(serial, CLAIM_CODE)) for serial in serials],
+        batch_size=2000,
+    )
+    org_id = str(org.pk)
+    connections.close_all()
+    return org_id, issued.value, serials
+
+
+def duplicates(database_url: str) -> dict[str, int]:
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:
+        prefixes = conn.execute(
+            "SELECT count(*) - count(DISTINCT prefix) FROM provisioning_addressassignment"
+        ).fetchone()[0]
+        ports = conn.execute(
+            "SELECT count(*) - count(DISTINCT (server_id, tunnel_port)) FROM fleet_box "
+            "WHERE tunnel_port IS NOT NULL"
+        ).fetchone()[0]
+        claimed = conn.execute("SELECT count(*) FROM fleet_box WHERE state = 'claimed'").fetchone()[0]
+        assignments = conn.execute("SELECT count(*) FROM provisioning_addressassignment").fetchone()[0]
+    return {"prefixes": prefixes, "ports": ports, "claimed": claimed, "assignments": assignments}
+
+
+async def fire(
+    base_url: str, token: str, org_id: str, serials: list[str]
+) -> tuple[list[float], dict[int, int]]:
+    import httpx
+
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for serial in serials:
+        queue.put_nowait(serial)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    async def client_loop() -> None:
+        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60) as client:
+            while True:
+                try:
+                    serial = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                body = json.dumps({"serial": serial, "claim_code": CLAIM_CODE, "organization": org_id})
+                started = time.perf_counter()
+                response = await client.post("/api/v1/boxes/claim", content=body)
+                latencies.append(time.perf_counter() - started)
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                if response.status_code != 201 and statuses[response.status_code] <= 3:
+                    log(f"claim {serial}: {response.status_code} {response.text[:300]}")
+
+    await asyncio.gather(*(client_loop() for _ in range(CLIENTS)))
+    return latencies, statuses
+
+
+def wait_healthy(base_url: str, process: subprocess.Popen, timeout_s: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"uvicorn exited with {process.returncode}")
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("uvicorn did not become healthy")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--full", action="store_true", help="10000 claims instead of 1000")
+    parser.add_argument("--claims", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    count = args.claims or (10_000 if args.full else 1_000)
+
+    base = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:54329/otb")
+    database_url, maintenance_url = bench_database_url(base)
+    recreate_database(maintenance_url)
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "OTB_ENV": "development",
+        "DEBUG": "0",
+        "LOG_LEVEL": "WARNING",
+        "OTB_CACHE_PREFIX": "otb-bench-provision",
+        "OTB_CHANNELS_PREFIX": "otb-bench-provision",
+        "OTB_CLAIM_MAX_FAILURES": "1000000",
+        # A pool per uvicorn worker: ASGI runs each request in its own thread, so per-thread
+        # persistent connections would pile up past max_connections.
+        "DATABASE_CONN_MAX_AGE": "0",
+        "DATABASE_POOL_MAX_SIZE": os.environ.get("BENCH_DB_POOL_SIZE", "16"),
+    }
+    os.environ.update(env)
+    seed_started = time.monotonic()
+    org_id, token, serials = seed(count)
+    log(f"seeded {count} boxes in {time.monotonic() - seed_started:.1f} s")
+
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "config.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        wait_healthy(base_url, server)
+        started = time.perf_counter()
+        latencies, statuses = asyncio.run(fire(base_url, token, org_id, serials))
+        elapsed = time.perf_counter() - started
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+    counts = duplicates(database_url)
+    ok = statuses.get(201, 0)
+    result = {
+        "bench": "provision",
+        "claims_per_s": round(ok / elapsed, 1),
+        "p50_ms": round(statistics.median(latencies) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+        "duplicates": counts["prefixes"] + counts["ports"],
+        "claims": ok,
+        "errors": sum(n for code, n in statuses.items() if code != 201),
+        "clients": CLIENTS,
+        "workers": args.workers,
+        "claimed_rows": counts["claimed"],
+        "assignments": counts["assignments"],
+    }
+    print(json.dumps(result), flush=True)
+    return 0 if ok == count and result["duplicates"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
