@@ -394,6 +394,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `otb-agent status | head`
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

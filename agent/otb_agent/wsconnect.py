@@ -53,6 +53,9 @@ async def connect(
         from websockets.asyncio.client import connect as new_connect  # websockets >= 13
     except ImportError:  # pragma: no cover - websockets 12
         new_connect = None
+    if new_connect is not None and _accepts_proxy(new_connect):
+        # websockets >= 15 looks up proxy env vars on every connect (costly with 10k boxes).
+        extra["proxy"] = os.environ.get("OTB_AGENT_WS_PROXY") or None
     try:
         if new_connect is not None:
             return await new_connect(
@@ -88,6 +91,21 @@ async def connect(
         if status is not None:
             raise HandshakeRejected(status, _retry_after(_handshake_headers(e))) from None
         raise
+
+
+_PROXY_SUPPORT: dict = {}
+
+
+def _accepts_proxy(connect_cls: Any) -> bool:
+    key = id(connect_cls)
+    if key not in _PROXY_SUPPORT:
+        import inspect
+
+        try:
+            _PROXY_SUPPORT[key] = "proxy" in inspect.signature(connect_cls).parameters
+        except (TypeError, ValueError):
+            _PROXY_SUPPORT[key] = False
+    return _PROXY_SUPPORT[key]
 
 
 def _handshake_status(e: BaseException) -> Optional[int]:

@@ -197,11 +197,14 @@ def test_commands_and_hello():
 def test_validator_is_fast():
     m = telemetry(nwans=4)
     validate_message(m)
-    n = 5000
+    n = 200
     best = math.inf
-    for _ in range(3):
+    # best of many short batches: robust against a busy (shared, 2-core) CI machine
+    for _ in range(50):
         t0 = time.perf_counter()
         for _ in range(n):
             validate_message(m)
         best = min(best, (time.perf_counter() - t0) / n)
+        if best < 25e-6:
+            break
     assert best < 50e-6, f"{best * 1e6:.1f} us per 4-WAN telemetry message"
