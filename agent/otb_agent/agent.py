@@ -688,6 +688,12 @@ class Agent:
         return cb
 
     async def _cmd_reboot(self, cid: str, params: Dict[str, Any]) -> "tuple":
+        delay = params.get("delay_s", 0)
+        if type(delay) is not int or not 0 <= delay <= 3600:
+            return False, {}, "params.delay_s must be an integer 0..3600"
+        if delay:
+            await self._progress(cid, 5, f"rebooting in {delay}s")
+            await asyncio.sleep(delay)
         await self._progress(cid, 10, "rebooting")
         if self.simulated:
             return True, {"rebooting": True, "simulated": True}, None
@@ -704,7 +710,24 @@ class Agent:
         return res["ok"], {"output": res["output"], "duration_s": res["duration_s"]}, res["error"]
 
     async def _cmd_diagnostics(self, cid: str, params: Dict[str, Any]) -> "tuple":
-        out = await _to_thread(commands.diagnostics, self.server, self._progress_cb(cid))
+        checks = params.get("checks")
+        if checks is not None and (
+            not isinstance(checks, list)
+            or not checks
+            or any(c not in commands.DIAGNOSTIC_CHECKS for c in checks)
+        ):
+            return (
+                False,
+                {},
+                "params.checks must be a non-empty subset of " + ", ".join(commands.DIAGNOSTIC_CHECKS),
+            )
+        out = await _to_thread(
+            commands.diagnostics,
+            self.server,
+            self._progress_cb(cid),
+            checks,
+            getattr(self.collector, "tunnel_iface", None),
+        )
         ok = all(c["ok"] for c in out["checks"].values())
         failed = [k for k, c in out["checks"].items() if not c["ok"]]
         return ok, out, None if ok else "failed checks: " + ", ".join(failed)
@@ -714,6 +737,11 @@ class Agent:
         if type(nbytes) is not int or nbytes <= 0:
             return False, {}, "params.bytes must be a positive integer"
         nbytes = min(nbytes, commands.MAX_SPEEDTEST_BYTES)
+        direction = params.get("direction", "download")
+        if direction not in ("download", "upload", "both"):
+            return False, {}, "params.direction must be download, upload or both"
+        if direction == "upload":
+            return False, {"direction": "upload"}, "upload speed test is not supported by this agent"
         await self._progress(cid, 5, f"downloading {nbytes} bytes")
         if self.simulated and not params.get("real"):
             mbps = self.collector.capacity_mbps() * (0.6 + self.collector.rng.random() * 0.3)
@@ -732,11 +760,12 @@ class Agent:
         received, duration = await _to_thread(httpapi.speedtest, self.server, self.token, nbytes)
         mbps = received * 8 / duration / 1e6 if duration > 0 else 0.0
         ok = received == nbytes
-        return (
-            ok,
-            {"bytes": received, "duration_s": round(duration, 3), "mbps": round(mbps, 2)},
-            (None if ok else f"short read: {received} of {nbytes} bytes"),
-        )
+        output: Dict[str, Any] = {"bytes": received, "duration_s": round(duration, 3), "mbps": round(mbps, 2)}
+        if direction == "both":
+            output["upload"] = {"error": "unsupported"}
+        if params.get("iface"):
+            output["iface_ignored"] = params["iface"]  # binding to one WAN is not implemented yet
+        return ok, output, (None if ok else f"short read: {received} of {nbytes} bytes")
 
     async def _cmd_refresh_config(self, cid: str, params: Dict[str, Any]) -> "tuple":
         if self._config_running:

@@ -87,25 +87,53 @@ def check_tcp(host: str, port: int, timeout: float = 5.0) -> Dict[str, Any]:
         return {"ok": False, "output": "", "error": str(e), "duration_s": round(time.monotonic() - t0, 3)}
 
 
-DIAGNOSTIC_CHECKS = ("interfaces", "routes", "dns", "tcp_connect", "mptcp_endpoints")
+# Names shared with the server (docs/alerts-and-commands.md): params.checks selects a subset.
+DIAGNOSTIC_CHECKS = ("interfaces", "routes", "dns", "ping", "mptcp", "tunnel", "traceroute")
 
 
-def diagnostics(server: str, progress: Optional[Any] = None) -> Dict[str, Any]:
-    """Run the fixed diagnostics checks; each check -> {ok, output, error, duration_s}."""
+def diagnostics(
+    server: str,
+    progress: Optional[Any] = None,
+    checks: Optional[Sequence[str]] = None,
+    tunnel_iface: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Run the fixed diagnostics checks; each check -> {ok, output, error, duration_s}.
+
+    ``dns`` also carries a TCP connect to the server (``tcp_connect`` in its output)."""
     host, port = server_host_port(server)
-    steps = [
-        ("interfaces", lambda: run_command(["ip", "-j", "addr"], timeout=15)),
-        ("routes", lambda: run_command(["ip", "route"], timeout=15)),
-        ("dns", lambda: check_dns(host)),
-        ("tcp_connect", lambda: check_tcp(host, port)),
-        ("mptcp_endpoints", lambda: run_command(["ip", "mptcp", "endpoint", "show"], timeout=15)),
-    ]
-    checks: Dict[str, Any] = {}
-    for i, (name, fn) in enumerate(steps):
+
+    def dns_and_tcp() -> Dict[str, Any]:
+        res = check_dns(host)
+        tcp = check_tcp(host, port)
+        res["tcp_connect"] = tcp
+        res["ok"] = res["ok"] and tcp["ok"]
+        if tcp["error"] and not res["error"]:
+            res["error"] = f"tcp connect to {host}:{port}: {tcp['error']}"
+        return res
+
+    def tunnel() -> Dict[str, Any]:
+        if tunnel_iface:
+            return run_command(["ip", "-j", "link", "show", "dev", tunnel_iface], timeout=15)
+        return run_command(["wg", "show"], timeout=15)
+
+    all_steps = {
+        "interfaces": lambda: run_command(["ip", "-j", "addr"], timeout=15),
+        "routes": lambda: run_command(["ip", "route"], timeout=15),
+        "dns": dns_and_tcp,
+        "ping": lambda: run_command(["ping", "-c", "3", "-W", "1", host], timeout=15),
+        "mptcp": lambda: run_command(["ip", "mptcp", "endpoint", "show"], timeout=15),
+        "tunnel": tunnel,
+        "traceroute": lambda: run_command(
+            ["traceroute", "-n", "-w", "1", "-q", "1", "-m", "15", host], timeout=40
+        ),
+    }
+    wanted = [c for c in DIAGNOSTIC_CHECKS if checks is None or c in checks]
+    results: Dict[str, Any] = {}
+    for i, name in enumerate(wanted):
         try:
-            checks[name] = fn()
+            results[name] = all_steps[name]()
         except Exception as e:  # a broken check must not kill the others
-            checks[name] = {"ok": False, "output": "", "error": repr(e), "duration_s": 0.0}
+            results[name] = {"ok": False, "output": "", "error": repr(e), "duration_s": 0.0}
         if progress is not None:
-            progress(int((i + 1) * 100 / len(steps)), f"{name} done")
-    return {"checks": checks, "server": {"host": host, "port": port}}
+            progress(int((i + 1) * 100 / len(wanted)), f"{name} done")
+    return {"checks": results, "server": {"host": host, "port": port}}

@@ -284,3 +284,41 @@ async def test_buffering_while_server_down(fake_http, tmp_path):
         agent.stop()
         await asyncio.wait_for(task, 5)
     assert agent.store.depth() >= 5
+
+
+async def test_diagnostics_and_speed_test_commands(fleet, tmp_path):
+    fake_http, ws = fleet
+    agent = make_agent(fake_http, ws, tmp_path, token_for(fake_http))
+    task = asyncio.create_task(agent.run())
+
+    def cmd(kind, params):
+        return {
+            "type": "command",
+            "id": str(uuid.uuid4()),
+            "kind": kind,
+            "params": params,
+            "expires_at": time.time() + 60,
+        }
+
+    try:
+        await wait_for(lambda: "BOX1" in ws.conns and agent.welcomed)
+        diag = cmd("diagnostics", {"checks": ["dns", "interfaces"]})
+        speed = cmd("speed_test", {"bytes": 200_000})
+        bad = cmd("diagnostics", {"checks": ["nope"]})
+        reboot_bad = cmd("reboot", {"delay_s": -1})
+        for c in (diag, speed, bad, reboot_bad):
+            await ws.send("BOX1", c)
+        await wait_for(lambda: len(ws.results) == 4)
+        res = {r["id"]: r for r in ws.results}
+        d = res[diag["id"]]["output"]
+        assert set(d["checks"]) == {"dns", "interfaces"}
+        assert d["checks"]["dns"]["ok"] is True and d["checks"]["dns"]["tcp_connect"]["ok"] is True
+        assert "ok" in d["checks"]["interfaces"]  # `ip` may be missing: reported, not a crash
+        s = res[speed["id"]]
+        assert s["ok"] is True and s["output"]["bytes"] == 200_000 and s["output"]["mbps"] > 0
+        assert res[bad["id"]]["ok"] is False and "subset" in res[bad["id"]]["error"]
+        assert res[reboot_bad["id"]]["ok"] is False and "delay_s" in res[reboot_bad["id"]]["error"]
+        assert any(p["id"] == diag["id"] for p in ws.progress)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 5)
