@@ -110,7 +110,9 @@ def upgrade_evaluate(
 ) -> tuple[str, str | None, int]:
     """Decide where an in-flight upgrade stands: ``(state, reason or None, progress)``.
 
-    Pure: reads the command row and the box status given, writes nothing (tested on its own).
+    Reads the command row and the box status given and writes nothing, except that it notes on the
+    (unsaved) upgrade the telemetry watermark when the box is first seen back (``seq_at_return``):
+    only telemetry newer than that proves the box healthy on its new firmware.
     """
     progress = upgrade.progress
     state = upgrade.state
@@ -127,11 +129,16 @@ def upgrade_evaluate(
                 f"the box came back on {running or 'an unknown version'}, not {version}",
                 progress,
             )
-        if _healthy(status):
+        last_seq = status.get("last_seq") or 0
+        if upgrade.seq_at_return is None:
+            upgrade.seq_at_return = last_seq  # health counts from the next telemetry on
+        fresh = last_seq > upgrade.seq_at_return
+        if fresh and _healthy(status):
             return U.SUCCEEDED, "", 100
         health_deadline = (finished_at or upgrade.rebooting_at or now) + dt.timedelta(seconds=health_window_s)
         if now >= health_deadline:
-            return U.FAILED, f"back on {version} but unhealthy: {_unhealthy_why(status)}", progress
+            why = _unhealthy_why(status) if fresh else "no telemetry since it came back"
+            return U.FAILED, f"back on {version} but unhealthy: {why}", progress
         return U.REBOOTING, None, progress
     if command is None:
         return U.FAILED, "the delivery command is missing", progress
@@ -193,7 +200,14 @@ def _sync_page(upgrades: list[Upgrade], now: dt.datetime, summary: TickSummary) 
     statuses = {
         row["box_id"]: row
         for row in BoxStatus.objects.filter(box_id__in=[u.box_id for u in upgrades]).values(
-            "box_id", "online", "boot_id", "connected_at", "firmware_version", "tunnel_up", "wans_up"
+            "box_id",
+            "online",
+            "boot_id",
+            "connected_at",
+            "firmware_version",
+            "tunnel_up",
+            "wans_up",
+            "last_seq",
         )
     }
     changed: list[Upgrade] = []
@@ -203,6 +217,7 @@ def _sync_page(upgrades: list[Upgrade], now: dt.datetime, summary: TickSummary) 
         rollout = upgrade.rollout
         health_window_s = rollout.health_window_s if rollout else 900
         timeout_s = rollout.upgrade_timeout_s if rollout else 3600
+        seq_before = upgrade.seq_at_return
         state, reason, progress = upgrade_evaluate(
             upgrade,
             version=upgrade.release.version,
@@ -220,6 +235,8 @@ def _sync_page(upgrades: list[Upgrade], now: dt.datetime, summary: TickSummary) 
         if progress != upgrade.progress:
             upgrade.progress = progress
             moved.append("progress")
+        if upgrade.seq_at_return != seq_before:
+            moved.append("seq_at_return")
         if moved:
             changed.append(upgrade)
             fields.update(moved)
@@ -236,35 +253,6 @@ def _sync_page(upgrades: list[Upgrade], now: dt.datetime, summary: TickSummary) 
             Box.objects.filter(pk=upgrade.box_id).exclude(firmware_version=upgrade.release.version).update(
                 firmware_version=upgrade.release.version
             )
-    if finished:
-        _events_record(finished)
-
-
-def _events_record(upgrades: list[Upgrade]) -> None:
-    """Put finished upgrades on the boxes' timelines (best effort: monitoring may be absent)."""
-    try:
-        from fleet.monitoring.services import events_record_batch
-    except ImportError:
-        return
-    try:
-        events_record_batch(
-            [
-                {
-                    "box_id": upgrade.box_id,
-                    "kind": f"firmware_upgrade_{upgrade.state}",
-                    "data": {
-                        "upgrade_id": str(upgrade.pk),
-                        "version": upgrade.release.version,
-                        "from_version": upgrade.from_version,
-                        "reason": upgrade.reason,
-                    },
-                    "ts": upgrade.state_changed_at,
-                }
-                for upgrade in upgrades
-            ]
-        )
-    except Exception:
-        logger.warning("recording %d firmware events failed", len(upgrades), exc_info=True)
 
 
 # --- dispatch -------------------------------------------------------------------------------------
@@ -340,7 +328,7 @@ def _dispatch(
             f"""
             UPDATE {Upgrade._meta.db_table} u
             SET state = %s, sent_at = %s, state_changed_at = %s, command_id = v.command_id,
-                boot_id_at_send = v.boot_id, progress = 0, reason = ''
+                boot_id_at_send = v.boot_id, progress = 0, reason = '', seq_at_return = NULL
             FROM unnest(%s::uuid[], %s::uuid[], %s::text[]) AS v(upgrade_id, command_id, boot_id)
             WHERE u.id = v.upgrade_id AND u.state IN ({sources})
             """,  # noqa: S608

@@ -202,6 +202,9 @@ class Upgrade(models.Model):
     command_id = models.UUIDField(null=True, blank=True, db_index=True)
     progress = models.PositiveSmallIntegerField(default=0)
     boot_id_at_send = models.CharField(max_length=64, blank=True, default="")
+    # The box's telemetry watermark when it was first seen back after the reboot: its health counts
+    # only from telemetry sent after that (the status row still holds pre-reboot values at hello).
+    seq_at_return = models.BigIntegerField(null=True, blank=True)
     not_before = models.DateTimeField(null=True, blank=True)
     forced = models.BooleanField(default=False)
     attempt = models.PositiveSmallIntegerField(default=1)

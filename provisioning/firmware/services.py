@@ -617,6 +617,7 @@ def upgrades_retry_failed(*, actor: Actor, rollout: Rollout, box_ids: list[Any] 
             state_changed_at=now,
             reason="",
             command_id=None,
+            seq_at_return=None,
             progress=0,
             attempt=F("attempt") + 1,
         )

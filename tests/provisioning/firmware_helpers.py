@@ -15,6 +15,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from django.db.models import F
 from django.utils import timezone
 
 from fleet.audit import Actor
@@ -42,7 +43,9 @@ def sign(data: bytes) -> str:
 def make_organization(name: str | None = None, timezone_name: str = "Europe/Paris") -> Organization:
     index = next(_sequence)
     return Organization.objects.create(
-        name=name or f"Fw Org {index} {uuid.uuid4().hex[:6]}", slug=f"fw-org-{uuid.uuid4().hex[:10]}", timezone=timezone_name
+        name=name or f"Fw Org {index} {uuid.uuid4().hex[:6]}",
+        slug=f"fw-org-{uuid.uuid4().hex[:10]}",
+        timezone=timezone_name,
     )
 
 
@@ -150,7 +153,12 @@ class Responder:
         after = int((self.handled + 1) * self.fail_fraction)
         return after > before
 
+    def telemetry(self) -> None:
+        """Every online box sends a telemetry message (the ack watermark moves), as agents do."""
+        BoxStatus.objects.filter(online=True).update(last_seq=F("last_seq") + 1)
+
     def respond(self) -> int:
+        self.telemetry()
         commands = list(
             Command.objects.filter(
                 kind=CommandKind.FIRMWARE_UPGRADE,

@@ -20,7 +20,9 @@ from tests.provisioning.firmware_helpers import ACTOR, Responder, make_fleet, ma
 pytestmark = pytest.mark.django_db
 
 
-def run_until_settled(rollout: Rollout, responder: Responder, *, max_ticks: int = 40, now: Any = None) -> Rollout:
+def run_until_settled(
+    rollout: Rollout, responder: Responder, *, max_ticks: int = 40, now: Any = None
+) -> Rollout:
     for _ in range(max_ticks):
         rollouts_tick(now=now)
         responder.respond()
@@ -60,6 +62,12 @@ def test_failures_above_threshold_pause_the_rollout_in_its_first_phase() -> None
     assert rollout.state == RolloutState.PAUSED
     assert rollout.current_phase == 0
     assert "phase 1" in rollout.pause_reason and "2 % limit" in rollout.pause_reason
+    # and the upgrades already in flight are still followed to their end while it is paused
+    for _ in range(3):
+        responder.respond()
+        rollouts_tick()
+    rollout.refresh_from_db()
+    assert rollout.state == RolloutState.PAUSED
     counts = states(rollout)
     assert counts[UpgradeState.FAILED] == 5
     assert counts[UpgradeState.SUCCEEDED] == 95
@@ -113,7 +121,9 @@ def test_offline_boxes_are_upgraded_after_they_reconnect() -> None:
     assert rollout.state == RolloutState.RUNNING
     assert rollout.current_phase == 1
     assert states(rollout) == {UpgradeState.SUCCEEDED: 90, UpgradeState.PENDING: 10}
-    assert set(rollout.upgrades.filter(state=UpgradeState.PENDING).values_list("box_id", flat=True)) == set(offline)
+    assert set(rollout.upgrades.filter(state=UpgradeState.PENDING).values_list("box_id", flat=True)) == set(
+        offline
+    )
 
     # when they come back
     set_online(offline, online=True)
@@ -131,9 +141,14 @@ def test_a_box_back_on_the_old_version_or_unhealthy_fails() -> None:
     rollout = start(make_release(), phases=[100], health_window_s=60)
     responder = Responder(come_back_old={old}, come_back_unhealthy={sick})
 
-    # when the boxes answer and the engine runs within the health window
+    # when the boxes answer, send telemetry after their reboot, and the engine runs within the window
     rollouts_tick()
     responder.respond()
+    rollouts_tick()
+    assert (
+        Upgrade.objects.get(rollout=rollout, box=boxes[2]).state == UpgradeState.REBOOTING
+    )  # no telemetry yet
+    responder.telemetry()
     rollouts_tick()
 
     # then the old-version box failed at once, the unhealthy one is not succeeded
@@ -155,7 +170,9 @@ def test_a_box_back_on_the_old_version_or_unhealthy_fails() -> None:
 def test_the_in_flight_limit_holds_and_silent_boxes_time_out() -> None:
     # given 30 boxes that never answer and an in-flight limit of 10
     boxes = make_fleet(30)
-    rollout = start(make_release(), phases=[100], max_in_flight=10, upgrade_timeout_s=600, max_failure_pct=100.0)
+    rollout = start(
+        make_release(), phases=[100], max_in_flight=10, upgrade_timeout_s=600, max_failure_pct=100.0
+    )
     responder = Responder(silent={box.pk for box in boxes})
 
     # when the engine ticks twice
