@@ -57,8 +57,10 @@ class BoxFilter(django_filters.FilterSet):
     server = django_filters.UUIDFilter(field_name="server_id")
     region = django_filters.CharFilter(method="filter_region")
     q = django_filters.CharFilter(method="filter_q", max_length=100)
-    drift = django_filters.BooleanFilter(method="filter_drift")
-    tag = django_filters.CharFilter(field_name="tags", lookup_expr="contains", method="filter_tag")
+    drift = django_filters.ChoiceFilter(
+        choices=[("true", "true"), ("false", "false"), ("1", "1"), ("0", "0")], method="filter_drift"
+    )
+    tag = django_filters.CharFilter(method="filter_tag", max_length=40)
     firmware = django_filters.CharFilter(field_name="firmware_version")
 
     class Meta:
@@ -79,11 +81,9 @@ class BoxFilter(django_filters.FilterSet):
             Q(serial__icontains=value) | Q(name__icontains=value) | Q(mac__icontains=value)
         )
 
-    def filter_drift(self, queryset: QuerySet[Box], name: str, value: bool | None) -> QuerySet[Box]:
+    def filter_drift(self, queryset: QuerySet[Box], name: str, value: str) -> QuerySet[Box]:
         drifting = ~Q(config_hash="") & ~Q(config_hash=F("applied_config_hash"))
-        if value is None:
-            return queryset
-        return queryset.filter(drifting) if value else queryset.exclude(drifting)
+        return queryset.filter(drifting) if value in ("true", "1") else queryset.exclude(drifting)
 
     def filter_tag(self, queryset: QuerySet[Box], name: str, value: str) -> QuerySet[Box]:
         return queryset.filter(tags__contains=[value])
