@@ -13,7 +13,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Min, Q
+from django.db.models import Case, F, IntegerField, Min, Q, Value, When
 from django.utils import timezone
 
 from fleet.audit import Actor, audit_record
@@ -398,20 +398,18 @@ def box_provision(*, box: Box, organization: Organization) -> None:
         # Everything that does not touch a shared row happens before the server and pools are locked:
         # those locks are held until commit and serialise every claim on the server.
         credentials = _credentials_issue(box)
-        server = allocation.server_lock_best(preferred_region_id=organization.preferred_region_id)
-        if server is None:
-            raise Conflict(
-                "no active aggregation server has spare capacity", field="server", code="no_server_capacity"
-            )
-        allocation.server_slot_take(box=box, server=server)
-        assignments = allocation.addresses_plan(box=box, server=server)
+        placement = allocation.place(box=box, preferred_region_id=organization.preferred_region_id)
         document = config_document_build(
-            box=box, server=server, assignments=assignments, credentials=credentials, plaintext=True
+            box=box,
+            server=placement.server,
+            assignments=placement.assignments,
+            credentials=credentials,
+            plaintext=True,
         )
         box.config_hash = canonical_hash(document)
         allocation.placement_write(
             box=box,
-            assignments=assignments,
+            assignments=placement.assignments,
             box_fields=("state", "organization", "claimed_at", "server", "tunnel_port", "config_hash"),
         )
         box_id, config_hash = box.pk, box.config_hash
@@ -644,6 +642,22 @@ def box_decommission(*, actor: Actor, box: Box) -> Box:
     return box
 
 
+def _best_other_server_id(preferred_region_id: Any, exclude_id: Any) -> Any:
+    """The server a reassigned box should move to (same order as provisioning; not locked here)."""
+    servers = AggregationServer.objects.filter(status=ServerStatus.ACTIVE, assigned_boxes__lt=F("capacity"))
+    if exclude_id is not None:
+        servers = servers.exclude(pk=exclude_id)
+    preferred = Case(
+        When(region_id=preferred_region_id, then=Value(0)), default=Value(1), output_field=IntegerField()
+    )
+    return (
+        servers.annotate(preferred=preferred, spare=F("capacity") - F("assigned_boxes"))
+        .order_by("preferred", "-spare", "pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
+
+
 @transaction.atomic
 def box_reassign_server(*, actor: Actor, box: Box, server: AggregationServer | None = None) -> Box:
     """Move a claimed box to ``server`` (which must be active with spare capacity) or to the best other
@@ -656,42 +670,33 @@ def box_reassign_server(*, actor: Actor, box: Box, server: AggregationServer | N
     if server is not None:
         if server.pk == old_server_id:
             raise InvalidInput("the box is already on this server", field="server")
-        ids = sorted(pk for pk in (old_server_id, server.pk) if pk is not None)
-        locked = {
-            s.pk: s for s in AggregationServer.objects.select_for_update().filter(pk__in=ids).order_by("pk")
-        }
-        target = locked[server.pk]
-        if target.status != ServerStatus.ACTIVE:
-            raise Conflict(
-                f"server {target.name} is {target.status}", field="server", code="server_not_active"
-            )
+        target_id = server.pk
     else:
-        if old_server_id is not None:
-            AggregationServer.objects.select_for_update().filter(pk=old_server_id).first()
-        target = allocation.server_lock_best(
-            preferred_region_id=box.organization.preferred_region_id, exclude_id=old_server_id
-        )
-        if target is None:
+        target_id = _best_other_server_id(box.organization.preferred_region_id, old_server_id)
+        if target_id is None:
             raise Conflict(
                 "no other active aggregation server has spare capacity",
                 field="server",
                 code="no_server_capacity",
             )
+    # Both servers are locked in pk order (the old one gives a slot back, the new one takes one).
+    ids = sorted(pk for pk in (old_server_id, target_id) if pk is not None)
+    locked = {
+        s.pk: s for s in AggregationServer.objects.select_for_update().filter(pk__in=ids).order_by("pk")
+    }
+    target = locked[target_id]
     before = _box_state(box)
-    old_region_id = (
-        AggregationServer.objects.filter(pk=old_server_id).values_list("region_id", flat=True).first()
-        if old_server_id
-        else None
-    )
+    old_region_id = locked[old_server_id].region_id if old_server_id in locked else None
     keep_ipv6 = old_region_id == target.region_id and before["addresses"].get(PoolPurpose.IPV6_PREFIX)
     moving: tuple[str, ...] = (PoolPurpose.PUBLIC_IPV4, PoolPurpose.TUNNEL_P2P)
     if not keep_ipv6:
         moving += (PoolPurpose.IPV6_PREFIX,)
     _addresses_quarantine(box, moving)
     allocation.server_slot_free(box=box)
-    allocation.server_slot_take(box=box, server=target)
-    assignments = allocation.addresses_plan(box=box, server=target, purposes=moving)
-    allocation.placement_write(box=box, assignments=assignments, box_fields=("server", "tunnel_port"))
+    placement = allocation.place(box=box, server_id=target.pk, purposes=moving)
+    allocation.placement_write(
+        box=box, assignments=placement.assignments, box_fields=("server", "tunnel_port")
+    )
     if not TunnelCredential.objects.filter(box=box, revoked_at__isnull=True).exists():
         _credentials_issue(box)
     box_config_refresh(box=box)
