@@ -661,7 +661,7 @@ class Agent:
         self._running_cmds.discard(cid)
         self.log.info("command_done", id=cid, kind=kind, ok=result["ok"], error=result["error"])
         await self._send_result(result)
-        if kind == "reboot" and result["ok"] and self.simulated:
+        if kind in ("reboot", "firmware_upgrade") and result["ok"] and self.simulated:
             self._sim_reboot_requested = True
             ws = self.ws
             if ws is not None:
@@ -776,7 +776,10 @@ class Agent:
         return err is None, {k: v for k, v in res.items() if k != "error"}, err
 
     async def _cmd_firmware_upgrade(self, cid: str, params: Dict[str, Any]) -> "tuple":
-        return False, {}, "unsupported"
+        # firmware (rollouts): download with resume, verify sha256 + ed25519, apply; see firmware.py
+        from . import firmware
+
+        return await firmware.handle_command(self, cid, params)
 
 
 def _fit_result(result: Dict[str, Any]) -> Dict[str, Any]:

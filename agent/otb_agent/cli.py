@@ -210,6 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         reboot_command=args.reboot_command,
         restart_command=args.restart_command,
     )
+    agent.firmware_apply_command = args.firmware_apply_command  # firmware (rollouts)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -340,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backoff-base", type=float, default=1.0)
     r.add_argument("--backoff-cap", type=float, default=60.0)
     r.add_argument("--reboot-command", default="reboot")
+    r.add_argument(
+        "--firmware-apply-command",
+        default=os.environ.get("OTB_FIRMWARE_APPLY_COMMAND", "sysupgrade {image}"),
+        help="command installing a verified firmware image ({image} is its path)",
+    )
     r.add_argument("--restart-command", default="/etc/init.d/network restart")
     r.set_defaults(func=cmd_run)
 
@@ -370,6 +376,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--memory-buffer", action="store_true", help="in-memory telemetry buffer instead of SQLite"
     )
+    # firmware (rollouts): fake upgrades
+    m.add_argument("--upgrade-fail-fraction", type=float, default=0.0, help="fraction of upgrades that fail")
+    m.add_argument(
+        "--upgrade-unhealthy-fraction",
+        type=float,
+        default=0.0,
+        help="fraction of upgraded boxes that come back with every link down",
+    )
+    m.add_argument("--reboot-delay", type=float, default=3.0, help="simulated reboot downtime (s)")
     m.add_argument("--buffer-cap", type=int, default=1000)
     m.add_argument("--concurrency", type=int, default=200, help="max websocket handshakes in flight")
     m.add_argument("--enroll-concurrency", type=int, default=16)

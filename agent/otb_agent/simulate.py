@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional
 from .agent import Agent, Stats
 from .backoff import Backoff
 from .collectors.simulated import SimulatedCollector
+from .firmware import simulated_pick
 from .store import MemoryStore, SqliteStore
 from .util import CREDENTIALS_FILE, DB_FILE, Logger, read_json
 
@@ -181,6 +182,9 @@ class Simulation:
             return
         flaky = args.fail_fraction > 0 and ((i * 2654435761) % 10000) / 10000.0 < args.fail_fraction
         collector = SimulatedCollector(serial, flaky=flaky)
+        # firmware (rollouts): which boxes fail their upgrade or come back from it unhealthy
+        collector.upgrade_fail = simulated_pick(i, getattr(args, "upgrade_fail_fraction", 0.0))
+        collector.upgrade_unhealthy = simulated_pick(i, getattr(args, "upgrade_unhealthy_fraction", 0.0))
         if args.memory_buffer:
             store: Any = MemoryStore(cap=args.buffer_cap)
         else:
@@ -205,6 +209,7 @@ class Simulation:
             ping_interval=None,
             flaky=flaky,
             first_tick_delay=collector.rng.random() * interval,
+            sim_reboot_delay=getattr(args, "reboot_delay", 3.0),
         )
         self.agents.append(agent)
         self.started += 1

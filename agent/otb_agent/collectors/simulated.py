@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 import zlib
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import Collector
 
@@ -100,6 +100,10 @@ class SimulatedCollector(Collector):
             uuid.UUID(int=(rng.randint(0, 1 << 62) << 64) | rng.randint(0, 1 << 62), version=4)
         )
         self.model_name = rng.choice(("OTB-v2c", "OTB-v2b", "OTB-Plus"))
+        # firmware (rollouts): the version runs until a simulated upgrade's reboot swaps it
+        self.installed_version = "23.05.3-otb.1"
+        self.pending_upgrade: Optional[Tuple[str, bool]] = None  # (version, comes back unhealthy)
+        self.unhealthy = False
 
     # -- box info
     def uptime_s(self) -> int:
@@ -109,7 +113,7 @@ class SimulatedCollector(Collector):
         return self._boot_id
 
     def firmware_version(self) -> str:
-        return "23.05.3-otb.1"
+        return self.installed_version
 
     def model(self) -> str:
         return self.model_name
@@ -121,6 +125,9 @@ class SimulatedCollector(Collector):
         self.conntrack = 20
         for w in self.wans:
             w.down_left = 0
+        if self.pending_upgrade is not None:  # a simulated firmware upgrade takes effect now
+            self.installed_version, self.unhealthy = self.pending_upgrade
+            self.pending_upgrade = None
 
     # -- sampling
     def _walk(self, value: float, lo: float, hi: float, step: float) -> float:
@@ -139,7 +146,7 @@ class SimulatedCollector(Collector):
                 w.down_left -= 1
             elif rng.random() < w.profile[5] * fail_mult:
                 w.down_left = rng.randint(2, 30)
-            ups.append(w.down_left == 0)
+            ups.append(w.down_left == 0 and not self.unhealthy)
         # Failover: the traffic is spread over the links that are up, by capacity.
         cap_down = sum(w.profile[3] for w, up in zip(self.wans, ups) if up)
         cap_up = sum(w.profile[4] for w, up in zip(self.wans, ups) if up)
