@@ -3,6 +3,8 @@ on the field they name (``frontend.errors.form_add_domain_error``)."""
 
 from __future__ import annotations
 
+from typing import cast
+
 from django import forms
 
 from fleet.choices import ReleaseChannel, Role, WanMode, WanRole
@@ -10,7 +12,9 @@ from fleet.choices import ReleaseChannel, Role, WanMode, WanRole
 
 class InvitationAcceptForm(forms.Form):
     token = forms.CharField(
-        label="Invitation token", max_length=200, help_text="It is in the invitation email and starts with otbi_."
+        label="Invitation token",
+        max_length=200,
+        help_text="It is in the invitation email and starts with otbi_.",
     )
 
 
@@ -21,7 +25,12 @@ class FleetFilterForm(forms.Form):
     status = forms.ChoiceField(
         label="Status",
         required=False,
-        choices=[("", "Any status"), ("online", "Online"), ("offline", "Offline"), ("drift", "Config pending")],
+        choices=[
+            ("", "Any status"),
+            ("online", "Online"),
+            ("offline", "Offline"),
+            ("drift", "Config pending"),
+        ],
     )
     region = forms.ChoiceField(label="Region", required=False)
     firmware = forms.CharField(label="Firmware", required=False, max_length=64)
@@ -29,7 +38,7 @@ class FleetFilterForm(forms.Form):
 
     def __init__(self, *args, regions: list[tuple[str, str]] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["region"].choices = [("", "Any region"), *(regions or [])]
+        cast(forms.ChoiceField, self.fields["region"]).choices = [("", "Any region"), *(regions or [])]
 
 
 class BoxClaimForm(forms.Form):
@@ -41,7 +50,9 @@ class BoxClaimForm(forms.Form):
 
 class BoxRenameForm(forms.Form):
     name = forms.CharField(label="Name", required=False, max_length=100)
-    tags = forms.CharField(label="Tags", required=False, max_length=900, help_text="Separated by spaces or commas.")
+    tags = forms.CharField(
+        label="Tags", required=False, max_length=900, help_text="Separated by spaces or commas."
+    )
 
     def cleaned_tags(self) -> list[str]:
         raw = self.cleaned_data.get("tags") or ""
@@ -70,7 +81,9 @@ class WanPolicyForm(forms.Form):
         """The interfaces as the service takes them, keeping what the editor does not show."""
         result = []
         for index, interface in enumerate(self.interfaces):
-            entry = {key: interface[key] for key in ("name", "kind", "up_kbps", "down_kbps") if key in interface}
+            entry = {
+                key: interface[key] for key in ("name", "kind", "up_kbps", "down_kbps") if key in interface
+            }
             entry["role"] = self.cleaned_data[f"role_{index}"]
             result.append(entry)
         return result
@@ -148,9 +161,9 @@ class AlertRuleForm(forms.Form):
 
     def __init__(self, *args, kinds=(), boxes=(), targets=(), **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["kind"].choices = list(kinds)
-        self.fields["box"].choices = [("", "Every box"), *boxes]
-        self.fields["targets"].choices = list(targets)
+        cast(forms.ChoiceField, self.fields["kind"]).choices = list(kinds)
+        cast(forms.ChoiceField, self.fields["box"]).choices = [("", "Every box"), *boxes]
+        cast(forms.ChoiceField, self.fields["targets"]).choices = list(targets)
 
 
 class NotificationTargetForm(forms.Form):
@@ -172,7 +185,9 @@ class RolloutForm(forms.Form):
         widget=forms.CheckboxSelectMultiple,
         help_text="Empty: every channel that takes the release.",
     )
-    models = forms.CharField(label="Hardware models", required=False, max_length=500, help_text="Comma separated.")
+    models = forms.CharField(
+        label="Hardware models", required=False, max_length=500, help_text="Comma separated."
+    )
     organizations = forms.MultipleChoiceField(label="Customers", required=False)
     version_min = forms.CharField(label="From version (included)", required=False, max_length=64)
     version_max = forms.CharField(label="Below version", required=False, max_length=64)
@@ -184,15 +199,17 @@ class RolloutForm(forms.Form):
         help_text="Serials, separated by spaces, commas or lines.",
     )
     phases = forms.CharField(
-        label="Phases (% of eligible boxes)", initial="1, 10, 50, 100", max_length=100,
+        label="Phases (% of eligible boxes)",
+        initial="1, 10, 50, 100",
+        max_length=100,
         help_text="Each phase waits for the previous one to be healthy.",
     )
     force = forms.BooleanField(label="Also boxes with automatic upgrades off", required=False)
 
     def __init__(self, *args, releases=(), organizations=(), **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["release"].choices = list(releases)
-        self.fields["organizations"].choices = list(organizations)
+        cast(forms.ChoiceField, self.fields["release"]).choices = list(releases)
+        cast(forms.ChoiceField, self.fields["organizations"]).choices = list(organizations)
 
     @staticmethod
     def _split(value: str) -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.db.models import Count, F, Q, QuerySet
@@ -45,7 +45,11 @@ def console_box_search(*, query: str) -> QuerySet[Box]:
         from fleet.telemetry.models import WanStatus
 
         condition |= Q(pk__in=WanStatus.objects.filter(public_ip=str(address)).values("box_id"))
-    return boxes_annotated(Box.objects.filter(condition)).select_related("status").order_by("serial")[:SEARCH_LIMIT]
+    return (
+        boxes_annotated(Box.objects.filter(condition))
+        .select_related("status")
+        .order_by("serial")[:SEARCH_LIMIT]
+    )
 
 
 def fleet_health() -> dict[str, Any]:
@@ -54,11 +58,14 @@ def fleet_health() -> dict[str, Any]:
     from fleet.telemetry.models import BoxStatus
 
     now = timezone.now()
-    interval = max(int(settings.OTB["TELEMETRY_INTERVAL_S"]), 1)
+    interval = max(int(cast(int, settings.OTB["TELEMETRY_INTERVAL_S"])), 1)
     counts = Box.objects.aggregate(
         claimed=Count("pk", filter=Q(state=BoxState.CLAIMED)),
         unclaimed=Count("pk", filter=Q(state=BoxState.UNCLAIMED)),
-        drifting=Count("pk", filter=Q(state=BoxState.CLAIMED) & ~Q(config_hash="") & ~Q(config_hash=F("applied_config_hash"))),
+        drifting=Count(
+            "pk",
+            filter=Q(state=BoxState.CLAIMED) & ~Q(config_hash="") & ~Q(config_hash=F("applied_config_hash")),
+        ),
     )
     status = BoxStatus.objects.aggregate(
         online=Count("pk", filter=Q(online=True)),
@@ -86,11 +93,12 @@ def boxes_per_region() -> list[dict[str, Any]]:
     """Claimed boxes and online boxes per region, with the region's server capacity (one query)."""
     from provisioning.models import Region
 
-    return list(
-        Region.objects.annotate(
+    return [
+        dict(row)
+        for row in Region.objects.annotate(
             boxes=Count("servers__boxes", distinct=True),
             online=Count("servers__boxes", filter=Q(servers__boxes__status__online=True), distinct=True),
         )
         .order_by("code")
         .values("code", "name", "boxes", "online")
-    )
+    ]

@@ -12,9 +12,7 @@ urlpatterns = [
     path("accounts/logout/", accounts.logout, name="logout"),
     path("accounts/password-reset/", accounts.password_reset, name="password_reset"),
     path("accounts/password-reset/sent/", accounts.password_reset_done, name="password_reset_done"),
-    path(
-        "accounts/reset/<uidb64>/<token>/", accounts.password_reset_confirm, name="password_reset_confirm"
-    ),
+    path("accounts/reset/<uidb64>/<token>/", accounts.password_reset_confirm, name="password_reset_confirm"),
     path("accounts/reset/done/", accounts.password_reset_complete, name="password_reset_complete"),
     path("organization/switch/", accounts.organization_switch, name="organization_switch"),
     path("invitations/accept", accounts.invitation_accept_page, name="invitation_accept"),
@@ -30,9 +28,7 @@ urlpatterns = [
     path("boxes/<uuid:box_id>/policy/", box.box_policy_update, name="box_policy"),
     path("boxes/<uuid:box_id>/rename/", box.box_rename, name="box_rename"),
     path("boxes/<uuid:box_id>/firmware/", box.box_firmware_settings, name="box_firmware_settings"),
-    path(
-        "boxes/<uuid:box_id>/firmware/<slug:action>/", box.box_firmware_action, name="box_firmware_action"
-    ),
+    path("boxes/<uuid:box_id>/firmware/<slug:action>/", box.box_firmware_action, name="box_firmware_action"),
     # organisation
     path("members/", organization.members_page, name="members"),
     path("members/<uuid:membership_id>/role/", organization.member_role_update, name="member_role"),

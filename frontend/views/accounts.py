@@ -19,7 +19,9 @@ from frontend.context import current_organization, organization_choose
 from frontend.errors import form_add_domain_error, page_errors
 from frontend.forms import InvitationAcceptForm
 
-login = auth_views.LoginView.as_view(template_name="frontend/auth/login.html", redirect_authenticated_user=True)
+login = auth_views.LoginView.as_view(
+    template_name="frontend/auth/login.html", redirect_authenticated_user=True
+)
 logout = auth_views.LogoutView.as_view()
 password_reset = auth_views.PasswordResetView.as_view(
     template_name="frontend/auth/password_reset_form.html",
@@ -77,4 +79,6 @@ def invitation_accept_page(request: HttpRequest) -> HttpResponse:
             organization_choose(request, membership.organization)
             messages.success(request, f"You joined {membership.organization.name} as {membership.role}.")
             return redirect("frontend:boxes")
-    return render(request, "frontend/invitation_accept.html", {"form": form}, status=400 if form.errors else 200)
+    return render(
+        request, "frontend/invitation_accept.html", {"form": form}, status=400 if form.errors else 200
+    )

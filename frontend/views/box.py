@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_POST
 from fleet.access import ROLE_RANK, box_for, is_staff, require_role
 from fleet.audit import Actor
 from fleet.choices import Role, WanKind
-from fleet.errors import Conflict, DomainError, InvalidInput
+from fleet.errors import Conflict, DomainError, InvalidInput, NotFound
 from fleet.models import Box
 from fleet.services import box_set_wan_policy, box_update
 from frontend.errors import form_add_domain_error, page_errors
@@ -34,6 +34,8 @@ COMMANDS_SHOWN = 15
 def _role(request: HttpRequest, box: Box) -> str:
     if is_staff(request.user):
         return Role.OWNER
+    if box.organization_id is None:
+        raise NotFound("box not found")
     return require_role(request.user, box.organization_id, Role.VIEWER)
 
 
@@ -228,7 +230,11 @@ def box_policy_update(request: HttpRequest, box_id: str) -> HttpResponse:
 
 
 def _error_texts(form: Any) -> list[str]:
-    return [f"{'' if field == '__all__' else field + ': '}{error}" for field, errors in form.errors.items() for error in errors]
+    return [
+        f"{'' if field == '__all__' else field + ': '}{error}"
+        for field, errors in form.errors.items()
+        for error in errors
+    ]
 
 
 @login_required
@@ -265,7 +271,9 @@ def box_command_create(request: HttpRequest, box_id: str) -> HttpResponse:
     form = CommandForm(request.POST)
     if form.is_valid():
         try:
-            command = command_create(actor=Actor.from_request(request), box=box, kind=form.cleaned_data["kind"])
+            command = command_create(
+                actor=Actor.from_request(request), box=box, kind=form.cleaned_data["kind"]
+            )
         except DomainError as exc:
             form_add_domain_error(form, exc)
         else:
@@ -312,16 +320,18 @@ def box_firmware_action(request: HttpRequest, box_id: str, action: str) -> HttpR
     try:
         if action == "upgrade":
             upgrade = box_upgrade_now(actor=actor, box=box)
-            messages.success(request, f"Upgrade to {upgrade.release.version} sent: the box installs it and restarts.")
+            messages.success(
+                request, f"Upgrade to {upgrade.release.version} sent: the box installs it and restarts."
+            )
         elif action == "postpone":
             form = PostponeForm(request.POST)
             if not form.is_valid():
                 raise InvalidInput("choose how long to postpone", field="days")
-            upgrade = box_upgrades(box=box).filter(state__in=WAITING_STATES).first()
-            if upgrade is None:
+            waiting = box_upgrades(box=box).filter(state__in=WAITING_STATES).first()
+            if waiting is None:
                 raise Conflict("there is no waiting upgrade to postpone")
             upgrade_postpone(
-                actor=actor, upgrade=upgrade, until=timezone.now() + timedelta(days=form.cleaned_data["days"])
+                actor=actor, upgrade=waiting, until=timezone.now() + timedelta(days=form.cleaned_data["days"])
             )
             messages.success(request, f"Upgrade postponed by {form.cleaned_data['days']} day(s).")
         else:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import Any, cast
 
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -44,14 +45,14 @@ STAFF_ACTIONS: dict[str, dict[str, str]] = {
     },
     "revoke": {
         "title": "Revoke its credentials",
-        "explain": "The tunnel keys and the agent's credential are revoked at once: the box disconnects and must "
-        "enroll again.",
+        "explain": "The tunnel keys and the agent's credential are revoked at once: the box "
+        "disconnects and must enroll again.",
         "button": "Revoke credentials",
     },
     "decommission": {
         "title": "Decommission",
-        "explain": "The box is retired for good: released from its customer, its server, its addresses and its "
-        "credentials. This cannot be undone.",
+        "explain": "The box is retired for good: released from its customer, its server, its "
+        "addresses and its credentials. This cannot be undone.",
         "button": "Decommission",
     },
 }
@@ -84,11 +85,19 @@ def console_home(request: HttpRequest) -> HttpResponse:
         region.update(capacity_by_region.get(region["code"], {"capacity": 0, "assigned": 0}))
     for server in servers:
         server["used_pct"] = round(100 * server["assigned"] / server["capacity"]) if server["capacity"] else 0
-    template = "frontend/console/_health.html" if request.headers.get("HX-Request") else "frontend/console/home.html"
+    template = (
+        "frontend/console/_health.html" if request.headers.get("HX-Request") else "frontend/console/home.html"
+    )
     return render(
         request,
         template,
-        {"nav": "console", "health": health, "servers": servers, "regions": regions, "search": ConsoleSearchForm()},
+        {
+            "nav": "console",
+            "health": health,
+            "servers": servers,
+            "regions": regions,
+            "search": ConsoleSearchForm(),
+        },
     )
 
 
@@ -101,9 +110,7 @@ def console_search(request: HttpRequest) -> HttpResponse:
         boxes = list(selectors.console_box_search(query=form.cleaned_data["q"]))
         if len(boxes) == 1 and request.GET.get("go") == "1":
             return redirect("frontend:console_box", box_id=boxes[0].pk)
-    return render(
-        request, "frontend/console/search.html", {"nav": "console", "search": form, "boxes": boxes}
-    )
+    return render(request, "frontend/console/search.html", {"nav": "console", "search": form, "boxes": boxes})
 
 
 @staff_required
@@ -135,7 +142,9 @@ def console_box_action(request: HttpRequest, box_id: str, action: str) -> HttpRe
         raise Http404("unknown action")
     box = box_for(request.user, box_id, Role.OWNER)
     form = StaffActionForm(request.POST or None)
-    form.fields["server"].choices = _server_choices(box) if action == "reassign" else [("", "")]
+    cast(forms.ChoiceField, form.fields["server"]).choices = (
+        _server_choices(box) if action == "reassign" else [("", "")]
+    )
     status = 200
     if request.method == "POST":
         if form.is_valid() and form.cleaned_data["confirm_serial"].strip() != box.serial:
@@ -184,11 +193,21 @@ def console_audit(request: HttpRequest) -> HttpResponse:
     page = Paginator(entries, AUDIT_PAGE_SIZE).get_page(page_number)
     query = request.GET.copy()
     query.pop("page", None)
-    template = "frontend/console/_audit_rows.html" if request.headers.get("HX-Target") == "audit-results" else "frontend/console/audit.html"
+    template = (
+        "frontend/console/_audit_rows.html"
+        if request.headers.get("HX-Target") == "audit-results"
+        else "frontend/console/audit.html"
+    )
     return render(
         request,
         template,
-        {"nav": "console", "form": form, "page": page, "entries": list(page.object_list), "query": query.urlencode()},
+        {
+            "nav": "console",
+            "form": form,
+            "page": page,
+            "entries": list(page.object_list),
+            "query": query.urlencode(),
+        },
     )
 
 
@@ -257,7 +276,11 @@ def rollout_new(request: HttpRequest) -> HttpResponse:
                 form_add_domain_error(form, _target_field(exc))
         if form.errors:
             status = 400
-    template = "frontend/console/_rollout_preview.html" if request.headers.get("HX-Request") else "frontend/console/rollout_new.html"
+    template = (
+        "frontend/console/_rollout_preview.html"
+        if request.headers.get("HX-Request")
+        else "frontend/console/rollout_new.html"
+    )
     return render(request, template, {"nav": "console", "form": form, "preview": preview}, status=status)
 
 

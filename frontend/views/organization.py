@@ -60,7 +60,10 @@ def members_page(request: HttpRequest) -> HttpResponse:
     members = list(selectors.members_of_organization(organization=organization))
     invitations = list(
         Invitation.objects.filter(
-            organization=organization, accepted_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now()
+            organization=organization,
+            accepted_at__isnull=True,
+            revoked_at__isnull=True,
+            expires_at__gt=timezone.now(),
         ).order_by("-created_at")
     )
     return render(
@@ -100,7 +103,9 @@ def member_role_update(request: HttpRequest, membership_id: str) -> HttpResponse
     try:
         if not form.is_valid():
             raise DomainError("choose a role", field="role")
-        member_set_role(actor=Actor.from_request(request), membership=membership, role=form.cleaned_data["role"])
+        member_set_role(
+            actor=Actor.from_request(request), membership=membership, role=form.cleaned_data["role"]
+        )
         messages.success(request, f"{membership.user.get_username()} is now {form.cleaned_data['role']}.")
     except DomainError as exc:
         messages.error(request, exc.message)
@@ -167,7 +172,11 @@ def tokens_page(request: HttpRequest) -> HttpResponse:
 @require_POST
 @page_errors
 def token_revoke(request: HttpRequest, token_id: str) -> HttpResponse:
-    token = ApiToken.objects.select_related("organization").filter(pk=token_id, user=request.user).first()
+    token = (
+        ApiToken.objects.select_related("organization")
+        .filter(pk=token_id, user_id=request.user.pk or 0)
+        .first()
+    )
     if token is None:
         raise Http404("token not found")
     api_token_revoke(actor=Actor.from_request(request), token=token)
@@ -182,7 +191,11 @@ def _alert_forms(organization: Any, data: Any = None) -> tuple[AlertRuleForm, No
     from fleet.monitoring.choices import AlertRuleKind
     from fleet.monitoring.models import NotificationTarget
 
-    boxes = Box.objects.filter(organization=organization).order_by("serial").values_list("pk", "serial", "name")[:500]
+    boxes = (
+        Box.objects.filter(organization=organization)
+        .order_by("serial")
+        .values_list("pk", "serial", "name")[:500]
+    )
     targets = NotificationTarget.objects.filter(organization=organization).values_list("pk", "name")
     rule_form = AlertRuleForm(
         data if data and data.get("form") == "rule" else None,
@@ -241,7 +254,9 @@ def alerts_page(request: HttpRequest) -> HttpResponse:
         except DomainError as exc:
             form_add_domain_error(rule_form if form_name == "rule" else target_form, exc)
         status = 400
-    rules = list(AlertRule.objects.filter(organization=organization).select_related("box").prefetch_related("targets"))
+    rules = list(
+        AlertRule.objects.filter(organization=organization).select_related("box").prefetch_related("targets")
+    )
     targets = list(NotificationTarget.objects.filter(organization=organization))
     open_alerts = list(
         Alert.objects.filter(organization=organization, state__in=["pending", "firing"])
@@ -277,7 +292,11 @@ def alert_object_action(request: HttpRequest, kind: str, object_id: str, action:
     actor = Actor.from_request(request)
     try:
         if kind == "rule":
-            rule = AlertRule.objects.filter(pk=object_id, organization=organization).select_related("organization").first()
+            rule = (
+                AlertRule.objects.filter(pk=object_id, organization=organization)
+                .select_related("organization")
+                .first()
+            )
             if rule is None:
                 raise Http404("rule not found")
             if action == "delete":

@@ -39,7 +39,9 @@ def fleet_page(request: HttpRequest) -> HttpResponse:
     if portal is None:
         return _no_organization(request)
     regions = list(Region.objects.order_by("code").values_list("code", "name"))
-    form = FleetFilterForm(request.GET or None, regions=[(code, f"{code} – {name}") for code, name in regions])
+    form = FleetFilterForm(
+        request.GET or None, regions=[(code, f"{code} · {name}") for code, name in regions]
+    )
     filters: dict[str, object] = {"organization": str(portal.organization.pk)}
     status = ""
     page_number = 1

@@ -53,7 +53,11 @@ def chromium_path() -> str:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True, timeout=600)
         subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "chromium"], check=False, env=env, capture_output=True, timeout=900
+            ["apt-get", "install", "-y", "-qq", "chromium"],
+            check=False,
+            env=env,
+            capture_output=True,
+            timeout=900,
         )
     if not Path(CHROMIUM).exists():
         _missing(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
@@ -111,9 +115,24 @@ def asgi_server(django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: 
     env = _server_env(settings.DATABASES["default"]["NAME"])
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
-             "--port", str(port), "--log-level", "warning", "--ws", "websockets"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "config.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--ws",
+                "websockets",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     server = LiveServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
     deadline = time.monotonic() + 60
@@ -205,10 +224,27 @@ def agent_start(server: LiveServer, *, serial: str, token: str, workdir: Path) -
     command = [str(agent_bin)] if agent_bin.exists() else [sys.executable, "-m", "otb_agent.cli"]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*command, "simulate", "--server", server.url, "--credentials-file", str(credentials),
-             "--boxes", "1", "--interval", "1", "--memory-buffer", "--state-dir", str(workdir / "state"),
-             "--log-level", "info"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            [
+                *command,
+                "simulate",
+                "--server",
+                server.url,
+                "--credentials-file",
+                str(credentials),
+                "--boxes",
+                "1",
+                "--interval",
+                "1",
+                "--memory-buffer",
+                "--state-dir",
+                str(workdir / "state"),
+                "--log-level",
+                "info",
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     return SimulatedAgent(process=process, log_path=log_path)
 

@@ -68,7 +68,9 @@ def test_browser_live_chart_updates_with_agent_telemetry(
         page.goto(f"/boxes/{box.pk}/")
         page.wait_for_selector("#live-dot.on")
         # then live points arrive over the websocket and the charts grow, without reloading the page
-        first = wait_until(lambda: live_points(page) >= 2, timeout=30, message="no live telemetry") and live_points(page)
+        first = wait_until(
+            lambda: live_points(page) >= 2, timeout=30, message="no live telemetry"
+        ) and live_points(page)
         wait_until(lambda: live_points(page) >= first + 2, timeout=30, message="the chart stopped updating")
         assert page.locator("#chart-throughput canvas").count() == 1
         assert page.locator("#chart-rtt .u-legend .u-series").count() >= 2  # time + at least one link

@@ -85,7 +85,9 @@ def test_switching_organisation_changes_the_fleet_page(people, box_factory) -> N
     client = logged_in(people.viewer)
     assert b"ACME-1" in client.get("/boxes/").content
     # when they switch to the other organisation
-    response = client.post("/organization/switch/", {"organization": str(people.other_org.pk), "next": "/boxes/"})
+    response = client.post(
+        "/organization/switch/", {"organization": str(people.other_org.pk), "next": "/boxes/"}
+    )
     # then the fleet page shows that organisation's boxes only
     assert response.status_code == 302
     page = client.get("/boxes/").content
@@ -93,7 +95,9 @@ def test_switching_organisation_changes_the_fleet_page(people, box_factory) -> N
 
 
 def test_switching_to_a_foreign_organisation_is_not_found(people) -> None:
-    response = logged_in(people.viewer).post("/organization/switch/", {"organization": str(people.other_org.pk)})
+    response = logged_in(people.viewer).post(
+        "/organization/switch/", {"organization": str(people.other_org.pk)}
+    )
     assert response.status_code == 404
     response = logged_in(people.viewer).post("/organization/switch/", {"organization": "not-a-uuid"})
     assert response.status_code == 404
@@ -103,7 +107,10 @@ def test_accepting_an_invitation_joins_the_organisation(people, user_factory) ->
     # given an invitation for a person who has an account
     newcomer = user_factory("newcomer@example.com")
     _, token = member_invite(
-        actor=Actor.for_user(people.owner), organization=people.org, email="newcomer@example.com", role="admin"
+        actor=Actor.for_user(people.owner),
+        organization=people.org,
+        email="newcomer@example.com",
+        role="admin",
     )
     client = logged_in(newcomer)
     # when a wrong token is pasted, the field says why; the right one joins

@@ -25,11 +25,22 @@ def logged_in(user) -> Client:
 def box(people, claimed_box_factory) -> Box:
     box = claimed_box_factory(people.org, "ACME-0001")
     now = timezone.now()
-    BoxStatus.objects.create(box=box, online=True, last_seen_at=now, wans_up=2, wans_total=2, rx_bps=90_000_000)
+    BoxStatus.objects.create(
+        box=box, online=True, last_seen_at=now, wans_up=2, wans_total=2, rx_bps=90_000_000
+    )
     for iface, label in (("wan0", "Fiber"), ("wan1", "4G")):
         WanStatus.objects.create(
-            box=box, iface=iface, label=label, kind="fiber" if iface == "wan0" else "lte", up=True,
-            rtt_ms=12.5, loss_pct=0.1, rx_bps=50_000_000, tx_bps=5_000_000, up_changed_at=now, updated_at=now,
+            box=box,
+            iface=iface,
+            label=label,
+            kind="fiber" if iface == "wan0" else "lte",
+            up=True,
+            rtt_ms=12.5,
+            loss_pct=0.1,
+            rx_bps=50_000_000,
+            tx_bps=5_000_000,
+            up_changed_at=now,
+            updated_at=now,
         )
     return box
 
@@ -107,7 +118,8 @@ def test_changing_the_wan_policy_waits_for_the_box_then_shows_applied(people, bo
 def test_an_invalid_wan_policy_is_refused_with_the_field(people, box) -> None:
     client = logged_in(people.admin)
     response = client.post(
-        f"/boxes/{box.pk}/policy/", {"mode": "failover", "role_0": "backup", "role_1": "disabled"},
+        f"/boxes/{box.pk}/policy/",
+        {"mode": "failover", "role_0": "backup", "role_1": "disabled"},
         HTTP_HX_REQUEST="true",
     )
     assert response.status_code == 400

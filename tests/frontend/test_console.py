@@ -28,7 +28,9 @@ def test_the_console_is_for_staff_only(people) -> None:
     assert Client().get("/console/").status_code == 302
 
 
-def test_fleet_health_shows_online_share_servers_and_regions(people, claimed_box_factory, provisioned_region) -> None:
+def test_fleet_health_shows_online_share_servers_and_regions(
+    people, claimed_box_factory, provisioned_region
+) -> None:
     claimed_box_factory(people.org, "ACME-0001")
     response = logged_in(people.staff).get("/console/")
     assert response.status_code == 200
@@ -81,7 +83,9 @@ def test_decommission_needs_the_serial_typed_then_is_audited(people, claimed_box
 def test_release_addresses_and_revoke_credentials(people, claimed_box_factory) -> None:
     box = claimed_box_factory(people.org, "ACME-0010")
     client = logged_in(people.staff)
-    assert client.post(f"/console/boxes/{box.pk}/release/", {"confirm_serial": "ACME-0010"}).status_code == 302
+    assert (
+        client.post(f"/console/boxes/{box.pk}/release/", {"confirm_serial": "ACME-0010"}).status_code == 302
+    )
     assert client.post(f"/console/boxes/{box.pk}/revoke/", {"confirm_serial": "ACME-0010"}).status_code == 302
     actions = set(AuditLog.objects.filter(box=box).values_list("action", flat=True))
     assert {"box.release_addresses", "box.revoke_credentials"} <= actions
@@ -90,7 +94,9 @@ def test_release_addresses_and_revoke_credentials(people, claimed_box_factory) -
 
 def test_staff_actions_are_refused_to_customers(people, claimed_box_factory) -> None:
     box = claimed_box_factory(people.org, "ACME-0011")
-    response = logged_in(people.owner).post(f"/console/boxes/{box.pk}/decommission/", {"confirm_serial": "ACME-0011"})
+    response = logged_in(people.owner).post(
+        f"/console/boxes/{box.pk}/decommission/", {"confirm_serial": "ACME-0011"}
+    )
     assert response.status_code == 403
     box.refresh_from_db()
     assert box.state == BoxState.CLAIMED
@@ -101,7 +107,12 @@ def test_rollout_preview_create_and_pause(people) -> None:
     release = make_release("2.0.0")
     make_fleet(3, organization=people.org, version="1.0.0")
     client = logged_in(people.staff)
-    form = {"name": "2.0.0 to Acme", "release": str(release.pk), "organizations": [str(people.org.pk)], "phases": "50, 100"}
+    form = {
+        "name": "2.0.0 to Acme",
+        "release": str(release.pk),
+        "organizations": [str(people.org.pk)],
+        "phases": "50, 100",
+    }
     # when staff preview it
     preview = client.post("/console/rollouts/new/", {**form, "intent": "preview"}, HTTP_HX_REQUEST="true")
     # then the preview shows the matched and eligible boxes, without creating anything
@@ -120,7 +131,10 @@ def test_rollout_preview_create_and_pause(people) -> None:
     assert client.post(f"/console/rollouts/{rollout.pk}/pause/").status_code == 302
     rollout.refresh_from_db()
     assert rollout.state == "paused"
-    assert 'data-state="paused"' in client.get(f"/console/rollouts/{rollout.pk}/", HTTP_HX_REQUEST="true").content.decode()
+    assert (
+        'data-state="paused"'
+        in client.get(f"/console/rollouts/{rollout.pk}/", HTTP_HX_REQUEST="true").content.decode()
+    )
     assert AuditLog.objects.filter(action__startswith="rollout.").count() >= 2
 
 
@@ -128,7 +142,14 @@ def test_rollout_form_errors_name_the_field(people) -> None:
     release = make_release("2.1.0")
     response = logged_in(people.staff).post(
         "/console/rollouts/new/",
-        {"name": "x", "release": str(release.pk), "phases": "ten", "version_min": "3.0", "version_max": "2.0", "intent": "preview"},
+        {
+            "name": "x",
+            "release": str(release.pk),
+            "phases": "ten",
+            "version_min": "3.0",
+            "version_max": "2.0",
+            "intent": "preview",
+        },
     )
     assert response.status_code == 400
     assert "phases are whole percentages" in response.content.decode()

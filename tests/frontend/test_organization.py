@@ -69,7 +69,11 @@ def test_api_token_is_shown_once_then_revoked(people) -> None:
     assert token.revoked_at is not None
     # someone else's token is not found
     other = ApiToken.objects.create(
-        user=people.owner, organization=people.org, name="o", token_prefix="x", token_hash="h" * 64,
+        user=people.owner,
+        organization=people.org,
+        name="o",
+        token_prefix="x",
+        token_hash="h" * 64,
         expires_at=token.expires_at,
     )
     assert client.post(f"/tokens/{other.pk}/revoke/").status_code == 404
@@ -84,19 +88,29 @@ def test_api_token_form_errors(people) -> None:
 def test_alert_rules_and_targets(people) -> None:
     client = logged_in(people.admin)
     assert client.get("/alerts/").status_code == 200
-    response = client.post("/alerts/", {"form": "target", "name": "NOC", "kind": "email", "email": "noc@example.com"})
+    response = client.post(
+        "/alerts/", {"form": "target", "name": "NOC", "kind": "email", "email": "noc@example.com"}
+    )
     assert response.status_code == 302
     target = NotificationTarget.objects.get(organization=people.org)
     response = client.post(
         "/alerts/",
-        {"form": "rule", "name": "Loss", "kind": "loss_above", "threshold": "5", "duration_minutes": "5",
-         "targets": [str(target.pk)]},
+        {
+            "form": "rule",
+            "name": "Loss",
+            "kind": "loss_above",
+            "threshold": "5",
+            "duration_minutes": "5",
+            "targets": [str(target.pk)],
+        },
     )
     assert response.status_code == 302
     rule = AlertRule.objects.get(organization=people.org)
     assert list(rule.targets.all()) == [target]
     # a loss rule without threshold is refused, naming the field
-    refused = client.post("/alerts/", {"form": "rule", "name": "Bad", "kind": "loss_above", "duration_minutes": "5"})
+    refused = client.post(
+        "/alerts/", {"form": "rule", "name": "Bad", "kind": "loss_above", "duration_minutes": "5"}
+    )
     assert refused.status_code == 400 and "threshold" in refused.content.decode()
     # disable, then delete
     client.post(f"/alerts/rule/{rule.pk}/disable/")
@@ -108,6 +122,8 @@ def test_alert_rules_and_targets(people) -> None:
 
 def test_viewers_cannot_change_alerts(people) -> None:
     client = logged_in(people.viewer)
-    response = client.post("/alerts/", {"form": "target", "name": "NOC", "kind": "email", "email": "noc@example.com"})
+    response = client.post(
+        "/alerts/", {"form": "target", "name": "NOC", "kind": "email", "email": "noc@example.com"}
+    )
     assert response.status_code == 403
     assert not NotificationTarget.objects.exists()

@@ -108,7 +108,9 @@ def test_claim_a_box(people, box_factory, provisioned_region) -> None:
     assert AuditLog.objects.filter(action="box.claim", box=box).exists()
 
 
-def test_claim_with_a_wrong_code_shows_a_clear_error_on_the_field(people, box_factory, provisioned_region) -> None:
+def test_claim_with_a_wrong_code_shows_a_clear_error_on_the_field(
+    people, box_factory, provisioned_region
+) -> None:
     box_factory("NEW-0002")
     response = logged_in(people.admin).post("/boxes/claim/", {"serial": "NEW-0002", "claim_code": "wrong"})
     assert response.status_code == 400

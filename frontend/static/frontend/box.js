@@ -148,7 +148,7 @@
 
   function updateWanRow(wan) {
     var row = document.querySelector('#wan-table tr[data-iface="' + CSS.escape(wan.iface) + '"]');
-    if (!row) { return; }
+    if (!row) { refreshStatus(); return; }  // a link the table does not show yet: re-read it
     var cells = {
       rtt_ms: fmtNumber(wan.rtt_ms, 1, "ms"),
       loss_pct: fmtNumber(wan.loss_pct, 1, "%"),
@@ -261,7 +261,12 @@
       button.setAttribute("aria-pressed", String(button.dataset.range === range));
     });
     setText("history-status", "Loading " + range + "…");
-    fetch(root.dataset.telemetryUrl + "?range=" + encodeURIComponent(range), {
+    var seconds = { hour: 3600, day: 86400, week: 7 * 86400, month: 30 * 86400 }[range] || 3600;
+    var end = new Date();
+    var start = new Date(end.getTime() - seconds * 1000);
+    var query = "?resolution=auto&from=" + encodeURIComponent(start.toISOString()) +
+      "&to=" + encodeURIComponent(end.toISOString());
+    fetch(root.dataset.telemetryUrl + query, {
       credentials: "same-origin",
       headers: { Accept: "application/json" },
     }).then(function (response) {
@@ -290,6 +295,10 @@
       wans[iface].forEach(function (point) { timeSet[Date.parse(point.ts) / 1000] = true; });
     });
     var times = Object.keys(timeSet).map(Number).sort(function (a, b) { return a - b; });
+    if (times.length < 2) {
+      setText("history-status", "Not enough data for the last " + range + " yet: history fills in as the box reports.");
+      return;
+    }
     var index = {};
     times.forEach(function (t, i) { index[t] = i; });
     function series(points, key) {
