@@ -67,7 +67,7 @@ def fleet_health() -> dict[str, Any]:
             filter=Q(state=BoxState.CLAIMED) & ~Q(config_hash="") & ~Q(config_hash=F("applied_config_hash")),
         ),
     )
-    status = BoxStatus.objects.aggregate(
+    status = BoxStatus.objects.filter(box__state=BoxState.CLAIMED).aggregate(
         online=Count("pk", filter=Q(online=True)),
         reporting=Count("pk", filter=Q(last_seen_at__gte=now - timedelta(seconds=2 * interval))),
     )
