@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 MAX_COMMAND_TTL_S = 24 * 3600
 MIN_COMMAND_TTL_S = 60
+DOORBELL_BATCH = 16
 
 
 def image_url(release: Release) -> str:
@@ -86,9 +87,13 @@ def doorbells_ring(box_ids: list[Any]) -> None:
         from fleet.live import AGENT_COMMAND_DOORBELL
 
         message = {"type": AGENT_COMMAND_DOORBELL}
-        for start in range(0, len(box_ids), 200):
+        # small concurrent batches: the channel layer's Redis pool is bounded per process
+        for start in range(0, len(box_ids), DOORBELL_BATCH):
             await asyncio.gather(
-                *(agroup_send(agent_group(box_id), message) for box_id in box_ids[start : start + 200])
+                *(
+                    agroup_send(agent_group(box_id), message)
+                    for box_id in box_ids[start : start + DOORBELL_BATCH]
+                )
             )
 
     try:
