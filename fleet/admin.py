@@ -240,7 +240,7 @@ class BoxAdmin(admin.ModelAdmin):
         results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
         term = search_term.strip()
         if term and all(ch in "0123456789abcdefABCDEF.:/" for ch in term):
-            results = results | queryset.filter(public_ipv4__startswith=term.split("/")[0])
+            results = results | queryset.filter(public_ipv4__startswith=term.split("/")[0])  # type: ignore[misc]
         return results, may_have_duplicates
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
 
 from fleet.errors import RateLimited
+
+
+def _setting(name: str) -> int:
+    value: Any = settings.OTB[name]
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -65,22 +71,22 @@ class FailureCounter:
 def enroll_failures_per_serial() -> FailureCounter:
     return FailureCounter(
         scope="enroll-serial",
-        limit=settings.OTB["ENROLL_MAX_FAILURES"],
-        window_s=settings.OTB["AUTH_FAILURE_WINDOW_S"],
+        limit=_setting("ENROLL_MAX_FAILURES"),
+        window_s=_setting("AUTH_FAILURE_WINDOW_S"),
     )
 
 
 def enroll_failures_per_ip() -> FailureCounter:
     return FailureCounter(
         scope="enroll-ip",
-        limit=settings.OTB["ENROLL_MAX_FAILURES_PER_IP"],
-        window_s=settings.OTB["AUTH_FAILURE_WINDOW_S"],
+        limit=_setting("ENROLL_MAX_FAILURES_PER_IP"),
+        window_s=_setting("AUTH_FAILURE_WINDOW_S"),
     )
 
 
 def claim_failures_per_serial() -> FailureCounter:
     return FailureCounter(
         scope="claim-serial",
-        limit=settings.OTB["CLAIM_MAX_FAILURES"],
-        window_s=settings.OTB["AUTH_FAILURE_WINDOW_S"],
+        limit=_setting("CLAIM_MAX_FAILURES"),
+        window_s=_setting("AUTH_FAILURE_WINDOW_S"),
     )

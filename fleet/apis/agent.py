@@ -4,7 +4,7 @@ download a speed-test payload."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from django.http import HttpResponseNotModified, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from fleet.apis.base import ApiView
-from fleet.authentication import BearerTokenAuthentication
+from fleet.authentication import AgentPrincipal, BearerTokenAuthentication
 from fleet.errors import InvalidInput
 from fleet.permissions import IsAgent
 from fleet.serializers import SerialField, StrictCharField, StrictSerializer
@@ -81,7 +81,7 @@ class AgentConfigApi(ApiView):
         responses={200: OpenApiTypes.OBJECT, 304: None},
     )
     def get(self, request: Request) -> Any:
-        box = request.user.box
+        box = cast(AgentPrincipal, request.user).box
         if_none_match = request.headers.get("If-None-Match")
         if box.config_hash and if_none_match and etag_matches(if_none_match, box.config_hash):
             response = HttpResponseNotModified()
@@ -120,7 +120,7 @@ class AgentConfigAppliedApi(ApiView):
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        box = box_config_applied(box=request.user.box, **data.validated_data)
+        box = box_config_applied(box=cast(AgentPrincipal, request.user).box, **data.validated_data)
         return Response(self.OutputSerializer(box).data)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.openapi import AutoSchema
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
 from rest_framework.pagination import LimitOffsetPagination
@@ -28,6 +30,34 @@ class JSONParser(parsers.JSONParser):
             raise ParseError("JSON parse error - nested too deeply") from exc
 
 
+class BearerTokenScheme(OpenApiAuthenticationExtension):
+    """Documents ``Authorization: Bearer <token>`` (agent, server and personal API tokens)."""
+
+    target_class = "fleet.authentication.BearerTokenAuthentication"
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "otba_ (agent), otbs_ (aggregation server) or otbu_ (personal API token)",
+        }
+
+
+class ApiSchema(AutoSchema):
+    """Names nested ``InputSerializer``/``OutputSerializer`` components after their view
+    (``BoxClaimInput``), so the many small serializers of the same name do not collide."""
+
+    NESTED = {"InputSerializer": "Input", "OutputSerializer": "Output", "CreatedSerializer": "Created"}
+
+    def get_serializer_name(self, serializer: Any, direction: str) -> str:
+        name = super().get_serializer_name(serializer, direction)
+        suffix = self.NESTED.get(type(serializer).__name__)
+        if suffix is None:
+            return name
+        return type(self.view).__name__.removesuffix("Api") + suffix
+
+
 class Pagination(LimitOffsetPagination):
     default_limit = 50
     max_limit = 500
@@ -38,6 +68,7 @@ class ApiView(APIView):
     (DRF streams the body to the parser without Django's size check) and accepts JSON only."""
 
     parser_classes = [JSONParser]
+    schema = ApiSchema()
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         if request.method in BODY_METHODS:

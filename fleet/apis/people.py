@@ -100,7 +100,7 @@ class MeApi(ApiView):
 
     @extend_schema(responses={200: OutputSerializer})
     def get(self, request: Request) -> Response:
-        user = request.user
+        user: Any = request.user
         memberships = [
             {
                 "id": str(membership.pk),
@@ -283,7 +283,8 @@ class ApiTokenListApi(ApiView):
             name=values["name"],
             expires_in_days=values.get("expires_in_days"),
         )
-        token.token = value  # type: ignore[attr-defined]  (shown this once)
+        # The value is shown this once.
+        token.token = value  # type: ignore[attr-defined]
         return Response(self.CreatedSerializer(token).data, status=status.HTTP_201_CREATED)
 
 
@@ -292,7 +293,8 @@ class ApiTokenDetailApi(ApiView):
 
     @extend_schema(request=None, responses={204: None})
     def delete(self, request: Request, token_id: uuid.UUID) -> Response:
-        token = ApiToken.objects.filter(pk=token_id, user=request.user).select_related("organization").first()
+        user: Any = request.user
+        token = ApiToken.objects.filter(pk=token_id, user=user).select_related("organization").first()
         if token is None:
             raise NotFound("token not found")
         api_token_revoke(actor=self.actor(request), token=token)
@@ -327,7 +329,8 @@ class EnrollmentTokenListApi(ApiView):
         token, value = enrollment_token_create(
             actor=self.actor(request), organization=organization, **data.validated_data
         )
-        token.token = value  # type: ignore[attr-defined]  (shown this once)
+        # The value is shown this once.
+        token.token = value  # type: ignore[attr-defined]
         return Response(self.CreatedSerializer(token).data, status=status.HTTP_201_CREATED)
 
 

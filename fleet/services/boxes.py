@@ -433,6 +433,23 @@ def box_enroll(
 # -- configuration state reported by the box ------------------------------------------------------
 
 
+def _event_record(box: Box, error_text: str) -> None:
+    """A config_applied / config_failed event on the box's timeline, when the events module exists."""
+    try:
+        from fleet.monitoring.services.events import event_record
+    except ImportError:
+        try:
+            from fleet.live.events import event_record  # type: ignore[import-not-found,no-redef]
+        except ImportError:
+            return
+    event_record(
+        box_id=box.pk,
+        kind="config_failed" if error_text else "config_applied",
+        data={"config_hash": box.applied_config_hash, "error": error_text or None},
+        organization_id=box.organization_id,
+    )
+
+
 def box_config_applied(*, box: Box, config_hash: str, error: str | None = None) -> Box:
     """Record what the box reports having applied: hash, time and error (capped at 4 KiB).
 
@@ -460,16 +477,8 @@ def box_config_applied(*, box: Box, config_hash: str, error: str | None = None) 
                 before=before,
                 after={"applied_config_hash": box.applied_config_hash, "apply_error": error_text or None},
             )
-        try:
-            from fleet.live.events import event_record  # type: ignore[import-not-found]
-        except ImportError:
-            event_record = None
-        if event_record is not None:
-            event_record(
-                box=box,
-                kind="config_apply_failed" if error_text else "config_applied",
-                data={"config_hash": box.applied_config_hash, "error": error_text or None},
-            )
+        if changed:
+            _event_record(box, error_text)
     return box
 
 

@@ -430,10 +430,14 @@ def test_config_applied_records_hash_time_and_capped_error(people: Any, claimed_
     box.refresh_from_db()
     assert box.applied_config_hash == box.config_hash and not box.config_drift
     assert box.applied_at is not None
+    from fleet.monitoring.models import Event
+
+    assert Event.objects.filter(box_id=box.pk, kind="config_applied").count() == 1
     box_config_applied(box=box, config_hash="ab" * 32, error="é" * 5000)
     box.refresh_from_db()
     assert len(box.apply_error.encode()) <= 4096
     assert box.config_drift
+    assert Event.objects.filter(box_id=box.pk, kind="config_failed").count() == 1
 
 
 def test_config_applied_refuses_a_non_hash(people: Any, box_factory: Any) -> None:

@@ -30,7 +30,7 @@ STAFF_EMAIL, STAFF_PASSWORD = "staff@example.com", "staff-password-1"
 BOX_COUNT, CLAIMED_COUNT = 20, 10
 MODELS = ("OTB-v2c", "OTB-v2b", "OTB-plus")
 
-REGIONS = [
+REGIONS: list[dict[str, Any]] = [
     {
         "code": "eu-west",
         "name": "Paris",
