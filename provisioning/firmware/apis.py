@@ -530,8 +530,9 @@ class AgentFirmwareImageApi(APIView):
 
     permission_classes = [IsAgent]
 
-    def get(self, request: Request, release_id: str) -> HttpResponse:
-        release = selectors.release_downloadable_by_box(release_id=release_id, box=request.user.box)
+    def get(self, request: Request, release_id: str) -> HttpResponse | StreamingHttpResponse:
+        principal: Any = request.user  # an AgentPrincipal (IsAgent)
+        release = selectors.release_downloadable_by_box(release_id=release_id, box=principal.box)
         if release is None:
             raise NotFound("release not found")
         size = release.size or release.image.size
@@ -541,14 +542,14 @@ class AgentFirmwareImageApi(APIView):
             "ETag": f'"{release.sha256}"',
             "Cache-Control": "private, no-transform",
         }
-        if wanted == "unsatisfiable":
-            response = HttpResponse(status=416)
-            response["Content-Range"] = f"bytes */{size}"
-            return response
+        if isinstance(wanted, str):  # unsatisfiable
+            refused = HttpResponse(status=416)
+            refused["Content-Range"] = f"bytes */{size}"
+            return refused
         if_range = request.headers.get("If-Range")
         if wanted is not None and if_range and if_range.strip() != headers["ETag"]:
             wanted = None  # the client's partial copy is of another image: send it whole
-        start, end = (0, size - 1) if wanted is None else wanted  # type: ignore[misc]
+        start, end = (0, size - 1) if wanted is None else wanted
         length = end - start + 1
         handle = release.image.open("rb")
         response = StreamingHttpResponse(

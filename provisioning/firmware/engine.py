@@ -191,14 +191,14 @@ def upgrades_sync(*, now: dt.datetime | None = None) -> TickSummary:
 
 
 def _sync_page(upgrades: list[Upgrade], now: dt.datetime, summary: TickSummary) -> None:
-    commands = {
-        row["id"]: row
+    commands: dict[Any, dict[str, Any]] = {
+        row["id"]: dict(row)
         for row in Command.objects.filter(pk__in=[u.command_id for u in upgrades if u.command_id]).values(
             "id", "state", "progress", "progress_message", "error", "result", "finished_at"
         )
     }
-    statuses = {
-        row["box_id"]: row
+    statuses: dict[Any, dict[str, Any]] = {
+        row["box_id"]: dict(row)
         for row in BoxStatus.objects.filter(box_id__in=[u.box_id for u in upgrades]).values(
             "box_id",
             "online",

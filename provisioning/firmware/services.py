@@ -276,7 +276,7 @@ def release_publish(*, actor: Actor, release: Release) -> Release:
         for name in ("size", "sha256", "signature"):
             if not getattr(locked, name):
                 raise InvalidInput(f"{name} is required to publish", field=name)
-        public_key = settings.OTB.get("FIRMWARE_SIGNING_PUBLIC_KEY") or ""
+        public_key = str(settings.OTB.get("FIRMWARE_SIGNING_PUBLIC_KEY") or "")
         if public_key and locked.image:
             with locked.image.open("rb") as handle:
                 chunks = iter(lambda: handle.read(1 << 20), b"")
@@ -773,6 +773,8 @@ def upgrade_postpone(*, actor: Actor, upgrade: Upgrade, until: dt.datetime) -> U
     """Postpone a waiting upgrade of the customer's box to ``until`` (at most 7 days ahead).
     Raises InvalidInput on ``until``, Conflict once it has been sent."""
     box = upgrade.box
+    if box.organization_id is None:
+        raise Conflict("the box is not claimed", field="box")
     require_role(actor.user, box.organization_id, Role.ADMIN)
     now = timezone.now()
     if not isinstance(until, dt.datetime) or timezone.is_naive(until):

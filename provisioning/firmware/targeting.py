@@ -33,7 +33,7 @@ TARGET_KEYS = ("channels", "models", "organizations", "version_min", "version_ma
 MAX_EXPLICIT_BOXES = 100_000
 
 # Which box channels take a release of a channel: dev boxes take everything, stable boxes only stable.
-CHANNELS_TAKING = {
+CHANNELS_TAKING: dict[str, list[str]] = {
     ReleaseChannel.STABLE: [ReleaseChannel.STABLE, ReleaseChannel.BETA, ReleaseChannel.DEV],
     ReleaseChannel.BETA: [ReleaseChannel.BETA, ReleaseChannel.DEV],
     ReleaseChannel.DEV: [ReleaseChannel.DEV],
