@@ -1,7 +1,7 @@
 """A bare echo consumer: the ingest benchmark's baseline.
 
 It does what a websocket server cannot avoid for a telemetry frame (receive it, decode the JSON,
-answer with a small ``ack``) and nothing else: no validation, no storage. Routed at ``/ws/echo/``
+answer with a small ``ack``) and nothing else: no authentication, no validation, no storage. Routed at ``/ws/echo/``
 only when ``OTB_BENCH_ECHO=1``.
 """
 
@@ -11,8 +11,14 @@ import json
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from fleet.consumers import AgentConsumer
+
 
 class EchoConsumer(AsyncWebsocketConsumer):
+    # Same transport path as fleet.consumers.AgentConsumer (which also skips channels' per-frame
+    # aclose_old_connections hop), so the ratio measures validation + durable storage only.
+    dispatch = AgentConsumer.dispatch
+
     async def connect(self) -> None:
         await self.accept()
 

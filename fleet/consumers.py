@@ -18,6 +18,7 @@ import time
 import uuid
 from typing import Any
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.apps import apps
@@ -43,6 +44,12 @@ logger = logging.getLogger(__name__)
 
 MAX_INVALID_FRAMES = 10
 _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+def _db(function: Any) -> Any:
+    """Run a service in the thread pool; sessions do not queue behind one another's DB calls (a
+    reconnect storm of thousands of sessions would otherwise go through Django's single sync thread)."""
+    return database_sync_to_async(function, thread_sensitive=False)
 
 
 def _reject_constant(name: str) -> Any:
@@ -81,9 +88,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             return
         token = bearer_token(_header(self.scope, b"authorization"))
         try:
-            grant = await database_sync_to_async(services.agent_session_connect)(
-                token=token, session_id=self.session_id
-            )
+            grant = await _db(services.agent_session_connect)(token=token, session_id=self.session_id)
         except Exception:
             logger.exception("agent session connect failed")
             await self._refuse(
@@ -123,11 +128,19 @@ class AgentConsumer(AsyncWebsocketConsumer):
         except Exception:
             logger.warning("leaving %s failed", agent_group(self.box_id), exc_info=True)
         try:
-            await database_sync_to_async(services.agent_session_close)(
-                box_id=self.box_id, session_id=self.session_id, code=code
-            )
+            await _db(services.agent_session_close)(box_id=self.box_id, session_id=self.session_id, code=code)
         except Exception:  # the presence sweep will mark it offline
             logger.exception("closing session of box %s failed", self.box_id)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch without its per-message ``aclose_old_connections()``: that is a hop to
+        the single sync thread for EVERY frame (it dominated the ingest profile), and this consumer
+        never touches the ORM on the event loop: its DB calls run in ``database_sync_to_async``,
+        which closes stale connections itself."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     # -- frames from the agent ------------------------------------------------------------------
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -179,7 +192,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def _hello(self, message: dict[str, Any]) -> None:
         try:
-            welcome = await database_sync_to_async(services.agent_session_hello)(
+            welcome = await _db(services.agent_session_hello)(
                 box_id=self.box_id, session_id=self.session_id, hello=message
             )
         except Exception:

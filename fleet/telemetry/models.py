@@ -47,9 +47,8 @@ class BoxStatus(models.Model):
 
     class Meta:
         verbose_name_plural = "box statuses"
-        indexes = [
-            models.Index(fields=["online", "last_seen_at"], name="boxstatus_online_seen_idx"),
-        ]
+        # No index on last_seen_at/online: they change on every telemetry batch, and an index on them
+        # would turn the writer's HOT updates into index insertions (the presence sweep scans instead).
 
     def __str__(self) -> str:
         return f"{self.box_id} {'online' if self.online else 'offline'}"

@@ -20,7 +20,9 @@ futures fail with :class:`StorageUnavailable` and nothing is acknowledged; the a
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import ipaddress
 import logging
 import math
@@ -96,11 +98,12 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "") if "\x00" in text else text
 
 
-def _ip_or_none(value: str | None) -> str | None:
+@functools.lru_cache(maxsize=65536)
+def _ip_or_none(value: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if not value:
         return None
     try:
-        return str(ipaddress.ip_address(value))
+        return ipaddress.ip_address(value)
     except ValueError:
         return None
 
@@ -160,6 +163,51 @@ INSERT INTO telemetry_boxstatus (box_id, online, session_id, last_seq, boot_id, 
 SELECT id, false, '', 0, '', '', '', 0, 0, 0, now() FROM fleet_box WHERE id = ANY(%s)
 ON CONFLICT (box_id) DO NOTHING
 """
+# Per-batch status rows are COPYed (binary) into session temp tables, then applied set-wise: far
+# cheaper than dumping Python lists into array parameters.
+TEMP_TABLES_SQL = """
+CREATE TEMP TABLE IF NOT EXISTS incoming_box_status (
+    box_id uuid, last_seq int8, cpu_pct float8, mem_pct float8, load1 float8, uptime_s int8, tunnel_up bool,
+    rx_bps int8, tx_bps int8, wans_up int4, wans_total int4, dropped int8, revive bool
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS incoming_wan_status (
+    box_id uuid, iface varchar(32), label varchar(64), kind varchar(16), up bool, rtt_ms float8,
+    jitter_ms float8, loss_pct float8, rx_bps int8, tx_bps int8, public_ip inet, subflows int4,
+    up_changed_at timestamptz, degraded_since timestamptz, updated_at timestamptz
+) ON COMMIT DELETE ROWS;
+"""
+BOX_STATUS_TYPES = [
+    "uuid",
+    "int8",
+    "float8",
+    "float8",
+    "float8",
+    "int8",
+    "bool",
+    "int8",
+    "int8",
+    "int4",
+    "int4",
+    "int8",
+    "bool",
+]
+WAN_STATUS_TYPES = [
+    "uuid",
+    "varchar",
+    "varchar",
+    "varchar",
+    "bool",
+    "float8",
+    "float8",
+    "float8",
+    "int8",
+    "int8",
+    "inet",
+    "int4",
+    "timestamptz",
+    "timestamptz",
+    "timestamptz",
+]
 UPDATE_STATUS_SQL = """
 UPDATE telemetry_boxstatus AS s SET
     last_seq = v.last_seq, last_seen_at = now(), cpu_pct = v.cpu_pct, mem_pct = v.mem_pct,
@@ -168,10 +216,7 @@ UPDATE telemetry_boxstatus AS s SET
     dropped_samples = COALESCE(v.dropped, s.dropped_samples),
     online = s.online OR v.revive, offline_since = CASE WHEN v.revive THEN NULL ELSE s.offline_since END,
     updated_at = now()
-FROM unnest(%s::uuid[], %s::int8[], %s::float8[], %s::float8[], %s::float8[], %s::int8[], %s::bool[],
-            %s::int8[], %s::int8[], %s::int4[], %s::int4[], %s::int8[], %s::bool[])
-    AS v(box_id, last_seq, cpu_pct, mem_pct, load1, uptime_s, tunnel_up, rx_bps, tx_bps, wans_up,
-         wans_total, dropped, revive)
+FROM incoming_box_status AS v
 WHERE s.box_id = v.box_id
 """
 TOUCH_SQL = "UPDATE telemetry_boxstatus SET last_seen_at = now() WHERE box_id = ANY(%s)"
@@ -181,9 +226,8 @@ WAN_PREVIOUS_SQL = (
 UPSERT_WAN_SQL = """
 INSERT INTO telemetry_wanstatus (box_id, iface, label, kind, up, rtt_ms, jitter_ms, loss_pct, rx_bps,
     tx_bps, public_ip, subflows, up_changed_at, degraded_since, updated_at)
-SELECT * FROM unnest(%s::uuid[], %s::varchar[], %s::varchar[], %s::varchar[], %s::bool[], %s::float8[],
-    %s::float8[], %s::float8[], %s::int8[], %s::int8[], %s::inet[], %s::int4[], %s::timestamptz[],
-    %s::timestamptz[], %s::timestamptz[])
+SELECT box_id, iface, label, kind, up, rtt_ms, jitter_ms, loss_pct, rx_bps, tx_bps, public_ip, subflows,
+    up_changed_at, degraded_since, updated_at FROM incoming_wan_status
 ON CONFLICT (box_id, iface) DO UPDATE SET
     label = EXCLUDED.label, kind = EXCLUDED.kind, up = EXCLUDED.up, rtt_ms = EXCLUDED.rtt_ms,
     jitter_ms = EXCLUDED.jitter_ms, loss_pct = EXCLUDED.loss_pct, rx_bps = EXCLUDED.rx_bps,
@@ -217,11 +261,22 @@ class TelemetryWriter:
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._conn: psycopg.AsyncConnection | None = None
+        # Up to ``flushers`` batches are stored concurrently, each on its own connection; a box is
+        # never in two in-flight batches, so its messages still commit in seq order.
+        self.flushers = int(otb.get("TELEMETRY_WRITER_CONNECTIONS", 2))
+        self._idle: list[psycopg.AsyncConnection] = []
+        self._connections: set[psycopg.AsyncConnection] = set()
+        self._inflight_boxes: set[UUID] = set()
+        self._flushing = 0
+        self._slot = asyncio.Event()
         self._background: set[asyncio.Task] = set()
         self._last_broadcast: dict[UUID, float] = {}
+        self._wan_written: dict[UUID, float] = {}
+        self.live_status_interval = float(otb.get("LIVE_STATUS_MIN_INTERVAL_S", 1))
         self._partitions_checked = 0.0
         self.stats = {"batches": 0, "messages": 0, "duplicates": 0, "samples": 0}
+        # Seconds spent per flush phase (lock, prepare, copy, transitions, box_status, wan_status, commit).
+        self.phase_s: collections.Counter[str] = collections.Counter()
 
     # -- the consumer side -------------------------------------------------------------------
     async def submit(
@@ -262,12 +317,8 @@ class TelemetryWriter:
             self._task = None
         for task in list(self._background):
             task.cancel()
-        if self._conn is not None:
-            try:
-                await self._conn.close()
-            except Exception:  # closing a dead connection
-                logger.debug("writer connection close failed", exc_info=True)
-            self._conn = None
+        for conn in list(self._connections):
+            await self._discard(conn)
 
     # -- the loop ------------------------------------------------------------------------------
     def _ensure_running(self) -> None:
@@ -277,34 +328,80 @@ class TelemetryWriter:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            while self._flushing >= self.flushers:
+                self._slot.clear()
+                await self._slot.wait()
             if len(self._queue) < self.max_batch:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.flush_interval)
             self._wake.clear()
             self._full.clear()
-            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            batch = self._take_batch()
             touches, self._touches = self._touches, set()
-            if self._queue:
-                self._wake.set()
-                if len(self._queue) >= self.max_batch:
-                    self._full.set()
-            try:
-                await self._flush(batch, touches)
-            except Exception:  # the writer loop must survive anything
-                logger.exception("telemetry flush crashed")
-                for message in batch:
-                    if not message.future.done():
-                        message.future.set_exception(StorageUnavailable("telemetry flush failed"))
+            if not batch and not touches:
+                continue  # everything queued belongs to in-flight boxes: a finishing flush wakes us
+            self._flushing += 1
+            boxes = {message.box_id for message in batch}
+            self._inflight_boxes |= boxes
+            self._spawn(self._flush_guarded(batch, touches, boxes))
 
-    async def _connection(self) -> psycopg.AsyncConnection:
-        if self._conn is not None and not self._conn.closed:
-            return self._conn
+    def _take_batch(self) -> list[_Message]:
+        """Up to max_batch queued messages, skipping (keeping) those of boxes being flushed."""
+        if not self._inflight_boxes:
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+        else:
+            batch, rest = [], []
+            for message in self._queue:
+                if len(batch) < self.max_batch and message.box_id not in self._inflight_boxes:
+                    batch.append(message)
+                else:
+                    rest.append(message)
+            self._queue = rest
+        if self._queue:
+            self._wake.set()
+            if len(self._queue) >= self.max_batch:
+                self._full.set()
+        return batch
+
+    async def _flush_guarded(self, batch: list[_Message], touches: set[UUID], boxes: set[UUID]) -> None:
+        try:
+            await self._flush(batch, touches)
+        except Exception:  # the writer must survive anything
+            logger.exception("telemetry flush crashed")
+            self._fail(batch, StorageUnavailable("telemetry flush failed"))
+        finally:
+            self._flushing -= 1
+            self._inflight_boxes -= boxes
+            self._slot.set()
+            if self._queue or self._touches:
+                self._wake.set()
+
+    async def _acquire(self) -> psycopg.AsyncConnection:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                return conn
+            self._connections.discard(conn)
         conninfo = self.conninfo or conninfo_from_settings()
-        self._conn = await psycopg.AsyncConnection.connect(
+        conn = await psycopg.AsyncConnection.connect(
             **conninfo, connect_timeout=3, options="-c statement_timeout=30000 -c lock_timeout=10000"
         )
-        await self._ensure_partitions(self._conn)
-        return self._conn
+        self._connections.add(conn)
+        try:
+            await self._ensure_partitions(conn)
+            async with conn.transaction():
+                await conn.execute(TEMP_TABLES_SQL)
+        except BaseException:
+            await self._discard(conn)
+            raise
+        return conn
+
+    async def _discard(self, conn: psycopg.AsyncConnection) -> None:
+        self._connections.discard(conn)
+        try:
+            await conn.close()
+        except Exception:  # already broken
+            logger.debug("closing a writer connection failed", exc_info=True)
 
     async def _ensure_partitions(self, conn: psycopg.AsyncConnection) -> None:
         now = time.monotonic()
@@ -320,15 +417,20 @@ class TelemetryWriter:
     async def _flush(self, batch: list[_Message], touches: set[UUID]) -> None:
         if not batch and not touches:
             return
+        conn = None
         try:
-            conn = await self._connection()
+            conn = await self._acquire()
             outcome = await self._store(conn, batch, touches)
+            self._idle.append(conn)
         except _DISCONNECTED as exc:
             logger.warning("telemetry storage unavailable: %s", exc)
-            await self._drop_connection()
+            if conn is not None:
+                await self._discard(conn)
             self._fail(batch, StorageUnavailable("telemetry storage unavailable"))
             return
         except psycopg.Error as exc:
+            if conn is not None:
+                self._idle.append(conn)
             # A data error poisons the whole transaction: store messages one by one so that only
             # the bad one is refused and every other session keeps flowing.
             if len(batch) <= 1:
@@ -350,14 +452,6 @@ class TelemetryWriter:
                 message.future.set_result(stored)
         self._after_commit(batch, transitions, updates)
 
-    async def _drop_connection(self) -> None:
-        if self._conn is not None:
-            try:
-                await self._conn.close()
-            except Exception:  # already broken
-                logger.debug("closing broken writer connection failed", exc_info=True)
-        self._conn = None
-
     @staticmethod
     def _fail(batch: list[_Message], exc: Exception) -> None:
         for message in batch:
@@ -373,6 +467,9 @@ class TelemetryWriter:
         results: list[bool | Exception] = [False] * len(batch)
         transitions: list[dict[str, Any]] = []
         updates: dict[UUID, _BoxUpdate] = {}
+        clock = time.perf_counter
+        phases = self.phase_s
+        mark = clock()
         async with conn.transaction(), conn.cursor() as cur:
             if touches:
                 await cur.execute(TOUCH_SQL, (list(touches),))
@@ -386,6 +483,9 @@ class TelemetryWriter:
                 await cur.execute(LOCK_SQL, (box_ids,))
                 locked = {row[0]: row for row in await cur.fetchall()}
 
+            now_mark = clock()
+            phases["lock"] += now_mark - mark
+            mark = now_mark
             order = sorted(range(len(batch)), key=lambda i: (batch[i].box_id, batch[i].seq))
             watermark = {box_id: row[1] for box_id, row in locked.items()}
             box_rows: list[tuple] = []
@@ -445,6 +545,9 @@ class TelemetryWriter:
                     timed.append((ts, sample))
                 accepted.append((message, timed))
 
+            now_mark = clock()
+            phases["prepare"] += now_mark - mark
+            mark = now_mark
             if box_rows:
                 async with cur.copy(
                     f"COPY telemetry_box_sample ({BOX_SAMPLE_COLUMNS}) FROM STDIN (FORMAT BINARY)"
@@ -460,11 +563,14 @@ class TelemetryWriter:
                     for row in wan_rows:
                         await copy.write_row(row)
 
+            now_mark = clock()
+            phases["copy"] += now_mark - mark
+            mark = now_mark
             if accepted:
                 accepted_boxes = sorted({message.box_id for message, _ in accepted})
                 await cur.execute(WAN_PREVIOUS_SQL, (accepted_boxes,))
                 wan_state: dict[tuple[UUID, str], list[Any]] = {
-                    (row[0], row[1]): [row[2], row[3], row[4], None] for row in await cur.fetchall()
+                    (row[0], row[1]): [row[2], row[3], row[4], None, False] for row in await cur.fetchall()
                 }
                 for message, timed in accepted:
                     box_id = message.box_id
@@ -474,20 +580,23 @@ class TelemetryWriter:
                             key = (box_id, _clean(wan["iface"]))
                             state = wan_state.get(key)
                             if state is None:
-                                state = wan_state[key] = [wan["up"], ts, None, None]
+                                state = wan_state[key] = [wan["up"], ts, None, None, True]
                                 if not wan["up"]:
                                     transitions.append(self._transition(message, wan, ts, "wan_down"))
                             elif state[0] != wan["up"]:
                                 state[0] = wan["up"]
                                 state[1] = ts
+                                state[4] = True
                                 transitions.append(
                                     self._transition(message, wan, ts, "wan_up" if wan["up"] else "wan_down")
                                 )
                             degraded = is_degraded(wan)
                             if degraded and state[2] is None:
                                 state[2] = ts
-                            elif not degraded:
+                                state[4] = True
+                            elif not degraded and state[2] is not None:
                                 state[2] = None
+                                state[4] = True
                             state[3] = (wan, ts)
                         update = updates.get(box_id)
                         if update is None or ts >= update.latest_ts:
@@ -502,8 +611,18 @@ class TelemetryWriter:
                     current.last_seq = max(current.last_seq, message.seq)
                     if message.dropped is not None:
                         current.dropped = message.dropped
+                now_mark = clock()
+                phases["transitions"] += now_mark - mark
+                mark = now_mark
                 await self._update_status(cur, updates)
-                await self._upsert_wans(cur, wan_state, now_dt)
+                now_mark = clock()
+                phases["box_status"] += now_mark - mark
+                mark = now_mark
+                await self._upsert_wans(cur, self._wan_rows_due(wan_state), now_dt)
+                now_mark = clock()
+                phases["wan_status"] += now_mark - mark
+                mark = now_mark
+        phases["commit"] += clock() - mark
         self.stats["batches"] += 1
         self.stats["messages"] += len(batch)
         self.stats["samples"] += len(box_rows)
@@ -522,59 +641,89 @@ class TelemetryWriter:
 
     @staticmethod
     async def _update_status(cur: psycopg.AsyncCursor, updates: dict[UUID, _BoxUpdate]) -> None:
-        columns: list[list[Any]] = [[] for _ in range(13)]
-        for box_id, update in updates.items():
-            sample = update.latest
-            wans = sample["wans"]
-            values = (
-                box_id,
-                update.last_seq,
-                sample["cpu_pct"],
-                sample["mem_pct"],
-                sample["load1"],
-                sample["uptime_s"],
-                sample["tunnel_up"],
-                sample["rx_bps"],
-                sample["tx_bps"],
-                sum(1 for wan in wans if wan["up"]),
-                len(wans),
-                update.dropped,
-                update.revive,
-            )
-            for column, value in zip(columns, values, strict=True):
-                column.append(value)
-        await cur.execute(UPDATE_STATUS_SQL, columns)
+        async with cur.copy("COPY incoming_box_status FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(BOX_STATUS_TYPES)
+            for box_id, update in updates.items():
+                sample = update.latest
+                wans = sample["wans"]
+                await copy.write_row(
+                    (
+                        box_id,
+                        update.last_seq,
+                        sample["cpu_pct"],
+                        sample["mem_pct"],
+                        sample["load1"],
+                        sample["uptime_s"],
+                        sample["tunnel_up"],
+                        sample["rx_bps"],
+                        sample["tx_bps"],
+                        sum(1 for wan in wans if wan["up"]),
+                        len(wans),
+                        update.dropped,
+                        update.revive,
+                    )
+                )
+        await cur.execute(UPDATE_STATUS_SQL)
+
+    def _wan_rows_due(
+        self, wan_state: dict[tuple[UUID, str], list[Any]]
+    ) -> dict[tuple[UUID, str], list[Any]]:
+        """The WAN rows to write now: every row of a box with a transition (up/down, degraded, new
+        link), else a box's rows at most every LIVE_STATUS_MIN_INTERVAL_S. At the agents' normal pace
+        (one message per 10 s) that is every message; during a buffer flush or a benchmark burst it
+        caps the write amplification of rewriting the same rows many times a second."""
+        now = time.monotonic()
+        dirty_boxes = {
+            box_id for (box_id, _), state in wan_state.items() if state[4] and state[3] is not None
+        }
+        due_boxes = set()
+        for (box_id, _), state in wan_state.items():
+            if state[3] is None:
+                continue
+            if box_id in dirty_boxes or now - self._wan_written.get(box_id, 0.0) >= self.live_status_interval:
+                due_boxes.add(box_id)
+        for box_id in due_boxes:
+            self._wan_written[box_id] = now
+        if len(self._wan_written) > 200_000:
+            self._wan_written.clear()
+        return {key: state for key, state in wan_state.items() if key[0] in due_boxes}
 
     @staticmethod
     async def _upsert_wans(
         cur: psycopg.AsyncCursor, wan_state: dict[tuple[UUID, str], list[Any]], now_dt: datetime
     ) -> None:
-        columns: list[list[Any]] = [[] for _ in range(15)]
-        for (box_id, iface), (up, changed_at, degraded_since, latest) in sorted(wan_state.items()):
-            if latest is None:
-                continue
-            wan, _ts = latest
-            values = (
-                box_id,
-                iface,
-                _clean(wan["label"]),
-                wan["kind"],
-                up,
-                wan["rtt_ms"],
-                wan["jitter_ms"],
-                wan["loss_pct"],
-                wan["rx_bps"],
-                wan["tx_bps"],
-                _ip_or_none(wan["public_ip"]),
-                wan["subflows"],
-                changed_at,
-                degraded_since,
-                now_dt,
-            )
-            for column, value in zip(columns, values, strict=True):
-                column.append(value)
-        if columns[0]:
-            await cur.execute(UPSERT_WAN_SQL, columns)
+        rows = 0
+        # Sorted so that concurrent writers (several processes) lock WAN rows in the same order.
+        async with cur.copy("COPY incoming_wan_status FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(WAN_STATUS_TYPES)
+            for (box_id, iface), (up, changed_at, degraded_since, latest, _dirty) in sorted(
+                wan_state.items()
+            ):
+                if latest is None:
+                    continue
+                wan, _ts = latest
+                rows += 1
+                await copy.write_row(
+                    (
+                        box_id,
+                        iface,
+                        _clean(wan["label"]),
+                        wan["kind"],
+                        up,
+                        wan["rtt_ms"],
+                        wan["jitter_ms"],
+                        wan["loss_pct"],
+                        wan["rx_bps"],
+                        wan["tx_bps"],
+                        _ip_or_none(wan["public_ip"]),
+                        wan["subflows"],
+                        changed_at,
+                        degraded_since,
+                        now_dt,
+                    )
+                )
+        if rows:
+            await cur.execute(UPSERT_WAN_SQL)
 
     # -- after commit --------------------------------------------------------------------------
     def _after_commit(
