@@ -173,7 +173,9 @@ CHANNEL_LAYERS = {
         "CONFIG": {
             # redis-py's default 5 s socket timeout equals channels_redis' 5 s BZPOPMIN: idle
             # consumers then die with "Timeout reading"; the read timeout must outlast the block.
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+            # max_connections: a reconnect storm makes thousands of sessions join their groups at once
+            # (redis-py's default pool of 100 then raises "Too many connections").
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": 1000}],
             "prefix": os.environ.get("OTB_CHANNELS_PREFIX", "otb-asgi"),
             "capacity": 1000,
             "expiry": 30,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 import uuid
 from typing import Any
@@ -107,10 +108,15 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.organization_id = grant.organization_id
         AgentConsumer.active_sessions += 1
         self.counted = True
-        try:
-            await self.channel_layer.group_add(agent_group(self.box_id), self.channel_name)
-        except Exception:  # without the doorbell the session still works; hello re-syncs state
-            logger.warning("joining %s failed", agent_group(self.box_id), exc_info=True)
+        for attempt in range(4):
+            try:
+                await self.channel_layer.group_add(agent_group(self.box_id), self.channel_name)
+                break
+            except Exception:  # without the doorbell the session still works; hello re-syncs state
+                if attempt == 3:
+                    logger.warning("joining %s failed", agent_group(self.box_id), exc_info=True)
+                else:
+                    await asyncio.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
         await self.accept()
         await agroup_send(
             agent_group(self.box_id), {"type": AGENT_SESSION_REPLACE, "session_id": self.session_id}
