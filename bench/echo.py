@@ -1,8 +1,8 @@
 """A bare echo consumer: the ingest benchmark's baseline.
 
 It does what a websocket server cannot avoid for a telemetry frame (receive it, decode the JSON,
-answer with a small ``ack``) and nothing else: no authentication, no validation, no storage. Routed at ``/ws/echo/``
-only when ``OTB_BENCH_ECHO=1``.
+answer with a small ``ack``) and nothing else: no authentication, no validation, no storage.
+Routed at ``/ws/echo/`` only when ``OTB_BENCH_ECHO=1``.
 """
 
 from __future__ import annotations

@@ -63,7 +63,8 @@ def fresh_database(name: str) -> str:
     admin_url = urlunsplit(parts._replace(path="/postgres"))
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
             [name],
         )
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
@@ -84,7 +85,8 @@ def drop_database(name: str) -> None:
     parts = urlsplit(os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))
     with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as conn:
         conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
             [name],
         )
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
@@ -141,8 +143,6 @@ class Server:
             "--port", str(self.port), "--ws-max-size", "65536", "--log-level", "warning",
             "--no-access-log", "--backlog", "16384",
         ]  # fmt: skip
-        if os.environ.get("BENCH_PROFILE_SERVER"):
-            command = [sys.executable, os.environ["BENCH_PROFILE_SERVER"], str(self.port)]
         self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, preexec_fn=raise_nofile)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
