@@ -63,8 +63,8 @@ def main() -> int:
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
         agent = subprocess.Popen(
-            [AGENT, "run", "--state-dir", str(state_dir), "--collector", "simulated", "--telemetry-interval", "10",
-             "--no-probe", "--log-level", "warning"],
+            [AGENT, "run", "--state-dir", str(state_dir), "--collector", "simulated",
+             "--telemetry-interval", "10", "--no-probe", "--log-level", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         process = psutil.Process(agent.pid)
