@@ -86,7 +86,9 @@ async def abroadcast_to_people(
         await agroup_send(organization_group(organization_id), wrapped)
 
 
-def broadcast_to_people(box_id: UUID | str, organization_id: UUID | str | None, message: dict[str, Any]) -> None:
+def broadcast_to_people(
+    box_id: UUID | str, organization_id: UUID | str | None, message: dict[str, Any]
+) -> None:
     """Sync variant of :func:`abroadcast_to_people` (telemetry, presence and events)."""
     wrapped = _people_message(message)
     group_send(box_group(box_id), wrapped)
