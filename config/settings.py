@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -18,7 +19,9 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("OTB_VAR_DIR", BASE_DIR / "var"))
 
-OTB_ENV = os.environ.get("OTB_ENV", "development")
+# Under pytest the default is "test" (fast password hashing, no persistent connections); the
+# root conftest would be too late to set it, pytest-django loads settings before conftests.
+OTB_ENV = os.environ.get("OTB_ENV") or ("test" if "pytest" in sys.modules else "development")
 if OTB_ENV not in {"production", "development", "test"}:
     raise ImproperlyConfigured(f"OTB_ENV must be production, development or test, not {OTB_ENV!r}")
 PRODUCTION = OTB_ENV == "production"
@@ -252,7 +255,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "fleet.api_errors.exception_handler",
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["fleet.apis.base.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + ([] if PRODUCTION else ["rest_framework.renderers.BrowsableAPIRenderer"]),
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
