@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -37,10 +37,11 @@ class CommandCreateForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["box"].queryset = Box.objects.filter(organization__isnull=False)
+        box_field = cast(forms.ModelChoiceField, self.fields["box"])
+        box_field.queryset = Box.objects.filter(organization__isnull=False)
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         box = data.get("box")
         if box is None or not data.get("kind"):
             return data

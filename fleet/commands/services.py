@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from django.db import transaction
@@ -178,13 +178,14 @@ def command_create(
     (no person check). Raises InvalidInput naming ``kind``, ``params.<key>`` or ``ttl_s``.
     """
     clean_params, ttl = command_validate(box=box, kind=kind, params=params, ttl_s=ttl_s, internal=internal)
+    organization_id = cast(UUID, box.organization_id)  # command_validate refused an unclaimed box
     if not internal:
-        require_role(actor.user, box.organization_id, Role.ADMIN)
+        require_role(actor.user, organization_id, Role.ADMIN)
     now = timezone.now()
     with transaction.atomic():
         command = Command.objects.create(
             box=box,
-            organization_id=box.organization_id,
+            organization_id=organization_id,
             kind=kind,
             params=clean_params,
             created_by=actor.user if getattr(actor.user, "pk", None) else None,

@@ -70,7 +70,7 @@ class NotificationTargetForm(forms.ModelForm):
         fields = ["organization", "name", "kind", "email", "url", "enabled"]
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         kind = data.get("kind") or self.instance.kind
         try:
             notification_target_validate(kind=kind, email=data.get("email"), url=data.get("url"))
@@ -133,7 +133,7 @@ class AlertRuleForm(forms.ModelForm):
         ]
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         organization = data.get("organization") or getattr(self.instance, "organization", None)
         kind = data.get("kind") or self.instance.kind
         if organization is None or not kind:

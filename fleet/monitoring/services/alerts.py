@@ -76,8 +76,10 @@ def _conditions(rule: AlertRule) -> dict[Key, Condition]:
         rows = wans.filter(up=False).values_list("box_id", "iface", "up_changed_at")
         return {(box_id, iface): Condition(since=since, value=None) for box_id, iface, since in rows}
     metric = "loss_pct" if rule.kind == AlertRuleKind.LOSS_ABOVE else "rtt_ms"
-    rows = wans.filter(up=True, **{f"{metric}__gt": rule.threshold}).values_list("box_id", "iface", metric)
-    return {(box_id, iface): Condition(since=None, value=value) for box_id, iface, value in rows}
+    breaches: Any = wans.filter(up=True, **{f"{metric}__gt": rule.threshold}).values_list(
+        "box_id", "iface", metric
+    )
+    return {(box_id, iface): Condition(since=None, value=value) for box_id, iface, value in breaches}
 
 
 def _recent_notifications(rule: AlertRule, now: datetime) -> dict[Key, datetime]:

@@ -7,7 +7,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from django.conf import settings
@@ -37,7 +37,7 @@ class DeliveryOutcome:
 
 def notification_retry_delay(attempts: int) -> float:
     """Seconds before the next attempt: base * 2^(attempts-1), capped at an hour."""
-    base = float(settings.OTB.get("NOTIFY_RETRY_BASE_S", 30))
+    base = float(cast(float, settings.OTB.get("NOTIFY_RETRY_BASE_S", 30)))
     return min(base * (2 ** max(attempts - 1, 0)), 3600.0)
 
 
