@@ -42,7 +42,7 @@ class ServiceForm(forms.ModelForm):
     service_call: Callable[[HttpRequest, Any, dict[str, Any], list[str]], Any] | None = None
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         call = type(self).service_call
         if self.errors or call is None or self.admin_request is None:
             return cleaned
@@ -70,7 +70,7 @@ class ServiceAdmin(admin.ModelAdmin):
         raise NotImplementedError
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
-        form = super().get_form(request, obj, change=change, **kwargs)
+        form: Any = super().get_form(request, obj, change=change, **kwargs)
         form.admin_request = request
         form.service_call = staticmethod(self.service_call)
         return form
@@ -138,7 +138,7 @@ class AggregationServerAdmin(ServiceAdmin):
         return server.spare  # type: ignore[attr-defined]
 
     def service_call(self, request: HttpRequest, obj: Any, data: dict[str, Any], changed: list[str]) -> Any:
-        values = {name: data.get(name) for name in SERVER_FORM_FIELDS}
+        values: dict[str, Any] = {name: data.get(name) for name in SERVER_FORM_FIELDS}
         if obj is None:
             server, token = services.server_create(actor=_actor(request), **values)
             server.issued_token = token  # type: ignore[attr-defined]

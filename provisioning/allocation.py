@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from django.db import connection
-from django.db.models import Case, F, IntegerField, Value, When
+from django.db.models import Case, F, Field, IntegerField, Value, When
 from django.utils import timezone
 
 from fleet.errors import Conflict
@@ -67,7 +67,7 @@ class Placement:
 def _server_from_row(row: dict[str, Any]) -> AggregationServer:
     fields = AggregationServer._meta.concrete_fields
     server = AggregationServer.from_db(
-        connection.alias, [f.attname for f in fields], [row.get(f.column) for f in fields]
+        connection.alias, [f.attname for f in fields], [row.get(str(f.column)) for f in fields]
     )
     server.id = UUID(str(server.id))
     server.region_id = UUID(str(server.region_id))
@@ -155,10 +155,10 @@ def placement_write(
     for assignment in assignments:
         assignment.assigned_at = now
     box.updated_at = now
-    fields = [Box._meta.get_field(name) for name in (*box_fields, "updated_at")]
+    fields = [cast(Field, Box._meta.get_field(name)) for name in (*box_fields, "updated_at")]
     set_clause = ", ".join(f'"{field.column}" = %s' for field in fields)
     box_values = [field.get_db_prep_save(getattr(box, field.attname), connection) for field in fields]
-    columns = [
+    columns: list[list[Any]] = [
         [str(a.pk) for a in assignments],
         [str(a.pool_id) for a in assignments],
         [str(a.box_id) for a in assignments],

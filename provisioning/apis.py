@@ -5,7 +5,7 @@ Each view parses with a nested input serializer, calls one service or selector, 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from django.db.models import F
@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from fleet.audit import Actor
+from fleet.authentication import ServerPrincipal
 from fleet.errors import NotFound
 from fleet.models import Box
 from fleet.permissions import IsAggregationServer, IsStaff
@@ -43,7 +44,7 @@ def _page(
     request: Request, view: APIView, queryset: Any, serializer: type[serializers.Serializer]
 ) -> Response:
     paginator = LimitOffsetPagination()
-    page = paginator.paginate_queryset(queryset, request, view=view)
+    page: Any = paginator.paginate_queryset(queryset, request, view=view)
     return paginator.get_paginated_response(serializer(page, many=True).data)
 
 
@@ -77,7 +78,7 @@ class ServerPeersApi(APIView):
         tags=["servers"],
     )
     def get(self, request: Request) -> Response:
-        server = request.user.server
+        server = cast(ServerPrincipal, request.user).server
         peers, etag = selectors.server_peers_document(server=server)
         headers = {"ETag": f'"{etag}"', "Cache-Control": "no-store"}
         if _etag_matches(request, etag):

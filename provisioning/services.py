@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.cache import cache
@@ -416,8 +416,13 @@ def box_provision(*, box: Box, organization: Organization) -> None:
         transaction.on_commit(lambda: _doorbell(box_id, config_hash))
 
 
+def _otb_int(name: str) -> int:
+    """An integer domain setting from ``settings.OTB``."""
+    return int(cast(Any, settings.OTB)[name])
+
+
 def _claim_failure_keys(serial: str, organization: Organization) -> tuple[list[str], int]:
-    window = int(settings.OTB["AUTH_FAILURE_WINDOW_S"])
+    window = _otb_int("AUTH_FAILURE_WINDOW_S")
     now = int(time.time())
     bucket = now // window
     retry_after = (bucket + 1) * window - now
@@ -429,7 +434,7 @@ def _claim_failure_keys(serial: str, organization: Organization) -> tuple[list[s
 
 
 def _claim_failure_record(keys: list[str]) -> None:
-    window = int(settings.OTB["AUTH_FAILURE_WINDOW_S"])
+    window = _otb_int("AUTH_FAILURE_WINDOW_S")
     for key in keys:
         cache.add(key, 0, timeout=window)
         try:
@@ -448,7 +453,7 @@ def box_claim(*, actor: Actor, organization: Organization, serial: str, claim_co
     """
     keys, retry_after = _claim_failure_keys(serial, organization)
     failures = cache.get_many(keys)
-    if any(int(count) >= settings.OTB["CLAIM_MAX_FAILURES"] for count in failures.values()):
+    if any(int(count) >= _otb_int("CLAIM_MAX_FAILURES") for count in failures.values()):
         raise RateLimited("too many failed claim attempts; try again later", retry_after_s=retry_after)
     box = Box.objects.select_for_update(of=("self",)).filter(serial=serial).first()
     if box is None or not box_secret_matches(serial, claim_code, box.claim_code_hash):
@@ -489,7 +494,7 @@ def _addresses_quarantine(box: Box, purposes: tuple[str, ...] | None = None) -> 
     return assignments.update(
         state=AssignmentState.QUARANTINED,
         released_at=now,
-        quarantine_until=now + timedelta(seconds=settings.OTB["ADDRESS_QUARANTINE_SECONDS"]),
+        quarantine_until=now + timedelta(seconds=_otb_int("ADDRESS_QUARANTINE_SECONDS")),
     )
 
 
@@ -755,7 +760,12 @@ def boxes_config_refresh(*, boxes: Any) -> int:
     if changed:
         Box.objects.bulk_update(changed, ["config_hash"], batch_size=500)
         rings = [(box.pk, box.config_hash) for box in changed]
-        transaction.on_commit(lambda: [_doorbell(box_id, value) for box_id, value in rings])
+
+        def ring_all() -> None:
+            for box_id, value in rings:
+                _doorbell(box_id, value)
+
+        transaction.on_commit(ring_all)
     return len(changed)
 
 
