@@ -7,27 +7,15 @@ from typing import Any
 from django.db.models import QuerySet
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
-from rest_framework import parsers
-from rest_framework.exceptions import ParseError
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from fleet.audit import Actor
+from fleet.parsers import JSONParser
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-
-class JSONParser(parsers.JSONParser):
-    """DRF's strict JSON parser, also refusing nesting too deep for Python's decoder (which raises
-    RecursionError, not ValueError, and would otherwise end as a 500)."""
-
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
-        try:
-            return super().parse(stream, media_type, parser_context)
-        except RecursionError as exc:
-            raise ParseError("JSON parse error - nested too deeply") from exc
 
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):
