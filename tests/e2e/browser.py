@@ -155,8 +155,10 @@ def asgi_server(django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: 
         process.kill()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One Chromium per test module. Not per session: Playwright's sync API keeps an event loop
+    running in this thread while it lives, which would break every async test that runs later."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
