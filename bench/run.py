@@ -38,8 +38,12 @@ def run_one(name: str, full: bool, timeout_s: float) -> tuple[bool, str]:
     if completed.returncode != 0 or not lines:
         tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
         return False, json.dumps(
-            {"bench": name, "error": f"exit {completed.returncode}", "tail": tail,
-             "elapsed_s": round(time.monotonic() - started, 1)}
+            {
+                "bench": name,
+                "error": f"exit {completed.returncode}",
+                "tail": tail,
+                "elapsed_s": round(time.monotonic() - started, 1),
+            }
         )
     return True, lines[-1]
 

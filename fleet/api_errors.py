@@ -57,7 +57,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return error_response(400, "invalid", "invalid input", _flatten(detail))
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
-    response = drf_exception_handler(exc, context)
+    response: Response | None = drf_exception_handler(exc, context)
     if response is None:
         return None
     if isinstance(exc, exceptions.ValidationError):

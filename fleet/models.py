@@ -76,6 +76,9 @@ class Invitation(models.Model):
     )
     revoked_at = models.DateTimeField(null=True, blank=True)
 
+    def __str__(self) -> str:
+        return f"{self.email} -> {self.organization_id} ({self.role})"
+
 
 class ApiToken(models.Model):
     """A personal API token: acts as its user within one organisation; hashed, expiring, revocable."""
@@ -93,6 +96,9 @@ class ApiToken(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.token_prefix}…)"
 
 
 class EnrollmentToken(models.Model):
@@ -118,6 +124,9 @@ class EnrollmentToken(models.Model):
     class Meta:
         ordering = ["-created_at"]
 
+    def __str__(self) -> str:
+        return f"{self.name} ({self.token_prefix}…)"
+
 
 class Box(models.Model):
     """A bonding box. Claimed boxes have an organisation; unclaimed and decommissioned ones have none.
@@ -139,7 +148,11 @@ class Box(models.Model):
     name = models.CharField(max_length=100, blank=True, default="")
     tags = ArrayField(models.CharField(max_length=40), default=list, blank=True)
     server = models.ForeignKey(
-        "provisioning.AggregationServer", null=True, blank=True, on_delete=models.PROTECT, related_name="boxes"
+        "provisioning.AggregationServer",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="boxes",
     )
     tunnel_port = models.PositiveIntegerField(null=True, blank=True)
     wg_public_key = models.CharField(max_length=64, blank=True, default="")
@@ -202,6 +215,9 @@ class AgentCredential(models.Model):
                 fields=["box"], condition=Q(revoked_at__isnull=True), name="agent_credential_one_live_per_box"
             ),
         ]
+
+    def __str__(self) -> str:
+        return f"agent credential of box {self.box_id}" + (" (revoked)" if self.revoked_at else "")
 
 
 class AuditLog(models.Model):

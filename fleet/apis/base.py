@@ -39,7 +39,7 @@ class ApiSchema(AutoSchema):
     NESTED = {"InputSerializer": "Input", "OutputSerializer": "Output", "CreatedSerializer": "Created"}
 
     def get_serializer_name(self, serializer: Any, direction: str) -> str:
-        name = super().get_serializer_name(serializer, direction)
+        name = super().get_serializer_name(serializer, direction)  # type: ignore[arg-type]
         suffix = self.NESTED.get(type(serializer).__name__)
         if suffix is None:
             return name
