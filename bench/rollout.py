@@ -195,6 +195,8 @@ class Uvicorn:
 
 def bench_dispatch(database_url: str, workdir: Path) -> dict[str, Any]:
     """2,000 live simulated agents; returns dispatch_per_s and phase_s (or raises)."""
+    from django.db.models import Count
+
     from fleet.audit import Actor
     from fleet.commands.models import Command
     from fleet.models import AgentCredential, Organization
@@ -216,6 +218,7 @@ def bench_dispatch(database_url: str, workdir: Path) -> dict[str, Any]:
     AgentCredential.objects.bulk_create(credentials, batch_size=2000)
     release = make_release("24.10.0-otb.1")
     server = Uvicorn(database_url)
+    sim_log = Path(os.environ.get("OTB_BENCH_SIM_LOG", str(workdir / "simulate.log")))
     agents = None
     try:
         agents = subprocess.Popen(
@@ -240,8 +243,8 @@ def bench_dispatch(database_url: str, workdir: Path) -> dict[str, Any]:
                 str(workdir / "sim"),
             ],
             cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=sim_log.open("w"),
+            stderr=subprocess.STDOUT,
             preexec_fn=raise_nofile,
         )
         deadline = time.monotonic() + 300
@@ -253,7 +256,8 @@ def bench_dispatch(database_url: str, workdir: Path) -> dict[str, Any]:
             time.sleep(1)
         log(f"{online} agents online")
         if online < LIVE_AGENTS:
-            raise RuntimeError(f"only {online} of {LIVE_AGENTS} agents connected")
+            tail = sim_log.read_text().strip().splitlines()[-1:] if sim_log.exists() else []
+            raise RuntimeError(f"only {online} of {LIVE_AGENTS} agents connected; simulator: {tail}")
         rollout = rollout_create(
             actor=Actor.system("bench"),
             release=release,
@@ -280,7 +284,8 @@ def bench_dispatch(database_url: str, workdir: Path) -> dict[str, Any]:
                 break
             time.sleep(0.5)
         if delivered_at is None or rollout.state != RolloutState.COMPLETED:
-            raise RuntimeError(f"rollout did not complete: {rollout.state}, delivered_at={delivered_at}")
+            counts = dict(rollout.upgrades.values_list("state").annotate(n=Count("pk")).order_by())
+            raise RuntimeError(f"rollout did not complete in 240 s: {counts}")
         return {
             "dispatch_per_s": round(LIVE_AGENTS / max(delivered_at - started, 1e-6), 1),
             "phase_s": round(time.monotonic() - started, 2),

@@ -34,7 +34,7 @@ from provisioning.firmware.choices import (
     SkipReason,
     UpgradeState,
 )
-from provisioning.firmware.delivery import firmware_commands_create_bulk
+from provisioning.firmware.delivery import doorbells_ring, firmware_commands_create_bulk
 from provisioning.firmware.models import BoxUpgradePolicy, Release, Rollout, Upgrade
 from provisioning.firmware.selectors import rollout_state_counts
 from provisioning.firmware.services import rollout_mark_paused
@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 U = UpgradeState
 SYSTEM = Actor.system("rollout")
 SYNC_BATCH = 1000
+REDELIVER_AFTER_S = 15
 STAGE_BY_WORD = {
     "downloading": U.DOWNLOADING,
     "verifying": U.VERIFYING,
@@ -243,6 +244,19 @@ def _sync_page(upgrades: list[Upgrade], now: dt.datetime, summary: TickSummary) 
             if upgrade.state not in IN_FLIGHT_STATES:
                 finished.append(upgrade)
                 summary.finished[upgrade.state] = summary.finished.get(upgrade.state, 0) + 1
+    # The doorbell is best effort: a box whose command is still undelivered after a while (a rung
+    # session that missed it, a reconnect in between) is rung again; the row is the truth.
+    stale = now - dt.timedelta(seconds=REDELIVER_AFTER_S)
+    unrung = [
+        u.box_id
+        for u in upgrades
+        if u.state == U.SENT
+        and u.sent_at is not None
+        and u.sent_at < stale
+        and (commands.get(u.command_id) or {}).get("state") == CommandState.PENDING
+    ]
+    if unrung:
+        transaction.on_commit(lambda: doorbells_ring(unrung))
     if changed:
         Upgrade.objects.bulk_update(changed, sorted(fields), batch_size=500)
     summary.synced += len(upgrades)
