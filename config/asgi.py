@@ -12,10 +12,11 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from config.websocket_routing import websocket_urlpatterns  # noqa: E402
+from fleet.checkin import ConfigNotModifiedFastPath  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": ConfigNotModifiedFastPath(django_asgi_app),
         "websocket": URLRouter(websocket_urlpatterns),
     }
 )
