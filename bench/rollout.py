@@ -193,7 +193,7 @@ class Uvicorn:
                 self.process.kill()
 
 
-def bench_dispatch(database_url: str, workdir: Path) -> dict[str, Any]:
+def bench_dispatch(database_url: str, workdir: Path, agents: int = LIVE_AGENTS) -> dict[str, Any]:
     """2,000 live simulated agents; returns dispatch_per_s and phase_s (or raises)."""
     from django.db.models import Count
 
@@ -207,7 +207,7 @@ def bench_dispatch(database_url: str, workdir: Path) -> dict[str, Any]:
     from provisioning.firmware.services import rollout_create, rollout_start
 
     organization = Organization.objects.create(name="Bench live", slug="bench-live", timezone="UTC")
-    boxes = seed_fleet(LIVE_AGENTS, tag="live", version=SIM_VERSION, organization=organization)
+    boxes = seed_fleet(agents, tag="live", version=SIM_VERSION, organization=organization)
     credentials_file = workdir / "credentials.jsonl"
     credentials = []
     with credentials_file.open("w") as handle:
@@ -251,13 +251,13 @@ def bench_dispatch(database_url: str, workdir: Path) -> dict[str, Any]:
         online = 0
         while time.monotonic() < deadline:
             online = BoxStatus.objects.filter(online=True, box__tags__contains=["live"]).count()
-            if online >= LIVE_AGENTS:
+            if online >= agents:
                 break
             time.sleep(1)
         log(f"{online} agents online")
-        if online < LIVE_AGENTS:
+        if online < agents:
             tail = sim_log.read_text().strip().splitlines()[-1:] if sim_log.exists() else []
-            raise RuntimeError(f"only {online} of {LIVE_AGENTS} agents connected; simulator: {tail}")
+            raise RuntimeError(f"only {online} of {agents} agents connected; simulator: {tail}")
         rollout = rollout_create(
             actor=Actor.system("bench"),
             release=release,
@@ -265,7 +265,7 @@ def bench_dispatch(database_url: str, workdir: Path) -> dict[str, Any]:
             target={"tags": ["live"]},
             phases=[100],
             soak_s=0,
-            max_in_flight=LIVE_AGENTS,
+            max_in_flight=agents,
             force=True,
             health_window_s=300,
         )
@@ -277,7 +277,7 @@ def bench_dispatch(database_url: str, workdir: Path) -> dict[str, Any]:
             rollouts_tick()
             if delivered_at is None:
                 delivered = Command.objects.filter(kind="firmware_upgrade").exclude(state="pending").count()
-                if delivered >= LIVE_AGENTS:
+                if delivered >= agents:
                     delivered_at = time.monotonic()
             rollout.refresh_from_db()
             if rollout.state == RolloutState.COMPLETED:
@@ -287,9 +287,9 @@ def bench_dispatch(database_url: str, workdir: Path) -> dict[str, Any]:
             counts = dict(rollout.upgrades.values_list("state").annotate(n=Count("pk")).order_by())
             raise RuntimeError(f"rollout did not complete in 240 s: {counts}")
         return {
-            "dispatch_per_s": round(LIVE_AGENTS / max(delivered_at - started, 1e-6), 1),
+            "dispatch_per_s": round(agents / max(delivered_at - started, 1e-6), 1),
             "phase_s": round(time.monotonic() - started, 2),
-            "agents": LIVE_AGENTS,
+            "agents": agents,
             "dispatch_mode": "live",
         }
     finally:
@@ -343,6 +343,11 @@ def main() -> int:
     parser.add_argument("--full", action="store_true")
     parser.add_argument("--boxes", type=int)
     parser.add_argument("--no-live", action="store_true", help="skip the live agents part")
+    parser.add_argument(
+        "--agents",
+        type=int,
+        help="live simulated agents (2,000 with --full; 500 in quick mode to stay under a minute)",
+    )
     args = parser.parse_args()
     count = args.boxes or (100_000 if args.full else 10_000)
     raise_nofile()
@@ -357,7 +362,9 @@ def main() -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="otb-bench-rollout-") as workdir:
             try:
-                dispatch = bench_dispatch(database_url, Path(workdir))
+                dispatch = bench_dispatch(
+                    database_url, Path(workdir), args.agents or (LIVE_AGENTS if args.full else 500)
+                )
             except Exception as exc:  # report the service-level figure, and say why
                 log(f"live dispatch failed: {exc!r}")
                 dispatch = {**bench_dispatch_service(), "live_error": str(exc)[:300]}
