@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from django.utils import timezone
 from otb_agent.protocol import validate_message
 
@@ -237,7 +237,9 @@ def test_unexpired_only_are_delivered(people: Any, box: Any) -> None:
 @pytest.mark.django_db(transaction=True)
 def test_create_rings_the_box_session_after_commit(people: Any, box: Any) -> None:
     # given a channel listening in the box's agent group (what the live session joins)
-    layer = get_channel_layer()
+    # A layer of the test's own: the shared one keeps per-loop receive locks from earlier tests'
+    # event loops, and async_to_sync runs each call on a new loop.
+    layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
     channel = async_to_sync(layer.new_channel)()
     async_to_sync(layer.group_add)(agent_group(box.pk), channel)
     try:

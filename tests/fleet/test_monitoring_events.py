@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -55,7 +55,9 @@ def test_batch_is_all_or_nothing(box: Any) -> None:
 @pytest.mark.django_db(transaction=True)
 def test_events_are_broadcast_to_box_and_organisation_after_commit(people: Any, box: Any) -> None:
     # given channels in the box group and the organisation group
-    layer = get_channel_layer()
+    # A layer of the test's own: the shared one keeps per-loop receive locks from earlier tests'
+    # event loops, and async_to_sync runs each call on a new loop.
+    layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
     box_channel = async_to_sync(layer.new_channel)()
     org_channel = async_to_sync(layer.new_channel)()
     async_to_sync(layer.group_add)(box_group(box.pk), box_channel)
