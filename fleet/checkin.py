@@ -37,7 +37,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 class ConfigNotModifiedFastPath:
     """Wraps the HTTP application; see the module docstring for what it answers itself."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], *, pool_size: int = 4) -> None:
+    def __init__(self, app: Any, *, pool_size: int = 4) -> None:
         self.app = app
         self.pool_size = pool_size
         self._pool: Any = None
