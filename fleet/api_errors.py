@@ -45,6 +45,7 @@ def error_response(
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    response: Response | None
     if isinstance(exc, DomainError):
         response = Response({"error": exc.as_dict()}, status=exc.status)
         if isinstance(exc, RateLimited):
@@ -57,7 +58,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return error_response(400, "invalid", "invalid input", _flatten(detail))
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
-    response: Response | None = drf_exception_handler(exc, context)
+    response = drf_exception_handler(exc, context)
     if response is None:
         return None
     if isinstance(exc, exceptions.ValidationError):

@@ -17,7 +17,7 @@ import logging
 import random
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
@@ -83,7 +83,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.closing = False
         self.pending: set[asyncio.Task] = set()
 
-        limit = settings.OTB.get("MAX_SESSIONS_PER_PROCESS", 20000)
+        limit = cast(int, settings.OTB.get("MAX_SESSIONS_PER_PROCESS", 20000))
         if AgentConsumer.active_sessions >= limit:
             await self._refuse("overloaded", "too many sessions on this server", retry_after_s=10.0)
             return
@@ -130,9 +130,11 @@ class AgentConsumer(AsyncWebsocketConsumer):
         AgentConsumer.active_sessions -= 1
         self.counted = False
         try:
-            await self.channel_layer.group_discard(agent_group(self.box_id), self.channel_name)
+            await self.channel_layer.group_discard(
+                agent_group(cast(uuid.UUID, self.box_id)), self.channel_name
+            )
         except Exception:
-            logger.warning("leaving %s failed", agent_group(self.box_id), exc_info=True)
+            logger.warning("leaving %s failed", agent_group(cast(uuid.UUID, self.box_id)), exc_info=True)
         try:
             await _db(services.agent_session_close)(box_id=self.box_id, session_id=self.session_id, code=code)
         except Exception:  # the presence sweep will mark it offline
@@ -225,7 +227,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         seq = message["seq"]
         try:
             await get_writer().submit(
-                box_id=self.box_id,
+                box_id=cast(uuid.UUID, self.box_id),  # receive() drops frames before the box is known
                 organization_id=self.organization_id,
                 session_id=self.session_id,
                 seq=seq,

@@ -75,7 +75,7 @@ class BoxStatusApi(APIView):
 
     class WanOutputSerializer(serializers.Serializer):
         iface = serializers.CharField()
-        label = serializers.CharField()
+        label = serializers.CharField()  # type: ignore[assignment]
         kind = serializers.CharField()
         up = serializers.BooleanField()
         up_changed_at = serializers.DateTimeField()

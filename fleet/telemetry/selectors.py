@@ -108,7 +108,12 @@ def _num(value: Any) -> float | None:
 
 def telemetry_series(*, box_id: UUID, plan: SeriesPlan) -> dict[str, Any]:
     """Box and per-WAN series over the plan's range (two queries)."""
-    params = {"bucket": timedelta(seconds=plan.bucket_s), "start": plan.start, "end": plan.end, "box": box_id}
+    params: dict[str, Any] = {
+        "bucket": timedelta(seconds=plan.bucket_s),
+        "start": plan.start,
+        "end": plan.end,
+        "box": box_id,
+    }
     if plan.resolution == "raw":
         box_sql, wan_sql = BOX_RAW_SQL, WAN_RAW_SQL
     else:

@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from django.apps import apps
@@ -89,7 +89,7 @@ def agent_session_connect(*, token: str | None, session_id: str) -> SessionGrant
 
 def agent_session_penalize(*, box_id: UUID, seconds: float | None = None) -> float:
     """Refuse the box's reconnections for a while (it sent too many invalid frames)."""
-    seconds = float(seconds or settings.OTB.get("INVALID_FRAME_PENALTY_S", 60))
+    seconds = float(seconds or cast(int, settings.OTB.get("INVALID_FRAME_PENALTY_S", 60)))
     cache.set(_penalty_key(box_id), time.time() + seconds, timeout=int(seconds) + 1)
     return seconds
 
@@ -211,7 +211,7 @@ def presence_sweep(*, now: datetime | None = None, batch_size: int = 1000) -> in
     Rows being written by the telemetry writer are skipped (SKIP LOCKED): they are being seen.
     """
     now = now or timezone.now()
-    stale_before = now - timedelta(seconds=3 * settings.OTB["HEARTBEAT_INTERVAL_S"])
+    stale_before = now - timedelta(seconds=3 * cast(int, settings.OTB["HEARTBEAT_INTERVAL_S"]))
     with transaction.atomic():
         stale = list(
             BoxStatus.objects.select_for_update(skip_locked=True, of=("self",))
@@ -233,7 +233,10 @@ def presence_sweep(*, now: datetime | None = None, batch_size: int = 1000) -> in
                     "organization_id": organization_id,
                     "kind": "box_offline",
                     "ts": now,
-                    "data": {"reason": "silent", "last_seen_at": status.last_seen_at.isoformat()},
+                    "data": {
+                        "reason": "silent",
+                        "last_seen_at": cast(datetime, status.last_seen_at).isoformat(),
+                    },
                 }
             )
             _presence_broadcast(status.box_id, organization_id, False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -109,7 +110,7 @@ def _roll(
     name: str, step: timedelta, statements: tuple[str, str], end: datetime, first_start: datetime
 ) -> int:
     """Aggregate [watermark - lookback, end) in spans of MAX_ROLLUP_SPAN; returns rows written."""
-    lookback = timedelta(minutes=settings.OTB.get("ROLLUP_LOOKBACK_MINUTES", 60))
+    lookback = timedelta(minutes=cast(int, settings.OTB.get("ROLLUP_LOOKBACK_MINUTES", 60)))
     written = 0
     with transaction.atomic():
         with connection.cursor() as cursor:
@@ -134,7 +135,7 @@ def _roll(
 def telemetry_rollup(*, now: datetime | None = None) -> dict[str, int]:
     """Roll closed buckets up: raw -> 5 minutes, then 5 minutes -> 1 hour. Idempotent."""
     now = now or timezone.now()
-    raw_days = settings.OTB["RAW_RETENTION_DAYS"]
+    raw_days = cast(int, settings.OTB["RAW_RETENTION_DAYS"])
     written_5m = _roll(
         "5m",
         BUCKET_5M,
@@ -184,7 +185,7 @@ def telemetry_retention(*, now: datetime | None = None) -> list[str]:
     """Drop the partitions entirely older than their retention (raw, 5m, 1h) and purge the DEFAULT
     partitions of rows that old; returns the dropped partition names."""
     now = now or timezone.now()
-    otb = settings.OTB
+    otb = cast(dict[str, int], settings.OTB)
     cutoffs = {
         **dict.fromkeys(RAW_TABLES, now - timedelta(days=otb["RAW_RETENTION_DAYS"])),
         **dict.fromkeys(ROLLUP_5M_TABLES, now - timedelta(days=otb["ROLLUP_5M_RETENTION_DAYS"])),

@@ -30,7 +30,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import psycopg
@@ -250,7 +250,7 @@ class TelemetryWriter:
         max_batch: int | None = None,
         max_pending: int | None = None,
     ) -> None:
-        otb = settings.OTB
+        otb = cast(dict[str, Any], settings.OTB)
         self.conninfo = conninfo
         self.flush_interval = (flush_interval_ms or otb.get("TELEMETRY_FLUSH_INTERVAL_MS", 50)) / 1000
         self.max_batch = max_batch or otb.get("TELEMETRY_MAX_BATCH", 500)
@@ -468,7 +468,8 @@ class TelemetryWriter:
         transitions: list[dict[str, Any]] = []
         updates: dict[UUID, _BoxUpdate] = {}
         clock = time.perf_counter
-        phases = self.phase_s
+        # A Counter of float seconds (typeshed types Counter values as int).
+        phases = cast(dict[str, float], self.phase_s)
         mark = clock()
         async with conn.transaction(), conn.cursor() as cur:
             if touches:
@@ -729,7 +730,7 @@ class TelemetryWriter:
     def _after_commit(
         self, batch: list[_Message], transitions: list[dict[str, Any]], updates: dict[UUID, _BoxUpdate]
     ) -> None:
-        revived = [
+        revived: list[dict[str, Any]] = [
             {"box_id": box_id, "organization_id": None, "kind": "box_online", "ts": None, "data": {}}
             for box_id, update in updates.items()
             if update.revive
