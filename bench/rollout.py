@@ -193,7 +193,7 @@ class Uvicorn:
                 self.process.kill()
 
 
-def bench_dispatch(database_url: str, workdir: Path, agents: int = LIVE_AGENTS) -> dict[str, Any]:
+def bench_dispatch(database_url: str, workdir: Path, agent_count: int = LIVE_AGENTS) -> dict[str, Any]:
     """2,000 live simulated agents; returns dispatch_per_s and phase_s (or raises)."""
     from django.db.models import Count
 
@@ -207,7 +207,7 @@ def bench_dispatch(database_url: str, workdir: Path, agents: int = LIVE_AGENTS) 
     from provisioning.firmware.services import rollout_create, rollout_start
 
     organization = Organization.objects.create(name="Bench live", slug="bench-live", timezone="UTC")
-    boxes = seed_fleet(agents, tag="live", version=SIM_VERSION, organization=organization)
+    boxes = seed_fleet(agent_count, tag="live", version=SIM_VERSION, organization=organization)
     credentials_file = workdir / "credentials.jsonl"
     credentials = []
     with credentials_file.open("w") as handle:
@@ -251,13 +251,13 @@ def bench_dispatch(database_url: str, workdir: Path, agents: int = LIVE_AGENTS) 
         online = 0
         while time.monotonic() < deadline:
             online = BoxStatus.objects.filter(online=True, box__tags__contains=["live"]).count()
-            if online >= agents:
+            if online >= agent_count:
                 break
             time.sleep(1)
         log(f"{online} agents online")
-        if online < agents:
+        if online < agent_count:
             tail = sim_log.read_text().strip().splitlines()[-1:] if sim_log.exists() else []
-            raise RuntimeError(f"only {online} of {agents} agents connected; simulator: {tail}")
+            raise RuntimeError(f"only {online} of {agent_count} agents connected; simulator: {tail}")
         rollout = rollout_create(
             actor=Actor.system("bench"),
             release=release,
@@ -265,7 +265,7 @@ def bench_dispatch(database_url: str, workdir: Path, agents: int = LIVE_AGENTS) 
             target={"tags": ["live"]},
             phases=[100],
             soak_s=0,
-            max_in_flight=agents,
+            max_in_flight=agent_count,
             force=True,
             health_window_s=300,
         )
@@ -277,7 +277,7 @@ def bench_dispatch(database_url: str, workdir: Path, agents: int = LIVE_AGENTS) 
             rollouts_tick()
             if delivered_at is None:
                 delivered = Command.objects.filter(kind="firmware_upgrade").exclude(state="pending").count()
-                if delivered >= agents:
+                if delivered >= agent_count:
                     delivered_at = time.monotonic()
             rollout.refresh_from_db()
             if rollout.state == RolloutState.COMPLETED:
@@ -287,9 +287,9 @@ def bench_dispatch(database_url: str, workdir: Path, agents: int = LIVE_AGENTS) 
             counts = dict(rollout.upgrades.values_list("state").annotate(n=Count("pk")).order_by())
             raise RuntimeError(f"rollout did not complete in 240 s: {counts}")
         return {
-            "dispatch_per_s": round(agents / max(delivered_at - started, 1e-6), 1),
+            "dispatch_per_s": round(agent_count / max(delivered_at - started, 1e-6), 1),
             "phase_s": round(time.monotonic() - started, 2),
-            "agents": agents,
+            "agents": agent_count,
             "dispatch_mode": "live",
         }
     finally:
