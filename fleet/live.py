@@ -9,14 +9,11 @@ never fail (or roll back) the write that rang it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import threading
-from collections.abc import Coroutine
 from typing import Any
 from uuid import UUID
 
+from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 logger = logging.getLogger(__name__)
@@ -56,40 +53,11 @@ async def agroup_send(group: str, message: dict[str, Any]) -> bool:
     return True
 
 
-class _DoorbellLoop:
-    """One event loop per process, in a daemon thread, for the sync doorbells.
-
-    ``async_to_sync`` would start a new event loop per call, and channels_redis keeps its Redis
-    connections per loop, so every doorbell rung from sync code (a claim, a policy change, a
-    command) paid a fresh Redis connection. This loop lives as long as the process (re-created
-    after a fork, e.g. in Celery's prefork children), so its connections are reused.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pid = 0
-
-    def run(self, coroutine: Coroutine[Any, Any, bool], timeout_s: float = 5.0) -> bool:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._get()).result(timeout_s)
-
-    def _get(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None or self._pid != os.getpid():
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="otb-doorbells", daemon=True).start()
-                self._loop, self._pid = loop, os.getpid()
-            return self._loop
-
-
-_doorbell_loop = _DoorbellLoop()
-
-
 def group_send(group: str, message: dict[str, Any]) -> bool:
     """Sync variant of :func:`agroup_send` (for services and ``transaction.on_commit``)."""
     try:
-        return _doorbell_loop.run(agroup_send(group, message))
-    except Exception:  # e.g. Redis too slow to answer within the timeout
+        return async_to_sync(agroup_send)(group, message)
+    except Exception:  # e.g. called from a running event loop's thread
         logger.warning("channel layer group_send to %s failed", group, exc_info=True)
         return False
 
