@@ -18,12 +18,12 @@ import multiprocessing
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+
+from common import bench_database_url, free_port, log, percentile, recreate_database, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -31,30 +31,6 @@ BENCH_DB = "otb_bench_checkin"
 CLIENT_PROCESSES = 2
 COROUTINES_PER_PROCESS = 32
 WARMUP_S = 1.5
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def bench_database_url(base: str) -> tuple[str, str]:
-    """(bench database URL, maintenance URL on the same server)."""
-    parts = urlsplit(base)
-    return urlunsplit(parts._replace(path=f"/{BENCH_DB}")), urlunsplit(parts._replace(path="/postgres"))
-
-
-def recreate_database(maintenance_url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(maintenance_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def seed(count: int) -> list[tuple[str, str]]:
@@ -89,22 +65,6 @@ def seed(count: int) -> list[tuple[str, str]]:
     if missing:
         raise RuntimeError(f"{missing} boxes have no config hash")
     return [(tokens[pk], hashes[pk]) for pk in tokens]
-
-
-def wait_healthy(base_url: str, process: subprocess.Popen, timeout_s: float = 60) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"uvicorn exited with {process.returncode}")
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("uvicorn did not become healthy")
 
 
 async def _poll(
@@ -155,11 +115,6 @@ def client_process(
     queue.put(result)  # type: ignore[attr-defined]
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", help="10000 boxes for 30 s instead of 2000 for 10 s")
@@ -171,8 +126,8 @@ def main() -> int:
     seconds = args.seconds or (30.0 if args.full else 10.0)
 
     base = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:54329/otb")
-    database_url, maintenance_url = bench_database_url(base)
-    recreate_database(maintenance_url)
+    database_url, maintenance_url = bench_database_url(base, BENCH_DB)
+    recreate_database(maintenance_url, BENCH_DB)
     env = {
         **os.environ,
         "DATABASE_URL": database_url,

@@ -20,9 +20,7 @@ import asyncio
 import json
 import multiprocessing
 import os
-import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,27 +29,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from common import free_port, log, raise_nofile
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:54329/otb"
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else 1_048_576
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError):
-        log(f"could not raise RLIMIT_NOFILE above {soft}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def fresh_database(name: str) -> str:

@@ -14,46 +14,19 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+
+from common import bench_database_url, free_port, log, percentile, recreate_database, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 BENCH_DB = "otb_bench_provision"
 CLAIM_CODE = "BENCH-CLAIM-CODE"
 CLIENTS = 16
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def bench_database_url(base: str) -> tuple[str, str]:
-    """(bench database URL, maintenance URL on the same server)."""
-    parts = urlsplit(base)
-    return (
-        urlunsplit(parts._replace(path=f"/{BENCH_DB}")),
-        urlunsplit(parts._replace(path="/postgres")),
-    )
-
-
-def recreate_database(maintenance_url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(maintenance_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def seed(count: int) -> tuple[str, str, list[str]]:
@@ -160,27 +133,6 @@ async def fire(
     return latencies, statuses
 
 
-def wait_healthy(base_url: str, process: subprocess.Popen, timeout_s: float = 60) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"uvicorn exited with {process.returncode}")
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("uvicorn did not become healthy")
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", help="10000 claims instead of 1000")
@@ -190,8 +142,8 @@ def main() -> int:
     count = args.claims or (10_000 if args.full else 1_000)
 
     base = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:54329/otb")
-    database_url, maintenance_url = bench_database_url(base)
-    recreate_database(maintenance_url)
+    database_url, maintenance_url = bench_database_url(base, BENCH_DB)
+    recreate_database(maintenance_url, BENCH_DB)
 
     env = {
         **os.environ,
