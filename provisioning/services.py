@@ -555,6 +555,15 @@ def box_revoke_credentials(
     return box
 
 
+def _audit_box(
+    actor: Actor, action: str, box: Box, organization: Organization | None, before: Any, after: Any
+) -> None:
+    """Audit a lifecycle change of ``box`` (the box is the target) in the caller's transaction."""
+    audit_record(
+        actor=actor, action=action, organization=organization, box=box, target=box, before=before, after=after
+    )
+
+
 @transaction.atomic
 def box_unclaim(*, actor: Actor, box: Box) -> Box:
     """Unbind a claimed box from its organisation: addresses quarantined, tunnel credentials revoked,
@@ -570,15 +579,7 @@ def box_unclaim(*, actor: Actor, box: Box) -> Box:
     box.claimed_at = None
     box.save(update_fields=["state", "organization", "claimed_at", "updated_at"])
     box_config_refresh(box=box)
-    audit_record(
-        actor=actor,
-        action="box.unclaim",
-        organization=organization,
-        box=box,
-        target=box,
-        before=before,
-        after=_box_state(box),
-    )
+    _audit_box(actor, "box.unclaim", box, organization, before, _box_state(box))
     return box
 
 
@@ -598,24 +599,8 @@ def box_transfer(*, actor: Actor, box: Box, organization: Organization) -> Box:
     box.claimed_at = timezone.now()
     box_provision(box=box, organization=organization)
     after = _box_state(box)
-    audit_record(
-        actor=actor,
-        action="box.transfer",
-        organization=previous,
-        box=box,
-        target=box,
-        before=before,
-        after=after,
-    )
-    audit_record(
-        actor=actor,
-        action="box.transfer_in",
-        organization=organization,
-        box=box,
-        target=box,
-        before=before,
-        after=after,
-    )
+    _audit_box(actor, "box.transfer", box, previous, before, after)
+    _audit_box(actor, "box.transfer_in", box, organization, before, after)
     return box
 
 
@@ -635,15 +620,7 @@ def box_decommission(*, actor: Actor, box: Box) -> Box:
     box.decommissioned_at = timezone.now()
     box.save(update_fields=["state", "organization", "decommissioned_at", "updated_at"])
     box_config_refresh(box=box)
-    audit_record(
-        actor=actor,
-        action="box.decommission",
-        organization=organization,
-        box=box,
-        target=box,
-        before=before,
-        after=_box_state(box),
-    )
+    _audit_box(actor, "box.decommission", box, organization, before, _box_state(box))
     return box
 
 
