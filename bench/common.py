@@ -3,6 +3,7 @@ loopback port, file-descriptor limits, a fresh database per benchmark, waiting f
 
 from __future__ import annotations
 
+import os
 import resource
 import socket
 import subprocess
@@ -63,3 +64,41 @@ def wait_healthy(base_url: str, process: subprocess.Popen, timeout_s: float = 60
             pass
         time.sleep(0.2)
     raise RuntimeError("uvicorn did not become healthy")
+
+
+def _process_cpu_s(pid: int) -> tuple[str, int, float]:
+    """(command name, process group, user+system CPU seconds) of one process from /proc."""
+    with open(f"/proc/{pid}/stat") as handle:
+        raw = handle.read()
+    name = raw[raw.index("(") + 1 : raw.rindex(")")]
+    fields = raw[raw.rindex(")") + 2 :].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return name, int(fields[2]), (int(fields[11]) + int(fields[12])) / ticks
+
+
+def cpu_snapshot(server_pgid: int) -> dict[str, float]:
+    """CPU seconds used so far by the server's process group, PostgreSQL, Redis and this process.
+    Two snapshots subtracted give where a benchmark's CPU went (the machine has two cores, so the
+    split tells which part to make cheaper)."""
+    totals = {"server": 0.0, "postgres": 0.0, "redis": 0.0}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            name, pgid, cpu = _process_cpu_s(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+        if pgid == server_pgid:
+            totals["server"] += cpu
+        elif name == "postgres":
+            totals["postgres"] += cpu
+        elif name.startswith("redis-server"):
+            totals["redis"] += cpu
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    totals["client"] = usage.ru_utime + usage.ru_stime
+    return totals
+
+
+def cpu_ms_per(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
+    """Milliseconds of CPU per unit of work (``count`` units) for each part of two snapshots."""
+    return {key: round((after[key] - before[key]) * 1000 / max(count, 1), 2) for key in before}

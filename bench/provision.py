@@ -20,7 +20,16 @@ import sys
 import time
 from pathlib import Path
 
-from common import bench_database_url, free_port, log, percentile, recreate_database, wait_healthy
+from common import (
+    bench_database_url,
+    cpu_ms_per,
+    cpu_snapshot,
+    free_port,
+    log,
+    percentile,
+    recreate_database,
+    wait_healthy,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -103,9 +112,9 @@ def duplicates(database_url: str) -> dict[str, int]:
 
 
 async def fire(
-    base_url: str, token: str, org_id: str, serials: list[str]
+    base_url: str, token: str, org_id: str, serials: list[str], clients: int = CLIENTS
 ) -> tuple[list[float], dict[int, int]]:
-    import httpx
+    from loadclient import KeepAliveClient
 
     queue: asyncio.Queue[str] = asyncio.Queue()
     for serial in serials:
@@ -115,7 +124,7 @@ async def fire(
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
     async def client_loop() -> None:
-        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60) as client:
+        async with KeepAliveClient(base_url, headers=headers, timeout=60) as client:
             while True:
                 try:
                     serial = queue.get_nowait()
@@ -123,13 +132,13 @@ async def fire(
                     return
                 body = json.dumps({"serial": serial, "claim_code": CLAIM_CODE, "organization": org_id})
                 started = time.perf_counter()
-                response = await client.post("/api/v1/boxes/claim", content=body)
+                status, answer = await client.request("POST", "/api/v1/boxes/claim", body.encode())
                 latencies.append(time.perf_counter() - started)
-                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-                if response.status_code != 201 and statuses[response.status_code] <= 3:
-                    log(f"claim {serial}: {response.status_code} {response.text[:300]}")
+                statuses[status] = statuses.get(status, 0) + 1
+                if status != 201 and statuses[status] <= 3:
+                    log(f"claim {serial}: {status} {answer[:300]!r}")
 
-    await asyncio.gather(*(client_loop() for _ in range(CLIENTS)))
+    await asyncio.gather(*(client_loop() for _ in range(clients)))
     return latencies, statuses
 
 
@@ -138,6 +147,7 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="10000 claims instead of 1000")
     parser.add_argument("--claims", type=int, default=None)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=CLIENTS)
     args = parser.parse_args()
     count = args.claims or (10_000 if args.full else 1_000)
 
@@ -172,7 +182,7 @@ def main() -> int:
             sys.executable,
             "-m",
             "uvicorn",
-            "config.asgi:application",
+            os.environ.get("BENCH_ASGI_APP", "config.asgi:application"),
             "--host",
             "127.0.0.1",
             "--port",
@@ -189,9 +199,11 @@ def main() -> int:
     )
     try:
         wait_healthy(base_url, server)
+        cpu_before = cpu_snapshot(server.pid)
         started = time.perf_counter()
-        latencies, statuses = asyncio.run(fire(base_url, token, org_id, serials))
+        latencies, statuses = asyncio.run(fire(base_url, token, org_id, serials, args.clients))
         elapsed = time.perf_counter() - started
+        cpu = cpu_ms_per(cpu_before, cpu_snapshot(server.pid), len(serials))
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -210,10 +222,11 @@ def main() -> int:
         "duplicates": counts["prefixes"] + counts["ports"],
         "claims": ok,
         "errors": sum(n for code, n in statuses.items() if code != 201),
-        "clients": CLIENTS,
+        "clients": args.clients,
         "workers": args.workers,
         "claimed_rows": counts["claimed"],
         "assignments": counts["assignments"],
+        "cpu_ms_per_claim": cpu,
     }
     print(json.dumps(result), flush=True)
     return 0 if ok == count and result["duplicates"] == 0 else 1

@@ -163,7 +163,7 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:63799/0")
 
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "fleet.cache.SharedRedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": os.environ.get("OTB_CACHE_PREFIX", "otb"),
         "TIMEOUT": 300,

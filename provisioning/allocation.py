@@ -127,6 +127,8 @@ def place(
     if "error" in result:
         raise _conflict(result)
     server = _server_from_row(result["server"])
+    region = result["region"]
+    server.region = Region(id=UUID(str(region["id"])), code=region["code"], name=region["name"])
     server.assigned_boxes += 1
     port = int(result["port"])
     server.free_port_hint = port + 1

@@ -407,6 +407,11 @@ def box_provision(*, box: Box, organization: Organization) -> None:
             plaintext=True,
         )
         box.config_hash = canonical_hash(document)
+        # What ``fleet.selectors.boxes_annotated`` would read back: callers answer without a re-read.
+        box.public_ipv4 = next(  # type: ignore[attr-defined]
+            (a.prefix.split("/")[0] for a in placement.assignments if a.purpose == PoolPurpose.PUBLIC_IPV4),
+            None,
+        )
         allocation.placement_write(
             box=box,
             assignments=placement.assignments,

@@ -306,6 +306,12 @@ def test_claim_wan_policy_unclaim(
     assert response.status_code == 201, response.content
     assert response.json()["organization"]["id"] == str(people.org.pk)
     assert response.json()["public_ipv4"]
+    # the claim answers from the placement without re-reading the box: it must say exactly what a
+    # read of the box says (server, region, public address, hashes, timestamps)
+    assert response.json() == admin.get(f"/api/v1/boxes/{box.pk}/").json()
+    # claiming it again answers the same box (read back this time)
+    again = admin.post("/api/v1/boxes/claim", {"serial": box.serial, "claim_code": CLAIM_CODE}, format="json")
+    assert again.status_code == 201 and again.json() == response.json()
     # wan policy
     url = f"/api/v1/boxes/{box.pk}/wan-policy"
     policy = {
