@@ -7,7 +7,7 @@ forbidden, so ids of other customers' objects cannot be probed.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from fleet.choices import Role
@@ -43,8 +43,11 @@ def organization_role(user: Any, organization_id: UUID, auth: Any = None) -> str
     if not is_person(user):
         return None
     token = _token(auth)
-    if token is not None and token.organization_id != organization_id:
-        return None
+    if token is not None:
+        if token.organization_id != organization_id:
+            return None
+        if hasattr(token, "member_role"):  # read with the token by the authentication
+            return cast(str | None, token.member_role)
     return (
         Membership.objects.filter(user=user, organization_id=organization_id)
         .values_list("role", flat=True)
@@ -71,8 +74,13 @@ def require_role(user: Any, organization_id: UUID, minimum: Role, auth: Any = No
 
 
 def organization_for(user: Any, organization_id: UUID | str, minimum: Role, auth: Any = None) -> Organization:
+    token = _token(auth)
     try:
-        organization = Organization.objects.get(pk=UUID(str(organization_id)))
+        wanted = UUID(str(organization_id))
+        if token is not None and token.organization_id == wanted:
+            organization = token.organization  # loaded with the token
+        else:
+            organization = Organization.objects.get(pk=wanted)
     except (Organization.DoesNotExist, ValueError) as exc:
         raise NotFound("organization not found") from exc
     require_role(user, organization.pk, minimum, auth)

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from fleet.models import AgentCredential, ApiToken, Box
+from fleet.models import AgentCredential, ApiToken, Box, Membership
 from fleet.tokens import TokenKind, digest, token_kind
 
 
@@ -100,10 +101,19 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
 
     def _user_token(self, value: str) -> tuple[Any, ApiToken]:
         now = timezone.now()
-        token = (
-            ApiToken.objects.select_related("user", "organization")
-            .filter(token_hash=digest(value), revoked_at__isnull=True)
-            .first()
+        # One query for the token, its user and organisation, and the user's role there (read by
+        # ``fleet.access`` instead of querying the membership again on every request).
+        member_role = Membership.objects.filter(
+            user_id=OuterRef("user_id"), organization_id=OuterRef("organization_id")
+        ).values("role")[:1]
+        token = next(
+            iter(
+                ApiToken.objects.select_related("user", "organization")
+                .annotate(member_role=Subquery(member_role))
+                .filter(token_hash=digest(value), revoked_at__isnull=True)
+                .order_by()[:1]
+            ),
+            None,
         )
         if token is None or token.expires_at <= now or not token.user.is_active:
             raise exceptions.AuthenticationFailed("invalid, expired or revoked API token")
