@@ -94,11 +94,18 @@ def cpu_snapshot(server_pgid: int) -> dict[str, float]:
             totals["postgres"] += cpu
         elif name.startswith("redis-server"):
             totals["redis"] += cpu
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    totals["client"] = usage.ru_utime + usage.ru_stime
+    # this process and the load-generator processes it has reaped (the server is never reaped
+    # before the last snapshot)
+    totals["client"] = sum(
+        usage.ru_utime + usage.ru_stime
+        for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
     return totals
 
 
-def cpu_ms_per(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
-    """Milliseconds of CPU per unit of work (``count`` units) for each part of two snapshots."""
-    return {key: round((after[key] - before[key]) * 1000 / max(count, 1), 2) for key in before}
+def cpu_ms_per(
+    before: dict[str, float], after: dict[str, float], count: int, *, unit_s: float = 1e-3
+) -> dict[str, float]:
+    """CPU per unit of work (``count`` units) for each part of two snapshots, in milliseconds (or in
+    ``unit_s`` seconds: 1e-6 for microseconds)."""
+    return {key: round((after[key] - before[key]) / unit_s / max(count, 1), 2) for key in before}

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from common import free_port, log, raise_nofile
+from common import cpu_ms_per, cpu_snapshot, free_port, log, raise_nofile
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:54329/otb"
@@ -122,9 +122,11 @@ class Server:
         command = [
             sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
             "--port", str(self.port), "--ws-max-size", "65536", "--log-level", "warning",
-            "--no-access-log", "--backlog", "16384",
+            "--no-access-log", "--backlog", "16384", "--ws", os.environ.get("BENCH_WS_IMPL", "auto"),
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, preexec_fn=raise_nofile)
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=self.env, preexec_fn=raise_nofile, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -304,11 +306,15 @@ def main() -> int:
     try:
         base = f"ws://127.0.0.1:{server.port}"
         log(f"echo baseline: {connections} connections for {duration:.0f} s")
+        assert server.process is not None
+        cpu_start = cpu_snapshot(server.process.pid)
         echo = run_load(f"{base}/ws/echo/", [None] * connections, duration=duration, window=args.window,
                         workers=args.workers)  # fmt: skip
+        cpu_echo = cpu_snapshot(server.process.pid)
         log(f"echo: {echo['msgs_per_s']:.0f} msg/s; ingest: {connections} agents for {duration:.0f} s")
         # One connection per box, in box order, so acked seqs can be attributed to boxes.
         ingest = run_load_attributed(base, boxes, duration=duration, window=args.window, workers=args.workers)
+        cpu_ingest = cpu_snapshot(server.process.pid)
         log(f"ingest: {ingest['msgs_per_s']:.0f} msg/s, failures={len(ingest['failed'])}")
     finally:
         server.stop()
@@ -329,6 +335,10 @@ def main() -> int:
         "duplicated": check["duplicated"],
         "failed_connections": len(ingest["failed"]),
         "error_frames": ingest["errors"],
+        # CPU per message by component (microseconds): what the two cores were spent on in each phase
+        # (the load includes its setup: connecting, hello).
+        "echo_cpu_us_per_msg": cpu_ms_per(cpu_start, cpu_echo, echo["acked"], unit_s=1e-6),
+        "ingest_cpu_us_per_msg": cpu_ms_per(cpu_echo, cpu_ingest, ingest["acked"], unit_s=1e-6),
     }
     print(json.dumps(report), flush=True)
     return 0 if check["lost"] == 0 and check["duplicated"] == 0 and not ingest["failed"] else 1
@@ -373,6 +383,7 @@ def run_load_attributed(
     latencies = sorted(latency for result in merged.values() for latency in result.get("latencies", []))
     total = sum(len(result.get("acked", [])) for result in merged.values())
     return {
+        "acked": total,
         "msgs_per_s": total / duration,
         "p50_ms": latencies[len(latencies) // 2] * 1000 if latencies else None,
         "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000 if latencies else None,

@@ -47,14 +47,19 @@ MAX_INVALID_FRAMES = 10
 _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+# One decoder for every frame (``json.loads`` with a keyword builds a new decoder on each call);
+# NaN and Infinity are refused.
+_loads = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
 def _db(function: Any) -> Any:
     """Run a service in the thread pool; sessions do not queue behind one another's DB calls (a
     reconnect storm of thousands of sessions would otherwise go through Django's single sync thread)."""
     return database_sync_to_async(function, thread_sensitive=False)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -167,7 +172,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self._close(CLOSE_TOO_BIG)
             return
         try:
-            message = json.loads(text_data, parse_constant=_reject_constant)
+            message = _loads(text_data)
         except (ValueError, RecursionError) as exc:
             await self._invalid(f"invalid JSON: {str(exc)[:200]}", "")
             return
