@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Any
 
+from common import cpu_ms_per, cpu_snapshot
 from ingest import HELLO, Server, create_boxes, drop_database, fresh_database, log, raise_nofile
 
 
@@ -64,6 +65,17 @@ def session_worker(
         await asyncio.gather(*tasks, return_exceptions=True)
 
     asyncio.run(main())
+
+
+def _cpu_of(processes: list[Any]) -> float:
+    """User+system CPU seconds of the load-generator processes so far."""
+    import psutil
+
+    total = 0.0
+    for process in processes:
+        times = psutil.Process(process.pid).cpu_times()
+        total += times.user + times.system
+    return total
 
 
 def count(epochs: Any, value: int) -> int:
@@ -119,12 +131,19 @@ def main() -> int:
         # The reconnect storm: kill the server, start it again, every agent comes back.
         epoch.value = 1
         server.kill()
+        # (the new server's CPU counts from zero: its start-up is included)
+        cpu_before, clients_before = cpu_snapshot(-1), _cpu_of(workers)
         restart = time.monotonic()
         server.start(timeout=60)
+        assert server.process is not None
         deadline = restart + (600 if args.full else 120)
         while count(epochs, 1) < sessions and time.monotonic() < deadline:
             time.sleep(0.25)
         report["reconnect_s"] = round(time.monotonic() - restart, 1)
+        # CPU per reconnected session by component (ms): where the storm's time went
+        cpu = cpu_ms_per(cpu_before, cpu_snapshot(server.process.pid), count(epochs, 1))
+        cpu["client"] = round((_cpu_of(workers) - clients_before) * 1000 / max(1, count(epochs, 1)), 2)
+        report["reconnect_cpu_ms_per_session"] = cpu
         report["failed"] = sessions - count(epochs, 1)
         log(f"reconnected {count(epochs, 1)}/{sessions} in {report['reconnect_s']} s")
     finally:
