@@ -17,6 +17,7 @@ import logging
 import random
 import time
 import uuid
+import weakref
 from typing import Any, cast
 
 from channels.consumer import get_handler_name
@@ -28,6 +29,7 @@ from otb_agent.protocol import (
     CLOSE_INVALID_FRAMES,
     CLOSE_RATE_LIMITED,
     CLOSE_REPLACED,
+    CLOSE_SERVICE_RESTART,
     CLOSE_TOO_BIG,
     CLOSE_UNAUTHORIZED,
     MAX_FRAME_BYTES,
@@ -44,6 +46,8 @@ from fleet.telemetry.writer import StorageUnavailable, TelemetryRejected, get_wr
 logger = logging.getLogger(__name__)
 
 MAX_INVALID_FRAMES = 10
+# Well under the channel layer's Redis pool (max_connections in settings.CHANNEL_LAYERS).
+GROUP_OPERATIONS_IN_FLIGHT = 200
 _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
@@ -54,6 +58,20 @@ def _reject_constant(name: str) -> Any:
 # One decoder for every frame (``json.loads`` with a keyword builds a new decoder on each call);
 # NaN and Infinity are refused.
 _loads = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
+_group_semaphores: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def _group_slots() -> asyncio.Semaphore:
+    """Bounds this process's concurrent group joins and leaves: when a server with ten thousand
+    sessions stops, every session leaves its group at once, and unbounded that asked Redis for more
+    connections than the channel layer's pool holds ("Too many connections")."""
+    loop = asyncio.get_running_loop()
+    semaphore = _group_semaphores.get(loop)
+    if semaphore is None:
+        semaphore = _group_semaphores[loop] = asyncio.Semaphore(GROUP_OPERATIONS_IN_FLIGHT)
+    return semaphore
 
 
 def _db(function: Any) -> Any:
@@ -115,7 +133,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.counted = True
         for attempt in range(4):
             try:
-                await self.channel_layer.group_add(agent_group(self.box_id), self.channel_name)
+                async with _group_slots():
+                    await self.channel_layer.group_add(agent_group(self.box_id), self.channel_name)
                 break
             except Exception:  # without the doorbell the session still works; hello re-syncs state
                 if attempt == 3:
@@ -135,11 +154,20 @@ class AgentConsumer(AsyncWebsocketConsumer):
         AgentConsumer.active_sessions -= 1
         self.counted = False
         try:
-            await self.channel_layer.group_discard(
-                agent_group(cast(uuid.UUID, self.box_id)), self.channel_name
-            )
+            async with _group_slots():
+                await self.channel_layer.group_discard(
+                    agent_group(cast(uuid.UUID, self.box_id)), self.channel_name
+                )
         except Exception:
             logger.warning("leaving %s failed", agent_group(cast(uuid.UUID, self.box_id)), exc_info=True)
+        if code == CLOSE_SERVICE_RESTART:
+            # This server is shutting down (uvicorn closes every session with 1012): the box comes
+            # back within seconds, here or on another process, and its hello takes the session over.
+            # Marking thousands of boxes offline on the way down (a transaction and two events each)
+            # would hold up the shutdown and fill every timeline with offline/online pairs; a box
+            # that does not come back is marked offline by the presence sweep (three missed
+            # heartbeats).
+            return
         try:
             await _db(services.agent_session_close)(box_id=self.box_id, session_id=self.session_id, code=code)
         except Exception:  # the presence sweep will mark it offline

@@ -177,6 +177,24 @@ async def test_hello_gets_welcome_and_marks_box_online(agent_box: tuple[Box, str
     assert status.offline_since is not None
 
 
+async def test_server_shutdown_leaves_the_box_online_for_its_reconnect(agent_box: tuple[Box, str]) -> None:
+    # given a box with a live session
+    box, token = agent_box
+    communicator, welcome = await open_session(token)
+    # when the server shuts down (uvicorn closes every session with 1012)
+    await communicator.disconnect(code=1012, timeout=5)
+    # then the box is not marked offline (it reconnects within seconds; the sweep covers it if not)
+    status = await status_of(box.pk)
+    assert status.online is True
+    assert status.session_id == welcome["session_id"]
+    # and its reconnect takes the session over
+    second, again = await open_session(token)
+    assert again["session_id"] != welcome["session_id"]
+    assert (await status_of(box.pk)).session_id == again["session_id"]
+    await second.disconnect(timeout=5)
+    assert (await status_of(box.pk)).online is False
+
+
 async def test_hello_reports_new_firmware_on_the_box(agent_box: tuple[Box, str]) -> None:
     box, token = agent_box
     communicator, _ = await open_session(token, say_hello=False)
