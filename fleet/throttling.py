@@ -90,3 +90,19 @@ def claim_failures_per_serial() -> FailureCounter:
         limit=_setting("CLAIM_MAX_FAILURES"),
         window_s=_setting("AUTH_FAILURE_WINDOW_S"),
     )
+
+
+def login_failures_per_user() -> FailureCounter:
+    return FailureCounter(
+        scope="login-user",
+        limit=_setting("LOGIN_MAX_FAILURES"),
+        window_s=_setting("AUTH_FAILURE_WINDOW_S"),
+    )
+
+
+def login_failures_per_ip() -> FailureCounter:
+    return FailureCounter(
+        scope="login-ip",
+        limit=_setting("LOGIN_MAX_FAILURES_PER_IP"),
+        window_s=_setting("AUTH_FAILURE_WINDOW_S"),
+    )

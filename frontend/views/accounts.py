@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any, cast
+
 from django.contrib import messages
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import NON_FIELD_ERRORS
+from django.forms.utils import ErrorDict
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
@@ -15,13 +21,86 @@ from fleet.access import organization_for
 from fleet.choices import Role
 from fleet.errors import DomainError
 from fleet.services import invitation_accept
+from fleet.throttling import login_failures_per_ip, login_failures_per_user
 from frontend.context import current_organization, organization_choose
 from frontend.errors import form_add_domain_error, page_errors
 from frontend.forms import InvitationAcceptForm
 
-login = auth_views.LoginView.as_view(
-    template_name="frontend/auth/login.html", redirect_authenticated_user=True
-)
+logger = logging.getLogger(__name__)
+
+
+class ThrottledLoginMixin:
+    """Brute-force protection for a sign-in view: failed attempts are counted per username and per
+    source address; over either limit the attempt is answered 429 with a clear message *before* the
+    password is checked (so it neither costs a password hash nor tells anything). A successful
+    sign-in clears the username's counter."""
+
+    def _counters(self, request: HttpRequest) -> list[tuple[Any, str]]:
+        username = str(request.POST.get("username") or "").strip().lower()[:150]
+        source = str(request.META.get("REMOTE_ADDR") or "")
+        return [(login_failures_per_user(), username), (login_failures_per_ip(), source)]
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        view: Any = self
+        for counter, identifier in self._counters(request):
+            if identifier and counter.exceeded(identifier):
+                form = view.get_form()
+                # set the errors directly: asking the form for them would check the password
+                form._errors = ErrorDict()
+                form._errors[NON_FIELD_ERRORS] = form.error_class(
+                    [
+                        "Too many failed sign-in attempts. Try again in "
+                        f"{counter.retry_after_s(identifier)} seconds."
+                    ],
+                    error_class="nonfield",
+                )
+                form.cleaned_data = {}
+                logger.warning("sign-in refused: too many failures (%s)", counter.scope)
+                return view.render_to_response(view.get_context_data(form=form), status=429)
+        return cast(HttpResponse, super().post(request, *args, **kwargs))  # type: ignore[misc]
+
+    def form_invalid(self, form: Any) -> HttpResponse:
+        view: Any = self
+        for counter, identifier in self._counters(view.request):
+            if identifier:
+                counter.hit(identifier)
+        return cast(HttpResponse, super().form_invalid(form))  # type: ignore[misc]
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        view: Any = self
+        counter, identifier = self._counters(view.request)[0]
+        counter.reset(identifier)
+        return cast(HttpResponse, super().form_valid(form))  # type: ignore[misc]
+
+
+class LoginView(ThrottledLoginMixin, auth_views.LoginView):
+    template_name = "frontend/auth/login.html"
+    redirect_authenticated_user = True
+
+
+class AdminLoginView(ThrottledLoginMixin, auth_views.LoginView):
+    """The Django admin's sign-in page with the same protection (staff accounts are the most
+    valuable ones to guess)."""
+
+    template_name = "admin/login.html"
+    authentication_form = AdminAuthenticationForm
+    next_page = reverse_lazy("admin:index")
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        from django.contrib import admin
+
+        context = super().get_context_data(**kwargs)
+        context.update(
+            admin.site.each_context(self.request),
+            title="Log in",
+            site_header=admin.site.site_header,
+            app_path=self.request.get_full_path(),
+        )
+        return cast(dict[str, Any], context)
+
+
+login = LoginView.as_view()
+admin_login = AdminLoginView.as_view()
 logout = auth_views.LogoutView.as_view()
 password_reset = auth_views.PasswordResetView.as_view(
     template_name="frontend/auth/password_reset_form.html",

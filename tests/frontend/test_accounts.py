@@ -137,3 +137,74 @@ def test_a_person_without_organisation_is_told_what_to_do(user_factory) -> None:
     response = logged_in(user_factory("lonely@example.com")).get("/boxes/")
     assert response.status_code == 200
     assert b"not in an organisation yet" in response.content
+
+
+@pytest.mark.parametrize("url", ["/accounts/login/", "/admin/login/"])
+def test_repeated_failed_sign_ins_are_refused_before_the_password_is_checked(people, settings, url) -> None:
+    # given at most 3 failed sign-ins per username
+    settings.OTB = {**settings.OTB, "LOGIN_MAX_FAILURES": 3}
+    staff = people.staff
+    client = Client()
+    # when 3 attempts fail
+    for _ in range(3):
+        response = client.post(url, {"username": staff.username, "password": "wrong-password"})
+        assert response.status_code == 200
+    # then the 4th, even with the right password, is refused with 429 and a clear message
+    response = client.post(url, {"username": staff.username, "password": PASSWORD})
+    assert response.status_code == 429
+    assert b"Too many failed sign-in attempts" in response.content
+    assert "_auth_user_id" not in client.session
+    # and another username from the same address is not affected
+    other = Client().post(url, {"username": people.owner.username, "password": PASSWORD})
+    assert other.status_code in (200, 302)
+
+
+def test_a_successful_sign_in_clears_the_failures(people, settings) -> None:
+    settings.OTB = {**settings.OTB, "LOGIN_MAX_FAILURES": 3}
+    client = Client()
+    for _ in range(2):
+        client.post("/accounts/login/", {"username": people.viewer.username, "password": "nope-nope"})
+    assert (
+        client.post(
+            "/accounts/login/", {"username": people.viewer.username, "password": PASSWORD}
+        ).status_code
+        == 302
+    )
+    client.logout()
+    # two more failures do not reach the limit: the window started again
+    for _ in range(2):
+        client.post("/accounts/login/", {"username": people.viewer.username, "password": "nope-nope"})
+    assert (
+        client.post(
+            "/accounts/login/", {"username": people.viewer.username, "password": PASSWORD}
+        ).status_code
+        == 302
+    )
+
+
+def test_too_many_failures_from_one_address_are_refused(people, settings) -> None:
+    settings.OTB = {**settings.OTB, "LOGIN_MAX_FAILURES_PER_IP": 4}
+    client = Client(REMOTE_ADDR="203.0.113.9")
+    for index in range(4):
+        client.post("/accounts/login/", {"username": f"nobody{index}@example.com", "password": "x-x-x-x-x"})
+    response = client.post("/accounts/login/", {"username": people.viewer.username, "password": PASSWORD})
+    assert response.status_code == 429
+    assert (
+        Client(REMOTE_ADDR="203.0.113.10")
+        .post("/accounts/login/", {"username": people.viewer.username, "password": PASSWORD})
+        .status_code
+        == 302
+    )
+
+
+def test_admin_sign_in_still_works_for_staff_only(people) -> None:
+    client = Client()
+    page = client.get("/admin/login/")
+    assert page.status_code == 200 and b'name="password"' in page.content
+    # a customer is refused by the admin form
+    refused = client.post("/admin/login/", {"username": people.owner.username, "password": PASSWORD})
+    assert refused.status_code == 200 and "_auth_user_id" not in client.session
+    # staff get in and land on the admin index
+    response = client.post("/admin/login/", {"username": people.staff.username, "password": PASSWORD})
+    assert response.status_code == 302 and response["Location"] == "/admin/"
+    assert client.get("/admin/").status_code == 200
