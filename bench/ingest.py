@@ -120,7 +120,9 @@ class Server:
 
     def start(self, timeout: float = 30) -> None:
         command = [
-            sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
+            # BENCH_ASGI_APP: wrap the application (a profiler) without changing the benchmark
+            sys.executable, "-m", "uvicorn", os.environ.get("BENCH_ASGI_APP", "config.asgi:application"),
+            "--host", "127.0.0.1",
             "--port", str(self.port), "--ws-max-size", "65536", "--log-level", "warning",
             "--no-access-log", "--backlog", "16384", "--ws", os.environ.get("BENCH_WS_IMPL", "auto"),
         ]  # fmt: skip

@@ -220,7 +220,7 @@ def commands_pending_for_box(*, box_id: UUID | str) -> list[dict[str, Any]]:
     each marked sent (``delivery_count`` counts redeliveries). Rows another session is delivering
     right now are skipped rather than waited for."""
     now = timezone.now()
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # no savepoint round trips inside a hello
         commands = list(
             Command.objects.select_for_update(skip_locked=True)
             .filter(box_id=box_id, state__in=DELIVERABLE_STATES, expires_at__gt=now)

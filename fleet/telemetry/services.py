@@ -21,7 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from fleet.audit import Actor, audit_record
-from fleet.authentication import agent_from_token
+from fleet.authentication import agent_box_of_token
 from fleet.live import broadcast_to_people
 from fleet.models import Box
 from fleet.telemetry.models import BoxStatus
@@ -74,17 +74,22 @@ def agent_session_connect(*, token: str | None, session_id: str) -> SessionGrant
     """
     if not token or len(token) > MAX_TOKEN_LENGTH or token_kind(token) != TokenKind.AGENT:
         return None
-    principal = agent_from_token(token)
-    if principal is None:
+    identity = agent_box_of_token(token)
+    if identity is None:
         return None
-    box = principal.box
-    until = cache.get(_penalty_key(box.pk))
+    box_id, organization_id, serial = identity
+    until = cache.get(_penalty_key(box_id))
     if until is not None and float(until) > time.time():
-        return SessionGrant(box_id=box.pk, retry_after_s=max(1.0, round(float(until) - time.time(), 1)))
-    BoxStatus.objects.update_or_create(
-        box_id=box.pk, defaults={"session_id": session_id, "connected_at": timezone.now()}
+        return SessionGrant(box_id=box_id, retry_after_s=max(1.0, round(float(until) - time.time(), 1)))
+    # One INSERT ... ON CONFLICT DO UPDATE (update_or_create takes a lock, a savepoint and two more
+    # statements; a reconnect storm runs this once per box).
+    BoxStatus.objects.bulk_create(
+        [BoxStatus(box_id=box_id, session_id=session_id, connected_at=timezone.now())],
+        update_conflicts=True,
+        unique_fields=["box"],
+        update_fields=["session_id", "connected_at", "updated_at"],
     )
-    return SessionGrant(box_id=box.pk, organization_id=box.organization_id, serial=box.serial)
+    return SessionGrant(box_id=box_id, organization_id=organization_id, serial=serial)
 
 
 def agent_session_penalize(*, box_id: UUID, seconds: float | None = None) -> float:
@@ -112,35 +117,37 @@ def agent_session_hello(*, box_id: UUID, session_id: str, hello: dict[str, Any])
     box's reported firmware or agent version.
     """
     now = timezone.now()
+    firmware = hello["firmware_version"].replace("\x00", "")
+    agent_version = hello["agent_version"].replace("\x00", "")
+    boot_id = hello["boot_id"].replace("\x00", "")
+    # Narrow reads and one UPDATE: every session of a reconnect storm says hello, and loading (and
+    # compiling the SQL of) the whole status and box rows was most of its cost.
     with transaction.atomic():
-        status = BoxStatus.objects.select_for_update().filter(box_id=box_id).first()
-        if status is None or status.session_id != session_id:
+        current = (
+            BoxStatus.objects.select_for_update()
+            .filter(box_id=box_id, session_id=session_id)
+            .values_list("online", "firmware_version", "last_seq")
+            .first()
+        )
+        if current is None:
             return None
-        box = Box.objects.select_for_update().get(pk=box_id)
-        was_online = status.online
-        previous_firmware = status.firmware_version or box.firmware_version
-        firmware = hello["firmware_version"].replace("\x00", "")
-        agent_version = hello["agent_version"].replace("\x00", "")
-        status.online = True
-        status.offline_since = None
-        status.last_seen_at = now
-        status.boot_id = hello["boot_id"].replace("\x00", "")
-        status.uptime_s = hello["uptime_s"]
-        status.agent_version = agent_version
-        status.firmware_version = firmware
-        status.dropped_samples = hello["dropped_samples"]
-        status.save(
-            update_fields=[
-                "online",
-                "offline_since",
-                "last_seen_at",
-                "boot_id",
-                "uptime_s",
-                "agent_version",
-                "firmware_version",
-                "dropped_samples",
-                "updated_at",
-            ]
+        was_online, status_firmware, last_seq = current
+        box = (
+            Box.objects.select_for_update()
+            .only("serial", "organization_id", "config_hash", "firmware_version", "agent_version")
+            .get(pk=box_id)
+        )
+        previous_firmware = status_firmware or box.firmware_version
+        BoxStatus.objects.filter(box_id=box_id).update(
+            online=True,
+            offline_since=None,
+            last_seen_at=now,
+            boot_id=boot_id,
+            uptime_s=hello["uptime_s"],
+            agent_version=agent_version,
+            firmware_version=firmware,
+            dropped_samples=hello["dropped_samples"],
+            updated_at=now,
         )
         if box.firmware_version != firmware or box.agent_version != agent_version:
             before = {"firmware_version": box.firmware_version, "agent_version": box.agent_version}
@@ -156,9 +163,7 @@ def agent_session_hello(*, box_id: UUID, session_id: str, hello: dict[str, Any])
                 after={"firmware_version": firmware, "agent_version": agent_version},
             )
         base = {"box_id": box_id, "organization_id": box.organization_id, "ts": now}
-        events = [
-            {**base, "kind": "session_opened", "data": {"session_id": session_id, "boot_id": status.boot_id}}
-        ]
+        events = [{**base, "kind": "session_opened", "data": {"session_id": session_id, "boot_id": boot_id}}]
         if not was_online:
             events.append({**base, "kind": "box_online", "data": {"session_id": session_id}})
             _presence_broadcast(box_id, box.organization_id, True)
@@ -174,7 +179,7 @@ def agent_session_hello(*, box_id: UUID, session_id: str, hello: dict[str, Any])
         "telemetry_interval_s": settings.OTB["TELEMETRY_INTERVAL_S"],
         "heartbeat_interval_s": settings.OTB["HEARTBEAT_INTERVAL_S"],
         "desired_config_hash": box.config_hash or None,
-        "last_acked_seq": status.last_seq,
+        "last_acked_seq": last_seq,
         "pending_commands": commands[:100],
     }
 

@@ -89,7 +89,7 @@ def events_record_batch(events: list[dict[str, Any]]) -> list[Event]:
         }
     now = timezone.now()
     rows = [_build(item, organizations, now) for item in events]
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # no savepoint round trips inside a caller's transaction
         created = Event.objects.bulk_create(rows)
         transaction.on_commit(lambda: _broadcast(created))
     return created
