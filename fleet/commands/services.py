@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 from uuid import UUID
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -162,6 +163,22 @@ def command_validate(
     return clean_params, ttl
 
 
+def _open_commands_check(box: Box, now: datetime) -> None:
+    """Refuse a person's command while the box already has ``MAX_OPEN_COMMANDS_PER_BOX`` waiting (a
+    script in a loop must not queue thousands of reboots). The box row is locked so that concurrent
+    requests count each other."""
+    limit = int(cast(Any, settings.OTB).get("MAX_OPEN_COMMANDS_PER_BOX", 10))
+    Box.objects.select_for_update().filter(pk=box.pk).values_list("pk", flat=True).first()
+    waiting = Command.objects.filter(box=box, state__in=DELIVERABLE_STATES, expires_at__gt=now).count()
+    if waiting >= limit:
+        raise Conflict(
+            f"this box already has {waiting} commands waiting (at most {limit}); "
+            "wait for them to finish or expire, or cancel some",
+            field="kind",
+            code="too_many_commands",
+        )
+
+
 def command_create(
     *,
     actor: Actor,
@@ -183,6 +200,8 @@ def command_create(
         require_role(actor.user, organization_id, Role.ADMIN)
     now = timezone.now()
     with transaction.atomic():
+        if not internal:
+            _open_commands_check(box, now)
         command = Command.objects.create(
             box=box,
             organization_id=organization_id,

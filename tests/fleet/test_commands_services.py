@@ -250,3 +250,24 @@ def test_create_rings_the_box_session_after_commit(people: Any, box: Any) -> Non
         assert message["type"] == "command.doorbell"
     finally:
         async_to_sync(layer.group_discard)(agent_group(box.pk), channel)
+
+
+def test_a_person_cannot_queue_more_than_the_open_commands_limit(
+    people: Any, box: Any, settings: Any
+) -> None:
+    # given at most 3 waiting commands per box
+    settings.OTB = {**settings.OTB, "MAX_OPEN_COMMANDS_PER_BOX": 3}
+    for _ in range(3):
+        command_create(actor=admin_actor(people), box=box, kind="reboot")
+    # when a 4th is queued, then it is refused naming the reason, and nothing is written
+    with pytest.raises(Conflict) as refused:
+        command_create(actor=admin_actor(people), box=box, kind="reboot")
+    assert refused.value.code == "too_many_commands"
+    assert Command.objects.filter(box=box).count() == 3
+    # finished or expired commands do not count
+    oldest = Command.objects.filter(box=box).order_by("created_at").first()
+    Command.objects.filter(pk=oldest.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    command_create(actor=admin_actor(people), box=box, kind="reboot")
+    # and the system's own commands (the rollout engine's) are not limited
+    command_create(actor=Actor.system("rollouts"), box=box, kind="reboot", internal=True)
+    assert Command.objects.filter(box=box).count() == 5
