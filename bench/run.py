@@ -20,7 +20,11 @@ ORDER = ["provision", "checkin", "ingest", "sessions", "agent", "rollout", "port
 
 
 def discover() -> list[str]:
-    present = {path.stem for path in BENCH_DIR.glob("*.py") if path.stem not in {"run", "echo", "common", "loadclient"}}
+    present = {
+        path.stem
+        for path in BENCH_DIR.glob("*.py")
+        if path.stem not in {"run", "echo", "common", "loadclient"}
+    }
     present = {name for name in present if not name.startswith("_")}
     return [name for name in ORDER if name in present] + sorted(present - set(ORDER))
 
