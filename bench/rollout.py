@@ -17,6 +17,7 @@ Uses its own database ``otb_bench_rollout`` next to ``DATABASE_URL``. Prints one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -154,7 +155,11 @@ class Uvicorn:
             "--port", str(self.port), "--workers", "2", "--ws-max-size", "65536", "--log-level", "warning",
             "--no-access-log", "--backlog", "16384",
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, cwd=ROOT, env=env, preexec_fn=raise_nofile)
+        # its own process group: stop() signals the supervisor AND its workers (a worker left behind
+        # held the runner's pipe open until the runner's timeout)
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, preexec_fn=raise_nofile, start_new_session=True
+        )
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
             try:
@@ -166,12 +171,16 @@ class Uvicorn:
         raise RuntimeError("uvicorn did not start")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            pass
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
 
 def bench_dispatch(

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,22 +32,50 @@ def discover() -> list[str]:
     return [name for name in ORDER if name in present] + sorted(present - set(ORDER))
 
 
+def _kill_group(pgid: int) -> None:
+    """SIGTERM the process group, then SIGKILL what is still there a few seconds later."""
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+
 def run_one(name: str, full: bool, timeout_s: float) -> tuple[bool, str]:
     command = [sys.executable, str(BENCH_DIR / f"{name}.py")] + (["--full"] if full else [])
     started = time.monotonic()
-    try:
-        completed = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout_s, cwd=BENCH_DIR.parent, check=False
+    # Each benchmark runs in a process group of its own, its output goes to files (not pipes), and
+    # whatever it leaves behind is killed with the group: a server worker orphaned by a benchmark
+    # once held a pipe open, and the runner waited for it until the timeout.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=err, text=True, cwd=BENCH_DIR.parent, start_new_session=True
         )
-    except subprocess.TimeoutExpired:
+        try:
+            returncode = process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            returncode = None
+        finally:
+            _kill_group(process.pid)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if returncode is None:
         return False, json.dumps({"bench": name, "error": f"timed out after {timeout_s:.0f} s"})
-    lines = [line for line in completed.stdout.splitlines() if line.startswith('{"bench"')]
-    if completed.returncode != 0 or not lines:
-        tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
+    lines = [line for line in stdout.splitlines() if line.startswith('{"bench"')]
+    if returncode != 0 or not lines:
+        tail = (stderr or stdout).strip().splitlines()[-5:]
         return False, json.dumps(
             {
                 "bench": name,
-                "error": f"exit {completed.returncode}",
+                "error": f"exit {returncode}",
                 "tail": tail,
                 "elapsed_s": round(time.monotonic() - started, 1),
             }
