@@ -23,6 +23,7 @@ AGENT_SESSION_REPLACE = "session.replace"
 AGENT_CONFIG_CHANGED = "config.changed"
 AGENT_COMMAND_DOORBELL = "command.doorbell"
 PEOPLE_EVENT = "people.event"
+PEOPLE_REAUTHORIZE = "people.reauthorize"
 
 
 def agent_group(box_id: UUID | str) -> str:
@@ -33,6 +34,16 @@ def agent_group(box_id: UUID | str) -> str:
 def box_group(box_id: UUID | str) -> str:
     """The group joined by people watching one box."""
     return f"box.{box_id}"
+
+
+def user_group(user_id: Any) -> str:
+    """The group every live socket of one person joins (to be told their access changed)."""
+    return f"user.{user_id}"
+
+
+def doorbell_reauthorize(user_id: Any) -> bool:
+    """Tell the person's live sockets to re-check every subscription now (a membership was removed)."""
+    return group_send(user_group(user_id), {"type": PEOPLE_REAUTHORIZE})
 
 
 def organization_group(org_id: UUID | str) -> str:

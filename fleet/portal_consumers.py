@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 from uuid import UUID
 
@@ -23,7 +24,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from fleet.access import box_for, organization_for
 from fleet.choices import Role
 from fleet.errors import DomainError
-from fleet.live import box_group, organization_group
+from fleet.live import box_group, organization_group, user_group
 from fleet.permissions import is_person
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,29 @@ CLOSE_INVALID_FRAMES = 4003
 MAX_SUBSCRIPTIONS = 50
 MAX_FRAME_BYTES = 4096
 MAX_INVALID_FRAMES = 10
+REAUTHORIZE_INTERVAL_S = 60.0
+
+
+def _still_authorised(user: Any, session_key: str | None, subscriptions: dict[str, str]) -> list[str] | None:
+    """The subscription keys the person may no longer see; None if the person may not use the socket
+    at all any more (deactivated, or signed out: the session is gone)."""
+    from importlib import import_module
+
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+
+    store = import_module(settings.SESSION_ENGINE).SessionStore()
+    fresh = get_user_model().objects.filter(pk=user.pk, is_active=True).first()
+    if fresh is None or (session_key is not None and not store.exists(session_key)):
+        return None
+    lost = []
+    for key in subscriptions:
+        scope_kind, _, object_id = key.partition(":")
+        try:
+            _authorised_group(fresh, scope_kind, object_id)
+        except DomainError:
+            lost.append(key)
+    return lost
 
 
 def _authorised_group(user: Any, scope_kind: str, object_id: str) -> str:
@@ -58,12 +82,42 @@ class PortalConsumer(AsyncWebsocketConsumer):
             await self.send_json({"type": "error", "code": "not_authenticated", "message": "log in first"})
             await self.close(code=CLOSE_UNAUTHORIZED)
             return
+        self.checked_at = time.monotonic()
+        await self.channel_layer.group_add(user_group(self.user.pk), self.channel_name)
         await self.send_json({"type": "ready", "max_subscriptions": MAX_SUBSCRIPTIONS})
 
     async def disconnect(self, code: int) -> None:
-        for group in set(getattr(self, "subscriptions", {}).values()):
+        groups = set(getattr(self, "subscriptions", {}).values())
+        if hasattr(self, "checked_at"):
+            groups.add(user_group(self.user.pk))
+        for group in groups:
             await self.channel_layer.group_discard(group, self.channel_name)
         self.subscriptions = {}
+
+    async def _reauthorize(self) -> bool:
+        """Re-check every subscription with the REST API's rules; drop (and say so) what the person
+        may no longer see; close with 4001 when they may not use the socket at all. True if open."""
+        self.checked_at = time.monotonic()
+        session = self.scope.get("session")
+        session_key = getattr(session, "session_key", None)
+        lost = await database_sync_to_async(_still_authorised)(
+            self.user, session_key, dict(self.subscriptions)
+        )
+        if lost is None:
+            await self.send_json({"type": "error", "code": "not_authenticated", "message": "log in again"})
+            await self.close(code=CLOSE_UNAUTHORIZED)
+            return False
+        for key in lost:
+            group = self.subscriptions.pop(key)
+            if group not in self.subscriptions.values():
+                await self.channel_layer.group_discard(group, self.channel_name)
+            scope_kind, _, object_id = key.partition(":")
+            await self.send_json({"type": "unsubscribed", scope_kind: object_id, "reason": "access_revoked"})
+        return True
+
+    async def people_reauthorize(self, event: dict[str, Any]) -> None:
+        """A membership of this person was removed: re-check at once."""
+        await self._reauthorize()
 
     async def send_json(self, body: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(body, separators=(",", ":"), default=str))
@@ -152,6 +206,10 @@ class PortalConsumer(AsyncWebsocketConsumer):
 
     async def people_event(self, event: dict[str, Any]) -> None:
         """A broadcast from ``fleet.live.broadcast_to_people``: forward its payload as is."""
+        # Access can also end without a doorbell (a role lowered in the admin, a session signed out
+        # elsewhere): re-check at most every REAUTHORIZE_INTERVAL_S while events flow.
+        if time.monotonic() - self.checked_at >= REAUTHORIZE_INTERVAL_S and not await self._reauthorize():
+            return
         payload = event.get("payload")
         if isinstance(payload, dict):
             await self.send_json(payload)

@@ -19,6 +19,7 @@ from fleet.access import ROLE_RANK
 from fleet.audit import Actor, audit_record
 from fleet.choices import Role
 from fleet.errors import Conflict, Forbidden, InvalidInput, NotFound
+from fleet.live import doorbell_reauthorize
 from fleet.models import Invitation, Membership, Organization
 from fleet.tokens import TokenKind, digest, token_issue
 
@@ -302,3 +303,6 @@ def member_remove(*, actor: Actor, membership: Membership) -> None:
         before={"user": membership.user.get_username(), "role": membership.role},
     )
     membership.delete()
+    user_id = membership.user_id
+    # the person's open portal sockets drop this organisation's boxes now, not at the next recheck
+    transaction.on_commit(lambda: doorbell_reauthorize(user_id))

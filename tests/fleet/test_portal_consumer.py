@@ -148,3 +148,64 @@ async def test_bad_frames_and_the_subscription_limit(people: Any, box_factory: A
     finally:
         await communicator.disconnect()
     assert MAX_SUBSCRIPTIONS == 50
+
+
+async def test_a_removed_member_stops_receiving_at_once(people: Any, box_factory: Any) -> None:
+    # given a viewer watching a box and the whole organisation
+    box = await database_sync_to_async(box_factory)(organization=people.org)
+    communicator = await connect(people.viewer)
+    try:
+        assert (await receive(communicator))["type"] == "ready"
+        await communicator.send_json_to({"type": "subscribe", "box": str(box.pk)})
+        assert (await receive(communicator))["type"] == "subscribed"
+        await communicator.send_json_to({"type": "subscribe", "organization": str(people.org.pk)})
+        assert (await receive(communicator))["type"] == "subscribed"
+
+        # when an owner removes them from the organisation
+        def remove() -> None:
+            from fleet.audit import Actor
+            from fleet.models import Membership
+            from fleet.services import member_remove
+
+            membership = Membership.objects.get(user=people.viewer, organization=people.org)
+            member_remove(actor=Actor.for_user(people.owner), membership=membership)
+
+        await database_sync_to_async(remove)()
+        # then both subscriptions are dropped, saying why
+        dropped = [await receive(communicator), await receive(communicator)]
+        assert {frame["type"] for frame in dropped} == {"unsubscribed"}
+        assert {frame["reason"] for frame in dropped} == {"access_revoked"}
+        # and the box's events no longer reach the socket
+        await abroadcast_to_people(box.pk, people.org.pk, {"kind": "presence", "online": True})
+        assert await communicator.receive_nothing(timeout=0.5)
+    finally:
+        await communicator.disconnect()
+
+
+async def test_a_signed_out_session_is_closed_at_the_next_recheck(
+    people: Any, box_factory: Any, monkeypatch: Any
+) -> None:
+    import fleet.portal_consumers as portal
+
+    monkeypatch.setattr(portal, "REAUTHORIZE_INTERVAL_S", 0.0)
+    box = await database_sync_to_async(box_factory)(organization=people.org)
+    communicator = await connect(people.viewer)
+    try:
+        assert (await receive(communicator))["type"] == "ready"
+        await communicator.send_json_to({"type": "subscribe", "box": str(box.pk)})
+        assert (await receive(communicator))["type"] == "subscribed"
+
+        # when the person's sessions are deleted (signed out everywhere)
+        def sign_out() -> None:
+            from django.contrib.sessions.models import Session
+
+            Session.objects.all().delete()
+
+        await database_sync_to_async(sign_out)()
+        # then the next event closes the socket with 4001 instead of being forwarded
+        await abroadcast_to_people(box.pk, None, {"kind": "presence", "online": True})
+        assert (await receive(communicator))["code"] == "not_authenticated"
+        closed = await communicator.receive_output(timeout=5)
+        assert closed == {"type": "websocket.close", "code": 4001}
+    finally:
+        await communicator.disconnect()
