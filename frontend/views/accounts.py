@@ -84,7 +84,9 @@ class AdminLoginView(ThrottledLoginMixin, auth_views.LoginView):
 
     template_name = "admin/login.html"
     authentication_form = AdminAuthenticationForm
-    next_page = reverse_lazy("admin:index")
+
+    def get_default_redirect_url(self) -> str:
+        return reverse("admin:index")
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         from django.contrib import admin
