@@ -26,6 +26,7 @@ app.conf.beat_schedule = {
         "schedule": 3600.0,
     },
     "telemetry-retention": {"task": "fleet.telemetry.tasks.telemetry_retention_task", "schedule": 3600.0},
+    "events-prune": {"task": "fleet.monitoring.tasks.events_prune_task", "schedule": 3600.0},
     "addresses-release-quarantine": {
         "task": "provisioning.tasks.addresses_release_quarantined_task",
         "schedule": 300.0,

@@ -308,6 +308,8 @@ OTB = {
     "RAW_RETENTION_DAYS": env_int("OTB_RAW_RETENTION_DAYS", 7),
     "ROLLUP_5M_RETENTION_DAYS": env_int("OTB_ROLLUP_5M_RETENTION_DAYS", 90),
     "ROLLUP_1H_RETENTION_DAYS": env_int("OTB_ROLLUP_1H_RETENTION_DAYS", 730),
+    # Box timeline events (sessions, presence, WAN up/down, config, firmware) kept this long.
+    "EVENT_RETENTION_DAYS": env_int("OTB_EVENT_RETENTION_DAYS", 365),
     # Alert notifications (fleet/monitoring): first retry delay, doubled per attempt; whether webhooks
     # may target private/loopback addresses (never in production: customers must not probe our network).
     "NOTIFY_RETRY_BASE_S": env_int("OTB_NOTIFY_RETRY_BASE_S", 30),

@@ -41,6 +41,7 @@ class Event(models.Model):
         indexes = [
             models.Index(fields=["box", "-ts"], name="event_box_ts_idx"),
             models.Index(fields=["organization", "-ts"], name="event_org_ts_idx"),
+            models.Index(fields=["ts"], name="event_ts_idx"),  # retention
         ]
 
     def __str__(self) -> str:

@@ -9,6 +9,7 @@ from celery import shared_task
 
 from fleet.monitoring.services import (
     alerts_evaluate,
+    events_prune,
     notification_deliver,
     notification_retry_delay,
     notifications_requeue_stale,
@@ -49,3 +50,9 @@ def notification_deliver_task(self: Any, delivery_id: str) -> str | None:
 def notifications_requeue_stale_task() -> int:
     """Periodic (every 10 min): re-queue deliveries whose task was lost."""
     return notifications_requeue_stale()
+
+
+@shared_task(name="fleet.monitoring.tasks.events_prune_task", ignore_result=True, time_limit=600)
+def events_prune_task() -> int:
+    """Periodic (hourly): drop timeline events older than EVENT_RETENTION_DAYS, in batches."""
+    return events_prune()

@@ -15,7 +15,7 @@ from django.utils import timezone
 from fleet.errors import InvalidInput
 from fleet.live import box_group, organization_group
 from fleet.monitoring.models import Event
-from fleet.monitoring.services import event_record, events_record_batch
+from fleet.monitoring.services import event_record, events_prune, events_record_batch
 
 pytestmark = pytest.mark.django_db
 
@@ -142,3 +142,32 @@ def test_timeline_query_count_is_fixed(people: Any, box: Any, client_for: Any) -
     # then a page costs the same queries
     assert len(body["results"]) == 50
     assert len(many) == len(few)
+
+
+def test_events_older_than_the_retention_are_pruned_in_batches(box: Any, settings: Any) -> None:
+    # given 30 days of retention and 7 events over 40 days
+    settings.OTB = {**settings.OTB, "EVENT_RETENTION_DAYS": 30}
+    now = timezone.now()
+    ages = [40, 35, 31, 30.5, 29, 5, 0]
+    Event.objects.bulk_create(
+        [Event(box=box, kind="box_online", ts=now - timedelta(days=age), data={}) for age in ages]
+    )
+    # when the prune runs with batches of 2
+    deleted = events_prune(now=now, batch_size=2)
+    # then exactly the 4 older than 30 days are gone, the rest kept
+    assert deleted == 4
+    kept = sorted(
+        round((now - ts).total_seconds() / 86400, 1) for ts in Event.objects.values_list("ts", flat=True)
+    )
+    assert kept == [0.0, 5.0, 29.0]
+    # and a second run finds nothing
+    assert events_prune(now=now, batch_size=2) == 0
+
+
+def test_the_prune_stops_after_max_batches_and_the_next_run_goes_on(box: Any, settings: Any) -> None:
+    settings.OTB = {**settings.OTB, "EVENT_RETENTION_DAYS": 1}
+    old = timezone.now() - timedelta(days=10)
+    Event.objects.bulk_create([Event(box=box, kind="box_online", ts=old, data={}) for _ in range(5)])
+    assert events_prune(batch_size=2, max_batches=1) == 2
+    assert events_prune(batch_size=2, max_batches=10) == 3
+    assert not Event.objects.exists()

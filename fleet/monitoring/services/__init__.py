@@ -2,7 +2,7 @@
 notification deliveries. Other apps import from here (``fleet.monitoring.services.event_record``)."""
 
 from fleet.monitoring.services.alerts import alert_rule_evaluate, alerts_evaluate
-from fleet.monitoring.services.events import event_payload, event_record, events_record_batch
+from fleet.monitoring.services.events import event_payload, event_record, events_prune, events_record_batch
 from fleet.monitoring.services.notifications import (
     MAX_ATTEMPTS,
     DeliveryOutcome,
@@ -30,6 +30,7 @@ __all__ = [
     "alerts_evaluate",
     "event_payload",
     "event_record",
+    "events_prune",
     "events_record_batch",
     "notification_deliver",
     "notification_payload",

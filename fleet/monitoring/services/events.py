@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, cast
 from uuid import UUID
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -107,3 +108,26 @@ def event_record(
     return events_record_batch(
         [{"box_id": box_id, "kind": kind, "data": data or {}, "ts": ts, "organization_id": organization_id}]
     )[0]
+
+
+def events_prune(*, now: datetime | None = None, batch_size: int = 5000, max_batches: int = 200) -> int:
+    """Delete events older than ``EVENT_RETENTION_DAYS``, oldest first, ``batch_size`` per short
+    transaction (a year of a large fleet is millions of rows: one DELETE would hold locks and bloat
+    for minutes). Stops after ``max_batches``; the next run goes on. Returns how many were deleted."""
+    days = int(cast(Any, settings.OTB)["EVENT_RETENTION_DAYS"])
+    cutoff = (now or timezone.now()) - timedelta(days=days)
+    deleted = 0
+    for _ in range(max_batches):
+        with transaction.atomic():
+            ids = list(
+                Event.objects.filter(ts__lt=cutoff).order_by("ts").values_list("id", flat=True)[:batch_size]
+            )
+            if not ids:
+                break
+            Event.objects.filter(id__in=ids).delete()
+        deleted += len(ids)
+        if len(ids) < batch_size:
+            break
+    if deleted:
+        logger.info("pruned %d events older than %s", deleted, cutoff.isoformat())
+    return deleted
