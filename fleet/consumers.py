@@ -131,6 +131,12 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.organization_id = grant.organization_id
         AgentConsumer.active_sessions += 1
         self.counted = True
+        # Older sessions of the box close (4002) on this; sent before joining the group so that this
+        # session does not receive its own message. The database decides between two new sessions
+        # racing: the hello of the one that lost the upsert gets no welcome and closes.
+        await agroup_send(
+            agent_group(self.box_id), {"type": AGENT_SESSION_REPLACE, "session_id": self.session_id}
+        )
         for attempt in range(4):
             try:
                 async with _group_slots():
@@ -142,9 +148,6 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 else:
                     await asyncio.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
         await self.accept()
-        await agroup_send(
-            agent_group(self.box_id), {"type": AGENT_SESSION_REPLACE, "session_id": self.session_id}
-        )
 
     async def disconnect(self, code: int) -> None:
         for task in list(self.pending):
