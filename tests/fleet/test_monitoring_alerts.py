@@ -349,3 +349,37 @@ def test_webhook_failures_are_recorded_and_end_after_max_attempts(people: Any, b
         assert len(failing.requests) == MAX_ATTEMPTS
     finally:
         failing.close()
+
+
+def test_resolved_alerts_past_the_retention_go_with_their_deliveries(
+    people: Any, box_factory: Any, settings: Any, email_target: Any
+) -> None:
+    from fleet.monitoring.services import events_prune
+
+    # given 30 days of history, an alert resolved 40 days ago with a delivery, one resolved yesterday
+    # and one still firing since long ago
+    settings.OTB = {**settings.OTB, "EVENT_RETENTION_DAYS": 30}
+    target = email_target
+    rule = offline_rule(people, [target])
+    now = timezone.now()
+
+    def alert(box: Any, state: str, resolved_days_ago: float | None) -> Alert:
+        resolved_at = now - timedelta(days=resolved_days_ago) if resolved_days_ago is not None else None
+        return Alert.objects.create(
+            rule=rule,
+            organization=people.org,
+            box=box,
+            state=state,
+            started_at=now - timedelta(days=60),
+            resolved_at=resolved_at,
+        )
+
+    old = alert(box_factory(organization=people.org), "resolved", 40)
+    NotificationDelivery.objects.create(alert=old, target=target, event="resolved")
+    recent = alert(box_factory(organization=people.org), "resolved", 1)
+    firing = alert(box_factory(organization=people.org), "firing", None)
+    # when the history is pruned
+    assert events_prune(now=now) == 1
+    # then only the old resolved alert and its delivery are gone
+    assert set(Alert.objects.values_list("pk", flat=True)) == {recent.pk, firing.pk}
+    assert not NotificationDelivery.objects.filter(alert_id=old.pk).exists()

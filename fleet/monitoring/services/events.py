@@ -110,24 +110,41 @@ def event_record(
     )[0]
 
 
-def events_prune(*, now: datetime | None = None, batch_size: int = 5000, max_batches: int = 200) -> int:
-    """Delete events older than ``EVENT_RETENTION_DAYS``, oldest first, ``batch_size`` per short
-    transaction (a year of a large fleet is millions of rows: one DELETE would hold locks and bloat
-    for minutes). Stops after ``max_batches``; the next run goes on. Returns how many were deleted."""
-    days = int(cast(Any, settings.OTB)["EVENT_RETENTION_DAYS"])
-    cutoff = (now or timezone.now()) - timedelta(days=days)
+def _prune(queryset: Any, order: str, batch_size: int, max_batches: int) -> int:
+    """Delete the rows of ``queryset`` in ``order``, ``batch_size`` per short transaction, at most
+    ``max_batches`` batches (the next run goes on). Returns how many were deleted."""
     deleted = 0
     for _ in range(max_batches):
         with transaction.atomic():
-            ids = list(
-                Event.objects.filter(ts__lt=cutoff).order_by("ts").values_list("id", flat=True)[:batch_size]
-            )
+            ids = list(queryset.order_by(order).values_list("id", flat=True)[:batch_size])
             if not ids:
                 break
-            Event.objects.filter(id__in=ids).delete()
+            queryset.model.objects.filter(id__in=ids).delete()
         deleted += len(ids)
         if len(ids) < batch_size:
             break
-    if deleted:
-        logger.info("pruned %d events older than %s", deleted, cutoff.isoformat())
     return deleted
+
+
+def events_prune(*, now: datetime | None = None, batch_size: int = 5000, max_batches: int = 200) -> int:
+    """Delete the history older than ``EVENT_RETENTION_DAYS``: timeline events, and resolved alerts
+    with their notification deliveries. Oldest first, ``batch_size`` per short transaction (a year of
+    a large fleet is millions of rows: one DELETE would hold locks and bloat for minutes). Returns how
+    many events and alerts were deleted."""
+    from fleet.monitoring.choices import AlertState
+    from fleet.monitoring.models import Alert
+
+    days = int(cast(Any, settings.OTB)["EVENT_RETENTION_DAYS"])
+    cutoff = (now or timezone.now()) - timedelta(days=days)
+    events = _prune(Event.objects.filter(ts__lt=cutoff), "ts", batch_size, max_batches)
+    alerts = _prune(
+        Alert.objects.filter(state=AlertState.RESOLVED, resolved_at__lt=cutoff),
+        "resolved_at",
+        batch_size,
+        max_batches,
+    )
+    if events or alerts:
+        logger.info(
+            "pruned %d events and %d resolved alerts older than %s", events, alerts, cutoff.isoformat()
+        )
+    return events + alerts
