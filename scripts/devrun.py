@@ -91,7 +91,31 @@ def beat_command(python: str) -> list[str]:
     return [python, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO", "--schedule", schedule]
 
 
-def simulator_command(agent: Path, port: int) -> list[str]:
+def simulator_state_dir(env: Mapping[str, str]) -> Path:
+    """``var/sim/<database identity>``: the simulated boxes keep their agent tokens there, and tokens
+    belong to one database. Keyed by the cluster's system identifier and the database's oid, so a
+    recreated or different database (another DATABASE_URL, a dropped and created one) starts with
+    freshly enrolled boxes instead of tokens the server has never seen (which stop the simulator)."""
+    import hashlib
+
+    try:
+        import psycopg
+
+        with psycopg.connect(env["DATABASE_URL"], connect_timeout=5, autocommit=True) as conn:
+            oid = conn.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()
+            try:  # superusers only; the embedded and the local development servers allow it
+                system = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
+            except psycopg.Error:
+                system = None
+        parts = [env["DATABASE_URL"], str(oid[0] if oid else ""), str(system[0] if system else "")]
+        key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    except Exception as exc:  # the simulator still runs; a stale state is only a risk
+        say(f"warning: could not identify the database for the simulator state ({exc})")
+        key = "default"
+    return Path("var") / "sim" / key
+
+
+def simulator_command(agent: Path, port: int, state_dir: Path) -> list[str]:
     return [
         str(agent),
         "simulate",
@@ -100,7 +124,7 @@ def simulator_command(agent: Path, port: int) -> list[str]:
         "--boxes-csv",
         str(Path("var") / "demo-boxes.csv"),
         "--state-dir",
-        str(Path("var") / "sim"),
+        str(state_dir),
     ]
 
 
@@ -138,18 +162,23 @@ def env_int(env: Mapping[str, str], key: str, default: int) -> int:
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM/SIGHUP; a second signal asks for an immediate kill."""
+    """Set by SIGINT/SIGTERM/SIGHUP; a second signal, a second or more after the first, asks for an
+    immediate kill. (One Ctrl-C reaches this process twice: from the terminal, and from make passing
+    it on. Those two must not count as "kill now", or the children never get their graceful stop.)"""
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.force = threading.Event()
         self.signal_name = ""
+        self.first_at = 0.0
 
     def handler(self, signum: int, _frame: FrameType | None) -> None:
         if self.event.is_set():
-            self.force.set()
+            if time.monotonic() - self.first_at >= 1.0:
+                self.force.set()
             return
         self.signal_name = signal.Signals(signum).name
+        self.first_at = time.monotonic()
         self.event.set()
 
     def install(self) -> None:
@@ -229,9 +258,11 @@ class Supervisor:
             if force is not None and force.is_set():
                 break
             time.sleep(0.1)
+        forced = force is not None and force.is_set()
         for child in self.children:
             if child.proc.poll() is None:
-                say(f"{child.name} did not stop within {grace:.0f} s: SIGKILL")
+                why = "second signal" if forced else f"did not stop within {grace:.0f} s"
+                say(f"{child.name}: {why}: SIGKILL")
             # Also reaps leftovers (worker pool processes, uvicorn workers) of an exited leader.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(child.proc.pid, signal.SIGKILL)
@@ -339,8 +370,9 @@ def supervise(env: dict[str, str], stop: StopFlag) -> int:
             elif not csv.exists():
                 say(f"warning: {csv.relative_to(REPO_ROOT)} missing (seed_demo writes it); simulator skipped")
             else:
-                (REPO_ROOT / "var" / "sim").mkdir(parents=True, exist_ok=True)
-                sup.start("sim", simulator_command(agent, port))
+                state_dir = simulator_state_dir(env)
+                (REPO_ROOT / state_dir).mkdir(parents=True, exist_ok=True)
+                sup.start("sim", simulator_command(agent, port, state_dir))
         elif not stop.requested and sup.exited() is None:
             say(
                 f"warning: web did not answer /healthz within {HEALTH_TIMEOUT_S:.0f} s; simulator not started"
