@@ -300,9 +300,9 @@ OTB = {
     "ENROLL_MAX_FAILURES_PER_IP": env_int("OTB_ENROLL_MAX_FAILURES_PER_IP", 30),
     # Failed sign-ins (portal, console and admin) per username and per source address, per window.
     "LOGIN_MAX_FAILURES": env_int("OTB_LOGIN_MAX_FAILURES", 10),
+    "LOGIN_MAX_FAILURES_PER_IP": env_int("OTB_LOGIN_MAX_FAILURES_PER_IP", 50),
     # Commands people may have waiting (pending or sent, not expired) per box.
     "MAX_OPEN_COMMANDS_PER_BOX": env_int("OTB_MAX_OPEN_COMMANDS_PER_BOX", 10),
-    "LOGIN_MAX_FAILURES_PER_IP": env_int("OTB_LOGIN_MAX_FAILURES_PER_IP", 50),
     "API_TOKEN_DEFAULT_DAYS": env_int("OTB_API_TOKEN_DEFAULT_DAYS", 90),
     "FIRMWARE_SIGNING_PUBLIC_KEY": os.environ.get("OTB_FIRMWARE_SIGNING_PUBLIC_KEY", ""),
     "RAW_RETENTION_DAYS": env_int("OTB_RAW_RETENTION_DAYS", 7),

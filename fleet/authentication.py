@@ -62,29 +62,25 @@ def bearer_token(header: str | None) -> str | None:
     return value or None
 
 
+def _live_credentials(value: str) -> Any:
+    """The agent credential of a token if it is live: not revoked, and its box not decommissioned."""
+    return AgentCredential.objects.filter(
+        token_hash=digest(value), revoked_at__isnull=True, box__decommissioned_at__isnull=True
+    ).order_by()
+
+
 def agent_box_of_token(value: str) -> tuple[UUID, UUID | None, str] | None:
-    """(box id, organisation id, serial) of a live agent token, or None: the same rule as
-    :func:`agent_from_token` read as three columns (the websocket connect of every session of a
-    reconnect storm needs no more, and compiling and loading the whole box was most of its cost)."""
-    row = (
-        AgentCredential.objects.filter(
-            token_hash=digest(value), revoked_at__isnull=True, box__decommissioned_at__isnull=True
-        )
-        .order_by()
-        .values_list("box_id", "box__organization_id", "box__serial")[:1]
-    )
-    found = list(row)
+    """(box id, organisation id, serial) of a live agent token, or None: read as three columns (the
+    websocket connect of every session of a reconnect storm needs no more, and compiling and loading
+    the whole box was most of its cost)."""
+    found = list(_live_credentials(value).values_list("box_id", "box__organization_id", "box__serial")[:1])
     return found[0] if found else None
 
 
 def agent_from_token(value: str) -> AgentPrincipal | None:
     """The live agent credential for a token, with its box, in one query; None if unknown/revoked."""
-    credential = (
-        AgentCredential.objects.select_related("box")
-        .filter(token_hash=digest(value), revoked_at__isnull=True)
-        .first()
-    )
-    if credential is None or credential.box.decommissioned_at is not None:
+    credential = _live_credentials(value).select_related("box").first()
+    if credential is None:
         return None
     return AgentPrincipal(box=credential.box, credential_id=credential.id)
 

@@ -15,11 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from importlib import import_module
 from typing import Any
 from uuid import UUID
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.contrib.auth import get_user_model
 
 from fleet.access import box_for, organization_for
 from fleet.choices import Role
@@ -40,11 +43,6 @@ REAUTHORIZE_INTERVAL_S = 60.0
 def _still_authorised(user: Any, session_key: str | None, subscriptions: dict[str, str]) -> list[str] | None:
     """The subscription keys the person may no longer see; None if the person may not use the socket
     at all any more (deactivated, or signed out: the session is gone)."""
-    from importlib import import_module
-
-    from django.conf import settings
-    from django.contrib.auth import get_user_model
-
     store = import_module(settings.SESSION_ENGINE).SessionStore()
     fresh = get_user_model().objects.filter(pk=user.pk, is_active=True).first()
     if fresh is None or (session_key is not None and not store.exists(session_key)):

@@ -106,3 +106,34 @@ def login_failures_per_ip() -> FailureCounter:
         limit=_setting("LOGIN_MAX_FAILURES_PER_IP"),
         window_s=_setting("AUTH_FAILURE_WINDOW_S"),
     )
+
+
+def _login_counters(username: str, source: str) -> list[tuple[FailureCounter, str]]:
+    """(counter, identifier) pairs of a sign-in attempt: the username (case-folded) and the address."""
+    return [
+        (login_failures_per_user(), username.strip().lower()[:150]),
+        (login_failures_per_ip(), source),
+    ]
+
+
+def login_refusal(*, username: str, source: str) -> str | None:
+    """The message to refuse a sign-in with, before its password is checked, when the username or the
+    address is over its limit; None when the attempt may go ahead."""
+    for counter, identifier in _login_counters(username, source):
+        if identifier and counter.exceeded(identifier):
+            wait_s = counter.retry_after_s(identifier)
+            return f"Too many failed sign-in attempts. Try again in {wait_s} seconds."
+    return None
+
+
+def login_failed(*, username: str, source: str) -> None:
+    """Count a failed sign-in against the username and the address."""
+    for counter, identifier in _login_counters(username, source):
+        if identifier:
+            counter.hit(identifier)
+
+
+def login_succeeded(*, username: str, source: str) -> None:
+    """A successful sign-in clears the username's count (not the address's)."""
+    counter, identifier = _login_counters(username, source)[0]
+    counter.reset(identifier)

@@ -41,9 +41,12 @@ BOX_FILTER_PARAMETERS = [
 
 
 def box_output(box: Box) -> dict[str, Any]:
-    """The box re-read with its joins and public address, serialised."""
-    fresh = selectors.boxes_annotated(Box.objects.filter(pk=box.pk)).get()
-    return BoxOutputSerializer(fresh).data
+    """The box serialised with its joins and public address. A box just provisioned carries them
+    already (the provisioning service fills ``public_ipv4`` and the server's region from the
+    placement); any other is re-read."""
+    if not hasattr(box, "public_ipv4"):
+        box = selectors.boxes_annotated(Box.objects.filter(pk=box.pk)).get()
+    return BoxOutputSerializer(box).data
 
 
 class BoxListApi(ApiView):
@@ -107,10 +110,7 @@ class BoxClaimApi(ApiView):
             serial=values["serial"],
             claim_code=values["claim_code"],
         )
-        # A box provisioned by this claim carries its joins and public address already (the
-        # service fills them from the placement); one claimed earlier is read back.
-        output = BoxOutputSerializer(box).data if hasattr(box, "public_ipv4") else box_output(box)
-        return Response(output, status=status.HTTP_201_CREATED)
+        return Response(box_output(box), status=status.HTTP_201_CREATED)
 
 
 class BoxWanPolicyApi(ApiView):

@@ -167,7 +167,7 @@ def _open_commands_check(box: Box, now: datetime) -> None:
     """Refuse a person's command while the box already has ``MAX_OPEN_COMMANDS_PER_BOX`` waiting (a
     script in a loop must not queue thousands of reboots). The box row is locked so that concurrent
     requests count each other."""
-    limit = int(cast(Any, settings.OTB).get("MAX_OPEN_COMMANDS_PER_BOX", 10))
+    limit = int(cast(Any, settings.OTB)["MAX_OPEN_COMMANDS_PER_BOX"])
     Box.objects.select_for_update().filter(pk=box.pk).values_list("pk", flat=True).first()
     waiting = Command.objects.filter(box=box, state__in=DELIVERABLE_STATES, expires_at__gt=now).count()
     if waiting >= limit:

@@ -21,7 +21,7 @@ from fleet.access import organization_for
 from fleet.choices import Role
 from fleet.errors import DomainError
 from fleet.services import invitation_accept
-from fleet.throttling import login_failures_per_ip, login_failures_per_user
+from fleet.throttling import login_failed, login_refusal, login_succeeded
 from frontend.context import current_organization, organization_choose
 from frontend.errors import form_add_domain_error, page_errors
 from frontend.forms import InvitationAcceptForm
@@ -30,46 +30,36 @@ logger = logging.getLogger(__name__)
 
 
 class ThrottledLoginMixin:
-    """Brute-force protection for a sign-in view: failed attempts are counted per username and per
-    source address; over either limit the attempt is answered 429 with a clear message *before* the
-    password is checked (so it neither costs a password hash nor tells anything). A successful
-    sign-in clears the username's counter."""
+    """Brute-force protection for a sign-in view (the rules are ``fleet.throttling``'s): over the
+    limit the attempt is answered 429 *before* the password is checked, so it neither costs a
+    password hash nor tells anything."""
 
-    def _counters(self, request: HttpRequest) -> list[tuple[Any, str]]:
-        username = str(request.POST.get("username") or "").strip().lower()[:150]
-        source = str(request.META.get("REMOTE_ADDR") or "")
-        return [(login_failures_per_user(), username), (login_failures_per_ip(), source)]
+    @staticmethod
+    def _attempt(request: HttpRequest) -> dict[str, str]:
+        return {
+            "username": str(request.POST.get("username") or ""),
+            "source": str(request.META.get("REMOTE_ADDR") or ""),
+        }
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         view: Any = self
-        for counter, identifier in self._counters(request):
-            if identifier and counter.exceeded(identifier):
-                form = view.get_form()
-                # set the errors directly: asking the form for them would check the password
-                form._errors = ErrorDict()
-                form._errors[NON_FIELD_ERRORS] = form.error_class(
-                    [
-                        "Too many failed sign-in attempts. Try again in "
-                        f"{counter.retry_after_s(identifier)} seconds."
-                    ],
-                    error_class="nonfield",
-                )
-                form.cleaned_data = {}
-                logger.warning("sign-in refused: too many failures (%s)", counter.scope)
-                return view.render_to_response(view.get_context_data(form=form), status=429)
+        refusal = login_refusal(**self._attempt(request))
+        if refusal is not None:
+            form = view.get_form()
+            # set the errors directly: asking the form for them would check the password
+            form._errors = ErrorDict()
+            form._errors[NON_FIELD_ERRORS] = form.error_class([refusal], error_class="nonfield")
+            form.cleaned_data = {}
+            logger.warning("sign-in refused: too many failures")
+            return view.render_to_response(view.get_context_data(form=form), status=429)
         return cast(HttpResponse, super().post(request, *args, **kwargs))  # type: ignore[misc]
 
     def form_invalid(self, form: Any) -> HttpResponse:
-        view: Any = self
-        for counter, identifier in self._counters(view.request):
-            if identifier:
-                counter.hit(identifier)
+        login_failed(**self._attempt(cast(Any, self).request))
         return cast(HttpResponse, super().form_invalid(form))  # type: ignore[misc]
 
     def form_valid(self, form: Any) -> HttpResponse:
-        view: Any = self
-        counter, identifier = self._counters(view.request)[0]
-        counter.reset(identifier)
+        login_succeeded(**self._attempt(cast(Any, self).request))
         return cast(HttpResponse, super().form_valid(form))  # type: ignore[misc]
 
 

@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from fleet.errors import InvalidInput
 from fleet.models import Box
-from fleet.monitoring.choices import EventKind
-from fleet.monitoring.models import Event
+from fleet.monitoring.choices import AlertState, EventKind
+from fleet.monitoring.models import Alert, Event
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +131,6 @@ def events_prune(*, now: datetime | None = None, batch_size: int = 5000, max_bat
     with their notification deliveries. Oldest first, ``batch_size`` per short transaction (a year of
     a large fleet is millions of rows: one DELETE would hold locks and bloat for minutes). Returns how
     many events and alerts were deleted."""
-    from fleet.monitoring.choices import AlertState
-    from fleet.monitoring.models import Alert
-
     days = int(cast(Any, settings.OTB)["EVENT_RETENTION_DAYS"])
     cutoff = (now or timezone.now()) - timedelta(days=days)
     events = _prune(Event.objects.filter(ts__lt=cutoff), "ts", batch_size, max_batches)
