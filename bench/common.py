@@ -76,11 +76,12 @@ def _process_cpu_s(pid: int) -> tuple[str, int, float]:
     return name, int(fields[2]), (int(fields[11]) + int(fields[12])) / ticks
 
 
-def cpu_snapshot(server_pgid: int) -> dict[str, float]:
-    """CPU seconds used so far by the server's process group, PostgreSQL, Redis and this process.
-    Two snapshots subtracted give where a benchmark's CPU went (the machine has two cores, so the
-    split tells which part to make cheaper)."""
-    totals = {"server": 0.0, "postgres": 0.0, "redis": 0.0}
+def cpu_snapshot(server_pgid: int) -> dict[str, dict[int, float]]:
+    """CPU seconds used so far by each process of the server's process group, PostgreSQL, Redis and
+    this process (with the load generators it reaped), by component and pid. Two snapshots given to
+    :func:`cpu_ms_per` tell where a benchmark's CPU went (the machine has two cores, so the split
+    tells which part to make cheaper)."""
+    totals: dict[str, dict[int, float]] = {"server": {}, "postgres": {}, "redis": {}}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -89,23 +90,39 @@ def cpu_snapshot(server_pgid: int) -> dict[str, float]:
         except (OSError, ValueError, IndexError):
             continue
         if pgid == server_pgid:
-            totals["server"] += cpu
+            totals["server"][int(entry)] = cpu
         elif name == "postgres":
-            totals["postgres"] += cpu
+            totals["postgres"][int(entry)] = cpu
         elif name.startswith("redis-server"):
-            totals["redis"] += cpu
+            totals["redis"][int(entry)] = cpu
     # this process and the load-generator processes it has reaped (the server is never reaped
     # before the last snapshot)
-    totals["client"] = sum(
-        usage.ru_utime + usage.ru_stime
-        for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
-    )
+    totals["client"] = {
+        0: sum(
+            usage.ru_utime + usage.ru_stime
+            for usage in (
+                resource.getrusage(resource.RUSAGE_SELF),
+                resource.getrusage(resource.RUSAGE_CHILDREN),
+            )
+        )
+    }
     return totals
 
 
 def cpu_ms_per(
-    before: dict[str, float], after: dict[str, float], count: int, *, unit_s: float = 1e-3
+    before: dict[str, dict[int, float]],
+    after: dict[str, dict[int, float]],
+    count: int,
+    *,
+    unit_s: float = 1e-3,
 ) -> dict[str, float]:
-    """CPU per unit of work (``count`` units) for each part of two snapshots, in milliseconds (or in
-    ``unit_s`` seconds: 1e-6 for microseconds)."""
-    return {key: round((after[key] - before[key]) / unit_s / max(count, 1), 2) for key in before}
+    """CPU per unit of work (``count`` units) for each part between two snapshots, in milliseconds
+    (or in ``unit_s`` seconds: 1e-6 for microseconds). A process that started in between counts
+    whole; one that exited in between is left out (PostgreSQL backends of closed connections)."""
+    return {
+        key: round(
+            sum(cpu - before[key].get(pid, 0.0) for pid, cpu in after[key].items()) / unit_s / max(count, 1),
+            2,
+        )
+        for key in before
+    }

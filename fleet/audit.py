@@ -3,8 +3,12 @@ or the system calls ``audit_record`` inside its transaction, so the entry commit
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+from psycopg.types.json import Jsonb
 
 from fleet.models import AuditLog, Box, Organization
 from fleet.request_context import current_request_id
@@ -63,4 +67,40 @@ def audit_record(
         after=after,
         request_id=current_request_id(),
         source_ip=actor.source_ip,
+    )
+
+
+# The same entry for live paths that write with raw SQL on their own connection (the session gate
+# records the versions a box reports in its hello): one row per ``audit_sql_row``.
+AUDIT_INSERT_SQL = (
+    "INSERT INTO fleet_auditlog (id, created_at, actor_label, organization_id, box_id, action, target_type,"
+    " target_id, before, after, request_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+
+
+def audit_sql_row(
+    *,
+    at: datetime,
+    actor: Actor,
+    action: str,
+    organization_id: Any,
+    box_id: Any,
+    target_type: str,
+    target_id: Any,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+) -> tuple[Any, ...]:
+    """Parameters of ``AUDIT_INSERT_SQL`` for one entry."""
+    return (
+        uuid.uuid4(),
+        at,
+        actor.label[:150],
+        organization_id,
+        box_id,
+        action,
+        target_type,
+        str(target_id),
+        Jsonb(before) if before is not None else None,
+        Jsonb(after) if after is not None else None,
+        current_request_id(),
     )

@@ -77,15 +77,20 @@ class ConfigNotModifiedFastPath:
             return None
         return str(row[0])
 
+    async def close(self) -> None:
+        """Close the pool (tests end their event loop; a server process just exits)."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
     async def _get_pool(self) -> Any:
         loop = asyncio.get_running_loop()
         if self._pool is None or self._pool_loop is not loop:
             from psycopg_pool import AsyncConnectionPool
 
-            from fleet.telemetry.writer import conninfo_from_settings
+            from fleet.telemetry.connections import conninfo_from_settings
 
-            kwargs = conninfo_from_settings()
-            kwargs["application_name"] = kwargs["application_name"].replace("telemetry-writer", "checkin")
+            kwargs = conninfo_from_settings(role="checkin")
             pool = AsyncConnectionPool(
                 kwargs=kwargs, min_size=1, max_size=self.pool_size, open=False, name="otb-checkin"
             )

@@ -4,9 +4,10 @@ Authentication happens in ``connect()`` from the ``Authorization: Bearer otba_..
 unknown or revoked token is accepted then closed with 4001, so the agent can tell "unauthorized"
 from a network failure. Every frame is validated with the agent's own protocol module
 (``otb_agent.protocol``); bad frames get an ``error`` frame naming the field, and the 10th closes the
-session with 4003 and a short reconnect penalty (4029). Telemetry goes to the per-process batching
-writer and is acknowledged only once committed. Everything else is a call to one service through
-``database_sync_to_async``; nothing here blocks the event loop.
+session with 4003 and a short reconnect penalty (4029). The connect and the ``hello`` go through the
+per-process session gate and telemetry through the per-process writer, both batching across sessions
+on their own async connections (telemetry is acknowledged only once committed). Everything else is a
+call to one service through ``database_sync_to_async``; nothing here blocks the event loop.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from otb_agent.protocol import (
 from fleet.authentication import bearer_token
 from fleet.live import AGENT_SESSION_REPLACE, agent_group, agroup_send
 from fleet.telemetry import services
+from fleet.telemetry.sessions import SessionsUnavailable, get_session_gate
 from fleet.telemetry.writer import StorageUnavailable, TelemetryRejected, get_writer
 
 logger = logging.getLogger(__name__)
@@ -64,20 +66,15 @@ _group_semaphores: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = weakref.W
 
 
 def _group_slots() -> asyncio.Semaphore:
-    """Bounds this process's concurrent group joins and leaves: when a server with ten thousand
-    sessions stops, every session leaves its group at once, and unbounded that asked Redis for more
-    connections than the channel layer's pool holds ("Too many connections")."""
+    """Bounds this process's concurrent channel-layer calls of session starts and ends (replace
+    announcement, group join and leave): when ten thousand sessions leave or come back at once,
+    unbounded they asked Redis for more connections than the channel layer's pool holds ("Too many
+    connections")."""
     loop = asyncio.get_running_loop()
     semaphore = _group_semaphores.get(loop)
     if semaphore is None:
         semaphore = _group_semaphores[loop] = asyncio.Semaphore(GROUP_OPERATIONS_IN_FLIGHT)
     return semaphore
-
-
-def _db(function: Any) -> Any:
-    """Run a service in the thread pool; sessions do not queue behind one another's DB calls (a
-    reconnect storm of thousands of sessions would otherwise go through Django's single sync thread)."""
-    return database_sync_to_async(function, thread_sensitive=False)
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -112,9 +109,12 @@ class AgentConsumer(AsyncWebsocketConsumer):
             return
         token = bearer_token(_header(self.scope, b"authorization"))
         try:
-            grant = await _db(services.agent_session_connect)(token=token, session_id=self.session_id)
-        except Exception:
-            logger.exception("agent session connect failed")
+            grant = await get_session_gate().connect(token=token, session_id=self.session_id)
+        except Exception as exc:
+            if isinstance(exc, SessionsUnavailable):
+                logger.warning("agent session refused: %s", exc)
+            else:
+                logger.exception("agent session connect failed")
             await self._refuse(
                 "unavailable", "the server cannot serve sessions right now", retry_after_s=10.0
             )
@@ -127,24 +127,25 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if grant.retry_after_s > 0:
             await self._refuse("rate_limited", "too many invalid frames; retry later", grant.retry_after_s)
             return
-        self.box_id = grant.box_id
+        box_id = self.box_id = cast(uuid.UUID, grant.box_id)
         self.organization_id = grant.organization_id
         AgentConsumer.active_sessions += 1
         self.counted = True
         # Older sessions of the box close (4002) on this; sent before joining the group so that this
         # session does not receive its own message. The database decides between two new sessions
         # racing: the hello of the one that lost the upsert gets no welcome and closes.
-        await agroup_send(
-            agent_group(self.box_id), {"type": AGENT_SESSION_REPLACE, "session_id": self.session_id}
-        )
+        async with _group_slots():
+            await agroup_send(
+                agent_group(box_id), {"type": AGENT_SESSION_REPLACE, "session_id": self.session_id}
+            )
         for attempt in range(4):
             try:
                 async with _group_slots():
-                    await self.channel_layer.group_add(agent_group(self.box_id), self.channel_name)
+                    await self.channel_layer.group_add(agent_group(box_id), self.channel_name)
                 break
             except Exception:  # without the doorbell the session still works; hello re-syncs state
                 if attempt == 3:
-                    logger.warning("joining %s failed", agent_group(self.box_id), exc_info=True)
+                    logger.warning("joining %s failed", agent_group(box_id), exc_info=True)
                 else:
                     await asyncio.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
         await self.accept()
@@ -172,7 +173,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
             # heartbeats).
             return
         try:
-            await _db(services.agent_session_close)(box_id=self.box_id, session_id=self.session_id, code=code)
+            await get_session_gate().disconnect(
+                box_id=cast(uuid.UUID, self.box_id), session_id=self.session_id, code=code
+            )
         except Exception:  # the presence sweep will mark it offline
             logger.exception("closing session of box %s failed", self.box_id)
 
@@ -236,8 +239,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def _hello(self, message: dict[str, Any]) -> None:
         try:
-            welcome = await _db(services.agent_session_hello)(
-                box_id=self.box_id, session_id=self.session_id, hello=message
+            welcome = await get_session_gate().hello(
+                box_id=cast(uuid.UUID, self.box_id), session_id=self.session_id, hello=message
             )
         except Exception:
             logger.exception("hello of box %s failed", self.box_id)

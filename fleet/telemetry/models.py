@@ -43,6 +43,8 @@ class BoxStatus(models.Model):
     wans_total = models.IntegerField(default=0)
     dropped_samples = models.BigIntegerField(default=0)
     offline_since = models.DateTimeField(null=True, blank=True)
+    # Reconnections are refused until then (the box sent too many invalid frames).
+    penalty_until = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -35,7 +35,8 @@ from uuid import UUID
 
 import psycopg
 from django.conf import settings
-from django.db import connections
+
+from fleet.telemetry.connections import DISCONNECTED, LiveConnections
 
 logger = logging.getLogger(__name__)
 
@@ -106,15 +107,6 @@ def _ip_or_none(value: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Addr
         return ipaddress.ip_address(value)
     except ValueError:
         return None
-
-
-def conninfo_from_settings(alias: str = "default") -> dict[str, Any]:
-    """psycopg connection keywords for the Django database (also the pytest-django test database)."""
-    params = connections[alias].get_connection_params()
-    keep = {"dbname", "user", "password", "host", "port", "sslmode", "sslrootcert", "sslcert", "sslkey"}
-    kwargs = {key: value for key, value in params.items() if key in keep and value not in (None, "")}
-    kwargs["application_name"] = f"{params.get('application_name', 'otb-fleet')}-telemetry-writer"
-    return kwargs
 
 
 BOX_SAMPLE_COLUMNS = (
@@ -236,8 +228,6 @@ ON CONFLICT (box_id, iface) DO UPDATE SET
     updated_at = EXCLUDED.updated_at
 """
 
-_DISCONNECTED = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
-
 
 class TelemetryWriter:
     """Batches telemetry of every session of this process into few large transactions."""
@@ -251,7 +241,7 @@ class TelemetryWriter:
         max_pending: int | None = None,
     ) -> None:
         otb = cast(dict[str, Any], settings.OTB)
-        self.conninfo = conninfo
+        self.connections = LiveConnections(role="telemetry-writer", conninfo=conninfo, setup=self._setup)
         self.flush_interval = (flush_interval_ms or otb.get("TELEMETRY_FLUSH_INTERVAL_MS", 50)) / 1000
         self.max_batch = max_batch or otb.get("TELEMETRY_MAX_BATCH", 500)
         self.max_pending = max_pending or otb.get("TELEMETRY_MAX_PENDING", 20000)
@@ -264,8 +254,6 @@ class TelemetryWriter:
         # Up to ``flushers`` batches are stored concurrently, each on its own connection; a box is
         # never in two in-flight batches, so its messages still commit in seq order.
         self.flushers = int(otb.get("TELEMETRY_WRITER_CONNECTIONS", 2))
-        self._idle: list[psycopg.AsyncConnection] = []
-        self._connections: set[psycopg.AsyncConnection] = set()
         self._inflight_boxes: set[UUID] = set()
         self._flushing = 0
         self._slot = asyncio.Event()
@@ -317,8 +305,7 @@ class TelemetryWriter:
             self._task = None
         for task in list(self._background):
             task.cancel()
-        for conn in list(self._connections):
-            await self._discard(conn)
+        await self.connections.close()
 
     # -- the loop ------------------------------------------------------------------------------
     def _ensure_running(self) -> None:
@@ -376,32 +363,10 @@ class TelemetryWriter:
             if self._queue or self._touches:
                 self._wake.set()
 
-    async def _acquire(self) -> psycopg.AsyncConnection:
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.closed:
-                return conn
-            self._connections.discard(conn)
-        conninfo = self.conninfo or conninfo_from_settings()
-        conn = await psycopg.AsyncConnection.connect(
-            **conninfo, connect_timeout=3, options="-c statement_timeout=30000 -c lock_timeout=10000"
-        )
-        self._connections.add(conn)
-        try:
-            await self._ensure_partitions(conn)
-            async with conn.transaction():
-                await conn.execute(TEMP_TABLES_SQL)
-        except BaseException:
-            await self._discard(conn)
-            raise
-        return conn
-
-    async def _discard(self, conn: psycopg.AsyncConnection) -> None:
-        self._connections.discard(conn)
-        try:
-            await conn.close()
-        except Exception:  # already broken
-            logger.debug("closing a writer connection failed", exc_info=True)
+    async def _setup(self, conn: psycopg.AsyncConnection) -> None:
+        await self._ensure_partitions(conn)
+        async with conn.transaction():
+            await conn.execute(TEMP_TABLES_SQL)
 
     async def _ensure_partitions(self, conn: psycopg.AsyncConnection) -> None:
         now = time.monotonic()
@@ -419,18 +384,18 @@ class TelemetryWriter:
             return
         conn = None
         try:
-            conn = await self._acquire()
+            conn = await self.connections.acquire()
             outcome = await self._store(conn, batch, touches)
-            self._idle.append(conn)
-        except _DISCONNECTED as exc:
+            self.connections.release(conn)
+        except DISCONNECTED as exc:
             logger.warning("telemetry storage unavailable: %s", exc)
             if conn is not None:
-                await self._discard(conn)
+                await self.connections.discard(conn)
             self._fail(batch, StorageUnavailable("telemetry storage unavailable"))
             return
         except psycopg.Error as exc:
             if conn is not None:
-                self._idle.append(conn)
+                self.connections.release(conn)
             # A data error poisons the whole transaction: store messages one by one so that only
             # the bad one is refused and every other session keeps flowing.
             if len(batch) <= 1:

@@ -28,6 +28,12 @@ def header(response: dict[str, Any], name: bytes) -> str | None:
     return next((value.decode() for key, value in response["headers"] if key.lower() == name), None)
 
 
+@pytest.fixture(autouse=True)
+async def _pool_closed() -> Any:
+    yield
+    await application.application_mapping["http"].close()
+
+
 @pytest.fixture
 def polled_box(box_factory: Any, agent_token_factory: Any) -> tuple[Box, str]:
     box = box_factory(config_hash="a" * 64)

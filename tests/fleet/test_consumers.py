@@ -16,6 +16,7 @@ from config.asgi import application
 from fleet.live import doorbell_command, doorbell_config_changed
 from fleet.models import Box
 from fleet.telemetry.models import BoxStatus, WanStatus
+from fleet.telemetry.sessions import SessionGate, _gates, close_session_gate
 from fleet.telemetry.writer import TelemetryWriter, _writers, close_writer
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -25,21 +26,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 async def _writer_closed() -> Any:
     yield
     await close_writer()
-
-
-@pytest.fixture(autouse=True)
-def _penalties_cleared() -> Any:
-    from django.core.cache import cache
-
-    def wipe() -> None:
-        client = cache._cache.get_client()
-        keys = list(client.scan_iter(match="*live:penalty:*", count=1000))
-        if keys:
-            client.delete(*keys)
-
-    wipe()
-    yield
-    wipe()
+    await close_session_gate()
 
 
 @pytest.fixture
@@ -284,6 +271,23 @@ async def test_storage_unavailable_sends_error_and_no_ack(agent_box: tuple[Box, 
     assert frame["retry_after_s"] > 0
     assert (await stored_rows(box.pk))["box"] == []
     assert (await status_of(box.pk)).last_seq == 0
+    await communicator.disconnect(timeout=5)
+
+
+async def test_database_down_at_connect_refuses_with_retry_after(agent_box: tuple[Box, str]) -> None:
+    # given a process whose session gate cannot reach the database
+    _, token = agent_box
+    import asyncio
+
+    _gates[asyncio.get_running_loop()] = SessionGate(
+        conninfo={"host": "127.0.0.1", "port": 1, "dbname": "nowhere", "user": "nobody"}
+    )
+    # when an agent connects, then it is told to come back later (not "unauthorized")
+    communicator, _ = await open_session(token, say_hello=False)
+    frames, code = await receive_close(communicator)
+    assert code == 4029
+    assert frames[0]["code"] == "unavailable"
+    assert frames[0]["retry_after_s"] > 0
     await communicator.disconnect(timeout=5)
 
 

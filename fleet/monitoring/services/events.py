@@ -33,6 +33,10 @@ def event_payload(event: Event) -> dict[str, Any]:
     }
 
 
+def _people_message(event: Event) -> dict[str, Any]:
+    return {"kind": "event", "box_id": str(event.box_id), "event": event_payload(event)}
+
+
 def _broadcast(events: list[Event]) -> None:
     try:
         from fleet.live import broadcast_to_people
@@ -40,13 +44,18 @@ def _broadcast(events: list[Event]) -> None:
         return
     for event in events:
         try:
-            broadcast_to_people(
-                event.box_id,
-                event.organization_id,
-                {"kind": "event", "box_id": str(event.box_id), "event": event_payload(event)},
-            )
+            broadcast_to_people(event.box_id, event.organization_id, _people_message(event))
         except Exception:  # a doorbell never fails the write that rang it
             logger.warning("broadcast of event %s failed", event.pk, exc_info=True)
+
+
+async def aevents_broadcast(events: list[Event]) -> None:
+    """Broadcast committed events to the people watching, from the event loop (the live paths that
+    write events in raw SQL call this after their commit)."""
+    from fleet.live import abroadcast_to_people
+
+    for event in events:
+        await abroadcast_to_people(event.box_id, event.organization_id, _people_message(event))
 
 
 def _build(item: dict[str, Any], organizations: dict[Any, Any], now: datetime) -> Event:
