@@ -319,6 +319,8 @@ OTB = {
     "INVALID_FRAME_PENALTY_S": env_int("OTB_INVALID_FRAME_PENALTY_S", 60),
     "TELEMETRY_FLUSH_INTERVAL_MS": env_int("OTB_TELEMETRY_FLUSH_INTERVAL_MS", 50),
     "TELEMETRY_MAX_BATCH": env_int("OTB_TELEMETRY_MAX_BATCH", 500),
+    # Most session connects / hellos / ends the session gate serves in one batch (fleet.telemetry.sessions).
+    "SESSION_MAX_BATCH": env_int("OTB_SESSION_MAX_BATCH", 500),
     "TELEMETRY_MAX_PENDING": env_int("OTB_TELEMETRY_MAX_PENDING", 20000),
     "LIVE_BROADCAST_INTERVAL_S": env_int("OTB_LIVE_BROADCAST_INTERVAL_S", 5),
     "ROLLUP_LOOKBACK_MINUTES": env_int("OTB_ROLLUP_LOOKBACK_MINUTES", 60),
