@@ -7,17 +7,20 @@ classes and selectors can tell callers apart and a box token can never act as a 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
-from django.db.models import OuterRef, Subquery
+from django.contrib.auth import get_user_model
+from django.db import connections, router
+from django.db.models import Model
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from fleet.models import AgentCredential, ApiToken, Box, Membership
+from fleet.models import AgentCredential, ApiToken, Box, Membership, Organization
 from fleet.tokens import TokenKind, digest, token_kind
 
 
@@ -85,6 +88,51 @@ def agent_from_token(value: str) -> AgentPrincipal | None:
     return AgentPrincipal(box=credential.box, credential_id=credential.id)
 
 
+@functools.cache
+def _user_token_query() -> tuple[str, list[tuple[type[Model], list[str]]]]:
+    """The SQL reading a personal API token with its user, its organisation and the user's role
+    there, and the (model, field names) of its columns. Built once: compiling the same query with
+    the ORM (``select_related`` plus a role subquery) cost ~2 ms of CPU on every API request."""
+    selected: list[str] = []
+    layout: list[tuple[type[Model], list[str]]] = []
+    for alias, model in (("t", ApiToken), ("u", get_user_model()), ("o", Organization)):
+        fields = model._meta.concrete_fields
+        selected += [f'{alias}."{field.column}"' for field in fields]
+        layout.append((model, [field.attname for field in fields]))
+    user_table = get_user_model()._meta.db_table
+    # Identifiers from the models' metadata, never from input: the one parameter is the digest.
+    sql = (
+        f"SELECT {', '.join(selected)}, (SELECT m.role FROM {Membership._meta.db_table} m"  # noqa: S608
+        " WHERE m.user_id = t.user_id AND m.organization_id = t.organization_id LIMIT 1)"
+        f" FROM {ApiToken._meta.db_table} t JOIN {user_table} u ON u.id = t.user_id"
+        f" JOIN {Organization._meta.db_table} o ON o.id = t.organization_id"
+        " WHERE t.token_hash = %s AND t.revoked_at IS NULL LIMIT 1"
+    )
+    return sql, layout
+
+
+def _live_user_token(value: str) -> ApiToken | None:
+    """The unrevoked personal API token of ``value`` with ``user`` and ``organization`` loaded and
+    ``member_role`` (the user's role in that organisation, None if none; ``fleet.access`` reads it
+    instead of querying the membership again), in one query; None if unknown or revoked."""
+    sql, layout = _user_token_query()
+    with connections[router.db_for_read(ApiToken)].cursor() as cursor:
+        cursor.execute(sql, [digest(value)])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    loaded: list[Any] = []
+    offset = 0
+    for model, names in layout:
+        loaded.append(model.from_db(router.db_for_read(model), names, row[offset : offset + len(names)]))
+        offset += len(names)
+    token, user, organization = loaded
+    token.user = user
+    token.organization = organization
+    token.member_role = row[-1]
+    return cast(ApiToken, token)
+
+
 class BearerTokenAuthentication(authentication.BaseAuthentication):
     keyword = "Bearer"
 
@@ -113,20 +161,7 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
 
     def _user_token(self, value: str) -> tuple[Any, ApiToken]:
         now = timezone.now()
-        # One query for the token, its user and organisation, and the user's role there (read by
-        # ``fleet.access`` instead of querying the membership again on every request).
-        member_role = Membership.objects.filter(
-            user_id=OuterRef("user_id"), organization_id=OuterRef("organization_id")
-        ).values("role")[:1]
-        token = next(
-            iter(
-                ApiToken.objects.select_related("user", "organization")
-                .annotate(member_role=Subquery(member_role))
-                .filter(token_hash=digest(value), revoked_at__isnull=True)
-                .order_by()[:1]
-            ),
-            None,
-        )
+        token = _live_user_token(value)
         if token is None or token.expires_at <= now or not token.user.is_active:
             raise exceptions.AuthenticationFailed("invalid, expired or revoked API token")
         if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=5):
