@@ -3,8 +3,9 @@
 Creates a fresh database (``otb_bench_provision`` next to ``DATABASE_URL``), one organisation with a
 personal API token, one aggregation server with pools large enough for every box, and N unclaimed
 boxes; starts ``uvicorn config.asgi:application --workers 2``; fires ``POST /api/v1/boxes/claim``
-from 16 concurrent keep-alive clients; then checks by SQL that no prefix and no tunnel port was handed
-out twice. Prints one JSON line. Quick mode N=1000, ``--full`` N=10000.
+from 16 concurrent keep-alive clients; then, as the baseline of the same run, as many ``GET
+/api/v1/me`` (the cheapest authenticated API call: the framework's floor); then checks by SQL that no
+prefix and no tunnel port was handed out twice. Prints one JSON line. Quick mode N=1000, ``--full`` N=10000.
 """
 
 from __future__ import annotations
@@ -112,8 +113,16 @@ def duplicates(database_url: str) -> dict[str, int]:
 
 
 async def fire(
-    base_url: str, token: str, org_id: str, serials: list[str], clients: int = CLIENTS
+    base_url: str,
+    token: str,
+    org_id: str,
+    serials: list[str],
+    clients: int = CLIENTS,
+    *,
+    baseline: bool = False,
 ) -> tuple[list[float], dict[int, int]]:
+    """Claim every serial (or, with ``baseline``, make as many ``GET /api/v1/me`` calls: the cheapest
+    authenticated API request, i.e. the framework's floor on the same server and load)."""
     from loadclient import KeepAliveClient
 
     queue: asyncio.Queue[str] = asyncio.Queue()
@@ -132,11 +141,15 @@ async def fire(
                     return
                 body = json.dumps({"serial": serial, "claim_code": CLAIM_CODE, "organization": org_id})
                 started = time.perf_counter()
-                status, answer = await client.request("POST", "/api/v1/boxes/claim", body.encode())
+                if baseline:
+                    status, answer = await client.request("GET", "/api/v1/me")
+                    status = 201 if status == 200 else status
+                else:
+                    status, answer = await client.request("POST", "/api/v1/boxes/claim", body.encode())
                 latencies.append(time.perf_counter() - started)
                 statuses[status] = statuses.get(status, 0) + 1
                 if status != 201 and statuses[status] <= 3:
-                    log(f"claim {serial}: {status} {answer[:300]!r}")
+                    log(f"{'me' if baseline else 'claim'} {serial}: {status} {answer[:300]!r}")
 
     await asyncio.gather(*(client_loop() for _ in range(clients)))
     return latencies, statuses
@@ -204,6 +217,12 @@ def main() -> int:
         latencies, statuses = asyncio.run(fire(base_url, token, org_id, serials, args.clients))
         elapsed = time.perf_counter() - started
         cpu = cpu_ms_per(cpu_before, cpu_snapshot(server.pid), len(serials))
+        # The baseline in the same run: as many of the cheapest authenticated API calls.
+        cpu_before = cpu_snapshot(server.pid)
+        started = time.perf_counter()
+        _, base_statuses = asyncio.run(fire(base_url, token, org_id, serials, args.clients, baseline=True))
+        base_elapsed = time.perf_counter() - started
+        base_cpu = cpu_ms_per(cpu_before, cpu_snapshot(server.pid), len(serials))
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -227,6 +246,9 @@ def main() -> int:
         "claimed_rows": counts["claimed"],
         "assignments": counts["assignments"],
         "cpu_ms_per_claim": cpu,
+        "baseline_me_per_s": round(base_statuses.get(201, 0) / base_elapsed, 1),
+        "baseline_cpu_ms_per_request": base_cpu,
+        "claims_vs_baseline": round(ok / elapsed / max(base_statuses.get(201, 0) / base_elapsed, 1e-9), 3),
     }
     print(json.dumps(result), flush=True)
     return 0 if ok == count and result["duplicates"] == 0 else 1

@@ -147,8 +147,9 @@ DATABASES = {
 }
 DATABASES["default"].setdefault("OPTIONS", {})
 DATABASES["default"]["OPTIONS"]["application_name"] = os.environ.get("OTB_PROCESS_NAME", "otb-fleet")
-# Opt-in psycopg connection pool per process (DATABASE_POOL_MAX_SIZE > 0). Under ASGI every request runs
-# in its own thread, so persistent per-thread connections (CONN_MAX_AGE) pile up; a pool does not.
+# HTTP requests run on a fixed pool of OTB_HTTP_THREADS threads per process (config/asgi.py), so
+# persistent per-thread connections (CONN_MAX_AGE) are bounded by it. Opt-in psycopg connection pool
+# per process instead (DATABASE_POOL_MAX_SIZE > 0): fewer connections when threads mostly wait.
 if env_int("DATABASE_POOL_MAX_SIZE", 0) > 0:
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"]["pool"] = {
@@ -294,6 +295,8 @@ OTB = {
     "ADDRESS_QUARANTINE_SECONDS": env_int("OTB_ADDRESS_QUARANTINE_SECONDS", 7 * 24 * 3600),
     "TELEMETRY_INTERVAL_S": env_int("OTB_TELEMETRY_INTERVAL_S", 10),
     "HEARTBEAT_INTERVAL_S": env_int("OTB_HEARTBEAT_INTERVAL_S", 30),
+    # Threads serving Django's HTTP requests in each ASGI process (config/asgi.py).
+    "HTTP_THREADS": env_int("OTB_HTTP_THREADS", 16),
     "CLAIM_MAX_FAILURES": env_int("OTB_CLAIM_MAX_FAILURES", 5),
     "ENROLL_MAX_FAILURES": env_int("OTB_ENROLL_MAX_FAILURES", 5),
     "AUTH_FAILURE_WINDOW_S": env_int("OTB_AUTH_FAILURE_WINDOW_S", 900),

@@ -9,11 +9,14 @@ never fail (or roll back) the write that rang it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import threading
+from collections.abc import Coroutine
 from typing import Any
 from uuid import UUID
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 logger = logging.getLogger(__name__)
@@ -64,11 +67,34 @@ async def agroup_send(group: str, message: dict[str, Any]) -> bool:
     return True
 
 
+_channel_loop_lock = threading.Lock()
+_channel_loop: tuple[int, asyncio.AbstractEventLoop] | None = None
+
+
+def run_in_channel_loop(coroutine: Coroutine[Any, Any, Any], timeout: float = 10.0) -> Any:
+    """Run a channel-layer coroutine from synchronous code (HTTP request threads, Celery tasks) on this
+    process's channel-layer thread and wait for its result.
+
+    ``async_to_sync`` outside an ASGI request builds a new event loop per call, and the channel layer a
+    new Redis connection pool per loop: one connection per doorbell. One long-lived loop per process
+    (re-created after a fork) keeps one pool for all of them.
+    """
+    global _channel_loop
+    pid = os.getpid()
+    with _channel_loop_lock:
+        if _channel_loop is None or _channel_loop[0] != pid or _channel_loop[1].is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="channel-layer", daemon=True).start()
+            _channel_loop = (pid, loop)
+        loop = _channel_loop[1]
+    return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout)
+
+
 def group_send(group: str, message: dict[str, Any]) -> bool:
     """Sync variant of :func:`agroup_send` (for services and ``transaction.on_commit``)."""
     try:
-        return async_to_sync(agroup_send)(group, message)
-    except Exception:  # e.g. called from a running event loop's thread
+        return bool(run_in_channel_loop(agroup_send(group, message)))
+    except Exception:  # a timeout: the doorbell is best effort
         logger.warning("channel layer group_send to %s failed", group, exc_info=True)
         return False
 

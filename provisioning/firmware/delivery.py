@@ -14,7 +14,6 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from django.db import transaction
 
 from fleet.commands.choices import CommandKind, CommandState
@@ -79,7 +78,7 @@ def doorbells_ring(box_ids: list[Any]) -> None:
     if not box_ids:
         return
     try:
-        from fleet.live import agent_group, agroup_send
+        from fleet.live import agent_group, agroup_send, run_in_channel_loop
     except ImportError:  # no live session module deployed
         return
 
@@ -97,7 +96,7 @@ def doorbells_ring(box_ids: list[Any]) -> None:
             )
 
     try:
-        async_to_sync(ring)()
+        run_in_channel_loop(ring(), timeout=60)
     except Exception:  # the doorbell is best effort; the rows are committed
         logger.warning("ringing %d firmware doorbells failed", len(box_ids), exc_info=True)
 
