@@ -318,6 +318,8 @@ def main() -> int:
         ingest = run_load_attributed(base, boxes, duration=duration, window=args.window, workers=args.workers)
         cpu_ingest = cpu_snapshot(server.process.pid)
         log(f"ingest: {ingest['msgs_per_s']:.0f} msg/s, failures={len(ingest['failed'])}")
+        for reason in sorted(set(ingest["failed"]))[:5]:
+            log(f"  failure: {reason[:300]}")
     finally:
         server.stop()
     check = verify_storage(database_url, boxes, ingest["acked_by_box"])

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
+LOG_DIR = BENCH_DIR.parent / "var" / "bench-logs"
 ORDER = ["provision", "checkin", "ingest", "sessions", "agent", "rollout", "portal"]
 
 
@@ -71,12 +72,17 @@ def run_one(name: str, full: bool, timeout_s: float) -> tuple[bool, str]:
         return False, json.dumps({"bench": name, "error": f"timed out after {timeout_s:.0f} s"})
     lines = [line for line in stdout.splitlines() if line.startswith('{"bench"')]
     if returncode != 0 or not lines:
-        tail = (stderr or stdout).strip().splitlines()[-5:]
+        # The whole output is kept for the post-mortem; the line carries its last lines.
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        log_path = LOG_DIR / f"{name}.log"
+        log_path.write_text(f"{stdout}\n--- stderr ---\n{stderr}")
+        tail = [line for line in (stderr or stdout).strip().splitlines() if "Warning" not in line][-8:]
         return False, json.dumps(
             {
                 "bench": name,
                 "error": f"exit {returncode}",
                 "tail": tail,
+                "log": str(log_path),
                 "elapsed_s": round(time.monotonic() - started, 1),
             }
         )

@@ -326,7 +326,13 @@ class TelemetryWriter:
             batch = self._take_batch()
             touches, self._touches = self._touches, set()
             if not batch and not touches:
-                continue  # everything queued belongs to in-flight boxes: a finishing flush wakes us
+                # Everything queued belongs to boxes being flushed: wait for a flush to finish. (Looping
+                # instead never yielded when the queue was full, since set events return at once, so
+                # the flush in flight could not progress: a livelock at 100 % CPU under load.)
+                if self._flushing > 0:
+                    self._slot.clear()
+                    await self._slot.wait()
+                continue
             self._flushing += 1
             boxes = {message.box_id for message in batch}
             self._inflight_boxes |= boxes
