@@ -147,8 +147,6 @@ DATABASES = {
 }
 DATABASES["default"].setdefault("OPTIONS", {})
 DATABASES["default"]["OPTIONS"]["application_name"] = os.environ.get("OTB_PROCESS_NAME", "otb-fleet")
-if os.environ.get("DATABASE_SERVER_SIDE_BINDING", "0") == "1":
-    DATABASES["default"]["OPTIONS"]["server_side_binding"] = True
 # HTTP requests run on a fixed pool of OTB_HTTP_THREADS threads per process (config/asgi.py), so
 # persistent per-thread connections (CONN_MAX_AGE) are bounded by it. Opt-in psycopg connection pool
 # per process instead (DATABASE_POOL_MAX_SIZE > 0): fewer connections when threads mostly wait.
