@@ -11,12 +11,13 @@ import json
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from fleet.consumers import AgentConsumer
+from fleet.consumers import AgentConsumer, LeanDispatchMixin
 
 
-class EchoConsumer(AsyncWebsocketConsumer):
-    # Same transport path as fleet.consumers.AgentConsumer (which also skips channels' per-frame
-    # aclose_old_connections hop), so the ratio measures validation + durable storage only.
+class EchoConsumer(LeanDispatchMixin, AsyncWebsocketConsumer):
+    # Same transport path as fleet.consumers.AgentConsumer (its consumer loop, and its dispatch that
+    # skips channels' per-frame aclose_old_connections hop), so the ratio measures validation +
+    # durable storage only.
     dispatch = AgentConsumer.dispatch
 
     async def connect(self) -> None:

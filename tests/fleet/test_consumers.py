@@ -457,3 +457,22 @@ async def test_sessions_beyond_the_process_limit_are_shed(agent_box: tuple[Box, 
     assert frames[0]["code"] == "overloaded"
     assert frames[0]["retry_after_s"] > 0
     await communicator.disconnect(timeout=5)
+
+
+async def test_a_channel_layer_message_nobody_handles_ends_the_session_like_channels(
+    agent_box: tuple[Box, str],
+) -> None:
+    # given a live session
+    box, token = agent_box
+    communicator, _ = await open_session(token)
+    # when the channel layer delivers a message type the consumer has no handler for
+    from fleet.live import agent_group, agroup_send
+
+    assert await agroup_send(agent_group(box.pk), {"type": "no.such.handler"})
+    # then the consumer ends with that error (as Channels' own loop does), not silently
+    with pytest.raises(ValueError, match=r"No handler for message type no\.such\.handler"):
+        await communicator.receive_output(timeout=5)
+    # and the box can open a new session at once
+    other, welcome = await open_session(token)
+    assert welcome["type"] == "welcome"
+    await other.disconnect(timeout=5)
