@@ -6,11 +6,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
+from django.db import connection
+from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from fleet.models import AuditLog, Box, Organization
+from fleet.models import Box, Organization
 from fleet.request_context import current_request_id
 
 
@@ -42,6 +44,15 @@ class Actor:
         return cls(label=str(user) if user is not None else "anonymous", source_ip=source_ip)
 
 
+# One entry, with SQL built once (the ORM compiled this insert on every state change); the live
+# paths that write on their own connection batch ``audit_sql_row`` rows with it.
+AUDIT_INSERT_SQL = (
+    "INSERT INTO fleet_auditlog (id, created_at, actor_id, actor_label, organization_id, box_id, action,"
+    " target_type, target_id, before, after, request_id, source_ip)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+
+
 def audit_record(
     *,
     actor: Actor,
@@ -51,31 +62,24 @@ def audit_record(
     target: Any = None,
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
-) -> AuditLog:
-    """Append one audit entry; call it inside the transaction of the change it records."""
-    if organization is None and box is not None:
-        organization = box.organization
-    return AuditLog.objects.create(
-        actor=actor.user,
-        actor_label=actor.label[:150],
-        organization=organization,
-        box=box,
+) -> uuid.UUID:
+    """Append one audit entry; call it inside the transaction of the change it records. Returns its id.
+    Without ``organization``, the box's organisation is recorded."""
+    organization_id = organization.pk if organization is not None else getattr(box, "organization_id", None)
+    row = audit_sql_row(
+        at=timezone.now(),
+        actor=actor,
         action=action,
+        organization_id=organization_id,
+        box_id=box.pk if box is not None else None,
         target_type=target.__class__.__name__.lower() if target is not None else "",
-        target_id=str(getattr(target, "pk", "") or "") if target is not None else "",
+        target_id=(getattr(target, "pk", "") or "") if target is not None else "",
         before=before,
         after=after,
-        request_id=current_request_id(),
-        source_ip=actor.source_ip,
     )
-
-
-# The same entry for live paths that write with raw SQL on their own connection (the session gate
-# records the versions a box reports in its hello): one row per ``audit_sql_row``.
-AUDIT_INSERT_SQL = (
-    "INSERT INTO fleet_auditlog (id, created_at, actor_label, organization_id, box_id, action, target_type,"
-    " target_id, before, after, request_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-)
+    with connection.cursor() as cursor:
+        cursor.execute(AUDIT_INSERT_SQL, row)
+    return cast(uuid.UUID, row[0])
 
 
 def audit_sql_row(
@@ -94,6 +98,7 @@ def audit_sql_row(
     return (
         uuid.uuid4(),
         at,
+        getattr(actor.user, "pk", None),
         actor.label[:150],
         organization_id,
         box_id,
@@ -103,4 +108,5 @@ def audit_sql_row(
         Jsonb(before) if before is not None else None,
         Jsonb(after) if after is not None else None,
         current_request_id(),
+        actor.source_ip,
     )

@@ -12,7 +12,7 @@ from typing import Any, cast
 from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, F, IntegerField, Min, Q, Value, When
 from django.utils import timezone
 
@@ -362,6 +362,14 @@ def pool_create(
 # --- provisioning a box ----------------------------------------------------------------------------
 
 
+# The credentials of a claim in one statement built once (it runs on every claim).
+_CREDENTIALS_INSERT_SQL = """
+INSERT INTO provisioning_tunnelcredential (id, box_id, kind, public_key, secret_ciphertext, created_at)
+SELECT id, %s, kind, public_key, secret_ciphertext, %s
+  FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[]) AS c(id, kind, public_key, secret_ciphertext)
+"""
+
+
 def _credentials_issue(box: Box) -> list[TunnelCredential]:
     """One live credential per tunnel kind, secrets encrypted; the returned rows also carry the
     plaintext in ``plaintext`` (never stored) so the config hash needs no decryption."""
@@ -370,16 +378,29 @@ def _credentials_issue(box: Box) -> list[TunnelCredential]:
         TunnelKind.GLORYTUN: symmetric_key_generate(),
         TunnelKind.SHADOWSOCKS: password_generate(),
     }
+    now = timezone.now()
     rows = [
         TunnelCredential(
             box=box,
             kind=kind,
             public_key=box.wg_public_key if kind == TunnelKind.WIREGUARD else "",
             secret_ciphertext=secret_encrypt(secret),
+            created_at=now,
         )
         for kind, secret in plaintexts.items()
     ]
-    TunnelCredential.objects.bulk_create(rows)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _CREDENTIALS_INSERT_SQL,
+            [
+                box.pk,
+                now,
+                [row.pk for row in rows],
+                [row.kind for row in rows],
+                [row.public_key for row in rows],
+                [row.secret_ciphertext for row in rows],
+            ],
+        )
     for row in rows:
         row.plaintext = plaintexts[TunnelKind(row.kind)]  # type: ignore[attr-defined]
     return rows
@@ -448,6 +469,11 @@ def _claim_failure_record(keys: list[str]) -> None:
             cache.set(key, 1, timeout=window)
 
 
+# The claimed box, locked (raw: the ORM compiled this select on every claim). The table name comes
+# from the model's metadata; the serial is the one parameter.
+_BOX_BY_SERIAL_LOCKED_SQL = f"SELECT * FROM {Box._meta.db_table} WHERE serial = %s FOR UPDATE"  # noqa: S608
+
+
 @transaction.atomic
 def box_claim(*, actor: Actor, organization: Organization, serial: str, claim_code: str) -> Box:
     """Bind an unclaimed box to ``organization`` if the claim code matches, and provision it.
@@ -460,7 +486,7 @@ def box_claim(*, actor: Actor, organization: Organization, serial: str, claim_co
     failures = cache.get_many(keys)
     if any(int(count) >= _otb_int("CLAIM_MAX_FAILURES") for count in failures.values()):
         raise RateLimited("too many failed claim attempts; try again later", retry_after_s=retry_after)
-    box = Box.objects.select_for_update(of=("self",)).filter(serial=serial).first()
+    box = next(iter(Box.objects.raw(_BOX_BY_SERIAL_LOCKED_SQL, [serial])), None)
     if box is None or not box_secret_matches(serial, claim_code, box.claim_code_hash):
         _claim_failure_record(keys)
         raise InvalidInput(

@@ -25,6 +25,7 @@ from fleet.serializers import (
     StrictCharField,
     StrictSerializer,
     StrictUUIDField,
+    represent,
 )
 from fleet.services import box_set_wan_policy, box_update
 
@@ -46,7 +47,7 @@ def box_output(box: Box) -> dict[str, Any]:
     placement); any other is re-read."""
     if not hasattr(box, "public_ipv4"):
         box = selectors.boxes_annotated(Box.objects.filter(pk=box.pk)).get()
-    return BoxOutputSerializer(box).data
+    return represent(BoxOutputSerializer, box)
 
 
 class BoxListApi(ApiView):

@@ -361,3 +361,27 @@ def test_audit_list_is_scoped(client_for: Any, people: Any, claimed_box_factory:
     assert owner["count"] == 1 and owner["results"][0]["organization_id"] == str(people.org.pk)
     assert client_for(people.viewer).get("/api/v1/audit/").json()["count"] == 0
     assert AuditLog.objects.filter(action="box.claim").count() == 2
+
+
+def test_a_claim_is_audited_with_who_from_where_and_the_request_id(
+    client_for: Any, people: Any, box_factory: Any, provisioned_region: Any
+) -> None:
+    admin = client_for(people.admin)
+    box = box_factory()
+    response = admin.post(
+        "/api/v1/boxes/claim",
+        {"serial": box.serial, "claim_code": CLAIM_CODE},
+        format="json",
+        HTTP_X_REQUEST_ID="claim-audit-1",
+        REMOTE_ADDR="192.0.2.7",
+    )
+    assert response.status_code == 201, response.content
+    entry = AuditLog.objects.get(action="box.claim", box=box)
+    assert entry.actor_id == people.admin.pk
+    assert entry.actor_label == f"user:{people.admin.get_username()}"
+    assert entry.organization_id == people.org.pk
+    assert entry.target_type == "box" and entry.target_id == str(box.pk)
+    assert entry.before == {"state": "unclaimed", "organization": None}
+    assert entry.after == {"state": "claimed", "organization": str(people.org.pk)}
+    assert entry.request_id == response["X-Request-ID"] == "claim-audit-1"
+    assert entry.source_ip == "192.0.2.7"
