@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import secrets
 import socket
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -54,29 +53,77 @@ def webhook_url_validate(url: str) -> str:
         raise InvalidInput("url must not carry credentials; the signature authenticates us", field="url")
     if port == 0:
         raise InvalidInput("url port is not valid", field="url")
+    if not settings.OTB.get("WEBHOOK_ALLOW_PRIVATE", False) and _obviously_private(parts.hostname):
+        raise InvalidInput("url must point to a public address", field="url")
     return url
 
 
-def _private_destination(host: str, port: int) -> bool:
+def _obviously_private(host: str) -> bool:
+    """A host that is a non-global address literal or a local name. Names are checked again, after
+    resolving, at every delivery (``_destination_addresses``)."""
+    if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
+        return True
     try:
-        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except OSError:
+        return not ipaddress.ip_address(host.split("%")[0]).is_global
+    except ValueError:
         return False
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            return True
-    return False
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect is an answer, not an instruction: following it could reach a private address."""
-
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
+class _Unreachable(Exception):
+    """The destination cannot be resolved, or resolves to an address we do not send to."""
 
 
-_opener = urllib.request.build_opener(_NoRedirect)
+def _destination_addresses(host: str, port: int, allow_private: bool) -> list[tuple[int, str]]:
+    """The (family, address) pairs ``host`` resolves to, resolved once: the connection is then made
+    to these very addresses, so a DNS answer that changes between the check and the connect (DNS
+    rebinding) cannot steer the POST to a private address. Any non-global address refuses the
+    whole destination unless ``allow_private``."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    except OSError as exc:
+        raise _Unreachable(f"cannot resolve {host}: {exc}") from exc
+    addresses: list[tuple[int, str]] = []
+    for family, _, _, _, sockaddr in infos:
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
+        if not allow_private and not address.is_global:
+            raise _Unreachable("destination address is not public")
+        if (family, str(sockaddr[0])) not in addresses:
+            addresses.append((family, str(sockaddr[0])))
+    if not addresses:
+        raise _Unreachable(f"cannot resolve {host}")
+    return addresses
+
+
+def _connect_first(addresses: list[tuple[int, str]], port: int, timeout: float) -> socket.socket:
+    """A TCP connection to the first of ``addresses`` that answers."""
+    last: OSError | None = None
+    for family, address in addresses:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect((address, port))
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        return sock
+    raise last or OSError("no address to connect to")
+
+
+def _pinned_connection(
+    scheme: str, host: str, port: int, addresses: list[tuple[int, str]]
+) -> http.client.HTTPConnection:
+    """An HTTP(S) connection to ``host`` that connects to ``addresses`` only; TLS still verifies the
+    certificate against ``host`` (SNI and hostname check), and ``Host`` is ``host``. No proxy from
+    the environment and no redirect following: what answers is the destination we checked."""
+    connection_class = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+    connection = connection_class(host, port, timeout=TIMEOUT_S)
+    # http.client opens its socket through this attribute (HTTPSConnection then wraps it in TLS
+    # for ``host``): the one place to pin the address without re-implementing connect().
+    connection._create_connection = lambda *_args, **_kwargs: _connect_first(  # type: ignore[attr-defined]
+        addresses, port, TIMEOUT_S
+    )
+    return connection
 
 
 @dataclass(frozen=True)
@@ -91,29 +138,27 @@ def webhook_post(*, url: str, secret: str, event: str, body: bytes, timestamp: i
     ``OTB["WEBHOOK_ALLOW_PRIVATE"]`` (on outside production) so customers cannot probe our network."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    if not settings.OTB.get("WEBHOOK_ALLOW_PRIVATE", False) and _private_destination(
-        parts.hostname or "", port
-    ):
-        return WebhookResponse(status=None, error="destination address is not public")
-    request = urllib.request.Request(  # noqa: S310 - scheme checked by webhook_url_validate
-        url,
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "User-Agent": "otb-fleet-webhook/1",
-            SIGNATURE_HEADER: webhook_signature(secret, body),
-            TIMESTAMP_HEADER: str(timestamp),
-            EVENT_HEADER: event,
-        },
-    )
+    host = parts.hostname or ""
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "otb-fleet-webhook/1",
+        SIGNATURE_HEADER: webhook_signature(secret, body),
+        TIMESTAMP_HEADER: str(timestamp),
+        EVENT_HEADER: event,
+    }
     try:
-        with _opener.open(request, timeout=TIMEOUT_S) as response:
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        return WebhookResponse(status=exc.code, error=f"HTTP {exc.code}")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+        addresses = _destination_addresses(host, port, bool(settings.OTB.get("WEBHOOK_ALLOW_PRIVATE", False)))
+    except _Unreachable as exc:
+        return WebhookResponse(status=None, error=str(exc)[:500])
+    connection = _pinned_connection(parts.scheme, host, port, addresses)
+    try:
+        connection.request("POST", path, body=body, headers=headers)
+        status = connection.getresponse().status
+    except (OSError, http.client.HTTPException, ValueError) as exc:
         return WebhookResponse(status=None, error=f"{exc.__class__.__name__}: {exc}"[:500])
+    finally:
+        connection.close()
     if 200 <= status < 300:
         return WebhookResponse(status=status, error="")
     return WebhookResponse(status=status, error=f"HTTP {status}")
