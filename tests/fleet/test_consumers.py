@@ -376,10 +376,16 @@ async def test_second_session_replaces_the_first(agent_box: tuple[Box, str]) -> 
 async def test_invalid_json_gets_an_error_frame(agent_box: tuple[Box, str]) -> None:
     _, token = agent_box
     communicator, _ = await open_session(token)
-    await communicator.send_to(text_data="{not json")
-    frame = await communicator.receive_json_from(timeout=5)
-    assert frame["code"] == "invalid_frame"
-    assert "JSON" in frame["message"]
+    # invalid JSON, and text that is not standard JSON: constants, a lone surrogate (PostgreSQL would
+    # refuse it in text), nesting past the parser's limit
+    nested = "[" * 2000 + "]" * 2000
+    for text in ("{not json", '{"type": "heartbeat", "ts": NaN}', '{"type": "heartbeat", "ts": -Infinity}',
+                 '{"type": "error", "code": "x", "message": "\\ud800"}',
+                 nested):  # fmt: skip
+        await communicator.send_to(text_data=text)
+        frame = await communicator.receive_json_from(timeout=5)
+        assert frame["code"] == "invalid_frame", (text[:40], frame)
+        assert "JSON" in frame["message"]
     # and the session keeps working
     await communicator.send_json_to(telemetry(1))
     assert await communicator.receive_json_from(timeout=5) == {"type": "ack", "seq": 1}
