@@ -208,6 +208,10 @@
       refreshCommands();
     } else if (kind === "config") {
       document.body.dispatchEvent(new CustomEvent("otb:config"));
+    } else if (kind === "unsubscribed" && message.reason === "access_revoked") {
+      // The server dropped this box from the socket: say why the charts stopped, and do not retry.
+      stopped = "You no longer have access to this box: live updates stopped.";
+      liveState(false, stopped);
     }
   }
 
@@ -215,6 +219,7 @@
   // The websocket, reconnecting with backoff.
   var socket = null;
   var retry = 0;
+  var stopped = null;  // why live updates ended for good (access revoked, signed out): no reconnect
   function liveState(connected, label) {
     var dot = document.getElementById("live-dot");
     if (dot) { dot.classList.toggle("on", connected); }
@@ -234,7 +239,12 @@
       liveState(true, "live");
     });
     socket.addEventListener("message", function (event) { onMessage(event.data); });
-    socket.addEventListener("close", function () {
+    socket.addEventListener("close", function (event) {
+      if (event.code === 4001) { stopped = "Your session ended: sign in again for live updates."; }
+      if (stopped) {
+        liveState(false, stopped);
+        return;
+      }
       liveState(false, "reconnecting…");
       scheduleReconnect();
     });
