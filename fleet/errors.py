@@ -49,10 +49,26 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+class LengthRequired(DomainError):
+    """A streamed body without a declared length (``Content-Length``)."""
+
+    status = 411
+    code = "length_required"
+
+
+class TooLarge(DomainError):
+    """A declared size over what the endpoint accepts."""
+
+    status = 413
+    code = "too_large"
+
+
 class RateLimited(DomainError):
     status = 429
     code = "rate_limited"
 
-    def __init__(self, message: str, *, retry_after_s: int, field: str | None = None) -> None:
-        super().__init__(message, field=field)
+    def __init__(
+        self, message: str, *, retry_after_s: int, field: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message, field=field, code=code)
         self.retry_after_s = retry_after_s

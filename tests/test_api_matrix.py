@@ -109,6 +109,9 @@ ENDPOINTS = [
     row("post", "/api/v1/agent/config/applied", lambda i: {"config_hash": "ab" * 32},
                                                                       "401 401 401 401 401 401 200 403"),
     row("get", "/api/v1/agent/speedtest?bytes=10", None,              "401 401 401 401 401 401 200 403"),
+    # the upload counts any body (here a small JSON one) and answers {"bytes", "duration_s"}
+    row("post", "/api/v1/agent/speedtest", lambda i: {"padding": "x" * 100},
+                                                                      "401 401 401 401 401 401 200 403"),
     # -- people --------------------------------------------------------------------------------------------
     row("get", "/api/v1/me", None,                                    "401 200 200 200 200 200 P P"),
     row("get", "/api/v1/organizations/", None,                        "401 200 200 200 200 200 P P"),

@@ -239,6 +239,48 @@ def test_enroll_needs_exactly_one_credential(targets: dict[str, Any]) -> None:
         assert "factory_secret" in error["fields"]
 
 
+@pytest.mark.parametrize(
+    ("content_length", "status"),
+    [
+        ("104857601", 413),
+        ("99999999999999999999", 413),
+        ("ten", 400),
+        ("-5", 400),
+        ("1e6", 400),
+        ("0x10", 400),
+        ("", 411),
+    ],
+    ids=["over-cap", "huge", "word", "negative", "float", "hex", "missing"],
+)
+def test_speedtest_upload_sizes_are_refused_naming_content_length(
+    targets: dict[str, Any], content_length: str, status: int
+) -> None:
+    """The upload is the one body read past the 1 MB limit (in chunks): its declared size is checked
+    before any byte is read."""
+    agent, _, _ = targets["applied"]
+    before = counts()
+    response = agent.post(
+        "/api/v1/agent/speedtest",
+        data=b"\0" * 16,
+        content_type="application/octet-stream",
+        CONTENT_LENGTH=content_length,
+    )
+    error = assert_refused(response, status, before)
+    assert list(error["fields"]) == ["Content-Length"]
+
+
+def test_a_speedtest_upload_over_the_json_limit_is_accepted_and_writes_nothing(
+    targets: dict[str, Any],
+) -> None:
+    agent, _, _ = targets["applied"]
+    before = counts()
+    for content_type in ("application/octet-stream", "application/json", "text/plain"):
+        response = agent.post("/api/v1/agent/speedtest", data=b"\0" * TWO_MB, content_type=content_type)
+        assert response.status_code == 200, response.content
+        assert response.json()["bytes"] == TWO_MB
+    assert counts() == before
+
+
 def test_speedtest_and_list_query_parameters_are_validated(
     targets: dict[str, Any], people: Any, client_for: Any
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import os
 import time
 import uuid
@@ -134,6 +135,7 @@ class Agent:
         self._tasks: Set[asyncio.Task] = set()
         self._config_running = False
         self._config_dirty = False
+        self._speed_test_lock: Optional[asyncio.Lock] = None  # made in the loop (Python 3.9)
         self._sim_reboot_requested = False
         self._stop_event: Optional[asyncio.Event] = None
         self._state = "starting"
@@ -733,39 +735,68 @@ class Agent:
         return ok, out, None if ok else "failed checks: " + ", ".join(failed)
 
     async def _cmd_speed_test(self, cid: str, params: Dict[str, Any]) -> "tuple":
+        """Download and/or upload ``bytes`` through the speedtest endpoint, optionally through one
+        interface (one WAN). Output: the download's ``bytes``/``duration_s``/``mbps`` at the top level
+        (as before upload existed), the upload's under ``upload``; see docs/agent-protocol.md."""
         nbytes = params.get("bytes", commands.DEFAULT_SPEEDTEST_BYTES)
         if type(nbytes) is not int or nbytes <= 0:
             return False, {}, "params.bytes must be a positive integer"
         nbytes = min(nbytes, commands.MAX_SPEEDTEST_BYTES)
         direction = params.get("direction", "download")
-        if direction not in ("download", "upload", "both"):
+        if direction not in commands.SPEEDTEST_DIRECTIONS:
             return False, {}, "params.direction must be download, upload or both"
-        if direction == "upload":
-            return False, {"direction": "upload"}, "upload speed test is not supported by this agent"
-        await self._progress(cid, 5, f"downloading {nbytes} bytes")
-        if self.simulated and not params.get("real"):
-            mbps = self.collector.capacity_mbps() * (0.6 + self.collector.rng.random() * 0.3)
-            duration = nbytes * 8 / (mbps * 1e6) if mbps > 0 else 0.0
-            await asyncio.sleep(min(duration, 2.0))
-            return (
-                True,
-                {
-                    "bytes": nbytes,
-                    "duration_s": round(duration, 3),
-                    "mbps": round(mbps, 2),
-                    "simulated": True,
-                },
-                None,
-            )
-        received, duration = await _to_thread(httpapi.speedtest, self.server, self.token, nbytes)
-        mbps = received * 8 / duration / 1e6 if duration > 0 else 0.0
-        ok = received == nbytes
-        output: Dict[str, Any] = {"bytes": received, "duration_s": round(duration, 3), "mbps": round(mbps, 2)}
-        if direction == "both":
-            output["upload"] = {"error": "unsupported"}
-        if params.get("iface"):
-            output["iface_ignored"] = params["iface"]  # binding to one WAN is not implemented yet
-        return ok, output, (None if ok else f"short read: {received} of {nbytes} bytes")
+        iface = params.get("iface")
+        if iface is not None:
+            problem = protocol.interface_name_problem(iface)
+            if problem:
+                return False, {}, f"params.iface {problem}"
+        simulate = self.simulated and not params.get("real")
+        output: Dict[str, Any] = {"direction": direction}
+        if iface is not None:
+            output["iface"] = iface
+        if simulate:
+            output["simulated"] = True
+        via = f" via {iface}" if iface is not None else ""
+        if self._speed_test_lock is None:
+            self._speed_test_lock = asyncio.Lock()
+        if self._speed_test_lock.locked():
+            await self._progress(cid, 1, "waiting for another speed test to finish")
+        async with self._speed_test_lock:  # one at a time: concurrent tests would share the link
+            phases = [d for d in ("download", "upload") if direction in (d, "both")]
+            for index, phase in enumerate(phases):
+                verb = "downloading" if phase == "download" else "uploading"
+                await self._progress(cid, 5 + 50 * index, f"{verb} {nbytes} bytes{via}")
+                try:
+                    if simulate:
+                        moved, duration = await self._simulated_speed_test(phase, nbytes, iface)
+                    else:
+                        test = httpapi.speedtest if phase == "download" else httpapi.speedtest_upload
+                        moved, duration = await _to_thread(
+                            test, self.server, self.token, nbytes, httpapi.SPEEDTEST_TIMEOUT, iface
+                        )
+                except httpapi.InterfaceError as e:
+                    return False, output, f"params.iface: {e}"
+                except (httpapi.HttpError, OSError, http.client.HTTPException, ValueError) as e:
+                    return False, output, f"{phase} failed: {e}"[:4000]
+                figures = _speed_figures(moved, duration)
+                if phase == "download":
+                    output.update(figures)
+                else:
+                    output["upload"] = figures
+                if moved != nbytes:
+                    what = "received" if phase == "download" else "the server received"
+                    return False, output, f"{phase}: {what} {moved} of {nbytes} bytes"
+        return True, output, None
+
+    async def _simulated_speed_test(self, phase: str, nbytes: int, iface: Optional[str]) -> "tuple":
+        """(bytes, seconds) of a simulated test, from the simulated WANs' capacity (or one WAN's)."""
+        capacity = self.collector.capacity_mbps(upload=phase == "upload", iface=iface)
+        if capacity is None:
+            raise httpapi.InterfaceError(f"no network interface named {iface!r}")
+        mbps = capacity * (0.6 + self.collector.rng.random() * 0.3)
+        duration = nbytes * 8 / (mbps * 1e6) if mbps > 0 else 0.0
+        await asyncio.sleep(min(duration, 2.0))
+        return nbytes, duration
 
     async def _cmd_refresh_config(self, cid: str, params: Dict[str, Any]) -> "tuple":
         if self._config_running:
@@ -780,6 +811,11 @@ class Agent:
         from . import firmware
 
         return await firmware.handle_command(self, cid, params)
+
+
+def _speed_figures(nbytes: int, duration: float) -> Dict[str, Any]:
+    mbps = nbytes * 8 / duration / 1e6 if duration > 0 else 0.0
+    return {"bytes": nbytes, "duration_s": round(duration, 3), "mbps": round(mbps, 2)}
 
 
 def _fit_result(result: Dict[str, Any]) -> Dict[str, Any]:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 MAX_OUTPUT_CHARS = 4000
 DEFAULT_SPEEDTEST_BYTES = 10_000_000
 MAX_SPEEDTEST_BYTES = 100_000_000
+SPEEDTEST_DIRECTIONS = ("download", "upload", "both")
 
 
 def _clip(text: str, limit: int = MAX_OUTPUT_CHARS) -> str:

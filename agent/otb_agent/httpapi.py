@@ -1,11 +1,16 @@
-"""Blocking HTTP client for the agent endpoints (stdlib urllib; call from a thread)."""
+"""Blocking HTTP client for the agent endpoints (stdlib urllib and http.client; call from a thread)."""
 
 from __future__ import annotations
 
+import errno
+import http.client
 import json
 import os
+import socket
+import sys
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
+from urllib.parse import urlsplit
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -149,22 +154,208 @@ def post_applied(
     )
 
 
-def speedtest(server: str, token: str, nbytes: int, timeout: float = 120.0) -> Tuple[int, float]:
-    """Download nbytes from the speedtest endpoint; return (bytes received, seconds)."""
-    import urllib.request
+# --------------------------------------------------------------------------- speed test
+#
+# http.client rather than urllib: the socket can then be bound to one network interface (one WAN),
+# and the upload is written in chunks. Speed tests never go through an HTTP proxy (that would
+# measure the proxy, not the WAN).
 
+SPEEDTEST_TIMEOUT = 120.0
+_CHUNK = 65536
+_ZEROS = bytes(_CHUNK)
+# Linux's SO_BINDTODEVICE; the socket module only names it from Python 3.10 (the agent runs on 3.9).
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+
+
+class InterfaceError(Exception):
+    """The test's socket could not be bound to the asked network interface."""
+
+
+def bind_to_interface(sock: socket.socket, iface: str) -> None:
+    """Bind ``sock`` to the network interface ``iface`` (Linux SO_BINDTODEVICE): its traffic then
+    leaves through that interface only. Raises InterfaceError with a readable reason."""
+    if not sys.platform.startswith("linux"):
+        raise InterfaceError("binding to a network interface needs Linux (SO_BINDTODEVICE)")
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.encode("utf-8"))
+    except OSError as e:
+        if e.errno == errno.ENODEV:
+            raise InterfaceError(f"no network interface named {iface!r}") from None
+        if e.errno in (errno.EPERM, errno.EACCES):
+            raise InterfaceError(f"not permitted to bind to {iface!r} (needs root or CAP_NET_RAW)") from None
+        raise InterfaceError(f"cannot bind to {iface!r}: {e.strerror or e}") from None
+
+
+def _bound_create_connection(iface: str) -> Callable[..., socket.socket]:
+    """A replacement for socket.create_connection that binds each socket to ``iface`` first."""
+
+    def create_connection(
+        address: Tuple[str, int], timeout: Any = None, source_address: Any = None
+    ) -> socket.socket:
+        host, port = address
+        last: Optional[OSError] = None
+        for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            try:
+                bind_to_interface(sock, iface)
+                if isinstance(timeout, (int, float)):
+                    sock.settimeout(timeout)
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(sockaddr)
+                return sock
+            except InterfaceError:
+                sock.close()
+                raise
+            except OSError as e:
+                sock.close()
+                last = e
+        raise last or OSError(f"no address found for {host}")
+
+    return create_connection
+
+
+def _speedtest_connection(server: str, timeout: float, iface: Optional[str]) -> Tuple[Any, str]:
+    """An unconnected HTTP(S) connection to the server (bound to ``iface`` if given) and the path
+    prefix of the server URL."""
+    u = urlsplit(server)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ValueError(f"not an http(s) server URL: {server!r}")
+    conn: Any
+    if u.scheme == "https":
+        conn = http.client.HTTPSConnection(u.hostname, u.port, timeout=timeout, context=_ssl_context())
+    else:
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    if iface:
+        # http.client opens its socket through this attribute (CPython 3.4 to 3.13 at least).
+        conn._create_connection = _bound_create_connection(iface)
+    return conn, u.path.rstrip("/")
+
+
+def _connect(conn: Any, url: str) -> None:
+    try:
+        conn.connect()
+    except InterfaceError:
+        raise
+    except OSError as e:
+        raise ConnectionError(f"{url}: {e}") from None
+
+
+def _error_from(resp: Any, raw: bytes) -> HttpError:
+    """The HttpError for a non-2xx answer, from the API's JSON error shape when it has one."""
+    code, message, fields = f"http_{resp.status}", resp.reason or "", {}
+    try:
+        err = json.loads(raw.decode("utf-8")).get("error") or {}
+        code = str(err.get("code") or code)
+        message = str(err.get("message") or message)
+        fields = err.get("fields") or {}
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        if raw:
+            message = raw[:200].decode("utf-8", "replace")
+    return HttpError(resp.status, code, message, fields, _parse_retry_after(resp.getheader("Retry-After")))
+
+
+def _speedtest_headers(token: str) -> Dict[str, str]:
     from . import __version__
 
-    url = api_url(server, f"/api/v1/agent/speedtest?bytes={int(nbytes)}")
-    req = urllib.request.Request(  # noqa: S310
-        url, headers={"Authorization": f"Bearer {token}", "User-Agent": f"otb-agent/{__version__}"}
-    )
-    t0 = time.monotonic()
-    total = 0
-    with urllib.request.urlopen(req, timeout=timeout, context=_ssl_context()) as resp:  # noqa: S310
-        while True:
-            chunk = resp.read(65536)
-            if not chunk:
-                break
-            total += len(chunk)
-    return total, time.monotonic() - t0
+    return {
+        "Authorization": f"Bearer {token}",
+        "User-Agent": f"otb-agent/{__version__}",
+        "Accept": "application/json, application/octet-stream",
+    }
+
+
+def speedtest(
+    server: str,
+    token: str,
+    nbytes: int,
+    timeout: float = SPEEDTEST_TIMEOUT,
+    iface: Optional[str] = None,
+) -> Tuple[int, float]:
+    """Download nbytes from the speedtest endpoint (through ``iface`` if given); return (bytes
+    received, seconds from the request to the last byte, the connection set up beforehand)."""
+    conn, prefix = _speedtest_connection(server, timeout, iface)
+    url = api_url(server, "/api/v1/agent/speedtest")
+    try:
+        _connect(conn, url)
+        t0 = time.monotonic()
+        total = 0
+        try:
+            conn.request(
+                "GET",
+                f"{prefix}/api/v1/agent/speedtest?bytes={int(nbytes)}",
+                headers=_speedtest_headers(token),
+            )
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise _error_from(resp, resp.read(65536))
+            while True:
+                chunk = resp.read(_CHUNK)
+                if not chunk:
+                    break
+                total += len(chunk)
+        except (OSError, http.client.HTTPException) as e:
+            raise ConnectionError(f"{url}: {e}") from None
+        return total, time.monotonic() - t0
+    finally:
+        conn.close()
+
+
+def speedtest_upload(
+    server: str,
+    token: str,
+    nbytes: int,
+    timeout: float = SPEEDTEST_TIMEOUT,
+    iface: Optional[str] = None,
+) -> Tuple[int, float]:
+    """Upload nbytes zero bytes to the speedtest endpoint (through ``iface`` if given), written in
+    64 KiB chunks after a Content-Length; return (bytes the server says it received, seconds from
+    the request to the server's answer, the connection set up beforehand)."""
+    conn, prefix = _speedtest_connection(server, timeout, iface)
+    url = api_url(server, "/api/v1/agent/speedtest")
+    view = memoryview(_ZEROS)
+    try:
+        _connect(conn, url)
+        t0 = time.monotonic()
+        try:
+            conn.putrequest("POST", f"{prefix}/api/v1/agent/speedtest", skip_accept_encoding=True)
+            for name, value in _speedtest_headers(token).items():
+                conn.putheader(name, value)
+            conn.putheader("Content-Type", "application/octet-stream")
+            conn.putheader("Content-Length", str(int(nbytes)))
+            conn.endheaders()
+            remaining = nbytes
+            send_error: Optional[OSError] = None
+            try:
+                while remaining > 0:
+                    n = min(remaining, _CHUNK)
+                    conn.send(view[:n])
+                    remaining -= n
+            except OSError as e:
+                # The server may refuse early (401, 413, 429) and stop reading: its answer tells
+                # why, if it can still be read.
+                send_error = e
+            try:
+                resp = conn.getresponse()
+                raw = resp.read(65536)
+            except (OSError, http.client.HTTPException):
+                if send_error is None:
+                    raise
+                raise send_error from None
+        except (OSError, http.client.HTTPException) as e:
+            raise ConnectionError(f"{url}: {e}") from None
+        duration = time.monotonic() - t0
+        if resp.status != 200:
+            raise _error_from(resp, raw)
+        if send_error is not None:
+            sent = nbytes - remaining
+            raise ConnectionError(f"{url}: sending failed after {sent} of {nbytes} bytes: {send_error}")
+        try:
+            counted = json.loads(raw.decode("utf-8"))["bytes"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise HttpError(resp.status, "bad_answer", f"unexpected answer: {raw[:200]!r}") from None
+        if type(counted) is not int:
+            raise HttpError(resp.status, "bad_answer", f"unexpected byte count: {counted!r}")
+        return counted, duration
+    finally:
+        conn.close()

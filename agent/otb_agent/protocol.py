@@ -447,3 +447,19 @@ __all__ = [
     "load_schema",
     "validate_message",
 ]
+
+
+# Linux's limit on an interface name, with its NUL: command params naming a WAN (``speed_test.iface``)
+# are checked with the same rule by the server, when the command is created, and by the agent.
+IFNAMSIZ = 16
+
+
+def interface_name_problem(name: Any) -> Optional[str]:
+    """Why ``name`` cannot be a Linux interface name (the kernel's rules), or None if it can be."""
+    if not isinstance(name, str) or not name:
+        return "must be a network interface name"
+    if len(name.encode("utf-8")) >= IFNAMSIZ:
+        return f"must be a network interface name of at most {IFNAMSIZ - 1} bytes"
+    if name in (".", "..") or any(c in "/:\0" or c.isspace() for c in name):
+        return f"is not a valid network interface name: {name!r}"
+    return None

@@ -1,9 +1,8 @@
 """Endpoints of the on-box agent: enroll, fetch the configuration (ETag), report it applied,
-download a speed-test payload."""
+download and upload a speed-test payload."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, cast
 
 from django.http import HttpResponseNotModified, StreamingHttpResponse
@@ -16,15 +15,16 @@ from rest_framework.response import Response
 
 from fleet.apis.base import ApiView
 from fleet.authentication import AgentPrincipal, BearerTokenAuthentication
-from fleet.errors import InvalidInput
 from fleet.permissions import IsAgent
 from fleet.serializers import SerialField, StrictCharField, StrictSerializer
 from fleet.services import box_config_applied, box_enroll
-
-SPEEDTEST_MAX_BYTES = 100 * 1024 * 1024
-SPEEDTEST_DEFAULT_BYTES = 10 * 1024 * 1024
-SPEEDTEST_CHUNK = 1024 * 1024
-_ZEROS = bytes(SPEEDTEST_CHUNK)
+from fleet.speedtest import (
+    SpeedtestPayload,
+    speedtest_download_size,
+    speedtest_receive,
+    speedtest_slot_acquire,
+    speedtest_upload_size,
+)
 
 
 def etag_matches(if_none_match: str, config_hash: str) -> bool:
@@ -124,37 +124,54 @@ class AgentConfigAppliedApi(ApiView):
         return Response(self.OutputSerializer(box).data)
 
 
-def _zeros(total: int) -> Iterator[bytes]:
-    remaining = total
-    while remaining > 0:
-        chunk = min(remaining, SPEEDTEST_CHUNK)
-        yield _ZEROS if chunk == SPEEDTEST_CHUNK else bytes(chunk)
-        remaining -= chunk
-
-
 class AgentSpeedtestApi(ApiView):
+    """The speed test: GET downloads zero bytes, POST uploads a body that is counted and discarded
+    (read in chunks, never buffered: ``streams_body``). One test per box at a time."""
+
     authentication_classes = [BearerTokenAuthentication]
     permission_classes = [IsAgent]
+    streams_body = True
+
+    class OutputSerializer(serializers.Serializer):
+        bytes = serializers.IntegerField(help_text="bytes of the body the server received")
+        duration_s = serializers.FloatField(help_text="seconds from its first byte to its last")
 
     @extend_schema(
+        description=(
+            "Download that many zero bytes (Content-Length set)."
+            " 429 with Retry-After while another test of the box runs."
+        ),
         parameters=[
             OpenApiParameter("bytes", int, description="payload size, at most 100 MB (default 10 MB)")
         ],
         responses={(200, "application/octet-stream"): OpenApiTypes.BINARY},
     )
     def get(self, request: Request) -> StreamingHttpResponse:
-        raw = request.query_params.get("bytes")
-        size = SPEEDTEST_DEFAULT_BYTES
-        if raw is not None:
-            if not raw.isascii() or not raw.isdigit() or int(raw) > SPEEDTEST_MAX_BYTES:
-                raise InvalidInput(
-                    f"bytes must be a whole number from 0 to {SPEEDTEST_MAX_BYTES}", field="bytes"
-                )
-            size = int(raw)
-        response = StreamingHttpResponse(_zeros(size), content_type="application/octet-stream")
+        size = speedtest_download_size(request.query_params.get("bytes"))
+        slot = speedtest_slot_acquire(box_id=cast(AgentPrincipal, request.user).box.pk)
+        response = StreamingHttpResponse(
+            SpeedtestPayload(size, slot), content_type="application/octet-stream"
+        )
         response["Content-Length"] = str(size)
         response["Cache-Control"] = "no-store"
         return response
+
+    @extend_schema(
+        description=(
+            "Upload any body of up to 100 MB with a Content-Length (411 without one, 413 over the cap);"
+            " it is counted and discarded. 429 with Retry-After while another test of the box runs."
+        ),
+        request={"application/octet-stream": OpenApiTypes.BINARY},
+        responses={200: OutputSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        size = speedtest_upload_size(request.META.get("CONTENT_LENGTH"))
+        slot = speedtest_slot_acquire(box_id=cast(AgentPrincipal, request.user).box.pk)
+        try:
+            result = speedtest_receive(stream=request._request, size=size, slot=slot)
+        finally:
+            slot.release()
+        return Response(self.OutputSerializer(result).data, headers={"Cache-Control": "no-store"})
 
 
 __all__ = [

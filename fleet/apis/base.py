@@ -53,13 +53,17 @@ class Pagination(LimitOffsetPagination):
 
 class ApiView(APIView):
     """An APIView that refuses bodies over DATA_UPLOAD_MAX_MEMORY_SIZE with 413 before parsing
-    (DRF streams the body to the parser without Django's size check) and accepts JSON only."""
+    (DRF streams the body to the parser without Django's size check) and accepts JSON only.
+
+    A view with ``streams_body = True`` skips that check and must read ``request`` itself, in
+    chunks, under a cap of its own (only the agent's speed-test upload, see fleet/speedtest.py)."""
 
     parser_classes = [JSONParser]
     schema = ApiSchema()
+    streams_body = False
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        if request.method in BODY_METHODS:
+        if request.method in BODY_METHODS and not self.streams_body:
             request._request.body  # noqa: B018  (raises RequestDataTooBig over the limit)
         super().initial(request, *args, **kwargs)
 

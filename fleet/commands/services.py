@@ -16,6 +16,7 @@ from uuid import UUID
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from otb_agent.protocol import interface_name_problem
 
 from fleet.access import require_role
 from fleet.audit import Actor, audit_record
@@ -124,8 +125,9 @@ def _validate_params(kind: str, params: Any) -> dict[str, Any]:
                 f"direction must be one of {', '.join(SPEED_TEST_DIRECTIONS)}", field="params.direction"
             )
         iface = params.get("iface")
-        if iface is not None and (not isinstance(iface, str) or not 1 <= len(iface) <= 32):
-            raise InvalidInput("iface must be an interface name (1-32 characters)", field="params.iface")
+        problem = interface_name_problem(iface) if iface is not None else None
+        if problem:
+            raise InvalidInput(f"iface {problem}", field="params.iface")
         clean.update(bytes=size, direction=direction)
     return clean
 

@@ -1,8 +1,8 @@
 """A tiny fake fleet server for agent tests: stdlib HTTP + a websockets server.
 
 Implements the server side of docs/agent-protocol.md closely enough to drive the agent:
-enroll, config (ETag / If-None-Match), config/applied, speedtest, and the websocket session
-(hello/welcome, telemetry acks with seq dedupe, commands, close codes). No database.
+enroll, config (ETag / If-None-Match), config/applied, speedtest (download and upload), and the
+websocket session (hello/welcome, telemetry acks with seq dedupe, commands, close codes). No database.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -28,6 +29,8 @@ class FakeHTTP:
         self.config: dict[str, Any] = {}
         self.set_config({"wan_policy": {"mode": "aggregate", "interfaces": []}, "telemetry_interval_s": 10})
         self.applied: list[dict[str, Any]] = []
+        self.uploads: list[int] = []  # bytes received by each speed-test upload
+        self.speedtest_busy = False  # answer speed tests 429 (another test of the box runs)
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -52,7 +55,32 @@ class FakeHTTP:
                 tok = h[7:] if h.startswith("Bearer ") else None
                 return tok if tok in fake.tokens else None
 
+            def _speedtest_upload(self) -> None:
+                """Like the real endpoint: read the body in chunks, count it, keep nothing."""
+                declared = self.headers.get("Content-Length")
+                fake.requests.append(
+                    {"method": "POST", "path": self.path, "body": None, "headers": dict(self.headers)}
+                )
+                if not self._auth():
+                    return self._err(401, "unauthorized", "bad token")
+                if declared is None or not declared.isdigit():
+                    return self._err(411, "length_required", "Content-Length required")
+                if fake.speedtest_busy:
+                    return self._err(429, "speedtest_busy", "another speed test", {"Retry-After": "15"})
+                size, received, first, last = int(declared), 0, 0.0, 0.0
+                while received < size:
+                    chunk = self.rfile.read(min(65536, size - received))
+                    if not chunk:
+                        break
+                    last = time.monotonic()
+                    first = first or last
+                    received += len(chunk)
+                fake.uploads.append(received)
+                return self._json(200, {"bytes": received, "duration_s": round(last - first, 6)})
+
             def do_POST(self) -> None:
+                if self.path == "/api/v1/agent/speedtest":
+                    return self._speedtest_upload()
                 n = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(n) or b"{}")
                 fake.requests.append(
@@ -94,6 +122,8 @@ class FakeHTTP:
                         return None
                     return self._json(200, fake.config, {"ETag": f'"{h}"'})
                 if self.path.startswith("/api/v1/agent/speedtest"):
+                    if fake.speedtest_busy:
+                        return self._err(429, "speedtest_busy", "another speed test", {"Retry-After": "15"})
                     n = int(self.path.split("bytes=")[1])
                     self.send_response(200)
                     self.send_header("Content-Length", str(n))

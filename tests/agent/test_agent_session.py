@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import stat
 import time
 import uuid
 
+import pytest
+from otb_agent import httpapi, protocol
 from otb_agent.agent import EXIT_UNAUTHORIZED, Agent
 from otb_agent.backoff import Backoff
 from otb_agent.collectors import Collector
@@ -323,3 +326,115 @@ async def test_diagnostics_and_speed_test_commands(fleet, tmp_path):
     finally:
         agent.stop()
         await asyncio.wait_for(task, 5)
+
+
+def command(kind, params):
+    return {
+        "type": "command",
+        "id": str(uuid.uuid4()),
+        "kind": kind,
+        "params": params,
+        "expires_at": time.time() + 60,
+    }
+
+
+async def run_commands(fake_http, ws, tmp_path, *cmds):
+    """Run the commands through a connected agent; their results by command id."""
+    agent = make_agent(fake_http, ws, tmp_path, token_for(fake_http))
+    task = asyncio.create_task(agent.run())
+    try:
+        await wait_for(lambda: "BOX1" in ws.conns and agent.welcomed)
+        for c in cmds:
+            await ws.send("BOX1", c)
+        await wait_for(lambda: len(ws.results) == len(cmds), timeout=30)
+        return {r["id"]: r for r in ws.results}
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_upload_and_both_speed_tests(fleet, tmp_path):
+    fake_http, ws = fleet
+    up = command("speed_test", {"bytes": 300_000, "direction": "upload"})
+    both = command("speed_test", {"bytes": 250_001, "direction": "both"})
+    res = await run_commands(fake_http, ws, tmp_path, up, both)
+
+    # an upload: its figures under "upload", the count being the server's
+    u = res[up["id"]]
+    assert u["ok"] is True and u["error"] is None, u
+    assert set(u["output"]) == {"direction", "upload"} and u["output"]["direction"] == "upload"
+    assert u["output"]["upload"]["bytes"] == 300_000
+    assert u["output"]["upload"]["duration_s"] >= 0 and u["output"]["upload"]["mbps"] > 0
+    # both: the download's figures at the top level (as before uploads existed), then the upload's
+    b = res[both["id"]]
+    assert b["ok"] is True, b
+    assert b["output"]["direction"] == "both"
+    assert b["output"]["bytes"] == 250_001 and b["output"]["mbps"] > 0
+    assert b["output"]["upload"]["bytes"] == 250_001
+    assert sorted(fake_http.uploads) == [250_001, 300_000]
+    uploads = [r for r in fake_http.requests if r["method"] == "POST" and "speedtest" in r["path"]]
+    assert {r["headers"]["Content-Length"] for r in uploads} == {"300000", "250001"}
+    assert all(r["headers"]["Content-Type"] == "application/octet-stream" for r in uploads)
+    # the two tests ran one after the other, not at once
+    messages = [p["message"] for p in ws.progress]
+    assert "waiting for another speed test to finish" in messages
+    assert "uploading 300000 bytes" in messages and "uploading 250001 bytes" in messages
+
+
+async def test_a_busy_server_fails_the_speed_test_with_its_reason(fleet, tmp_path):
+    fake_http, ws = fleet
+    fake_http.speedtest_busy = True
+    down = command("speed_test", {"bytes": 1000})
+    up = command("speed_test", {"bytes": 1000, "direction": "upload"})
+    res = await run_commands(fake_http, ws, tmp_path, down, up)
+    assert res[down["id"]]["ok"] is False
+    assert res[down["id"]]["error"].startswith("download failed: HTTP 429 speedtest_busy")
+    assert res[up["id"]]["ok"] is False
+    assert res[up["id"]]["error"].startswith("upload failed: HTTP 429 speedtest_busy")
+
+
+async def test_a_speed_test_through_a_missing_or_invalid_interface_fails_naming_iface(fleet, tmp_path):
+    fake_http, ws = fleet
+    missing = command("speed_test", {"bytes": 1000, "direction": "both", "iface": "otbnowan9"})
+    invalid = command("speed_test", {"bytes": 1000, "iface": "wan/1"})
+    too_long = command("speed_test", {"bytes": 1000, "iface": "w" * 16})
+    res = await run_commands(fake_http, ws, tmp_path, missing, invalid, too_long)
+    m = res[missing["id"]]
+    assert m["ok"] is False
+    assert m["error"] == "params.iface: no network interface named 'otbnowan9'"
+    assert m["output"] == {"direction": "both", "iface": "otbnowan9"}
+    assert res[invalid["id"]]["ok"] is False
+    assert res[invalid["id"]]["error"].startswith("params.iface is not a valid network interface name")
+    assert res[too_long["id"]]["error"] == "params.iface must be a network interface name of at most 15 bytes"
+    # nothing reached the server: the socket was refused its interface before connecting
+    assert not [r for r in fake_http.requests if r["path"].startswith("/api/v1/agent/speedtest")]
+
+
+root_only = pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0,
+    reason="binding a socket to an interface (SO_BINDTODEVICE) needs root or CAP_NET_RAW",
+)
+
+
+@root_only
+async def test_a_speed_test_bound_to_the_loopback_interface(fleet, tmp_path):
+    fake_http, ws = fleet  # listening on 127.0.0.1, reachable through lo
+    both = command("speed_test", {"bytes": 200_000, "direction": "both", "iface": "lo"})
+    res = await run_commands(fake_http, ws, tmp_path, both)
+    r = res[both["id"]]
+    assert r["ok"] is True, r
+    assert r["output"]["iface"] == "lo"
+    assert r["output"]["bytes"] == 200_000 and r["output"]["upload"]["bytes"] == 200_000
+    assert "downloading 200000 bytes via lo" in [p["message"] for p in ws.progress]
+
+
+@root_only
+def test_the_speed_test_socket_is_bound_to_the_interface(fake_http):
+    for iface, expected in (("lo", b"lo"), (None, b"")):
+        conn, _ = httpapi._speedtest_connection(fake_http.url, 5.0, iface)
+        try:
+            conn.connect()
+            bound = conn.sock.getsockopt(socket.SOL_SOCKET, httpapi.SO_BINDTODEVICE, protocol.IFNAMSIZ)
+            assert bound.rstrip(b"\0") == expected
+        finally:
+            conn.close()

@@ -203,5 +203,10 @@ class SimulatedCollector(Collector):
             "wans": wans,
         }
 
-    def capacity_mbps(self) -> float:
-        return sum(w.profile[3] for w in self.wans if w.down_left == 0)
+    def capacity_mbps(self, upload: bool = False, iface: Optional[str] = None) -> Optional[float]:
+        """Download (or upload) capacity of the WANs that are up, or of the WAN ``iface`` only;
+        None if there is no such WAN."""
+        wans = [w for w in self.wans if iface is None or w.iface == iface]
+        if iface is not None and not wans:
+            return None
+        return sum(w.profile[4 if upload else 3] for w in wans if w.down_left == 0)
