@@ -3,7 +3,8 @@ on the field they name (``frontend.errors.form_add_domain_error``)."""
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import Sequence
+from typing import Any, cast
 
 from django import forms
 
@@ -113,6 +114,29 @@ class CommandForm(forms.Form):
             ("refresh_config", "Refresh configuration"),
         ],
     )
+    # Speed test only: which way, and through which WAN (the box's known links; blank = its default route).
+    direction = forms.ChoiceField(
+        label="Speed test",
+        required=False,
+        choices=[("download", "Download"), ("upload", "Upload"), ("both", "Download and upload")],
+        initial="download",
+    )
+    iface = forms.ChoiceField(label="Through", required=False, choices=[("", "Default route")])
+
+    def __init__(self, *args: Any, wans: Sequence[Any] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cast(forms.ChoiceField, self.fields["iface"]).choices = [("", "Default route")] + [
+            (wan.iface, f"{wan.label or wan.iface} ({wan.iface})") for wan in wans
+        ]
+
+    def command_params(self) -> dict[str, Any]:
+        """The command's params from a valid form (speed test: direction and interface)."""
+        if self.cleaned_data["kind"] != "speed_test":
+            return {}
+        params: dict[str, Any] = {"direction": self.cleaned_data.get("direction") or "download"}
+        if self.cleaned_data.get("iface"):
+            params["iface"] = self.cleaned_data["iface"]
+        return params
 
 
 class InviteForm(forms.Form):

@@ -133,7 +133,7 @@ def box_context(request: HttpRequest, box: Box, *, console: bool = False) -> dic
         "rename_form": BoxRenameForm(initial={"name": box.name, "tags": " ".join(box.tags)}),
         "firmware_form": FirmwareSettingsForm(initial={"auto_upgrade": box.auto_upgrade}),
         "postpone_form": PostponeForm(),
-        "command_form": CommandForm(),
+        "command_form": CommandForm(wans=wans),
         "box_url": reverse("frontend:console_box" if console else "frontend:box", args=[box.pk]),
     }
 
@@ -268,11 +268,14 @@ def box_command_create(request: HttpRequest, box_id: str) -> HttpResponse:
     from fleet.commands.services import command_create
 
     box = box_for(request.user, box_id, Role.ADMIN)
-    form = CommandForm(request.POST)
+    form = CommandForm(request.POST, wans=_wans(box))
     if form.is_valid():
         try:
             command = command_create(
-                actor=Actor.from_request(request), box=box, kind=form.cleaned_data["kind"]
+                actor=Actor.from_request(request),
+                box=box,
+                kind=form.cleaned_data["kind"],
+                params=form.command_params(),
             )
         except DomainError as exc:
             form_add_domain_error(form, exc)

@@ -143,6 +143,30 @@ def test_rename_and_send_a_command(people, box) -> None:
     assert "every 3s" in fragment  # it keeps polling while the command is open
 
 
+def test_a_speed_test_through_one_wan_in_both_directions(people, box) -> None:
+    from fleet.commands.models import Command
+
+    client = logged_in(people.admin)
+    # the page offers the box's WANs by label
+    page = client.get(f"/boxes/{box.pk}/").content.decode()
+    assert 'value="wan1">4G (wan1)</option>' in page and 'value="both"' in page
+    # a speed test through the 4G link, both ways
+    response = client.post(
+        f"/boxes/{box.pk}/commands/new/", {"kind": "speed_test", "direction": "both", "iface": "wan1"}
+    )
+    assert response.status_code == 302
+    command = Command.objects.get(box=box)
+    assert command.kind == "speed_test"
+    assert command.params["direction"] == "both" and command.params["iface"] == "wan1"
+    # an interface the box does not have is refused, and nothing is sent
+    client.post(f"/boxes/{box.pk}/commands/new/", {"kind": "speed_test", "iface": "wan9"})
+    assert Command.objects.filter(box=box).count() == 1
+    # other commands ignore the speed-test options
+    client.post(f"/boxes/{box.pk}/commands/new/", {"kind": "reboot", "direction": "upload", "iface": "wan1"})
+    reboot = Command.objects.get(box=box, kind="reboot")
+    assert "direction" not in reboot.params and "iface" not in reboot.params
+
+
 def test_events_fragment_lists_the_timeline(people, box) -> None:
     from fleet.monitoring.services import event_record
 
