@@ -100,19 +100,8 @@ def request(
     except urllib.error.HTTPError as e:
         if e.code == 304:
             return 304, {k.lower(): v for k, v in e.headers.items()}, b""
-        raw = e.read() or b""
-        code, message, fields = f"http_{e.code}", (e.reason or "") if isinstance(e.reason, str) else "", {}
-        try:
-            err = json.loads(raw.decode("utf-8")).get("error") or {}
-            code = str(err.get("code") or code)
-            message = str(err.get("message") or message)
-            fields = err.get("fields") or {}
-        except (ValueError, AttributeError, UnicodeDecodeError):
-            if raw:
-                message = raw[:200].decode("utf-8", "replace")
-        raise HttpError(
-            e.code, code, message, fields, _parse_retry_after(e.headers.get("Retry-After"))
-        ) from None
+        reason = e.reason if isinstance(e.reason, str) else ""
+        raise _http_error(e.code, reason, e.read() or b"", e.headers.get("Retry-After")) from None
     except urllib.error.URLError as e:
         raise ConnectionError(f"{url}: {e.reason}") from None
 
@@ -242,8 +231,13 @@ def _connect(conn: Any, url: str) -> None:
 
 
 def _error_from(resp: Any, raw: bytes) -> HttpError:
+    """The HttpError for a non-2xx ``http.client`` answer."""
+    return _http_error(resp.status, resp.reason or "", raw, resp.getheader("Retry-After"))
+
+
+def _http_error(status: int, reason: str, raw: bytes, retry_after: Optional[str]) -> HttpError:
     """The HttpError for a non-2xx answer, from the API's JSON error shape when it has one."""
-    code, message, fields = f"http_{resp.status}", resp.reason or "", {}
+    code, message, fields = f"http_{status}", reason, {}
     try:
         err = json.loads(raw.decode("utf-8")).get("error") or {}
         code = str(err.get("code") or code)
@@ -252,7 +246,7 @@ def _error_from(resp: Any, raw: bytes) -> HttpError:
     except (ValueError, AttributeError, UnicodeDecodeError):
         if raw:
             message = raw[:200].decode("utf-8", "replace")
-    return HttpError(resp.status, code, message, fields, _parse_retry_after(resp.getheader("Retry-After")))
+    return HttpError(status, code, message, fields, _parse_retry_after(retry_after))
 
 
 def _speedtest_headers(token: str) -> Dict[str, str]:

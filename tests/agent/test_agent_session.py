@@ -295,21 +295,12 @@ async def test_diagnostics_and_speed_test_commands(fleet, tmp_path):
     agent = make_agent(fake_http, ws, tmp_path, token_for(fake_http))
     task = asyncio.create_task(agent.run())
 
-    def cmd(kind, params):
-        return {
-            "type": "command",
-            "id": str(uuid.uuid4()),
-            "kind": kind,
-            "params": params,
-            "expires_at": time.time() + 60,
-        }
-
     try:
         await wait_for(lambda: "BOX1" in ws.conns and agent.welcomed)
-        diag = cmd("diagnostics", {"checks": ["dns", "interfaces"]})
-        speed = cmd("speed_test", {"bytes": 200_000})
-        bad = cmd("diagnostics", {"checks": ["nope"]})
-        reboot_bad = cmd("reboot", {"delay_s": -1})
+        diag = command("diagnostics", {"checks": ["dns", "interfaces"]})
+        speed = command("speed_test", {"bytes": 200_000})
+        bad = command("diagnostics", {"checks": ["nope"]})
+        reboot_bad = command("reboot", {"delay_s": -1})
         for c in (diag, speed, bad, reboot_bad):
             await ws.send("BOX1", c)
         await wait_for(lambda: len(ws.results) == 4)

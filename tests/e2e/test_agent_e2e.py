@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import pytest
 from django.db import connection
 
 from fleet.telemetry.models import BoxStatus
+from tests.e2e.helpers import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -78,16 +79,6 @@ class Server:
     def signal(self, signum: int) -> None:
         assert self.process is not None
         self.process.send_signal(signum)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, message: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(message)
 
 
 def stored_seqs(box_id: Any) -> list[tuple[int, int, int]]:

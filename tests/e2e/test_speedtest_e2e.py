@@ -17,7 +17,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,20 +33,11 @@ from fleet.audit import Actor
 from fleet.commands.models import Command
 from fleet.commands.services import command_create
 from fleet.speedtest import BUSY_RETRY_AFTER_S, SpeedtestSlot
+from tests.e2e.helpers import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, message: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(message)
 
 
 def open_upload(url: str, token: str, declared: int, first: bytes) -> socket.socket:

@@ -15,24 +15,9 @@ from fleet.monitoring.models import Event
 from fleet.telemetry.models import BoxStatus
 from fleet.telemetry.services import agent_session_penalize
 from fleet.telemetry.sessions import SessionGate, SessionsUnavailable
+from tests.fleet.test_consumers import hello
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
-
-
-def hello(**overrides: Any) -> dict[str, Any]:
-    frame = {
-        "type": "hello",
-        "v": 1,
-        "agent_version": "0.1.0",
-        "firmware_version": "1.0.0",
-        "model": "OTB-v2c",
-        "applied_config_hash": None,
-        "boot_id": "boot-1",
-        "uptime_s": 100,
-        "dropped_samples": 0,
-    }
-    frame.update(overrides)
-    return frame
 
 
 @pytest.fixture
