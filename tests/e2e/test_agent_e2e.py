@@ -23,7 +23,7 @@ import pytest
 from django.db import connection
 
 from fleet.telemetry.models import BoxStatus
-from tests.e2e.helpers import wait_for
+from tests.e2e.browser import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -62,7 +62,7 @@ class Server:
         ]  # fmt: skip
         with self.log.open("a") as log:
             self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=log)
-        wait_for(self.healthy, 30, "server did not become healthy")
+        wait_until(self.healthy, timeout=30, message="server did not become healthy")
 
     def healthy(self) -> bool:
         try:
@@ -160,28 +160,36 @@ def test_agent_telemetry_survives_server_crash_and_outage(
             stdout=agent_log, stderr=agent_log,
         )  # fmt: skip
     processes.append(agent)
-    wait_for(lambda: max_seq(box.pk) >= 4, 30, "no telemetry landed")
+    wait_until(lambda: max_seq(box.pk) >= 4, timeout=30, message="no telemetry landed")
     assert BoxStatus.objects.get(box=box).online is True
 
     # and the server is killed with SIGKILL mid-stream and restarted on the same port
     server.kill()
     before_crash = max_seq(box.pk)
     server.start()
-    wait_for(lambda: max_seq(box.pk) >= before_crash + 4, 30, "telemetry did not resume after the crash")
+    wait_until(
+        lambda: max_seq(box.pk) >= before_crash + 4,
+        timeout=30,
+        message="telemetry did not resume after the crash",
+    )
 
     # and the server then freezes for 5 s (a network cut: the agent buffers, nothing is acked)
     server.signal(signal.SIGSTOP)
     time.sleep(5)
     frozen_at = max_seq(box.pk)
     server.signal(signal.SIGCONT)
-    wait_for(lambda: max_seq(box.pk) >= frozen_at + 6, 30, "telemetry did not resume after the outage")
+    wait_until(
+        lambda: max_seq(box.pk) >= frozen_at + 6,
+        timeout=30,
+        message="telemetry did not resume after the outage",
+    )
 
     # and the agent drains its buffer and is stopped
     def drained() -> bool:
         status = agent_status(state_dir)
         return status.get("buffer_depth") == 0 and status.get("last_acked_seq", 0) >= frozen_at + 6
 
-    wait_for(drained, 30, f"agent buffer did not drain: {agent_status(state_dir)}")
+    wait_until(drained, timeout=30, message=f"agent buffer did not drain: {agent_status(state_dir)}")
     agent.send_signal(signal.SIGTERM)
     agent.wait(15)
     status = agent_status(state_dir)

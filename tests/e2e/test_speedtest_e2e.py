@@ -33,7 +33,7 @@ from fleet.audit import Actor
 from fleet.commands.models import Command
 from fleet.commands.services import command_create
 from fleet.speedtest import BUSY_RETRY_AFTER_S, SpeedtestSlot
-from tests.e2e.helpers import wait_for
+from tests.e2e.browser import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -77,7 +77,7 @@ def test_the_upload_streams_through_the_real_server(
     # while a test's bytes are still arriving, the box's next test is refused with Retry-After
     sock = open_upload(asgi_server.url, token, 1_000_000, bytes(100_000))
     try:
-        wait_for(lambda: slot_taken(box), 10, "the upload did not take the box's slot")
+        wait_until(lambda: slot_taken(box), timeout=10, message="the upload did not take the box's slot")
         for test in (httpapi.speedtest, httpapi.speedtest_upload):
             with pytest.raises(httpapi.HttpError) as busy:
                 test(asgi_server.url, token, 1000)
@@ -95,9 +95,9 @@ def test_the_upload_streams_through_the_real_server(
 
     # a client that goes away mid-upload frees the slot at once (not after the slot's TTL)
     sock = open_upload(asgi_server.url, token, 1_000_000, bytes(50_000))
-    wait_for(lambda: slot_taken(box), 10, "the upload did not take the box's slot")
+    wait_until(lambda: slot_taken(box), timeout=10, message="the upload did not take the box's slot")
     sock.close()
-    wait_for(lambda: not slot_taken(box), 10, "the abandoned upload kept the box's slot")
+    wait_until(lambda: not slot_taken(box), timeout=10, message="the abandoned upload kept the box's slot")
     assert httpapi.speedtest_upload(asgi_server.url, token, 10)[0] == 10
 
 
@@ -170,7 +170,9 @@ def test_a_speed_test_command_runs_on_a_real_agent_session(
             row = Command.objects.get(pk=command.pk)
             return row if row.state in ("succeeded", "failed", "expired") else None
 
-        done = wait_for(finished, 60, f"the command did not finish:\n{asgi_server.log_tail()}")
+        done = wait_until(
+            finished, timeout=60, message=f"the command did not finish:\n{asgi_server.log_tail()}"
+        )
     finally:
         loop.call_soon_threadsafe(agent.stop)
         thread.join(15)
