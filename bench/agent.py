@@ -31,8 +31,8 @@ def create_box(database_url: str, serial: str) -> None:
     django.setup()
     from django.db import connection
 
-    from fleet.models import Box
-    from fleet.tokens import box_secret_digest
+    from fleet.core.models import Box
+    from fleet.core.tokens import box_secret_digest
 
     Box.objects.create(
         serial=serial, model="OTB-bench", factory_secret_hash=box_secret_digest(serial, SECRET)

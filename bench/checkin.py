@@ -42,8 +42,8 @@ def seed(count: int) -> list[tuple[str, str]]:
     from django.core.management import call_command
     from django.db import connections
 
-    from fleet.models import AgentCredential, Box
-    from fleet.tokens import TokenKind, token_issue
+    from fleet.core.models import AgentCredential, Box
+    from fleet.core.tokens import TokenKind, token_issue
     from provisioning.services import boxes_config_refresh
 
     call_command("migrate", verbosity=0)

@@ -11,11 +11,11 @@ import json
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from fleet.consumers import AgentConsumer, LeanDispatchMixin
+from fleet.live.agent import AgentConsumer, LeanDispatchMixin
 
 
 class EchoConsumer(LeanDispatchMixin, AsyncWebsocketConsumer):
-    # Same transport path as fleet.consumers.AgentConsumer (its consumer loop, and its dispatch that
+    # Same transport path as fleet.live.agent.AgentConsumer (its consumer loop, and its dispatch that
     # skips channels' per-frame aclose_old_connections hop), so the ratio measures validation +
     # durable storage only.
     dispatch = AgentConsumer.dispatch

@@ -84,8 +84,8 @@ def create_boxes(database_url: str, count: int, prefix: str) -> list[dict[str, s
     django.setup()
     from django.db import connection
 
-    from fleet.models import AgentCredential, Box
-    from fleet.tokens import TokenKind, token_issue
+    from fleet.core.models import AgentCredential, Box
+    from fleet.core.tokens import TokenKind, token_issue
 
     boxes, credentials, out = [], [], []
     for index in range(count):

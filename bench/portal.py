@@ -52,8 +52,8 @@ def seed(count: int) -> object:
     from django.db import connection
     from django.utils import timezone
 
-    from fleet.choices import BoxState, Role
-    from fleet.models import Box, Membership, Organization
+    from fleet.core.choices import BoxState, Role
+    from fleet.core.models import Box, Membership, Organization
     from fleet.telemetry.models import BoxStatus
     from provisioning.models import AddressAssignment, AddressPool, AggregationServer, Region
 

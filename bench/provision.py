@@ -51,10 +51,10 @@ def seed(count: int) -> tuple[str, str, list[str]]:
     from django.db import connections
     from django.utils import timezone
 
-    from fleet.audit import Actor
-    from fleet.choices import Role
-    from fleet.models import ApiToken, Box, Membership, Organization
-    from fleet.tokens import TokenKind, box_secret_digest, token_issue
+    from fleet.core.audit import Actor
+    from fleet.core.choices import Role
+    from fleet.core.models import ApiToken, Box, Membership, Organization
+    from fleet.core.tokens import TokenKind, box_secret_digest, token_issue
     from provisioning.services import pool_create, region_create, server_create
 
     call_command("migrate", verbosity=0)

@@ -71,8 +71,8 @@ def setup_django(database_url: str) -> None:
 
 
 def seed_fleet(count: int, *, tag: str, version: str, organization: Any) -> list[Any]:
-    from fleet.choices import BoxState
-    from fleet.models import Box
+    from fleet.core.choices import BoxState
+    from fleet.core.models import Box
 
     prefix = tag.upper()
     boxes = [
@@ -93,8 +93,8 @@ def seed_fleet(count: int, *, tag: str, version: str, organization: Any) -> list
 def make_release(version: str) -> Any:
     import hashlib
 
-    from fleet.audit import Actor
-    from provisioning.firmware.services import release_create, release_publish
+    from fleet.core.audit import Actor
+    from fleet.firmware.services import release_create, release_publish
 
     actor = Actor.system("bench")
     image = f"bench image {version}".encode()
@@ -114,9 +114,9 @@ def bench_create(count: int) -> dict[str, Any]:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from fleet.audit import Actor
-    from fleet.models import Organization
-    from provisioning.firmware.services import rollout_create
+    from fleet.core.audit import Actor
+    from fleet.core.models import Organization
+    from fleet.firmware.services import rollout_create
 
     organization = Organization.objects.create(name="Bench fleet", slug="bench-fleet")
     started = time.monotonic()
@@ -189,14 +189,14 @@ def bench_dispatch(
     """2,000 live simulated agents; returns dispatch_per_s and phase_s (or raises)."""
     from django.db.models import Count
 
-    from fleet.audit import Actor
+    from fleet.core.audit import Actor
     from fleet.commands.models import Command
-    from fleet.models import AgentCredential, Organization
+    from fleet.core.models import AgentCredential, Organization
     from fleet.telemetry.models import BoxStatus
-    from fleet.tokens import TokenKind, token_issue
-    from provisioning.firmware.choices import RolloutState
-    from provisioning.firmware.engine import rollouts_tick
-    from provisioning.firmware.services import rollout_create, rollout_start
+    from fleet.core.tokens import TokenKind, token_issue
+    from fleet.firmware.choices import RolloutState
+    from fleet.firmware.engine import rollouts_tick
+    from fleet.firmware.services import rollout_create, rollout_start
 
     organization = Organization.objects.create(name="Bench live", slug="bench-live", timezone="UTC")
     boxes = seed_fleet(agent_count, tag="live", version=SIM_VERSION, organization=organization)
@@ -298,11 +298,11 @@ def bench_dispatch_service() -> dict[str, Any]:
     """Fallback: the engine's dispatch rate with 2,000 online boxes and no agents."""
     from django.utils import timezone
 
-    from fleet.audit import Actor
-    from fleet.models import Organization
+    from fleet.core.audit import Actor
+    from fleet.core.models import Organization
     from fleet.telemetry.models import BoxStatus
-    from provisioning.firmware.engine import rollouts_tick
-    from provisioning.firmware.services import rollout_create, rollout_start
+    from fleet.firmware.engine import rollouts_tick
+    from fleet.firmware.services import rollout_create, rollout_start
 
     organization = Organization.objects.create(name="Bench svc", slug="bench-svc", timezone="UTC")
     boxes = seed_fleet(LIVE_AGENTS, tag="svc", version="1.0.0", organization=organization)

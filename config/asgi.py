@@ -24,7 +24,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from config.websocket_routing import websocket_urlpatterns  # noqa: E402
-from fleet.checkin import ConfigNotModifiedFastPath  # noqa: E402
+from provisioning.checkin import ConfigNotModifiedFastPath  # noqa: E402
 
 http_application = WSGIMiddleware(
     cast(Any, django_wsgi_app), workers=int(cast(dict[str, Any], settings.OTB)["HTTP_THREADS"])

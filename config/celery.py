@@ -32,7 +32,7 @@ app.conf.beat_schedule = {
         "schedule": 300.0,
     },
     "rollouts-tick": {
-        "task": "provisioning.firmware.tasks.rollouts_tick_task",
+        "task": "fleet.firmware.tasks.rollouts_tick_task",
         "schedule": float(os.environ.get("OTB_ROLLOUT_TICK_S", "30")),
     },
 }

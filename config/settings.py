@@ -96,19 +96,19 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
-    "fleet",
+    "fleet.core",
     "fleet.telemetry",
     "fleet.commands",
     "fleet.monitoring",
     "provisioning",
-    "provisioning.firmware",
+    "fleet.firmware",
     "frontend",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "fleet.middleware.RequestIdMiddleware",
+    "fleet.core.middleware.RequestIdMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -164,7 +164,7 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:63799/0")
 
 CACHES = {
     "default": {
-        "BACKEND": "fleet.cache.SharedRedisCache",
+        "BACKEND": "fleet.core.cache.SharedRedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": os.environ.get("OTB_CACHE_PREFIX", "otb"),
         "TIMEOUT": 300,
@@ -247,7 +247,7 @@ DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "otb-fleet <noreply@lo
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "fleet.authentication.BearerTokenAuthentication",
+        "fleet.core.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -255,8 +255,8 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
-    "EXCEPTION_HANDLER": "fleet.api_errors.exception_handler",
-    "DEFAULT_PARSER_CLASSES": ["fleet.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "fleet.core.api_errors.exception_handler",
+    "DEFAULT_PARSER_CLASSES": ["fleet.core.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + ([] if PRODUCTION else ["rest_framework.renderers.BrowsableAPIRenderer"]),
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
@@ -283,7 +283,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "provisioning.tasks.rollout*": {"queue": "rollouts"},
-    "provisioning.firmware.tasks.rollout*": {"queue": "rollouts"},
+    "fleet.firmware.tasks.rollout*": {"queue": "rollouts"},
     "fleet.tasks.telemetry*": {"queue": "telemetry"},
     "fleet.telemetry.tasks.*": {"queue": "telemetry"},
 }
@@ -322,7 +322,7 @@ OTB = {
     "INVALID_FRAME_PENALTY_S": env_int("OTB_INVALID_FRAME_PENALTY_S", 60),
     "TELEMETRY_FLUSH_INTERVAL_MS": env_int("OTB_TELEMETRY_FLUSH_INTERVAL_MS", 50),
     "TELEMETRY_MAX_BATCH": env_int("OTB_TELEMETRY_MAX_BATCH", 500),
-    # Most session connects / hellos / ends the session gate serves in one batch (fleet.telemetry.sessions).
+    # Most session connects / hellos / ends the session gate serves in one batch (fleet.live.gate).
     "SESSION_MAX_BATCH": env_int("OTB_SESSION_MAX_BATCH", 500),
     "TELEMETRY_MAX_PENDING": env_int("OTB_TELEMETRY_MAX_PENDING", 20000),
     "LIVE_BROADCAST_INTERVAL_S": env_int("OTB_LIVE_BROADCAST_INTERVAL_S", 5),
@@ -335,9 +335,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "json": {"()": "fleet.logging.JsonFormatter"},
+        "json": {"()": "fleet.core.logging.JsonFormatter"},
     },
-    "filters": {"request_id": {"()": "fleet.logging.RequestIdFilter"}},
+    "filters": {"request_id": {"()": "fleet.core.logging.RequestIdFilter"}},
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id"]},
     },

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from fleet.health import healthz
+from fleet.core.health import healthz
 from frontend.views.accounts import admin_login
 
 urlpatterns = [
@@ -11,10 +11,10 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
-    path("api/v1/", include("fleet.urls")),
+    path("api/v1/", include("fleet.core.urls")),
     path("api/v1/", include("fleet.telemetry.urls")),
     path("api/v1/", include("provisioning.urls")),
-    path("api/v1/", include("provisioning.firmware.urls")),
+    path("api/v1/", include("fleet.firmware.urls")),
     path("api/v1/", include("fleet.commands.urls")),
     path("api/v1/", include("fleet.monitoring.urls")),
     path("", include("frontend.urls")),

@@ -7,7 +7,7 @@ from typing import Any
 websocket_urlpatterns: list[Any] = []
 
 try:
-    from fleet.routing import websocket_urlpatterns as fleet_routes
+    from fleet.live.routing import websocket_urlpatterns as fleet_routes
 except ImportError:  # the live session is added by the agent-session work
     fleet_routes = []
 

@@ -1,6 +1,6 @@
 """The organisation a person is looking at in the portal (the switcher keeps it in the session).
 
-Everything here defers to ``fleet.access`` for who may see what; this module only remembers the
+Everything here defers to ``fleet.core.access`` for who may see what; this module only remembers the
 choice and falls back to the first organisation the person belongs to.
 """
 
@@ -12,9 +12,9 @@ from uuid import UUID
 
 from django.http import HttpRequest
 
-from fleet.access import ROLE_RANK, is_staff
-from fleet.choices import Role
-from fleet.models import Membership, Organization
+from fleet.core.access import ROLE_RANK, is_staff
+from fleet.core.choices import Role
+from fleet.core.models import Membership, Organization
 
 SESSION_KEY = "portal_organization_id"
 

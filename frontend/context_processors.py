@@ -10,7 +10,7 @@ from typing import Any
 from django.http import HttpRequest
 from django.utils.functional import SimpleLazyObject
 
-from fleet.access import is_staff
+from fleet.core.access import is_staff
 from frontend.context import current_organization, memberships_of
 
 

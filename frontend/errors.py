@@ -1,6 +1,6 @@
 """How page views show domain errors: a field error on the form, a 404 page, a 403 page.
 
-Services raise ``fleet.errors``; the API turns them into JSON (``fleet.api_errors``), the pages into
+Services raise ``fleet.core.errors``; the API turns them into JSON (``fleet.core.api_errors``), the pages into
 what a person sees. Objects the person may not see are 404, exactly as in the API.
 """
 
@@ -14,7 +14,7 @@ from django import forms
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 
-from fleet.errors import DomainError, Forbidden, NotFound
+from fleet.core.errors import DomainError, Forbidden, NotFound
 
 
 def form_add_domain_error(form: forms.Form, exc: DomainError) -> None:

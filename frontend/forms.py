@@ -8,7 +8,7 @@ from typing import Any, cast
 
 from django import forms
 
-from fleet.choices import ReleaseChannel, Role, WanMode, WanRole
+from fleet.core.choices import ReleaseChannel, Role, WanMode, WanRole
 
 
 class InvitationAcceptForm(forms.Form):

@@ -13,8 +13,8 @@ from django.conf import settings
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
-from fleet.models import Box
-from fleet.selectors import boxes_annotated
+from fleet.core.models import Box
+from fleet.core.selectors import boxes_annotated
 
 SEARCH_LIMIT = 50
 
@@ -54,7 +54,7 @@ def console_box_search(*, query: str) -> QuerySet[Box]:
 
 def fleet_health() -> dict[str, Any]:
     """Online share, reporting rate and firing alerts across the whole fleet (three queries)."""
-    from fleet.choices import BoxState
+    from fleet.core.choices import BoxState
     from fleet.telemetry.models import BoxStatus
 
     now = timezone.now()

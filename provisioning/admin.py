@@ -17,8 +17,8 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from fleet.audit import Actor
-from fleet.errors import DomainError
+from fleet.core.audit import Actor
+from fleet.core.errors import DomainError
 from provisioning import services
 from provisioning.addressing import pool_size
 from provisioning.choices import ServerStatus

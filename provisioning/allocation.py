@@ -27,8 +27,8 @@ from django.db import connection
 from django.db.models import Case, F, Field, IntegerField, Value, When
 from django.utils import timezone
 
-from fleet.errors import Conflict
-from fleet.models import Box
+from fleet.core.errors import Conflict
+from fleet.core.models import Box
 from provisioning.addressing import prefix_at
 from provisioning.choices import AssignmentState, PoolPurpose
 from provisioning.models import AddressAssignment, AggregationServer, Region

@@ -17,11 +17,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from fleet.audit import Actor
-from fleet.authentication import ServerPrincipal
-from fleet.errors import NotFound
-from fleet.models import Box
-from fleet.permissions import IsAggregationServer, IsStaff
+from fleet.core.audit import Actor
+from fleet.core.authentication import ServerPrincipal
+from fleet.core.errors import NotFound
+from fleet.core.models import Box
+from fleet.core.permissions import IsAggregationServer, IsStaff
 from provisioning import selectors, services
 from provisioning.choices import PoolPurpose, ServerStatus
 from provisioning.models import AddressPool, AggregationServer, Region

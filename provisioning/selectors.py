@@ -11,8 +11,8 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Count, F, Prefetch, Q, QuerySet
 
-from fleet.choices import BoxState
-from fleet.models import Box
+from fleet.core.choices import BoxState
+from fleet.core.models import Box
 from provisioning.addressing import host_address, pool_size, tunnel_ends
 from provisioning.choices import AssignmentState, PoolPurpose, TunnelKind
 from provisioning.models import AddressAssignment, AddressPool, AggregationServer, TunnelCredential

@@ -16,11 +16,11 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, F, IntegerField, Min, Q, Value, When
 from django.utils import timezone
 
-from fleet.audit import Actor, audit_record
-from fleet.choices import BoxState
-from fleet.errors import Conflict, InvalidInput, NotFound, RateLimited
-from fleet.models import AgentCredential, Box, Organization
-from fleet.tokens import TokenKind, box_secret_matches, digest, token_issue
+from fleet.core.audit import Actor, audit_record
+from fleet.core.choices import BoxState
+from fleet.core.errors import Conflict, InvalidInput, NotFound, RateLimited
+from fleet.core.models import AgentCredential, Box, Organization
+from fleet.core.tokens import TokenKind, box_secret_matches, digest, token_issue
 from provisioning import allocation
 from provisioning.choices import AssignmentState, PoolPurpose, ServerStatus, TunnelKind
 from provisioning.models import AddressAssignment, AddressPool, AggregationServer, Region, TunnelCredential
@@ -114,7 +114,7 @@ def _box_state(box: Box) -> dict[str, Any]:
 def _doorbell(box_id: Any, config_hash: str) -> None:
     """Tell the live session a box's desired config changed, if the live module provides it."""
     try:
-        from fleet.live import doorbell_config_changed  # type: ignore[import-not-found]
+        from fleet.core.doorbells import doorbell_config_changed  # type: ignore[import-not-found]
     except ImportError:
         return
     doorbell_config_changed(box_id, config_hash)
@@ -428,7 +428,7 @@ def box_provision(*, box: Box, organization: Organization) -> None:
             plaintext=True,
         )
         box.config_hash = canonical_hash(document)
-        # What ``fleet.selectors.boxes_annotated`` would read back: callers answer without a re-read.
+        # What ``fleet.core.selectors.boxes_annotated`` would read back: callers answer without a re-read.
         box.public_ipv4 = next(  # type: ignore[attr-defined]
             (a.prefix.split("/")[0] for a in placement.assignments if a.purpose == PoolPurpose.PUBLIC_IPV4),
             None,

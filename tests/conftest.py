@@ -17,10 +17,10 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
-from fleet.audit import Actor
-from fleet.choices import BoxState, Role
-from fleet.models import AgentCredential, Box, Membership, Organization
-from fleet.tokens import TokenKind, box_secret_digest, token_issue
+from fleet.core.audit import Actor
+from fleet.core.choices import BoxState, Role
+from fleet.core.models import AgentCredential, Box, Membership, Organization
+from fleet.core.tokens import TokenKind, box_secret_digest, token_issue
 
 PASSWORD = "pw-test-12345"
 FACTORY_SECRET = "factory-secret-1"
@@ -189,7 +189,7 @@ def api_token_factory(db: Any) -> Callable[..., str]:
     """api_token(user, organization, days=30) -> a personal API token value."""
 
     def make(user: Any, organization: Organization, days: int = 30) -> str:
-        from fleet.services import api_token_create
+        from fleet.core.services import api_token_create
 
         _, value = api_token_create(
             actor=Actor.system("test"),

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from fleet.audit import Actor
-from fleet.models import AuditLog, Invitation, Membership
-from fleet.services import api_token_create, enrollment_token_create, member_invite
+from fleet.core.audit import Actor
+from fleet.core.models import AuditLog, Invitation, Membership
+from fleet.core.services import api_token_create, enrollment_token_create, member_invite
 from tests.conftest import FACTORY_SECRET, WG_KEY
 
 pytestmark = pytest.mark.django_db

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from fleet.models import AgentCredential, ApiToken, AuditLog, Box, EnrollmentToken, Invitation
+from fleet.core.models import AgentCredential, ApiToken, AuditLog, Box, EnrollmentToken, Invitation
 from tests.conftest import CLAIM_CODE, FACTORY_SECRET
 
 pytestmark = pytest.mark.django_db

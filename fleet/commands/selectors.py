@@ -1,4 +1,4 @@
-"""Reads for box commands, scoped by fleet.access."""
+"""Reads for box commands, scoped by fleet.core.access."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from uuid import UUID
 
 from django.db.models import QuerySet
 
-from fleet.access import require_role
-from fleet.choices import Role
+from fleet.core.access import require_role
+from fleet.core.choices import Role
 from fleet.commands.models import Command
-from fleet.errors import NotFound
+from fleet.core.errors import NotFound
 
 
 def command_list_for_box(*, box_id: UUID, filters: dict[str, Any] | None = None) -> QuerySet[Command]:

@@ -18,9 +18,9 @@ from django.db import transaction
 from django.utils import timezone
 from otb_agent.protocol import interface_name_problem
 
-from fleet.access import require_role
-from fleet.audit import Actor, audit_record
-from fleet.choices import BoxState, Role
+from fleet.core.access import require_role
+from fleet.core.audit import Actor, audit_record
+from fleet.core.choices import BoxState, Role
 from fleet.commands.choices import (
     DELIVERABLE_STATES,
     FINISHED_STATES,
@@ -28,8 +28,8 @@ from fleet.commands.choices import (
     CommandState,
 )
 from fleet.commands.models import Command
-from fleet.errors import Conflict, InvalidInput, NotFound
-from fleet.models import Box
+from fleet.core.errors import Conflict, InvalidInput, NotFound
+from fleet.core.models import Box
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def _validate_ttl(ttl_s: Any) -> int:
 
 def _ring_doorbell(box_id: UUID) -> None:
     try:
-        from fleet.live import doorbell_command
+        from fleet.core.doorbells import doorbell_command
     except ImportError:  # the live session module is not deployed: the box gets it at its next hello
         return
     doorbell_command(box_id)

@@ -9,8 +9,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from fleet.audit import Actor
-from fleet.errors import DomainError
+from fleet.core.audit import Actor
+from fleet.core.errors import DomainError
 from fleet.monitoring.models import Alert, AlertRule, Event, NotificationDelivery, NotificationTarget
 from fleet.monitoring.services import (
     alert_rule_create,

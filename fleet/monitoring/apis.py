@@ -10,9 +10,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from fleet.access import box_for, organization_for, visible_organization_ids
-from fleet.audit import Actor
-from fleet.choices import Role
+from fleet.core.access import box_for, organization_for, visible_organization_ids
+from fleet.core.audit import Actor
+from fleet.core.choices import Role
 from fleet.monitoring import selectors
 from fleet.monitoring.choices import AlertRuleKind, AlertState, EventKind, TargetKind
 from fleet.monitoring.models import Alert, AlertRule, Event, NotificationDelivery, NotificationTarget
@@ -24,7 +24,7 @@ from fleet.monitoring.services import (
     notification_target_delete,
     notification_target_update,
 )
-from fleet.permissions import IsPerson
+from fleet.core.permissions import IsPerson
 
 
 class EventPagination(CursorPagination):

@@ -1,4 +1,4 @@
-"""Reads for the monitoring app. Callers resolve the box/organisation with fleet.access first."""
+"""Reads for the monitoring app. Callers resolve the box/organisation with fleet.core.access first."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from uuid import UUID
 
 from django.db.models import QuerySet
 
-from fleet.errors import NotFound
+from fleet.core.errors import NotFound
 from fleet.monitoring.models import Alert, AlertRule, Event, NotificationDelivery, NotificationTarget
 
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from fleet.errors import InvalidInput
+from fleet.core.errors import InvalidInput
 
 SIGNATURE_HEADER = "X-OTB-Signature"
 TIMESTAMP_HEADER = "X-OTB-Timestamp"

@@ -13,9 +13,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from fleet.access import box_for
-from fleet.choices import Role
-from fleet.permissions import IsPerson
+from fleet.core.access import box_for
+from fleet.core.choices import Role
+from fleet.core.permissions import IsPerson
 from fleet.telemetry.selectors import (
     DEFAULT_MAX_POINTS,
     MAX_MAX_POINTS,

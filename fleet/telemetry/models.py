@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from django.db import models
 
-from fleet.choices import WanKind
+from fleet.core.choices import WanKind
 
 
 class BoxStatus(models.Model):

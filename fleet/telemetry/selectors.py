@@ -10,7 +10,7 @@ from uuid import UUID
 
 from django.db import connection
 
-from fleet.errors import InvalidInput
+from fleet.core.errors import InvalidInput
 from fleet.telemetry.models import BoxStatus, WanStatus
 
 RESOLUTIONS = ("raw", "5m", "1h")

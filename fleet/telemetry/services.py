@@ -1,6 +1,6 @@
 """Writes of the live session and presence: the reconnect penalty and the presence sweep.
 
-The connect, ``hello`` and end of sessions are batched by ``fleet.telemetry.sessions`` (the session
+The connect, ``hello`` and end of sessions are batched by ``fleet.live.gate`` (the session
 gate); storage maintenance (partitions, rollups, retention) is in ``fleet.telemetry.storage``; the
 telemetry hot path is ``fleet.telemetry.writer``. Each function here is called by exactly one edge
 (the agent consumer or a Celery task) and commits its events with the change.
@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from fleet.live import broadcast_to_people
+from fleet.core.doorbells import broadcast_to_people
 from fleet.telemetry.models import BoxStatus
 
 logger = logging.getLogger(__name__)

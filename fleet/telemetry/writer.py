@@ -729,7 +729,7 @@ class TelemetryWriter:
             logger.exception("recording %d telemetry events failed", len(events))
 
     async def _broadcast(self, batch: list[_Message], updates: dict[UUID, _BoxUpdate]) -> None:
-        from fleet.live import abroadcast_to_people
+        from fleet.core.doorbells import abroadcast_to_people
 
         now = time.monotonic()
         organizations = {message.box_id: message.organization_id for message in batch}

@@ -17,11 +17,11 @@ from django.urls import reverse, reverse_lazy
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from fleet.access import organization_for
-from fleet.choices import Role
-from fleet.errors import DomainError
-from fleet.services import invitation_accept
-from fleet.throttling import login_failed, login_refusal, login_succeeded
+from fleet.core.access import organization_for
+from fleet.core.choices import Role
+from fleet.core.errors import DomainError
+from fleet.core.services import invitation_accept
+from fleet.core.throttling import login_failed, login_refusal, login_succeeded
 from frontend.context import current_organization, organization_choose
 from frontend.errors import form_add_domain_error, page_errors
 from frontend.forms import InvitationAcceptForm
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 class ThrottledLoginMixin:
-    """Brute-force protection for a sign-in view (the rules are ``fleet.throttling``'s): over the
+    """Brute-force protection for a sign-in view (the rules are ``fleet.core.throttling``'s): over the
     limit the attempt is answered 429 *before* the password is checked, so it neither costs a
     password hash nor tells anything."""
 

@@ -18,12 +18,12 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from fleet.access import ROLE_RANK, box_for, is_staff, require_role
-from fleet.audit import Actor
-from fleet.choices import Role, WanKind
-from fleet.errors import Conflict, DomainError, InvalidInput, NotFound
-from fleet.models import Box
-from fleet.services import box_set_wan_policy, box_update
+from fleet.core.access import ROLE_RANK, box_for, is_staff, require_role
+from fleet.core.audit import Actor
+from fleet.core.choices import Role, WanKind
+from fleet.core.errors import Conflict, DomainError, InvalidInput, NotFound
+from fleet.core.models import Box
+from fleet.core.services import box_set_wan_policy, box_update
 from frontend.errors import form_add_domain_error, page_errors
 from frontend.forms import BoxRenameForm, CommandForm, FirmwareSettingsForm, PostponeForm, WanPolicyForm
 
@@ -92,9 +92,9 @@ def _commands(box: Box) -> list[Any]:
 
 def _firmware(box: Box) -> dict[str, Any]:
     """What the rollout engine says about this box's firmware: latest release, open upgrade, window."""
-    from provisioning.firmware.choices import OPEN_STATES, WAITING_STATES
-    from provisioning.firmware.selectors import box_upgrade_policy, box_upgrades
-    from provisioning.firmware.services import latest_release_for
+    from fleet.firmware.choices import OPEN_STATES, WAITING_STATES
+    from fleet.firmware.selectors import box_upgrade_policy, box_upgrades
+    from fleet.firmware.services import latest_release_for
 
     upgrades = list(box_upgrades(box=box)[:5])
     open_upgrade = next((upgrade for upgrade in upgrades if upgrade.state in OPEN_STATES), None)
@@ -291,7 +291,7 @@ def box_command_create(request: HttpRequest, box_id: str) -> HttpResponse:
 @page_errors
 def box_firmware_settings(request: HttpRequest, box_id: str) -> HttpResponse:
     """Automatic upgrades on or off (the rollout engine's upgrade policy)."""
-    from provisioning.firmware.services import box_upgrade_policy_update
+    from fleet.firmware.services import box_upgrade_policy_update
 
     box = box_for(request.user, box_id, Role.ADMIN)
     form = FirmwareSettingsForm(request.POST)
@@ -314,9 +314,9 @@ def box_firmware_settings(request: HttpRequest, box_id: str) -> HttpResponse:
 @page_errors
 def box_firmware_action(request: HttpRequest, box_id: str, action: str) -> HttpResponse:
     """Upgrade now, or postpone the waiting upgrade by a few days."""
-    from provisioning.firmware.choices import WAITING_STATES
-    from provisioning.firmware.selectors import box_upgrades
-    from provisioning.firmware.services import box_upgrade_now, upgrade_postpone
+    from fleet.firmware.choices import WAITING_STATES
+    from fleet.firmware.selectors import box_upgrades
+    from fleet.firmware.services import box_upgrade_now, upgrade_postpone
 
     box = box_for(request.user, box_id, Role.ADMIN)
     actor = Actor.from_request(request)

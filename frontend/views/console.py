@@ -17,12 +17,12 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from fleet import selectors as fleet_selectors
-from fleet.access import box_for, is_staff
-from fleet.audit import Actor
-from fleet.choices import Role
-from fleet.errors import DomainError
-from fleet.models import Organization
+from fleet.core import selectors as fleet_selectors
+from fleet.core.access import box_for, is_staff
+from fleet.core.audit import Actor
+from fleet.core.choices import Role
+from fleet.core.errors import DomainError
+from fleet.core.models import Organization
 from frontend import selectors
 from frontend.errors import form_add_domain_error, page_errors
 from frontend.forms import AuditFilterForm, ConsoleSearchForm, RolloutForm, StaffActionForm
@@ -215,13 +215,13 @@ def console_audit(request: HttpRequest) -> HttpResponse:
 
 
 def _rollout_services() -> Any:
-    from provisioning.firmware import services
+    from fleet.firmware import services
 
     return services
 
 
 def _rollout_form(data: Any = None) -> RolloutForm:
-    from provisioning.firmware.models import Release
+    from fleet.firmware.models import Release
 
     releases = Release.objects.filter(state="published").order_by("-published_at", "-created_at")
     organizations = Organization.objects.order_by("name").values_list("pk", "name")
@@ -234,7 +234,7 @@ def _rollout_form(data: Any = None) -> RolloutForm:
 
 @staff_required
 def rollout_list(request: HttpRequest) -> HttpResponse:
-    from provisioning.firmware.selectors import rollouts_list
+    from fleet.firmware.selectors import rollouts_list
 
     rollouts = list(rollouts_list()[:100])
     return render(request, "frontend/console/rollouts.html", {"nav": "console", "rollouts": rollouts})
@@ -244,7 +244,7 @@ def rollout_list(request: HttpRequest) -> HttpResponse:
 @page_errors
 def rollout_new(request: HttpRequest) -> HttpResponse:
     """Create a rollout; "Preview" shows which boxes match and which are skipped, and why."""
-    from provisioning.firmware.models import Release
+    from fleet.firmware.models import Release
 
     form = _rollout_form(request.POST or None)
     preview = None
@@ -268,7 +268,7 @@ def rollout_new(request: HttpRequest) -> HttpResponse:
                         services.rollout_start(actor=Actor.from_request(request), rollout=rollout)
                     messages.success(request, f"Rollout “{rollout.name}” created.")
                     return redirect("frontend:rollout", rollout_id=rollout.pk)
-                from provisioning.firmware.selectors import rollout_preview
+                from fleet.firmware.selectors import rollout_preview
 
                 preview = rollout_preview(**arguments)
                 preview["skipped_total"] = sum(preview.get("skipped", {}).values())
@@ -292,7 +292,7 @@ def _target_field(exc: DomainError) -> DomainError:
 
 
 def _rollout(rollout_id: str) -> Any:
-    from provisioning.firmware.models import Rollout
+    from fleet.firmware.models import Rollout
 
     rollout = Rollout.objects.select_related("release").filter(pk=rollout_id).first()
     if rollout is None:
@@ -302,8 +302,8 @@ def _rollout(rollout_id: str) -> Any:
 
 def _rollout_progress(rollout: Any) -> dict[str, Any]:
     """The rollout engine's progress summary, with the shares the progress bar needs."""
-    from provisioning.firmware.choices import FAILURE_STATES, WAITING_STATES, UpgradeState
-    from provisioning.firmware.selectors import rollout_progress
+    from fleet.firmware.choices import FAILURE_STATES, WAITING_STATES, UpgradeState
+    from fleet.firmware.selectors import rollout_progress
 
     progress = rollout_progress(rollout=rollout)
     counts = progress["counts"]

@@ -11,13 +11,13 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from fleet import selectors
-from fleet.access import organization_for
-from fleet.audit import Actor
-from fleet.choices import Role
-from fleet.errors import DomainError
-from fleet.models import ApiToken, Box, Invitation, Membership
-from fleet.services import api_token_create, api_token_revoke, member_invite, member_remove, member_set_role
+from fleet.core import selectors
+from fleet.core.access import organization_for
+from fleet.core.audit import Actor
+from fleet.core.choices import Role
+from fleet.core.errors import DomainError
+from fleet.core.models import ApiToken, Box, Invitation, Membership
+from fleet.core.services import api_token_create, api_token_revoke, member_invite, member_remove, member_set_role
 from frontend.context import PortalOrganization, current_organization
 from frontend.errors import form_add_domain_error, page_errors
 from frontend.forms import AlertRuleForm, ApiTokenForm, InviteForm, MemberRoleForm, NotificationTargetForm

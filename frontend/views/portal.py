@@ -10,11 +10,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from rest_framework.exceptions import ValidationError
 
-from fleet import selectors
-from fleet.access import organization_for
-from fleet.audit import Actor
-from fleet.choices import Role
-from fleet.errors import DomainError
+from fleet.core import selectors
+from fleet.core.access import organization_for
+from fleet.core.audit import Actor
+from fleet.core.choices import Role
+from fleet.core.errors import DomainError
 from frontend.context import current_organization
 from frontend.errors import form_add_domain_error, page_errors
 from frontend.forms import BoxClaimForm, FleetFilterForm
@@ -32,7 +32,7 @@ def _no_organization(request: HttpRequest) -> HttpResponse:
 def fleet_page(request: HttpRequest) -> HttpResponse:
     """Every box of the current organisation: status, links, firmware, server, public IP.
 
-    One query for the page of boxes (joined and annotated by ``fleet.selectors``), one count, one
+    One query for the page of boxes (joined and annotated by ``fleet.core.selectors``), one count, one
     for the region filter, whatever the fleet size. An htmx request gets only the table.
     """
     portal = current_organization(request)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from provisioning.firmware.models import Rollout
+from fleet.firmware.models import Rollout
 from tests.conftest import PASSWORD
 from tests.e2e.browser import screenshot
 from tests.provisioning.firmware_helpers import make_fleet, make_release

@@ -18,8 +18,8 @@ from django.db import connection
 
 from config.celery import app as celery_app
 from fleet.commands.models import Command
-from provisioning.firmware.choices import RolloutState, UpgradeState
-from provisioning.firmware.services import rollout_create, rollout_start
+from fleet.firmware.choices import RolloutState, UpgradeState
+from fleet.firmware.services import rollout_create, rollout_start
 from tests.provisioning.firmware_helpers import ACTOR, Responder, make_fleet, make_release
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

@@ -10,8 +10,8 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from fleet.choices import BoxState
-from fleet.models import ApiToken, AuditLog, Box
+from fleet.core.choices import BoxState
+from fleet.core.models import ApiToken, AuditLog, Box
 
 pytestmark = pytest.mark.django_db
 
@@ -48,7 +48,7 @@ def test_box_search_matches_the_public_ip(
 ) -> None:
     first = claimed_box_factory(people.org)
     claimed_box_factory(people.org)
-    from fleet.selectors import boxes_annotated
+    from fleet.core.selectors import boxes_annotated
 
     address = boxes_annotated(Box.objects.filter(pk=first.pk)).get().public_ipv4
     response = superuser_client.get("/admin/fleet/box/", {"q": address})

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
-from fleet.speedtest import (
+from fleet.commands.speedtest import (
     BUSY_RETRY_AFTER_S,
     SLOT_TTL_S,
     SPEEDTEST_MAX_BYTES,

@@ -8,10 +8,10 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from fleet.audit import Actor
-from fleet.choices import BoxState
-from fleet.models import AgentCredential, ApiToken, AuditLog, Box, EnrollmentToken, Membership
-from fleet.services import box_set_wan_policy
+from fleet.core.audit import Actor
+from fleet.core.choices import BoxState
+from fleet.core.models import AgentCredential, ApiToken, AuditLog, Box, EnrollmentToken, Membership
+from fleet.core.services import box_set_wan_policy
 from tests.conftest import CLAIM_CODE, FACTORY_SECRET, WG_KEY
 
 pytestmark = pytest.mark.django_db

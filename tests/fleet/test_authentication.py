@@ -12,8 +12,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from fleet.choices import Role
-from fleet.models import ApiToken, Membership
+from fleet.core.choices import Role
+from fleet.core.models import ApiToken, Membership
 
 pytestmark = pytest.mark.django_db
 

@@ -9,7 +9,7 @@ from channels.testing import HttpCommunicator
 from django.utils import timezone
 
 from config.asgi import application
-from fleet.models import AgentCredential, Box
+from fleet.core.models import AgentCredential, Box
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,8 +12,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from rest_framework.test import APIClient
 
-from fleet.choices import BoxState
-from fleet.models import Box, Membership, Organization
+from fleet.core.choices import BoxState
+from fleet.core.models import Box, Membership, Organization
 
 pytestmark = pytest.mark.django_db
 

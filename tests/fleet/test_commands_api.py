@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from fleet.audit import Actor
+from fleet.core.audit import Actor
 from fleet.commands.models import Command
 from fleet.commands.services import command_create
 

@@ -13,10 +13,10 @@ from channels.testing import WebsocketCommunicator
 from django.db import connection
 
 from config.asgi import application
-from fleet.live import doorbell_command, doorbell_config_changed
-from fleet.models import Box
+from fleet.core.doorbells import doorbell_command, doorbell_config_changed
+from fleet.core.models import Box
 from fleet.telemetry.models import BoxStatus, WanStatus
-from fleet.telemetry.sessions import SessionGate, _gates, close_session_gate
+from fleet.live.gate import SessionGate, _gates, close_session_gate
 from fleet.telemetry.writer import TelemetryWriter, _writers, close_writer
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -319,7 +319,7 @@ async def test_commands_are_delivered_in_welcome_and_by_doorbell(
 
     if not apps.is_installed("fleet.commands"):
         pytest.skip("fleet.commands (ops) is not installed yet: command delivery cannot be exercised")
-    from fleet.audit import Actor
+    from fleet.core.audit import Actor
     from fleet.commands.services import command_create
 
     box, token = agent_box
@@ -472,7 +472,7 @@ async def test_a_channel_layer_message_nobody_handles_ends_the_session_like_chan
     box, token = agent_box
     communicator, _ = await open_session(token)
     # when the channel layer delivers a message type the consumer has no handler for
-    from fleet.live import agent_group, agroup_send
+    from fleet.core.doorbells import agent_group, agroup_send
 
     assert await agroup_send(agent_group(box.pk), {"type": "no.such.handler"})
     # then the consumer ends with that error (as Channels' own loop does), not silently

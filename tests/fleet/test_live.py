@@ -9,8 +9,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import channel_layers
 from django.conf import settings
 
-from fleet import live
-from fleet.live import agent_group, doorbell_config_changed, group_send
+from fleet.core import doorbells as live
+from fleet.core.doorbells import agent_group, doorbell_config_changed, group_send
 
 
 def test_sync_doorbells_from_any_thread_share_one_loop_and_arrive() -> None:

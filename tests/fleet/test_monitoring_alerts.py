@@ -15,8 +15,8 @@ import pytest
 from django.core import mail
 from django.utils import timezone
 
-from fleet.audit import Actor
-from fleet.errors import InvalidInput
+from fleet.core.audit import Actor
+from fleet.core.errors import InvalidInput
 from fleet.monitoring.models import Alert, Event, NotificationDelivery
 from fleet.monitoring.services import (
     MAX_ATTEMPTS,

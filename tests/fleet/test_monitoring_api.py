@@ -10,8 +10,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from fleet.audit import Actor
-from fleet.models import AuditLog
+from fleet.core.audit import Actor
+from fleet.core.models import AuditLog
 from fleet.monitoring.models import AlertRule, NotificationDelivery, NotificationTarget
 from fleet.monitoring.services import alert_rule_create, alert_rule_evaluate, notification_target_create
 from fleet.telemetry.models import BoxStatus

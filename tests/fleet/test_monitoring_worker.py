@@ -18,7 +18,7 @@ from django.db import connection
 from django.utils import timezone
 
 from config.celery import app as celery_app
-from fleet.audit import Actor
+from fleet.core.audit import Actor
 from fleet.monitoring.models import NotificationDelivery
 from fleet.monitoring.services import alert_rule_create, alert_rule_evaluate, notification_target_create
 from fleet.monitoring.webhooks import webhook_signature_valid

@@ -11,9 +11,9 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from config.asgi import application
-from fleet.live import abroadcast_to_people
+from fleet.core.doorbells import abroadcast_to_people
 from fleet.monitoring.services import event_record
-from fleet.portal_consumers import MAX_SUBSCRIPTIONS
+from fleet.live.people import MAX_SUBSCRIPTIONS
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -129,7 +129,7 @@ async def test_staff_may_watch_any_box(people: Any, box_factory: Any) -> None:
 
 
 async def test_bad_frames_and_the_subscription_limit(people: Any, box_factory: Any, monkeypatch: Any) -> None:
-    monkeypatch.setattr("fleet.portal_consumers.MAX_SUBSCRIPTIONS", 2)
+    monkeypatch.setattr("fleet.live.people.MAX_SUBSCRIPTIONS", 2)
     boxes = [await database_sync_to_async(box_factory)(organization=people.org) for _ in range(3)]
     communicator = await connect(people.viewer)
     try:
@@ -163,9 +163,9 @@ async def test_a_removed_member_stops_receiving_at_once(people: Any, box_factory
 
         # when an owner removes them from the organisation
         def remove() -> None:
-            from fleet.audit import Actor
-            from fleet.models import Membership
-            from fleet.services import member_remove
+            from fleet.core.audit import Actor
+            from fleet.core.models import Membership
+            from fleet.core.services import member_remove
 
             membership = Membership.objects.get(user=people.viewer, organization=people.org)
             member_remove(actor=Actor.for_user(people.owner), membership=membership)
@@ -185,7 +185,7 @@ async def test_a_removed_member_stops_receiving_at_once(people: Any, box_factory
 async def test_a_signed_out_session_is_closed_at_the_next_recheck(
     people: Any, box_factory: Any, monkeypatch: Any
 ) -> None:
-    import fleet.portal_consumers as portal
+    import fleet.live.people as portal
 
     monkeypatch.setattr(portal, "REAUTHORIZE_INTERVAL_S", 0.0)
     box = await database_sync_to_async(box_factory)(organization=people.org)

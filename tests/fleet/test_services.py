@@ -1,4 +1,4 @@
-"""fleet.services: given / when / then, against the real database and Redis."""
+"""fleet.core.services: given / when / then, against the real database and Redis."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from django.core import mail
 from django.db import connection
 from django.utils import timezone
 
-from fleet.audit import Actor
-from fleet.choices import BoxState, Role
-from fleet.errors import Conflict, Forbidden, InvalidInput, NotAuthenticated, RateLimited
-from fleet.models import AgentCredential, ApiToken, AuditLog, Box, EnrollmentToken, Invitation, Membership
-from fleet.services import (
+from fleet.core.audit import Actor
+from fleet.core.choices import BoxState, Role
+from fleet.core.errors import Conflict, Forbidden, InvalidInput, NotAuthenticated, RateLimited
+from fleet.core.models import AgentCredential, ApiToken, AuditLog, Box, EnrollmentToken, Invitation, Membership
+from fleet.core.services import (
     api_token_create,
     api_token_revoke,
     box_config_applied,
@@ -31,7 +31,7 @@ from fleet.services import (
     member_set_role,
     organization_create,
 )
-from fleet.tokens import digest
+from fleet.core.tokens import digest
 from provisioning.choices import TunnelKind
 from provisioning.models import TunnelCredential
 from tests.conftest import CLAIM_CODE, FACTORY_SECRET, WG_KEY

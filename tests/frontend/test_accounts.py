@@ -8,9 +8,9 @@ import pytest
 from django.core import mail
 from django.test import Client
 
-from fleet.audit import Actor
-from fleet.models import Membership
-from fleet.services import member_invite
+from fleet.core.audit import Actor
+from fleet.core.models import Membership
+from fleet.core.services import member_invite
 from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.django_db

@@ -8,8 +8,8 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from fleet.models import AuditLog, Box
-from fleet.services import box_config_applied
+from fleet.core.models import AuditLog, Box
+from fleet.core.services import box_config_applied
 from fleet.telemetry.models import BoxStatus, WanStatus
 
 pytestmark = pytest.mark.django_db

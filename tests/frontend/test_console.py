@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from fleet.audit import Actor
-from fleet.choices import BoxState
-from fleet.models import AuditLog, Box
-from provisioning.firmware.models import Rollout
+from fleet.core.audit import Actor
+from fleet.core.choices import BoxState
+from fleet.core.models import AuditLog, Box
+from fleet.firmware.models import Rollout
 from tests.provisioning.firmware_helpers import make_fleet, make_release
 
 pytestmark = pytest.mark.django_db
@@ -157,7 +157,7 @@ def test_rollout_form_errors_name_the_field(people) -> None:
 
 def test_audit_log_is_searchable(people, claimed_box_factory) -> None:
     box = claimed_box_factory(people.org, "ACME-0020")
-    from fleet.services import box_update
+    from fleet.core.services import box_update
 
     box_update(actor=Actor.for_user(people.owner), box=box, name="Lyon")
     client = logged_in(people.staff)

@@ -6,7 +6,7 @@ import pytest
 from django.core import mail
 from django.test import Client
 
-from fleet.models import ApiToken, Invitation, Membership
+from fleet.core.models import ApiToken, Invitation, Membership
 from fleet.monitoring.models import AlertRule, NotificationTarget
 
 pytestmark = pytest.mark.django_db

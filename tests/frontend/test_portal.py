@@ -8,7 +8,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from fleet.models import AuditLog, Box
+from fleet.core.models import AuditLog, Box
 from fleet.telemetry.models import BoxStatus
 from tests.conftest import CLAIM_CODE
 

@@ -10,10 +10,10 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 
-from fleet.audit import Actor
-from fleet.choices import BoxState, Role
-from fleet.models import Box, Membership, Organization
-from fleet.tokens import box_secret_digest
+from fleet.core.audit import Actor
+from fleet.core.choices import BoxState, Role
+from fleet.core.models import Box, Membership, Organization
+from fleet.core.tokens import box_secret_digest
 from provisioning.choices import PoolPurpose
 from provisioning.models import AddressPool, AggregationServer, Region
 from provisioning.services import pool_create, region_create, server_create

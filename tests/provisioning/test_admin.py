@@ -6,7 +6,7 @@ import pytest
 from django.contrib.messages import get_messages
 from django.test import Client
 
-from fleet.models import AuditLog
+from fleet.core.models import AuditLog
 from provisioning.choices import ServerStatus
 from provisioning.models import AddressPool, AggregationServer, Region
 from provisioning.services import box_claim

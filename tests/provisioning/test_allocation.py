@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from fleet.audit import Actor
-from fleet.choices import BoxState
-from fleet.errors import Conflict
-from fleet.models import Box
+from fleet.core.audit import Actor
+from fleet.core.choices import BoxState
+from fleet.core.errors import Conflict
+from fleet.core.models import Box
 from provisioning.choices import AssignmentState, PoolPurpose
 from provisioning.models import AddressAssignment, AggregationServer, TunnelCredential
 from provisioning.secrets import secret_decrypt

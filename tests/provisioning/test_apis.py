@@ -9,8 +9,8 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from fleet.models import AgentCredential, ApiToken, AuditLog, Box
-from fleet.tokens import TokenKind, token_issue
+from fleet.core.models import AgentCredential, ApiToken, AuditLog, Box
+from fleet.core.tokens import TokenKind, token_issue
 from provisioning.choices import AssignmentState, PoolPurpose, ServerStatus
 from provisioning.models import AddressAssignment, AddressPool, AggregationServer
 from provisioning.services import box_claim

@@ -14,11 +14,11 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from fleet.models import AuditLog
-from provisioning.firmware.choices import ReleaseState, RolloutState, UpgradeState
-from provisioning.firmware.engine import rollouts_tick
-from provisioning.firmware.models import Release, Rollout, Upgrade
-from provisioning.firmware.services import rollout_create
+from fleet.core.models import AuditLog
+from fleet.firmware.choices import ReleaseState, RolloutState, UpgradeState
+from fleet.firmware.engine import rollouts_tick
+from fleet.firmware.models import Release, Rollout, Upgrade
+from fleet.firmware.services import rollout_create
 from tests.provisioning.firmware_helpers import (
     ACTOR,
     PUBLIC_KEY_B64,
@@ -268,7 +268,7 @@ def test_customer_policy_upgrade_now_and_postpone(people: Any, client_for: Any) 
     )
 
     # when the rollout runs, the postponed box is not sent
-    from provisioning.firmware.services import rollout_start
+    from fleet.firmware.services import rollout_start
 
     rollout_start(actor=ACTOR, rollout=rollout)
     rollouts_tick()

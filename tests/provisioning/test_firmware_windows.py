@@ -14,12 +14,12 @@ from django.core.management import call_command
 from django.db import connection
 from otb_agent import ed25519
 
-from provisioning.firmware.choices import UpgradeState
-from provisioning.firmware.models import DEFAULT_WINDOW_END, DEFAULT_WINDOW_START, Release
-from provisioning.firmware.targeting import phase_sizes
-from provisioning.firmware.transitions import IllegalTransition, sources_of, upgrade_transition
-from provisioning.firmware.versions import version_in_range, version_key
-from provisioning.firmware.windows import in_window, window_sql
+from fleet.firmware.choices import UpgradeState
+from fleet.firmware.models import DEFAULT_WINDOW_END, DEFAULT_WINDOW_START, Release
+from fleet.firmware.targeting import phase_sizes
+from fleet.firmware.transitions import IllegalTransition, sources_of, upgrade_transition
+from fleet.firmware.versions import version_in_range, version_key
+from fleet.firmware.windows import in_window, window_sql
 
 UTC = dt.UTC
 # Wednesday 2026-01-14 (Paris is UTC+1 in winter)
@@ -84,7 +84,7 @@ def test_phase_sizes_cover_every_box_once() -> None:
 
 
 def test_transitions_are_checked_in_one_place() -> None:
-    from provisioning.firmware.models import Upgrade
+    from fleet.firmware.models import Upgrade
 
     upgrade = Upgrade(state=UpgradeState.SENT, state_changed_at=at(0))
     assert upgrade_transition(upgrade, UpgradeState.INSTALLING, now=at(1)) == [

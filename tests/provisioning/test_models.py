@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from django.db import IntegrityError, connection, transaction
 
-from fleet.models import AgentCredential
-from fleet.tokens import digest
+from fleet.core.models import AgentCredential
+from fleet.core.tokens import digest
 from provisioning.choices import AssignmentState, PoolPurpose
 from provisioning.models import AddressAssignment, AddressPool, AggregationServer, TunnelCredential
 

@@ -14,10 +14,10 @@ from otb_agent import firmware
 
 from fleet.commands.models import Command
 from fleet.commands.services import command_complete, command_progress
-from provisioning.firmware.choices import UpgradeState
-from provisioning.firmware.engine import rollouts_tick
-from provisioning.firmware.models import Release
-from provisioning.firmware.services import (
+from fleet.firmware.choices import UpgradeState
+from fleet.firmware.engine import rollouts_tick
+from fleet.firmware.models import Release
+from fleet.firmware.services import (
     release_create,
     release_image_upload,
     release_publish,

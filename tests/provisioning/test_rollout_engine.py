@@ -10,11 +10,11 @@ import pytest
 from django.utils import timezone
 
 from fleet.commands.models import Command
-from fleet.models import AuditLog
-from provisioning.firmware.choices import RolloutState, UpgradeState
-from provisioning.firmware.engine import rollouts_tick
-from provisioning.firmware.models import Rollout, Upgrade
-from provisioning.firmware.services import rollout_create, rollout_start
+from fleet.core.models import AuditLog
+from fleet.firmware.choices import RolloutState, UpgradeState
+from fleet.firmware.engine import rollouts_tick
+from fleet.firmware.models import Rollout, Upgrade
+from fleet.firmware.services import rollout_create, rollout_start
 from tests.provisioning.firmware_helpers import ACTOR, Responder, make_fleet, make_release, set_online
 
 pytestmark = pytest.mark.django_db

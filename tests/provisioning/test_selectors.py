@@ -6,7 +6,7 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
-from fleet.models import Box
+from fleet.core.models import Box
 from provisioning.selectors import (
     box_config_document,
     canonical_hash,

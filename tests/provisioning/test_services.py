@@ -8,12 +8,12 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
-from fleet.audit import Actor
-from fleet.choices import BoxState
-from fleet.errors import Conflict, InvalidInput, RateLimited
-from fleet.models import AgentCredential, AuditLog, Box
-from fleet.request_context import request_id_var
-from fleet.tokens import digest
+from fleet.core.audit import Actor
+from fleet.core.choices import BoxState
+from fleet.core.errors import Conflict, InvalidInput, RateLimited
+from fleet.core.models import AgentCredential, AuditLog, Box
+from fleet.core.request_context import request_id_var
+from fleet.core.tokens import digest
 from provisioning.choices import AssignmentState, PoolPurpose, ServerStatus
 from provisioning.models import AddressAssignment, AggregationServer, Region, TunnelCredential
 from provisioning.selectors import box_config_document

@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from fleet.choices import BoxState
+from fleet.core.choices import BoxState
 from fleet.monitoring.choices import AlertRuleKind, AlertState, NotificationEvent
 from fleet.monitoring.models import Alert, AlertRule, NotificationDelivery
 from fleet.monitoring.services.events import events_record_batch

@@ -11,8 +11,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from fleet.errors import InvalidInput
-from fleet.models import Box
+from fleet.core.errors import InvalidInput
+from fleet.core.models import Box
 from fleet.monitoring.choices import AlertState, EventKind
 from fleet.monitoring.models import Alert, Event
 
@@ -39,7 +39,7 @@ def _people_message(event: Event) -> dict[str, Any]:
 
 def _broadcast(events: list[Event]) -> None:
     try:
-        from fleet.live import broadcast_to_people
+        from fleet.core.doorbells import broadcast_to_people
     except ImportError:  # no live layer deployed: the timeline API still has everything
         return
     for event in events:
@@ -52,7 +52,7 @@ def _broadcast(events: list[Event]) -> None:
 async def aevents_broadcast(events: list[Event]) -> None:
     """Broadcast committed events to the people watching, from the event loop (the live paths that
     write events in raw SQL call this after their commit)."""
-    from fleet.live import abroadcast_to_people
+    from fleet.core.doorbells import abroadcast_to_people
 
     for event in events:
         await abroadcast_to_people(event.box_id, event.organization_id, _people_message(event))

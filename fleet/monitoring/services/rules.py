@@ -9,9 +9,9 @@ from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
 
-from fleet.audit import Actor, audit_record
-from fleet.errors import InvalidInput
-from fleet.models import Box, Organization
+from fleet.core.audit import Actor, audit_record
+from fleet.core.errors import InvalidInput
+from fleet.core.models import Box, Organization
 from fleet.monitoring.choices import THRESHOLD_KINDS, AlertRuleKind, AlertState, TargetKind
 from fleet.monitoring.models import Alert, AlertRule, NotificationTarget
 from fleet.monitoring.webhooks import webhook_secret_generate, webhook_url_validate

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from fleet.audit import Actor
-from fleet.errors import DomainError
+from fleet.core.audit import Actor
+from fleet.core.errors import DomainError
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -51,8 +51,8 @@ class Command(BaseCommand):
         parser.add_argument("--publish", action="store_true", help="publish the release afterwards")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from provisioning.firmware import services
-        from provisioning.firmware.models import Release
+        from fleet.firmware import services
+        from fleet.firmware.models import Release
 
         image = Path(options["image"])
         if not image.is_file():

@@ -1,0 +1,74 @@
+"""One JSON error shape for every API failure:
+``{"error": {"code": ..., "message": ..., "fields": {"<field>": ["..."]}}}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from fleet.core.errors import DomainError, RateLimited
+
+
+def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
+    fields: dict[str, list[str]] = {}
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key == "non_field_errors" and not prefix:
+                name = "non_field_errors"
+            fields.update(_flatten(value, name))
+    elif isinstance(detail, list):
+        if all(not isinstance(item, dict | list) for item in detail):
+            fields[prefix or "non_field_errors"] = [str(item) for item in detail]
+        else:
+            for index, item in enumerate(detail):
+                if item:
+                    fields.update(_flatten(item, f"{prefix}[{index}]"))
+    else:
+        fields[prefix or "non_field_errors"] = [str(detail)]
+    return fields
+
+
+def error_response(
+    status_code: int, code: str, message: str, fields: dict[str, list[str]] | None = None
+) -> Response:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if fields:
+        body["fields"] = fields
+    return Response({"error": body}, status=status_code)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    response: Response | None
+    if isinstance(exc, DomainError):
+        response = Response({"error": exc.as_dict()}, status=exc.status)
+        if isinstance(exc, RateLimited):
+            response["Retry-After"] = str(exc.retry_after_s)
+        return response
+    if isinstance(exc, RequestDataTooBig):
+        return error_response(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, "too_large", "request body too large")
+    if isinstance(exc, DjangoValidationError):
+        detail = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        return error_response(400, "invalid", "invalid input", _flatten(detail))
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        fields = _flatten(exc.detail)
+        first = next(iter(fields.items()), None)
+        message = f"{first[0]}: {first[1][0]}" if first else "invalid input"
+        response.data = {"error": {"code": "invalid", "message": message, "fields": fields}}
+    elif isinstance(exc, exceptions.ParseError):
+        response.data = {"error": {"code": "malformed_body", "message": str(exc.detail)}}
+    elif isinstance(exc, exceptions.APIException):
+        code = exc.get_codes() if isinstance(exc.get_codes(), str) else exc.default_code
+        response.data = {"error": {"code": code, "message": str(exc.detail)}}
+    return response

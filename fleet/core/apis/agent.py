@@ -1,0 +1,183 @@
+"""Endpoints of the on-box agent: enroll, fetch the configuration (ETag), report it applied,
+download and upload a speed-test payload."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from django.http import HttpResponseNotModified, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from fleet.core.apis.base import ApiView
+from fleet.core.authentication import AgentPrincipal, BearerTokenAuthentication
+from fleet.core.permissions import IsAgent
+from fleet.core.serializers import SerialField, StrictCharField, StrictSerializer
+from fleet.core.services import box_config_applied, box_enroll
+from fleet.commands.speedtest import (
+    SpeedtestPayload,
+    speedtest_download_size,
+    speedtest_receive,
+    speedtest_slot_acquire,
+    speedtest_upload_size,
+)
+
+
+def etag_matches(if_none_match: str, config_hash: str) -> bool:
+    """True when an ``If-None-Match`` header names ``config_hash`` (strong or weak, any in a list)."""
+    for candidate in if_none_match.split(","):
+        tag = candidate.strip()
+        if tag == "*":
+            return True
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        if tag.strip('"') == config_hash:
+            return True
+    return False
+
+
+class AgentEnrollApi(ApiView):
+    """Anonymous by design: the factory secret or enrollment token in the body is the credential."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    class InputSerializer(StrictSerializer):
+        serial = SerialField()
+        factory_secret = StrictCharField(required=False, max_length=128, trim_whitespace=False)
+        enrollment_token = StrictCharField(required=False, max_length=200, trim_whitespace=False)
+        wg_public_key = StrictCharField(required=False, allow_blank=True, max_length=64)
+        model = StrictCharField(required=False, allow_blank=True, max_length=64)
+        mac = StrictCharField(required=False, allow_blank=True, max_length=32)
+        agent_version = StrictCharField(required=False, allow_blank=True, max_length=64)
+
+    class OutputSerializer(serializers.Serializer):
+        box_id = serializers.UUIDField()
+        agent_token = serializers.CharField()
+        serial = serializers.CharField()
+
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer}, auth=[])
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        box, token = box_enroll(**data.validated_data, source_ip=request.META.get("REMOTE_ADDR"))
+        body = {"box_id": box.pk, "agent_token": token, "serial": box.serial}
+        return Response(self.OutputSerializer(body).data, status=status.HTTP_201_CREATED)
+
+
+class AgentConfigApi(ApiView):
+    """The desired configuration. The 304 path is the fleet's hot path: authentication has loaded the
+    box with its credential (one query), and the stored hash is compared before anything is built."""
+
+    authentication_classes = [BearerTokenAuthentication]
+    permission_classes = [IsAgent]
+
+    @extend_schema(
+        parameters=[OpenApiParameter("If-None-Match", OpenApiTypes.STR, OpenApiParameter.HEADER)],
+        responses={200: OpenApiTypes.OBJECT, 304: None},
+    )
+    def get(self, request: Request) -> Any:
+        box = cast(AgentPrincipal, request.user).box
+        if_none_match = request.headers.get("If-None-Match")
+        if box.config_hash and if_none_match and etag_matches(if_none_match, box.config_hash):
+            response = HttpResponseNotModified()
+            response["ETag"] = f'"{box.config_hash}"'
+            return response
+        from provisioning.selectors import box_config_document
+
+        if not box.config_hash:
+            from provisioning.services import box_config_refresh
+
+            box_config_refresh(box=box)
+        document = box_config_document(box=box)
+        if if_none_match and etag_matches(if_none_match, document["config_hash"]):
+            response = HttpResponseNotModified()
+            response["ETag"] = f'"{document["config_hash"]}"'
+            return response
+        return Response(
+            document, headers={"ETag": f'"{document["config_hash"]}"', "Cache-Control": "no-cache"}
+        )
+
+
+class AgentConfigAppliedApi(ApiView):
+    authentication_classes = [BearerTokenAuthentication]
+    permission_classes = [IsAgent]
+
+    class InputSerializer(StrictSerializer):
+        config_hash = StrictCharField(max_length=64)
+        error = StrictCharField(required=False, allow_null=True, allow_blank=True, trim_whitespace=False)
+
+    class OutputSerializer(serializers.Serializer):
+        applied_config_hash = serializers.CharField()
+        config_hash = serializers.CharField()
+        drift = serializers.BooleanField(source="config_drift")
+
+    @extend_schema(request=InputSerializer, responses={200: OutputSerializer})
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        box = box_config_applied(box=cast(AgentPrincipal, request.user).box, **data.validated_data)
+        return Response(self.OutputSerializer(box).data)
+
+
+class AgentSpeedtestApi(ApiView):
+    """The speed test: GET downloads zero bytes, POST uploads a body that is counted and discarded
+    (read in chunks, never buffered: ``streams_body``). One test per box at a time."""
+
+    authentication_classes = [BearerTokenAuthentication]
+    permission_classes = [IsAgent]
+    streams_body = True
+
+    class OutputSerializer(serializers.Serializer):
+        bytes = serializers.IntegerField(help_text="bytes of the body the server received")
+        duration_s = serializers.FloatField(help_text="seconds from its first byte to its last")
+
+    @extend_schema(
+        description=(
+            "Download that many zero bytes (Content-Length set)."
+            " 429 with Retry-After while another test of the box runs."
+        ),
+        parameters=[
+            OpenApiParameter("bytes", int, description="payload size, at most 100 MB (default 10 MB)")
+        ],
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY},
+    )
+    def get(self, request: Request) -> StreamingHttpResponse:
+        size = speedtest_download_size(request.query_params.get("bytes"))
+        slot = speedtest_slot_acquire(box_id=cast(AgentPrincipal, request.user).box.pk)
+        response = StreamingHttpResponse(
+            SpeedtestPayload(size, slot), content_type="application/octet-stream"
+        )
+        response["Content-Length"] = str(size)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @extend_schema(
+        description=(
+            "Upload any body of up to 100 MB with a Content-Length (411 without one, 413 over the cap);"
+            " it is counted and discarded. 429 with Retry-After while another test of the box runs."
+        ),
+        request={"application/octet-stream": OpenApiTypes.BINARY},
+        responses={200: OutputSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        size = speedtest_upload_size(request.META.get("CONTENT_LENGTH"))
+        slot = speedtest_slot_acquire(box_id=cast(AgentPrincipal, request.user).box.pk)
+        try:
+            result = speedtest_receive(stream=request._request, size=size, slot=slot)
+        finally:
+            slot.release()
+        return Response(self.OutputSerializer(result).data, headers={"Cache-Control": "no-store"})
+
+
+__all__ = [
+    "AgentConfigApi",
+    "AgentConfigAppliedApi",
+    "AgentEnrollApi",
+    "AgentSpeedtestApi",
+    "etag_matches",
+]

@@ -1,0 +1,77 @@
+"""What every fleet endpoint shares: body-size refusal before parsing, the acting person, pagination."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.openapi import AutoSchema
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from fleet.core.audit import Actor
+from fleet.core.parsers import JSONParser
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class BearerTokenScheme(OpenApiAuthenticationExtension):
+    """Documents ``Authorization: Bearer <token>`` (agent, server and personal API tokens)."""
+
+    target_class = "fleet.core.authentication.BearerTokenAuthentication"
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "otba_ (agent), otbs_ (aggregation server) or otbu_ (personal API token)",
+        }
+
+
+class ApiSchema(AutoSchema):
+    """Names nested ``InputSerializer``/``OutputSerializer`` components after their view
+    (``BoxClaimInput``), so the many small serializers of the same name do not collide."""
+
+    NESTED = {"InputSerializer": "Input", "OutputSerializer": "Output", "CreatedSerializer": "Created"}
+
+    def get_serializer_name(self, serializer: Any, direction: str) -> str:
+        name = super().get_serializer_name(serializer, direction)  # type: ignore[arg-type]
+        suffix = self.NESTED.get(type(serializer).__name__)
+        if suffix is None:
+            return name
+        return type(self.view).__name__.removesuffix("Api") + suffix
+
+
+class Pagination(LimitOffsetPagination):
+    default_limit = 50
+    max_limit = 500
+
+
+class ApiView(APIView):
+    """An APIView that refuses bodies over DATA_UPLOAD_MAX_MEMORY_SIZE with 413 before parsing
+    (DRF streams the body to the parser without Django's size check) and accepts JSON only.
+
+    A view with ``streams_body = True`` skips that check and must read ``request`` itself, in
+    chunks, under a cap of its own (only the agent's speed-test upload, see fleet/speedtest.py)."""
+
+    parser_classes = [JSONParser]
+    schema = ApiSchema()
+    streams_body = False
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        if request.method in BODY_METHODS and not self.streams_body:
+            request._request.body  # noqa: B018  (raises RequestDataTooBig over the limit)
+        super().initial(request, *args, **kwargs)
+
+    @staticmethod
+    def actor(request: Request) -> Actor:
+        return Actor.from_request(request)
+
+    def paginated(self, request: Request, queryset: QuerySet[Any], serializer_class: Any) -> Response:
+        paginator = Pagination()
+        page = paginator.paginate_queryset(queryset, request, view=self)
+        return paginator.get_paginated_response(serializer_class(page, many=True).data)

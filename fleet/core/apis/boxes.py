@@ -1,0 +1,200 @@
+"""Customer box endpoints: list and detail, claim, WAN policy, unclaim, transfer, audit trail."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from fleet.core import selectors
+from fleet.core.access import box_for, organization_for
+from fleet.core.apis.base import ApiView
+from fleet.core.choices import Role
+from fleet.core.errors import InvalidInput
+from fleet.core.models import Box
+from fleet.core.permissions import IsPerson
+from fleet.core.serializers import (
+    AuditEntrySerializer,
+    BoxOutputSerializer,
+    SerialField,
+    StrictCharField,
+    StrictSerializer,
+    StrictUUIDField,
+    represent,
+)
+from fleet.core.services import box_set_wan_policy, box_update
+
+BOX_FILTER_PARAMETERS = [
+    OpenApiParameter("organization", OpenApiTypes.UUID),
+    OpenApiParameter("state", str, enum=["unclaimed", "claimed", "decommissioned"]),
+    OpenApiParameter("server", OpenApiTypes.UUID),
+    OpenApiParameter("region", str, description="region code or id"),
+    OpenApiParameter("q", str, description="serial, name or MAC contains"),
+    OpenApiParameter("drift", bool, description="desired config differs from the applied one"),
+    OpenApiParameter("tag", str),
+    OpenApiParameter("firmware", str),
+]
+
+
+def box_output(box: Box) -> dict[str, Any]:
+    """The box serialised with its joins and public address. A box just provisioned carries them
+    already (the provisioning service fills ``public_ipv4`` and the server's region from the
+    placement); any other is re-read."""
+    if not hasattr(box, "public_ipv4"):
+        box = selectors.boxes_annotated(Box.objects.filter(pk=box.pk)).get()
+    return represent(BoxOutputSerializer, box)
+
+
+class BoxListApi(ApiView):
+    permission_classes = [IsPerson]
+
+    @extend_schema(parameters=BOX_FILTER_PARAMETERS, responses={200: BoxOutputSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        filters = {
+            key: value for key, value in request.query_params.items() if key not in {"limit", "offset"}
+        }
+        queryset = selectors.box_list(user=request.user, auth=request.auth, filters=filters)
+        return self.paginated(request, queryset, BoxOutputSerializer)
+
+
+class BoxDetailApi(ApiView):
+    permission_classes = [IsPerson]
+
+    class InputSerializer(StrictSerializer):
+        name = StrictCharField(required=False, allow_blank=True, max_length=100)
+        tags = serializers.ListField(child=StrictCharField(max_length=40), required=False, max_length=20)
+
+    @extend_schema(responses={200: BoxOutputSerializer})
+    def get(self, request: Request, box_id: uuid.UUID) -> Response:
+        box = box_for(request.user, box_id, Role.VIEWER, request.auth)
+        return Response(box_output(box))
+
+    @extend_schema(request=InputSerializer, responses={200: BoxOutputSerializer})
+    def patch(self, request: Request, box_id: uuid.UUID) -> Response:
+        box = box_for(request.user, box_id, Role.ADMIN, request.auth)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        box = box_update(actor=self.actor(request), box=box, **data.validated_data)
+        return Response(box_output(box))
+
+
+class BoxClaimApi(ApiView):
+    permission_classes = [IsPerson]
+
+    class InputSerializer(StrictSerializer):
+        serial = SerialField()
+        claim_code = StrictCharField(max_length=128, trim_whitespace=False)
+        organization = StrictUUIDField(required=False)
+
+    @extend_schema(request=InputSerializer, responses={201: BoxOutputSerializer})
+    def post(self, request: Request) -> Response:
+        from provisioning.services import box_claim
+
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        organization_id = values.get("organization")
+        if organization_id is None:
+            memberships = list(selectors.memberships_of_user(user=request.user, auth=request.auth)[:2])
+            if len(memberships) != 1:
+                raise InvalidInput("say which organization claims the box", field="organization")
+            organization_id = memberships[0].organization_id
+        organization = organization_for(request.user, organization_id, Role.ADMIN, request.auth)
+        box = box_claim(
+            actor=self.actor(request),
+            organization=organization,
+            serial=values["serial"],
+            claim_code=values["claim_code"],
+        )
+        return Response(box_output(box), status=status.HTTP_201_CREATED)
+
+
+class BoxWanPolicyApi(ApiView):
+    permission_classes = [IsPerson]
+
+    class InputSerializer(StrictSerializer):
+        # Types and rules of the interfaces are checked by the service, which names the exact field
+        # (``interfaces[2].name``); the admin and this endpoint share that one validation.
+        mode = StrictCharField()
+        interfaces = serializers.JSONField()
+
+    class OutputSerializer(serializers.Serializer):
+        mode = serializers.CharField()
+        interfaces = serializers.ListField(child=serializers.DictField())
+
+    @extend_schema(responses={200: OutputSerializer})
+    def get(self, request: Request, box_id: uuid.UUID) -> Response:
+        box = box_for(request.user, box_id, Role.VIEWER, request.auth)
+        return Response(self.OutputSerializer(box.wan_policy).data)
+
+    @extend_schema(request=InputSerializer, responses={200: OutputSerializer})
+    def put(self, request: Request, box_id: uuid.UUID) -> Response:
+        box = box_for(request.user, box_id, Role.ADMIN, request.auth)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        box = box_set_wan_policy(actor=self.actor(request), box=box, **data.validated_data)
+        return Response(self.OutputSerializer(box.wan_policy).data)
+
+
+class BoxUnclaimApi(ApiView):
+    permission_classes = [IsPerson]
+
+    @extend_schema(request=None, responses={200: BoxOutputSerializer})
+    def post(self, request: Request, box_id: uuid.UUID) -> Response:
+        from provisioning.services import box_unclaim
+
+        box = box_for(request.user, box_id, Role.ADMIN, request.auth)
+        box = box_unclaim(actor=self.actor(request), box=box)
+        return Response(box_output(box))
+
+
+class BoxTransferApi(ApiView):
+    permission_classes = [IsPerson]
+
+    class InputSerializer(StrictSerializer):
+        organization = StrictUUIDField()
+
+    @extend_schema(request=InputSerializer, responses={200: BoxOutputSerializer})
+    def post(self, request: Request, box_id: uuid.UUID) -> Response:
+        from provisioning.services import box_transfer
+
+        box = box_for(request.user, box_id, Role.OWNER, request.auth)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        target = organization_for(request.user, data.validated_data["organization"], Role.ADMIN, request.auth)
+        box = box_transfer(actor=self.actor(request), box=box, organization=target)
+        return Response(box_output(box))
+
+
+class BoxAuditApi(ApiView):
+    permission_classes = [IsPerson]
+
+    @extend_schema(responses={200: AuditEntrySerializer(many=True)})
+    def get(self, request: Request, box_id: uuid.UUID) -> Response:
+        box = box_for(request.user, box_id, Role.VIEWER, request.auth)
+        return self.paginated(request, selectors.audit_of_box(box=box), AuditEntrySerializer)
+
+
+class AuditListApi(ApiView):
+    """Staff read every entry; owners and admins the entries of their organisations."""
+
+    permission_classes = [IsPerson]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("action", str, description="action prefix, e.g. box."),
+            OpenApiParameter("actor", str),
+            OpenApiParameter("serial", str),
+            OpenApiParameter("q", str),
+        ],
+        responses={200: AuditEntrySerializer(many=True)},
+    )
+    def get(self, request: Request) -> Response:
+        filters = {key: request.query_params.get(key) for key in ("action", "actor", "serial", "q")}
+        queryset = selectors.audit_visible(user=request.user, auth=request.auth, filters=filters)
+        return self.paginated(request, queryset, AuditEntrySerializer)

@@ -1,0 +1,191 @@
+"""``manage.py seed_demo``: a demo fleet, idempotent (running it again changes nothing).
+
+Demo Corp (owner demo@example.com), a staff superuser, two regions with two aggregation servers and
+address pools each, 20 imported boxes DEMO-0001..DEMO-0020 of which 10 are claimed and provisioned
+into Demo Corp (some with WAN policies), and ``var/demo-boxes.csv`` for the fleet simulator.
+Everything goes through the services, as an operator would.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+
+from fleet.core.audit import Actor
+from fleet.core.choices import BoxState
+from fleet.core.models import Box, Membership, Organization
+from fleet.core.services import box_set_wan_policy, boxes_import, organization_create, organization_update
+
+URL = "http://127.0.0.1:8000/"
+ORGANIZATION = "Demo Corp"
+OWNER_EMAIL, OWNER_PASSWORD = "demo@example.com", "demo-password-1"
+STAFF_EMAIL, STAFF_PASSWORD = "staff@example.com", "staff-password-1"
+BOX_COUNT, CLAIMED_COUNT = 20, 10
+MODELS = ("OTB-v2c", "OTB-v2b", "OTB-plus")
+
+REGIONS: list[dict[str, Any]] = [
+    {
+        "code": "eu-west",
+        "name": "Paris",
+        "servers": [("agg-par-1", "192.0.2.11"), ("agg-par-2", "192.0.2.12")],
+        "public": "198.51.100.0/26",
+        "tunnel": "100.64.0.0/24",
+        "ipv6": "2001:db8::/44",
+    },
+    {
+        "code": "eu-central",
+        "name": "Frankfurt",
+        "servers": [("agg-fra-1", "192.0.2.21"), ("agg-fra-2", "192.0.2.22")],
+        "public": "203.0.113.0/26",
+        "tunnel": "100.64.1.0/24",
+        "ipv6": "2001:db8:10::/44",
+    },
+]
+
+WAN_POLICIES: list[dict[str, Any]] = [
+    {
+        "mode": "aggregate",
+        "interfaces": [
+            {"name": "wan1", "role": "primary", "kind": "fiber", "down_kbps": 1_000_000, "up_kbps": 500_000},
+            {"name": "wan2", "role": "primary", "kind": "vdsl", "down_kbps": 60_000, "up_kbps": 12_000},
+            {"name": "lte0", "role": "backup", "kind": "lte"},
+        ],
+    },
+    {
+        "mode": "failover",
+        "interfaces": [
+            {"name": "wan1", "role": "primary", "kind": "fiber"},
+            {"name": "lte0", "role": "backup", "kind": "5g"},
+        ],
+    },
+    {
+        "mode": "load-balance",
+        "interfaces": [
+            {"name": "wan1", "role": "primary", "kind": "adsl", "down_kbps": 15_000, "up_kbps": 1_000},
+            {"name": "wan2", "role": "primary", "kind": "adsl", "down_kbps": 15_000, "up_kbps": 1_000},
+        ],
+    },
+]
+
+
+def demo_box(index: int) -> dict[str, str]:
+    """Deterministic factory data of demo box ``index`` (so a re-run finds it unchanged)."""
+    serial = f"DEMO-{index:04d}"
+    return {
+        "serial": serial,
+        "model": MODELS[index % len(MODELS)],
+        "mac": f"02:0d:e0:00:{index >> 8:02x}:{index & 255:02x}",
+        "factory_secret": f"demo-factory-{index:04d}",
+        "claim_code": f"demo-claim-{index:04d}",
+    }
+
+
+def fake_wireguard_key(name: str) -> str:
+    return base64.b64encode(hashlib.sha256(f"demo-wg:{name}".encode()).digest()).decode()
+
+
+class Command(BaseCommand):
+    help = "Create (or complete) the demo fleet; safe to run again."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        actor = Actor.system("cli:seed_demo")
+        regions = self._infrastructure(actor)
+        organization = self._people(actor, regions["eu-west"])
+        self._boxes(actor, organization)
+        path = self._csv()
+        self.stdout.write(
+            self.style.SUCCESS("demo fleet ready")
+            + f"\n  URL:      {URL}"
+            + f"\n  customer: {OWNER_EMAIL} / {OWNER_PASSWORD}   ({ORGANIZATION})"
+            + f"\n  staff:    {STAFF_EMAIL} / {STAFF_PASSWORD}   ({URL}admin/)"
+            + f"\n  boxes:    {path} (for otb-agent simulate)"
+        )
+
+    def _infrastructure(self, actor: Actor) -> dict[str, Any]:
+        from provisioning.models import AddressPool, AggregationServer, Region
+        from provisioning.services import pool_create, region_create, server_create
+
+        regions: dict[str, Any] = {}
+        for spec in REGIONS:
+            region = Region.objects.filter(code=spec["code"]).first() or region_create(
+                actor=actor, code=spec["code"], name=spec["name"]
+            )
+            regions[spec["code"]] = region
+            for name, address in spec["servers"]:
+                if not AggregationServer.objects.filter(name=name).exists():
+                    server_create(
+                        actor=actor,
+                        name=name,
+                        region=region,
+                        hostname=f"{name}.example.net",
+                        public_ipv4=address,
+                        tunnel_port_min=51820,
+                        tunnel_port_max=52819,
+                        capacity=500,
+                        wg_public_key=fake_wireguard_key(name),
+                    )
+            for purpose, key in (
+                ("public_ipv4", "public"),
+                ("tunnel_p2p", "tunnel"),
+                ("ipv6_prefix", "ipv6"),
+            ):
+                pool_name = f"{spec['code']}-{key}"
+                if not AddressPool.objects.filter(name=pool_name).exists():
+                    pool_create(actor=actor, name=pool_name, cidr=spec[key], purpose=purpose, region=region)
+        return regions
+
+    def _people(self, actor: Actor, region: Any) -> Organization:
+        users = get_user_model().objects
+        staff = users.filter(email__iexact=STAFF_EMAIL).first()
+        if staff is None:
+            users.create_superuser(username=STAFF_EMAIL, email=STAFF_EMAIL, password=STAFF_PASSWORD)
+        organization = Organization.objects.filter(name=ORGANIZATION).first()
+        if organization is None:
+            organization = organization_create(
+                actor=actor, name=ORGANIZATION, owner_email=OWNER_EMAIL, owner_password=OWNER_PASSWORD
+            )
+        if organization.preferred_region_id is None:
+            organization = organization_update(
+                actor=actor, organization=organization, preferred_region=region
+            )
+        assert Membership.objects.filter(organization=organization, user__email__iexact=OWNER_EMAIL).exists()
+        return organization
+
+    def _boxes(self, actor: Actor, organization: Organization) -> None:
+        from provisioning.services import box_claim
+
+        report = boxes_import(actor=actor, rows=[demo_box(index) for index in range(1, BOX_COUNT + 1)])
+        self.stdout.write(
+            f"boxes: {report.created} imported, {report.unchanged} already there, {report.rejected} rejected"
+        )
+        for error in report.errors:
+            self.stdout.write(f"  line {error.line}: {error.serial}: {error.field}: {error.reason}")
+        for index in range(1, CLAIMED_COUNT + 1):
+            data = demo_box(index)
+            box = Box.objects.get(serial=data["serial"])
+            if box.state != BoxState.UNCLAIMED:
+                continue
+            box = box_claim(
+                actor=actor, organization=organization, serial=box.serial, claim_code=data["claim_code"]
+            )
+            policy = WAN_POLICIES[(index - 1) % len(WAN_POLICIES)] if index <= 6 else None
+            if policy is not None:
+                box_set_wan_policy(actor=actor, box=box, **policy)
+
+    def _csv(self) -> Path:
+        path = Path(settings.VAR_DIR) / "demo-boxes.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["serial", "factory_secret", "claim_code"])
+            for index in range(1, BOX_COUNT + 1):
+                data = demo_box(index)
+                writer.writerow([data["serial"], data["factory_secret"], data["claim_code"]])
+        return path

@@ -1,0 +1,160 @@
+"""Strict input fields and the output shapes shared by several fleet endpoints.
+
+Input is strict: unknown keys are refused (naming them), strings must be JSON strings, numbers JSON
+integers and booleans JSON booleans - no silent coercion of ``"12"`` or ``1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
+
+from rest_framework import serializers
+
+from fleet.core.services.boxes import SERIAL_RE
+
+
+class StrictFieldsMixin:
+    """Refuse keys the serializer does not declare (``{"fields": {"<key>": ["unknown field"]}}``)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            known = {name for name, field in self.fields.items() if not field.read_only}  # type: ignore[attr-defined]
+            unknown = sorted(str(key) for key in data if key not in known)
+            if unknown:
+                raise serializers.ValidationError({key: ["unknown field"] for key in unknown})
+        return super().to_internal_value(data)  # type: ignore[misc]
+
+
+class StrictSerializer(StrictFieldsMixin, serializers.Serializer):
+    pass
+
+
+@cache
+def _output_serializer(serializer_class: type[serializers.Serializer]) -> serializers.Serializer:
+    return serializer_class()
+
+
+def represent(serializer_class: type[serializers.Serializer], instance: Any) -> dict[str, Any]:
+    """``serializer_class(instance).data`` without building the serializer again: one bound
+    instance per class is kept and reused. DRF deep-copies every declared field for each new
+    serializer, which was a tenth of a claim's CPU. Only for output serializers that do not read
+    ``self.context`` (they are shared between threads and never hold per-call state)."""
+    return _output_serializer(serializer_class).to_representation(instance)
+
+
+class StrictCharField(serializers.CharField):
+    default_error_messages = {"invalid": "must be a string"}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    default_error_messages = {"invalid": "must be a whole number"}
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    default_error_messages = {"invalid": "must be true or false"}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+class SerialField(StrictCharField):
+    """A box serial: 1 to 64 ASCII letters, digits, dot, underscore or dash."""
+
+    default_error_messages = {
+        "invalid": "must be a string",
+        "serial": "a serial is 1 to 64 characters from A-Z a-z 0-9 . _ -",
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        value = super().to_internal_value(data)
+        if not SERIAL_RE.fullmatch(value):
+            self.fail("serial")
+        return value
+
+
+class StrictUUIDField(serializers.UUIDField):
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        return super().to_internal_value(data)
+
+
+class OrganizationRefSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+
+
+class RegionRefSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    code = serializers.CharField()
+    name = serializers.CharField()
+
+
+class ServerRefSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    region = serializers.CharField(source="region.code")
+
+
+class BoxOutputSerializer(serializers.Serializer):
+    """A box as customers and staff see it (list and detail)."""
+
+    id = serializers.UUIDField()
+    serial = serializers.CharField()
+    name = serializers.CharField()
+    model = serializers.CharField()
+    mac = serializers.CharField()
+    state = serializers.CharField()
+    organization = OrganizationRefSerializer(allow_null=True)
+    server = ServerRefSerializer(allow_null=True)
+    public_ipv4 = serializers.SerializerMethodField()
+    firmware_version = serializers.CharField()
+    agent_version = serializers.CharField()
+    config_hash = serializers.CharField()
+    applied_config_hash = serializers.CharField()
+    applied_at = serializers.DateTimeField(allow_null=True)
+    apply_error = serializers.CharField()
+    drift = serializers.BooleanField(source="config_drift")
+    enrolled_at = serializers.DateTimeField(allow_null=True)
+    claimed_at = serializers.DateTimeField(allow_null=True)
+    tags = serializers.ListField(child=serializers.CharField())
+
+    def get_public_ipv4(self, box: Any) -> str | None:
+        return getattr(box, "public_ipv4", None) or None
+
+
+class AuditEntrySerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    created_at = serializers.DateTimeField()
+    actor = serializers.CharField(source="actor_label")
+    action = serializers.CharField()
+    organization_id = serializers.UUIDField(allow_null=True)
+    box_id = serializers.UUIDField(allow_null=True)
+    box_serial = serializers.SerializerMethodField()
+    target_type = serializers.CharField()
+    target_id = serializers.CharField()
+    before = serializers.JSONField(allow_null=True)
+    after = serializers.JSONField(allow_null=True)
+    request_id = serializers.CharField()
+    source_ip = serializers.IPAddressField(allow_null=True)
+
+    def get_box_serial(self, entry: Any) -> str | None:
+        return entry.box.serial if entry.box_id and entry.box else None

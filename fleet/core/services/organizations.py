@@ -1,0 +1,308 @@
+"""Organisations, their members and invitations."""
+
+from __future__ import annotations
+
+import zoneinfo
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.mail import send_mail
+from django.core.validators import validate_email
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from fleet.core.access import ROLE_RANK
+from fleet.core.audit import Actor, audit_record
+from fleet.core.choices import Role
+from fleet.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from fleet.core.doorbells import doorbell_reauthorize
+from fleet.core.models import Invitation, Membership, Organization
+from fleet.core.tokens import TokenKind, digest, token_issue
+
+INVITATION_LIFETIME = timedelta(days=7)
+
+_UNSET: Any = object()
+
+
+def actor_role_require(*, actor: Actor, organization: Organization, minimum: Role) -> None:
+    """Refuse unless the actor holds ``minimum`` in the organisation.
+
+    Staff users and non-person actors (the system, management commands) pass: the edges that let
+    them in have already decided they may act.
+    """
+    user = actor.user
+    if user is None or getattr(user, "is_staff", False):
+        return
+    role = (
+        Membership.objects.filter(user=user, organization=organization).values_list("role", flat=True).first()
+    )
+    if role is None:
+        raise NotFound("organization not found")
+    if ROLE_RANK[Role(role)] < ROLE_RANK[minimum]:
+        raise Forbidden(f"this needs the {minimum} role or higher; you are {role}")
+
+
+def _email_normalise(email: str, *, field: str = "email") -> str:
+    email = (email or "").strip()
+    try:
+        validate_email(email)
+    except DjangoValidationError as exc:
+        raise InvalidInput("enter a valid email address", field=field) from exc
+    local, _, domain = email.rpartition("@")
+    return f"{local}@{domain.lower()}"
+
+
+def _role_parse(role: str) -> Role:
+    try:
+        return Role(role)
+    except ValueError as exc:
+        raise InvalidInput(f"role must be one of {', '.join(Role.values)}", field="role") from exc
+
+
+def _user_get_or_create(email: str, password: str | None) -> tuple[Any, bool]:
+    user_model = get_user_model()
+    user = user_model.objects.filter(email__iexact=email).first()
+    if user is not None:
+        return user, False
+    user = user_model(username=email, email=email)
+    if password:
+        user.set_password(password)
+    else:
+        user.set_unusable_password()
+    user.save()
+    return user, True
+
+
+def _unique_slug(name: str) -> str:
+    base = slugify(name)[:100] or "org"
+    slug, n = base, 1
+    while Organization.objects.filter(slug=slug).exists():
+        n += 1
+        slug = f"{base}-{n}"
+    return slug
+
+
+@transaction.atomic
+def organization_create(
+    *, actor: Actor, name: str, owner_email: str, owner_password: str | None = None
+) -> Organization:
+    """Create an organisation with one owner; the owner's user account is created if missing
+    (with the given password, or an unusable one to be set by a reset)."""
+    name = (name or "").strip()
+    if not 1 <= len(name) <= 120:
+        raise InvalidInput("name must be 1 to 120 characters", field="name")
+    email = _email_normalise(owner_email, field="owner_email")
+    if Organization.objects.filter(name__iexact=name).exists():
+        raise Conflict(f"an organization named {name!r} already exists", field="name")
+    try:
+        with transaction.atomic():
+            organization = Organization.objects.create(name=name, slug=_unique_slug(name))
+    except IntegrityError as exc:
+        raise Conflict(f"an organization named {name!r} already exists", field="name") from exc
+    owner, created = _user_get_or_create(email, owner_password)
+    Membership.objects.create(user=owner, organization=organization, role=Role.OWNER)
+    audit_record(
+        actor=actor,
+        action="organization.create",
+        organization=organization,
+        target=organization,
+        after={"name": name, "owner": email, "owner_created": created},
+    )
+    return organization
+
+
+@transaction.atomic
+def organization_update(
+    *,
+    actor: Actor,
+    organization: Organization,
+    name: str | None = None,
+    preferred_region: Any = _UNSET,
+    timezone_name: str | None = None,
+) -> Organization:
+    """Rename an organisation or change its preferred region / timezone (admin or owner)."""
+    actor_role_require(actor=actor, organization=organization, minimum=Role.ADMIN)
+    organization = Organization.objects.select_for_update().get(pk=organization.pk)
+    before = {
+        "name": organization.name,
+        "preferred_region": str(organization.preferred_region_id or "") or None,
+        "timezone": organization.timezone,
+    }
+    fields: list[str] = []
+    if name is not None:
+        name = name.strip()
+        if not 1 <= len(name) <= 120:
+            raise InvalidInput("name must be 1 to 120 characters", field="name")
+        if Organization.objects.filter(name__iexact=name).exclude(pk=organization.pk).exists():
+            raise Conflict(f"an organization named {name!r} already exists", field="name")
+        organization.name = name
+        fields.append("name")
+    if preferred_region is not _UNSET:
+        organization.preferred_region = preferred_region
+        fields.append("preferred_region")
+    if timezone_name is not None:
+        if timezone_name not in zoneinfo.available_timezones():
+            raise InvalidInput("not a known IANA timezone", field="timezone")
+        organization.timezone = timezone_name
+        fields.append("timezone")
+    if fields:
+        organization.save(update_fields=fields)
+        audit_record(
+            actor=actor,
+            action="organization.update",
+            organization=organization,
+            target=organization,
+            before=before,
+            after={
+                "name": organization.name,
+                "preferred_region": str(organization.preferred_region_id or "") or None,
+                "timezone": organization.timezone,
+            },
+        )
+    return organization
+
+
+@transaction.atomic
+def member_invite(
+    *, actor: Actor, organization: Organization, email: str, role: str
+) -> tuple[Invitation, str]:
+    """Invite an email address to join with a role (owner only). The token is returned once and
+    mailed after commit; only its digest is stored."""
+    actor_role_require(actor=actor, organization=organization, minimum=Role.OWNER)
+    email = _email_normalise(email)
+    parsed_role = _role_parse(role)
+    if Membership.objects.filter(organization=organization, user__email__iexact=email).exists():
+        raise Conflict(f"{email} is already a member", field="email")
+    issued = token_issue(TokenKind.INVITATION)
+    invitation = Invitation.objects.create(
+        organization=organization,
+        email=email,
+        role=parsed_role,
+        token_hash=issued.digest,
+        invited_by=actor.user,
+        expires_at=timezone.now() + INVITATION_LIFETIME,
+    )
+    audit_record(
+        actor=actor,
+        action="member.invite",
+        organization=organization,
+        target=invitation,
+        after={"email": email, "role": parsed_role.value},
+    )
+    link = f"{getattr(settings, 'OTB_PUBLIC_URL', 'http://127.0.0.1:8000').rstrip('/')}/invitations/accept"
+    body = (
+        f"You have been invited to join {organization.name} on otb-fleet as {parsed_role.label}.\n\n"
+        f"Accept at {link} with this token (valid for 7 days):\n\n{issued.value}\n"
+    )
+    transaction.on_commit(
+        lambda: send_mail(
+            f"Invitation to {organization.name}",
+            body,
+            settings.DEFAULT_FROM_EMAIL,
+            [email],
+            fail_silently=True,
+        )
+    )
+    return invitation, issued.value
+
+
+@transaction.atomic
+def invitation_accept(*, user: Any, token: str) -> Membership:
+    """Turn a valid invitation addressed to the user's email into a membership; once only."""
+    if not isinstance(token, str) or not token or len(token) > 200:
+        raise InvalidInput("invalid invitation token", field="token")
+    invitation = (
+        Invitation.objects.select_for_update()
+        .select_related("organization")
+        .filter(token_hash=digest(token))
+        .first()
+    )
+    now = timezone.now()
+    if invitation is None or invitation.revoked_at is not None or invitation.expires_at <= now:
+        raise NotFound("invitation not found or expired", field="token")
+    if invitation.accepted_at is not None:
+        raise Conflict("invitation already accepted", field="token")
+    if (user.email or "").lower() != invitation.email.lower():
+        raise Forbidden("this invitation is addressed to another email address", field="token")
+    if Membership.objects.filter(user=user, organization=invitation.organization).exists():
+        raise Conflict("you are already a member of this organization", field="token")
+    membership = Membership.objects.create(
+        user=user, organization=invitation.organization, role=invitation.role
+    )
+    invitation.accepted_at = now
+    invitation.accepted_by = user
+    invitation.save(update_fields=["accepted_at", "accepted_by"])
+    audit_record(
+        actor=Actor.for_user(user),
+        action="member.join",
+        organization=invitation.organization,
+        target=membership,
+        after={"email": invitation.email, "role": invitation.role},
+    )
+    return membership
+
+
+def _owners_locked(organization: Organization) -> list[Membership]:
+    # Lock every owner row so two concurrent demotions cannot both see "another owner remains".
+    return list(
+        Membership.objects.select_for_update()
+        .filter(organization=organization, role=Role.OWNER)
+        .order_by("pk")
+    )
+
+
+@transaction.atomic
+def member_set_role(*, actor: Actor, membership: Membership, role: str) -> Membership:
+    """Change a member's role (owner only); the last owner cannot be demoted."""
+    organization = membership.organization
+    actor_role_require(actor=actor, organization=organization, minimum=Role.OWNER)
+    parsed_role = _role_parse(role)
+    owners = _owners_locked(organization)
+    membership = Membership.objects.select_for_update().get(pk=membership.pk)
+    before = membership.role
+    if before == Role.OWNER and parsed_role != Role.OWNER and len(owners) <= 1:
+        raise Conflict("an organization needs at least one owner", field="role")
+    if before != parsed_role:
+        membership.role = parsed_role
+        membership.save(update_fields=["role"])
+        audit_record(
+            actor=actor,
+            action="member.set_role",
+            organization=organization,
+            target=membership,
+            before={"user": membership.user.get_username(), "role": before},
+            after={"user": membership.user.get_username(), "role": parsed_role.value},
+        )
+    return membership
+
+
+@transaction.atomic
+def member_remove(*, actor: Actor, membership: Membership) -> None:
+    """Remove a member (owner only); the last owner cannot be removed. Their API tokens for this
+    organisation are revoked with the membership."""
+    organization = membership.organization
+    actor_role_require(actor=actor, organization=organization, minimum=Role.OWNER)
+    owners = _owners_locked(organization)
+    membership = Membership.objects.select_for_update().select_related("user").get(pk=membership.pk)
+    if membership.role == Role.OWNER and len(owners) <= 1:
+        raise Conflict("the last owner of an organization cannot be removed")
+    from fleet.core.models import ApiToken
+
+    ApiToken.objects.filter(user=membership.user, organization=organization, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+    audit_record(
+        actor=actor,
+        action="member.remove",
+        organization=organization,
+        target=membership,
+        before={"user": membership.user.get_username(), "role": membership.role},
+    )
+    membership.delete()
+    user_id = membership.user_id
+    # the person's open portal sockets drop this organisation's boxes now, not at the next recheck
+    transaction.on_commit(lambda: doorbell_reauthorize(user_id))

@@ -1,0 +1,566 @@
+"""REST edge for firmware: staff manage releases and rollouts, customers manage their boxes' upgrade
+policy and upgrades, agents download images (HTTP Range). Each view parses, calls one service or
+selector, and serialises."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from uuid import UUID
+
+from django.http import HttpResponse, StreamingHttpResponse
+from rest_framework import serializers, status
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from fleet.core.access import box_for
+from fleet.core.audit import Actor
+from fleet.core.choices import ReleaseChannel, Role
+from fleet.core.errors import InvalidInput, NotFound
+from fleet.core.permissions import IsAgent, IsPerson, IsStaff
+from fleet.firmware import selectors, services
+from fleet.firmware.choices import ReleaseState, UpgradeState
+from fleet.firmware.models import Release, Rollout, Upgrade
+
+# --- serialisers -----------------------------------------------------------------------------------
+
+
+class ReleaseOutputSerializer(serializers.ModelSerializer):
+    image_uploaded = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Release
+        fields = [
+            "id",
+            "version",
+            "hardware_models",
+            "channel",
+            "state",
+            "image_uploaded",
+            "external_url",
+            "size",
+            "sha256",
+            "signature",
+            "notes",
+            "published_at",
+            "withdrawn_at",
+            "withdrawn_reason",
+            "created_at",
+        ]
+
+    def get_image_uploaded(self, release: Release) -> bool:
+        return bool(release.image)
+
+
+class RolloutOutputSerializer(serializers.ModelSerializer):
+    release = serializers.UUIDField(source="release_id")
+    version = serializers.CharField(source="release.version")
+
+    class Meta:
+        model = Rollout
+        fields = [
+            "id",
+            "name",
+            "release",
+            "version",
+            "state",
+            "target",
+            "phases",
+            "phase_sizes",
+            "soak_s",
+            "max_failure_pct",
+            "max_failures",
+            "max_in_flight",
+            "force",
+            "health_window_s",
+            "upgrade_timeout_s",
+            "offline_grace_s",
+            "start_at",
+            "current_phase",
+            "pause_reason",
+            "total",
+            "skipped",
+            "started_at",
+            "finished_at",
+            "created_at",
+        ]
+
+
+class UpgradeOutputSerializer(serializers.ModelSerializer):
+    box = serializers.UUIDField(source="box_id")
+    rollout = serializers.UUIDField(source="rollout_id", allow_null=True)
+    release = serializers.UUIDField(source="release_id")
+
+    class Meta:
+        model = Upgrade
+        fields = [
+            "id",
+            "box",
+            "rollout",
+            "release",
+            "phase",
+            "state",
+            "reason",
+            "from_version",
+            "progress",
+            "not_before",
+            "forced",
+            "attempt",
+            "command_id",
+            "state_changed_at",
+            "pending_at",
+            "scheduled_at",
+            "sent_at",
+            "downloading_at",
+            "verifying_at",
+            "installing_at",
+            "rebooting_at",
+            "succeeded_at",
+            "failed_at",
+            "timed_out_at",
+            "cancelled_at",
+            "skipped_at",
+        ]
+
+
+class BoxUpgradeOutputSerializer(UpgradeOutputSerializer):
+    version = serializers.CharField(source="release.version")
+
+    class Meta(UpgradeOutputSerializer.Meta):
+        fields = [*UpgradeOutputSerializer.Meta.fields, "version"]
+
+
+def _uuid(value: Any, what: str) -> UUID:
+    try:
+        return UUID(str(value))
+    except ValueError as exc:
+        raise NotFound(f"{what} not found") from exc
+
+
+def _release(release_id: Any) -> Release:
+    release = Release.objects.filter(pk=_uuid(release_id, "release")).first()
+    if release is None:
+        raise NotFound("release not found")
+    return release
+
+
+def _rollout(rollout_id: Any) -> Rollout:
+    rollout = Rollout.objects.select_related("release").filter(pk=_uuid(rollout_id, "rollout")).first()
+    if rollout is None:
+        raise NotFound("rollout not found")
+    return rollout
+
+
+# --- releases (staff) ------------------------------------------------------------------------------
+
+
+class ReleaseListApi(APIView):
+    permission_classes = [IsStaff]
+
+    class FilterSerializer(serializers.Serializer):
+        state = serializers.ChoiceField(choices=ReleaseState.choices, required=False)
+        channel = serializers.ChoiceField(choices=ReleaseChannel.choices, required=False)
+
+    class InputSerializer(serializers.Serializer):
+        version = serializers.CharField(max_length=64)
+        hardware_models = serializers.ListField(child=serializers.CharField(max_length=64), min_length=1)
+        channel = serializers.ChoiceField(choices=ReleaseChannel.choices, default=ReleaseChannel.STABLE)
+        notes = serializers.CharField(required=False, allow_blank=True, default="")
+        external_url = serializers.URLField(required=False, allow_blank=True, default="", max_length=500)
+        size = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1)
+        sha256 = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
+        signature = serializers.CharField(required=False, allow_blank=True, default="", max_length=100)
+
+    def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        releases = selectors.releases_list(include_unpublished=True)
+        if "state" in filters.validated_data:
+            releases = releases.filter(state=filters.validated_data["state"])
+        if "channel" in filters.validated_data:
+            releases = releases.filter(channel=filters.validated_data["channel"])
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(releases, request, view=self)
+        return paginator.get_paginated_response(ReleaseOutputSerializer(page, many=True).data)
+
+    def post(self, request: Request) -> Response:
+        payload = self.InputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        release = services.release_create(actor=Actor.from_request(request), **payload.validated_data)
+        return Response(ReleaseOutputSerializer(release).data, status=status.HTTP_201_CREATED)
+
+
+class ReleaseDetailApi(APIView):
+    permission_classes = [IsStaff]
+
+    class InputSerializer(serializers.Serializer):
+        notes = serializers.CharField(required=False, allow_blank=True)
+        signature = serializers.CharField(required=False, max_length=100)
+        hardware_models = serializers.ListField(
+            child=serializers.CharField(max_length=64), min_length=1, required=False
+        )
+        channel = serializers.ChoiceField(choices=ReleaseChannel.choices, required=False)
+        external_url = serializers.URLField(required=False, max_length=500)
+        size = serializers.IntegerField(required=False, min_value=1)
+        sha256 = serializers.CharField(required=False, max_length=64)
+
+    def get(self, request: Request, release_id: str) -> Response:
+        return Response(ReleaseOutputSerializer(_release(release_id)).data)
+
+    def patch(self, request: Request, release_id: str) -> Response:
+        release = _release(release_id)
+        payload = self.InputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        release = services.release_update(
+            actor=Actor.from_request(request), release=release, **payload.validated_data
+        )
+        return Response(ReleaseOutputSerializer(release).data)
+
+
+class ReleaseImageApi(APIView):
+    """PUT/POST multipart with an ``image`` file: stores it, computing size and SHA-256."""
+
+    permission_classes = [IsStaff]
+    parser_classes = [MultiPartParser, FormParser]
+
+    def post(self, request: Request, release_id: str) -> Response:
+        release = _release(release_id)
+        upload = request.FILES.get("image")
+        if upload is None:
+            raise InvalidInput("attach the image as the multipart field 'image'", field="image")
+        release = services.release_image_upload(
+            actor=Actor.from_request(request), release=release, upload=upload
+        )
+        return Response(ReleaseOutputSerializer(release).data)
+
+    put = post
+
+
+class ReleasePublishApi(APIView):
+    permission_classes = [IsStaff]
+
+    def post(self, request: Request, release_id: str) -> Response:
+        release = services.release_publish(actor=Actor.from_request(request), release=_release(release_id))
+        return Response(ReleaseOutputSerializer(release).data)
+
+
+class ReleaseWithdrawApi(APIView):
+    permission_classes = [IsStaff]
+
+    class InputSerializer(serializers.Serializer):
+        reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+
+    def post(self, request: Request, release_id: str) -> Response:
+        payload = self.InputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        release = services.release_withdraw(
+            actor=Actor.from_request(request), release=_release(release_id), **payload.validated_data
+        )
+        return Response(ReleaseOutputSerializer(release).data)
+
+
+# --- rollouts (staff) ------------------------------------------------------------------------------
+
+
+class RolloutInputSerializer(serializers.Serializer):
+    release = serializers.UUIDField()
+    name = serializers.CharField(max_length=120)
+    target = serializers.JSONField(required=False, default=dict)
+    phases = serializers.ListField(child=serializers.IntegerField(), required=False, default=[1, 10, 50, 100])
+    soak_s = serializers.IntegerField(required=False, default=3600)
+    max_failure_pct = serializers.FloatField(required=False, default=2.0)
+    max_failures = serializers.IntegerField(required=False, allow_null=True, default=None)
+    max_in_flight = serializers.IntegerField(required=False, default=500)
+    force = serializers.BooleanField(required=False, default=False)
+    health_window_s = serializers.IntegerField(required=False, default=900)
+    upgrade_timeout_s = serializers.IntegerField(required=False, default=3600)
+    offline_grace_s = serializers.IntegerField(required=False, default=7 * 24 * 3600)
+    start_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+
+class RolloutListApi(APIView):
+    permission_classes = [IsStaff]
+
+    def get(self, request: Request) -> Response:
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(selectors.rollouts_list(), request, view=self)
+        return paginator.get_paginated_response(RolloutOutputSerializer(page, many=True).data)
+
+    def post(self, request: Request) -> Response:
+        payload = RolloutInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = dict(payload.validated_data)
+        release = _release(data.pop("release"))
+        rollout = services.rollout_create(actor=Actor.from_request(request), release=release, **data)
+        body = RolloutOutputSerializer(rollout).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class RolloutPreviewApi(APIView):
+    """What a rollout with this release, target and phases would do: nothing is written."""
+
+    permission_classes = [IsStaff]
+
+    class InputSerializer(serializers.Serializer):
+        release = serializers.UUIDField()
+        target = serializers.JSONField(required=False, default=dict)
+        phases = serializers.ListField(
+            child=serializers.IntegerField(), required=False, default=[1, 10, 50, 100]
+        )
+        force = serializers.BooleanField(required=False, default=False)
+
+    def post(self, request: Request) -> Response:
+        payload = self.InputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        preview = selectors.rollout_preview(
+            release=_release(data["release"]),
+            target=data["target"],
+            phases=data["phases"],
+            force=data["force"],
+        )
+        return Response(preview)
+
+
+class RolloutDetailApi(APIView):
+    permission_classes = [IsStaff]
+
+    def get(self, request: Request, rollout_id: str) -> Response:
+        rollout = _rollout(rollout_id)
+        body = RolloutOutputSerializer(rollout).data
+        body["progress"] = selectors.rollout_progress(rollout=rollout)
+        return Response(body)
+
+
+class RolloutActionApi(APIView):
+    """POST rollouts/<id>/<action>: start, pause, resume, abort, retry-failed."""
+
+    permission_classes = [IsStaff]
+    action = ""
+
+    class InputSerializer(serializers.Serializer):
+        reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+        boxes = serializers.ListField(
+            child=serializers.UUIDField(), required=False, allow_null=True, default=None
+        )
+
+    def post(self, request: Request, rollout_id: str) -> Response:
+        rollout = _rollout(rollout_id)
+        payload = self.InputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        actor = Actor.from_request(request)
+        reason = payload.validated_data["reason"]
+        extra: dict[str, Any] = {}
+        if self.action == "start":
+            rollout = services.rollout_start(actor=actor, rollout=rollout)
+        elif self.action == "pause":
+            rollout = services.rollout_pause(actor=actor, rollout=rollout, reason=reason)
+        elif self.action == "resume":
+            rollout = services.rollout_resume(actor=actor, rollout=rollout)
+        elif self.action == "abort":
+            rollout = services.rollout_abort(actor=actor, rollout=rollout, reason=reason)
+        else:
+            extra["retried"] = services.upgrades_retry_failed(
+                actor=actor, rollout=rollout, box_ids=payload.validated_data["boxes"]
+            )
+            rollout.refresh_from_db()
+        return Response({**RolloutOutputSerializer(rollout).data, **extra})
+
+
+class RolloutUpgradeListApi(APIView):
+    permission_classes = [IsStaff]
+
+    class FilterSerializer(serializers.Serializer):
+        state = serializers.ChoiceField(choices=UpgradeState.choices, required=False)
+
+    def get(self, request: Request, rollout_id: str) -> Response:
+        rollout = _rollout(rollout_id)
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(
+            selectors.rollout_upgrades(rollout=rollout, state=filters.validated_data.get("state")),
+            request,
+            view=self,
+        )
+        return paginator.get_paginated_response(UpgradeOutputSerializer(page, many=True).data)
+
+
+# --- a customer's box ------------------------------------------------------------------------------
+
+
+class BoxUpgradePolicyApi(APIView):
+    permission_classes = [IsPerson]
+
+    class InputSerializer(serializers.Serializer):
+        auto_upgrade = serializers.BooleanField(required=False)
+        window_days = serializers.ListField(
+            child=serializers.IntegerField(min_value=0, max_value=6),
+            min_length=1,
+            max_length=7,
+            required=False,
+        )
+        window_start = serializers.TimeField(required=False)
+        window_end = serializers.TimeField(required=False)
+
+    def _body(self, box: Any) -> dict[str, Any]:
+        policy = selectors.box_upgrade_policy(box=box)
+        return {
+            "box": str(box.pk),
+            "auto_upgrade": box.auto_upgrade,
+            "release_channel": box.release_channel,
+            "timezone": box.organization.timezone if box.organization else "UTC",
+            **services.policy_as_dict(policy),
+        }
+
+    def get(self, request: Request, box_id: str) -> Response:
+        box = box_for(request.user, box_id, Role.VIEWER, request.auth)
+        return Response(self._body(box))
+
+    def patch(self, request: Request, box_id: str) -> Response:
+        box = box_for(request.user, box_id, Role.VIEWER, request.auth)
+        payload = self.InputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        services.box_upgrade_policy_update(
+            actor=Actor.from_request(request), box=box, **payload.validated_data
+        )
+        return Response(self._body(box))
+
+
+class BoxUpgradeListApi(APIView):
+    permission_classes = [IsPerson]
+
+    def get(self, request: Request, box_id: str) -> Response:
+        box = box_for(request.user, box_id, Role.VIEWER, request.auth)
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(selectors.box_upgrades(box=box), request, view=self)
+        return paginator.get_paginated_response(BoxUpgradeOutputSerializer(page, many=True).data)
+
+
+class BoxUpgradeNowApi(APIView):
+    permission_classes = [IsPerson]
+
+    class InputSerializer(serializers.Serializer):
+        release = serializers.UUIDField(required=False, allow_null=True, default=None)
+
+    def post(self, request: Request, box_id: str) -> Response:
+        box = box_for(request.user, box_id, Role.VIEWER, request.auth)
+        payload = self.InputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        release_id = payload.validated_data["release"]
+        release = None
+        if release_id is not None:
+            release = Release.objects.filter(pk=release_id, state=ReleaseState.PUBLISHED).first()
+            if release is None:
+                raise InvalidInput("no published release with this id", field="release")
+        upgrade = services.box_upgrade_now(actor=Actor.from_request(request), box=box, release=release)
+        return Response(BoxUpgradeOutputSerializer(upgrade).data, status=status.HTTP_202_ACCEPTED)
+
+
+class UpgradePostponeApi(APIView):
+    permission_classes = [IsPerson]
+
+    class InputSerializer(serializers.Serializer):
+        until = serializers.DateTimeField()
+
+    def post(self, request: Request, upgrade_id: str) -> Response:
+        upgrade = (
+            Upgrade.objects.select_related("box", "release").filter(pk=_uuid(upgrade_id, "upgrade")).first()
+        )
+        if upgrade is None:
+            raise NotFound("upgrade not found")
+        box_for(request.user, upgrade.box_id, Role.VIEWER, request.auth)  # 404 outside the caller's orgs
+        payload = self.InputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        upgrade = services.upgrade_postpone(
+            actor=Actor.from_request(request), upgrade=upgrade, until=payload.validated_data["until"]
+        )
+        return Response(BoxUpgradeOutputSerializer(upgrade).data)
+
+
+# --- agents: the image, with HTTP Range ------------------------------------------------------------
+
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+STREAM_CHUNK = 256 * 1024
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """``(start, end)`` inclusive for a single satisfiable range, None to send everything (no header,
+    several ranges or a malformed one, which RFC 9110 lets us ignore), "unsatisfiable" otherwise."""
+    if not header:
+        return None
+    match = _RANGE_RE.match(header.strip())
+    if not match:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # the last N bytes
+        length = int(last)
+        if length == 0:
+            return "unsatisfiable"
+        return max(size - length, 0), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or (last and int(last) < start):
+        return "unsatisfiable"
+    return start, end
+
+
+def _stream(handle: Any, start: int, length: int) -> Any:
+    try:
+        handle.seek(start)
+        remaining = length
+        while remaining > 0:
+            chunk = handle.read(min(STREAM_CHUNK, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+            yield chunk
+    finally:
+        handle.close()
+
+
+class AgentFirmwareImageApi(APIView):
+    """GET the image of a release for the calling box (agent token). Published releases only, for
+    a box whose model it fits; ``Range: bytes=N-`` gives 206 with ``Content-Range`` (resume)."""
+
+    permission_classes = [IsAgent]
+
+    def get(self, request: Request, release_id: str) -> HttpResponse | StreamingHttpResponse:
+        principal: Any = request.user  # an AgentPrincipal (IsAgent)
+        release = selectors.release_downloadable_by_box(release_id=release_id, box=principal.box)
+        if release is None:
+            raise NotFound("release not found")
+        size = release.size or release.image.size
+        wanted = parse_range(request.headers.get("Range"), size)
+        headers = {
+            "Accept-Ranges": "bytes",
+            "ETag": f'"{release.sha256}"',
+            "Cache-Control": "private, no-transform",
+        }
+        if isinstance(wanted, str):  # unsatisfiable
+            refused = HttpResponse(status=416)
+            refused["Content-Range"] = f"bytes */{size}"
+            return refused
+        if_range = request.headers.get("If-Range")
+        if wanted is not None and if_range and if_range.strip() != headers["ETag"]:
+            wanted = None  # the client's partial copy is of another image: send it whole
+        start, end = (0, size - 1) if wanted is None else wanted
+        length = end - start + 1
+        handle = release.image.open("rb")
+        response = StreamingHttpResponse(
+            _stream(handle, start, length),
+            status=200 if wanted is None else 206,
+            content_type="application/octet-stream",
+        )
+        response["Content-Length"] = str(length)
+        if wanted is not None:
+            response["Content-Range"] = f"bytes {start}-{end}/{size}"
+        response["Content-Disposition"] = f'attachment; filename="{release.version}.img"'
+        for name, value in headers.items():
+            response[name] = value
+        return response

@@ -1,8 +1,0 @@
-from django.apps import AppConfig
-
-
-class FirmwareConfig(AppConfig):
-    name = "provisioning.firmware"
-    label = "firmware"
-    verbose_name = "Firmware and rollouts"
-    default_auto_field = "django.db.models.BigAutoField"
