@@ -189,14 +189,14 @@ def bench_dispatch(
     """2,000 live simulated agents; returns dispatch_per_s and phase_s (or raises)."""
     from django.db.models import Count
 
-    from fleet.core.audit import Actor
     from fleet.commands.models import Command
+    from fleet.core.audit import Actor
     from fleet.core.models import AgentCredential, Organization
-    from fleet.telemetry.models import BoxStatus
     from fleet.core.tokens import TokenKind, token_issue
     from fleet.firmware.choices import RolloutState
     from fleet.firmware.engine import rollouts_tick
     from fleet.firmware.services import rollout_create, rollout_start
+    from fleet.telemetry.models import BoxStatus
 
     organization = Organization.objects.create(name="Bench live", slug="bench-live", timezone="UTC")
     boxes = seed_fleet(agent_count, tag="live", version=SIM_VERSION, organization=organization)
@@ -300,9 +300,9 @@ def bench_dispatch_service() -> dict[str, Any]:
 
     from fleet.core.audit import Actor
     from fleet.core.models import Organization
-    from fleet.telemetry.models import BoxStatus
     from fleet.firmware.engine import rollouts_tick
     from fleet.firmware.services import rollout_create, rollout_start
+    from fleet.telemetry.models import BoxStatus
 
     organization = Organization.objects.create(name="Bench svc", slug="bench-svc", timezone="UTC")
     boxes = seed_fleet(LIVE_AGENTS, tag="svc", version="1.0.0", organization=organization)

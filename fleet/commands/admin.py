@@ -10,10 +10,10 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from fleet.core.audit import Actor
 from fleet.commands.choices import CommandKind
 from fleet.commands.models import Command
 from fleet.commands.services import DEFAULT_TTL_S, command_cancel, command_create, command_validate
+from fleet.core.audit import Actor
 from fleet.core.errors import DomainError
 from fleet.core.models import Box
 

@@ -10,13 +10,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from fleet.core.access import box_for
-from fleet.core.audit import Actor
-from fleet.core.choices import Role
 from fleet.commands.choices import CommandKind, CommandState
 from fleet.commands.models import Command
 from fleet.commands.selectors import command_get_for_user, command_list_for_box
 from fleet.commands.services import command_cancel, command_create
+from fleet.core.access import box_for
+from fleet.core.audit import Actor
+from fleet.core.choices import Role
 from fleet.core.permissions import IsPerson
 
 

@@ -7,9 +7,9 @@ from uuid import UUID
 
 from django.db.models import QuerySet
 
+from fleet.commands.models import Command
 from fleet.core.access import require_role
 from fleet.core.choices import Role
-from fleet.commands.models import Command
 from fleet.core.errors import NotFound
 
 

@@ -18,9 +18,6 @@ from django.db import transaction
 from django.utils import timezone
 from otb_agent.protocol import interface_name_problem
 
-from fleet.core.access import require_role
-from fleet.core.audit import Actor, audit_record
-from fleet.core.choices import BoxState, Role
 from fleet.commands.choices import (
     DELIVERABLE_STATES,
     FINISHED_STATES,
@@ -28,6 +25,9 @@ from fleet.commands.choices import (
     CommandState,
 )
 from fleet.commands.models import Command
+from fleet.core.access import require_role
+from fleet.core.audit import Actor, audit_record
+from fleet.core.choices import BoxState, Role
 from fleet.core.errors import Conflict, InvalidInput, NotFound
 from fleet.core.models import Box
 

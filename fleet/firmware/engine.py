@@ -20,11 +20,10 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from fleet.core.audit import Actor, audit_record
 from fleet.commands.choices import CommandState
 from fleet.commands.models import Command
+from fleet.core.audit import Actor, audit_record
 from fleet.core.models import Box, Organization
-from fleet.telemetry.models import BoxStatus
 from fleet.firmware.choices import (
     FAILURE_STATES,
     IN_FLIGHT_STATES,
@@ -40,6 +39,7 @@ from fleet.firmware.selectors import rollout_state_counts
 from fleet.firmware.services import rollout_mark_paused
 from fleet.firmware.transitions import IllegalTransition, sources_of, upgrade_transition
 from fleet.firmware.windows import window_sql
+from fleet.telemetry.models import BoxStatus
 
 logger = logging.getLogger(__name__)
 U = UpgradeState

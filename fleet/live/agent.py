@@ -45,8 +45,8 @@ from otb_agent.protocol import (
 
 from fleet.core.authentication import bearer_token
 from fleet.core.doorbells import AGENT_SESSION_REPLACE, agent_group, agroup_send
-from fleet.telemetry import services
 from fleet.live.gate import SessionsUnavailable, get_session_gate
+from fleet.telemetry import services
 from fleet.telemetry.writer import StorageUnavailable, TelemetryRejected, get_writer
 
 logger = logging.getLogger(__name__)

@@ -40,8 +40,8 @@ from django.conf import settings
 
 from fleet.core.audit import AUDIT_INSERT_SQL, Actor, audit_sql_row
 from fleet.core.doorbells import abroadcast_to_people
-from fleet.telemetry.connections import DISCONNECTED, LiveConnections
 from fleet.core.tokens import TokenKind, digest, token_kind
+from fleet.telemetry.connections import DISCONNECTED, LiveConnections
 
 logger = logging.getLogger(__name__)
 

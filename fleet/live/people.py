@@ -26,8 +26,8 @@ from django.contrib.auth import get_user_model
 
 from fleet.core.access import box_for, organization_for
 from fleet.core.choices import Role
-from fleet.core.errors import DomainError
 from fleet.core.doorbells import box_group, organization_group, user_group
+from fleet.core.errors import DomainError
 from fleet.core.permissions import is_person
 
 logger = logging.getLogger(__name__)

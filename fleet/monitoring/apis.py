@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 from fleet.core.access import box_for, organization_for, visible_organization_ids
 from fleet.core.audit import Actor
 from fleet.core.choices import Role
+from fleet.core.permissions import IsPerson
 from fleet.monitoring import selectors
 from fleet.monitoring.choices import AlertRuleKind, AlertState, EventKind, TargetKind
 from fleet.monitoring.models import Alert, AlertRule, Event, NotificationDelivery, NotificationTarget
@@ -24,7 +25,6 @@ from fleet.monitoring.services import (
     notification_target_delete,
     notification_target_update,
 )
-from fleet.core.permissions import IsPerson
 
 
 class EventPagination(CursorPagination):

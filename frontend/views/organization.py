@@ -17,7 +17,13 @@ from fleet.core.audit import Actor
 from fleet.core.choices import Role
 from fleet.core.errors import DomainError
 from fleet.core.models import ApiToken, Box, Invitation, Membership
-from fleet.core.services import api_token_create, api_token_revoke, member_invite, member_remove, member_set_role
+from fleet.core.services import (
+    api_token_create,
+    api_token_revoke,
+    member_invite,
+    member_remove,
+    member_set_role,
+)
 from frontend.context import PortalOrganization, current_organization
 from frontend.errors import form_add_domain_error, page_errors
 from frontend.forms import AlertRuleForm, ApiTokenForm, InviteForm, MemberRoleForm, NotificationTargetForm

@@ -29,10 +29,10 @@ from otb_agent.backoff import Backoff
 from otb_agent.collectors import Collector
 from otb_agent.store import MemoryStore
 
-from fleet.core.audit import Actor
 from fleet.commands.models import Command
 from fleet.commands.services import command_create
 from fleet.commands.speedtest import BUSY_RETRY_AFTER_S, SpeedtestSlot
+from fleet.core.audit import Actor
 from tests.e2e.browser import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

@@ -8,9 +8,9 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from fleet.core.audit import Actor
 from fleet.commands.models import Command
 from fleet.commands.services import command_create
+from fleet.core.audit import Actor
 
 pytestmark = pytest.mark.django_db
 

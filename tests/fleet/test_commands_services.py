@@ -11,7 +11,6 @@ from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from django.utils import timezone
 from otb_agent.protocol import validate_message
 
-from fleet.core.audit import Actor
 from fleet.commands.choices import CommandState
 from fleet.commands.models import Command
 from fleet.commands.services import (
@@ -24,8 +23,9 @@ from fleet.commands.services import (
     commands_expire,
     commands_pending_for_box,
 )
-from fleet.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from fleet.core.audit import Actor
 from fleet.core.doorbells import agent_group
+from fleet.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from fleet.core.models import AuditLog
 from fleet.monitoring.models import Event
 

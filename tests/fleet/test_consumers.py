@@ -15,8 +15,8 @@ from django.db import connection
 from config.asgi import application
 from fleet.core.doorbells import doorbell_command, doorbell_config_changed
 from fleet.core.models import Box
-from fleet.telemetry.models import BoxStatus, WanStatus
 from fleet.live.gate import SessionGate, _gates, close_session_gate
+from fleet.telemetry.models import BoxStatus, WanStatus
 from fleet.telemetry.writer import TelemetryWriter, _writers, close_writer
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -319,8 +319,8 @@ async def test_commands_are_delivered_in_welcome_and_by_doorbell(
 
     if not apps.is_installed("fleet.commands"):
         pytest.skip("fleet.commands (ops) is not installed yet: command delivery cannot be exercised")
-    from fleet.core.audit import Actor
     from fleet.commands.services import command_create
+    from fleet.core.audit import Actor
 
     box, token = agent_box
     actor = Actor.for_user(people.owner)

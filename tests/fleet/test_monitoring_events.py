@@ -12,8 +12,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from fleet.core.errors import InvalidInput
 from fleet.core.doorbells import box_group, organization_group
+from fleet.core.errors import InvalidInput
 from fleet.monitoring.models import Event
 from fleet.monitoring.services import event_record, events_prune, events_record_batch
 

@@ -14,7 +14,15 @@ from django.utils import timezone
 from fleet.core.audit import Actor
 from fleet.core.choices import BoxState, Role
 from fleet.core.errors import Conflict, Forbidden, InvalidInput, NotAuthenticated, RateLimited
-from fleet.core.models import AgentCredential, ApiToken, AuditLog, Box, EnrollmentToken, Invitation, Membership
+from fleet.core.models import (
+    AgentCredential,
+    ApiToken,
+    AuditLog,
+    Box,
+    EnrollmentToken,
+    Invitation,
+    Membership,
+)
 from fleet.core.services import (
     api_token_create,
     api_token_revoke,

@@ -11,10 +11,10 @@ from channels.db import database_sync_to_async
 from django.utils import timezone
 
 from fleet.core.models import AgentCredential, AuditLog, Box
+from fleet.live.gate import SessionGate, SessionsUnavailable
 from fleet.monitoring.models import Event
 from fleet.telemetry.models import BoxStatus
 from fleet.telemetry.services import agent_session_penalize
-from fleet.live.gate import SessionGate, SessionsUnavailable
 from tests.fleet.test_consumers import hello
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]

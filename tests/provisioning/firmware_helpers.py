@@ -18,15 +18,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.db.models import F
 from django.utils import timezone
 
-from fleet.core.audit import Actor
-from fleet.core.choices import BoxState
 from fleet.commands.choices import CommandKind, CommandState
 from fleet.commands.models import Command
 from fleet.commands.services import command_complete, command_progress
+from fleet.core.audit import Actor
+from fleet.core.choices import BoxState
 from fleet.core.models import Box, Organization
-from fleet.telemetry.models import BoxStatus
 from fleet.firmware.models import Release
 from fleet.firmware.services import release_create, release_publish
+from fleet.telemetry.models import BoxStatus
 
 ACTOR = Actor.system("test")
 _sequence = itertools.count(1)

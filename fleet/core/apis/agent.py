@@ -13,11 +13,6 @@ from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from fleet.core.apis.base import ApiView
-from fleet.core.authentication import AgentPrincipal, BearerTokenAuthentication
-from fleet.core.permissions import IsAgent
-from fleet.core.serializers import SerialField, StrictCharField, StrictSerializer
-from fleet.core.services import box_config_applied, box_enroll
 from fleet.commands.speedtest import (
     SpeedtestPayload,
     speedtest_download_size,
@@ -25,6 +20,11 @@ from fleet.commands.speedtest import (
     speedtest_slot_acquire,
     speedtest_upload_size,
 )
+from fleet.core.apis.base import ApiView
+from fleet.core.authentication import AgentPrincipal, BearerTokenAuthentication
+from fleet.core.permissions import IsAgent
+from fleet.core.serializers import SerialField, StrictCharField, StrictSerializer
+from fleet.core.services import box_config_applied, box_enroll
 
 
 def etag_matches(if_none_match: str, config_hash: str) -> bool:

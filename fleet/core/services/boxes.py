@@ -18,7 +18,14 @@ from fleet.core.choices import BoxState, WanKind, WanMode, WanRole
 from fleet.core.errors import Conflict, Forbidden, InvalidInput, NotAuthenticated
 from fleet.core.models import AgentCredential, Box, EnrollmentToken
 from fleet.core.throttling import enroll_failures_per_ip, enroll_failures_per_serial
-from fleet.core.tokens import TokenKind, box_secret_digest, box_secret_matches, digest, token_issue, token_kind
+from fleet.core.tokens import (
+    TokenKind,
+    box_secret_digest,
+    box_secret_matches,
+    digest,
+    token_issue,
+    token_kind,
+)
 
 SERIAL_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 INTERFACE_NAME_RE = re.compile(r"[a-z0-9._-]{1,15}")

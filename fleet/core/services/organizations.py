@@ -18,8 +18,8 @@ from django.utils.text import slugify
 from fleet.core.access import ROLE_RANK
 from fleet.core.audit import Actor, audit_record
 from fleet.core.choices import Role
-from fleet.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from fleet.core.doorbells import doorbell_reauthorize
+from fleet.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from fleet.core.models import Invitation, Membership, Organization
 from fleet.core.tokens import TokenKind, digest, token_issue
 
