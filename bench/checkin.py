@@ -44,7 +44,7 @@ def seed(count: int) -> list[tuple[str, str]]:
 
     from fleet.core.models import AgentCredential, Box
     from fleet.core.tokens import TokenKind, token_issue
-    from provisioning.services import boxes_config_refresh
+    from provisioning.services.configuration import boxes_config_refresh
 
     call_command("migrate", verbosity=0)
     boxes = [Box(serial=f"CHECKIN{index:07d}") for index in range(count)]

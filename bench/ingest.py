@@ -104,8 +104,14 @@ class Server:
     """One uvicorn worker serving config.asgi (what production runs N of)."""
 
     def __init__(
-        self, database_url: str, *, port: int | None = None, extra_env: dict[str, str] | None = None
+        self,
+        database_url: str,
+        *,
+        port: int | None = None,
+        extra_env: dict[str, str] | None = None,
+        app: str = "config.asgi:application",
     ):
+        self.app = app
         self.port = port or free_port()
         self.env = {
             **os.environ,
@@ -121,7 +127,7 @@ class Server:
     def start(self, timeout: float = 30) -> None:
         command = [
             # BENCH_ASGI_APP: wrap the application (a profiler) without changing the benchmark
-            sys.executable, "-m", "uvicorn", os.environ.get("BENCH_ASGI_APP", "config.asgi:application"),
+            sys.executable, "-m", "uvicorn", os.environ.get("BENCH_ASGI_APP", self.app),
             "--host", "127.0.0.1",
             "--port", str(self.port), "--ws-max-size", "65536", "--log-level", "warning",
             "--no-access-log", "--backlog", "16384", "--ws", os.environ.get("BENCH_WS_IMPL", "auto"),
@@ -303,7 +309,9 @@ def main() -> int:
     name = "otb_bench_ingest"
     database_url = fresh_database(name)
     boxes = create_boxes(database_url, connections, "BENCH-INGEST")
-    server = Server(database_url, extra_env={"OTB_BENCH_ECHO": "1", "OTB_TELEMETRY_MAX_PENDING": "100000"})
+    server = Server(
+        database_url, extra_env={"OTB_TELEMETRY_MAX_PENDING": "100000"}, app="bench.echo:application"
+    )
     server.start()
     try:
         base = f"ws://127.0.0.1:{server.port}"

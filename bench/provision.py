@@ -55,7 +55,7 @@ def seed(count: int) -> tuple[str, str, list[str]]:
     from fleet.core.choices import Role
     from fleet.core.models import ApiToken, Box, Membership, Organization
     from fleet.core.tokens import TokenKind, box_secret_digest, token_issue
-    from provisioning.services import pool_create, region_create, server_create
+    from provisioning.services.infrastructure import pool_create, region_create, server_create
 
     call_command("migrate", verbosity=0)
     actor = Actor.system("bench")

@@ -245,6 +245,9 @@ EMAIL_BACKEND = os.environ.get(
 )
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "otb-fleet <noreply@localhost>")
 
+# Bearer tokens of a kind that another app than the fleet core resolves to its principal.
+TOKEN_AUTHENTICATORS = {"server": "provisioning.authentication.server_principal_of_token"}
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "fleet.core.authentication.BearerTokenAuthentication",
@@ -327,7 +330,6 @@ OTB = {
     "TELEMETRY_MAX_PENDING": env_int("OTB_TELEMETRY_MAX_PENDING", 20000),
     "LIVE_BROADCAST_INTERVAL_S": env_int("OTB_LIVE_BROADCAST_INTERVAL_S", 5),
     "ROLLUP_LOOKBACK_MINUTES": env_int("OTB_ROLLUP_LOOKBACK_MINUTES", 60),
-    "BENCH_ECHO": env_bool("OTB_BENCH_ECHO", False),
 }
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")

@@ -1,14 +1,7 @@
-"""Every websocket route of the product, collected from the apps' routing modules."""
+"""Every websocket route of the product: the agent's live session and the people's live view."""
 
 from __future__ import annotations
 
-from typing import Any
+from fleet.live.routing import websocket_urlpatterns
 
-websocket_urlpatterns: list[Any] = []
-
-try:
-    from fleet.live.routing import websocket_urlpatterns as fleet_routes
-except ImportError:  # the live session is added by the agent-session work
-    fleet_routes = []
-
-websocket_urlpatterns += fleet_routes
+__all__ = ["websocket_urlpatterns"]

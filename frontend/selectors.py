@@ -13,8 +13,14 @@ from django.conf import settings
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
+from fleet.core.choices import BoxState
 from fleet.core.models import Box
-from fleet.core.selectors import boxes_annotated
+from fleet.monitoring.choices import AlertState
+from fleet.monitoring.models import Alert
+from fleet.telemetry.models import BoxStatus, WanStatus
+from provisioning.choices import AssignmentState
+from provisioning.models import AddressAssignment, Region
+from provisioning.selectors.boxes import boxes_annotated
 
 SEARCH_LIMIT = 50
 
@@ -36,13 +42,9 @@ def console_box_search(*, query: str) -> QuerySet[Box]:
     except ValueError:
         address = None
     if address is not None:
-        from provisioning.choices import AssignmentState
-        from provisioning.models import AddressAssignment
-
         host_prefix = f"{address}/{address.max_prefixlen}"
         holders = AddressAssignment.objects.filter(state=AssignmentState.ACTIVE, prefix=host_prefix)
         condition |= Q(pk__in=holders.values("box_id"))
-        from fleet.telemetry.models import WanStatus
 
         condition |= Q(pk__in=WanStatus.objects.filter(public_ip=str(address)).values("box_id"))
     return (
@@ -54,8 +56,6 @@ def console_box_search(*, query: str) -> QuerySet[Box]:
 
 def fleet_health() -> dict[str, Any]:
     """Online share, reporting rate and firing alerts across the whole fleet (three queries)."""
-    from fleet.core.choices import BoxState
-    from fleet.telemetry.models import BoxStatus
 
     now = timezone.now()
     interval = max(int(cast(int, settings.OTB["TELEMETRY_INTERVAL_S"])), 1)
@@ -71,13 +71,7 @@ def fleet_health() -> dict[str, Any]:
         online=Count("pk", filter=Q(online=True)),
         reporting=Count("pk", filter=Q(last_seen_at__gte=now - timedelta(seconds=2 * interval))),
     )
-    firing = 0
-    try:
-        from fleet.monitoring.models import Alert
-
-        firing = Alert.objects.filter(state="firing").count()
-    except ImportError:
-        pass
+    firing = Alert.objects.filter(state=AlertState.FIRING).count()
     claimed = counts["claimed"] or 0
     return {
         **counts,
@@ -91,8 +85,6 @@ def fleet_health() -> dict[str, Any]:
 
 def boxes_per_region() -> list[dict[str, Any]]:
     """Claimed boxes and online boxes per region, with the region's server capacity (one query)."""
-    from provisioning.models import Region
-
     return [
         dict(row)
         for row in Region.objects.annotate(

@@ -1,5 +1,6 @@
-"""Django admin for provisioning: regions, aggregation servers, address pools (with utilisation),
-assignments and tunnel credentials (read-only; secrets never shown).
+"""Django admin for provisioning: boxes (with their public address, the lifecycle actions and the CSV
+import), regions, aggregation servers, address pools (with utilisation), assignments and tunnel
+credentials (read-only; secrets never shown).
 
 Creating and changing objects goes through the provisioning services, with the staff user as the
 audited actor. The form first runs the service in a rolled-back savepoint so a DomainError shows as a
@@ -8,26 +9,39 @@ form error on its field; ``save_model`` then runs it for real.
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Callable
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.db.models import F, Q, QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path
 
-from fleet.core.audit import Actor
+from fleet.core.admin_support import run_for_each, staff_actor
 from fleet.core.errors import DomainError
-from provisioning import services
+from fleet.core.models import Box
 from provisioning.addressing import pool_size
 from provisioning.choices import ServerStatus
 from provisioning.models import AddressAssignment, AddressPool, AggregationServer, Region, TunnelCredential
-from provisioning.selectors import pools_with_utilisation, servers_with_spare
+from provisioning.selectors.boxes import boxes_annotated
+from provisioning.selectors.infrastructure import pools_with_utilisation, servers_with_spare
+from provisioning.services import infrastructure as services
+from provisioning.services.configuration import box_update
+from provisioning.services.inventory import boxes_import
+from provisioning.services.lifecycle import (
+    box_decommission,
+    box_reassign_server,
+    box_release_addresses,
+    box_revoke_credentials,
+)
 
-
-def _actor(request: HttpRequest) -> Actor:
-    return Actor.for_user(request.user, request.META.get("REMOTE_ADDR"))
+IMPORT_MAX_BYTES = 20 * 1024 * 1024
 
 
 class _DryRun(Exception):
@@ -94,8 +108,8 @@ class RegionAdmin(ServiceAdmin):
 
     def service_call(self, request: HttpRequest, obj: Any, data: dict[str, Any], changed: list[str]) -> Any:
         if obj is None:
-            return services.region_create(actor=_actor(request), code=data["code"], name=data["name"])
-        return services.region_update(actor=_actor(request), region=obj, name=data["name"])
+            return services.region_create(actor=staff_actor(request), code=data["code"], name=data["name"])
+        return services.region_update(actor=staff_actor(request), region=obj, name=data["name"])
 
 
 SERVER_FORM_FIELDS = [
@@ -140,11 +154,11 @@ class AggregationServerAdmin(ServiceAdmin):
     def service_call(self, request: HttpRequest, obj: Any, data: dict[str, Any], changed: list[str]) -> Any:
         values: dict[str, Any] = {name: data.get(name) for name in SERVER_FORM_FIELDS}
         if obj is None:
-            server, token = services.server_create(actor=_actor(request), **values)
+            server, token = services.server_create(actor=staff_actor(request), **values)
             server.issued_token = token  # type: ignore[attr-defined]
             return server
         fields = {name: values[name] for name in changed if name in values}
-        return services.server_update(actor=_actor(request), server=obj, **fields) if fields else obj
+        return services.server_update(actor=staff_actor(request), server=obj, **fields) if fields else obj
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
@@ -159,7 +173,7 @@ class AggregationServerAdmin(ServiceAdmin):
     def _set_status(self, request: HttpRequest, queryset: QuerySet[AggregationServer], status: str) -> None:
         for server in queryset:
             try:
-                services.server_set_status(actor=_actor(request), server=server, status=status)
+                services.server_set_status(actor=staff_actor(request), server=server, status=status)
             except DomainError as exc:
                 self.message_user(request, f"{server}: {exc.message}", messages.ERROR)
         self.message_user(request, f"Status set to {status}.", messages.SUCCESS)
@@ -179,7 +193,7 @@ class AggregationServerAdmin(ServiceAdmin):
     @admin.action(description="Rotate the server token (the new one is shown once)")
     def rotate_token(self, request: HttpRequest, queryset: QuerySet[AggregationServer]) -> None:
         for server in queryset:
-            token = services.server_rotate_token(actor=_actor(request), server=server)
+            token = services.server_rotate_token(actor=staff_actor(request), server=server)
             self.message_user(request, f"New token for {server.name} (shown once): {token}", messages.WARNING)
 
 
@@ -225,7 +239,7 @@ class AddressPoolAdmin(ServiceAdmin):
         if obj is not None:
             return obj
         return services.pool_create(
-            actor=_actor(request),
+            actor=staff_actor(request),
             name=data["name"],
             cidr=data["cidr"],
             purpose=data["purpose"],
@@ -285,3 +299,194 @@ class TunnelCredentialAdmin(ReadOnlyAdmin):
     search_fields = ["box__serial"]
     list_select_related = ["box"]
     exclude = ["secret_ciphertext"]
+
+
+# -- boxes -----------------------------------------------------------------------------------------
+
+
+class DriftFilter(admin.SimpleListFilter):
+    title = "config drift"
+    parameter_name = "drift"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Drifting"), ("no", "In sync")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Box]) -> QuerySet[Box]:
+        drifting = ~Q(config_hash="") & ~Q(config_hash=F("applied_config_hash"))
+        if self.value() == "yes":
+            return queryset.filter(drifting)
+        if self.value() == "no":
+            return queryset.exclude(drifting)
+        return queryset
+
+
+class BoxImportForm(forms.Form):
+    file = forms.FileField(help_text="CSV with header serial,model,mac,factory_secret,claim_code")
+
+
+class BoxChangeForm(forms.ModelForm):
+    class Meta:
+        model = Box
+        fields = ["name", "tags"]
+
+
+@admin.register(Box)
+class BoxAdmin(admin.ModelAdmin):
+    change_list_template = "admin/fleet/box/change_list.html"
+    form = BoxChangeForm
+    list_display = [
+        "serial",
+        "name",
+        "organization",
+        "state",
+        "server",
+        "region",
+        "public_ip",
+        "firmware_version",
+        "drift",
+        "claimed_at",
+    ]
+    list_filter = [
+        "state",
+        DriftFilter,
+        ("server__region", admin.RelatedOnlyFieldListFilter),
+        ("server", admin.RelatedOnlyFieldListFilter),
+        ("organization", admin.RelatedOnlyFieldListFilter),
+        "firmware_version",
+    ]
+    search_fields = ["serial", "mac", "name", "organization__name"]
+    search_help_text = "serial, MAC, name, organisation, or public IP (prefix)"
+    list_select_related = ["organization", "server", "server__region"]
+    readonly_fields = [
+        "id",
+        "serial",
+        "model",
+        "mac",
+        "state",
+        "organization",
+        "server",
+        "tunnel_port",
+        "public_ip",
+        "wg_public_key",
+        "wan_policy",
+        "config_hash",
+        "applied_config_hash",
+        "applied_at",
+        "apply_error",
+        "firmware_version",
+        "agent_version",
+        "release_channel",
+        "enrolled_at",
+        "claimed_at",
+        "decommissioned_at",
+        "created_at",
+        "updated_at",
+    ]
+    actions = ["reassign_server", "release_addresses", "revoke_credentials", "decommission"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Box]:
+        return boxes_annotated(super().get_queryset(request))
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Box], search_term: str
+    ) -> tuple[QuerySet[Box], bool]:
+        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        term = search_term.strip()
+        if term and all(ch in "0123456789abcdefABCDEF.:/" for ch in term):
+            results = results | queryset.filter(public_ipv4__startswith=term.split("/")[0])  # type: ignore[misc]
+        return results, may_have_duplicates
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # boxes come from the factory import (button on the list) or from enrollment
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # decommission instead: addresses and credentials must be released
+
+    @admin.display(description="public IP", ordering="public_ipv4")
+    def public_ip(self, box: Box) -> str:
+        return getattr(box, "public_ipv4", None) or "-"
+
+    @admin.display(description="region", ordering="server__region__code")
+    def region(self, box: Box) -> str:
+        return box.server.region.code if box.server_id and box.server else "-"
+
+    @admin.display(description="drift", boolean=True)
+    def drift(self, box: Box) -> bool:
+        return box.config_drift
+
+    def save_model(self, request: HttpRequest, obj: Box, form: Any, change: bool) -> None:
+        try:
+            box_update(actor=staff_actor(request), box=obj, name=obj.name, tags=list(obj.tags))
+        except DomainError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+
+    @admin.action(description="Reassign to the best server")
+    def reassign_server(self, request: HttpRequest, queryset: QuerySet[Box]) -> None:
+        run_for_each(
+            self,
+            request,
+            queryset,
+            "reassign",
+            lambda box: box_reassign_server(actor=staff_actor(request), box=box),
+        )
+
+    @admin.action(description="Release addresses")
+    def release_addresses(self, request: HttpRequest, queryset: QuerySet[Box]) -> None:
+        run_for_each(
+            self,
+            request,
+            queryset,
+            "release",
+            lambda box: box_release_addresses(actor=staff_actor(request), box=box),
+        )
+
+    @admin.action(description="Revoke credentials (agent and tunnels)")
+    def revoke_credentials(self, request: HttpRequest, queryset: QuerySet[Box]) -> None:
+        run_for_each(
+            self,
+            request,
+            queryset,
+            "revoke",
+            lambda box: box_revoke_credentials(actor=staff_actor(request), box=box),
+        )
+
+    @admin.action(description="Decommission (irreversible)")
+    def decommission(self, request: HttpRequest, queryset: QuerySet[Box]) -> None:
+        run_for_each(
+            self,
+            request,
+            queryset,
+            "decommission",
+            lambda box: box_decommission(actor=staff_actor(request), box=box),
+        )
+
+    def get_urls(self) -> list[Any]:
+        view = self.admin_site.admin_view(self.import_view)
+        return [path("import/", view, name="fleet_box_import"), *super().get_urls()]
+
+    def import_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request) or not request.user.is_staff:
+            raise PermissionDenied
+        report = None
+        form = BoxImportForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            upload = form.cleaned_data["file"]
+            if upload.size > IMPORT_MAX_BYTES:
+                form.add_error("file", f"the file is larger than {IMPORT_MAX_BYTES // (1024 * 1024)} MB")
+            else:
+                try:
+                    text = upload.read().decode("utf-8-sig")
+                    reader = csv.DictReader(io.StringIO(text, newline=""))
+                    if reader.fieldnames is not None:
+                        reader.fieldnames = [name.strip() for name in reader.fieldnames]
+                    report = boxes_import(actor=staff_actor(request), rows=reader)
+                except (UnicodeDecodeError, csv.Error) as exc:
+                    form.add_error("file", f"not a readable UTF-8 CSV file: {exc}")
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Import boxes (CSV)",
+            "form": form,
+            "report": report,
+        }
+        return TemplateResponse(request, "admin/fleet/box/import.html", context)

@@ -17,7 +17,10 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from fleet.core.apis.agent import etag_matches
+from psycopg_pool import AsyncConnectionPool
+
+from fleet.core.apis.base import etag_matches
+from fleet.core.live_connections import conninfo_from_settings
 from fleet.core.request_context import new_request_id
 from fleet.core.tokens import TokenKind, digest, token_kind
 
@@ -86,10 +89,6 @@ class ConfigNotModifiedFastPath:
     async def _get_pool(self) -> Any:
         loop = asyncio.get_running_loop()
         if self._pool is None or self._pool_loop is not loop:
-            from psycopg_pool import AsyncConnectionPool
-
-            from fleet.telemetry.connections import conninfo_from_settings
-
             kwargs = conninfo_from_settings(role="checkin")
             pool = AsyncConnectionPool(
                 kwargs=kwargs, min_size=1, max_size=self.pool_size, open=False, name="otb-checkin"

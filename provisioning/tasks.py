@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from provisioning.services import QUARANTINE_RELEASE_BATCH, addresses_release_quarantined
+from provisioning.services.infrastructure import QUARANTINE_RELEASE_BATCH, addresses_release_quarantined
 
 
 @shared_task(

@@ -224,7 +224,7 @@ def provisioned_region_factory(db: Any) -> Callable[..., ProvisionedRegion]:
         tunnel: str = "100.64.0.0/24",
         ipv6: str = "2001:db8::/44",
     ) -> ProvisionedRegion:
-        from provisioning.services import pool_create, region_create, server_create
+        from provisioning.services.infrastructure import pool_create, region_create, server_create
 
         index = next(_sequence)
         actor = Actor.system("test")
@@ -264,7 +264,7 @@ def claimed_box_factory(
     through the provisioning service (server, addresses, tunnel credentials, config hash)."""
 
     def make(organization: Organization, serial: str | None = None, **fields: Any) -> Box:
-        from provisioning.services import box_claim
+        from provisioning.services.lifecycle import box_claim
 
         box = box_factory(serial, **fields)
         return box_claim(

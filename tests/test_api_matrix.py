@@ -36,7 +36,7 @@ def world(
     provisioned_region: Any,
     agent_token_factory: Any,
 ) -> World:
-    from provisioning.services import server_create
+    from provisioning.services.infrastructure import server_create
 
     box = claimed_box_factory(people.org)
     their_box = claimed_box_factory(people.other_org)

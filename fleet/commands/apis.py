@@ -1,9 +1,13 @@
-"""REST edge for box commands: parse, call one service or selector, serialise."""
+"""REST edge for box commands: parse, call one service or selector, serialise. Also the agent's
+speed-test payload endpoint, the data path of the ``speed_test`` command."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
@@ -14,10 +18,19 @@ from fleet.commands.choices import CommandKind, CommandState
 from fleet.commands.models import Command
 from fleet.commands.selectors import command_get_for_user, command_list_for_box
 from fleet.commands.services import command_cancel, command_create
+from fleet.commands.speedtest import (
+    SpeedtestPayload,
+    speedtest_download_size,
+    speedtest_receive,
+    speedtest_slot_acquire,
+    speedtest_upload_size,
+)
 from fleet.core.access import box_for
+from fleet.core.apis.base import ApiView
 from fleet.core.audit import Actor
+from fleet.core.authentication import AgentPrincipal, BearerTokenAuthentication
 from fleet.core.choices import Role
-from fleet.core.permissions import IsPerson
+from fleet.core.permissions import IsAgent, IsPerson
 
 
 class CommandOutputSerializer(serializers.ModelSerializer):
@@ -96,3 +109,53 @@ class CommandCancelApi(APIView):
         command = command_get_for_user(user=request.user, command_id=command_id, auth=request.auth)
         command = command_cancel(actor=Actor.from_request(request), command=command)
         return Response(CommandOutputSerializer(command).data)
+
+
+class AgentSpeedtestApi(ApiView):
+    """The speed test: GET downloads zero bytes, POST uploads a body that is counted and discarded
+    (read in chunks, never buffered: ``streams_body``). One test per box at a time."""
+
+    authentication_classes = [BearerTokenAuthentication]
+    permission_classes = [IsAgent]
+    streams_body = True
+
+    class OutputSerializer(serializers.Serializer):
+        bytes = serializers.IntegerField(help_text="bytes of the body the server received")
+        duration_s = serializers.FloatField(help_text="seconds from its first byte to its last")
+
+    @extend_schema(
+        description=(
+            "Download that many zero bytes (Content-Length set)."
+            " 429 with Retry-After while another test of the box runs."
+        ),
+        parameters=[
+            OpenApiParameter("bytes", int, description="payload size, at most 100 MB (default 10 MB)")
+        ],
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY},
+    )
+    def get(self, request: Request) -> StreamingHttpResponse:
+        size = speedtest_download_size(request.query_params.get("bytes"))
+        slot = speedtest_slot_acquire(box_id=cast(AgentPrincipal, request.user).box.pk)
+        response = StreamingHttpResponse(
+            SpeedtestPayload(size, slot), content_type="application/octet-stream"
+        )
+        response["Content-Length"] = str(size)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @extend_schema(
+        description=(
+            "Upload any body of up to 100 MB with a Content-Length (411 without one, 413 over the cap);"
+            " it is counted and discarded. 429 with Retry-After while another test of the box runs."
+        ),
+        request={"application/octet-stream": OpenApiTypes.BINARY},
+        responses={200: OutputSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        size = speedtest_upload_size(request.META.get("CONTENT_LENGTH"))
+        slot = speedtest_slot_acquire(box_id=cast(AgentPrincipal, request.user).box.pk)
+        try:
+            result = speedtest_receive(stream=request._request, size=size, slot=slot)
+        finally:
+            slot.release()
+        return Response(self.OutputSerializer(result).data, headers={"Cache-Control": "no-store"})

@@ -28,7 +28,9 @@ from fleet.commands.models import Command
 from fleet.core.access import require_role
 from fleet.core.audit import Actor, audit_record
 from fleet.core.choices import BoxState, Role
+from fleet.core.doorbells import doorbell_command
 from fleet.core.errors import Conflict, InvalidInput, NotFound
+from fleet.core.events import event_record
 from fleet.core.models import Box
 
 logger = logging.getLogger(__name__)
@@ -140,14 +142,6 @@ def _validate_ttl(ttl_s: Any) -> int:
     return ttl_s
 
 
-def _ring_doorbell(box_id: UUID) -> None:
-    try:
-        from fleet.core.doorbells import doorbell_command
-    except ImportError:  # the live session module is not deployed: the box gets it at its next hello
-        return
-    doorbell_command(box_id)
-
-
 def command_validate(
     *, box: Box, kind: str, params: Any, ttl_s: Any, internal: bool = False
 ) -> tuple[dict[str, Any], int]:
@@ -221,7 +215,7 @@ def command_create(
             after={"kind": kind, "params": clean_params, "ttl_s": ttl},
         )
         box_id = box.pk
-        transaction.on_commit(lambda: _ring_doorbell(box_id))
+        transaction.on_commit(lambda: doorbell_command(box_id))
     return command
 
 
@@ -334,8 +328,6 @@ def command_complete(
 
 
 def _record_finished_event(command: Command) -> None:
-    from fleet.monitoring.services import event_record
-
     event_record(
         box_id=command.box_id,
         organization_id=command.organization_id,

@@ -1,5 +1,6 @@
 import functools
 
+import redis.utils
 from django.apps import AppConfig
 
 
@@ -8,8 +9,6 @@ def _cache_redis_lib_version() -> None:
     parser, every time it makes a connection (``redis.utils.get_lib_version``, for CLIENT SETINFO):
     0.55 ms each here, paid by every channel-layer connection of a reconnect storm. The answer cannot
     change while the process runs."""
-    import redis.utils
-
     if not hasattr(redis.utils.get_lib_version, "cache_info"):
         redis.utils.get_lib_version = functools.cache(redis.utils.get_lib_version)
 

@@ -1,22 +1,27 @@
-"""Bearer-token authentication for the three kinds of API caller that are not a browser session:
-on-box agents, aggregation servers and people's personal API tokens.
+"""Bearer-token authentication of the API callers that are not a browser session: on-box agents,
+people's personal API tokens, and the kinds of token another app resolves (aggregation servers:
+``provisioning.authentication``, wired through ``settings.TOKEN_AUTHENTICATORS``).
 
-The principal for an agent or server is a small object, not a Django user, so that permission
-classes and selectors can tell callers apart and a box token can never act as a person.
+The principal for an agent is a small object, not a Django user, so that permission classes and
+selectors can tell callers apart and a box token can never act as a person; a machine principal
+(agent or server) says so with ``is_machine``.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 from uuid import UUID
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connections, router
 from django.db.models import Model
 from django.utils import timezone
+from django.utils.module_loading import import_string
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
@@ -34,25 +39,11 @@ class AgentPrincipal:
     is_active: bool = True
     is_staff: bool = False
     is_superuser: bool = False
+    is_machine: bool = True
     pk: None = None
 
     def __str__(self) -> str:
         return f"box:{self.box.serial}"
-
-
-@dataclass
-class ServerPrincipal:
-    """An authenticated aggregation server."""
-
-    server: Any
-    is_authenticated: bool = True
-    is_active: bool = True
-    is_staff: bool = False
-    is_superuser: bool = False
-    pk: None = None
-
-    def __str__(self) -> str:
-        return f"server:{self.server.name}"
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -133,6 +124,15 @@ def _live_user_token(value: str) -> ApiToken | None:
     return cast(ApiToken, token)
 
 
+@functools.cache
+def _other_token_authenticators() -> dict[str, Callable[[str], Any]]:
+    """Token kind -> the function resolving such a token to its principal, for the kinds another app
+    owns (``settings.TOKEN_AUTHENTICATORS``: the aggregation servers' tokens are provisioning's).
+    Composed from settings, as Django composes its authentication backends, so that the one bearer
+    scheme serves every kind of token without this module importing the apps above it."""
+    return {kind: import_string(path) for kind, path in settings.TOKEN_AUTHENTICATORS.items()}
+
+
 class BearerTokenAuthentication(authentication.BaseAuthentication):
     keyword = "Bearer"
 
@@ -148,16 +148,16 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             if principal is None:
                 raise exceptions.AuthenticationFailed("invalid or revoked agent token")
             return principal, None
-        if kind == TokenKind.SERVER:
-            from provisioning.models import AggregationServer
-
-            server = AggregationServer.objects.filter(token_hash=digest(value)).first()
-            if server is None:
-                raise exceptions.AuthenticationFailed("invalid or revoked server token")
-            return ServerPrincipal(server=server), None
         if kind == TokenKind.USER:
             return self._user_token(value)
-        raise exceptions.AuthenticationFailed("invalid token")
+        owner = kind.name.lower() if kind is not None else ""
+        authenticator = _other_token_authenticators().get(owner)
+        if authenticator is None:
+            raise exceptions.AuthenticationFailed("invalid token")
+        principal = authenticator(value)
+        if principal is None:
+            raise exceptions.AuthenticationFailed(f"invalid or revoked {owner} token")
+        return principal, None
 
     def _user_token(self, value: str) -> tuple[Any, ApiToken]:
         now = timezone.now()

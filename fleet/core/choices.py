@@ -43,3 +43,20 @@ class ReleaseChannel(models.TextChoices):
     STABLE = "stable", "Stable"
     BETA = "beta", "Beta"
     DEV = "dev", "Dev"
+
+
+class EventKind(models.TextChoices):
+    """What happened on a box's timeline (``fleet.core.events``)."""
+
+    SESSION_OPENED = "session_opened", "Session opened"
+    SESSION_CLOSED = "session_closed", "Session closed"
+    BOX_ONLINE = "box_online", "Box online"
+    BOX_OFFLINE = "box_offline", "Box offline"
+    WAN_UP = "wan_up", "WAN up"
+    WAN_DOWN = "wan_down", "WAN down"
+    CONFIG_APPLIED = "config_applied", "Configuration applied"
+    CONFIG_FAILED = "config_failed", "Configuration failed"
+    FIRMWARE_CHANGED = "firmware_changed", "Firmware changed"
+    COMMAND_FINISHED = "command_finished", "Command finished"
+    ALERT_FIRING = "alert_firing", "Alert firing"
+    ALERT_RESOLVED = "alert_resolved", "Alert resolved"

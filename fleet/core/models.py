@@ -13,7 +13,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 
-from fleet.core.choices import BoxState, ReleaseChannel, Role, WanMode
+from fleet.core.choices import BoxState, EventKind, ReleaseChannel, Role, WanMode
 
 
 def default_wan_policy() -> dict:
@@ -250,3 +250,28 @@ class AuditLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action}"
+
+
+class Event(models.Model):
+    """One fact on a box's timeline at ``ts``. ``organization`` is the box's organisation at the
+    time (null for an unclaimed box) so organisation timelines stay correct after a release."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    box = models.ForeignKey(Box, on_delete=models.CASCADE, related_name="events")
+    organization = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+    )
+    kind = models.CharField(max_length=32, choices=EventKind.choices)
+    ts = models.DateTimeField()
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-ts", "-id"]
+        indexes = [
+            models.Index(fields=["box", "-ts"], name="event_box_ts_idx"),
+            models.Index(fields=["organization", "-ts"], name="event_org_ts_idx"),
+            models.Index(fields=["ts"], name="event_ts_idx"),  # retention
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.ts:%Y-%m-%d %H:%M:%S} {self.kind}"

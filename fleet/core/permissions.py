@@ -7,14 +7,14 @@ from typing import Any
 
 from rest_framework.permissions import BasePermission
 
-from fleet.core.authentication import AgentPrincipal, ServerPrincipal
+from fleet.core.authentication import AgentPrincipal
 
 
 def is_person(user: Any) -> bool:
     return bool(
         user is not None
         and getattr(user, "is_authenticated", False)
-        and not isinstance(user, AgentPrincipal | ServerPrincipal)
+        and not getattr(user, "is_machine", False)
     )
 
 
@@ -23,13 +23,6 @@ class IsAgent(BasePermission):
 
     def has_permission(self, request: Any, view: Any) -> bool:
         return isinstance(request.user, AgentPrincipal)
-
-
-class IsAggregationServer(BasePermission):
-    message = "a server token is required"
-
-    def has_permission(self, request: Any, view: Any) -> bool:
-        return isinstance(request.user, ServerPrincipal)
 
 
 class IsPerson(BasePermission):

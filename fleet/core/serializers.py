@@ -1,4 +1,4 @@
-"""Strict input fields and the output shapes shared by several fleet endpoints.
+"""Strict input fields and the output shapes shared by several endpoints.
 
 Input is strict: unknown keys are refused (naming them), strings must be JSON strings, numbers JSON
 integers and booleans JSON booleans - no silent coercion of ``"12"`` or ``1``.
@@ -12,7 +12,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from fleet.core.services.boxes import SERIAL_RE
+from fleet.core.validators import SERIAL_RE
 
 
 class StrictFieldsMixin:
@@ -100,45 +100,6 @@ class StrictUUIDField(serializers.UUIDField):
 class OrganizationRefSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     name = serializers.CharField()
-
-
-class RegionRefSerializer(serializers.Serializer):
-    id = serializers.UUIDField()
-    code = serializers.CharField()
-    name = serializers.CharField()
-
-
-class ServerRefSerializer(serializers.Serializer):
-    id = serializers.UUIDField()
-    name = serializers.CharField()
-    region = serializers.CharField(source="region.code")
-
-
-class BoxOutputSerializer(serializers.Serializer):
-    """A box as customers and staff see it (list and detail)."""
-
-    id = serializers.UUIDField()
-    serial = serializers.CharField()
-    name = serializers.CharField()
-    model = serializers.CharField()
-    mac = serializers.CharField()
-    state = serializers.CharField()
-    organization = OrganizationRefSerializer(allow_null=True)
-    server = ServerRefSerializer(allow_null=True)
-    public_ipv4 = serializers.SerializerMethodField()
-    firmware_version = serializers.CharField()
-    agent_version = serializers.CharField()
-    config_hash = serializers.CharField()
-    applied_config_hash = serializers.CharField()
-    applied_at = serializers.DateTimeField(allow_null=True)
-    apply_error = serializers.CharField()
-    drift = serializers.BooleanField(source="config_drift")
-    enrolled_at = serializers.DateTimeField(allow_null=True)
-    claimed_at = serializers.DateTimeField(allow_null=True)
-    tags = serializers.ListField(child=serializers.CharField())
-
-    def get_public_ipv4(self, box: Any) -> str | None:
-        return getattr(box, "public_ipv4", None) or None
 
 
 class AuditEntrySerializer(serializers.Serializer):

@@ -1,15 +1,10 @@
-"""Fleet endpoints under /api/v1/ (see docs/api.md)."""
+"""Endpoints of the fleet core under /api/v1/: people, organisations, tokens, the audit trail."""
 
 from django.urls import path
 
-from fleet.core.apis import agent, boxes, people
+from fleet.core.apis import audit, people
 
 urlpatterns = [
-    # on-box agent
-    path("agent/enroll", agent.AgentEnrollApi.as_view(), name="agent-enroll"),
-    path("agent/config", agent.AgentConfigApi.as_view(), name="agent-config"),
-    path("agent/config/applied", agent.AgentConfigAppliedApi.as_view(), name="agent-config-applied"),
-    path("agent/speedtest", agent.AgentSpeedtestApi.as_view(), name="agent-speedtest"),
     # people
     path("me", people.MeApi.as_view(), name="me"),
     path("organizations/", people.OrganizationListApi.as_view(), name="organization-list"),
@@ -46,13 +41,7 @@ urlpatterns = [
         people.EnrollmentTokenDetailApi.as_view(),
         name="enrollment-token-detail",
     ),
-    # boxes
-    path("boxes/", boxes.BoxListApi.as_view(), name="box-list"),
-    path("boxes/claim", boxes.BoxClaimApi.as_view(), name="box-claim"),
-    path("boxes/<uuid:box_id>/", boxes.BoxDetailApi.as_view(), name="box-detail"),
-    path("boxes/<uuid:box_id>/wan-policy", boxes.BoxWanPolicyApi.as_view(), name="box-wan-policy"),
-    path("boxes/<uuid:box_id>/unclaim", boxes.BoxUnclaimApi.as_view(), name="box-unclaim"),
-    path("boxes/<uuid:box_id>/transfer", boxes.BoxTransferApi.as_view(), name="box-transfer"),
-    path("boxes/<uuid:box_id>/audit", boxes.BoxAuditApi.as_view(), name="box-audit"),
-    path("audit/", boxes.AuditListApi.as_view(), name="audit-list"),
+    # audit
+    path("boxes/<uuid:box_id>/audit", audit.BoxAuditApi.as_view(), name="box-audit"),
+    path("audit/", audit.AuditListApi.as_view(), name="audit-list"),
 ]

@@ -18,6 +18,7 @@ from django.db import transaction
 
 from fleet.commands.choices import CommandKind, CommandState
 from fleet.commands.models import Command
+from fleet.core.doorbells import AGENT_COMMAND_DOORBELL, agent_group, agroup_send, run_in_channel_loop
 from fleet.firmware.models import Release
 
 logger = logging.getLogger(__name__)
@@ -77,14 +78,8 @@ def doorbells_ring(box_ids: list[Any]) -> None:
     its next hello)."""
     if not box_ids:
         return
-    try:
-        from fleet.core.doorbells import agent_group, agroup_send, run_in_channel_loop
-    except ImportError:  # no live session module deployed
-        return
 
     async def ring() -> None:
-        from fleet.core.doorbells import AGENT_COMMAND_DOORBELL
-
         message = {"type": AGENT_COMMAND_DOORBELL}
         # small concurrent batches: the channel layer's Redis pool is bounded per process
         for start in range(0, len(box_ids), DOORBELL_BATCH):

@@ -36,7 +36,6 @@ from fleet.firmware.choices import (
 from fleet.firmware.delivery import doorbells_ring, firmware_commands_create_bulk
 from fleet.firmware.models import BoxUpgradePolicy, Release, Rollout, Upgrade
 from fleet.firmware.selectors import rollout_state_counts
-from fleet.firmware.services import rollout_mark_paused
 from fleet.firmware.transitions import IllegalTransition, sources_of, upgrade_transition
 from fleet.firmware.windows import window_sql
 from fleet.telemetry.models import BoxStatus
@@ -356,6 +355,14 @@ def _dispatch(
             ],
         )
         return cursor.rowcount
+
+
+def rollout_mark_paused(rollout: Rollout, *, reason: str, now: dt.datetime) -> None:
+    """Pause a locked rollout in memory and save it (used by people and by the failure policy)."""
+    rollout.state = RolloutState.PAUSED
+    rollout.pause_reason = reason[:2000]
+    rollout.paused_at = now
+    rollout.save(update_fields=["state", "pause_reason", "paused_at", "updated_at"])
 
 
 def upgrades_dispatch_standalone(*, upgrade_ids: list[Any], now: dt.datetime | None = None) -> int:

@@ -15,7 +15,7 @@ from fleet.firmware.choices import (
     UpgradeState,
 )
 from fleet.firmware.models import BoxUpgradePolicy, Release, Rollout, Upgrade
-from fleet.firmware.targeting import target_normalize, target_plan
+from fleet.firmware.targeting import phases_validate, target_normalize, target_plan
 
 TOP_REASONS = 20
 
@@ -36,8 +36,6 @@ def rollout_preview(
 ) -> dict[str, Any]:
     """What ``rollout_create`` would do, without writing: boxes per filter, skipped by reason,
     boxes per phase."""
-    from fleet.firmware.services import phases_validate
-
     plan = target_plan(
         release=release,
         target=target_normalize(target),

@@ -12,11 +12,12 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
-import itertools
 import re
 import uuid
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.conf import settings
 from django.core.files.base import File
 from django.db import connection, transaction
@@ -25,6 +26,7 @@ from django.utils import timezone
 
 from fleet.core.access import require_role
 from fleet.core.audit import Actor, audit_record
+from fleet.core.background import task_queue
 from fleet.core.choices import BoxState, ReleaseChannel, Role
 from fleet.core.errors import Conflict, InvalidInput
 from fleet.core.models import Box
@@ -39,27 +41,25 @@ from fleet.firmware.choices import (
     UpgradeState,
 )
 from fleet.firmware.delivery import commands_cancel_unstarted
+from fleet.firmware.engine import rollout_mark_paused, upgrades_dispatch_standalone
 from fleet.firmware.models import DEFAULT_WINDOW_DAYS, BoxUpgradePolicy, Release, Rollout, Upgrade
-from fleet.firmware.targeting import CHANNELS_TAKING, target_normalize, target_plan
+from fleet.firmware.selectors import rollout_failure_counts
+from fleet.firmware.targeting import CHANNELS_TAKING, int_in, phases_validate, target_normalize, target_plan
 from fleet.firmware.transitions import sources_of, upgrade_transition
 from fleet.firmware.versions import version_key
 
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_POSTPONE = dt.timedelta(days=7)
-MAX_PHASES = 10
+
+
+ROLLOUT_ADVANCE_TASK = "fleet.firmware.tasks.rollout_advance_task"
 
 
 def _kick(rollout_id: Any) -> None:
-    """Ask a worker to advance a rollout now instead of at the next beat (best effort)."""
-    try:
-        from fleet.firmware.tasks import rollout_advance_task
-
-        rollout_advance_task.delay(str(rollout_id))
-    except Exception:  # broker down: the periodic task advances it anyway
-        import logging
-
-        logging.getLogger(__name__).warning("could not queue rollout_advance_task", exc_info=True)
+    """Ask a worker to advance a rollout now instead of at the next beat (best effort: broker down,
+    the periodic tick advances it anyway)."""
+    task_queue(ROLLOUT_ADVANCE_TASK, str(rollout_id))
 
 
 # --- releases -------------------------------------------------------------------------------------
@@ -251,8 +251,6 @@ def release_image_upload(
 
 def signature_verify(*, public_key_b64: str, signature_b64: str, chunks: Any) -> bool:
     """Whether the detached signature verifies over the image bytes (server side, cryptography)."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key_b64))
     data = b"".join(chunks)
@@ -328,24 +326,6 @@ def release_withdraw(*, actor: Actor, release: Release, reason: str = "") -> Rel
 # --- rollouts -------------------------------------------------------------------------------------
 
 
-def _int_in(value: Any, name: str, low: int, high: int) -> int:
-    if type(value) is not int or not low <= value <= high:
-        raise InvalidInput(f"an integer from {low} to {high}", field=name)
-    return value
-
-
-def phases_validate(phases: Any) -> list[int]:
-    if not isinstance(phases, list) or not phases or len(phases) > MAX_PHASES:
-        raise InvalidInput(f"a list of 1 to {MAX_PHASES} cumulative percentages", field="phases")
-    for value in phases:
-        _int_in(value, "phases", 1, 100)
-    if any(b <= a for a, b in itertools.pairwise(phases)):
-        raise InvalidInput("percentages must increase", field="phases")
-    if phases[-1] != 100:
-        raise InvalidInput("the last phase must be 100", field="phases")
-    return list(phases)
-
-
 def rollout_create(
     *,
     actor: Actor,
@@ -374,17 +354,17 @@ def rollout_create(
         raise Conflict("only a published release can be rolled out", field="release")
     target = target_normalize(target)
     phases = phases_validate(phases if phases is not None else [1, 10, 50, 100])
-    _int_in(soak_s, "soak_s", 0, 30 * 24 * 3600)
+    int_in(soak_s, "soak_s", 0, 30 * 24 * 3600)
     if isinstance(max_failure_pct, bool) or not isinstance(max_failure_pct, int | float):
         raise InvalidInput("a percentage from 0 to 100", field="max_failure_pct")
     if not 0 <= max_failure_pct <= 100:
         raise InvalidInput("a percentage from 0 to 100", field="max_failure_pct")
     if max_failures is not None:
-        _int_in(max_failures, "max_failures", 0, 10_000_000)
-    _int_in(max_in_flight, "max_in_flight", 1, 100_000)
-    _int_in(health_window_s, "health_window_s", 30, 24 * 3600)
-    _int_in(upgrade_timeout_s, "upgrade_timeout_s", 60, 24 * 3600)
-    _int_in(offline_grace_s, "offline_grace_s", 0, 90 * 24 * 3600)
+        int_in(max_failures, "max_failures", 0, 10_000_000)
+    int_in(max_in_flight, "max_in_flight", 1, 100_000)
+    int_in(health_window_s, "health_window_s", 30, 24 * 3600)
+    int_in(upgrade_timeout_s, "upgrade_timeout_s", 60, 24 * 3600)
+    int_in(offline_grace_s, "offline_grace_s", 0, 90 * 24 * 3600)
     if start_at is not None and timezone.is_naive(start_at):
         raise InvalidInput("must include a time zone", field="start_at")
     with transaction.atomic():
@@ -510,19 +490,9 @@ def rollout_pause(*, actor: Actor, rollout: Rollout, reason: str = "") -> Rollou
     return locked
 
 
-def rollout_mark_paused(rollout: Rollout, *, reason: str, now: dt.datetime) -> None:
-    """Pause a locked rollout in memory and save it (used by people and by the failure policy)."""
-    rollout.state = RolloutState.PAUSED
-    rollout.pause_reason = reason[:2000]
-    rollout.paused_at = now
-    rollout.save(update_fields=["state", "pause_reason", "paused_at", "updated_at"])
-
-
 def rollout_resume(*, actor: Actor, rollout: Rollout) -> Rollout:
     """Resume a paused rollout. The failures counted so far are acknowledged: the failure policy
     then counts only new ones (otherwise the rollout would pause again at once)."""
-    from fleet.firmware.selectors import rollout_failure_counts
-
     with transaction.atomic():
         locked = _locked_rollout(rollout)
         if locked.state != RolloutState.PAUSED:
@@ -758,7 +728,6 @@ def box_upgrade_now(*, actor: Actor, box: Box, release: Release | None = None) -
             audit_record(
                 actor=actor, action="upgrade.now", box=box, target=upgrade, after={"release": release.version}
             )
-        from fleet.firmware.engine import upgrades_dispatch_standalone
 
         if upgrade.rollout_id is None:
             upgrades_dispatch_standalone(upgrade_ids=[upgrade.pk], now=now)

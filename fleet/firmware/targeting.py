@@ -15,6 +15,7 @@ so nothing waits forever on a box that can never take the image.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -255,3 +256,26 @@ def target_plan(
             plan.rows.append((box_id, firmware_version, phase, ""))
         position += size
     return plan
+
+
+MAX_PHASES = 10
+
+
+def int_in(value: Any, name: str, low: int, high: int) -> int:
+    """``value`` if it is a JSON integer within [low, high]; else InvalidInput naming ``name``."""
+    if type(value) is not int or not low <= value <= high:
+        raise InvalidInput(f"an integer from {low} to {high}", field=name)
+    return value
+
+
+def phases_validate(phases: Any) -> list[int]:
+    """The cumulative percentages of a rollout's phases: increasing integers, the last one 100."""
+    if not isinstance(phases, list) or not phases or len(phases) > MAX_PHASES:
+        raise InvalidInput(f"a list of 1 to {MAX_PHASES} cumulative percentages", field="phases")
+    for value in phases:
+        int_in(value, "phases", 1, 100)
+    if any(b <= a for a, b in itertools.pairwise(phases)):
+        raise InvalidInput("percentages must increase", field="phases")
+    if phases[-1] != 100:
+        raise InvalidInput("the last phase must be 100", field="phases")
+    return list(phases)

@@ -12,6 +12,7 @@ from celery import shared_task
 from django.db import DatabaseError
 
 from fleet.firmware.engine import rollout_advance, rollouts_tick
+from fleet.firmware.services import ROLLOUT_ADVANCE_TASK
 
 
 @shared_task(
@@ -31,7 +32,7 @@ def rollouts_tick_task() -> dict[str, Any]:
 
 
 @shared_task(
-    name="fleet.firmware.tasks.rollout_advance_task",
+    name=ROLLOUT_ADVANCE_TASK,
     queue="rollouts",
     autoretry_for=(DatabaseError,),
     retry_backoff=True,

@@ -20,6 +20,7 @@ import random
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
@@ -28,7 +29,6 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
-from django.apps import apps
 from django.conf import settings
 from otb_agent.protocol import (
     CLOSE_INVALID_FRAMES,
@@ -43,8 +43,10 @@ from otb_agent.protocol import (
     validate_message,
 )
 
+from fleet.commands.services import command_complete, command_progress, commands_pending_for_box
 from fleet.core.authentication import bearer_token
 from fleet.core.doorbells import AGENT_SESSION_REPLACE, agent_group, agroup_send
+from fleet.core.errors import DomainError
 from fleet.live.gate import SessionsUnavailable, get_session_gate
 from fleet.telemetry import services
 from fleet.telemetry.writer import StorageUnavailable, TelemetryRejected, get_writer
@@ -290,9 +292,9 @@ class AgentConsumer(LeanDispatchMixin, AsyncWebsocketConsumer):
         elif not self.said_hello:
             await self._invalid("the first frame must be hello", "type", code="hello_required")
         elif kind == "command_progress":
-            await self._command_call("command_progress", message)
+            await self._command_progress(message)
         elif kind == "command_result":
-            await self._command_call("command_complete", message)
+            await self._command_result(message)
         elif kind == "error":
             logger.info("agent of box %s reported %s: %s", self.box_id, message["code"], message["message"])
         else:
@@ -351,31 +353,37 @@ class AgentConsumer(LeanDispatchMixin, AsyncWebsocketConsumer):
             return
         await self._send({"type": "ack", "seq": seq})
 
-    async def _command_call(self, service_name: str, message: dict[str, Any]) -> None:
-        if not apps.is_installed("fleet.commands"):
-            await self._send({"type": "error", "code": "unavailable", "message": "commands are not enabled"})
-            return
+    async def _command_progress(self, message: dict[str, Any]) -> None:
+        await self._command_call(
+            command_progress,
+            box_id=self.box_id,
+            command_id=message["id"],
+            progress=message["progress"],
+            message=message["message"],
+        )
+
+    async def _command_result(self, message: dict[str, Any]) -> None:
+        await self._command_call(
+            command_complete,
+            box_id=self.box_id,
+            command_id=message["id"],
+            ok=message["ok"],
+            output=message["output"],
+            error=message["error"],
+        )
+
+    async def _command_call(self, service: Callable[..., Any], **kwargs: Any) -> None:
+        """Run a command service off the event loop; a refusal becomes an ``error`` frame naming the
+        field, anything else a logged ``unavailable``."""
         try:
-            from fleet.commands import services as command_services
-        except ImportError:
-            await self._send({"type": "error", "code": "unavailable", "message": "commands are not enabled"})
-            return
-        service = getattr(command_services, service_name)
-        if service_name == "command_progress":
-            kwargs = {"progress": message["progress"], "message": message["message"]}
-        else:
-            kwargs = {"ok": message["ok"], "output": message["output"], "error": message["error"]}
-        try:
-            await database_sync_to_async(service)(box_id=self.box_id, command_id=message["id"], **kwargs)
-        except Exception as exc:
-            field = getattr(exc, "field", None) or "id"
-            body = {"type": "error", "code": getattr(exc, "code", "invalid"), "message": str(exc)[:1000]}
-            if getattr(exc, "code", None) is None:
-                logger.exception("%s failed for box %s", service_name, self.box_id)
-                body["code"] = "unavailable"
-            else:
-                body["field"] = field
-            await self._send(body)
+            await database_sync_to_async(service)(**kwargs)
+        except DomainError as exc:
+            await self._send(
+                {"type": "error", "code": exc.code, "message": exc.message[:1000], "field": exc.field or "id"}
+            )
+        except Exception:
+            logger.exception("%s failed for box %s", service.__name__, self.box_id)
+            await self._send({"type": "error", "code": "unavailable", "message": "the command update failed"})
 
     # -- doorbells from the channel layer ------------------------------------------------------------
     async def session_replace(self, event: dict[str, Any]) -> None:
@@ -390,12 +398,8 @@ class AgentConsumer(LeanDispatchMixin, AsyncWebsocketConsumer):
             await self._send({"type": "config_changed", "desired_config_hash": event["config_hash"]})
 
     async def command_doorbell(self, event: dict[str, Any]) -> None:
-        if not self.said_hello or not apps.is_installed("fleet.commands"):
+        if not self.said_hello:
             return  # the welcome carries the pending commands
-        try:
-            from fleet.commands.services import commands_pending_for_box
-        except ImportError:
-            return
         try:
             commands = await database_sync_to_async(commands_pending_for_box)(box_id=self.box_id)
         except Exception:

@@ -24,9 +24,7 @@ import asyncio
 import collections
 import contextlib
 import functools
-import json
 import logging
-import uuid
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,13 +33,16 @@ from typing import Any, cast
 from uuid import UUID
 
 import psycopg
-from django.apps import apps
+from channels.db import database_sync_to_async
 from django.conf import settings
 
+from fleet.commands.choices import DELIVERABLE_STATES
+from fleet.commands.services import commands_pending_for_box
 from fleet.core.audit import AUDIT_INSERT_SQL, Actor, audit_sql_row
 from fleet.core.doorbells import abroadcast_to_people
+from fleet.core.events import EVENTS_INSERT_SQL, aevents_broadcast, event_rows
+from fleet.core.live_connections import DISCONNECTED, LiveConnections
 from fleet.core.tokens import TokenKind, digest, token_kind
-from fleet.telemetry.connections import DISCONNECTED, LiveConnections
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +83,6 @@ UPDATE fleet_box AS b SET firmware_version = v.firmware_version, agent_version =
     updated_at = %s
 FROM unnest(%s::uuid[], %s::text[], %s::text[]) AS v(id, firmware_version, agent_version)
 WHERE b.id = v.id
-"""
-EVENTS_SQL = """
-INSERT INTO monitoring_event (id, box_id, organization_id, kind, ts, data)
-SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::text[], %s::timestamptz[], %s::jsonb[])
 """
 CLOSE_LOCK_SQL = """
 SELECT s.box_id, s.session_id, s.online, b.organization_id
@@ -413,14 +410,11 @@ class SessionGate:
             )
             await cur.executemany(AUDIT_INSERT_SQL, audits)
         await self._insert_events(cur, events, outcome)
-        if apps.is_installed("fleet.commands"):
-            from fleet.commands.choices import DELIVERABLE_STATES
-
-            await cur.execute(
-                WAITING_COMMANDS_SQL,
-                ([item.box_id for item in current], [str(state) for state in DELIVERABLE_STATES], now),
-            )
-            outcome.waiting = {row[0] for row in await cur.fetchall()}
+        await cur.execute(
+            WAITING_COMMANDS_SQL,
+            ([item.box_id for item in current], [str(state) for state in DELIVERABLE_STATES], now),
+        )
+        outcome.waiting = {row[0] for row in await cur.fetchall()}
         return outcome
 
     def _finish_hellos(self, batch: list[_Hello], outcome: _Outcome) -> None:
@@ -464,40 +458,11 @@ class SessionGate:
     async def _insert_events(
         cur: psycopg.AsyncCursor, events: list[tuple[Any, ...]], outcome: _Outcome
     ) -> None:
-        recorded = SessionGate._event_rows(events)
-        if recorded is not None:
-            await cur.execute(EVENTS_SQL, recorded[1])
-            outcome.events = recorded[0]
-
-    @staticmethod
-    def _event_rows(events: list[tuple]) -> tuple[list[Any], tuple[list[Any], ...]] | None:
-        """The events as unsaved ``Event`` objects (for the broadcast after commit) and as the
-        column arrays of ``EVENTS_SQL``; None when the monitoring app is not installed."""
-        if not events or not apps.is_installed("fleet.monitoring"):
-            return None
-        from fleet.monitoring.models import Event
-
-        objects = [
-            Event(
-                id=uuid.uuid4(), box_id=box_id, organization_id=organization_id, kind=kind, ts=ts, data=data
-            )
-            for box_id, organization_id, ts, kind, data in events
-        ]
-        columns = (
-            [event.id for event in objects],
-            [event.box_id for event in objects],
-            [event.organization_id for event in objects],
-            [event.kind for event in objects],
-            [event.ts for event in objects],
-            [json.dumps(event.data) for event in objects],
-        )
-        return objects, columns
+        if events:
+            outcome.events, columns = event_rows(events)
+            await cur.execute(EVENTS_INSERT_SQL, columns)
 
     async def _deliver_with_commands(self, item: _Hello, welcome: dict[str, Any]) -> None:
-        from channels.db import database_sync_to_async
-
-        from fleet.commands.services import commands_pending_for_box
-
         try:
             commands = await database_sync_to_async(commands_pending_for_box)(box_id=item.box_id)
         except Exception:  # the session is up; the commands stay pending for the next doorbell/hello
@@ -517,8 +482,6 @@ class SessionGate:
             message = {"kind": "presence", "box_id": str(box_id), "online": online}
             await abroadcast_to_people(box_id, organization_id, message)
         if events:
-            from fleet.monitoring.services.events import aevents_broadcast
-
             await aevents_broadcast(events)
 
     def _spawn(self, coroutine: Any) -> None:

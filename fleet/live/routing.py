@@ -1,8 +1,7 @@
-"""Websocket routes of the fleet app (collected by config/websocket_routing.py).
+"""Websocket routes (collected by config/websocket_routing.py).
 
 ``/ws/agent/`` is the agent's live session; ``/ws/live/`` is the portal's live websocket (session
-auth). ``/ws/echo/`` is a bare echo consumer, routed only for the ingest benchmark baseline
-(``OTB_BENCH_ECHO=1``).
+auth). (The ingest benchmark's echo baseline is served by its own application, ``bench.echo``.)
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from typing import Any
 
 from channels.auth import AuthMiddlewareStack
 from channels.security.websocket import AllowedHostsOriginValidator
-from django.conf import settings
 from django.urls import path, re_path
 
 from fleet.live.agent import AgentConsumer
@@ -27,8 +25,3 @@ websocket_urlpatterns: list[Any] = [
 websocket_urlpatterns.append(
     re_path(r"^ws/live/$", AllowedHostsOriginValidator(AuthMiddlewareStack(PortalConsumer.as_asgi())))
 )
-
-if settings.OTB.get("BENCH_ECHO"):
-    from bench.echo import EchoConsumer
-
-    websocket_urlpatterns.append(path("ws/echo/", EchoConsumer.as_asgi()))

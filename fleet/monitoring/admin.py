@@ -11,7 +11,8 @@ from django.http import HttpRequest
 
 from fleet.core.audit import Actor
 from fleet.core.errors import DomainError
-from fleet.monitoring.models import Alert, AlertRule, Event, NotificationDelivery, NotificationTarget
+from fleet.core.models import Event
+from fleet.monitoring.models import Alert, AlertRule, NotificationDelivery, NotificationTarget
 from fleet.monitoring.services import (
     alert_rule_create,
     alert_rule_update,

@@ -12,11 +12,12 @@ from rest_framework.views import APIView
 
 from fleet.core.access import box_for, organization_for, visible_organization_ids
 from fleet.core.audit import Actor
-from fleet.core.choices import Role
+from fleet.core.choices import EventKind, Role
+from fleet.core.models import Event
 from fleet.core.permissions import IsPerson
 from fleet.monitoring import selectors
-from fleet.monitoring.choices import AlertRuleKind, AlertState, EventKind, TargetKind
-from fleet.monitoring.models import Alert, AlertRule, Event, NotificationDelivery, NotificationTarget
+from fleet.monitoring.choices import AlertRuleKind, AlertState, TargetKind
+from fleet.monitoring.models import Alert, AlertRule, NotificationDelivery, NotificationTarget
 from fleet.monitoring.services import (
     alert_rule_create,
     alert_rule_delete,

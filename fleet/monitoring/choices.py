@@ -1,21 +1,6 @@
 from django.db import models
 
 
-class EventKind(models.TextChoices):
-    SESSION_OPENED = "session_opened", "Session opened"
-    SESSION_CLOSED = "session_closed", "Session closed"
-    BOX_ONLINE = "box_online", "Box online"
-    BOX_OFFLINE = "box_offline", "Box offline"
-    WAN_UP = "wan_up", "WAN up"
-    WAN_DOWN = "wan_down", "WAN down"
-    CONFIG_APPLIED = "config_applied", "Configuration applied"
-    CONFIG_FAILED = "config_failed", "Configuration failed"
-    FIRMWARE_CHANGED = "firmware_changed", "Firmware changed"
-    COMMAND_FINISHED = "command_finished", "Command finished"
-    ALERT_FIRING = "alert_firing", "Alert firing"
-    ALERT_RESOLVED = "alert_resolved", "Alert resolved"
-
-
 class AlertRuleKind(models.TextChoices):
     BOX_OFFLINE = "box_offline", "Box offline for N minutes"
     WAN_DOWN = "wan_down", "A WAN down for N minutes"

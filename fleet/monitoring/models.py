@@ -17,35 +17,9 @@ from fleet.monitoring.choices import (
     AlertRuleKind,
     AlertState,
     DeliveryState,
-    EventKind,
     NotificationEvent,
     TargetKind,
 )
-
-
-class Event(models.Model):
-    """One fact on a box's timeline at ``ts``. ``organization`` is the box's organisation at the
-    time (null for an unclaimed box) so organisation timelines stay correct after a release."""
-
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    box = models.ForeignKey("fleet.Box", on_delete=models.CASCADE, related_name="events")
-    organization = models.ForeignKey(
-        "fleet.Organization", null=True, blank=True, on_delete=models.CASCADE, related_name="events"
-    )
-    kind = models.CharField(max_length=32, choices=EventKind.choices)
-    ts = models.DateTimeField()
-    data = models.JSONField(default=dict, blank=True)
-
-    class Meta:
-        ordering = ["-ts", "-id"]
-        indexes = [
-            models.Index(fields=["box", "-ts"], name="event_box_ts_idx"),
-            models.Index(fields=["organization", "-ts"], name="event_org_ts_idx"),
-            models.Index(fields=["ts"], name="event_ts_idx"),  # retention
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.ts:%Y-%m-%d %H:%M:%S} {self.kind}"
 
 
 class NotificationTarget(models.Model):

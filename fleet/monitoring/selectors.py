@@ -8,7 +8,8 @@ from uuid import UUID
 from django.db.models import QuerySet
 
 from fleet.core.errors import NotFound
-from fleet.monitoring.models import Alert, AlertRule, Event, NotificationDelivery, NotificationTarget
+from fleet.core.models import Event
+from fleet.monitoring.models import Alert, AlertRule, NotificationDelivery, NotificationTarget
 
 
 def event_list(

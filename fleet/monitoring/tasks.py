@@ -9,12 +9,13 @@ from celery import shared_task
 
 from fleet.monitoring.services import (
     alerts_evaluate,
-    events_prune,
     notification_deliver,
     notification_retry_delay,
     notifications_requeue_stale,
 )
+from fleet.monitoring.services.alerts import NOTIFICATION_DELIVER_TASK
 from fleet.monitoring.services.notifications import MAX_ATTEMPTS
+from fleet.monitoring.services.retention import events_prune
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def alerts_evaluate_task() -> dict[str, int]:
 
 @shared_task(
     bind=True,
-    name="fleet.monitoring.tasks.notification_deliver_task",
+    name=NOTIFICATION_DELIVER_TASK,
     ignore_result=True,
     max_retries=MAX_ATTEMPTS - 1,
     acks_late=True,

@@ -10,33 +10,18 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import cast
 from uuid import UUID
 
-from django.apps import apps
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from fleet.core.doorbells import broadcast_to_people
+from fleet.core.events import events_record_batch
 from fleet.telemetry.models import BoxStatus
 
 logger = logging.getLogger(__name__)
-
-
-def events_record(events: list[dict[str, Any]]) -> None:
-    """Record events through the monitoring app, if it is installed yet (owned by ops)."""
-    if not events:
-        return
-    if not apps.is_installed("fleet.monitoring"):
-        logger.info("fleet.monitoring not installed; %d presence events not recorded", len(events))
-        return
-    try:
-        from fleet.monitoring.services import events_record_batch
-    except ImportError:
-        logger.info("fleet.monitoring not available; %d presence events not recorded", len(events))
-        return
-    events_record_batch(events)
 
 
 def _presence_broadcast(box_id: UUID, organization_id: UUID | None, online: bool) -> None:
@@ -87,5 +72,5 @@ def presence_sweep(*, now: datetime | None = None, batch_size: int = 1000) -> in
                 }
             )
             _presence_broadcast(status.box_id, organization_id, False)
-        events_record(events)
+        events_record_batch(events)
     return len(stale)

@@ -34,9 +34,12 @@ from typing import Any, cast
 from uuid import UUID
 
 import psycopg
+from channels.db import database_sync_to_async
 from django.conf import settings
 
-from fleet.telemetry.connections import DISCONNECTED, LiveConnections
+from fleet.core.doorbells import abroadcast_to_people
+from fleet.core.events import events_record_batch
+from fleet.core.live_connections import DISCONNECTED, LiveConnections
 
 logger = logging.getLogger(__name__)
 
@@ -721,16 +724,12 @@ class TelemetryWriter:
         task.add_done_callback(self._background.discard)
 
     async def _record_events(self, events: list[dict[str, Any]]) -> None:
-        from channels.db import database_sync_to_async
-
         try:
             await database_sync_to_async(record_events)(events)
         except Exception:  # events are a side effect of committed telemetry; never fail the writer
             logger.exception("recording %d telemetry events failed", len(events))
 
     async def _broadcast(self, batch: list[_Message], updates: dict[UUID, _BoxUpdate]) -> None:
-        from fleet.core.doorbells import abroadcast_to_people
-
         now = time.monotonic()
         organizations = {message.box_id: message.organization_id for message in batch}
         for box_id, update in updates.items():
@@ -772,16 +771,7 @@ def telemetry_payload(box_id: UUID, update: _BoxUpdate) -> dict[str, Any]:
 
 
 def record_events(events: list[dict[str, Any]]) -> None:
-    """Hand events to the monitoring app (tolerates its absence while it is being built)."""
-    from django.apps import apps
-
-    if not apps.is_installed("fleet.monitoring"):
-        return
-    try:
-        from fleet.monitoring.services import events_record_batch
-    except ImportError:
-        logger.info("fleet.monitoring not available; %d telemetry events not recorded", len(events))
-        return
+    """Append the transition events of a committed batch to the timeline."""
     events_record_batch(
         [
             {

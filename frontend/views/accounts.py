@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, cast
 
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
@@ -79,8 +79,6 @@ class AdminLoginView(ThrottledLoginMixin, auth_views.LoginView):
         return reverse("admin:index")
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
-        from django.contrib import admin
-
         context = super().get_context_data(**kwargs)
         context.update(
             admin.site.each_context(self.request),

@@ -18,14 +18,26 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
+from fleet.commands.selectors import command_list_for_box
+from fleet.commands.services import command_create
 from fleet.core.access import ROLE_RANK, box_for, is_staff, require_role
 from fleet.core.audit import Actor
 from fleet.core.choices import Role, WanKind
 from fleet.core.errors import Conflict, DomainError, InvalidInput, NotFound
-from fleet.core.models import Box
-from fleet.core.services import box_set_wan_policy, box_update
+from fleet.core.models import Box, Event
+from fleet.firmware.choices import OPEN_STATES, WAITING_STATES
+from fleet.firmware.selectors import box_upgrade_policy, box_upgrades
+from fleet.firmware.services import (
+    box_upgrade_now,
+    box_upgrade_policy_update,
+    latest_release_for,
+    upgrade_postpone,
+)
+from fleet.telemetry.models import BoxStatus, WanStatus
 from frontend.errors import form_add_domain_error, page_errors
 from frontend.forms import BoxRenameForm, CommandForm, FirmwareSettingsForm, PostponeForm, WanPolicyForm
+from provisioning.choices import AssignmentState
+from provisioning.services.configuration import box_set_wan_policy, box_update
 
 EVENTS_SHOWN = 30
 COMMANDS_SHOWN = 15
@@ -44,14 +56,10 @@ def _can_edit(role: str) -> bool:
 
 
 def _status(box: Box) -> Any:
-    from fleet.telemetry.models import BoxStatus
-
     return BoxStatus.objects.filter(box=box).first()
 
 
 def _wans(box: Box) -> list[Any]:
-    from fleet.telemetry.models import WanStatus
-
     return list(WanStatus.objects.filter(box=box).order_by("iface"))
 
 
@@ -71,30 +79,19 @@ def _policy_interfaces(box: Box, wans: list[Any]) -> list[dict[str, Any]]:
 
 
 def _addresses(box: Box) -> list[Any]:
-    from provisioning.choices import AssignmentState
-
     return list(box.addresses.filter(state=AssignmentState.ACTIVE).select_related("pool").order_by("purpose"))
 
 
 def _events(box: Box) -> list[Any]:
-    try:
-        from fleet.monitoring.models import Event
-    except ImportError:
-        return []
     return list(Event.objects.filter(box=box).order_by("-ts", "-id")[:EVENTS_SHOWN])
 
 
 def _commands(box: Box) -> list[Any]:
-    from fleet.commands.selectors import command_list_for_box
-
     return list(command_list_for_box(box_id=box.pk)[:COMMANDS_SHOWN])
 
 
 def _firmware(box: Box) -> dict[str, Any]:
     """What the rollout engine says about this box's firmware: latest release, open upgrade, window."""
-    from fleet.firmware.choices import OPEN_STATES, WAITING_STATES
-    from fleet.firmware.selectors import box_upgrade_policy, box_upgrades
-    from fleet.firmware.services import latest_release_for
 
     upgrades = list(box_upgrades(box=box)[:5])
     open_upgrade = next((upgrade for upgrade in upgrades if upgrade.state in OPEN_STATES), None)
@@ -265,8 +262,6 @@ def box_rename(request: HttpRequest, box_id: str) -> HttpResponse:
 @page_errors
 def box_command_create(request: HttpRequest, box_id: str) -> HttpResponse:
     """Send a command (reboot, diagnostics, speed test...) to the box."""
-    from fleet.commands.services import command_create
-
     box = box_for(request.user, box_id, Role.ADMIN)
     form = CommandForm(request.POST, wans=_wans(box))
     if form.is_valid():
@@ -291,8 +286,6 @@ def box_command_create(request: HttpRequest, box_id: str) -> HttpResponse:
 @page_errors
 def box_firmware_settings(request: HttpRequest, box_id: str) -> HttpResponse:
     """Automatic upgrades on or off (the rollout engine's upgrade policy)."""
-    from fleet.firmware.services import box_upgrade_policy_update
-
     box = box_for(request.user, box_id, Role.ADMIN)
     form = FirmwareSettingsForm(request.POST)
     if form.is_valid():
@@ -314,9 +307,6 @@ def box_firmware_settings(request: HttpRequest, box_id: str) -> HttpResponse:
 @page_errors
 def box_firmware_action(request: HttpRequest, box_id: str, action: str) -> HttpResponse:
     """Upgrade now, or postpone the waiting upgrade by a few days."""
-    from fleet.firmware.choices import WAITING_STATES
-    from fleet.firmware.selectors import box_upgrades
-    from fleet.firmware.services import box_upgrade_now, upgrade_postpone
 
     box = box_for(request.user, box_id, Role.ADMIN)
     actor = Actor.from_request(request)

@@ -23,10 +23,17 @@ from fleet.core.audit import Actor
 from fleet.core.choices import Role
 from fleet.core.errors import DomainError
 from fleet.core.models import Organization
+from fleet.firmware import services
+from fleet.firmware.choices import FAILURE_STATES, WAITING_STATES, UpgradeState
+from fleet.firmware.models import Release, Rollout
+from fleet.firmware.selectors import rollout_preview, rollout_progress, rollouts_list
 from frontend import selectors
 from frontend.errors import form_add_domain_error, page_errors
 from frontend.forms import AuditFilterForm, ConsoleSearchForm, RolloutForm, StaffActionForm
 from frontend.views.box import box_context
+from provisioning.models import AggregationServer
+from provisioning.selectors.infrastructure import server_capacity_summary
+from provisioning.services import lifecycle as provisioning_services
 
 AUDIT_PAGE_SIZE = 50
 
@@ -71,8 +78,6 @@ def staff_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
 @staff_required
 def console_home(request: HttpRequest) -> HttpResponse:
     """Fleet health: online share, boxes per server and region against capacity, ingest, alerts."""
-    from provisioning.selectors import server_capacity_summary
-
     health = selectors.fleet_health()
     servers = server_capacity_summary()
     regions = selectors.boxes_per_region()
@@ -122,8 +127,6 @@ def console_box(request: HttpRequest, box_id: str) -> HttpResponse:
 
 
 def _server_choices(box: Any) -> list[tuple[str, str]]:
-    from provisioning.selectors import server_capacity_summary
-
     return [("", "Least loaded active server in the region")] + [
         (server["id"], f"{server['name']} · {server['region']} · {server['spare']} free · {server['status']}")
         for server in server_capacity_summary()
@@ -135,8 +138,6 @@ def _server_choices(box: Any) -> list[tuple[str, str]]:
 @page_errors
 def console_box_action(request: HttpRequest, box_id: str, action: str) -> HttpResponse:
     """A staff action on a box: GET asks for confirmation (type the serial), POST carries it out."""
-    from provisioning import services as provisioning_services
-    from provisioning.models import AggregationServer
 
     if action not in STAFF_ACTIONS:
         raise Http404("unknown action")
@@ -215,14 +216,10 @@ def console_audit(request: HttpRequest) -> HttpResponse:
 
 
 def _rollout_services() -> Any:
-    from fleet.firmware import services
-
     return services
 
 
 def _rollout_form(data: Any = None) -> RolloutForm:
-    from fleet.firmware.models import Release
-
     releases = Release.objects.filter(state="published").order_by("-published_at", "-created_at")
     organizations = Organization.objects.order_by("name").values_list("pk", "name")
     return RolloutForm(
@@ -234,8 +231,6 @@ def _rollout_form(data: Any = None) -> RolloutForm:
 
 @staff_required
 def rollout_list(request: HttpRequest) -> HttpResponse:
-    from fleet.firmware.selectors import rollouts_list
-
     rollouts = list(rollouts_list()[:100])
     return render(request, "frontend/console/rollouts.html", {"nav": "console", "rollouts": rollouts})
 
@@ -244,8 +239,6 @@ def rollout_list(request: HttpRequest) -> HttpResponse:
 @page_errors
 def rollout_new(request: HttpRequest) -> HttpResponse:
     """Create a rollout; "Preview" shows which boxes match and which are skipped, and why."""
-    from fleet.firmware.models import Release
-
     form = _rollout_form(request.POST or None)
     preview = None
     status = 200
@@ -268,7 +261,6 @@ def rollout_new(request: HttpRequest) -> HttpResponse:
                         services.rollout_start(actor=Actor.from_request(request), rollout=rollout)
                     messages.success(request, f"Rollout “{rollout.name}” created.")
                     return redirect("frontend:rollout", rollout_id=rollout.pk)
-                from fleet.firmware.selectors import rollout_preview
 
                 preview = rollout_preview(**arguments)
                 preview["skipped_total"] = sum(preview.get("skipped", {}).values())
@@ -292,8 +284,6 @@ def _target_field(exc: DomainError) -> DomainError:
 
 
 def _rollout(rollout_id: str) -> Any:
-    from fleet.firmware.models import Rollout
-
     rollout = Rollout.objects.select_related("release").filter(pk=rollout_id).first()
     if rollout is None:
         raise Http404("rollout not found")
@@ -302,8 +292,6 @@ def _rollout(rollout_id: str) -> Any:
 
 def _rollout_progress(rollout: Any) -> dict[str, Any]:
     """The rollout engine's progress summary, with the shares the progress bar needs."""
-    from fleet.firmware.choices import FAILURE_STATES, WAITING_STATES, UpgradeState
-    from fleet.firmware.selectors import rollout_progress
 
     progress = rollout_progress(rollout=rollout)
     counts = progress["counts"]

@@ -24,6 +24,15 @@ from fleet.core.services import (
     member_remove,
     member_set_role,
 )
+from fleet.monitoring.choices import AlertRuleKind
+from fleet.monitoring.models import Alert, AlertRule, NotificationTarget
+from fleet.monitoring.services import (
+    alert_rule_create,
+    alert_rule_delete,
+    alert_rule_update,
+    notification_target_create,
+    notification_target_delete,
+)
 from frontend.context import PortalOrganization, current_organization
 from frontend.errors import form_add_domain_error, page_errors
 from frontend.forms import AlertRuleForm, ApiTokenForm, InviteForm, MemberRoleForm, NotificationTargetForm
@@ -194,8 +203,6 @@ def token_revoke(request: HttpRequest, token_id: str) -> HttpResponse:
 
 
 def _alert_forms(organization: Any, data: Any = None) -> tuple[AlertRuleForm, NotificationTargetForm]:
-    from fleet.monitoring.choices import AlertRuleKind
-    from fleet.monitoring.models import NotificationTarget
 
     boxes = (
         Box.objects.filter(organization=organization)
@@ -217,8 +224,6 @@ def _alert_forms(organization: Any, data: Any = None) -> tuple[AlertRuleForm, No
 @page_errors
 def alerts_page(request: HttpRequest) -> HttpResponse:
     """Alert rules, where notifications go, and what is firing now."""
-    from fleet.monitoring.models import Alert, AlertRule, NotificationTarget
-    from fleet.monitoring.services import alert_rule_create, notification_target_create
 
     portal = _portal(request)
     organization = portal.organization
@@ -290,8 +295,6 @@ def alerts_page(request: HttpRequest) -> HttpResponse:
 @page_errors
 def alert_object_action(request: HttpRequest, kind: str, object_id: str, action: str) -> HttpResponse:
     """Enable, disable or delete a rule; delete a target."""
-    from fleet.monitoring.models import AlertRule, NotificationTarget
-    from fleet.monitoring.services import alert_rule_delete, alert_rule_update, notification_target_delete
 
     portal = _portal(request)
     organization = organization_for(request.user, portal.organization.pk, Role.ADMIN)

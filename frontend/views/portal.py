@@ -10,7 +10,6 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from rest_framework.exceptions import ValidationError
 
-from fleet.core import selectors
 from fleet.core.access import organization_for
 from fleet.core.audit import Actor
 from fleet.core.choices import Role
@@ -19,6 +18,8 @@ from frontend.context import current_organization
 from frontend.errors import form_add_domain_error, page_errors
 from frontend.forms import BoxClaimForm, FleetFilterForm
 from provisioning.models import Region
+from provisioning.selectors.boxes import box_list
+from provisioning.services.lifecycle import box_claim
 
 PAGE_SIZE = 50
 
@@ -53,9 +54,9 @@ def fleet_page(request: HttpRequest) -> HttpResponse:
         if status == "drift":
             filters["drift"] = True
     try:
-        boxes = selectors.box_list(user=request.user, filters=filters)
+        boxes = box_list(user=request.user, filters=filters)
     except ValidationError:
-        boxes = selectors.box_list(user=request.user, filters={"organization": filters["organization"]})
+        boxes = box_list(user=request.user, filters={"organization": filters["organization"]})
     boxes = boxes.select_related("status").order_by("serial")
     if status == "online":
         boxes = boxes.filter(status__online=True)
@@ -82,8 +83,6 @@ def fleet_page(request: HttpRequest) -> HttpResponse:
 @page_errors
 def box_claim_page(request: HttpRequest) -> HttpResponse:
     """Claim a box with its serial and claim code (admins and owners)."""
-    from provisioning.services import box_claim
-
     portal = current_organization(request)
     if portal is None:
         return _no_organization(request)

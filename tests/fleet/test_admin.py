@@ -48,7 +48,7 @@ def test_box_search_matches_the_public_ip(
 ) -> None:
     first = claimed_box_factory(people.org)
     claimed_box_factory(people.org)
-    from fleet.core.selectors import boxes_annotated
+    from provisioning.selectors.boxes import boxes_annotated
 
     address = boxes_annotated(Box.objects.filter(pk=first.pk)).get().public_ipv4
     response = superuser_client.get("/admin/fleet/box/", {"q": address})

@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 from fleet.core.audit import Actor
 from fleet.core.choices import BoxState
 from fleet.core.models import AgentCredential, ApiToken, AuditLog, Box, EnrollmentToken, Membership
-from fleet.core.services import box_set_wan_policy
+from provisioning.services.configuration import box_set_wan_policy
 from tests.conftest import CLAIM_CODE, FACTORY_SECRET, WG_KEY
 
 pytestmark = pytest.mark.django_db

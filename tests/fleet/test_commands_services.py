@@ -26,8 +26,7 @@ from fleet.commands.services import (
 from fleet.core.audit import Actor
 from fleet.core.doorbells import agent_group
 from fleet.core.errors import Conflict, Forbidden, InvalidInput, NotFound
-from fleet.core.models import AuditLog
-from fleet.monitoring.models import Event
+from fleet.core.models import AuditLog, Event
 
 pytestmark = pytest.mark.django_db
 

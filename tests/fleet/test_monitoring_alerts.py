@@ -17,7 +17,8 @@ from django.utils import timezone
 
 from fleet.core.audit import Actor
 from fleet.core.errors import InvalidInput
-from fleet.monitoring.models import Alert, Event, NotificationDelivery
+from fleet.core.models import Event
+from fleet.monitoring.models import Alert, NotificationDelivery
 from fleet.monitoring.services import (
     MAX_ATTEMPTS,
     alert_rule_create,
@@ -355,7 +356,7 @@ def test_webhook_failures_are_recorded_and_end_after_max_attempts(people: Any, b
 def test_resolved_alerts_past_the_retention_go_with_their_deliveries(
     people: Any, box_factory: Any, settings: Any, email_target: Any
 ) -> None:
-    from fleet.monitoring.services import events_prune
+    from fleet.monitoring.services.retention import events_prune
 
     # given 30 days of history, an alert resolved 40 days ago with a delivery, one resolved yesterday
     # and one still firing since long ago

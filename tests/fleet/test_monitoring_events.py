@@ -14,8 +14,9 @@ from django.utils import timezone
 
 from fleet.core.doorbells import box_group, organization_group
 from fleet.core.errors import InvalidInput
-from fleet.monitoring.models import Event
-from fleet.monitoring.services import event_record, events_prune, events_record_batch
+from fleet.core.events import event_record, events_record_batch
+from fleet.core.models import Event
+from fleet.monitoring.services.retention import events_prune
 
 pytestmark = pytest.mark.django_db
 

@@ -12,8 +12,8 @@ from django.test import Client
 
 from config.asgi import application
 from fleet.core.doorbells import abroadcast_to_people
+from fleet.core.events import event_record
 from fleet.live.people import MAX_SUBSCRIPTIONS
-from fleet.monitoring.services import event_record
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 

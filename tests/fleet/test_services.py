@@ -26,11 +26,6 @@ from fleet.core.models import (
 from fleet.core.services import (
     api_token_create,
     api_token_revoke,
-    box_config_applied,
-    box_enroll,
-    box_set_wan_policy,
-    box_update,
-    boxes_import,
     enrollment_token_create,
     enrollment_token_revoke,
     invitation_accept,
@@ -42,6 +37,9 @@ from fleet.core.services import (
 from fleet.core.tokens import digest
 from provisioning.choices import TunnelKind
 from provisioning.models import TunnelCredential
+from provisioning.services.configuration import box_config_applied, box_set_wan_policy, box_update
+from provisioning.services.enrollment import box_enroll
+from provisioning.services.inventory import boxes_import
 from tests.conftest import CLAIM_CODE, FACTORY_SECRET, WG_KEY
 
 OTHER_WG_KEY = "b3RoZXIta2V5LXRoYXQtaXMtMzItYnl0ZXMtbG9uZyE="
@@ -438,7 +436,7 @@ def test_config_applied_records_hash_time_and_capped_error(people: Any, claimed_
     box.refresh_from_db()
     assert box.applied_config_hash == box.config_hash and not box.config_drift
     assert box.applied_at is not None
-    from fleet.monitoring.models import Event
+    from fleet.core.models import Event
 
     assert Event.objects.filter(box_id=box.pk, kind="config_applied").count() == 1
     box_config_applied(box=box, config_hash="ab" * 32, error="é" * 5000)

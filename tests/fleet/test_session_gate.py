@@ -10,9 +10,8 @@ import pytest
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from fleet.core.models import AgentCredential, AuditLog, Box
+from fleet.core.models import AgentCredential, AuditLog, Box, Event
 from fleet.live.gate import SessionGate, SessionsUnavailable
-from fleet.monitoring.models import Event
 from fleet.telemetry.models import BoxStatus
 from fleet.telemetry.services import agent_session_penalize
 from tests.fleet.test_consumers import hello

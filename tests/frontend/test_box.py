@@ -9,8 +9,8 @@ from django.test import Client
 from django.utils import timezone
 
 from fleet.core.models import AuditLog, Box
-from fleet.core.services import box_config_applied
 from fleet.telemetry.models import BoxStatus, WanStatus
+from provisioning.services.configuration import box_config_applied
 
 pytestmark = pytest.mark.django_db
 
@@ -168,7 +168,7 @@ def test_a_speed_test_through_one_wan_in_both_directions(people, box) -> None:
 
 
 def test_events_fragment_lists_the_timeline(people, box) -> None:
-    from fleet.monitoring.services import event_record
+    from fleet.core.events import event_record
 
     event_record(box_id=box.pk, kind="wan_down", data={"iface": "wan1"})
     content = logged_in(people.viewer).get(f"/boxes/{box.pk}/events/").content.decode()

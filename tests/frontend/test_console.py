@@ -157,7 +157,7 @@ def test_rollout_form_errors_name_the_field(people) -> None:
 
 def test_audit_log_is_searchable(people, claimed_box_factory) -> None:
     box = claimed_box_factory(people.org, "ACME-0020")
-    from fleet.core.services import box_update
+    from provisioning.services.configuration import box_update
 
     box_update(actor=Actor.for_user(people.owner), box=box, name="Lyon")
     client = logged_in(people.staff)

@@ -16,7 +16,7 @@ from fleet.core.models import Box, Membership, Organization
 from fleet.core.tokens import box_secret_digest
 from provisioning.choices import PoolPurpose
 from provisioning.models import AddressPool, AggregationServer, Region
-from provisioning.services import pool_create, region_create, server_create
+from provisioning.services.infrastructure import pool_create, region_create, server_create
 
 CLAIM_CODE = "CLAIM-1234-5678"
 _serials = itertools.count(1)

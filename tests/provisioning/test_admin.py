@@ -9,7 +9,7 @@ from django.test import Client
 from fleet.core.models import AuditLog
 from provisioning.choices import ServerStatus
 from provisioning.models import AddressPool, AggregationServer, Region
-from provisioning.services import box_claim
+from provisioning.services.lifecycle import box_claim
 from tests.provisioning.conftest import CLAIM_CODE
 
 pytestmark = pytest.mark.django_db

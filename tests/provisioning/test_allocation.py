@@ -15,7 +15,7 @@ from fleet.core.models import Box
 from provisioning.choices import AssignmentState, PoolPurpose
 from provisioning.models import AddressAssignment, AggregationServer, TunnelCredential
 from provisioning.secrets import secret_decrypt
-from provisioning.services import box_claim
+from provisioning.services.lifecycle import box_claim
 from tests.provisioning.conftest import CLAIM_CODE
 
 

@@ -13,7 +13,7 @@ from fleet.core.models import AgentCredential, ApiToken, AuditLog, Box
 from fleet.core.tokens import TokenKind, token_issue
 from provisioning.choices import AssignmentState, PoolPurpose, ServerStatus
 from provisioning.models import AddressAssignment, AddressPool, AggregationServer
-from provisioning.services import box_claim
+from provisioning.services.lifecycle import box_claim
 from tests.provisioning.conftest import CLAIM_CODE
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.provisioning.urls")]

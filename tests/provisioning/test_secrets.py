@@ -11,8 +11,8 @@ from django.test import override_settings
 
 from provisioning.models import TunnelCredential
 from provisioning.secrets import SecretDecryptionError, secret_decrypt, secret_encrypt, secret_reencrypt
-from provisioning.selectors import box_config_document
-from provisioning.services import box_claim
+from provisioning.selectors.configuration import box_config_document
+from provisioning.services.lifecycle import box_claim
 
 
 def _key() -> str:

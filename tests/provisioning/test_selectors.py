@@ -7,13 +7,11 @@ from django.conf import settings
 from django.test import override_settings
 
 from fleet.core.models import Box
-from provisioning.selectors import (
-    box_config_document,
-    canonical_hash,
-    server_capacity_summary,
-    server_peers_document,
-)
-from provisioning.services import box_claim, box_config_refresh, box_reassign_server, server_update
+from provisioning.selectors.configuration import box_config_document, canonical_hash, server_peers_document
+from provisioning.selectors.infrastructure import server_capacity_summary
+from provisioning.services.configuration import box_config_refresh
+from provisioning.services.infrastructure import server_update
+from provisioning.services.lifecycle import box_claim, box_reassign_server
 from tests.provisioning.conftest import CLAIM_CODE
 
 pytestmark = pytest.mark.django_db

@@ -16,8 +16,15 @@ from fleet.core.request_context import request_id_var
 from fleet.core.tokens import digest
 from provisioning.choices import AssignmentState, PoolPurpose, ServerStatus
 from provisioning.models import AddressAssignment, AggregationServer, Region, TunnelCredential
-from provisioning.selectors import box_config_document
-from provisioning.services import (
+from provisioning.selectors.configuration import box_config_document
+from provisioning.services.infrastructure import (
+    pool_create,
+    region_create,
+    server_rotate_token,
+    server_set_status,
+    server_update,
+)
+from provisioning.services.lifecycle import (
     box_claim,
     box_decommission,
     box_reassign_server,
@@ -25,11 +32,6 @@ from provisioning.services import (
     box_revoke_credentials,
     box_transfer,
     box_unclaim,
-    pool_create,
-    region_create,
-    server_rotate_token,
-    server_set_status,
-    server_update,
 )
 from tests.provisioning.conftest import CLAIM_CODE
 

@@ -9,7 +9,8 @@ from django.utils import timezone
 
 from provisioning.choices import AssignmentState, PoolPurpose
 from provisioning.models import AddressAssignment, AddressPool
-from provisioning.services import addresses_release_quarantined, box_claim, box_unclaim
+from provisioning.services.infrastructure import addresses_release_quarantined
+from provisioning.services.lifecycle import box_claim, box_unclaim
 from provisioning.tasks import addresses_release_quarantined_task
 from tests.provisioning.conftest import CLAIM_CODE
 

@@ -1,4 +1,5 @@
-"""What every fleet endpoint shares: body-size refusal before parsing, the acting person, pagination."""
+"""What every REST endpoint shares: body-size refusal before parsing, the acting person, pagination,
+ETag matching."""
 
 from __future__ import annotations
 
@@ -49,6 +50,19 @@ class ApiSchema(AutoSchema):
 class Pagination(LimitOffsetPagination):
     default_limit = 50
     max_limit = 500
+
+
+def etag_matches(if_none_match: str, config_hash: str) -> bool:
+    """True when an ``If-None-Match`` header names ``config_hash`` (strong or weak, any in a list)."""
+    for candidate in if_none_match.split(","):
+        tag = candidate.strip()
+        if tag == "*":
+            return True
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        if tag.strip('"') == config_hash:
+            return True
+    return False
 
 
 class ApiView(APIView):

@@ -35,6 +35,7 @@ from fleet.core.services import (
     member_set_role,
     organization_update,
 )
+from provisioning.models import Region
 
 _UNSET: Any = object()
 
@@ -129,8 +130,6 @@ class OrganizationListApi(ApiView):
 
 
 def _region_resolve(value: str | None) -> Any:
-    from provisioning.models import Region
-
     if value is None:
         return None
     try:

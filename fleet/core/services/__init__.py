@@ -1,20 +1,10 @@
-"""Every write of the fleet app: organisations and people (``organizations``), tokens (``tokens``),
-box inventory, enrollment and configuration state (``boxes``).
+"""The writes of the fleet core: organisations and people (``organizations``), personal API and
+enrollment tokens (``tokens``). (What happens to a box is ``provisioning.services``.)
 
 Each public function is named ``<entity>_<action>``, takes keyword-only typed arguments, runs in
 one transaction, records an audit entry for the change, and raises ``fleet.core.errors`` on refusal.
 """
 
-from fleet.core.services.boxes import (
-    ImportReport,
-    ImportRowError,
-    box_config_applied,
-    box_enroll,
-    box_set_wan_policy,
-    box_update,
-    boxes_import,
-    wan_policy_validate,
-)
 from fleet.core.services.organizations import (
     invitation_accept,
     member_invite,
@@ -31,15 +21,8 @@ from fleet.core.services.tokens import (
 )
 
 __all__ = [
-    "ImportReport",
-    "ImportRowError",
     "api_token_create",
     "api_token_revoke",
-    "box_config_applied",
-    "box_enroll",
-    "box_set_wan_policy",
-    "box_update",
-    "boxes_import",
     "enrollment_token_create",
     "enrollment_token_revoke",
     "invitation_accept",
@@ -48,5 +31,4 @@ __all__ = [
     "member_set_role",
     "organization_create",
     "organization_update",
-    "wan_policy_validate",
 ]

@@ -20,7 +20,7 @@ from fleet.core.audit import Actor, audit_record
 from fleet.core.choices import Role
 from fleet.core.doorbells import doorbell_reauthorize
 from fleet.core.errors import Conflict, Forbidden, InvalidInput, NotFound
-from fleet.core.models import Invitation, Membership, Organization
+from fleet.core.models import ApiToken, Invitation, Membership, Organization
 from fleet.core.tokens import TokenKind, digest, token_issue
 
 INVITATION_LIFETIME = timedelta(days=7)
@@ -290,7 +290,6 @@ def member_remove(*, actor: Actor, membership: Membership) -> None:
     membership = Membership.objects.select_for_update().select_related("user").get(pk=membership.pk)
     if membership.role == Role.OWNER and len(owners) <= 1:
         raise Conflict("the last owner of an organization cannot be removed")
-    from fleet.core.models import ApiToken
 
     ApiToken.objects.filter(user=membership.user, organization=organization, revoked_at__isnull=True).update(
         revoked_at=timezone.now()

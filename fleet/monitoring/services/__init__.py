@@ -1,8 +1,7 @@
-"""Writes for the monitoring app: the event timeline, alert rules and targets, alert evaluation and
-notification deliveries. Other apps import from here (``fleet.monitoring.services.event_record``)."""
+"""Writes for the monitoring app: alert rules and targets, alert evaluation, notification deliveries
+and retention of the history. (The event timeline itself is ``fleet.core.events``.)"""
 
 from fleet.monitoring.services.alerts import alert_rule_evaluate, alerts_evaluate
-from fleet.monitoring.services.events import event_payload, event_record, events_prune, events_record_batch
 from fleet.monitoring.services.notifications import (
     MAX_ATTEMPTS,
     DeliveryOutcome,
@@ -11,6 +10,7 @@ from fleet.monitoring.services.notifications import (
     notification_retry_delay,
     notifications_requeue_stale,
 )
+from fleet.monitoring.services.retention import events_prune
 from fleet.monitoring.services.rules import (
     alert_rule_create,
     alert_rule_delete,
@@ -28,10 +28,7 @@ __all__ = [
     "alert_rule_evaluate",
     "alert_rule_update",
     "alerts_evaluate",
-    "event_payload",
-    "event_record",
     "events_prune",
-    "events_record_batch",
     "notification_deliver",
     "notification_payload",
     "notification_retry_delay",

@@ -19,13 +19,16 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from fleet.core.background import task_queue
 from fleet.core.choices import BoxState
+from fleet.core.events import events_record_batch
 from fleet.monitoring.choices import AlertRuleKind, AlertState, NotificationEvent
 from fleet.monitoring.models import Alert, AlertRule, NotificationDelivery
-from fleet.monitoring.services.events import events_record_batch
 from fleet.telemetry.models import BoxStatus, WanStatus
 
 logger = logging.getLogger(__name__)
+
+NOTIFICATION_DELIVER_TASK = "fleet.monitoring.tasks.notification_deliver_task"
 
 NOTIFY_MIN_INTERVAL = timedelta(minutes=5)
 
@@ -202,13 +205,9 @@ def alert_rule_evaluate(*, rule_id: Any, now: datetime | None = None) -> Evaluat
 
 def notifications_queue(*, delivery_ids: list[Any]) -> None:
     """Queue one Celery task per delivery (call after commit)."""
-    from fleet.monitoring.tasks import notification_deliver_task
-
     for delivery_id in delivery_ids:
-        try:
-            notification_deliver_task.delay(str(delivery_id))
-        except Exception:  # the row stays pending; the stale-delivery sweep re-queues it
-            logger.warning("queueing delivery %s failed", delivery_id, exc_info=True)
+        # A delivery not queued stays pending; the stale-delivery sweep re-queues it.
+        task_queue(NOTIFICATION_DELIVER_TASK, str(delivery_id))
 
 
 def alerts_evaluate(*, now: datetime | None = None) -> EvaluationSummary:

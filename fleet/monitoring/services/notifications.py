@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from fleet.monitoring.choices import DeliveryState, TargetKind
 from fleet.monitoring.models import NotificationDelivery
+from fleet.monitoring.services.alerts import notifications_queue
 from fleet.monitoring.webhooks import webhook_post
 from provisioning.secrets import SecretDecryptionError, secret_decrypt
 
@@ -148,8 +149,6 @@ def notification_deliver(*, delivery_id: UUID | str) -> DeliveryOutcome | None:
 def notifications_requeue_stale(*, now: datetime | None = None) -> int:
     """Re-queue pending deliveries older than every retry schedule (their task was lost with a
     broker restart). The row lock in ``notification_deliver`` keeps a late duplicate harmless."""
-    from fleet.monitoring.services.alerts import notifications_queue
-
     now = now or timezone.now()
     ids = list(
         NotificationDelivery.objects.filter(state=DeliveryState.PENDING, created_at__lt=now - STALE_AFTER)

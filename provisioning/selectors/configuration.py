@@ -1,5 +1,5 @@
-"""Reads for provisioning: the box configuration document and its hash, the server peers document,
-capacity and pool utilisation summaries. Every function here runs a constant number of queries."""
+"""The documents provisioning serves: a box's desired configuration and its hash, and an aggregation
+server's peers document. Every function here runs a constant number of queries."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, F, Prefetch, Q, QuerySet
+from django.db.models import Prefetch, QuerySet
 
 from fleet.core.choices import BoxState
 from fleet.core.models import Box
-from provisioning.addressing import host_address, pool_size, tunnel_ends
+from provisioning.addressing import host_address, tunnel_ends
 from provisioning.choices import AssignmentState, PoolPurpose, TunnelKind
-from provisioning.models import AddressAssignment, AddressPool, AggregationServer, TunnelCredential
+from provisioning.models import AddressAssignment, AggregationServer, TunnelCredential
 from provisioning.secrets import secret_decrypt
 
 SHADOWSOCKS_METHOD = "chacha20-ietf-poly1305"
@@ -201,50 +201,3 @@ def server_peers_document(*, server: AggregationServer) -> tuple[list[dict[str, 
             }
         )
     return peers, canonical_hash(peers)
-
-
-def server_capacity_summary() -> list[dict[str, Any]]:
-    """Per server: capacity, assigned boxes, spare slots, status and region (one query)."""
-    return [
-        {
-            "id": str(row["id"]),
-            "name": row["name"],
-            "region": row["region__code"],
-            "status": row["status"],
-            "capacity": row["capacity"],
-            "assigned": row["assigned_boxes"],
-            "spare": row["capacity"] - row["assigned_boxes"],
-        }
-        for row in AggregationServer.objects.order_by("region__code", "name").values(
-            "id", "name", "region__code", "status", "capacity", "assigned_boxes"
-        )
-    ]
-
-
-def pools_with_utilisation() -> QuerySet[AddressPool]:
-    """Pools annotated with ``active_count`` and ``quarantined_count`` (one query for any number)."""
-    return AddressPool.objects.select_related("region", "server").annotate(
-        active_count=Count("assignments", filter=Q(assignments__state=AssignmentState.ACTIVE)),
-        quarantined_count=Count("assignments", filter=Q(assignments__state=AssignmentState.QUARANTINED)),
-    )
-
-
-def pool_utilisation(pool: AddressPool) -> dict[str, int]:
-    """size / active / quarantined / free of a pool annotated by ``pools_with_utilisation``."""
-    size = pool_size(pool.cidr, pool.prefix_length)
-    active = getattr(pool, "active_count", None)
-    quarantined = getattr(pool, "quarantined_count", None)
-    if active is None or quarantined is None:
-        counts = pool.assignments.aggregate(
-            active=Count("id", filter=Q(state=AssignmentState.ACTIVE)),
-            quarantined=Count("id", filter=Q(state=AssignmentState.QUARANTINED)),
-        )
-        active, quarantined = counts["active"], counts["quarantined"]
-    return {"size": size, "active": active, "quarantined": quarantined, "free": size - active - quarantined}
-
-
-def servers_with_spare() -> QuerySet[AggregationServer]:
-    """Servers annotated with ``spare`` (capacity minus assigned boxes)."""
-    return AggregationServer.objects.select_related("region").annotate(
-        spare=F("capacity") - F("assigned_boxes")
-    )

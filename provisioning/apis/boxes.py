@@ -1,4 +1,7 @@
-"""Customer box endpoints: list and detail, claim, WAN policy, unclaim, transfer, audit trail."""
+"""Box endpoints: what customers do (list and detail, rename and tag, claim, WAN policy, unclaim,
+transfer) and what staff do (reassign to another server, release addresses, revoke credentials,
+decommission). Each parses, checks the caller's role, calls one lifecycle or configuration service and
+answers with the box."""
 
 from __future__ import annotations
 
@@ -11,23 +14,28 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from fleet.core import selectors
 from fleet.core.access import box_for, organization_for
 from fleet.core.apis.base import ApiView
+from fleet.core.audit import Actor
 from fleet.core.choices import Role
-from fleet.core.errors import InvalidInput
+from fleet.core.errors import InvalidInput, NotFound
 from fleet.core.models import Box
-from fleet.core.permissions import IsPerson
-from fleet.core.serializers import (
-    AuditEntrySerializer,
-    BoxOutputSerializer,
-    SerialField,
-    StrictCharField,
-    StrictSerializer,
-    StrictUUIDField,
-    represent,
+from fleet.core.permissions import IsPerson, IsStaff
+from fleet.core.selectors import memberships_of_user
+from fleet.core.serializers import SerialField, StrictCharField, StrictSerializer, StrictUUIDField, represent
+from provisioning.models import AggregationServer
+from provisioning.selectors.boxes import box_list, boxes_annotated
+from provisioning.serializers import BoxOutputSerializer
+from provisioning.services.configuration import box_set_wan_policy, box_update
+from provisioning.services.lifecycle import (
+    box_claim,
+    box_decommission,
+    box_reassign_server,
+    box_release_addresses,
+    box_revoke_credentials,
+    box_transfer,
+    box_unclaim,
 )
-from fleet.core.services import box_set_wan_policy, box_update
 
 BOX_FILTER_PARAMETERS = [
     OpenApiParameter("organization", OpenApiTypes.UUID),
@@ -46,7 +54,7 @@ def box_output(box: Box) -> dict[str, Any]:
     already (the provisioning service fills ``public_ipv4`` and the server's region from the
     placement); any other is re-read."""
     if not hasattr(box, "public_ipv4"):
-        box = selectors.boxes_annotated(Box.objects.filter(pk=box.pk)).get()
+        box = boxes_annotated(Box.objects.filter(pk=box.pk)).get()
     return represent(BoxOutputSerializer, box)
 
 
@@ -58,7 +66,7 @@ class BoxListApi(ApiView):
         filters = {
             key: value for key, value in request.query_params.items() if key not in {"limit", "offset"}
         }
-        queryset = selectors.box_list(user=request.user, auth=request.auth, filters=filters)
+        queryset = box_list(user=request.user, auth=request.auth, filters=filters)
         return self.paginated(request, queryset, BoxOutputSerializer)
 
 
@@ -93,14 +101,12 @@ class BoxClaimApi(ApiView):
 
     @extend_schema(request=InputSerializer, responses={201: BoxOutputSerializer})
     def post(self, request: Request) -> Response:
-        from provisioning.services import box_claim
-
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
         organization_id = values.get("organization")
         if organization_id is None:
-            memberships = list(selectors.memberships_of_user(user=request.user, auth=request.auth)[:2])
+            memberships = list(memberships_of_user(user=request.user, auth=request.auth)[:2])
             if len(memberships) != 1:
                 raise InvalidInput("say which organization claims the box", field="organization")
             organization_id = memberships[0].organization_id
@@ -146,8 +152,6 @@ class BoxUnclaimApi(ApiView):
 
     @extend_schema(request=None, responses={200: BoxOutputSerializer})
     def post(self, request: Request, box_id: uuid.UUID) -> Response:
-        from provisioning.services import box_unclaim
-
         box = box_for(request.user, box_id, Role.ADMIN, request.auth)
         box = box_unclaim(actor=self.actor(request), box=box)
         return Response(box_output(box))
@@ -161,8 +165,6 @@ class BoxTransferApi(ApiView):
 
     @extend_schema(request=InputSerializer, responses={200: BoxOutputSerializer})
     def post(self, request: Request, box_id: uuid.UUID) -> Response:
-        from provisioning.services import box_transfer
-
         box = box_for(request.user, box_id, Role.OWNER, request.auth)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -171,30 +173,84 @@ class BoxTransferApi(ApiView):
         return Response(box_output(box))
 
 
-class BoxAuditApi(ApiView):
-    permission_classes = [IsPerson]
-
-    @extend_schema(responses={200: AuditEntrySerializer(many=True)})
-    def get(self, request: Request, box_id: uuid.UUID) -> Response:
-        box = box_for(request.user, box_id, Role.VIEWER, request.auth)
-        return self.paginated(request, selectors.audit_of_box(box=box), AuditEntrySerializer)
+# --- staff box actions -------------------------------------------------------------------------------
 
 
-class AuditListApi(ApiView):
-    """Staff read every entry; owners and admins the entries of their organisations."""
+class BoxProvisioningOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    serial = serializers.CharField()
+    state = serializers.CharField()
+    organization = serializers.UUIDField(source="organization_id", allow_null=True)
+    server = serializers.UUIDField(source="server_id", allow_null=True)
+    tunnel_port = serializers.IntegerField(allow_null=True)
+    config_hash = serializers.CharField()
 
-    permission_classes = [IsPerson]
+
+def _box_action(request: Request, box_id: uuid.UUID, action: Any, **kwargs: Any) -> Response:
+    box = Box.objects.filter(pk=box_id).first()
+    if box is None:
+        raise NotFound("box not found")
+    box = action(actor=Actor.from_request(request), box=box, **kwargs)
+    return Response(BoxProvisioningOutput(Box.objects.get(pk=box.pk)).data)
+
+
+class BoxReassignServerApi(ApiView):
+    permission_classes = [IsStaff]
+
+    class InputSerializer(serializers.Serializer):
+        server = serializers.PrimaryKeyRelatedField(
+            queryset=AggregationServer.objects.all(), required=False, allow_null=True
+        )
 
     @extend_schema(
-        parameters=[
-            OpenApiParameter("action", str, description="action prefix, e.g. box."),
-            OpenApiParameter("actor", str),
-            OpenApiParameter("serial", str),
-            OpenApiParameter("q", str),
-        ],
-        responses={200: AuditEntrySerializer(many=True)},
+        summary="Move a box to another aggregation server (the given one, or the best other one)",
+        request=InputSerializer,
+        responses=BoxProvisioningOutput,
+        tags=["boxes"],
     )
-    def get(self, request: Request) -> Response:
-        filters = {key: request.query_params.get(key) for key in ("action", "actor", "serial", "q")}
-        queryset = selectors.audit_visible(user=request.user, auth=request.auth, filters=filters)
-        return self.paginated(request, queryset, AuditEntrySerializer)
+    def post(self, request: Request, box_id: uuid.UUID) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return _box_action(request, box_id, box_reassign_server, server=data.validated_data.get("server"))
+
+
+class BoxReleaseAddressesApi(ApiView):
+    permission_classes = [IsStaff]
+
+    @extend_schema(
+        summary="Quarantine every address of a box",
+        request=None,
+        responses=BoxProvisioningOutput,
+        tags=["boxes"],
+    )
+    def post(self, request: Request, box_id: uuid.UUID) -> Response:
+        return _box_action(request, box_id, box_release_addresses)
+
+
+class BoxRevokeCredentialsApi(ApiView):
+    permission_classes = [IsStaff]
+
+    class InputSerializer(serializers.Serializer):
+        include_agent = serializers.BooleanField(default=False)
+        reissue = serializers.BooleanField(default=False)
+
+    @extend_schema(
+        summary="Revoke a box's tunnel credentials (optionally its agent credential; optionally reissue)",
+        request=InputSerializer,
+        responses=BoxProvisioningOutput,
+        tags=["boxes"],
+    )
+    def post(self, request: Request, box_id: uuid.UUID) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return _box_action(request, box_id, box_revoke_credentials, **data.validated_data)
+
+
+class BoxDecommissionApi(ApiView):
+    permission_classes = [IsStaff]
+
+    @extend_schema(
+        summary="Retire a box for good", request=None, responses=BoxProvisioningOutput, tags=["boxes"]
+    )
+    def post(self, request: Request, box_id: uuid.UUID) -> Response:
+        return _box_action(request, box_id, box_decommission)

@@ -21,7 +21,12 @@ from django.core.management.base import BaseCommand
 from fleet.core.audit import Actor
 from fleet.core.choices import BoxState
 from fleet.core.models import Box, Membership, Organization
-from fleet.core.services import box_set_wan_policy, boxes_import, organization_create, organization_update
+from fleet.core.services import organization_create, organization_update
+from provisioning.models import AddressPool, AggregationServer, Region
+from provisioning.services.configuration import box_set_wan_policy
+from provisioning.services.infrastructure import pool_create, region_create, server_create
+from provisioning.services.inventory import boxes_import
+from provisioning.services.lifecycle import box_claim
 
 URL = "http://127.0.0.1:8000/"
 ORGANIZATION = "Demo Corp"
@@ -109,8 +114,6 @@ class Command(BaseCommand):
         )
 
     def _infrastructure(self, actor: Actor) -> dict[str, Any]:
-        from provisioning.models import AddressPool, AggregationServer, Region
-        from provisioning.services import pool_create, region_create, server_create
 
         regions: dict[str, Any] = {}
         for spec in REGIONS:
@@ -159,8 +162,6 @@ class Command(BaseCommand):
         return organization
 
     def _boxes(self, actor: Actor, organization: Organization) -> None:
-        from provisioning.services import box_claim
-
         report = boxes_import(actor=actor, rows=[demo_box(index) for index in range(1, BOX_COUNT + 1)])
         self.stdout.write(
             f"boxes: {report.created} imported, {report.unchanged} already there, {report.rejected} rejected"

@@ -1,4 +1,5 @@
-"""REST edges of provisioning: the server peers endpoint and the staff-only management API.
+"""REST edges of the infrastructure: the server peers endpoint and the staff-only management of
+regions, aggregation servers and address pools.
 
 Each view parses with a nested input serializer, calls one service or selector, and serialises.
 """
@@ -12,19 +13,19 @@ from django.db.models import F
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
+from fleet.core.apis.base import ApiView, etag_matches
 from fleet.core.audit import Actor
-from fleet.core.authentication import ServerPrincipal
 from fleet.core.errors import NotFound
-from fleet.core.models import Box
-from fleet.core.permissions import IsAggregationServer, IsStaff
-from provisioning import selectors, services
+from fleet.core.permissions import IsStaff
+from provisioning.authentication import IsAggregationServer, ServerPrincipal
 from provisioning.choices import PoolPurpose, ServerStatus
 from provisioning.models import AddressPool, AggregationServer, Region
+from provisioning.selectors.configuration import server_peers_document
+from provisioning.selectors.infrastructure import pool_utilisation, pools_with_utilisation
+from provisioning.services import infrastructure as services
 
 
 def _get(model: Any, pk: Any, what: str, queryset: Any = None) -> Any:
@@ -34,24 +35,10 @@ def _get(model: Any, pk: Any, what: str, queryset: Any = None) -> Any:
         raise NotFound(f"{what} not found") from exc
 
 
-def _etag_matches(request: Request, etag: str) -> bool:
-    header = request.headers.get("If-None-Match", "")
-    candidates = {value.strip().removeprefix("W/").strip('"') for value in header.split(",")}
-    return etag in candidates or "*" in candidates
-
-
-def _page(
-    request: Request, view: APIView, queryset: Any, serializer: type[serializers.Serializer]
-) -> Response:
-    paginator = LimitOffsetPagination()
-    page: Any = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer(page, many=True).data)
-
-
 # --- peers ------------------------------------------------------------------------------------------
 
 
-class ServerPeersApi(APIView):
+class ServerPeersApi(ApiView):
     """The boxes an aggregation server terminates, for its own tunnel configuration."""
 
     permission_classes = [IsAggregationServer]
@@ -79,9 +66,9 @@ class ServerPeersApi(APIView):
     )
     def get(self, request: Request) -> Response:
         server = cast(ServerPrincipal, request.user).server
-        peers, etag = selectors.server_peers_document(server=server)
+        peers, etag = server_peers_document(server=server)
         headers = {"ETag": f'"{etag}"', "Cache-Control": "no-store"}
-        if _etag_matches(request, etag):
+        if etag_matches(request.headers.get("If-None-Match", ""), etag):
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers=headers)
         body = {"server": server.name, "etag": etag, "count": len(peers), "peers": peers}
         return Response(body, headers=headers)
@@ -96,7 +83,7 @@ class RegionOutput(serializers.ModelSerializer):
         fields = ["id", "code", "name"]
 
 
-class RegionListApi(APIView):
+class RegionListApi(ApiView):
     permission_classes = [IsStaff]
 
     class InputSerializer(serializers.Serializer):
@@ -105,7 +92,7 @@ class RegionListApi(APIView):
 
     @extend_schema(summary="List regions", responses=RegionOutput(many=True), tags=["servers"])
     def get(self, request: Request) -> Response:
-        return _page(request, self, Region.objects.order_by("code"), RegionOutput)
+        return self.paginated(request, Region.objects.order_by("code"), RegionOutput)
 
     @extend_schema(
         summary="Create a region", request=InputSerializer, responses={201: RegionOutput}, tags=["servers"]
@@ -164,7 +151,7 @@ def _servers() -> Any:
     )
 
 
-class ServerListApi(APIView):
+class ServerListApi(ApiView):
     permission_classes = [IsStaff]
 
     class InputSerializer(serializers.Serializer):
@@ -181,7 +168,7 @@ class ServerListApi(APIView):
 
     @extend_schema(summary="List aggregation servers", responses=ServerOutput(many=True), tags=["servers"])
     def get(self, request: Request) -> Response:
-        return _page(request, self, _servers().order_by("name"), ServerOutput)
+        return self.paginated(request, _servers().order_by("name"), ServerOutput)
 
     @extend_schema(
         summary="Create an aggregation server",
@@ -198,7 +185,7 @@ class ServerListApi(APIView):
         return Response(ServerCreatedOutput(server).data, status=status.HTTP_201_CREATED)
 
 
-class ServerDetailApi(APIView):
+class ServerDetailApi(ApiView):
     permission_classes = [IsStaff]
 
     class InputSerializer(serializers.Serializer):
@@ -231,7 +218,7 @@ class ServerDetailApi(APIView):
         return Response(ServerOutput(_get(AggregationServer, server_id, "server", _servers())).data)
 
 
-class ServerRotateTokenApi(APIView):
+class ServerRotateTokenApi(ApiView):
     permission_classes = [IsStaff]
 
     @extend_schema(
@@ -278,10 +265,10 @@ class PoolOutput(serializers.ModelSerializer):
         )
     )
     def get_utilisation(self, pool: AddressPool) -> dict[str, int]:
-        return selectors.pool_utilisation(pool)
+        return pool_utilisation(pool)
 
 
-class PoolListApi(APIView):
+class PoolListApi(ApiView):
     permission_classes = [IsStaff]
 
     class InputSerializer(serializers.Serializer):
@@ -300,7 +287,7 @@ class PoolListApi(APIView):
         summary="List address pools with utilisation", responses=PoolOutput(many=True), tags=["pools"]
     )
     def get(self, request: Request) -> Response:
-        return _page(request, self, selectors.pools_with_utilisation().order_by("name"), PoolOutput)
+        return self.paginated(request, pools_with_utilisation().order_by("name"), PoolOutput)
 
     @extend_schema(
         summary="Create an address pool", request=InputSerializer, responses={201: PoolOutput}, tags=["pools"]
@@ -309,113 +296,13 @@ class PoolListApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         pool = services.pool_create(actor=Actor.from_request(request), **data.validated_data)
-        pool = selectors.pools_with_utilisation().get(pk=pool.pk)
+        pool = pools_with_utilisation().get(pk=pool.pk)
         return Response(PoolOutput(pool).data, status=status.HTTP_201_CREATED)
 
 
-class PoolDetailApi(APIView):
+class PoolDetailApi(ApiView):
     permission_classes = [IsStaff]
 
     @extend_schema(summary="An address pool with utilisation", responses=PoolOutput, tags=["pools"])
     def get(self, request: Request, pool_id: UUID) -> Response:
-        return Response(
-            PoolOutput(_get(AddressPool, pool_id, "pool", selectors.pools_with_utilisation())).data
-        )
-
-
-# --- staff box actions -------------------------------------------------------------------------------
-
-
-class BoxProvisioningOutput(serializers.Serializer):
-    id = serializers.UUIDField()
-    serial = serializers.CharField()
-    state = serializers.CharField()
-    organization = serializers.UUIDField(source="organization_id", allow_null=True)
-    server = serializers.UUIDField(source="server_id", allow_null=True)
-    tunnel_port = serializers.IntegerField(allow_null=True)
-    config_hash = serializers.CharField()
-
-
-def _box_action(request: Request, box_id: UUID, action: Any, **kwargs: Any) -> Response:
-    box = _get(Box, box_id, "box")
-    box = action(actor=Actor.from_request(request), box=box, **kwargs)
-    return Response(BoxProvisioningOutput(Box.objects.get(pk=box.pk)).data)
-
-
-class BoxReassignServerApi(APIView):
-    permission_classes = [IsStaff]
-
-    class InputSerializer(serializers.Serializer):
-        server = serializers.PrimaryKeyRelatedField(
-            queryset=AggregationServer.objects.all(), required=False, allow_null=True
-        )
-
-    @extend_schema(
-        summary="Move a box to another aggregation server (the given one, or the best other one)",
-        request=InputSerializer,
-        responses=BoxProvisioningOutput,
-        tags=["boxes"],
-    )
-    def post(self, request: Request, box_id: UUID) -> Response:
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        return _box_action(
-            request, box_id, services.box_reassign_server, server=data.validated_data.get("server")
-        )
-
-
-class BoxReleaseAddressesApi(APIView):
-    permission_classes = [IsStaff]
-
-    @extend_schema(
-        summary="Quarantine every address of a box",
-        request=None,
-        responses=BoxProvisioningOutput,
-        tags=["boxes"],
-    )
-    def post(self, request: Request, box_id: UUID) -> Response:
-        return _box_action(request, box_id, services.box_release_addresses)
-
-
-class BoxRevokeCredentialsApi(APIView):
-    permission_classes = [IsStaff]
-
-    class InputSerializer(serializers.Serializer):
-        include_agent = serializers.BooleanField(default=False)
-        reissue = serializers.BooleanField(default=False)
-
-    @extend_schema(
-        summary="Revoke a box's tunnel credentials (optionally its agent credential; optionally reissue)",
-        request=InputSerializer,
-        responses=BoxProvisioningOutput,
-        tags=["boxes"],
-    )
-    def post(self, request: Request, box_id: UUID) -> Response:
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        return _box_action(request, box_id, services.box_revoke_credentials, **data.validated_data)
-
-
-class BoxDecommissionApi(APIView):
-    permission_classes = [IsStaff]
-
-    @extend_schema(
-        summary="Retire a box for good", request=None, responses=BoxProvisioningOutput, tags=["boxes"]
-    )
-    def post(self, request: Request, box_id: UUID) -> Response:
-        return _box_action(request, box_id, services.box_decommission)
-
-
-__all__ = [
-    "BoxDecommissionApi",
-    "BoxReassignServerApi",
-    "BoxReleaseAddressesApi",
-    "BoxRevokeCredentialsApi",
-    "PoolDetailApi",
-    "PoolListApi",
-    "RegionListApi",
-    "ServerDetailApi",
-    "ServerListApi",
-    "ServerPeersApi",
-    "ServerRotateTokenApi",
-]
+        return Response(PoolOutput(_get(AddressPool, pool_id, "pool", pools_with_utilisation())).data)

@@ -1,24 +1,37 @@
-"""The box event timeline: append events, then broadcast each to the people watching after commit."""
+"""The box event timeline: the one way to record an event. Events are appended in the caller's
+transaction (atomic with what caused them) and broadcast to the people watching after commit.
+
+The live paths that write in raw SQL on their own connections (the session gate) build their rows
+with :func:`event_rows` and broadcast with :func:`aevents_broadcast` after their commit."""
 
 from __future__ import annotations
 
+import json
 import logging
-from datetime import datetime, timedelta
-from typing import Any, cast
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
 from uuid import UUID
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from fleet.core.choices import EventKind
+from fleet.core.doorbells import abroadcast_to_people, broadcast_to_people
 from fleet.core.errors import InvalidInput
-from fleet.core.models import Box
-from fleet.monitoring.choices import AlertState, EventKind
-from fleet.monitoring.models import Alert, Event
+from fleet.core.models import Box, Event
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 5000
+
+# The raw-SQL form of ``events_record_batch`` for the live paths on their own async connections: one
+# INSERT of column arrays, in the caller's transaction (see ``event_rows``).
+EVENTS_INSERT_SQL = (
+    f"INSERT INTO {Event._meta.db_table} (id, box_id, organization_id, kind, ts, data) "  # noqa: S608
+    "SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::text[], %s::timestamptz[], %s::jsonb[])"
+)
 
 
 def event_payload(event: Event) -> dict[str, Any]:
@@ -38,10 +51,6 @@ def _people_message(event: Event) -> dict[str, Any]:
 
 
 def _broadcast(events: list[Event]) -> None:
-    try:
-        from fleet.core.doorbells import broadcast_to_people
-    except ImportError:  # no live layer deployed: the timeline API still has everything
-        return
     for event in events:
         try:
             broadcast_to_people(event.box_id, event.organization_id, _people_message(event))
@@ -52,8 +61,6 @@ def _broadcast(events: list[Event]) -> None:
 async def aevents_broadcast(events: list[Event]) -> None:
     """Broadcast committed events to the people watching, from the event loop (the live paths that
     write events in raw SQL call this after their commit)."""
-    from fleet.core.doorbells import abroadcast_to_people
-
     for event in events:
         await abroadcast_to_people(event.box_id, event.organization_id, _people_message(event))
 
@@ -119,38 +126,27 @@ def event_record(
     )[0]
 
 
-def _prune(queryset: Any, order: str, batch_size: int, max_batches: int) -> int:
-    """Delete the rows of ``queryset`` in ``order``, ``batch_size`` per short transaction, at most
-    ``max_batches`` batches (the next run goes on). Returns how many were deleted."""
-    deleted = 0
-    for _ in range(max_batches):
-        with transaction.atomic():
-            ids = list(queryset.order_by(order).values_list("id", flat=True)[:batch_size])
-            if not ids:
-                break
-            queryset.model.objects.filter(id__in=ids).delete()
-        deleted += len(ids)
-        if len(ids) < batch_size:
-            break
-    return deleted
-
-
-def events_prune(*, now: datetime | None = None, batch_size: int = 5000, max_batches: int = 200) -> int:
-    """Delete the history older than ``EVENT_RETENTION_DAYS``: timeline events, and resolved alerts
-    with their notification deliveries. Oldest first, ``batch_size`` per short transaction (a year of
-    a large fleet is millions of rows: one DELETE would hold locks and bloat for minutes). Returns how
-    many events and alerts were deleted."""
-    days = int(cast(Any, settings.OTB)["EVENT_RETENTION_DAYS"])
-    cutoff = (now or timezone.now()) - timedelta(days=days)
-    events = _prune(Event.objects.filter(ts__lt=cutoff), "ts", batch_size, max_batches)
-    alerts = _prune(
-        Alert.objects.filter(state=AlertState.RESOLVED, resolved_at__lt=cutoff),
-        "resolved_at",
-        batch_size,
-        max_batches,
-    )
-    if events or alerts:
-        logger.info(
-            "pruned %d events and %d resolved alerts older than %s", events, alerts, cutoff.isoformat()
+def event_rows(
+    events: Iterable[tuple[Any, Any, datetime, str, dict[str, Any]]],
+) -> tuple[list[Event], tuple[list[Any], ...]]:
+    """(box id, organisation id, ts, kind, data) tuples as unsaved ``Event`` objects (to broadcast
+    after the commit) and as the column arrays of ``EVENTS_INSERT_SQL``. A kind that is not an
+    ``EventKind`` raises InvalidInput before anything is written, as ``events_record_batch`` does."""
+    objects = []
+    for box_id, organization_id, ts, kind, data in events:
+        if kind not in EventKind.values:
+            raise InvalidInput(f"unknown event kind {kind!r}", field="kind")
+        objects.append(
+            Event(
+                id=uuid.uuid4(), box_id=box_id, organization_id=organization_id, kind=kind, ts=ts, data=data
+            )
         )
-    return events + alerts
+    columns = (
+        [event.id for event in objects],
+        [event.box_id for event in objects],
+        [event.organization_id for event in objects],
+        [event.kind for event in objects],
+        [event.ts for event in objects],
+        [json.dumps(event.data) for event in objects],
+    )
+    return objects, columns

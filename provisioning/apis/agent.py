@@ -1,11 +1,11 @@
-"""Endpoints of the on-box agent: enroll, fetch the configuration (ETag), report it applied,
-download and upload a speed-test payload."""
+"""Endpoints of the on-box agent about its identity and configuration: enroll, fetch the desired
+configuration (ETag), report it applied. (The speed-test payload endpoint is ``fleet.commands``.)"""
 
 from __future__ import annotations
 
 from typing import Any, cast
 
-from django.http import HttpResponseNotModified, StreamingHttpResponse
+from django.http import HttpResponseNotModified
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
@@ -13,31 +13,13 @@ from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from fleet.commands.speedtest import (
-    SpeedtestPayload,
-    speedtest_download_size,
-    speedtest_receive,
-    speedtest_slot_acquire,
-    speedtest_upload_size,
-)
-from fleet.core.apis.base import ApiView
+from fleet.core.apis.base import ApiView, etag_matches
 from fleet.core.authentication import AgentPrincipal, BearerTokenAuthentication
 from fleet.core.permissions import IsAgent
 from fleet.core.serializers import SerialField, StrictCharField, StrictSerializer
-from fleet.core.services import box_config_applied, box_enroll
-
-
-def etag_matches(if_none_match: str, config_hash: str) -> bool:
-    """True when an ``If-None-Match`` header names ``config_hash`` (strong or weak, any in a list)."""
-    for candidate in if_none_match.split(","):
-        tag = candidate.strip()
-        if tag == "*":
-            return True
-        if tag.startswith("W/"):
-            tag = tag[2:]
-        if tag.strip('"') == config_hash:
-            return True
-    return False
+from provisioning.selectors.configuration import box_config_document
+from provisioning.services.configuration import box_config_applied, box_config_refresh
+from provisioning.services.enrollment import box_enroll
 
 
 class AgentEnrollApi(ApiView):
@@ -87,11 +69,7 @@ class AgentConfigApi(ApiView):
             response = HttpResponseNotModified()
             response["ETag"] = f'"{box.config_hash}"'
             return response
-        from provisioning.selectors import box_config_document
-
         if not box.config_hash:
-            from provisioning.services import box_config_refresh
-
             box_config_refresh(box=box)
         document = box_config_document(box=box)
         if if_none_match and etag_matches(if_none_match, document["config_hash"]):
@@ -122,62 +100,3 @@ class AgentConfigAppliedApi(ApiView):
         data.is_valid(raise_exception=True)
         box = box_config_applied(box=cast(AgentPrincipal, request.user).box, **data.validated_data)
         return Response(self.OutputSerializer(box).data)
-
-
-class AgentSpeedtestApi(ApiView):
-    """The speed test: GET downloads zero bytes, POST uploads a body that is counted and discarded
-    (read in chunks, never buffered: ``streams_body``). One test per box at a time."""
-
-    authentication_classes = [BearerTokenAuthentication]
-    permission_classes = [IsAgent]
-    streams_body = True
-
-    class OutputSerializer(serializers.Serializer):
-        bytes = serializers.IntegerField(help_text="bytes of the body the server received")
-        duration_s = serializers.FloatField(help_text="seconds from its first byte to its last")
-
-    @extend_schema(
-        description=(
-            "Download that many zero bytes (Content-Length set)."
-            " 429 with Retry-After while another test of the box runs."
-        ),
-        parameters=[
-            OpenApiParameter("bytes", int, description="payload size, at most 100 MB (default 10 MB)")
-        ],
-        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY},
-    )
-    def get(self, request: Request) -> StreamingHttpResponse:
-        size = speedtest_download_size(request.query_params.get("bytes"))
-        slot = speedtest_slot_acquire(box_id=cast(AgentPrincipal, request.user).box.pk)
-        response = StreamingHttpResponse(
-            SpeedtestPayload(size, slot), content_type="application/octet-stream"
-        )
-        response["Content-Length"] = str(size)
-        response["Cache-Control"] = "no-store"
-        return response
-
-    @extend_schema(
-        description=(
-            "Upload any body of up to 100 MB with a Content-Length (411 without one, 413 over the cap);"
-            " it is counted and discarded. 429 with Retry-After while another test of the box runs."
-        ),
-        request={"application/octet-stream": OpenApiTypes.BINARY},
-        responses={200: OutputSerializer},
-    )
-    def post(self, request: Request) -> Response:
-        size = speedtest_upload_size(request.META.get("CONTENT_LENGTH"))
-        slot = speedtest_slot_acquire(box_id=cast(AgentPrincipal, request.user).box.pk)
-        try:
-            result = speedtest_receive(stream=request._request, size=size, slot=slot)
-        finally:
-            slot.release()
-        return Response(self.OutputSerializer(result).data, headers={"Cache-Control": "no-store"})
-
-
-__all__ = [
-    "AgentConfigApi",
-    "AgentConfigAppliedApi",
-    "AgentEnrollApi",
-    "AgentSpeedtestApi",
-    "etag_matches",
-]

@@ -15,8 +15,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from fleet.core.audit import Actor
-from fleet.core.services import ImportReport, boxes_import
-from fleet.core.services.boxes import IMPORT_FIELDS
+from provisioning.services.inventory import IMPORT_FIELDS, ImportReport, boxes_import
 
 
 class Command(BaseCommand):

@@ -19,6 +19,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from fleet.core.audit import Actor
 from fleet.core.errors import DomainError
+from fleet.firmware import services
+from fleet.firmware.models import Release
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -51,8 +53,6 @@ class Command(BaseCommand):
         parser.add_argument("--publish", action="store_true", help="publish the release afterwards")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from fleet.firmware import services
-        from fleet.firmware.models import Release
 
         image = Path(options["image"])
         if not image.is_file():

@@ -1,0 +1,164 @@
+"""The box's desired configuration: the settings a customer edits (name, tags, WAN policy), the config
+hash kept current whenever an input of the configuration document changes (with a doorbell to the live
+session on commit), and what the box reports having applied.
+
+Every public function runs in ``transaction.atomic`` and audits the change in the same transaction."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from fleet.core.audit import Actor, audit_record
+from fleet.core.choices import EventKind
+from fleet.core.doorbells import doorbell_config_changed
+from fleet.core.errors import InvalidInput
+from fleet.core.events import event_record
+from fleet.core.models import Box
+from provisioning.selectors.configuration import box_config_document, boxes_config_hashes
+from provisioning.wan_policy import wan_policy_validate
+
+APPLY_ERROR_MAX_BYTES = 4096
+MAX_TAGS = 20
+TAG_RE = re.compile(r"[A-Za-z0-9._:-]{1,40}")
+
+
+def config_changed_on_commit(changes: list[tuple[Any, str]]) -> None:
+    """Ring the live session of each (box id, new config hash) once the transaction commits."""
+    if not changes:
+        return
+
+    def ring() -> None:
+        for box_id, config_hash in changes:
+            doorbell_config_changed(box_id, config_hash)
+
+    transaction.on_commit(ring)
+
+
+@transaction.atomic
+def box_config_refresh(*, box: Box) -> str:
+    """Recompute and store the box's config hash; when it changed, ring the live doorbell on commit."""
+    config_hash = box_config_document(box=box)["config_hash"]
+    if box.config_hash != config_hash:
+        box.config_hash = config_hash
+        Box.objects.filter(pk=box.pk).update(config_hash=config_hash, updated_at=timezone.now())
+        config_changed_on_commit([(box.pk, config_hash)])
+    return config_hash
+
+
+@transaction.atomic
+def boxes_config_refresh(*, boxes: QuerySet[Box]) -> int:
+    """Recompute the config hash of many boxes in a constant number of queries; returns how many
+    changed. Each changed box gets a doorbell on commit."""
+    hashes = boxes_config_hashes(boxes=boxes)
+    current = dict(Box.objects.filter(pk__in=list(hashes)).values_list("pk", "config_hash"))
+    changed = [Box(pk=pk, config_hash=value) for pk, value in hashes.items() if current.get(pk) != value]
+    if changed:
+        Box.objects.bulk_update(changed, ["config_hash"], batch_size=500)
+        config_changed_on_commit([(box.pk, box.config_hash) for box in changed])
+    return len(changed)
+
+
+# -- customer settings --------------------------------------------------------------------------
+
+
+def _tags_clean(tags: Any) -> list[str]:
+    if not isinstance(tags, list):
+        raise InvalidInput("tags is a list of strings", field="tags")
+    if len(tags) > MAX_TAGS:
+        raise InvalidInput(f"at most {MAX_TAGS} tags", field="tags")
+    cleaned: list[str] = []
+    for index, tag in enumerate(tags):
+        if not isinstance(tag, str) or not TAG_RE.fullmatch(tag):
+            raise InvalidInput("a tag is 1 to 40 characters from A-Z a-z 0-9 . _ : -", field=f"tags[{index}]")
+        if tag not in cleaned:
+            cleaned.append(tag)
+    return cleaned
+
+
+@transaction.atomic
+def box_update(*, actor: Actor, box: Box, name: str | None = None, tags: list[str] | None = None) -> Box:
+    """Rename a box or replace its tags. The name is part of the configuration document, so a rename
+    refreshes the config hash."""
+    box = Box.objects.select_for_update().get(pk=box.pk)
+    before = {"name": box.name, "tags": list(box.tags)}
+    fields: list[str] = []
+    if name is not None:
+        if not isinstance(name, str) or len(name.strip()) > 100 or not name.isprintable():
+            raise InvalidInput("name must be printable text of at most 100 characters", field="name")
+        box.name = name.strip()
+        fields.append("name")
+    if tags is not None:
+        box.tags = _tags_clean(tags)
+        fields.append("tags")
+    if fields and {"name": box.name, "tags": box.tags} != before:
+        box.save(update_fields=[*fields, "updated_at"])
+        if box.name != before["name"]:
+            box_config_refresh(box=box)
+        audit_record(
+            actor=actor,
+            action="box.update",
+            box=box,
+            target=box,
+            before=before,
+            after={"name": box.name, "tags": list(box.tags)},
+        )
+    return box
+
+
+@transaction.atomic
+def box_set_wan_policy(*, actor: Actor, box: Box, mode: str, interfaces: list[dict[str, Any]]) -> Box:
+    """Replace the box's WAN policy (validated, see ``provisioning.wan_policy``) and recompute its
+    configuration hash so the agent picks it up."""
+    policy = wan_policy_validate(mode=mode, interfaces=interfaces)
+    box = Box.objects.select_for_update().get(pk=box.pk)
+    before = box.wan_policy
+    box.wan_policy = policy
+    box.save(update_fields=["wan_policy", "updated_at"])
+    box_config_refresh(box=box)
+    audit_record(actor=actor, action="box.set_wan_policy", box=box, target=box, before=before, after=policy)
+    return box
+
+
+# -- configuration state reported by the box ------------------------------------------------------
+
+
+@transaction.atomic
+def box_config_applied(*, box: Box, config_hash: str, error: str | None = None) -> Box:
+    """Record what the box reports having applied: hash, time and error (capped at 4 KiB), with a
+    ``config_applied``/``config_failed`` event on its timeline in the same transaction.
+
+    Only ``applied_*``/``apply_error`` are written, so a concurrent config change is never lost.
+    """
+    if not isinstance(config_hash, str) or not re.fullmatch(r"[0-9a-fA-F]{1,64}", config_hash):
+        raise InvalidInput("config_hash must be the hex hash of a configuration", field="config_hash")
+    if error is not None and not isinstance(error, str):
+        raise InvalidInput("error must be text or null", field="error")
+    error_text = (error or "").encode("utf-8", "replace")[:APPLY_ERROR_MAX_BYTES].decode("utf-8", "ignore")
+    box = Box.objects.select_for_update().get(pk=box.pk)
+    changed = box.applied_config_hash != config_hash.lower() or box.apply_error != error_text
+    before = {"applied_config_hash": box.applied_config_hash, "apply_error": box.apply_error or None}
+    box.applied_config_hash = config_hash.lower()
+    box.apply_error = error_text
+    box.applied_at = timezone.now()
+    box.save(update_fields=["applied_config_hash", "apply_error", "applied_at"])
+    if changed:
+        audit_record(
+            actor=Actor(label=f"box:{box.serial}"),
+            action="box.config_applied",
+            box=box,
+            target=box,
+            before=before,
+            after={"applied_config_hash": box.applied_config_hash, "apply_error": error_text or None},
+        )
+        event_record(
+            box_id=box.pk,
+            kind=EventKind.CONFIG_FAILED if error_text else EventKind.CONFIG_APPLIED,
+            data={"config_hash": box.applied_config_hash, "error": error_text or None},
+            organization_id=box.organization_id,
+        )
+    return box

@@ -1,0 +1,71 @@
+"""The WAN policy of a box, validated: a pure module (no database), shared by the services that store a
+policy and the forms that edit one.
+
+A policy is ``{"mode": aggregate|load-balance|failover, "interfaces": [{"name", "role", "kind",
+"up_kbps"?, "down_kbps"?}, ...]}``; roles are primary, backup or disabled."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fleet.core.choices import WanKind, WanMode, WanRole
+from fleet.core.errors import InvalidInput
+
+INTERFACE_NAME_RE = re.compile(r"[a-z0-9._-]{1,15}")
+WAN_MAX_INTERFACES = 16
+WAN_MAX_KBPS = 10_000_000
+
+
+def _kbps_clean(value: Any, *, field: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= WAN_MAX_KBPS:
+        raise InvalidInput(f"must be a whole number from 1 to {WAN_MAX_KBPS}", field=field)
+    return value
+
+
+def wan_policy_validate(*, mode: Any, interfaces: Any) -> dict[str, Any]:
+    """The normalised WAN policy, or InvalidInput naming the offending field (``interfaces[2].name``)."""
+    if mode not in WanMode.values:
+        raise InvalidInput(f"mode must be one of {', '.join(WanMode.values)}", field="mode")
+    if not isinstance(interfaces, list):
+        raise InvalidInput("interfaces is a list of objects", field="interfaces")
+    if len(interfaces) > WAN_MAX_INTERFACES:
+        raise InvalidInput(f"at most {WAN_MAX_INTERFACES} interfaces", field="interfaces")
+    allowed = {"name", "role", "kind", "up_kbps", "down_kbps"}
+    cleaned: list[dict[str, Any]] = []
+    names: set[str] = set()
+    for index, item in enumerate(interfaces):
+        where = f"interfaces[{index}]"
+        if not isinstance(item, dict):
+            raise InvalidInput("an interface is an object", field=where)
+        unknown = sorted(str(key) for key in item if key not in allowed)
+        if unknown:
+            raise InvalidInput(f"unknown field: {unknown[0]}", field=f"{where}.{unknown[0]}")
+        name = item.get("name")
+        if not isinstance(name, str) or not INTERFACE_NAME_RE.fullmatch(name):
+            raise InvalidInput(
+                "an interface name is 1 to 15 characters from a-z 0-9 . _ -", field=f"{where}.name"
+            )
+        if name in names:
+            raise InvalidInput(f"interface {name!r} is listed twice", field=f"{where}.name")
+        names.add(name)
+        role = item.get("role", WanRole.PRIMARY.value)
+        if role not in WanRole.values:
+            raise InvalidInput(f"role must be one of {', '.join(WanRole.values)}", field=f"{where}.role")
+        kind = item.get("kind", WanKind.OTHER.value)
+        if kind not in WanKind.values:
+            raise InvalidInput(f"kind must be one of {', '.join(WanKind.values)}", field=f"{where}.kind")
+        entry: dict[str, Any] = {"name": name, "role": role, "kind": kind}
+        for key in ("up_kbps", "down_kbps"):
+            value = _kbps_clean(item.get(key), field=f"{where}.{key}")
+            if value is not None:
+                entry[key] = value
+        cleaned.append(entry)
+    roles = [entry["role"] for entry in cleaned]
+    if mode == WanMode.FAILOVER and WanRole.PRIMARY not in roles:
+        raise InvalidInput("failover needs at least one primary interface", field="interfaces")
+    if mode != WanMode.FAILOVER and all(role == WanRole.DISABLED for role in roles):
+        raise InvalidInput(f"{mode} needs at least one interface that is not disabled", field="interfaces")
+    return {"mode": mode, "interfaces": cleaned}
