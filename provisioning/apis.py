@@ -12,11 +12,10 @@ from django.db.models import F
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
+from fleet.apis.base import ApiView
 from fleet.audit import Actor
 from fleet.authentication import ServerPrincipal
 from fleet.errors import NotFound
@@ -40,18 +39,10 @@ def _etag_matches(request: Request, etag: str) -> bool:
     return etag in candidates or "*" in candidates
 
 
-def _page(
-    request: Request, view: APIView, queryset: Any, serializer: type[serializers.Serializer]
-) -> Response:
-    paginator = LimitOffsetPagination()
-    page: Any = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer(page, many=True).data)
-
-
 # --- peers ------------------------------------------------------------------------------------------
 
 
-class ServerPeersApi(APIView):
+class ServerPeersApi(ApiView):
     """The boxes an aggregation server terminates, for its own tunnel configuration."""
 
     permission_classes = [IsAggregationServer]
@@ -96,7 +87,7 @@ class RegionOutput(serializers.ModelSerializer):
         fields = ["id", "code", "name"]
 
 
-class RegionListApi(APIView):
+class RegionListApi(ApiView):
     permission_classes = [IsStaff]
 
     class InputSerializer(serializers.Serializer):
@@ -105,7 +96,7 @@ class RegionListApi(APIView):
 
     @extend_schema(summary="List regions", responses=RegionOutput(many=True), tags=["servers"])
     def get(self, request: Request) -> Response:
-        return _page(request, self, Region.objects.order_by("code"), RegionOutput)
+        return self.paginated(request, Region.objects.order_by("code"), RegionOutput)
 
     @extend_schema(
         summary="Create a region", request=InputSerializer, responses={201: RegionOutput}, tags=["servers"]
@@ -113,7 +104,7 @@ class RegionListApi(APIView):
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        region = services.region_create(actor=Actor.from_request(request), **data.validated_data)
+        region = services.region_create(actor=self.actor(request), **data.validated_data)
         return Response(RegionOutput(region).data, status=status.HTTP_201_CREATED)
 
 
@@ -164,7 +155,7 @@ def _servers() -> Any:
     )
 
 
-class ServerListApi(APIView):
+class ServerListApi(ApiView):
     permission_classes = [IsStaff]
 
     class InputSerializer(serializers.Serializer):
@@ -181,7 +172,7 @@ class ServerListApi(APIView):
 
     @extend_schema(summary="List aggregation servers", responses=ServerOutput(many=True), tags=["servers"])
     def get(self, request: Request) -> Response:
-        return _page(request, self, _servers().order_by("name"), ServerOutput)
+        return self.paginated(request, _servers().order_by("name"), ServerOutput)
 
     @extend_schema(
         summary="Create an aggregation server",
@@ -193,12 +184,12 @@ class ServerListApi(APIView):
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        server, token = services.server_create(actor=Actor.from_request(request), **data.validated_data)
+        server, token = services.server_create(actor=self.actor(request), **data.validated_data)
         server.token = token  # type: ignore[attr-defined]
         return Response(ServerCreatedOutput(server).data, status=status.HTTP_201_CREATED)
 
 
-class ServerDetailApi(APIView):
+class ServerDetailApi(ApiView):
     permission_classes = [IsStaff]
 
     class InputSerializer(serializers.Serializer):
@@ -227,11 +218,11 @@ class ServerDetailApi(APIView):
         server = _get(AggregationServer, server_id, "server")
         data = self.InputSerializer(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
-        services.server_update(actor=Actor.from_request(request), server=server, **data.validated_data)
+        services.server_update(actor=self.actor(request), server=server, **data.validated_data)
         return Response(ServerOutput(_get(AggregationServer, server_id, "server", _servers())).data)
 
 
-class ServerRotateTokenApi(APIView):
+class ServerRotateTokenApi(ApiView):
     permission_classes = [IsStaff]
 
     @extend_schema(
@@ -242,7 +233,7 @@ class ServerRotateTokenApi(APIView):
     )
     def post(self, request: Request, server_id: UUID) -> Response:
         server = _get(AggregationServer, server_id, "server")
-        token = services.server_rotate_token(actor=Actor.from_request(request), server=server)
+        token = services.server_rotate_token(actor=self.actor(request), server=server)
         return Response({"token": token})
 
 
@@ -281,7 +272,7 @@ class PoolOutput(serializers.ModelSerializer):
         return selectors.pool_utilisation(pool)
 
 
-class PoolListApi(APIView):
+class PoolListApi(ApiView):
     permission_classes = [IsStaff]
 
     class InputSerializer(serializers.Serializer):
@@ -300,7 +291,7 @@ class PoolListApi(APIView):
         summary="List address pools with utilisation", responses=PoolOutput(many=True), tags=["pools"]
     )
     def get(self, request: Request) -> Response:
-        return _page(request, self, selectors.pools_with_utilisation().order_by("name"), PoolOutput)
+        return self.paginated(request, selectors.pools_with_utilisation().order_by("name"), PoolOutput)
 
     @extend_schema(
         summary="Create an address pool", request=InputSerializer, responses={201: PoolOutput}, tags=["pools"]
@@ -308,12 +299,12 @@ class PoolListApi(APIView):
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        pool = services.pool_create(actor=Actor.from_request(request), **data.validated_data)
+        pool = services.pool_create(actor=self.actor(request), **data.validated_data)
         pool = selectors.pools_with_utilisation().get(pk=pool.pk)
         return Response(PoolOutput(pool).data, status=status.HTTP_201_CREATED)
 
 
-class PoolDetailApi(APIView):
+class PoolDetailApi(ApiView):
     permission_classes = [IsStaff]
 
     @extend_schema(summary="An address pool with utilisation", responses=PoolOutput, tags=["pools"])
@@ -336,13 +327,13 @@ class BoxProvisioningOutput(serializers.Serializer):
     config_hash = serializers.CharField()
 
 
-def _box_action(request: Request, box_id: UUID, action: Any, **kwargs: Any) -> Response:
+def _box_action(actor: Actor, box_id: UUID, action: Any, **kwargs: Any) -> Response:
     box = _get(Box, box_id, "box")
-    box = action(actor=Actor.from_request(request), box=box, **kwargs)
+    box = action(actor=actor, box=box, **kwargs)
     return Response(BoxProvisioningOutput(Box.objects.get(pk=box.pk)).data)
 
 
-class BoxReassignServerApi(APIView):
+class BoxReassignServerApi(ApiView):
     permission_classes = [IsStaff]
 
     class InputSerializer(serializers.Serializer):
@@ -359,12 +350,11 @@ class BoxReassignServerApi(APIView):
     def post(self, request: Request, box_id: UUID) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return _box_action(
-            request, box_id, services.box_reassign_server, server=data.validated_data.get("server")
-        )
+        server = data.validated_data.get("server")
+        return _box_action(self.actor(request), box_id, services.box_reassign_server, server=server)
 
 
-class BoxReleaseAddressesApi(APIView):
+class BoxReleaseAddressesApi(ApiView):
     permission_classes = [IsStaff]
 
     @extend_schema(
@@ -374,10 +364,10 @@ class BoxReleaseAddressesApi(APIView):
         tags=["boxes"],
     )
     def post(self, request: Request, box_id: UUID) -> Response:
-        return _box_action(request, box_id, services.box_release_addresses)
+        return _box_action(self.actor(request), box_id, services.box_release_addresses)
 
 
-class BoxRevokeCredentialsApi(APIView):
+class BoxRevokeCredentialsApi(ApiView):
     permission_classes = [IsStaff]
 
     class InputSerializer(serializers.Serializer):
@@ -393,17 +383,18 @@ class BoxRevokeCredentialsApi(APIView):
     def post(self, request: Request, box_id: UUID) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return _box_action(request, box_id, services.box_revoke_credentials, **data.validated_data)
+        actor = self.actor(request)
+        return _box_action(actor, box_id, services.box_revoke_credentials, **data.validated_data)
 
 
-class BoxDecommissionApi(APIView):
+class BoxDecommissionApi(ApiView):
     permission_classes = [IsStaff]
 
     @extend_schema(
         summary="Retire a box for good", request=None, responses=BoxProvisioningOutput, tags=["boxes"]
     )
     def post(self, request: Request, box_id: UUID) -> Response:
-        return _box_action(request, box_id, services.box_decommission)
+        return _box_action(self.actor(request), box_id, services.box_decommission)
 
 
 __all__ = [
