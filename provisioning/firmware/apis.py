@@ -20,7 +20,7 @@ from fleet.choices import ReleaseChannel, Role
 from fleet.errors import InvalidInput, NotFound
 from fleet.permissions import IsAgent, IsPerson, IsStaff
 from provisioning.firmware import selectors, services
-from provisioning.firmware.choices import ReleaseState, UpgradeState
+from provisioning.firmware.choices import ReleaseState, RolloutAction, UpgradeState
 from provisioning.firmware.models import Release, Rollout, Upgrade
 
 # --- serialisers -----------------------------------------------------------------------------------
@@ -56,6 +56,12 @@ class ReleaseOutputSerializer(serializers.ModelSerializer):
 class RolloutOutputSerializer(serializers.ModelSerializer):
     release = serializers.UUIDField(source="release_id")
     version = serializers.CharField(source="release.version")
+    actions = serializers.ListField(
+        child=serializers.ChoiceField(choices=RolloutAction.choices),
+        source="next_actions",
+        read_only=True,
+        help_text="What may be done to the rollout now: POST rollouts/<id>/<action>.",
+    )
 
     class Meta:
         model = Rollout
@@ -84,6 +90,7 @@ class RolloutOutputSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
             "created_at",
+            "actions",
         ]
 
 
@@ -138,20 +145,6 @@ def _uuid(value: Any, what: str) -> UUID:
         raise NotFound(f"{what} not found") from exc
 
 
-def _release(release_id: Any) -> Release:
-    release = Release.objects.filter(pk=_uuid(release_id, "release")).first()
-    if release is None:
-        raise NotFound("release not found")
-    return release
-
-
-def _rollout(rollout_id: Any) -> Rollout:
-    rollout = Rollout.objects.select_related("release").filter(pk=_uuid(rollout_id, "rollout")).first()
-    if rollout is None:
-        raise NotFound("rollout not found")
-    return rollout
-
-
 # --- releases (staff) ------------------------------------------------------------------------------
 
 
@@ -204,10 +197,10 @@ class ReleaseDetailApi(ApiView):
         sha256 = serializers.CharField(required=False, max_length=64)
 
     def get(self, request: Request, release_id: str) -> Response:
-        return Response(ReleaseOutputSerializer(_release(release_id)).data)
+        return Response(ReleaseOutputSerializer(selectors.release_get(release_id=release_id)).data)
 
     def patch(self, request: Request, release_id: str) -> Response:
-        release = _release(release_id)
+        release = selectors.release_get(release_id=release_id)
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         release = services.release_update(
@@ -226,7 +219,7 @@ class ReleaseImageApi(ApiView):
     streams_body = True
 
     def post(self, request: Request, release_id: str) -> Response:
-        release = _release(release_id)
+        release = selectors.release_get(release_id=release_id)
         upload = request.FILES.get("image")
         if upload is None:
             raise InvalidInput("attach the image as the multipart field 'image'", field="image")
@@ -240,7 +233,8 @@ class ReleasePublishApi(ApiView):
     permission_classes = [IsStaff]
 
     def post(self, request: Request, release_id: str) -> Response:
-        release = services.release_publish(actor=self.actor(request), release=_release(release_id))
+        release = selectors.release_get(release_id=release_id)
+        release = services.release_publish(actor=self.actor(request), release=release)
         return Response(ReleaseOutputSerializer(release).data)
 
 
@@ -253,8 +247,9 @@ class ReleaseWithdrawApi(ApiView):
     def post(self, request: Request, release_id: str) -> Response:
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
+        release = selectors.release_get(release_id=release_id)
         release = services.release_withdraw(
-            actor=self.actor(request), release=_release(release_id), **payload.validated_data
+            actor=self.actor(request), release=release, **payload.validated_data
         )
         return Response(ReleaseOutputSerializer(release).data)
 
@@ -288,7 +283,7 @@ class RolloutListApi(ApiView):
         payload = RolloutInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = dict(payload.validated_data)
-        release = _release(data.pop("release"))
+        release = selectors.release_get(release_id=data.pop("release"))
         rollout = services.rollout_create(actor=self.actor(request), release=release, **data)
         body = RolloutOutputSerializer(rollout).data
         return Response(body, status=status.HTTP_201_CREATED)
@@ -312,7 +307,7 @@ class RolloutPreviewApi(ApiView):
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
         preview = selectors.rollout_preview(
-            release=_release(data["release"]),
+            release=selectors.release_get(release_id=data["release"]),
             target=data["target"],
             phases=data["phases"],
             force=data["force"],
@@ -324,14 +319,15 @@ class RolloutDetailApi(ApiView):
     permission_classes = [IsStaff]
 
     def get(self, request: Request, rollout_id: str) -> Response:
-        rollout = _rollout(rollout_id)
+        rollout = selectors.rollout_get(rollout_id=rollout_id)
         body = RolloutOutputSerializer(rollout).data
         body["progress"] = selectors.rollout_progress(rollout=rollout)
         return Response(body)
 
 
 class RolloutActionApi(ApiView):
-    """POST rollouts/<id>/<action>: start, pause, resume, abort, retry-failed."""
+    """POST rollouts/<id>/<action>: start, pause, resume, abort, retry-failed (RolloutAction); the
+    rollout's ``actions`` say which its state allows."""
 
     permission_classes = [IsStaff]
     action = ""
@@ -343,25 +339,17 @@ class RolloutActionApi(ApiView):
         )
 
     def post(self, request: Request, rollout_id: str) -> Response:
-        rollout = _rollout(rollout_id)
+        rollout = selectors.rollout_get(rollout_id=rollout_id)
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        actor = self.actor(request)
-        reason = payload.validated_data["reason"]
-        extra: dict[str, Any] = {}
-        if self.action == "start":
-            rollout = services.rollout_start(actor=actor, rollout=rollout)
-        elif self.action == "pause":
-            rollout = services.rollout_pause(actor=actor, rollout=rollout, reason=reason)
-        elif self.action == "resume":
-            rollout = services.rollout_resume(actor=actor, rollout=rollout)
-        elif self.action == "abort":
-            rollout = services.rollout_abort(actor=actor, rollout=rollout, reason=reason)
-        else:
-            extra["retried"] = services.upgrades_retry_failed(
-                actor=actor, rollout=rollout, box_ids=payload.validated_data["boxes"]
-            )
-            rollout.refresh_from_db()
+        rollout, retried = services.rollout_act(
+            actor=self.actor(request),
+            rollout=rollout,
+            action=self.action,
+            reason=payload.validated_data["reason"],
+            box_ids=payload.validated_data["boxes"],
+        )
+        extra = {} if retried is None else {"retried": retried}
         return Response({**RolloutOutputSerializer(rollout).data, **extra})
 
 
@@ -372,7 +360,7 @@ class RolloutUpgradeListApi(ApiView):
         state = serializers.ChoiceField(choices=UpgradeState.choices, required=False)
 
     def get(self, request: Request, rollout_id: str) -> Response:
-        rollout = _rollout(rollout_id)
+        rollout = selectors.rollout_get(rollout_id=rollout_id)
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         return self.paginated(
