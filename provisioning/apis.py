@@ -96,7 +96,7 @@ class RegionListApi(ApiView):
 
     @extend_schema(summary="List regions", responses=RegionOutput(many=True), tags=["servers"])
     def get(self, request: Request) -> Response:
-        return self.paginated(request, Region.objects.order_by("code"), RegionOutput)
+        return self.paginated(request, selectors.region_list(), RegionOutput)
 
     @extend_schema(
         summary="Create a region", request=InputSerializer, responses={201: RegionOutput}, tags=["servers"]

@@ -1,5 +1,6 @@
 """Reads for provisioning: the box configuration document and its hash, the server peers document,
-capacity and pool utilisation summaries. Every function here runs a constant number of queries."""
+capacity and pool utilisation summaries, regions, servers and a box's addresses. Every function
+here runs a constant number of queries."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ import hashlib
 import json
 from collections.abc import Iterable
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from django.db.models import Count, F, Prefetch, Q, QuerySet
 
 from fleet.choices import BoxState
+from fleet.errors import NotFound
 from fleet.models import Box
 from provisioning.addressing import host_address, pool_size, tunnel_ends
 from provisioning.choices import AssignmentState, PoolPurpose, TunnelKind
-from provisioning.models import AddressAssignment, AddressPool, AggregationServer, TunnelCredential
+from provisioning.models import AddressAssignment, AddressPool, AggregationServer, Region, TunnelCredential
 from provisioning.secrets import secret_decrypt
 
 SHADOWSOCKS_METHOD = "chacha20-ietf-poly1305"
@@ -219,6 +222,23 @@ def server_capacity_summary() -> list[dict[str, Any]]:
             "id", "name", "region__code", "status", "capacity", "assigned_boxes"
         )
     ]
+
+
+def region_list() -> QuerySet[Region]:
+    return Region.objects.order_by("code")
+
+
+def server_get(*, server_id: Any) -> AggregationServer:
+    """One aggregation server; NotFound for an unknown or malformed id."""
+    try:
+        return AggregationServer.objects.select_related("region").get(pk=UUID(str(server_id)))
+    except (AggregationServer.DoesNotExist, ValueError) as exc:
+        raise NotFound("server not found") from exc
+
+
+def box_addresses(*, box: Box) -> list[AddressAssignment]:
+    """The box's active address assignments with their pools, by purpose (one query)."""
+    return list(box.addresses.filter(state=AssignmentState.ACTIVE).select_related("pool").order_by("purpose"))
 
 
 def pools_with_utilisation() -> QuerySet[AddressPool]:
