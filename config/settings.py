@@ -254,10 +254,10 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # The same as fleet.core.apis.base.ApiView, which every view derives from (tests/test_api_conventions.py).
+    "DEFAULT_SCHEMA_CLASS": "fleet.core.apis.base.ApiSchema",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
-    "PAGE_SIZE": 50,
+    "DEFAULT_PAGINATION_CLASS": "fleet.core.pagination.Pagination",
     "EXCEPTION_HANDLER": "fleet.core.api_errors.exception_handler",
     "DEFAULT_PARSER_CLASSES": ["fleet.core.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
@@ -274,6 +274,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "GET_LIB_DOC_EXCLUDES": "fleet.core.apis.base.schema_doc_excludes",
 }
 
 # Celery: one broker (Redis), queues per workload, every periodic task in config/celery.py.

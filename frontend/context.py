@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
 
 from django.http import HttpRequest
 
 from fleet.core.access import ROLE_RANK, is_staff
 from fleet.core.choices import Role
 from fleet.core.models import Membership, Organization
+from fleet.core.selectors import memberships_of_user
+from frontend.selectors import organization_get
 
 SESSION_KEY = "portal_organization_id"
 
@@ -39,9 +40,7 @@ def memberships_of(user: Any) -> list[Membership]:
     """The person's memberships with their organisations, in one query, cached on the user object."""
     cached = getattr(user, "_portal_memberships", None)
     if cached is None:
-        cached = list(
-            Membership.objects.filter(user=user).select_related("organization").order_by("organization__name")
-        )
+        cached = list(memberships_of_user(user=user))
         user._portal_memberships = cached
     return cached
 
@@ -59,10 +58,7 @@ def current_organization(request: HttpRequest) -> PortalOrganization | None:
             if str(membership.organization_id) == wanted:
                 chosen = PortalOrganization(membership.organization, membership.role)
         if chosen is None and wanted and is_staff(user):
-            try:
-                organization = Organization.objects.filter(pk=UUID(str(wanted))).first()
-            except ValueError:
-                organization = None
+            organization = organization_get(organization_id=wanted)
             if organization is not None:
                 chosen = PortalOrganization(organization, Role.OWNER)
         if chosen is None and memberships:

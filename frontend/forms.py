@@ -7,8 +7,11 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from django import forms
+from django.db import models
 
+from fleet.commands.choices import CommandKind
 from fleet.core.choices import ReleaseChannel, Role, WanMode, WanRole
+from fleet.monitoring.choices import TargetKind
 
 
 class InvitationAcceptForm(forms.Form):
@@ -19,19 +22,20 @@ class InvitationAcceptForm(forms.Form):
     )
 
 
+class FleetStatus(models.TextChoices):
+    """The fleet page's status filter: from the live status (online) or the configuration (drift)."""
+
+    ONLINE = "online", "Online"
+    OFFLINE = "offline", "Offline"
+    DRIFT = "drift", "Config pending"
+
+
 class FleetFilterForm(forms.Form):
     """The fleet page's search and filters (all optional; bad values are ignored, not a 500)."""
 
     q = forms.CharField(label="Search", required=False, max_length=100)
     status = forms.ChoiceField(
-        label="Status",
-        required=False,
-        choices=[
-            ("", "Any status"),
-            ("online", "Online"),
-            ("offline", "Offline"),
-            ("drift", "Config pending"),
-        ],
+        label="Status", required=False, choices=[("", "Any status"), *FleetStatus.choices]
     )
     region = forms.ChoiceField(label="Region", required=False)
     firmware = forms.CharField(label="Firmware", required=False, max_length=64)
@@ -40,6 +44,24 @@ class FleetFilterForm(forms.Form):
     def __init__(self, *args, regions: list[tuple[str, str]] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         cast(forms.ChoiceField, self.fields["region"]).choices = [("", "Any region"), *(regions or [])]
+
+    def box_filters(self) -> dict[str, Any]:
+        """What a valid form asks ``fleet.core.selectors.box_list`` for (drift included)."""
+        filters: dict[str, Any] = {
+            key: self.cleaned_data[key] for key in ("q", "region", "firmware") if self.cleaned_data.get(key)
+        }
+        if self.cleaned_data.get("status") == FleetStatus.DRIFT:
+            filters["drift"] = True
+        return filters
+
+    def online(self) -> bool | None:
+        """True for online boxes only, False for offline ones, None for any."""
+        status = self.cleaned_data.get("status")
+        if status == FleetStatus.ONLINE:
+            return True
+        if status == FleetStatus.OFFLINE:
+            return False
+        return None
 
 
 class BoxClaimForm(forms.Form):
@@ -107,11 +129,11 @@ class CommandForm(forms.Form):
     kind = forms.ChoiceField(
         label="Command",
         choices=[
-            ("reboot", "Reboot"),
-            ("diagnostics", "Run diagnostics"),
-            ("speed_test", "Speed test"),
-            ("restart_services", "Restart services"),
-            ("refresh_config", "Refresh configuration"),
+            (CommandKind.REBOOT, "Reboot"),
+            (CommandKind.DIAGNOSTICS, "Run diagnostics"),
+            (CommandKind.SPEED_TEST, "Speed test"),
+            (CommandKind.RESTART_SERVICES, "Restart services"),
+            (CommandKind.REFRESH_CONFIG, "Refresh configuration"),
         ],
     )
     # Speed test only: which way, and through which WAN (the box's known links; blank = its default route).
@@ -131,7 +153,7 @@ class CommandForm(forms.Form):
 
     def command_params(self) -> dict[str, Any]:
         """The command's params from a valid form (speed test: direction and interface)."""
-        if self.cleaned_data["kind"] != "speed_test":
+        if self.cleaned_data["kind"] != CommandKind.SPEED_TEST:
             return {}
         params: dict[str, Any] = {"direction": self.cleaned_data.get("direction") or "download"}
         if self.cleaned_data.get("iface"):
@@ -192,7 +214,7 @@ class AlertRuleForm(forms.Form):
 
 class NotificationTargetForm(forms.Form):
     name = forms.CharField(label="Name", max_length=100)
-    kind = forms.ChoiceField(label="Kind", choices=[("email", "Email"), ("webhook", "Webhook")])
+    kind = forms.ChoiceField(label="Kind", choices=TargetKind.choices)
     email = forms.CharField(label="Email address", required=False, max_length=254)
     url = forms.CharField(label="Webhook URL", required=False, max_length=500)
 

@@ -1,4 +1,6 @@
-"""Reads that only the support console needs (staff see every organisation).
+"""Reads that only the pages need: the portal's fleet page and organisation pages, and the support
+console (staff see every organisation). Reads an API also makes live in the owning app's
+``selectors.py``; the page views call one or the other and never query the ORM themselves.
 
 Kept to a fixed number of queries each, like the selectors of the apps they read.
 """
@@ -8,21 +10,96 @@ from __future__ import annotations
 import ipaddress
 from datetime import timedelta
 from typing import Any, cast
+from uuid import UUID
 
 from django.conf import settings
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
 from fleet.core.choices import BoxState
-from fleet.core.models import Box
+from fleet.core.errors import NotFound
+from fleet.core.models import ApiToken, Box, Invitation, Membership, Organization
 from fleet.monitoring.choices import AlertState
 from fleet.monitoring.models import Alert
 from fleet.telemetry.models import BoxStatus, WanStatus
 from provisioning.choices import AssignmentState
 from provisioning.models import AddressAssignment, Region
-from provisioning.selectors.boxes import boxes_annotated
+from provisioning.selectors.boxes import box_list, boxes_annotated
+from provisioning.selectors.infrastructure import region_list
 
 SEARCH_LIMIT = 50
+BOX_CHOICES_LIMIT = 500
+
+
+def fleet_page_boxes(*, user: Any, filters: dict[str, Any], online: bool | None = None) -> QuerySet[Box]:
+    """The fleet page's boxes: ``fleet.core.selectors.box_list`` (annotated, filtered) with their live
+    status joined, by serial; ``online`` keeps only the online (True) or offline (False) ones."""
+    boxes = box_list(user=user, filters=filters).select_related("status").order_by("serial")
+    if online is True:
+        boxes = boxes.filter(status__online=True)
+    elif online is False:
+        boxes = boxes.filter(Q(status__isnull=True) | Q(status__online=False))
+    return boxes
+
+
+def organization_choices() -> list[tuple[str, str]]:
+    """Every organisation as (id, name), by name: the customers a rollout may target."""
+    return [(str(pk), name) for pk, name in Organization.objects.order_by("name").values_list("pk", "name")]
+
+
+def organization_get(*, organization_id: Any) -> Organization | None:
+    """An organisation by id (None if unknown or malformed): staff may look at any of them."""
+    try:
+        return Organization.objects.filter(pk=UUID(str(organization_id))).first()
+    except ValueError:
+        return None
+
+
+def invitations_pending(*, organization: Organization) -> list[Invitation]:
+    """Invitations of the organisation not yet accepted, revoked or expired, newest first."""
+    return list(
+        Invitation.objects.filter(
+            organization=organization,
+            accepted_at__isnull=True,
+            revoked_at__isnull=True,
+            expires_at__gt=timezone.now(),
+        ).order_by("-created_at")
+    )
+
+
+def membership_get(*, organization: Organization, membership_id: Any) -> Membership:
+    """A membership of the organisation, with its user; NotFound otherwise."""
+    membership = (
+        Membership.objects.select_related("user", "organization")
+        .filter(pk=membership_id, organization=organization)
+        .first()
+    )
+    if membership is None:
+        raise NotFound("member not found")
+    return membership
+
+
+def api_token_of_user(*, user: Any, token_id: Any) -> ApiToken:
+    """One of the person's own API tokens; NotFound for anyone else's."""
+    token = ApiToken.objects.select_related("organization").filter(pk=token_id, user_id=user.pk or 0).first()
+    if token is None:
+        raise NotFound("token not found")
+    return token
+
+
+def box_choices(*, organization: Organization) -> list[tuple[str, str]]:
+    """The organisation's boxes as (id, "name (serial)"), by serial: what an alert rule may watch."""
+    boxes = (
+        Box.objects.filter(organization=organization)
+        .order_by("serial")
+        .values_list("pk", "serial", "name")[:BOX_CHOICES_LIMIT]
+    )
+    return [(str(pk), f"{name} ({serial})" if name else serial) for pk, serial, name in boxes]
+
+
+def region_choices() -> list[tuple[str, str]]:
+    """Every region as (code, "code · name"), by code: the fleet page's region filter."""
+    return [(region.code, f"{region.code} · {region.name}") for region in region_list()]
 
 
 def console_box_search(*, query: str) -> QuerySet[Box]:

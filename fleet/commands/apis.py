@@ -9,10 +9,8 @@ from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from fleet.commands.choices import CommandKind, CommandState
 from fleet.commands.models import Command
@@ -27,7 +25,6 @@ from fleet.commands.speedtest import (
 )
 from fleet.core.access import box_for
 from fleet.core.apis.base import ApiView
-from fleet.core.audit import Actor
 from fleet.core.authentication import AgentPrincipal, BearerTokenAuthentication
 from fleet.core.choices import Role
 from fleet.core.permissions import IsAgent, IsPerson
@@ -64,7 +61,7 @@ class CommandOutputSerializer(serializers.ModelSerializer):
         return command.created_by.get_username() if command.created_by else None
 
 
-class BoxCommandListApi(APIView):
+class BoxCommandListApi(ApiView):
     permission_classes = [IsPerson]
 
     class FilterSerializer(serializers.Serializer):
@@ -80,21 +77,21 @@ class BoxCommandListApi(APIView):
         box = box_for(request.user, box_id, Role.VIEWER, request.auth)
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        paginator = LimitOffsetPagination()
-        page = paginator.paginate_queryset(
-            command_list_for_box(box_id=box.pk, filters=filters.validated_data), request, view=self
+        return self.paginated(
+            request,
+            command_list_for_box(box_id=box.pk, filters=filters.validated_data),
+            CommandOutputSerializer,
         )
-        return paginator.get_paginated_response(CommandOutputSerializer(page, many=True).data)
 
     def post(self, request: Request, box_id: Any) -> Response:
         box = box_for(request.user, box_id, Role.VIEWER, request.auth)
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        command = command_create(actor=Actor.from_request(request), box=box, **payload.validated_data)
+        command = command_create(actor=self.actor(request), box=box, **payload.validated_data)
         return Response(CommandOutputSerializer(command).data, status=201)
 
 
-class CommandDetailApi(APIView):
+class CommandDetailApi(ApiView):
     permission_classes = [IsPerson]
 
     def get(self, request: Request, command_id: Any) -> Response:
@@ -102,12 +99,12 @@ class CommandDetailApi(APIView):
         return Response(CommandOutputSerializer(command).data)
 
 
-class CommandCancelApi(APIView):
+class CommandCancelApi(ApiView):
     permission_classes = [IsPerson]
 
     def post(self, request: Request, command_id: Any) -> Response:
         command = command_get_for_user(user=request.user, command_id=command_id, auth=request.auth)
-        command = command_cancel(actor=Actor.from_request(request), command=command)
+        command = command_cancel(actor=self.actor(request), command=command)
         return Response(CommandOutputSerializer(command).data)
 
 

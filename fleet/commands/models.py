@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from fleet.commands.choices import CommandKind, CommandState
+from fleet.commands.choices import FINISHED_STATES, OPEN_STATES, CommandKind, CommandState
 
 
 class Command(models.Model):
@@ -61,4 +61,13 @@ class Command(models.Model):
 
     @property
     def is_finished(self) -> bool:
-        return self.state in {"succeeded", "failed", "expired", "cancelled"}
+        return self.state in FINISHED_STATES
+
+    @property
+    def is_open(self) -> bool:
+        """Not finished yet: waiting for the box, sent to it, or running on it."""
+        return self.state in OPEN_STATES
+
+    @property
+    def is_running(self) -> bool:
+        return self.state == CommandState.RUNNING

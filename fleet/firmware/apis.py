@@ -10,19 +10,17 @@ from uuid import UUID
 
 from django.http import HttpResponse, StreamingHttpResponse
 from rest_framework import serializers, status
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from fleet.core.access import box_for
-from fleet.core.audit import Actor
+from fleet.core.apis.base import ApiView
 from fleet.core.choices import ReleaseChannel, Role
 from fleet.core.errors import InvalidInput, NotFound
 from fleet.core.permissions import IsAgent, IsPerson, IsStaff
 from fleet.firmware import selectors, services
-from fleet.firmware.choices import ReleaseState, UpgradeState
+from fleet.firmware.choices import ReleaseState, RolloutAction, UpgradeState
 from fleet.firmware.models import Release, Rollout, Upgrade
 
 # --- serialisers -----------------------------------------------------------------------------------
@@ -58,6 +56,12 @@ class ReleaseOutputSerializer(serializers.ModelSerializer):
 class RolloutOutputSerializer(serializers.ModelSerializer):
     release = serializers.UUIDField(source="release_id")
     version = serializers.CharField(source="release.version")
+    actions = serializers.ListField(
+        child=serializers.ChoiceField(choices=RolloutAction.choices),
+        source="next_actions",
+        read_only=True,
+        help_text="What may be done to the rollout now: POST rollouts/<id>/<action>.",
+    )
 
     class Meta:
         model = Rollout
@@ -86,6 +90,7 @@ class RolloutOutputSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
             "created_at",
+            "actions",
         ]
 
 
@@ -140,24 +145,10 @@ def _uuid(value: Any, what: str) -> UUID:
         raise NotFound(f"{what} not found") from exc
 
 
-def _release(release_id: Any) -> Release:
-    release = Release.objects.filter(pk=_uuid(release_id, "release")).first()
-    if release is None:
-        raise NotFound("release not found")
-    return release
-
-
-def _rollout(rollout_id: Any) -> Rollout:
-    rollout = Rollout.objects.select_related("release").filter(pk=_uuid(rollout_id, "rollout")).first()
-    if rollout is None:
-        raise NotFound("rollout not found")
-    return rollout
-
-
 # --- releases (staff) ------------------------------------------------------------------------------
 
 
-class ReleaseListApi(APIView):
+class ReleaseListApi(ApiView):
     permission_classes = [IsStaff]
 
     class FilterSerializer(serializers.Serializer):
@@ -182,18 +173,16 @@ class ReleaseListApi(APIView):
             releases = releases.filter(state=filters.validated_data["state"])
         if "channel" in filters.validated_data:
             releases = releases.filter(channel=filters.validated_data["channel"])
-        paginator = LimitOffsetPagination()
-        page = paginator.paginate_queryset(releases, request, view=self)
-        return paginator.get_paginated_response(ReleaseOutputSerializer(page, many=True).data)
+        return self.paginated(request, releases, ReleaseOutputSerializer)
 
     def post(self, request: Request) -> Response:
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        release = services.release_create(actor=Actor.from_request(request), **payload.validated_data)
+        release = services.release_create(actor=self.actor(request), **payload.validated_data)
         return Response(ReleaseOutputSerializer(release).data, status=status.HTTP_201_CREATED)
 
 
-class ReleaseDetailApi(APIView):
+class ReleaseDetailApi(ApiView):
     permission_classes = [IsStaff]
 
     class InputSerializer(serializers.Serializer):
@@ -208,46 +197,48 @@ class ReleaseDetailApi(APIView):
         sha256 = serializers.CharField(required=False, max_length=64)
 
     def get(self, request: Request, release_id: str) -> Response:
-        return Response(ReleaseOutputSerializer(_release(release_id)).data)
+        return Response(ReleaseOutputSerializer(selectors.release_get(release_id=release_id)).data)
 
     def patch(self, request: Request, release_id: str) -> Response:
-        release = _release(release_id)
+        release = selectors.release_get(release_id=release_id)
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         release = services.release_update(
-            actor=Actor.from_request(request), release=release, **payload.validated_data
+            actor=self.actor(request), release=release, **payload.validated_data
         )
         return Response(ReleaseOutputSerializer(release).data)
 
 
-class ReleaseImageApi(APIView):
+class ReleaseImageApi(ApiView):
     """PUT/POST multipart with an ``image`` file: stores it, computing size and SHA-256."""
 
     permission_classes = [IsStaff]
     parser_classes = [MultiPartParser, FormParser]
+    # An image is bigger than the JSON body limit: Django's multipart parser streams the file part
+    # to a temporary file in chunks, and the service reads it back in chunks.
+    streams_body = True
 
     def post(self, request: Request, release_id: str) -> Response:
-        release = _release(release_id)
+        release = selectors.release_get(release_id=release_id)
         upload = request.FILES.get("image")
         if upload is None:
             raise InvalidInput("attach the image as the multipart field 'image'", field="image")
-        release = services.release_image_upload(
-            actor=Actor.from_request(request), release=release, upload=upload
-        )
+        release = services.release_image_upload(actor=self.actor(request), release=release, upload=upload)
         return Response(ReleaseOutputSerializer(release).data)
 
     put = post
 
 
-class ReleasePublishApi(APIView):
+class ReleasePublishApi(ApiView):
     permission_classes = [IsStaff]
 
     def post(self, request: Request, release_id: str) -> Response:
-        release = services.release_publish(actor=Actor.from_request(request), release=_release(release_id))
+        release = selectors.release_get(release_id=release_id)
+        release = services.release_publish(actor=self.actor(request), release=release)
         return Response(ReleaseOutputSerializer(release).data)
 
 
-class ReleaseWithdrawApi(APIView):
+class ReleaseWithdrawApi(ApiView):
     permission_classes = [IsStaff]
 
     class InputSerializer(serializers.Serializer):
@@ -256,8 +247,9 @@ class ReleaseWithdrawApi(APIView):
     def post(self, request: Request, release_id: str) -> Response:
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
+        release = selectors.release_get(release_id=release_id)
         release = services.release_withdraw(
-            actor=Actor.from_request(request), release=_release(release_id), **payload.validated_data
+            actor=self.actor(request), release=release, **payload.validated_data
         )
         return Response(ReleaseOutputSerializer(release).data)
 
@@ -281,25 +273,23 @@ class RolloutInputSerializer(serializers.Serializer):
     start_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
 
-class RolloutListApi(APIView):
+class RolloutListApi(ApiView):
     permission_classes = [IsStaff]
 
     def get(self, request: Request) -> Response:
-        paginator = LimitOffsetPagination()
-        page = paginator.paginate_queryset(selectors.rollouts_list(), request, view=self)
-        return paginator.get_paginated_response(RolloutOutputSerializer(page, many=True).data)
+        return self.paginated(request, selectors.rollouts_list(), RolloutOutputSerializer)
 
     def post(self, request: Request) -> Response:
         payload = RolloutInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = dict(payload.validated_data)
-        release = _release(data.pop("release"))
-        rollout = services.rollout_create(actor=Actor.from_request(request), release=release, **data)
+        release = selectors.release_get(release_id=data.pop("release"))
+        rollout = services.rollout_create(actor=self.actor(request), release=release, **data)
         body = RolloutOutputSerializer(rollout).data
         return Response(body, status=status.HTTP_201_CREATED)
 
 
-class RolloutPreviewApi(APIView):
+class RolloutPreviewApi(ApiView):
     """What a rollout with this release, target and phases would do: nothing is written."""
 
     permission_classes = [IsStaff]
@@ -317,7 +307,7 @@ class RolloutPreviewApi(APIView):
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
         preview = selectors.rollout_preview(
-            release=_release(data["release"]),
+            release=selectors.release_get(release_id=data["release"]),
             target=data["target"],
             phases=data["phases"],
             force=data["force"],
@@ -325,18 +315,19 @@ class RolloutPreviewApi(APIView):
         return Response(preview)
 
 
-class RolloutDetailApi(APIView):
+class RolloutDetailApi(ApiView):
     permission_classes = [IsStaff]
 
     def get(self, request: Request, rollout_id: str) -> Response:
-        rollout = _rollout(rollout_id)
+        rollout = selectors.rollout_get(rollout_id=rollout_id)
         body = RolloutOutputSerializer(rollout).data
         body["progress"] = selectors.rollout_progress(rollout=rollout)
         return Response(body)
 
 
-class RolloutActionApi(APIView):
-    """POST rollouts/<id>/<action>: start, pause, resume, abort, retry-failed."""
+class RolloutActionApi(ApiView):
+    """POST rollouts/<id>/<action>: start, pause, resume, abort, retry-failed (RolloutAction); the
+    rollout's ``actions`` say which its state allows."""
 
     permission_classes = [IsStaff]
     action = ""
@@ -348,51 +339,41 @@ class RolloutActionApi(APIView):
         )
 
     def post(self, request: Request, rollout_id: str) -> Response:
-        rollout = _rollout(rollout_id)
+        rollout = selectors.rollout_get(rollout_id=rollout_id)
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        actor = Actor.from_request(request)
-        reason = payload.validated_data["reason"]
-        extra: dict[str, Any] = {}
-        if self.action == "start":
-            rollout = services.rollout_start(actor=actor, rollout=rollout)
-        elif self.action == "pause":
-            rollout = services.rollout_pause(actor=actor, rollout=rollout, reason=reason)
-        elif self.action == "resume":
-            rollout = services.rollout_resume(actor=actor, rollout=rollout)
-        elif self.action == "abort":
-            rollout = services.rollout_abort(actor=actor, rollout=rollout, reason=reason)
-        else:
-            extra["retried"] = services.upgrades_retry_failed(
-                actor=actor, rollout=rollout, box_ids=payload.validated_data["boxes"]
-            )
-            rollout.refresh_from_db()
+        rollout, retried = services.rollout_act(
+            actor=self.actor(request),
+            rollout=rollout,
+            action=self.action,
+            reason=payload.validated_data["reason"],
+            box_ids=payload.validated_data["boxes"],
+        )
+        extra = {} if retried is None else {"retried": retried}
         return Response({**RolloutOutputSerializer(rollout).data, **extra})
 
 
-class RolloutUpgradeListApi(APIView):
+class RolloutUpgradeListApi(ApiView):
     permission_classes = [IsStaff]
 
     class FilterSerializer(serializers.Serializer):
         state = serializers.ChoiceField(choices=UpgradeState.choices, required=False)
 
     def get(self, request: Request, rollout_id: str) -> Response:
-        rollout = _rollout(rollout_id)
+        rollout = selectors.rollout_get(rollout_id=rollout_id)
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        paginator = LimitOffsetPagination()
-        page = paginator.paginate_queryset(
-            selectors.rollout_upgrades(rollout=rollout, state=filters.validated_data.get("state")),
+        return self.paginated(
             request,
-            view=self,
+            selectors.rollout_upgrades(rollout=rollout, state=filters.validated_data.get("state")),
+            UpgradeOutputSerializer,
         )
-        return paginator.get_paginated_response(UpgradeOutputSerializer(page, many=True).data)
 
 
 # --- a customer's box ------------------------------------------------------------------------------
 
 
-class BoxUpgradePolicyApi(APIView):
+class BoxUpgradePolicyApi(ApiView):
     permission_classes = [IsPerson]
 
     class InputSerializer(serializers.Serializer):
@@ -424,23 +405,19 @@ class BoxUpgradePolicyApi(APIView):
         box = box_for(request.user, box_id, Role.VIEWER, request.auth)
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        services.box_upgrade_policy_update(
-            actor=Actor.from_request(request), box=box, **payload.validated_data
-        )
+        services.box_upgrade_policy_update(actor=self.actor(request), box=box, **payload.validated_data)
         return Response(self._body(box))
 
 
-class BoxUpgradeListApi(APIView):
+class BoxUpgradeListApi(ApiView):
     permission_classes = [IsPerson]
 
     def get(self, request: Request, box_id: str) -> Response:
         box = box_for(request.user, box_id, Role.VIEWER, request.auth)
-        paginator = LimitOffsetPagination()
-        page = paginator.paginate_queryset(selectors.box_upgrades(box=box), request, view=self)
-        return paginator.get_paginated_response(BoxUpgradeOutputSerializer(page, many=True).data)
+        return self.paginated(request, selectors.box_upgrades(box=box), BoxUpgradeOutputSerializer)
 
 
-class BoxUpgradeNowApi(APIView):
+class BoxUpgradeNowApi(ApiView):
     permission_classes = [IsPerson]
 
     class InputSerializer(serializers.Serializer):
@@ -456,11 +433,11 @@ class BoxUpgradeNowApi(APIView):
             release = Release.objects.filter(pk=release_id, state=ReleaseState.PUBLISHED).first()
             if release is None:
                 raise InvalidInput("no published release with this id", field="release")
-        upgrade = services.box_upgrade_now(actor=Actor.from_request(request), box=box, release=release)
+        upgrade = services.box_upgrade_now(actor=self.actor(request), box=box, release=release)
         return Response(BoxUpgradeOutputSerializer(upgrade).data, status=status.HTTP_202_ACCEPTED)
 
 
-class UpgradePostponeApi(APIView):
+class UpgradePostponeApi(ApiView):
     permission_classes = [IsPerson]
 
     class InputSerializer(serializers.Serializer):
@@ -476,7 +453,7 @@ class UpgradePostponeApi(APIView):
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         upgrade = services.upgrade_postpone(
-            actor=Actor.from_request(request), upgrade=upgrade, until=payload.validated_data["until"]
+            actor=self.actor(request), upgrade=upgrade, until=payload.validated_data["until"]
         )
         return Response(BoxUpgradeOutputSerializer(upgrade).data)
 
@@ -524,7 +501,7 @@ def _stream(handle: Any, start: int, length: int) -> Any:
         handle.close()
 
 
-class AgentFirmwareImageApi(APIView):
+class AgentFirmwareImageApi(ApiView):
     """GET the image of a release for the calling box (agent token). Published releases only, for
     a box whose model it fits; ``Range: bytes=N-`` gives 206 with ``Content-Range`` (resume)."""
 

@@ -20,6 +20,17 @@ class RolloutState(models.TextChoices):
     ABORTED = "aborted", "Aborted"
 
 
+class RolloutAction(models.TextChoices):
+    """What a person may do to a rollout; which ones its state allows is
+    ``fleet.firmware.transitions.ROLLOUT_ACTIONS`` (``Rollout.next_actions``)."""
+
+    START = "start", "Start"
+    PAUSE = "pause", "Pause"
+    RESUME = "resume", "Resume"
+    ABORT = "abort", "Abort"
+    RETRY_FAILED = "retry-failed", "Retry failed"
+
+
 ACTIVE_ROLLOUT_STATES = (RolloutState.SCHEDULED, RolloutState.RUNNING, RolloutState.PAUSED)
 # States in which the periodic task still has work to do (paused rollouts keep tracking upgrades
 # already in flight; they just send nothing new).

@@ -19,9 +19,11 @@ from fleet.core.choices import ReleaseChannel
 from fleet.firmware.choices import (
     IN_FLIGHT_STATES,
     ReleaseState,
+    RolloutAction,
     RolloutState,
     UpgradeState,
 )
+from fleet.firmware.transitions import ROLLOUT_ACTIONS, rollout_actions
 
 DEFAULT_WINDOW_DAYS = [0, 1, 2, 3, 4, 5, 6]  # Monday = 0, as datetime.weekday()
 DEFAULT_WINDOW_START = dt.time(2, 0)
@@ -179,6 +181,42 @@ class Rollout(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.state})"
+
+    # What a person may do next is the state's row of transitions.ROLLOUT_ACTIONS: the services
+    # check it under the row lock, the console shows its buttons and the API its "actions" from it.
+
+    def allows(self, action: str) -> bool:
+        """Whether ``action`` (a RolloutAction) is legal in the rollout's current state."""
+        return action in ROLLOUT_ACTIONS.get(self.state, frozenset())
+
+    @property
+    def next_actions(self) -> tuple[RolloutAction, ...]:
+        """The actions legal now, in RolloutAction's order (empty once aborted)."""
+        return rollout_actions(self.state)
+
+    @property
+    def can_start(self) -> bool:
+        return self.allows(RolloutAction.START)
+
+    @property
+    def can_pause(self) -> bool:
+        return self.allows(RolloutAction.PAUSE)
+
+    @property
+    def can_resume(self) -> bool:
+        return self.allows(RolloutAction.RESUME)
+
+    @property
+    def can_abort(self) -> bool:
+        return self.allows(RolloutAction.ABORT)
+
+    @property
+    def can_retry_failed(self) -> bool:
+        return self.allows(RolloutAction.RETRY_FAILED)
+
+    @property
+    def is_paused(self) -> bool:
+        return self.state == RolloutState.PAUSED
 
 
 class Upgrade(models.Model):

@@ -4,13 +4,16 @@ index on ``(rollout, state, phase)``), whatever the size of the rollout."""
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from django.db.models import Count, Q, QuerySet
 
+from fleet.core.errors import NotFound
 from fleet.core.models import Box
 from fleet.firmware.choices import (
     FAILURE_STATES,
     IN_FLIGHT_STATES,
+    WAITING_STATES,
     ReleaseState,
     UpgradeState,
 )
@@ -27,8 +30,29 @@ def releases_list(*, include_unpublished: bool) -> QuerySet[Release]:
     return releases.order_by("-created_at")
 
 
+def releases_published() -> QuerySet[Release]:
+    """The releases a rollout may send, latest published first."""
+    return Release.objects.filter(state=ReleaseState.PUBLISHED).order_by("-published_at", "-created_at")
+
+
+def release_get(*, release_id: Any) -> Release:
+    """One release; NotFound for an unknown or malformed id."""
+    try:
+        return Release.objects.get(pk=UUID(str(release_id)))
+    except (Release.DoesNotExist, ValueError) as exc:
+        raise NotFound("release not found") from exc
+
+
 def rollouts_list() -> QuerySet[Rollout]:
     return Rollout.objects.select_related("release").order_by("-created_at")
+
+
+def rollout_get(*, rollout_id: Any) -> Rollout:
+    """One rollout with its release; NotFound for an unknown or malformed id."""
+    try:
+        return Rollout.objects.select_related("release").get(pk=UUID(str(rollout_id)))
+    except (Rollout.DoesNotExist, ValueError) as exc:
+        raise NotFound("rollout not found") from exc
 
 
 def rollout_preview(
@@ -121,6 +145,12 @@ def rollout_upgrades(*, rollout: Rollout, state: str | None = None) -> QuerySet[
 
 def box_upgrades(*, box: Box) -> QuerySet[Upgrade]:
     return Upgrade.objects.filter(box=box).select_related("release", "rollout").order_by("-created_at")
+
+
+def box_waiting_upgrade(*, box: Box) -> Upgrade | None:
+    """The box's upgrade that waits for its window (pending or scheduled), if any: what a customer
+    may postpone."""
+    return box_upgrades(box=box).filter(state__in=WAITING_STATES).first()
 
 
 def box_upgrade_policy(*, box: Box) -> BoxUpgradePolicy:

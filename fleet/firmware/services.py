@@ -37,6 +37,7 @@ from fleet.firmware.choices import (
     OPEN_STATES,
     WAITING_STATES,
     ReleaseState,
+    RolloutAction,
     RolloutState,
     UpgradeState,
 )
@@ -455,7 +456,7 @@ def rollout_start(*, actor: Actor, rollout: Rollout) -> Rollout:
     opens at the next tick of the ``rollouts`` task (queued at once on commit)."""
     with transaction.atomic():
         locked = _locked_rollout(rollout)
-        if locked.state != RolloutState.DRAFT:
+        if not locked.allows(RolloutAction.START):
             raise Conflict(f"the rollout is {locked.state}", field="state")
         if locked.release.state != ReleaseState.PUBLISHED:
             raise Conflict("the release is no longer published", field="release")
@@ -480,7 +481,7 @@ def rollout_pause(*, actor: Actor, rollout: Rollout, reason: str = "") -> Rollou
         locked = _locked_rollout(rollout)
         if locked.state == RolloutState.PAUSED:
             return locked
-        if locked.state not in (RolloutState.RUNNING, RolloutState.SCHEDULED):
+        if not locked.allows(RolloutAction.PAUSE):
             raise Conflict(f"the rollout is {locked.state}", field="state")
         before = _rollout_audit(locked)
         rollout_mark_paused(locked, reason=reason or f"paused by {actor.label}", now=timezone.now())
@@ -495,7 +496,7 @@ def rollout_resume(*, actor: Actor, rollout: Rollout) -> Rollout:
     then counts only new ones (otherwise the rollout would pause again at once)."""
     with transaction.atomic():
         locked = _locked_rollout(rollout)
-        if locked.state != RolloutState.PAUSED:
+        if not locked.allows(RolloutAction.RESUME):
             raise Conflict(f"the rollout is {locked.state}", field="state")
         if locked.release.state != ReleaseState.PUBLISHED:
             raise Conflict("the release is no longer published", field="release")
@@ -533,7 +534,7 @@ def rollout_abort(*, actor: Actor, rollout: Rollout, reason: str = "") -> Rollou
     (an image half-written cannot be called back)."""
     with transaction.atomic():
         locked = _locked_rollout(rollout)
-        if locked.state in (RolloutState.ABORTED, RolloutState.COMPLETED):
+        if not locked.allows(RolloutAction.ABORT):
             raise Conflict(f"the rollout is {locked.state}", field="state")
         before = _rollout_audit(locked)
         now = timezone.now()
@@ -571,7 +572,7 @@ def upgrades_retry_failed(*, actor: Actor, rollout: Rollout, box_ids: list[Any] 
     another attempt; a completed rollout runs again to send them. Returns how many."""
     with transaction.atomic():
         locked = _locked_rollout(rollout)
-        if locked.state in (RolloutState.ABORTED, RolloutState.DRAFT):
+        if not locked.allows(RolloutAction.RETRY_FAILED):
             raise Conflict(f"the rollout is {locked.state}", field="state")
         if locked.release.state != ReleaseState.PUBLISHED:
             raise Conflict("the release is no longer published", field="release")
@@ -605,6 +606,27 @@ def upgrades_retry_failed(*, actor: Actor, rollout: Rollout, box_ids: list[Any] 
         rollout_id = locked.pk
         transaction.on_commit(lambda: _kick(rollout_id))
     return count
+
+
+def rollout_act(
+    *, actor: Actor, rollout: Rollout, action: str, reason: str = "", box_ids: list[Any] | None = None
+) -> tuple[Rollout, int | None]:
+    """Take ``action`` (a RolloutAction) on a rollout: the one dispatch the API and the console
+    share. Returns the rollout after it and, for retry-failed, how many upgrades were retried.
+    ``reason`` goes with a pause or an abort, ``box_ids`` limits a retry."""
+    if action == RolloutAction.START:
+        return rollout_start(actor=actor, rollout=rollout), None
+    if action == RolloutAction.PAUSE:
+        return rollout_pause(actor=actor, rollout=rollout, reason=reason), None
+    if action == RolloutAction.RESUME:
+        return rollout_resume(actor=actor, rollout=rollout), None
+    if action == RolloutAction.ABORT:
+        return rollout_abort(actor=actor, rollout=rollout, reason=reason), None
+    if action == RolloutAction.RETRY_FAILED:
+        retried = upgrades_retry_failed(actor=actor, rollout=rollout, box_ids=box_ids)
+        rollout.refresh_from_db()
+        return rollout, retried
+    raise InvalidInput(f"no rollout action {action!r}", field="action")
 
 
 # --- the box side: policy, upgrade now, postpone --------------------------------------------------

@@ -1,18 +1,45 @@
-"""The one table of legal upgrade moves, and the helpers every writer uses to apply it.
+"""The tables of legal moves: what a person may do to a rollout in each of its states, and the
+legal upgrade moves, with the helpers every writer uses to apply them.
 
-Row-by-row writers call :func:`upgrade_transition`; bulk writers (phase opening, dispatch, abort)
-filter on :func:`sources_of` so a bulk UPDATE can never make a move the table forbids.
-A repeated or late report (``downloading`` after ``installing``) is a no-op, not an error.
+Rollout services check :data:`ROLLOUT_ACTIONS` under the row lock (``Rollout.allows``), and pages
+and the API show the same table (``Rollout.next_actions``). Row-by-row upgrade writers call
+:func:`upgrade_transition`; bulk writers (phase opening, dispatch, abort) filter on
+:func:`sources_of` so a bulk UPDATE can never make a move the table forbids. A repeated or late
+report (``downloading`` after ``installing``) is a no-op, not an error.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from django.utils import timezone
 
-from fleet.firmware.choices import UpgradeState
-from fleet.firmware.models import Upgrade
+from fleet.firmware.choices import RolloutAction, RolloutState, UpgradeState
+
+if TYPE_CHECKING:  # the models read the rollout table, so this module does not import them
+    from fleet.firmware.models import Upgrade
+
+A = RolloutAction
+R = RolloutState
+
+# A paused rollout may also be paused again (a no-op in rollout_pause, not a move).
+ROLLOUT_ACTIONS: dict[str, frozenset[str]] = {
+    R.DRAFT: frozenset({A.START, A.ABORT}),
+    R.SCHEDULED: frozenset({A.PAUSE, A.ABORT, A.RETRY_FAILED}),
+    R.RUNNING: frozenset({A.PAUSE, A.ABORT, A.RETRY_FAILED}),
+    R.PAUSED: frozenset({A.RESUME, A.ABORT, A.RETRY_FAILED}),
+    # retrying the failed upgrades of a completed rollout runs it again
+    R.COMPLETED: frozenset({A.RETRY_FAILED}),
+    R.ABORTED: frozenset(),
+}
+
+
+def rollout_actions(state: str) -> tuple[RolloutAction, ...]:
+    """The actions a rollout in ``state`` allows, in RolloutAction's order."""
+    allowed = ROLLOUT_ACTIONS.get(state, frozenset())
+    return tuple(action for action in RolloutAction if action in allowed)
+
 
 U = UpgradeState
 

@@ -1,6 +1,7 @@
 from django.urls import path
 
 from fleet.firmware import apis
+from fleet.firmware.choices import RolloutAction
 
 urlpatterns = [
     path("firmware/releases/", apis.ReleaseListApi.as_view(), name="firmware-releases"),
@@ -32,7 +33,7 @@ urlpatterns = [
             apis.RolloutActionApi.as_view(action=action),
             name=f"rollout-{action}",
         )
-        for action in ("start", "pause", "resume", "abort", "retry-failed")
+        for action in RolloutAction.values
     ],
     path("boxes/<str:box_id>/upgrade-policy", apis.BoxUpgradePolicyApi.as_view(), name="box-upgrade-policy"),
     path("boxes/<str:box_id>/upgrades/", apis.BoxUpgradeListApi.as_view(), name="box-upgrades"),

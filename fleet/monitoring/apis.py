@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from rest_framework import serializers
-from rest_framework.pagination import CursorPagination, LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from fleet.core.access import box_for, organization_for, visible_organization_ids
-from fleet.core.audit import Actor
+from fleet.core.apis.base import ApiView
 from fleet.core.choices import EventKind, Role
 from fleet.core.models import Event
+from fleet.core.pagination import EventPagination
 from fleet.core.permissions import IsPerson
 from fleet.monitoring import selectors
 from fleet.monitoring.choices import AlertRuleKind, AlertState, TargetKind
@@ -26,15 +25,6 @@ from fleet.monitoring.services import (
     notification_target_delete,
     notification_target_update,
 )
-
-
-class EventPagination(CursorPagination):
-    """Keyset pagination: no COUNT(*) over a large timeline, stable while new events arrive."""
-
-    ordering = ("-ts", "-id")
-    page_size = 50
-    page_size_query_param = "limit"
-    max_page_size = 500
 
 
 class EventFilterSerializer(serializers.Serializer):
@@ -61,24 +51,21 @@ class EventOutputSerializer(serializers.ModelSerializer):
         fields = ["id", "box", "organization", "kind", "ts", "data"]
 
 
-def _event_page(request: Request, view: APIView, queryset: Any) -> Response:
-    paginator = EventPagination()
-    page: Any = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(EventOutputSerializer(page, many=True).data)
-
-
-class BoxEventListApi(APIView):
+class BoxEventListApi(ApiView):
     permission_classes = [IsPerson]
+    pagination_class = EventPagination
 
     def get(self, request: Request, box_id: Any) -> Response:
         box = box_for(request.user, box_id, Role.VIEWER, request.auth)
         filters = EventFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        return _event_page(request, self, selectors.event_list(box_id=box.pk, filters=filters.validated_data))
+        events = selectors.event_list(box_id=box.pk, filters=filters.validated_data)
+        return self.paginated(request, events, EventOutputSerializer)
 
 
-class OrganizationEventListApi(APIView):
+class OrganizationEventListApi(ApiView):
     permission_classes = [IsPerson]
+    pagination_class = EventPagination
 
     class FilterSerializer(EventFilterSerializer):
         box = serializers.UUIDField(required=False)
@@ -87,10 +74,10 @@ class OrganizationEventListApi(APIView):
         organization = organization_for(request.user, org_id, Role.VIEWER, request.auth)
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        return _event_page(
+        return self.paginated(
             request,
-            self,
             selectors.event_list(organization_id=organization.pk, filters=filters.validated_data),
+            EventOutputSerializer,
         )
 
 
@@ -132,16 +119,14 @@ class AlertRuleInputSerializer(serializers.Serializer):
     targets = serializers.ListField(child=serializers.UUIDField(), required=False, max_length=50)
 
 
-class AlertRuleListApi(APIView):
+class AlertRuleListApi(ApiView):
     permission_classes = [IsPerson]
 
     def get(self, request: Request, org_id: Any) -> Response:
         organization = organization_for(request.user, org_id, Role.VIEWER, request.auth)
-        paginator = LimitOffsetPagination()
-        page = paginator.paginate_queryset(
-            selectors.alert_rule_list(organization_id=organization.pk), request, view=self
+        return self.paginated(
+            request, selectors.alert_rule_list(organization_id=organization.pk), AlertRuleOutputSerializer
         )
-        return paginator.get_paginated_response(AlertRuleOutputSerializer(page, many=True).data)
 
     def post(self, request: Request, org_id: Any) -> Response:
         organization = organization_for(request.user, org_id, Role.ADMIN, request.auth)
@@ -150,12 +135,12 @@ class AlertRuleListApi(APIView):
         data = dict(payload.validated_data)
         if "targets" in data:
             data["target_ids"] = data.pop("targets")
-        rule = alert_rule_create(actor=Actor.from_request(request), organization=organization, **data)
+        rule = alert_rule_create(actor=self.actor(request), organization=organization, **data)
         rule = selectors.alert_rule_get(organization_id=organization.pk, rule_id=rule.pk)
         return Response(AlertRuleOutputSerializer(rule).data, status=201)
 
 
-class AlertRuleDetailApi(APIView):
+class AlertRuleDetailApi(ApiView):
     permission_classes = [IsPerson]
 
     class UpdateSerializer(AlertRuleInputSerializer):
@@ -175,14 +160,14 @@ class AlertRuleDetailApi(APIView):
         data = dict(payload.validated_data)
         if "targets" in data:
             data["target_ids"] = data.pop("targets")
-        alert_rule_update(actor=Actor.from_request(request), rule=rule, **data)
+        alert_rule_update(actor=self.actor(request), rule=rule, **data)
         rule = selectors.alert_rule_get(organization_id=organization.pk, rule_id=rule.pk)
         return Response(AlertRuleOutputSerializer(rule).data)
 
     def delete(self, request: Request, org_id: Any, rule_id: Any) -> Response:
         organization = organization_for(request.user, org_id, Role.ADMIN, request.auth)
         rule = selectors.alert_rule_get(organization_id=organization.pk, rule_id=rule_id)
-        alert_rule_delete(actor=Actor.from_request(request), rule=rule)
+        alert_rule_delete(actor=self.actor(request), rule=rule)
         return Response(status=204)
 
 
@@ -204,7 +189,7 @@ def _target_body(target: NotificationTarget, secret: str | None) -> dict[str, An
     return body
 
 
-class NotificationTargetListApi(APIView):
+class NotificationTargetListApi(ApiView):
     permission_classes = [IsPerson]
 
     class InputSerializer(serializers.Serializer):
@@ -216,23 +201,23 @@ class NotificationTargetListApi(APIView):
 
     def get(self, request: Request, org_id: Any) -> Response:
         organization = organization_for(request.user, org_id, Role.VIEWER, request.auth)
-        paginator = LimitOffsetPagination()
-        page = paginator.paginate_queryset(
-            selectors.notification_target_list(organization_id=organization.pk), request, view=self
+        return self.paginated(
+            request,
+            selectors.notification_target_list(organization_id=organization.pk),
+            NotificationTargetOutputSerializer,
         )
-        return paginator.get_paginated_response(NotificationTargetOutputSerializer(page, many=True).data)
 
     def post(self, request: Request, org_id: Any) -> Response:
         organization = organization_for(request.user, org_id, Role.ADMIN, request.auth)
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         target, secret = notification_target_create(
-            actor=Actor.from_request(request), organization=organization, **payload.validated_data
+            actor=self.actor(request), organization=organization, **payload.validated_data
         )
         return Response(_target_body(target, secret), status=201)
 
 
-class NotificationTargetDetailApi(APIView):
+class NotificationTargetDetailApi(ApiView):
     permission_classes = [IsPerson]
 
     class UpdateSerializer(serializers.Serializer):
@@ -253,14 +238,14 @@ class NotificationTargetDetailApi(APIView):
         payload = self.UpdateSerializer(data=request.data, partial=True)
         payload.is_valid(raise_exception=True)
         target, secret = notification_target_update(
-            actor=Actor.from_request(request), target=target, **payload.validated_data
+            actor=self.actor(request), target=target, **payload.validated_data
         )
         return Response(_target_body(target, secret))
 
     def delete(self, request: Request, org_id: Any, target_id: Any) -> Response:
         organization = organization_for(request.user, org_id, Role.ADMIN, request.auth)
         target = selectors.notification_target_get(organization_id=organization.pk, target_id=target_id)
-        notification_target_delete(actor=Actor.from_request(request), target=target)
+        notification_target_delete(actor=self.actor(request), target=target)
         return Response(status=204)
 
 
@@ -293,7 +278,7 @@ class AlertOutputSerializer(serializers.ModelSerializer):
         ]
 
 
-class AlertListApi(APIView):
+class AlertListApi(ApiView):
     permission_classes = [IsPerson]
 
     class FilterSerializer(serializers.Serializer):
@@ -304,14 +289,12 @@ class AlertListApi(APIView):
         organization = organization_for(request.user, org_id, Role.VIEWER, request.auth)
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        paginator = LimitOffsetPagination()
         queryset = selectors.alert_list(
             organization_id=organization.pk,
             state=filters.validated_data.get("state"),
             box_id=filters.validated_data.get("box"),
         )
-        page = paginator.paginate_queryset(queryset, request, view=self)
-        return paginator.get_paginated_response(AlertOutputSerializer(page, many=True).data)
+        return self.paginated(request, queryset, AlertOutputSerializer)
 
 
 class NotificationDeliveryOutputSerializer(serializers.ModelSerializer):
@@ -338,7 +321,7 @@ class NotificationDeliveryOutputSerializer(serializers.ModelSerializer):
         ]
 
 
-class NotificationDeliveryListApi(APIView):
+class NotificationDeliveryListApi(ApiView):
     permission_classes = [IsPerson]
 
     class FilterSerializer(serializers.Serializer):
@@ -347,10 +330,8 @@ class NotificationDeliveryListApi(APIView):
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        paginator = LimitOffsetPagination()
         queryset = selectors.notification_delivery_list(
             organization_ids=visible_organization_ids(request.user, request.auth),
             alert_id=filters.validated_data.get("alert"),
         )
-        page = paginator.paginate_queryset(queryset, request, view=self)
-        return paginator.get_paginated_response(NotificationDeliveryOutputSerializer(page, many=True).data)
+        return self.paginated(request, queryset, NotificationDeliveryOutputSerializer)

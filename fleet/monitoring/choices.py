@@ -20,6 +20,9 @@ class AlertState(models.TextChoices):
     RESOLVED = "resolved", "Resolved"
 
 
+OPEN_ALERT_STATES = (AlertState.PENDING, AlertState.FIRING)
+
+
 class TargetKind(models.TextChoices):
     EMAIL = "email", "Email"
     WEBHOOK = "webhook", "Webhook"

@@ -129,6 +129,10 @@ class Alert(models.Model):
         where = f"{self.box_id}/{self.iface}" if self.iface else str(self.box_id)
         return f"{self.rule_id} {where} ({self.state})"
 
+    @property
+    def is_firing(self) -> bool:
+        return self.state == AlertState.FIRING
+
 
 class NotificationDelivery(models.Model):
     """One notification of one alert event to one target; sent and retried by Celery, every attempt

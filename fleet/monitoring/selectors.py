@@ -9,6 +9,7 @@ from django.db.models import QuerySet
 
 from fleet.core.errors import NotFound
 from fleet.core.models import Event
+from fleet.monitoring.choices import OPEN_ALERT_STATES
 from fleet.monitoring.models import Alert, AlertRule, NotificationDelivery, NotificationTarget
 
 
@@ -36,6 +37,7 @@ def event_list(
 def alert_rule_list(*, organization_id: UUID) -> QuerySet[AlertRule]:
     return (
         AlertRule.objects.filter(organization_id=organization_id)
+        .select_related("box")
         .prefetch_related("targets")
         .order_by("name", "id")
     )
@@ -68,6 +70,15 @@ def alert_list(
     if box_id:
         queryset = queryset.filter(box_id=box_id)
     return queryset.order_by("-started_at", "-id")
+
+
+def alerts_open(*, organization_id: UUID, limit: int = 100) -> list[Alert]:
+    """The organisation's pending and firing alerts, newest first (at most ``limit``)."""
+    return list(
+        Alert.objects.filter(organization_id=organization_id, state__in=OPEN_ALERT_STATES)
+        .select_related("rule", "box")
+        .order_by("-started_at", "-id")[:limit]
+    )
 
 
 def notification_delivery_list(

@@ -11,9 +11,9 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from fleet.core.access import box_for
+from fleet.core.apis.base import ApiView
 from fleet.core.choices import Role
 from fleet.core.permissions import IsPerson
 from fleet.telemetry.selectors import (
@@ -39,7 +39,7 @@ TelemetryQuerySerializer = type(
 )
 
 
-class BoxTelemetryApi(APIView):
+class BoxTelemetryApi(ApiView):
     """GET /api/v1/boxes/{id}/telemetry?from=&to=&resolution=raw|5m|1h|auto&max_points="""
 
     permission_classes = [IsPerson]
@@ -68,7 +68,7 @@ class BoxTelemetryApi(APIView):
         return Response(telemetry_series(box_id=box.pk, plan=plan))
 
 
-class BoxStatusApi(APIView):
+class BoxStatusApi(ApiView):
     """GET /api/v1/boxes/{id}/status: online, last seen, live metrics and per-WAN state."""
 
     permission_classes = [IsPerson]

@@ -169,4 +169,9 @@ def telemetry_series(*, box_id: UUID, plan: SeriesPlan) -> dict[str, Any]:
 def box_live_status(*, box_id: UUID) -> tuple[BoxStatus | None, list[WanStatus]]:
     """The box's live status row (None if it never connected) and its WAN rows, in two queries."""
     status = BoxStatus.objects.filter(box_id=box_id).first()
-    return status, list(WanStatus.objects.filter(box_id=box_id).order_by("iface"))
+    return status, box_wans(box_id=box_id)
+
+
+def box_wans(*, box_id: UUID) -> list[WanStatus]:
+    """The WAN links the box reports, by interface name (one query)."""
+    return list(WanStatus.objects.filter(box_id=box_id).order_by("iface"))

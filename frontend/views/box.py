@@ -22,21 +22,23 @@ from fleet.commands.selectors import command_list_for_box
 from fleet.commands.services import command_create
 from fleet.core.access import ROLE_RANK, box_for, is_staff, require_role
 from fleet.core.audit import Actor
-from fleet.core.choices import Role, WanKind
+from fleet.core.choices import Role, WanKind, WanMode, WanRole
 from fleet.core.errors import Conflict, DomainError, InvalidInput, NotFound
-from fleet.core.models import Box, Event
-from fleet.firmware.choices import OPEN_STATES, WAITING_STATES
-from fleet.firmware.selectors import box_upgrade_policy, box_upgrades
+from fleet.core.models import Box
+from fleet.firmware.choices import OPEN_STATES as OPEN_UPGRADE_STATES
+from fleet.firmware.choices import WAITING_STATES
+from fleet.firmware.selectors import box_upgrade_policy, box_upgrades, box_waiting_upgrade
 from fleet.firmware.services import (
     box_upgrade_now,
     box_upgrade_policy_update,
     latest_release_for,
     upgrade_postpone,
 )
-from fleet.telemetry.models import BoxStatus, WanStatus
+from fleet.monitoring.selectors import event_list
+from fleet.telemetry.selectors import box_live_status, box_wans
 from frontend.errors import form_add_domain_error, page_errors
 from frontend.forms import BoxRenameForm, CommandForm, FirmwareSettingsForm, PostponeForm, WanPolicyForm
-from provisioning.choices import AssignmentState
+from provisioning.selectors.boxes import box_addresses
 from provisioning.services.configuration import box_set_wan_policy, box_update
 
 EVENTS_SHOWN = 30
@@ -55,14 +57,6 @@ def _can_edit(role: str) -> bool:
     return ROLE_RANK[Role(role)] >= ROLE_RANK[Role.ADMIN]
 
 
-def _status(box: Box) -> Any:
-    return BoxStatus.objects.filter(box=box).first()
-
-
-def _wans(box: Box) -> list[Any]:
-    return list(WanStatus.objects.filter(box=box).order_by("iface"))
-
-
 def _policy_interfaces(box: Box, wans: list[Any]) -> list[dict[str, Any]]:
     """The policy's interfaces, plus links the box reports that the policy does not name yet."""
     policy = box.wan_policy or {}
@@ -72,18 +66,14 @@ def _policy_interfaces(box: Box, wans: list[Any]) -> list[dict[str, Any]]:
     for wan in wans:
         if wan.iface not in known:
             kind = wan.kind if wan.kind in WanKind.values else WanKind.OTHER
-            interfaces.append({"name": wan.iface, "role": "primary", "kind": kind})
+            interfaces.append({"name": wan.iface, "role": WanRole.PRIMARY, "kind": kind})
     for item in interfaces:
         item["label"] = labels.get(item.get("name")) or item.get("name")
     return interfaces
 
 
-def _addresses(box: Box) -> list[Any]:
-    return list(box.addresses.filter(state=AssignmentState.ACTIVE).select_related("pool").order_by("purpose"))
-
-
 def _events(box: Box) -> list[Any]:
-    return list(Event.objects.filter(box=box).order_by("-ts", "-id")[:EVENTS_SHOWN])
+    return list(event_list(box_id=box.pk)[:EVENTS_SHOWN])
 
 
 def _commands(box: Box) -> list[Any]:
@@ -94,7 +84,7 @@ def _firmware(box: Box) -> dict[str, Any]:
     """What the rollout engine says about this box's firmware: latest release, open upgrade, window."""
 
     upgrades = list(box_upgrades(box=box)[:5])
-    open_upgrade = next((upgrade for upgrade in upgrades if upgrade.state in OPEN_STATES), None)
+    open_upgrade = next((upgrade for upgrade in upgrades if upgrade.state in OPEN_UPGRADE_STATES), None)
     latest = latest_release_for(box) if box.organization_id else None
     return {
         "latest_version": latest.version if latest else "",
@@ -108,7 +98,7 @@ def _firmware(box: Box) -> dict[str, Any]:
 
 def box_context(request: HttpRequest, box: Box, *, console: bool = False) -> dict[str, Any]:
     role = _role(request, box)
-    wans = _wans(box)
+    status, wans = box_live_status(box_id=box.pk)
     commands = _commands(box)
     return {
         "nav": "console" if console else "boxes",
@@ -116,15 +106,15 @@ def box_context(request: HttpRequest, box: Box, *, console: bool = False) -> dic
         "box": box,
         "role": role,
         "can_edit": _can_edit(role),
-        "status": _status(box),
+        "status": status,
         "wans": wans,
-        "addresses": _addresses(box),
+        "addresses": box_addresses(box=box),
         "events": _events(box),
         "commands": commands,
-        "commands_open": any(command.state in {"pending", "sent", "running"} for command in commands),
+        "commands_open": any(command.is_open for command in commands),
         "firmware": _firmware(box),
         "policy_form": WanPolicyForm(
-            initial={"mode": (box.wan_policy or {}).get("mode", "aggregate")},
+            initial={"mode": (box.wan_policy or {}).get("mode", WanMode.AGGREGATE)},
             interfaces=_policy_interfaces(box, wans),
         ),
         "rename_form": BoxRenameForm(initial={"name": box.name, "tags": " ".join(box.tags)}),
@@ -149,9 +139,8 @@ def box_page(request: HttpRequest, box_id: str) -> HttpResponse:
 @page_errors
 def box_status_fragment(request: HttpRequest, box_id: str) -> HttpResponse:
     box = box_for(request.user, box_id, Role.VIEWER)
-    return render(
-        request, "frontend/box/_status.html", {"box": box, "status": _status(box), "wans": _wans(box)}
-    )
+    status, wans = box_live_status(box_id=box.pk)
+    return render(request, "frontend/box/_status.html", {"box": box, "status": status, "wans": wans})
 
 
 @login_required
@@ -183,7 +172,7 @@ def box_commands_fragment(request: HttpRequest, box_id: str) -> HttpResponse:
         {
             "box": box,
             "commands": commands,
-            "commands_open": any(command.state in {"pending", "sent", "running"} for command in commands),
+            "commands_open": any(command.is_open for command in commands),
         },
     )
 
@@ -200,7 +189,7 @@ def _back(request: HttpRequest, box: Box, anchor: str) -> HttpResponse:
 def box_policy_update(request: HttpRequest, box_id: str) -> HttpResponse:
     """Save the WAN policy; the page then shows "waiting for the box to apply" until it has."""
     box = box_for(request.user, box_id, Role.ADMIN)
-    form = WanPolicyForm(request.POST, interfaces=_policy_interfaces(box, _wans(box)))
+    form = WanPolicyForm(request.POST, interfaces=_policy_interfaces(box, box_wans(box_id=box.pk)))
     if form.is_valid():
         try:
             box = box_set_wan_policy(
@@ -263,7 +252,7 @@ def box_rename(request: HttpRequest, box_id: str) -> HttpResponse:
 def box_command_create(request: HttpRequest, box_id: str) -> HttpResponse:
     """Send a command (reboot, diagnostics, speed test...) to the box."""
     box = box_for(request.user, box_id, Role.ADMIN)
-    form = CommandForm(request.POST, wans=_wans(box))
+    form = CommandForm(request.POST, wans=box_wans(box_id=box.pk))
     if form.is_valid():
         try:
             command = command_create(
@@ -320,7 +309,7 @@ def box_firmware_action(request: HttpRequest, box_id: str, action: str) -> HttpR
             form = PostponeForm(request.POST)
             if not form.is_valid():
                 raise InvalidInput("choose how long to postpone", field="days")
-            waiting = box_upgrades(box=box).filter(state__in=WAITING_STATES).first()
+            waiting = box_waiting_upgrade(box=box)
             if waiting is None:
                 raise Conflict("there is no waiting upgrade to postpone")
             upgrade_postpone(

@@ -22,17 +22,14 @@ from fleet.core.access import box_for, is_staff
 from fleet.core.audit import Actor
 from fleet.core.choices import Role
 from fleet.core.errors import DomainError
-from fleet.core.models import Organization
-from fleet.firmware import services
-from fleet.firmware.choices import FAILURE_STATES, WAITING_STATES, UpgradeState
-from fleet.firmware.models import Release, Rollout
-from fleet.firmware.selectors import rollout_preview, rollout_progress, rollouts_list
+from fleet.firmware import selectors as firmware_selectors
+from fleet.firmware import services as firmware_services
+from fleet.firmware.choices import FAILURE_STATES, WAITING_STATES, RolloutAction, UpgradeState
 from frontend import selectors
 from frontend.errors import form_add_domain_error, page_errors
 from frontend.forms import AuditFilterForm, ConsoleSearchForm, RolloutForm, StaffActionForm
 from frontend.views.box import box_context
-from provisioning.models import AggregationServer
-from provisioning.selectors.infrastructure import server_capacity_summary
+from provisioning.selectors import infrastructure as provisioning_selectors
 from provisioning.services import lifecycle as provisioning_services
 
 AUDIT_PAGE_SIZE = 50
@@ -79,7 +76,7 @@ def staff_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
 def console_home(request: HttpRequest) -> HttpResponse:
     """Fleet health: online share, boxes per server and region against capacity, ingest, alerts."""
     health = selectors.fleet_health()
-    servers = server_capacity_summary()
+    servers = provisioning_selectors.server_capacity_summary()
     regions = selectors.boxes_per_region()
     capacity_by_region: dict[str, dict[str, int]] = {}
     for server in servers:
@@ -129,7 +126,7 @@ def console_box(request: HttpRequest, box_id: str) -> HttpResponse:
 def _server_choices(box: Any) -> list[tuple[str, str]]:
     return [("", "Least loaded active server in the region")] + [
         (server["id"], f"{server['name']} · {server['region']} · {server['spare']} free · {server['status']}")
-        for server in server_capacity_summary()
+        for server in provisioning_selectors.server_capacity_summary()
         if str(box.server_id) != server["id"]
     ]
 
@@ -155,7 +152,7 @@ def console_box_action(request: HttpRequest, box_id: str, action: str) -> HttpRe
             try:
                 if action == "reassign":
                     server_id = form.cleaned_data.get("server")
-                    server = AggregationServer.objects.get(pk=server_id) if server_id else None
+                    server = provisioning_selectors.server_get(server_id=server_id) if server_id else None
                     box = provisioning_services.box_reassign_server(actor=actor, box=box, server=server)
                     done = f"{box.serial} now terminates on {box.server.name if box.server else 'no server'}."
                 elif action == "release":
@@ -215,23 +212,20 @@ def console_audit(request: HttpRequest) -> HttpResponse:
 # -- rollouts --------------------------------------------------------------------------------------
 
 
-def _rollout_services() -> Any:
-    return services
-
-
 def _rollout_form(data: Any = None) -> RolloutForm:
-    releases = Release.objects.filter(state="published").order_by("-published_at", "-created_at")
-    organizations = Organization.objects.order_by("name").values_list("pk", "name")
     return RolloutForm(
         data,
-        releases=[(str(release.pk), f"{release.version} ({release.channel})") for release in releases],
-        organizations=[(str(pk), name) for pk, name in organizations],
+        releases=[
+            (str(release.pk), f"{release.version} ({release.channel})")
+            for release in firmware_selectors.releases_published()
+        ],
+        organizations=selectors.organization_choices(),
     )
 
 
 @staff_required
 def rollout_list(request: HttpRequest) -> HttpResponse:
-    rollouts = list(rollouts_list()[:100])
+    rollouts = list(firmware_selectors.rollouts_list()[:100])
     return render(request, "frontend/console/rollouts.html", {"nav": "console", "rollouts": rollouts})
 
 
@@ -244,8 +238,7 @@ def rollout_new(request: HttpRequest) -> HttpResponse:
     status = 200
     if request.method == "POST":
         if form.is_valid():
-            services = _rollout_services()
-            release = Release.objects.get(pk=form.cleaned_data["release"])
+            release = firmware_selectors.release_get(release_id=form.cleaned_data["release"])
             arguments = {
                 "release": release,
                 "target": form.target(),
@@ -254,15 +247,14 @@ def rollout_new(request: HttpRequest) -> HttpResponse:
             }
             try:
                 if request.POST.get("intent") == "create":
-                    rollout = services.rollout_create(
+                    rollout = firmware_services.rollout_create(
                         actor=Actor.from_request(request), name=form.cleaned_data["name"], **arguments
                     )
                     if request.POST.get("start") == "1":
-                        services.rollout_start(actor=Actor.from_request(request), rollout=rollout)
+                        firmware_services.rollout_start(actor=Actor.from_request(request), rollout=rollout)
                     messages.success(request, f"Rollout “{rollout.name}” created.")
                     return redirect("frontend:rollout", rollout_id=rollout.pk)
-
-                preview = rollout_preview(**arguments)
+                preview = firmware_selectors.rollout_preview(**arguments)
                 preview["skipped_total"] = sum(preview.get("skipped", {}).values())
             except DomainError as exc:
                 form_add_domain_error(form, _target_field(exc))
@@ -283,17 +275,9 @@ def _target_field(exc: DomainError) -> DomainError:
     return exc
 
 
-def _rollout(rollout_id: str) -> Any:
-    rollout = Rollout.objects.select_related("release").filter(pk=rollout_id).first()
-    if rollout is None:
-        raise Http404("rollout not found")
-    return rollout
-
-
 def _rollout_progress(rollout: Any) -> dict[str, Any]:
     """The rollout engine's progress summary, with the shares the progress bar needs."""
-
-    progress = rollout_progress(rollout=rollout)
+    progress = firmware_selectors.rollout_progress(rollout=rollout)
     counts = progress["counts"]
     progress["succeeded"] = counts.get(UpgradeState.SUCCEEDED, 0)
     progress["waiting"] = sum(counts.get(state, 0) for state in WAITING_STATES)
@@ -310,33 +294,30 @@ def _rollout_progress(rollout: Any) -> dict[str, Any]:
 @page_errors
 def rollout_detail(request: HttpRequest, rollout_id: str) -> HttpResponse:
     """A rollout's progress, refreshed live while it runs."""
-    rollout = _rollout(rollout_id)
+    rollout = firmware_selectors.rollout_get(rollout_id=rollout_id)
     context = {"nav": "console", "rollout": rollout, "progress": _rollout_progress(rollout)}
     if request.headers.get("HX-Request"):
         return render(request, "frontend/console/_rollout_progress.html", context)
     return render(request, "frontend/console/rollout.html", context)
 
 
-ROLLOUT_ACTIONS = {"start", "pause", "resume", "abort", "retry"}
-
-
 @staff_required
 @require_POST
 @page_errors
 def rollout_action(request: HttpRequest, rollout_id: str, action: str) -> HttpResponse:
-    if action not in ROLLOUT_ACTIONS:
+    """Start, pause, resume, abort or retry the failed upgrades (the buttons the rollout's state allows)."""
+    if action not in RolloutAction.values:
         raise Http404("unknown action")
-    rollout = _rollout(rollout_id)
-    services = _rollout_services()
-    name = {"retry": "upgrades_retry_failed"}.get(action, f"rollout_{action}")
-    service = getattr(services, name)
+    rollout = firmware_selectors.rollout_get(rollout_id=rollout_id)
     try:
-        kwargs: dict[str, Any] = {"actor": Actor.from_request(request), "rollout": rollout}
-        if action == "pause" and request.POST.get("reason"):
-            kwargs["reason"] = request.POST["reason"][:500]
-        service(**kwargs)
+        firmware_services.rollout_act(
+            actor=Actor.from_request(request),
+            rollout=rollout,
+            action=action,
+            reason=request.POST.get("reason", "")[:500],
+        )
     except DomainError as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, f"Rollout {action} done.")
+        messages.success(request, f"Rollout: {RolloutAction(action).label.lower()} done.")
     return redirect(reverse("frontend:rollout", args=[rollout.pk]))

@@ -8,15 +8,14 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from fleet.core import selectors
+from fleet.core import selectors as fleet_selectors
 from fleet.core.access import organization_for
 from fleet.core.audit import Actor
 from fleet.core.choices import Role
 from fleet.core.errors import DomainError
-from fleet.core.models import ApiToken, Box, Invitation, Membership
+from fleet.core.models import Membership
 from fleet.core.services import (
     api_token_create,
     api_token_revoke,
@@ -24,8 +23,8 @@ from fleet.core.services import (
     member_remove,
     member_set_role,
 )
+from fleet.monitoring import selectors as monitoring_selectors
 from fleet.monitoring.choices import AlertRuleKind
-from fleet.monitoring.models import Alert, AlertRule, NotificationTarget
 from fleet.monitoring.services import (
     alert_rule_create,
     alert_rule_delete,
@@ -33,6 +32,7 @@ from fleet.monitoring.services import (
     notification_target_create,
     notification_target_delete,
 )
+from frontend import selectors
 from frontend.context import PortalOrganization, current_organization
 from frontend.errors import form_add_domain_error, page_errors
 from frontend.forms import AlertRuleForm, ApiTokenForm, InviteForm, MemberRoleForm, NotificationTargetForm
@@ -72,15 +72,8 @@ def members_page(request: HttpRequest) -> HttpResponse:
                 messages.success(request, f"Invitation sent to {invitation.email}.")
                 return redirect("frontend:members")
         status = 400
-    members = list(selectors.members_of_organization(organization=organization))
-    invitations = list(
-        Invitation.objects.filter(
-            organization=organization,
-            accepted_at__isnull=True,
-            revoked_at__isnull=True,
-            expires_at__gt=timezone.now(),
-        ).order_by("-created_at")
-    )
+    members = list(fleet_selectors.members_of_organization(organization=organization))
+    invitations = selectors.invitations_pending(organization=organization)
     return render(
         request,
         "frontend/organization/members.html",
@@ -99,14 +92,7 @@ def members_page(request: HttpRequest) -> HttpResponse:
 def _membership(request: HttpRequest, membership_id: str) -> Membership:
     portal = _portal(request)
     organization = organization_for(request.user, portal.organization.pk, Role.OWNER)
-    membership = (
-        Membership.objects.select_related("user", "organization")
-        .filter(pk=membership_id, organization=organization)
-        .first()
-    )
-    if membership is None:
-        raise Http404("member not found")
-    return membership
+    return selectors.membership_get(organization=organization, membership_id=membership_id)
 
 
 @login_required
@@ -169,7 +155,7 @@ def tokens_page(request: HttpRequest) -> HttpResponse:
             status = 400
     tokens = [
         token
-        for token in selectors.api_tokens_of_user(user=request.user)
+        for token in fleet_selectors.api_tokens_of_user(user=request.user)
         if token.organization_id == portal.organization.pk
     ]
     response = render(
@@ -187,13 +173,7 @@ def tokens_page(request: HttpRequest) -> HttpResponse:
 @require_POST
 @page_errors
 def token_revoke(request: HttpRequest, token_id: str) -> HttpResponse:
-    token = (
-        ApiToken.objects.select_related("organization")
-        .filter(pk=token_id, user_id=request.user.pk or 0)
-        .first()
-    )
-    if token is None:
-        raise Http404("token not found")
+    token = selectors.api_token_of_user(user=request.user, token_id=token_id)
     api_token_revoke(actor=Actor.from_request(request), token=token)
     messages.success(request, f"Token “{token.name}” revoked.")
     return redirect("frontend:tokens")
@@ -203,18 +183,12 @@ def token_revoke(request: HttpRequest, token_id: str) -> HttpResponse:
 
 
 def _alert_forms(organization: Any, data: Any = None) -> tuple[AlertRuleForm, NotificationTargetForm]:
-
-    boxes = (
-        Box.objects.filter(organization=organization)
-        .order_by("serial")
-        .values_list("pk", "serial", "name")[:500]
-    )
-    targets = NotificationTarget.objects.filter(organization=organization).values_list("pk", "name")
+    targets = monitoring_selectors.notification_target_list(organization_id=organization.pk)
     rule_form = AlertRuleForm(
         data if data and data.get("form") == "rule" else None,
         kinds=AlertRuleKind.choices,
-        boxes=[(str(pk), f"{name} ({serial})" if name else serial) for pk, serial, name in boxes],
-        targets=[(str(pk), name) for pk, name in targets],
+        boxes=selectors.box_choices(organization=organization),
+        targets=[(str(target.pk), target.name) for target in targets],
     )
     target_form = NotificationTargetForm(data if data and data.get("form") == "target" else None)
     return rule_form, target_form
@@ -265,15 +239,9 @@ def alerts_page(request: HttpRequest) -> HttpResponse:
         except DomainError as exc:
             form_add_domain_error(rule_form if form_name == "rule" else target_form, exc)
         status = 400
-    rules = list(
-        AlertRule.objects.filter(organization=organization).select_related("box").prefetch_related("targets")
-    )
-    targets = list(NotificationTarget.objects.filter(organization=organization))
-    open_alerts = list(
-        Alert.objects.filter(organization=organization, state__in=["pending", "firing"])
-        .select_related("rule", "box")
-        .order_by("-started_at")[:100]
-    )
+    rules = list(monitoring_selectors.alert_rule_list(organization_id=organization.pk))
+    targets = list(monitoring_selectors.notification_target_list(organization_id=organization.pk))
+    open_alerts = monitoring_selectors.alerts_open(organization_id=organization.pk)
     return render(
         request,
         "frontend/organization/alerts.html",
@@ -299,32 +267,22 @@ def alert_object_action(request: HttpRequest, kind: str, object_id: str, action:
     portal = _portal(request)
     organization = organization_for(request.user, portal.organization.pk, Role.ADMIN)
     actor = Actor.from_request(request)
+    # Looked up before acting: an unknown rule or target is a 404 (page_errors), not a message.
+    if kind == "rule" and action in {"delete", "enable", "disable"}:
+        rule = monitoring_selectors.alert_rule_get(organization_id=organization.pk, rule_id=object_id)
+    elif kind == "target" and action == "delete":
+        target = monitoring_selectors.notification_target_get(
+            organization_id=organization.pk, target_id=object_id
+        )
+    else:
+        raise Http404("unknown action")
     try:
-        if kind == "rule":
-            rule = (
-                AlertRule.objects.filter(pk=object_id, organization=organization)
-                .select_related("organization")
-                .first()
-            )
-            if rule is None:
-                raise Http404("rule not found")
-            if action == "delete":
-                alert_rule_delete(actor=actor, rule=rule)
-            elif action in {"enable", "disable"}:
-                alert_rule_update(actor=actor, rule=rule, enabled=action == "enable")
-            else:
-                raise Http404("unknown action")
-        elif kind == "target" and action == "delete":
-            target = (
-                NotificationTarget.objects.filter(pk=object_id, organization=organization)
-                .select_related("organization")
-                .first()
-            )
-            if target is None:
-                raise Http404("target not found")
-            notification_target_delete(actor=actor, target=target)
+        if kind == "rule" and action == "delete":
+            alert_rule_delete(actor=actor, rule=rule)
+        elif kind == "rule":
+            alert_rule_update(actor=actor, rule=rule, enabled=action == "enable")
         else:
-            raise Http404("unknown action")
+            notification_target_delete(actor=actor, target=target)
     except DomainError as exc:
         messages.error(request, exc.message)
     else:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from rest_framework.exceptions import ValidationError
@@ -14,11 +13,10 @@ from fleet.core.access import organization_for
 from fleet.core.audit import Actor
 from fleet.core.choices import Role
 from fleet.core.errors import DomainError
+from frontend import selectors
 from frontend.context import current_organization
 from frontend.errors import form_add_domain_error, page_errors
 from frontend.forms import BoxClaimForm, FleetFilterForm
-from provisioning.models import Region
-from provisioning.selectors.boxes import box_list
 from provisioning.services.lifecycle import box_claim
 
 PAGE_SIZE = 50
@@ -39,29 +37,19 @@ def fleet_page(request: HttpRequest) -> HttpResponse:
     portal = current_organization(request)
     if portal is None:
         return _no_organization(request)
-    regions = list(Region.objects.order_by("code").values_list("code", "name"))
-    form = FleetFilterForm(
-        request.GET or None, regions=[(code, f"{code} · {name}") for code, name in regions]
-    )
-    filters: dict[str, object] = {"organization": str(portal.organization.pk)}
-    status = ""
+    form = FleetFilterForm(request.GET or None, regions=selectors.region_choices())
+    organization_only = {"organization": str(portal.organization.pk)}
+    filters: dict[str, object] = dict(organization_only)
+    online = None
     page_number = 1
     if form.is_valid():
-        data = form.cleaned_data
-        filters.update({key: data[key] for key in ("q", "region", "firmware") if data.get(key)})
-        status = data.get("status") or ""
-        page_number = data.get("page") or 1
-        if status == "drift":
-            filters["drift"] = True
+        filters.update(form.box_filters())
+        online = form.online()
+        page_number = form.cleaned_data.get("page") or 1
     try:
-        boxes = box_list(user=request.user, filters=filters)
+        boxes = selectors.fleet_page_boxes(user=request.user, filters=filters, online=online)
     except ValidationError:
-        boxes = box_list(user=request.user, filters={"organization": filters["organization"]})
-    boxes = boxes.select_related("status").order_by("serial")
-    if status == "online":
-        boxes = boxes.filter(status__online=True)
-    elif status == "offline":
-        boxes = boxes.filter(Q(status__isnull=True) | Q(status__online=False))
+        boxes = selectors.fleet_page_boxes(user=request.user, filters=organization_only, online=online)
     paginator = Paginator(boxes, PAGE_SIZE)
     page = paginator.get_page(page_number)
     query = request.GET.copy()

@@ -17,14 +17,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from fleet.core.apis.base import ApiView, etag_matches
-from fleet.core.audit import Actor
 from fleet.core.errors import NotFound
 from fleet.core.permissions import IsStaff
 from provisioning.authentication import IsAggregationServer, ServerPrincipal
 from provisioning.choices import PoolPurpose, ServerStatus
 from provisioning.models import AddressPool, AggregationServer, Region
 from provisioning.selectors.configuration import server_peers_document
-from provisioning.selectors.infrastructure import pool_utilisation, pools_with_utilisation
+from provisioning.selectors.infrastructure import pool_utilisation, pools_with_utilisation, region_list
 from provisioning.services import infrastructure as services
 
 
@@ -92,7 +91,7 @@ class RegionListApi(ApiView):
 
     @extend_schema(summary="List regions", responses=RegionOutput(many=True), tags=["servers"])
     def get(self, request: Request) -> Response:
-        return self.paginated(request, Region.objects.order_by("code"), RegionOutput)
+        return self.paginated(request, region_list(), RegionOutput)
 
     @extend_schema(
         summary="Create a region", request=InputSerializer, responses={201: RegionOutput}, tags=["servers"]
@@ -100,7 +99,7 @@ class RegionListApi(ApiView):
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        region = services.region_create(actor=Actor.from_request(request), **data.validated_data)
+        region = services.region_create(actor=self.actor(request), **data.validated_data)
         return Response(RegionOutput(region).data, status=status.HTTP_201_CREATED)
 
 
@@ -180,7 +179,7 @@ class ServerListApi(ApiView):
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        server, token = services.server_create(actor=Actor.from_request(request), **data.validated_data)
+        server, token = services.server_create(actor=self.actor(request), **data.validated_data)
         server.token = token  # type: ignore[attr-defined]
         return Response(ServerCreatedOutput(server).data, status=status.HTTP_201_CREATED)
 
@@ -214,7 +213,7 @@ class ServerDetailApi(ApiView):
         server = _get(AggregationServer, server_id, "server")
         data = self.InputSerializer(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
-        services.server_update(actor=Actor.from_request(request), server=server, **data.validated_data)
+        services.server_update(actor=self.actor(request), server=server, **data.validated_data)
         return Response(ServerOutput(_get(AggregationServer, server_id, "server", _servers())).data)
 
 
@@ -229,7 +228,7 @@ class ServerRotateTokenApi(ApiView):
     )
     def post(self, request: Request, server_id: UUID) -> Response:
         server = _get(AggregationServer, server_id, "server")
-        token = services.server_rotate_token(actor=Actor.from_request(request), server=server)
+        token = services.server_rotate_token(actor=self.actor(request), server=server)
         return Response({"token": token})
 
 
@@ -295,7 +294,7 @@ class PoolListApi(ApiView):
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        pool = services.pool_create(actor=Actor.from_request(request), **data.validated_data)
+        pool = services.pool_create(actor=self.actor(request), **data.validated_data)
         pool = pools_with_utilisation().get(pk=pool.pk)
         return Response(PoolOutput(pool).data, status=status.HTTP_201_CREATED)
 

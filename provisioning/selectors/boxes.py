@@ -92,3 +92,8 @@ def box_list(*, user: Any, auth: Any = None, filters: dict[str, Any] | None = No
     if not filterset.is_valid():
         raise ValidationError(filterset.errors)
     return filterset.qs.order_by("serial")
+
+
+def box_addresses(*, box: Box) -> list[AddressAssignment]:
+    """The box's active address assignments with their pools, by purpose (one query)."""
+    return list(box.addresses.filter(state=AssignmentState.ACTIVE).select_related("pool").order_by("purpose"))

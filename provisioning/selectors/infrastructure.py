@@ -4,12 +4,14 @@ runs a constant number of queries."""
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from django.db.models import Count, F, Q, QuerySet
 
+from fleet.core.errors import NotFound
 from provisioning.addressing import pool_size
 from provisioning.choices import AssignmentState
-from provisioning.models import AddressPool, AggregationServer
+from provisioning.models import AddressPool, AggregationServer, Region
 
 
 def server_capacity_summary() -> list[dict[str, Any]]:
@@ -57,3 +59,15 @@ def servers_with_spare() -> QuerySet[AggregationServer]:
     return AggregationServer.objects.select_related("region").annotate(
         spare=F("capacity") - F("assigned_boxes")
     )
+
+
+def region_list() -> QuerySet[Region]:
+    return Region.objects.order_by("code")
+
+
+def server_get(*, server_id: Any) -> AggregationServer:
+    """One aggregation server; NotFound for an unknown or malformed id."""
+    try:
+        return AggregationServer.objects.select_related("region").get(pk=UUID(str(server_id)))
+    except (AggregationServer.DoesNotExist, ValueError) as exc:
+        raise NotFound("server not found") from exc

@@ -143,6 +143,37 @@ def test_rename_and_send_a_command(people, box) -> None:
     assert "every 3s" in fragment  # it keeps polling while the command is open
 
 
+def test_commands_show_their_state(people, box) -> None:
+    from fleet.commands.choices import CommandKind, CommandState
+    from fleet.commands.models import Command
+
+    # given commands in every kind of end, and one running
+    now = timezone.now()
+    for kind, state, progress in (
+        (CommandKind.REBOOT, CommandState.SUCCEEDED, 100),
+        (CommandKind.DIAGNOSTICS, CommandState.EXPIRED, 0),
+        (CommandKind.REFRESH_CONFIG, CommandState.CANCELLED, 0),
+        (CommandKind.SPEED_TEST, CommandState.RUNNING, 40),
+    ):
+        Command.objects.create(
+            box=box,
+            organization=people.org,
+            kind=kind,
+            state=state,
+            progress=progress,
+            progress_message="measuring" if state == CommandState.RUNNING else "",
+            expires_at=now,
+        )
+    # when the commands fragment is shown
+    fragment = logged_in(people.viewer).get(f"/boxes/{box.pk}/commands/").content.decode()
+    # then each state has its badge, the running one its progress, and the list keeps polling
+    assert '<span class="badge ok">Succeeded</span>' in fragment
+    assert '<span class="badge bad">Expired</span>' in fragment
+    assert '<span class="badge">Cancelled</span>' in fragment
+    assert '<span class="badge warn">Running 40 %</span>' in fragment
+    assert "measuring" in fragment and "every 3s" in fragment
+
+
 def test_a_speed_test_through_one_wan_in_both_directions(people, box) -> None:
     from fleet.commands.models import Command
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from fleet.core.audit import Actor
 from fleet.core.choices import BoxState
 from fleet.core.models import AuditLog, Box
+from fleet.firmware.choices import RolloutState
 from fleet.firmware.models import Rollout
+from provisioning.choices import ServerStatus
 from tests.provisioning.firmware_helpers import make_fleet, make_release
 
 pytestmark = pytest.mark.django_db
@@ -136,6 +139,58 @@ def test_rollout_preview_create_and_pause(people) -> None:
         in client.get(f"/console/rollouts/{rollout.pk}/", HTTP_HX_REQUEST="true").content.decode()
     )
     assert AuditLog.objects.filter(action__startswith="rollout.").count() >= 2
+
+
+@pytest.mark.parametrize(
+    ("state", "buttons"),
+    [
+        (RolloutState.DRAFT, {"Start", "Abort"}),
+        (RolloutState.SCHEDULED, {"Pause", "Abort"}),  # it starts at start_at: no Start button
+        (RolloutState.RUNNING, {"Pause", "Abort"}),
+        (RolloutState.PAUSED, {"Resume", "Abort"}),
+        (RolloutState.COMPLETED, set()),
+        (RolloutState.ABORTED, set()),
+    ],
+)
+def test_the_rollout_page_offers_what_the_state_allows(people, state, buttons) -> None:
+    # given a rollout in the state
+    rollout = Rollout.objects.create(name="r", release=make_release("4.0.0"), state=state)
+    # when staff open it
+    content = logged_in(people.staff).get(f"/console/rollouts/{rollout.pk}/").content.decode()
+    # then the buttons are the model's next actions, and the badge carries the state
+    offered = {name for name in ("Start", "Pause", "Resume", "Abort") if f">{name}</button>" in content}
+    assert offered == buttons
+    assert f'data-state="{state}"' in content
+    assert "Retry failed" not in content  # nothing failed
+
+
+def test_retry_failed_is_offered_while_upgrades_failed_and_the_state_allows_it(people) -> None:
+    from fleet.firmware.choices import UpgradeState
+    from fleet.firmware.models import Upgrade
+
+    # given a completed rollout with a failed upgrade
+    release = make_release("4.1.0")
+    rollout = Rollout.objects.create(name="r", release=release, state=RolloutState.COMPLETED)
+    box = make_fleet(1, organization=people.org, version="1.0.0")[0]
+    Upgrade.objects.create(
+        rollout=rollout, box=box, release=release, state=UpgradeState.FAILED, state_changed_at=timezone.now()
+    )
+    client = logged_in(people.staff)
+    # then the page offers to retry it, and retrying sends the rollout running again
+    assert "Retry failed (1)" in client.get(f"/console/rollouts/{rollout.pk}/").content.decode()
+    assert client.post(f"/console/rollouts/{rollout.pk}/retry-failed/").status_code == 302
+    rollout.refresh_from_db()
+    assert rollout.state == RolloutState.RUNNING
+    assert Upgrade.objects.get(rollout=rollout).state == UpgradeState.PENDING
+    # and an action that is not one is not found
+    assert client.post(f"/console/rollouts/{rollout.pk}/explode/").status_code == 404
+
+
+def test_server_status_badges(people, provisioned_region) -> None:
+    provisioned_region.server.status = ServerStatus.DRAINING
+    provisioned_region.server.save(update_fields=["status"])
+    content = logged_in(people.staff).get("/console/").content.decode()
+    assert '<span class="badge warn">Draining (no new boxes)</span>' in content
 
 
 def test_rollout_form_errors_name_the_field(people) -> None:

@@ -120,6 +120,31 @@ def test_alert_rules_and_targets(people) -> None:
     assert not AlertRule.objects.exists()
 
 
+def test_open_alerts_show_firing_and_pending(people, claimed_box_factory) -> None:
+    from django.utils import timezone
+
+    from fleet.monitoring.choices import AlertRuleKind, AlertState
+    from fleet.monitoring.models import Alert
+
+    # given a firing and a pending alert, and a resolved one
+    box = claimed_box_factory(people.org, "ACME-0500")
+    rule = AlertRule.objects.create(organization=people.org, name="Down", kind=AlertRuleKind.WAN_DOWN)
+    for iface, state in (
+        ("wan0", AlertState.FIRING),
+        ("wan1", AlertState.PENDING),
+        ("wan2", AlertState.RESOLVED),
+    ):
+        Alert.objects.create(
+            rule=rule, organization=people.org, box=box, iface=iface, state=state, started_at=timezone.now()
+        )
+    # when the alerts page is shown
+    content = logged_in(people.viewer).get("/alerts/").content.decode()
+    # then the two open ones are listed with their state, the resolved one is not
+    assert '<span class="badge bad">Firing</span>' in content
+    assert '<span class="badge warn">Pending</span>' in content
+    assert "wan0" in content and "wan1" in content and "wan2" not in content
+
+
 def test_viewers_cannot_change_alerts(people) -> None:
     client = logged_in(people.viewer)
     response = client.post(

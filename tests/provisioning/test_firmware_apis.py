@@ -188,6 +188,29 @@ def test_preview_then_create_start_pause_resume_abort(staff_client: APIClient) -
     assert staff_client.post(f"/api/v1/rollouts/{rollout_id}/resume").status_code == 409
 
 
+def test_a_rollout_says_what_may_be_done_next(staff_client: APIClient) -> None:
+    # given a draft rollout
+    make_fleet(2)
+    release = make_release()
+    body = {"release": str(release.pk), "name": "next steps", "phases": [100]}
+    created = staff_client.post("/api/v1/rollouts/", body, format="json").json()
+    rollout_id = created["id"]
+    # then each answer lists the actions its state allows (Rollout.next_actions)
+    assert created["actions"] == ["start", "abort"]
+    started = staff_client.post(f"/api/v1/rollouts/{rollout_id}/start").json()
+    assert started["actions"] == ["pause", "abort", "retry-failed"]
+    paused = staff_client.post(f"/api/v1/rollouts/{rollout_id}/pause").json()
+    assert paused["actions"] == ["resume", "abort", "retry-failed"] and "retried" not in paused
+    retried = staff_client.post(f"/api/v1/rollouts/{rollout_id}/retry-failed").json()
+    assert retried["retried"] == 0 and retried["actions"] == paused["actions"]
+    assert staff_client.get(f"/api/v1/rollouts/{rollout_id}/").json()["actions"] == paused["actions"]
+    assert staff_client.get("/api/v1/rollouts/").json()["results"][0]["actions"] == paused["actions"]
+    # and an action the state does not allow is refused, naming the state
+    refused = staff_client.post(f"/api/v1/rollouts/{rollout_id}/start")
+    assert refused.status_code == 409 and "state" in refused.json()["error"]["fields"]
+    assert staff_client.post(f"/api/v1/rollouts/{rollout_id}/abort").json()["actions"] == []
+
+
 def test_rollout_input_errors_name_the_field(staff_client: APIClient) -> None:
     release = make_release()
     cases = [

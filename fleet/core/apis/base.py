@@ -1,5 +1,6 @@
-"""What every REST endpoint shares: body-size refusal before parsing, the acting person, pagination,
-ETag matching."""
+"""What every REST endpoint shares (every view under /api/v1/ derives from ``ApiView``, checked by
+tests/test_api_conventions.py): body-size refusal before parsing, JSON only, the schema names, the
+acting person, one way to paginate, and ETag matching."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from typing import Any
 from django.db.models import QuerySet
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
-from rest_framework.pagination import LimitOffsetPagination
+from drf_spectacular.plumbing import get_lib_doc_excludes
+from rest_framework.pagination import BasePagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from fleet.core.audit import Actor
+from fleet.core.pagination import Pagination
 from fleet.core.parsers import JSONParser
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -47,11 +50,6 @@ class ApiSchema(AutoSchema):
         return type(self.view).__name__.removesuffix("Api") + suffix
 
 
-class Pagination(LimitOffsetPagination):
-    default_limit = 50
-    max_limit = 500
-
-
 def etag_matches(if_none_match: str, config_hash: str) -> bool:
     """True when an ``If-None-Match`` header names ``config_hash`` (strong or weak, any in a list)."""
     for candidate in if_none_match.split(","):
@@ -70,11 +68,14 @@ class ApiView(APIView):
     (DRF streams the body to the parser without Django's size check) and accepts JSON only.
 
     A view with ``streams_body = True`` skips that check and must read ``request`` itself, in
-    chunks, under a cap of its own (only the agent's speed-test upload, see fleet/speedtest.py)."""
+    chunks (the agent's speed-test upload, under a cap of its own, see fleet/speedtest.py; a
+    firmware image, which Django's multipart parser spools to a temporary file)."""
 
     parser_classes = [JSONParser]
     schema = ApiSchema()
     streams_body = False
+    # How ``paginated()`` pages a list; a view whose list is a timeline sets a cursor pagination.
+    pagination_class: type[BasePagination] = Pagination
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         if request.method in BODY_METHODS and not self.streams_body:
@@ -86,6 +87,15 @@ class ApiView(APIView):
         return Actor.from_request(request)
 
     def paginated(self, request: Request, queryset: QuerySet[Any], serializer_class: Any) -> Response:
-        paginator = Pagination()
-        page = paginator.paginate_queryset(queryset, request, view=self)
+        """The one way a view answers a list: a page of ``queryset`` serialised with
+        ``serializer_class``, in the shape of the view's ``pagination_class``."""
+        paginator = self.pagination_class()
+        page: Any = paginator.paginate_queryset(queryset, request, view=self)
         return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+def schema_doc_excludes() -> list[Any]:
+    """drf-spectacular's GET_LIB_DOC_EXCLUDES: the classes whose docstring never describes an
+    endpoint. ApiView's describes the base class, so an endpoint without a docstring of its own
+    gets no description rather than that one."""
+    return [*get_lib_doc_excludes(), ApiView]

@@ -1,0 +1,28 @@
+"""The API's two ways to page a list, both served by ``ApiView.paginated`` (fleet/apis/base.py):
+limit/offset for lists (REST_FRAMEWORK's DEFAULT_PAGINATION_CLASS) and a cursor for timelines.
+
+Kept in its own module that imports nothing but DRF's pagination: settings load it by dotted path
+while rest_framework.generics is still importing, so it must not pull views or schemas in.
+"""
+
+from __future__ import annotations
+
+from rest_framework.pagination import CursorPagination, LimitOffsetPagination
+
+
+class Pagination(LimitOffsetPagination):
+    """``?limit=&offset=`` (50 by default, at most 500), answering ``{count, next, previous, results}``."""
+
+    default_limit = 50
+    max_limit = 500
+
+
+class EventPagination(CursorPagination):
+    """Keyset pagination of an events timeline (``?limit=&cursor=``, 50 by default, at most 500,
+    answering ``{next, previous, results}``): no COUNT(*) over a large timeline, stable while new
+    events arrive."""
+
+    ordering = ("-ts", "-id")
+    page_size = 50
+    page_size_query_param = "limit"
+    max_page_size = 500

@@ -1,0 +1,65 @@
+"""How a state looks on a page: the badge classes of each state, keyed by the choice constants, so
+templates show a state without spelling it (``<span class="{{ rollout.state|rollout_badge }}">``).
+
+What a state allows (a rollout's next actions, whether a command is still open) is the model's to
+say; this module only picks colours.
+"""
+
+from __future__ import annotations
+
+from django import template
+
+from fleet.commands.choices import CommandState
+from fleet.firmware.choices import RolloutState
+from provisioning.choices import ServerStatus
+
+register = template.Library()
+
+# "ok" green, "warn" amber, "bad" red, "plain" without a background; "" a neutral badge.
+ROLLOUT_TONES: dict[str, str] = {
+    RolloutState.DRAFT: "",
+    RolloutState.SCHEDULED: "",
+    RolloutState.RUNNING: "ok",
+    RolloutState.PAUSED: "warn",
+    RolloutState.COMPLETED: "ok plain",
+    RolloutState.ABORTED: "bad",
+}
+COMMAND_TONES: dict[str, str] = {
+    CommandState.PENDING: "warn",
+    CommandState.SENT: "warn",
+    CommandState.RUNNING: "warn",
+    CommandState.SUCCEEDED: "ok",
+    CommandState.FAILED: "bad",
+    CommandState.EXPIRED: "bad",
+    CommandState.CANCELLED: "",
+}
+SERVER_TONES: dict[str, str] = {
+    ServerStatus.ACTIVE: "ok",
+    ServerStatus.DRAINING: "warn",
+    ServerStatus.DOWN: "bad",
+}
+
+
+def _badge(tone: str) -> str:
+    return f"badge {tone}" if tone else "badge"
+
+
+@register.filter
+def rollout_badge(state: str) -> str:
+    return _badge(ROLLOUT_TONES.get(state, ""))
+
+
+@register.filter
+def command_badge(state: str) -> str:
+    return _badge(COMMAND_TONES.get(state, ""))
+
+
+@register.filter
+def server_badge(status: str) -> str:
+    return _badge(SERVER_TONES.get(status, "bad"))
+
+
+@register.filter
+def server_status_label(status: str) -> str:
+    """The label of a server status given as its value (the capacity summary carries values)."""
+    return str(ServerStatus(status).label) if status in ServerStatus.values else status
