@@ -53,9 +53,9 @@ def seed(count: int) -> object:
     from django.utils import timezone
 
     from fleet.core.choices import BoxState, Role
-    from fleet.core.models import Box, Membership, Organization
+    from fleet.core.models import Box, Membership, Organization, Region
     from fleet.telemetry.models import BoxStatus
-    from provisioning.models import AddressAssignment, AddressPool, AggregationServer, Region
+    from provisioning.models import AddressAssignment, AddressPool, AggregationServer
 
     call_command("migrate", verbosity=0)
     user = get_user_model().objects.create_user(

@@ -1,5 +1,6 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from fleet.core.health import healthz
@@ -8,6 +9,15 @@ from frontend.views.accounts import admin_login
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/login/", admin_login, name="admin-login"),
+    # Models that moved to the fleet core keep their old admin addresses as redirects (bookmarks).
+    re_path(
+        r"^admin/provisioning/region/(?P<rest>.*)$",
+        RedirectView.as_view(url="/admin/fleet/region/%(rest)s", permanent=True, query_string=True),
+    ),
+    re_path(
+        r"^admin/monitoring/event/(?P<rest>.*)$",
+        RedirectView.as_view(url="/admin/fleet/event/%(rest)s", permanent=True, query_string=True),
+    ),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

@@ -18,12 +18,12 @@ from django.utils import timezone
 
 from fleet.core.choices import BoxState
 from fleet.core.errors import NotFound
-from fleet.core.models import ApiToken, Box, Invitation, Membership, Organization
+from fleet.core.models import ApiToken, Box, Invitation, Membership, Organization, Region
 from fleet.monitoring.choices import AlertState
 from fleet.monitoring.models import Alert
 from fleet.telemetry.models import BoxStatus, WanStatus
 from provisioning.choices import AssignmentState
-from provisioning.models import AddressAssignment, Region
+from provisioning.models import AddressAssignment
 from provisioning.selectors.boxes import box_list, boxes_annotated
 from provisioning.selectors.infrastructure import region_list
 

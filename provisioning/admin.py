@@ -25,10 +25,10 @@ from django.urls import path
 
 from fleet.core.admin_support import run_for_each, staff_actor
 from fleet.core.errors import DomainError
-from fleet.core.models import Box
+from fleet.core.models import Box, Region
 from provisioning.addressing import pool_size
 from provisioning.choices import ServerStatus
-from provisioning.models import AddressAssignment, AddressPool, AggregationServer, Region, TunnelCredential
+from provisioning.models import AddressAssignment, AddressPool, AggregationServer, TunnelCredential
 from provisioning.selectors.boxes import boxes_annotated
 from provisioning.selectors.infrastructure import pools_with_utilisation, servers_with_spare
 from provisioning.services import infrastructure as services

@@ -12,8 +12,9 @@ Concurrency design (see docs/provisioning.md):
 * the unique and exclusion constraints on assignments and ports are the last line of defence.
 
 Those locks are held until commit and every claim on a server waits for them, so the locked part
-runs server-side in one call (``provisioning_place_box``, migration 0003) followed by one write
-(``placement_write``): the time a lock is held does not grow with client round trips.
+runs server-side in one call (``provisioning_place_box``, defined in provisioning/sql/placement.sql)
+followed by one write (``placement_write``): the time a lock is held does not grow with client round
+trips.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from django.db.models import Case, F, Field, IntegerField, Value, When
 from django.utils import timezone
 
 from fleet.core.errors import Conflict
-from fleet.core.models import Box
+from fleet.core.models import Box, Region
 from provisioning.addressing import prefix_at
 from provisioning.choices import AssignmentState, PoolPurpose
-from provisioning.models import AddressAssignment, AggregationServer, Region
+from provisioning.models import AddressAssignment, AggregationServer
 
 # The field name a shortage of each purpose is reported under.
 PURPOSE_FIELD = {
@@ -99,6 +100,14 @@ def _conflict(result: dict[str, Any]) -> Conflict:
     return Conflict(
         "no active aggregation server has spare capacity", field="server", code="no_server_capacity"
     )
+
+
+def best_server_id(*, preferred_region_id: UUID | None, exclude_server_id: UUID | None) -> UUID | None:
+    """The server the placement policy would choose now (``provisioning_best_server``), not locked."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT provisioning_best_server(%s, %s)", [preferred_region_id, exclude_server_id])
+        row = cursor.fetchone()
+    return row[0] if row else None
 
 
 def place(

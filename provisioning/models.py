@@ -1,4 +1,4 @@
-"""Regions, aggregation servers, address pools and assignments, tunnel credentials.
+"""Aggregation servers, address pools and assignments, tunnel credentials (regions are the fleet core's).
 
 Address invariants live in PostgreSQL: pools never overlap, an assigned prefix never overlaps
 another one (active or quarantined), a box holds at most one active assignment per purpose, and a
@@ -17,22 +17,9 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import F, Q
 
+from fleet.core.models import Region
 from provisioning.choices import AssignmentState, PoolPurpose, ServerStatus, TunnelKind
 from provisioning.fields import CidrField
-
-
-class Region(models.Model):
-    """A geographic region grouping aggregation servers and address pools."""
-
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    code = models.SlugField(max_length=32, unique=True)
-    name = models.CharField(max_length=100)
-
-    class Meta:
-        ordering = ["code"]
-
-    def __str__(self) -> str:
-        return self.code
 
 
 class AggregationServer(models.Model):

@@ -13,8 +13,8 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils.module_loading import import_string
 
 from fleet.core.apis.base import ApiSchema, ApiView
+from fleet.core.models import Region
 from fleet.core.pagination import EventPagination, Pagination
-from provisioning.models import Region
 
 API_PREFIX = "api/v1/"
 

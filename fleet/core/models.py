@@ -1,4 +1,5 @@
-"""Organisations, their people and tokens, the boxes and their agent credentials, and the audit log.
+"""Regions, organisations, their people and tokens, the boxes and their agent credentials, the audit
+log and the box timeline (events).
 
 Public ids are UUIDs. Secrets (tokens, factory secrets, claim codes) are stored only as SHA-256
 digests; see ``fleet.core.tokens``.
@@ -20,6 +21,21 @@ def default_wan_policy() -> dict:
     return {"mode": WanMode.AGGREGATE.value, "interfaces": []}
 
 
+class Region(models.Model):
+    """A geographic region: organisations prefer one for their boxes; aggregation servers and address
+    pools (``provisioning``) belong to one."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    code = models.SlugField(max_length=32, unique=True)
+    name = models.CharField(max_length=100)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+
 class Organization(models.Model):
     """A customer account. Boxes, members and tokens belong to exactly one organisation."""
 
@@ -27,7 +43,7 @@ class Organization(models.Model):
     name = models.CharField(max_length=120, unique=True)
     slug = models.SlugField(max_length=120, unique=True)
     preferred_region = models.ForeignKey(
-        "provisioning.Region", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        Region, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     timezone = models.CharField(max_length=64, default="Europe/Paris")
     created_at = models.DateTimeField(auto_now_add=True)

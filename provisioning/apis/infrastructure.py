@@ -18,10 +18,11 @@ from rest_framework.response import Response
 
 from fleet.core.apis.base import ApiView, etag_matches
 from fleet.core.errors import NotFound
+from fleet.core.models import Region
 from fleet.core.permissions import IsStaff
 from provisioning.authentication import IsAggregationServer, ServerPrincipal
 from provisioning.choices import PoolPurpose, ServerStatus
-from provisioning.models import AddressPool, AggregationServer, Region
+from provisioning.models import AddressPool, AggregationServer
 from provisioning.selectors.configuration import server_peers_document
 from provisioning.selectors.infrastructure import pool_utilisation, pools_with_utilisation, region_list
 from provisioning.services import infrastructure as services

@@ -9,9 +9,10 @@ from uuid import UUID
 from django.db.models import Count, F, Q, QuerySet
 
 from fleet.core.errors import NotFound
+from fleet.core.models import Region
 from provisioning.addressing import pool_size
 from provisioning.choices import AssignmentState
-from provisioning.models import AddressPool, AggregationServer, Region
+from provisioning.models import AddressPool, AggregationServer
 
 
 def server_capacity_summary() -> list[dict[str, Any]]:

@@ -15,10 +15,10 @@ from django.utils import timezone
 
 from fleet.core.audit import Actor, audit_record
 from fleet.core.errors import InvalidInput, NotFound
-from fleet.core.models import Box
+from fleet.core.models import Box, Region
 from fleet.core.tokens import TokenKind, token_issue
 from provisioning.choices import AssignmentState, PoolPurpose, ServerStatus
-from provisioning.models import AddressAssignment, AddressPool, AggregationServer, Region
+from provisioning.models import AddressAssignment, AddressPool, AggregationServer
 from provisioning.services.configuration import boxes_config_refresh
 
 QUARANTINE_RELEASE_BATCH = 500

@@ -15,7 +15,6 @@ from typing import Any, cast
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection, transaction
-from django.db.models import Case, F, IntegerField, Value, When
 from django.utils import timezone
 
 from fleet.core.audit import Actor, audit_record
@@ -25,7 +24,7 @@ from fleet.core.models import AgentCredential, Box, Organization
 from fleet.core.tokens import box_secret_matches, digest
 from provisioning import allocation
 from provisioning.box_states import box_move
-from provisioning.choices import AssignmentState, PoolPurpose, ServerStatus, TunnelKind
+from provisioning.choices import AssignmentState, PoolPurpose, TunnelKind
 from provisioning.models import AddressAssignment, AggregationServer, TunnelCredential
 from provisioning.secrets import (
     password_generate,
@@ -348,22 +347,6 @@ def box_decommission(*, actor: Actor, box: Box) -> Box:
     return box
 
 
-def _best_other_server_id(preferred_region_id: Any, exclude_id: Any) -> Any:
-    """The server a reassigned box should move to (same order as provisioning; not locked here)."""
-    servers = AggregationServer.objects.filter(status=ServerStatus.ACTIVE, assigned_boxes__lt=F("capacity"))
-    if exclude_id is not None:
-        servers = servers.exclude(pk=exclude_id)
-    preferred = Case(
-        When(region_id=preferred_region_id, then=Value(0)), default=Value(1), output_field=IntegerField()
-    )
-    return (
-        servers.annotate(preferred=preferred, spare=F("capacity") - F("assigned_boxes"))
-        .order_by("preferred", "-spare", "pk")
-        .values_list("pk", flat=True)
-        .first()
-    )
-
-
 @transaction.atomic
 def box_reassign_server(*, actor: Actor, box: Box, server: AggregationServer | None = None) -> Box:
     """Move a claimed box to ``server`` (which must be active with spare capacity) or to the best other
@@ -378,7 +361,9 @@ def box_reassign_server(*, actor: Actor, box: Box, server: AggregationServer | N
             raise InvalidInput("the box is already on this server", field="server")
         target_id = server.pk
     else:
-        target_id = _best_other_server_id(organization.preferred_region_id, old_server_id)
+        target_id = allocation.best_server_id(
+            preferred_region_id=organization.preferred_region_id, exclude_server_id=old_server_id
+        )
         if target_id is None:
             raise Conflict(
                 "no other active aggregation server has spare capacity",

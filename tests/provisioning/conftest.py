@@ -12,10 +12,10 @@ from django.core.cache import cache
 
 from fleet.core.audit import Actor
 from fleet.core.choices import BoxState, Role
-from fleet.core.models import Box, Membership, Organization
+from fleet.core.models import Box, Membership, Organization, Region
 from fleet.core.tokens import box_secret_digest
 from provisioning.choices import PoolPurpose
-from provisioning.models import AddressPool, AggregationServer, Region
+from provisioning.models import AddressPool, AggregationServer
 from provisioning.services.infrastructure import pool_create, region_create, server_create
 
 CLAIM_CODE = "CLAIM-1234-5678"

@@ -6,9 +6,9 @@ import pytest
 from django.contrib.messages import get_messages
 from django.test import Client
 
-from fleet.core.models import AuditLog
+from fleet.core.models import AuditLog, Region
 from provisioning.choices import ServerStatus
-from provisioning.models import AddressPool, AggregationServer, Region
+from provisioning.models import AddressPool, AggregationServer
 from provisioning.services.lifecycle import box_claim
 from tests.provisioning.conftest import CLAIM_CODE
 
@@ -92,5 +92,13 @@ def test_admin_status_action(admin_client, provisioned):
     )
     assert response.status_code == 302
     assert AggregationServer.objects.get(pk=server.pk).status == ServerStatus.DRAINING
-    for page in ("aggregationserver", "addressassignment", "tunnelcredential", "region"):
-        assert admin_client.get(f"/admin/provisioning/{page}/").status_code == 200
+    for page in (
+        "provisioning/aggregationserver",
+        "provisioning/addressassignment",
+        "provisioning/tunnelcredential",
+        "fleet/region",
+    ):
+        assert admin_client.get(f"/admin/{page}/").status_code == 200
+    # regions moved to the fleet core: the old address of their admin pages still leads there
+    moved = admin_client.get("/admin/provisioning/region/?q=eu")
+    assert moved.status_code == 301 and moved["Location"] == "/admin/fleet/region/?q=eu"

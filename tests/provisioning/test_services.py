@@ -11,11 +11,11 @@ from django.test import override_settings
 from fleet.core.audit import Actor
 from fleet.core.choices import BoxState
 from fleet.core.errors import Conflict, InvalidInput, RateLimited
-from fleet.core.models import AgentCredential, AuditLog, Box
+from fleet.core.models import AgentCredential, AuditLog, Box, Region
 from fleet.core.request_context import request_id_var
 from fleet.core.tokens import digest
 from provisioning.choices import AssignmentState, PoolPurpose, ServerStatus
-from provisioning.models import AddressAssignment, AggregationServer, Region, TunnelCredential
+from provisioning.models import AddressAssignment, AggregationServer, TunnelCredential
 from provisioning.selectors.configuration import box_config_document
 from provisioning.services.infrastructure import (
     pool_create,

@@ -15,7 +15,7 @@ from fleet.core.access import organization_for
 from fleet.core.apis.base import ApiView
 from fleet.core.choices import Role
 from fleet.core.errors import InvalidInput, NotFound
-from fleet.core.models import ApiToken, EnrollmentToken, Membership
+from fleet.core.models import ApiToken, EnrollmentToken, Membership, Region
 from fleet.core.permissions import IsPerson
 from fleet.core.serializers import (
     StrictBooleanField,
@@ -35,7 +35,6 @@ from fleet.core.services import (
     member_set_role,
     organization_update,
 )
-from provisioning.models import Region
 
 _UNSET: Any = object()
 

@@ -20,9 +20,9 @@ from django.core.management.base import BaseCommand
 
 from fleet.core.audit import Actor
 from fleet.core.choices import BoxState
-from fleet.core.models import Box, Membership, Organization
+from fleet.core.models import Box, Membership, Organization, Region
 from fleet.core.services import organization_create, organization_update
-from provisioning.models import AddressPool, AggregationServer, Region
+from provisioning.models import AddressPool, AggregationServer
 from provisioning.services.configuration import box_set_wan_policy
 from provisioning.services.infrastructure import pool_create, region_create, server_create
 from provisioning.services.inventory import boxes_import
