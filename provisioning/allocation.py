@@ -13,20 +13,19 @@ Concurrency design (see docs/provisioning.md):
 
 Those locks are held until commit and every claim on a server waits for them, so the locked part
 runs server-side in one call (``provisioning_place_box``, defined in provisioning/sql/placement.sql)
-followed by one write (``placement_write``): the time a lock is held does not grow with client round
-trips.
+followed by two writes through the ORM (``placement_write``): the time a lock is held does not grow
+with the number of pools or purposes.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
 from django.db import connection
-from django.db.models import Case, F, Field, IntegerField, Value, When
-from django.utils import timezone
+from django.db.models import Case, F, IntegerField, Value, When
 
 from fleet.core.errors import Conflict
 from fleet.core.models import Box, Region
@@ -41,19 +40,6 @@ PURPOSE_FIELD = {
     PoolPurpose.IPV6_PREFIX: "ipv6_prefix",
 }
 ALL_PURPOSES = (PoolPurpose.PUBLIC_IPV4, PoolPurpose.TUNNEL_P2P, PoolPurpose.IPV6_PREFIX)
-
-# Inserting the assignments and saving the box in one round trip.
-_PLACEMENT_SQL = """
-WITH inserted AS (
-    INSERT INTO provisioning_addressassignment
-           (id, pool_id, box_id, purpose, "index", prefix, state, assigned_at)
-    SELECT id, pool_id, box_id, purpose, idx, prefix, %s, %s
-      FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::text[], %s::integer[], %s::cidr[])
-           AS a(id, pool_id, box_id, purpose, idx, prefix)
-    RETURNING 1
-)
-UPDATE fleet_box SET {set_clause} WHERE id = %s
-"""
 
 
 @dataclass
@@ -160,28 +146,10 @@ def place(
 def placement_write(
     *, box: Box, assignments: list[AddressAssignment], box_fields: tuple[str, ...] = ()
 ) -> None:
-    """Insert the placed assignments and save ``box_fields`` of the box in one statement: it runs while
-    the server and pool rows are locked."""
-    now = timezone.now()
-    for assignment in assignments:
-        assignment.assigned_at = now
-    box.updated_at = now
-    fields = [cast(Field, Box._meta.get_field(name)) for name in (*box_fields, "updated_at")]
-    set_clause = ", ".join(f'"{field.column}" = %s' for field in fields)
-    box_values = [field.get_db_prep_save(getattr(box, field.attname), connection) for field in fields]
-    columns: list[list[Any]] = [
-        [str(a.pk) for a in assignments],
-        [str(a.pool_id) for a in assignments],
-        [str(a.box_id) for a in assignments],
-        [a.purpose for a in assignments],
-        [a.index for a in assignments],
-        [a.prefix for a in assignments],
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _PLACEMENT_SQL.format(set_clause=set_clause),
-            [AssignmentState.ACTIVE, now, *columns, *box_values, str(box.pk)],
-        )
+    """Insert the placed assignments and save ``box_fields`` of the box (two statements, while the
+    server and pool rows are locked)."""
+    AddressAssignment.objects.bulk_create(assignments)
+    box.save(update_fields=[*box_fields, "updated_at"])
 
 
 def server_slot_free(*, box: Box) -> None:

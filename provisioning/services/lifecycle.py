@@ -14,7 +14,7 @@ from typing import Any, cast
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from fleet.core.audit import Actor, audit_record
@@ -34,10 +34,6 @@ from provisioning.secrets import (
 )
 from provisioning.selectors.configuration import canonical_hash, config_document_build
 from provisioning.services.configuration import box_config_refresh, config_changed_on_commit
-
-# The claimed box, locked (raw: the ORM compiled this select on every claim). The table name comes
-# from the model's metadata; the serial is the one parameter.
-_BOX_BY_SERIAL_LOCKED_SQL = f"SELECT * FROM {Box._meta.db_table} WHERE serial = %s FOR UPDATE"  # noqa: S608
 
 
 def _box_state(box: Box) -> dict[str, Any]:
@@ -67,14 +63,6 @@ def _box_locked(box: Box) -> Box:
 # --- provisioning a box ----------------------------------------------------------------------------
 
 
-# The credentials of a claim in one statement built once (it runs on every claim).
-_CREDENTIALS_INSERT_SQL = """
-INSERT INTO provisioning_tunnelcredential (id, box_id, kind, public_key, secret_ciphertext, created_at)
-SELECT id, %s, kind, public_key, secret_ciphertext, %s
-  FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[]) AS c(id, kind, public_key, secret_ciphertext)
-"""
-
-
 def _credentials_issue(box: Box) -> list[TunnelCredential]:
     """One live credential per tunnel kind, secrets encrypted; the returned rows also carry the
     plaintext in ``plaintext`` (never stored) so the config hash needs no decryption."""
@@ -94,18 +82,7 @@ def _credentials_issue(box: Box) -> list[TunnelCredential]:
         )
         for kind, secret in plaintexts.items()
     ]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _CREDENTIALS_INSERT_SQL,
-            [
-                box.pk,
-                now,
-                [row.pk for row in rows],
-                [row.kind for row in rows],
-                [row.public_key for row in rows],
-                [row.secret_ciphertext for row in rows],
-            ],
-        )
+    TunnelCredential.objects.bulk_create(rows)
     for row in rows:
         row.plaintext = plaintexts[TunnelKind(row.kind)]  # type: ignore[attr-defined]
     return rows
@@ -185,7 +162,7 @@ def box_claim(*, actor: Actor, organization: Organization, serial: str, claim_co
     failures = cache.get_many(keys)
     if any(int(count) >= _otb_int("CLAIM_MAX_FAILURES") for count in failures.values()):
         raise RateLimited("too many failed claim attempts; try again later", retry_after_s=retry_after)
-    box = next(iter(Box.objects.raw(_BOX_BY_SERIAL_LOCKED_SQL, [serial])), None)
+    box = Box.objects.select_for_update().filter(serial=serial).first()
     if box is None or not box_secret_matches(serial, claim_code, box.claim_code_hash):
         _claim_failure_record(keys)
         raise InvalidInput(
