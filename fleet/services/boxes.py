@@ -12,6 +12,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from otb_protocol import SERIAL_RE, WAN_INTERFACE_NAME_RE
 
 from fleet.audit import Actor, audit_record
 from fleet.choices import BoxState, WanKind, WanMode, WanRole
@@ -20,8 +21,6 @@ from fleet.models import AgentCredential, Box, EnrollmentToken
 from fleet.throttling import enroll_failures_per_ip, enroll_failures_per_serial
 from fleet.tokens import TokenKind, box_secret_digest, box_secret_matches, digest, token_issue, token_kind
 
-SERIAL_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-INTERFACE_NAME_RE = re.compile(r"[a-z0-9._-]{1,15}")
 TAG_RE = re.compile(r"[A-Za-z0-9._:-]{1,40}")
 SECRET_MIN, SECRET_MAX = 8, 128
 IMPORT_BATCH_SIZE = 1000
@@ -553,7 +552,7 @@ def wan_policy_validate(*, mode: Any, interfaces: Any) -> dict[str, Any]:
         if unknown:
             raise InvalidInput(f"unknown field: {unknown[0]}", field=f"{where}.{unknown[0]}")
         name = item.get("name")
-        if not isinstance(name, str) or not INTERFACE_NAME_RE.fullmatch(name):
+        if not isinstance(name, str) or not WAN_INTERFACE_NAME_RE.fullmatch(name):
             raise InvalidInput(
                 "an interface name is 1 to 15 characters from a-z 0-9 . _ -", field=f"{where}.name"
             )

@@ -221,7 +221,7 @@ def test_agent_never_imports_django():
     import subprocess
 
     code = (
-        "import sys, otb_agent.cli, otb_agent.agent, otb_agent.simulate, otb_agent.protocol;"
+        "import sys, otb_agent.cli, otb_agent.agent, otb_agent.simulate, otb_protocol;"
         "import otb_agent.collectors.openwrt, otb_agent.collectors.linux, otb_agent.collectors.simulated;"
         "top={m.split('.')[0] for m in sys.modules};"
         "bad=sorted(top & {'django','fleet','provisioning','rest_framework'});"
