@@ -33,7 +33,7 @@ from .commands import CommandRunner
 from .configcycle import ConfigCycle
 from .reporting import Reporter, Stats
 from .store import Store
-from .system import BoxSystem
+from .system import BoxSystem, FleetAccess
 from .telemetry import TelemetryPump
 from .util import Logger, Status
 
@@ -86,9 +86,8 @@ class Agent:
         first_tick_delay: Optional[float] = None,
         ws_url: Optional[str] = None,
     ) -> None:
-        self.server = server.rstrip("/")
-        self.ws_url = ws_url or os.environ.get("OTB_AGENT_WS_URL") or httpapi.ws_url(self.server)
-        self.token = token
+        self.fleet = FleetAccess(server.rstrip("/"), token, state_dir)
+        self.ws_url = ws_url or os.environ.get("OTB_AGENT_WS_URL") or httpapi.ws_url(self.fleet.server)
         self.serial = serial
         self.collector = collector
         self.store = store
@@ -112,29 +111,25 @@ class Agent:
             first_tick_delay=first_tick_delay,
         )
         self.config = ConfigCycle(
-            server=self.server,
-            token=token,
+            fleet=self.fleet,
             collector=collector,
             store=store,
             pump=self.telemetry,
             reporter=self.reporter,
             spawn=self._spawn,
-            state_dir=state_dir,
             apply_hook=apply_hook,
             enabled=fetch_config,
             http_semaphore=http_semaphore,
         )
         self.commands = CommandRunner(
             system=system,
+            fleet=self.fleet,
             channel=self.channel,
             store=store,
             collector=collector,
             config=self.config,
             reporter=self.reporter,
             spawn=self._spawn,
-            server=self.server,
-            token=token,
-            state_dir=state_dir,
         )
 
         self.session_id: Optional[str] = None
@@ -250,7 +245,7 @@ class Agent:
         return EXIT_OK
 
     async def _connect(self) -> Any:
-        return await wsconnect.connect(self.ws_url, self.token, ping_interval=self.ping_interval)
+        return await wsconnect.connect(self.ws_url, self.fleet.token, ping_interval=self.ping_interval)
 
     def _unauthorized(self, why: str) -> None:
         self.stats.unauthorized += 1

@@ -18,8 +18,9 @@ from .backoff import Backoff
 from .collectors import Collector, make_collector, parse_wan_arg
 from .collectors.probe import DEFAULT_COMMAND, PingProbe
 from .collectors.simulated import SimulatedCollector, SimulatedSystem
+from .diagnostics import server_host_port
 from .enrollment import EnrollError, enroll_box, local_mac, local_model
-from .host import HostSystem, server_host_port
+from .host import HostSystem
 from .simulate import run_simulation
 from .store import SqliteStore
 from .system import BoxSystem

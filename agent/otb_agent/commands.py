@@ -28,39 +28,35 @@ from .collectors import Collector
 from .configcycle import ConfigCycle
 from .reporting import Reporter
 from .store import Store
-from .system import BoxSystem, CommandOutcome, Progress, Spawn
+from .system import BoxSystem, CommandOutcome, FleetAccess, Progress, Spawn
 
 Handler = Callable[[Dict[str, Any], Progress], Awaitable[CommandOutcome]]
 
 
 class CommandRunner:
-    """Runs one box's commands (see the module docstring); ``server``/``token``/``state_dir`` are
-    what the system needs to reach the fleet server and keep its files."""
+    """Runs one box's commands (see the module docstring) on its ``system``; ``fleet`` is what the
+    system needs to reach the fleet server and keep its files."""
 
     def __init__(
         self,
         *,
         system: BoxSystem,
+        fleet: FleetAccess,
         channel: Channel,
         store: Store,
         collector: Collector,
         config: ConfigCycle,
         reporter: Reporter,
         spawn: Spawn,
-        server: str,
-        token: str,
-        state_dir: Optional[str] = None,
     ) -> None:
         self.system = system
+        self.fleet = fleet
         self.channel = channel
         self.store = store
         self.collector = collector
         self.config = config
         self.reporter = reporter
         self.spawn = spawn
-        self.server = server
-        self.token = token
-        self.state_dir = state_dir
         self._running: Set[str] = set()
         self._unsent: Dict[str, Dict[str, Any]] = {}
         self._speed_test_lock: Optional[asyncio.Lock] = None  # made in the loop (Python 3.9)
@@ -172,7 +168,7 @@ class CommandRunner:
         ):
             return False, {}, "params.checks must be a non-empty subset of " + ", ".join(DIAGNOSTIC_CHECKS)
         out = await self.system.diagnostics(
-            server=self.server, checks=checks, tunnel_iface=self.collector.tunnel_iface, progress=progress
+            self.fleet, checks=checks, tunnel_iface=self.collector.tunnel_iface, progress=progress
         )
         ok = all(c["ok"] for c in out["checks"].values())
         failed = [k for k, c in out["checks"].items() if not c["ok"]]
@@ -210,7 +206,7 @@ class CommandRunner:
                 await progress.report(5 + 50 * index, f"{verb} {nbytes} bytes{via}")
                 try:
                     moved, duration = await self.system.speed_test(
-                        server=self.server, token=self.token, direction=phase, nbytes=nbytes, iface=iface
+                        self.fleet, direction=phase, nbytes=nbytes, iface=iface
                     )
                 except httpapi.InterfaceError as e:
                     return False, output, f"params.iface: {e}"
@@ -238,12 +234,7 @@ class CommandRunner:
         except firmware.FirmwareError as exc:
             return False, {"code": exc.code}, str(exc)
         return await self.system.firmware_upgrade(
-            upgrade,
-            server=self.server,
-            token=self.token,
-            state_dir=self.state_dir,
-            current_version=self.collector.firmware_version(),
-            progress=progress,
+            self.fleet, upgrade, current_version=self.collector.firmware_version(), progress=progress
         )
 
 

@@ -17,7 +17,7 @@ from . import httpapi
 from .collectors import Collector
 from .reporting import Reporter
 from .store import Store
-from .system import Spawn
+from .system import FleetAccess, Spawn
 from .telemetry import TelemetryPump
 from .util import CONFIG_FILE, read_json, write_json
 
@@ -25,32 +25,28 @@ HOOK_TIMEOUT = 120.0
 
 
 class ConfigCycle:
-    """Keeps one box's applied configuration in step with the server's. Without a ``state_dir``
+    """Keeps one box's applied configuration in step with the server's. Without a state dir
     (simulated boxes) nothing is written to disk. ``enabled=False`` never fetches on its own."""
 
     def __init__(
         self,
         *,
-        server: str,
-        token: str,
+        fleet: FleetAccess,
         collector: Collector,
         store: Store,
         pump: TelemetryPump,
         reporter: Reporter,
         spawn: Spawn,
-        state_dir: Optional[str] = None,
         apply_hook: Optional[str] = None,
         enabled: bool = True,
         http_semaphore: Optional[asyncio.Semaphore] = None,
     ) -> None:
-        self.server = server
-        self.token = token
+        self.fleet = fleet
         self.collector = collector
         self.store = store
         self.pump = pump
         self.reporter = reporter
         self.spawn = spawn
-        self.state_dir = state_dir
         self.apply_hook = apply_hook
         self.enabled = enabled
         self.http_semaphore = http_semaphore
@@ -91,14 +87,17 @@ class ConfigCycle:
         return await self.run()
 
     def _config_path(self) -> Optional[str]:
-        return os.path.join(self.state_dir, CONFIG_FILE) if self.state_dir else None
+        state_dir = self.fleet.state_dir
+        return os.path.join(state_dir, CONFIG_FILE) if state_dir else None
 
     async def _refresh(self) -> Dict[str, Any]:
         path = self._config_path()
         saved = read_json(path) if path else None
         have = saved.get("config_hash") if isinstance(saved, dict) else (None if path else self.applied_hash)
         try:
-            status, body, h = await asyncio.to_thread(httpapi.fetch_config, self.server, self.token, have)
+            status, body, h = await asyncio.to_thread(
+                httpapi.fetch_config, self.fleet.server, self.fleet.token, have
+            )
         except Exception as e:
             self.reporter.error("config_fetch_failed", str(e))
             return {"error": f"fetch failed: {e}"}
@@ -122,7 +121,7 @@ class ConfigCycle:
         if self.apply_hook and path:
             error = await asyncio.to_thread(run_apply_hook, self.apply_hook, path)
         try:
-            await asyncio.to_thread(httpapi.post_applied, self.server, self.token, h, error)
+            await asyncio.to_thread(httpapi.post_applied, self.fleet.server, self.fleet.token, h, error)
         except Exception as e:
             self.reporter.error("config_report_failed", str(e))
         if error is None:

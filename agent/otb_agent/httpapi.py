@@ -271,11 +271,7 @@ def _speedtest_headers(token: str) -> Dict[str, str]:
 
 
 def speedtest(
-    server: str,
-    token: str,
-    nbytes: int,
-    timeout: float = SPEEDTEST_TIMEOUT,
-    iface: Optional[str] = None,
+    server: str, token: str, nbytes: int, timeout: float = SPEEDTEST_TIMEOUT, iface: Optional[str] = None
 ) -> Tuple[int, float]:
     """Download nbytes from the speedtest endpoint (through ``iface`` if given); return (bytes
     received, seconds from the request to the last byte, the connection set up beforehand)."""
@@ -299,11 +295,7 @@ def speedtest(
 
 
 def speedtest_upload(
-    server: str,
-    token: str,
-    nbytes: int,
-    timeout: float = SPEEDTEST_TIMEOUT,
-    iface: Optional[str] = None,
+    server: str, token: str, nbytes: int, timeout: float = SPEEDTEST_TIMEOUT, iface: Optional[str] = None
 ) -> Tuple[int, float]:
     """Upload nbytes zero bytes to the speedtest endpoint (through ``iface`` if given), written in
     64 KiB chunks after a Content-Length; return (bytes the server says it received, seconds from

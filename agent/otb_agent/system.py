@@ -3,7 +3,7 @@
 The agent's command handlers (:mod:`otb_agent.commands`) check a command's params and report its
 progress; a BoxSystem does the work. Two implementations:
 
-* :class:`otb_agent.host.HostSystem`: the real box (runs ``reboot``, the diagnostics tools, the
+* :class:`otb_agent.host.HostSystem`: the real box (runs ``reboot``, the network restart, the
   firmware apply command; moves speed-test bytes through the fleet server);
 * :class:`otb_agent.collectors.simulated.SimulatedSystem`: a simulated box (``otb-agent simulate``,
   ``otb-agent run --collector simulated``): it fakes reboots, upgrades and speed tests in process.
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from typing import Any, Callable, Coroutine, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Coroutine, Dict, NamedTuple, Optional, Sequence, Tuple
 
+from . import diagnostics
 from .firmware import UpgradeParams
 
 #: (ok, output, error): what a command handler answers; see ``command_result`` in the protocol.
@@ -22,6 +23,15 @@ CommandOutcome = Tuple[bool, Dict[str, Any], Optional[str]]
 
 #: Starts a coroutine as a task of the agent (cancelled when the agent stops).
 Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
+
+
+class FleetAccess(NamedTuple):
+    """How the box reaches its fleet server (base URL, agent token), and where the agent keeps its
+    files (None for a simulated box kept in memory)."""
+
+    server: str
+    token: str
+    state_dir: Optional[str]
 
 
 class Progress:
@@ -51,11 +61,21 @@ class BoxSystem(abc.ABC):
     async def restart_services(self) -> CommandOutcome:
         """Restart the box's network services."""
 
-    @abc.abstractmethod
     async def diagnostics(
-        self, *, server: str, checks: Optional[Sequence[str]], tunnel_iface: Optional[str], progress: Progress
+        self,
+        fleet: FleetAccess,
+        *,
+        checks: Optional[Sequence[str]],
+        tunnel_iface: Optional[str],
+        progress: Progress,
     ) -> Dict[str, Any]:
-        """Run the diagnostics ``checks`` (None: all): ``{"checks": {name: {"ok", ...}}, "server": ...}``."""
+        """Run the diagnostics ``checks`` (None: all): ``{"checks": {name: {"ok", ...}}, "server": ...}``.
+
+        The checks look at the host the agent runs on (:mod:`otb_agent.diagnostics`), which is the
+        box itself for a real one; a simulated box has no network of its own to look at."""
+        return await asyncio.to_thread(
+            diagnostics.run_checks, fleet.server, progress.report_from_thread, checks, tunnel_iface
+        )
 
     @abc.abstractmethod
     def speed_test_output(self) -> Dict[str, Any]:
@@ -63,7 +83,7 @@ class BoxSystem(abc.ABC):
 
     @abc.abstractmethod
     async def speed_test(
-        self, *, server: str, token: str, direction: str, nbytes: int, iface: Optional[str]
+        self, fleet: FleetAccess, *, direction: str, nbytes: int, iface: Optional[str]
     ) -> Tuple[int, float]:
         """Move ``nbytes`` one way (``direction`` is ``download`` or ``upload``) through the server's
         speedtest endpoint, through the interface ``iface`` if given: (bytes moved, seconds).
@@ -74,14 +94,7 @@ class BoxSystem(abc.ABC):
 
     @abc.abstractmethod
     async def firmware_upgrade(
-        self,
-        upgrade: UpgradeParams,
-        *,
-        server: str,
-        token: str,
-        state_dir: Optional[str],
-        current_version: str,
-        progress: Progress,
+        self, fleet: FleetAccess, upgrade: UpgradeParams, *, current_version: str, progress: Progress
     ) -> CommandOutcome:
         """Download, verify and apply the firmware image; success means "applied, rebooting"."""
 

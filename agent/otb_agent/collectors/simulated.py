@@ -13,12 +13,11 @@ import contextlib
 import time
 import uuid
 import zlib
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from .. import host
 from ..firmware import UpgradeParams
 from ..httpapi import InterfaceError
-from ..system import BoxSystem, CommandOutcome, Progress
+from ..system import BoxSystem, CommandOutcome, FleetAccess, Progress
 from .base import Collector
 
 _MASK = (1 << 64) - 1
@@ -228,13 +227,13 @@ class SimulatedSystem(BoxSystem):
     """The system of a simulated box (:class:`SimulatedCollector`).
 
     A reboot, or a successful firmware upgrade, takes the box down for ``reboot_delay`` seconds
-    (the agent ends its session and reconnects afterwards, with a new boot id); an upgrade fails if
-    ``upgrade_fails`` and brings the box back with every link down if ``upgrade_unhealthy``. Speed
+    (the agent ends its session and reconnects afterwards, with a new boot id); an upgrade goes
+    through its stages (``upgrade_stage_delay`` seconds each), fails if ``upgrade_fails``, and brings
+    the box back with every link down if ``upgrade_unhealthy``. Speed
     tests are figures drawn from the WANs' capacity. ``flaky`` boxes drop their connection at random.
-    Diagnostics run the real checks, on the host.
+    Diagnostics are :class:`BoxSystem`'s: the real checks, run on the host.
     """
 
-    STAGE_DELAY_S = 0.2  # per simulated firmware stage
     RESTART_DELAY_S = 1.0
     LINK_DROP_PROBABILITY = 0.02  # per telemetry sample, for a flaky box
 
@@ -246,12 +245,14 @@ class SimulatedSystem(BoxSystem):
         reboot_delay: float = 3.0,
         upgrade_fails: bool = False,
         upgrade_unhealthy: bool = False,
+        upgrade_stage_delay: float = 0.2,
     ) -> None:
         self.collector = collector
         self.flaky = flaky
         self.reboot_delay = reboot_delay
         self.upgrade_fails = upgrade_fails
         self.upgrade_unhealthy = upgrade_unhealthy
+        self.upgrade_stage_delay = upgrade_stage_delay
         self._reboot_pending = False
 
     async def reboot(self) -> CommandOutcome:
@@ -262,18 +263,11 @@ class SimulatedSystem(BoxSystem):
         await asyncio.sleep(self.RESTART_DELAY_S)
         return True, {"restarted": True, "simulated": True}, None
 
-    async def diagnostics(
-        self, *, server: str, checks: Optional[Sequence[str]], tunnel_iface: Optional[str], progress: Progress
-    ) -> Dict[str, Any]:
-        return await asyncio.to_thread(
-            host.diagnostics, server, progress.report_from_thread, checks, tunnel_iface
-        )
-
     def speed_test_output(self) -> Dict[str, Any]:
         return {"simulated": True}
 
     async def speed_test(
-        self, *, server: str, token: str, direction: str, nbytes: int, iface: Optional[str]
+        self, fleet: FleetAccess, *, direction: str, nbytes: int, iface: Optional[str]
     ) -> Tuple[int, float]:
         capacity = self.collector.capacity_mbps(upload=direction == "upload", iface=iface)
         if capacity is None:
@@ -284,18 +278,11 @@ class SimulatedSystem(BoxSystem):
         return nbytes, duration
 
     async def firmware_upgrade(
-        self,
-        upgrade: UpgradeParams,
-        *,
-        server: str,
-        token: str,
-        state_dir: Optional[str],
-        current_version: str,
-        progress: Progress,
+        self, fleet: FleetAccess, upgrade: UpgradeParams, *, current_version: str, progress: Progress
     ) -> CommandOutcome:
         for percent, stage in ((20, "downloading"), (82, "verifying"), (90, "installing")):
             await progress.report(percent, f"{stage}: {upgrade.version} (simulated)")
-            await asyncio.sleep(self.STAGE_DELAY_S)
+            await asyncio.sleep(self.upgrade_stage_delay)
         if self.upgrade_fails:
             return (
                 False,
