@@ -10,10 +10,10 @@ PYTEST_ARGS ?=
 
 .PHONY: run test bench lint services services-down clean-var
 
-$(STAMP): pyproject.toml agent/pyproject.toml frontend/package-lock.json
+$(STAMP): pyproject.toml agent/pyproject.toml agent/protocol/pyproject.toml frontend/package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,embedded]' -e ./agent
+	$(PY) -m pip install --quiet -e '.[dev,embedded]' -e ./agent -e ./agent/protocol
 	@# Browser libraries of the portal (htmx, uPlot), pinned in frontend/package-lock.json.
 	@if command -v npm >/dev/null 2>&1; then npm ci --prefix frontend --no-audit --no-fund --loglevel=error; \
 	else echo "error: npm is missing: the portal's htmx and uPlot are not installed (apt-get install npm)" >&2; fi

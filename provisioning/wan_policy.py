@@ -6,13 +6,13 @@ A policy is ``{"mode": aggregate|load-balance|failover, "interfaces": [{"name", 
 
 from __future__ import annotations
 
-import re
 from typing import Any
+
+from otb_protocol import WAN_INTERFACE_NAME_RE
 
 from fleet.core.choices import WanKind, WanMode, WanRole
 from fleet.core.errors import InvalidInput
 
-INTERFACE_NAME_RE = re.compile(r"[a-z0-9._-]{1,15}")
 WAN_MAX_INTERFACES = 16
 WAN_MAX_KBPS = 10_000_000
 
@@ -44,7 +44,7 @@ def wan_policy_validate(*, mode: Any, interfaces: Any) -> dict[str, Any]:
         if unknown:
             raise InvalidInput(f"unknown field: {unknown[0]}", field=f"{where}.{unknown[0]}")
         name = item.get("name")
-        if not isinstance(name, str) or not INTERFACE_NAME_RE.fullmatch(name):
+        if not isinstance(name, str) or not WAN_INTERFACE_NAME_RE.fullmatch(name):
             raise InvalidInput(
                 "an interface name is 1 to 15 characters from a-z 0-9 . _ -", field=f"{where}.name"
             )

@@ -13,121 +13,30 @@ import time
 from typing import Any, Dict, List, Optional
 
 from . import __version__
+from .agent import EXIT_UNAUTHORIZED, Agent
+from .backoff import Backoff
+from .collectors import Collector, make_collector, parse_wan_arg
+from .collectors.probe import DEFAULT_COMMAND, PingProbe
+from .collectors.simulated import SimulatedCollector, SimulatedSystem
+from .diagnostics import server_host_port
+from .enrollment import EnrollError, enroll_box, local_mac, local_model
+from .host import HostSystem
+from .simulate import run_simulation
+from .store import SqliteStore
+from .system import BoxSystem
 from .util import (
+    CONFIG_FILE,
     CREDENTIALS_FILE,
     DB_FILE,
-    PRIVATE_KEY_FILE,
-    PUBLIC_KEY_FILE,
     STATUS_FILE,
     Logger,
+    Status,
     default_state_dir,
-    ensure_dir,
     read_json,
-    read_text,
-    write_file_atomic,
-    write_json,
 )
 
 EXIT_USAGE = 2
 EXIT_ENROLL_REJECTED = 4
-
-
-class EnrollError(Exception):
-    pass
-
-
-def _local_mac() -> Optional[str]:
-    for dev in ("eth0", "eth1", "br-lan", "wan"):
-        text = read_text(f"/sys/class/net/{dev}/address")
-        if text and text.strip() and text.strip() != "00:00:00:00:00:00":
-            return text.strip()
-    return None
-
-
-def _local_model() -> Optional[str]:
-    text = read_text("/tmp/sysinfo/model")  # noqa: S108 - OpenWrt board info
-    return text.strip()[:64] if text and text.strip() else None
-
-
-def load_or_create_keys(state_dir: str, new_key: bool = False) -> "tuple[str, str]":
-    from . import x25519
-
-    priv_path = os.path.join(state_dir, PRIVATE_KEY_FILE)
-    pub_path = os.path.join(state_dir, PUBLIC_KEY_FILE)
-    existing = None if new_key else read_text(priv_path)
-    if existing and existing.strip():
-        priv = existing.strip()
-        pub = x25519.b64(x25519.public_key(x25519.from_b64(priv)))
-    else:
-        priv, pub = x25519.generate_keypair_b64()
-        write_file_atomic(priv_path, priv + "\n", 0o600)
-    write_file_atomic(pub_path, pub + "\n", 0o600)
-    return priv, pub
-
-
-def enroll_box(
-    server: str,
-    serial: str,
-    state_dir: str,
-    *,
-    secret: Optional[str] = None,
-    enrollment_token: Optional[str] = None,
-    model: Optional[str] = None,
-    mac: Optional[str] = None,
-    new_key: bool = False,
-    max_attempts: int = 6,
-    log: Optional[Logger] = None,
-) -> Dict[str, Any]:
-    """Enroll (blocking): keys + POST /enroll (retrying 429) + credentials.json (0600)."""
-    from . import httpapi
-
-    ensure_dir(state_dir, 0o700)
-    _, pub = load_or_create_keys(state_dir, new_key=new_key)
-    body: Dict[str, Any] = {"serial": serial, "wg_public_key": pub, "agent_version": __version__}
-    if secret is not None:
-        body["factory_secret"] = secret
-    elif enrollment_token is not None:
-        body["enrollment_token"] = enrollment_token
-    else:
-        raise EnrollError("need a factory secret or an enrollment token")
-    if model:
-        body["model"] = model
-    if mac:
-        body["mac"] = mac
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            resp = httpapi.enroll(server, body)
-            break
-        except httpapi.HttpError as e:
-            if e.status == 429 and attempt < max_attempts:
-                wait = min(120.0, e.retry_after if e.retry_after is not None else 2.0**attempt)
-                if log:
-                    log.warning("enroll_rate_limited", serial=serial, retry_after_s=wait)
-                time.sleep(wait)
-                continue
-            detail = f"{e.code}: {e.message}"
-            if e.fields:
-                detail += " " + json.dumps(e.fields)
-            raise EnrollError(f"enrollment rejected (HTTP {e.status}) {detail}") from None
-        except (ConnectionError, OSError) as e:
-            if attempt < max_attempts:
-                time.sleep(min(30.0, 2.0**attempt))
-                continue
-            raise EnrollError(f"cannot reach {server}: {e}") from None
-    token = resp.get("agent_token") if isinstance(resp, dict) else None
-    if not token:
-        raise EnrollError("server response has no agent_token")
-    creds = {
-        "server": server.rstrip("/"),
-        "serial": resp.get("serial") or serial,
-        "box_id": resp.get("box_id"),
-        "agent_token": token,
-        "enrolled_at": time.time(),
-    }
-    write_json(os.path.join(state_dir, CREDENTIALS_FILE), creds, mode=0o600)
-    return creds
 
 
 # ---------------------------------------------------------------------------- commands
@@ -142,8 +51,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             args.state_dir,
             secret=args.secret,
             enrollment_token=args.enrollment_token,
-            model=args.model or _local_model(),
-            mac=args.mac or _local_mac(),
+            model=args.model or local_model(),
+            mac=args.mac or local_mac(),
             new_key=args.new_key,
             log=log,
         )
@@ -154,29 +63,28 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_collector(args: argparse.Namespace, server: str) -> Any:
-    from .collectors import make_collector, parse_wan_arg
-    from .collectors.probe import DEFAULT_COMMAND, PingProbe
-
+def _build_collector(args: argparse.Namespace, server: str, serial: Optional[str]) -> Collector:
     name = args.collector or ("openwrt" if os.path.exists("/etc/openwrt_release") else "linux")
     probe = None
     if name != "simulated" and not args.no_probe:
-        from .commands import server_host_port
-
         target = args.probe_target or server_host_port(server)[0]
         probe = PingProbe(target, command=args.probe_command or DEFAULT_COMMAND, count=args.probe_count)
     wans = [parse_wan_arg(w) for w in args.wan or []]
-    return make_collector(
-        name, serial=args.serial_hint, wans=wans, probe=probe, tunnel_iface=args.tunnel_iface
+    return make_collector(name, serial=serial, wans=wans, probe=probe, tunnel_iface=args.tunnel_iface)
+
+
+def _build_system(args: argparse.Namespace, collector: Collector) -> BoxSystem:
+    """The real box, or a simulated one for ``--collector simulated``."""
+    if isinstance(collector, SimulatedCollector):
+        return SimulatedSystem(collector)
+    return HostSystem(
+        reboot_command=args.reboot_command,
+        restart_command=args.restart_command,
+        firmware_apply_command=args.firmware_apply_command,
     )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .agent import EXIT_UNAUTHORIZED, Agent
-    from .backoff import Backoff
-    from .store import SqliteStore
-    from .util import CONFIG_FILE, Status
-
     state_dir = args.state_dir
     creds = read_json(os.path.join(state_dir, CREDENTIALS_FILE))
     if not creds or not creds.get("agent_token"):
@@ -187,8 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     log = Logger(level=args.log_level, serial=creds.get("serial"))
     server = args.server or creds["server"]
-    args.serial_hint = creds.get("serial")
-    collector = _build_collector(args, server)
+    collector = _build_collector(args, server, creds.get("serial"))
     saved = read_json(os.path.join(state_dir, CONFIG_FILE))
     if isinstance(saved, dict):
         collector.configure(saved)
@@ -200,17 +107,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         serial=creds.get("serial") or "",
         collector=collector,
         store=store,
+        system=_build_system(args, collector),
         log=log,
         status=status,
         state_dir=state_dir,
         apply_hook=args.apply_hook,
         backoff=Backoff(base=args.backoff_base, cap=args.backoff_cap),
         telemetry_interval=args.telemetry_interval,
-        simulated=collector.name == "simulated",
-        reboot_command=args.reboot_command,
-        restart_command=args.restart_command,
     )
-    agent.firmware_apply_command = args.firmware_apply_command  # firmware (rollouts)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -284,8 +188,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from .simulate import run_simulation
-
     return run_simulation(args)
 
 

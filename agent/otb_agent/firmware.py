@@ -24,6 +24,7 @@ import base64
 import contextlib
 import hashlib
 import http.client
+import json
 import os
 import re
 import shlex
@@ -33,7 +34,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-from otb_agent import ed25519
+from . import ed25519
 
 ProgressCallback = Callable[[int, str], None]
 
@@ -263,7 +264,7 @@ def apply_image(
 
 
 def prepare(
-    params: Dict[str, Any],
+    params: Union[Dict[str, Any], UpgradeParams],
     *,
     state_dir: str,
     server: Optional[str],
@@ -273,7 +274,7 @@ def prepare(
     timeout: float = 60.0,
 ) -> "tuple[UpgradeParams, str]":
     """Parse, download and verify; return the parsed params and the verified image path."""
-    parsed = UpgradeParams(params)
+    parsed = params if isinstance(params, UpgradeParams) else UpgradeParams(params)
     decode_public_key(public_key)  # refuse before downloading anything when no key is configured
     path = download(
         parsed, state_dir=state_dir, server=server, token=token, progress=progress, timeout=timeout
@@ -283,7 +284,7 @@ def prepare(
 
 
 def run_upgrade(
-    params: Dict[str, Any],
+    params: Union[Dict[str, Any], UpgradeParams],
     *,
     state_dir: str,
     server: Optional[str],
@@ -295,6 +296,8 @@ def run_upgrade(
     timeout: float = 60.0,
 ) -> Dict[str, Any]:
     """The whole command for a real box: prepare, apply, report ``rebooting``; return the result output.
+
+    ``params`` are the command's params, as received or already parsed.
 
     Raises :class:`FirmwareError` (the caller reports ``ok: false`` with ``str(error)``).
     """
@@ -339,16 +342,9 @@ def url_is_external(url: str) -> bool:
     return not url.startswith("/") and bool(urllib.parse.urlsplit(url).scheme)
 
 
-# --- the agent's command handler -------------------------------------------------------------------
-
-SIMULATED_STAGE_DELAY_S = 0.2
-
-
 def signing_key_from_config(state_dir: Optional[str]) -> Optional[str]:
     """The firmware signing public key from the box configuration (``config.json`` in the state
     dir, put there by the server), or ``OTB_FIRMWARE_SIGNING_PUBLIC_KEY`` when set locally."""
-    import json
-
     if state_dir:
         try:
             with open(os.path.join(state_dir, "config.json"), "r", encoding="utf-8") as handle:
@@ -359,65 +355,3 @@ def signing_key_from_config(state_dir: Optional[str]) -> Optional[str]:
         except (OSError, ValueError):
             pass
     return os.environ.get("OTB_FIRMWARE_SIGNING_PUBLIC_KEY") or None
-
-
-def simulated_pick(index: int, fraction: float) -> bool:
-    """Whether box ``index`` of a simulated fleet is in ``fraction`` (exact over the fleet)."""
-    if fraction <= 0:
-        return False
-    return int((index + 1) * fraction) > int(index * fraction)
-
-
-async def handle_command(
-    agent: Any, cid: str, params: Dict[str, Any]
-) -> "tuple[bool, Dict[str, Any], Optional[str]]":
-    """``firmware_upgrade`` for :class:`otb_agent.agent.Agent`: ``(ok, output, error)``.
-
-    A real box downloads, verifies and applies (in a thread: it blocks). A simulated one checks the
-    parameters, reports the stages, and either fails (``collector.upgrade_fail``) or schedules its
-    new version (and, with ``collector.upgrade_unhealthy``, a dead tunnel) for the fake reboot the
-    agent performs after a successful ``firmware_upgrade``.
-    """
-    import asyncio
-    import functools
-
-    try:
-        parsed = UpgradeParams(params)
-    except FirmwareError as exc:
-        return False, {"code": exc.code}, str(exc)
-    collector = agent.collector
-    if agent.simulated:
-        for pct, stage in ((20, "downloading"), (82, "verifying"), (90, "installing")):
-            await agent._progress(cid, pct, "%s: %s (simulated)" % (stage, parsed.version))
-            await asyncio.sleep(SIMULATED_STAGE_DELAY_S)
-        if getattr(collector, "upgrade_fail", False):
-            return (
-                False,
-                {"code": "apply_failed", "simulated": True},
-                "apply_failed: simulated install failure",
-            )
-        collector.pending_upgrade = (parsed.version, bool(getattr(collector, "upgrade_unhealthy", False)))
-        await agent._progress(cid, 99, "rebooting: into %s (simulated)" % parsed.version)
-        return True, {"stage": "rebooting", "version": parsed.version, "simulated": True}, None
-    state_dir = agent.state_dir or os.path.join(os.path.expanduser("~"), ".otb-agent")
-    apply_command = (
-        getattr(agent, "firmware_apply_command", None)
-        or os.environ.get("OTB_FIRMWARE_APPLY_COMMAND")
-        or DEFAULT_APPLY_COMMAND
-    )
-    job = functools.partial(
-        run_upgrade,
-        params,
-        state_dir=state_dir,
-        server=agent.server,
-        token=agent.token,
-        public_key=signing_key_from_config(agent.state_dir),
-        current_version=collector.firmware_version(),
-        apply_command=apply_command,
-        progress=agent._progress_cb(cid),
-    )
-    try:
-        output = await asyncio.get_running_loop().run_in_executor(None, job)
-    except FirmwareError as exc:
-        return False, {"code": exc.code}, str(exc)
-    return True, output, None

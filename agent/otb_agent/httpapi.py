@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import http.client
 import json
 import os
 import socket
+import ssl
 import sys
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+import urllib.error
+import urllib.request
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 from urllib.parse import urlsplit
+
+from . import __version__
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -32,12 +39,10 @@ class HttpError(Exception):
         self.retry_after = retry_after
 
 
-def _ssl_context() -> Any:
+def _ssl_context() -> Optional[ssl.SSLContext]:
     ca = os.environ.get("OTB_AGENT_CA_FILE")
     if not ca:
         return None
-    import ssl
-
     return ssl.create_default_context(cafile=ca)
 
 
@@ -62,8 +67,6 @@ def _parse_retry_after(value: Optional[str]) -> Optional[float]:
     except ValueError:
         pass
     try:
-        from email.utils import parsedate_to_datetime
-
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
@@ -79,11 +82,6 @@ def request(
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Tuple[int, Dict[str, str], bytes]:
     """Perform a request; return (status, headers, body) for 2xx/304, raise HttpError otherwise."""
-    import urllib.error
-    import urllib.request
-
-    from . import __version__
-
     hdrs = {"Accept": "application/json", "User-Agent": f"otb-agent/{__version__}"}
     if headers:
         hdrs.update(headers)
@@ -221,13 +219,27 @@ def _speedtest_connection(server: str, timeout: float, iface: Optional[str]) -> 
     return conn, u.path.rstrip("/")
 
 
-def _connect(conn: Any, url: str) -> None:
+SPEEDTEST_PATH = "/api/v1/agent/speedtest"
+
+
+@contextlib.contextmanager
+def _open_speedtest_connection(
+    server: str, timeout: float, iface: Optional[str]
+) -> Iterator[Tuple[Any, str]]:
+    """A connection to the server (bound to ``iface`` if given), connected before the clock starts,
+    and the speedtest endpoint's path on it; closed afterwards. Network errors become ConnectionError
+    naming the URL (InterfaceError is raised as is)."""
+    conn, prefix = _speedtest_connection(server, timeout, iface)
     try:
-        conn.connect()
-    except InterfaceError:
-        raise
-    except OSError as e:
-        raise ConnectionError(f"{url}: {e}") from None
+        try:
+            conn.connect()
+        except InterfaceError:
+            raise
+        except OSError as e:
+            raise ConnectionError(f"{api_url(server, SPEEDTEST_PATH)}: {e}") from None
+        yield conn, prefix + SPEEDTEST_PATH
+    finally:
+        conn.close()
 
 
 def _error_from(resp: Any, raw: bytes) -> HttpError:
@@ -237,7 +249,8 @@ def _error_from(resp: Any, raw: bytes) -> HttpError:
 
 def _http_error(status: int, reason: str, raw: bytes, retry_after: Optional[str]) -> HttpError:
     """The HttpError for a non-2xx answer, from the API's JSON error shape when it has one."""
-    code, message, fields = f"http_{status}", reason, {}
+    code, message = f"http_{status}", reason
+    fields: Dict[str, Any] = {}
     try:
         err = json.loads(raw.decode("utf-8")).get("error") or {}
         code = str(err.get("code") or code)
@@ -250,8 +263,6 @@ def _http_error(status: int, reason: str, raw: bytes, retry_after: Optional[str]
 
 
 def _speedtest_headers(token: str) -> Dict[str, str]:
-    from . import __version__
-
     return {
         "Authorization": f"Bearer {token}",
         "User-Agent": f"otb-agent/{__version__}",
@@ -260,26 +271,16 @@ def _speedtest_headers(token: str) -> Dict[str, str]:
 
 
 def speedtest(
-    server: str,
-    token: str,
-    nbytes: int,
-    timeout: float = SPEEDTEST_TIMEOUT,
-    iface: Optional[str] = None,
+    server: str, token: str, nbytes: int, timeout: float = SPEEDTEST_TIMEOUT, iface: Optional[str] = None
 ) -> Tuple[int, float]:
     """Download nbytes from the speedtest endpoint (through ``iface`` if given); return (bytes
     received, seconds from the request to the last byte, the connection set up beforehand)."""
-    conn, prefix = _speedtest_connection(server, timeout, iface)
-    url = api_url(server, "/api/v1/agent/speedtest")
-    try:
-        _connect(conn, url)
+    url = api_url(server, SPEEDTEST_PATH)
+    with _open_speedtest_connection(server, timeout, iface) as (conn, path):
         t0 = time.monotonic()
         total = 0
         try:
-            conn.request(
-                "GET",
-                f"{prefix}/api/v1/agent/speedtest?bytes={int(nbytes)}",
-                headers=_speedtest_headers(token),
-            )
+            conn.request("GET", f"{path}?bytes={int(nbytes)}", headers=_speedtest_headers(token))
             resp = conn.getresponse()
             if resp.status != 200:
                 raise _error_from(resp, resp.read(65536))
@@ -291,28 +292,20 @@ def speedtest(
         except (OSError, http.client.HTTPException) as e:
             raise ConnectionError(f"{url}: {e}") from None
         return total, time.monotonic() - t0
-    finally:
-        conn.close()
 
 
 def speedtest_upload(
-    server: str,
-    token: str,
-    nbytes: int,
-    timeout: float = SPEEDTEST_TIMEOUT,
-    iface: Optional[str] = None,
+    server: str, token: str, nbytes: int, timeout: float = SPEEDTEST_TIMEOUT, iface: Optional[str] = None
 ) -> Tuple[int, float]:
     """Upload nbytes zero bytes to the speedtest endpoint (through ``iface`` if given), written in
     64 KiB chunks after a Content-Length; return (bytes the server says it received, seconds from
     the request to the server's answer, the connection set up beforehand)."""
-    conn, prefix = _speedtest_connection(server, timeout, iface)
-    url = api_url(server, "/api/v1/agent/speedtest")
+    url = api_url(server, SPEEDTEST_PATH)
     view = memoryview(_ZEROS)
-    try:
-        _connect(conn, url)
+    with _open_speedtest_connection(server, timeout, iface) as (conn, path):
         t0 = time.monotonic()
         try:
-            conn.putrequest("POST", f"{prefix}/api/v1/agent/speedtest", skip_accept_encoding=True)
+            conn.putrequest("POST", path, skip_accept_encoding=True)
             for name, value in _speedtest_headers(token).items():
                 conn.putheader(name, value)
             conn.putheader("Content-Type", "application/octet-stream")
@@ -351,5 +344,3 @@ def speedtest_upload(
         if type(counted) is not int:
             raise HttpError(resp.status, "bad_answer", f"unexpected byte count: {counted!r}")
         return counted, duration
-    finally:
-        conn.close()

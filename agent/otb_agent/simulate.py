@@ -1,9 +1,10 @@
 """``otb-agent simulate``: many virtual boxes in one asyncio process.
 
-Each box: a SimulatedCollector, a MemoryStore (``--memory-buffer``) or SqliteStore in
-``D/<serial>/``, one Agent task. Handshakes go through a semaphore (``--concurrency``) and
-the first connections are spread over ``--ramp`` seconds. Progress is one JSON line on
-stdout every ``--progress-interval`` seconds, and a final summary on exit.
+Each box: a SimulatedCollector and its SimulatedSystem (the simulated box), a MemoryStore
+(``--memory-buffer``) or SqliteStore in ``D/<serial>/``, one Agent task. Handshakes go through a
+semaphore (``--concurrency``) and the first connections are spread over ``--ramp`` seconds.
+Progress is one JSON line on stdout every ``--progress-interval`` seconds, and a final summary on
+exit.
 """
 
 from __future__ import annotations
@@ -16,14 +17,22 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional
 
 from .agent import Agent, Stats
 from .backoff import Backoff
-from .collectors.simulated import SimulatedCollector
-from .firmware import simulated_pick
-from .store import MemoryStore, SqliteStore
+from .collectors.simulated import SimulatedCollector, SimulatedSystem
+from .enrollment import EnrollError, enroll_box
+from .store import MemoryStore, SqliteStore, Store
 from .util import CREDENTIALS_FILE, DB_FILE, Logger, read_json
+
+
+def simulated_pick(index: int, fraction: float) -> bool:
+    """Whether box ``index`` of a simulated fleet is in ``fraction`` (exact over the fleet)."""
+    if fraction <= 0:
+        return False
+    return int((index + 1) * fraction) > int(index * fraction)
 
 
 def load_boxes(args: Any) -> List[Dict[str, Any]]:
@@ -59,7 +68,7 @@ def load_boxes(args: Any) -> List[Dict[str, Any]]:
 
 def _raise_nofile() -> None:
     try:
-        import resource
+        import resource  # Unix only: imported here so that the simulator still runs without it
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if hard == resource.RLIM_INFINITY or hard > soft:
@@ -141,7 +150,7 @@ class Simulation:
         box: Dict[str, Any],
         conn_sem: asyncio.Semaphore,
         http_sem: asyncio.Semaphore,
-        executor: Any,
+        executor: ThreadPoolExecutor,
     ) -> None:
         args = self.args
         n = len(self.boxes)
@@ -156,11 +165,9 @@ class Simulation:
             if creds and creds.get("agent_token"):
                 token = creds["agent_token"]
             else:
-                from .cli import EnrollError, enroll_box
-
                 try:
                     async with http_sem:
-                        creds = await asyncio.get_running_loop().run_in_executor(
+                        enrolled = await asyncio.get_running_loop().run_in_executor(
                             executor,
                             lambda: enroll_box(
                                 args.server,
@@ -172,7 +179,7 @@ class Simulation:
                                 log=self.log,
                             ),
                         )
-                    token = creds["agent_token"]
+                    token = enrolled["agent_token"]
                     self.enrolled += 1
                 except EnrollError as e:
                     self.enroll_failed += 1
@@ -182,11 +189,17 @@ class Simulation:
             return
         flaky = args.fail_fraction > 0 and ((i * 2654435761) % 10000) / 10000.0 < args.fail_fraction
         collector = SimulatedCollector(serial, flaky=flaky)
-        # firmware (rollouts): which boxes fail their upgrade or come back from it unhealthy
-        collector.upgrade_fail = simulated_pick(i, getattr(args, "upgrade_fail_fraction", 0.0))
-        collector.upgrade_unhealthy = simulated_pick(i, getattr(args, "upgrade_unhealthy_fraction", 0.0))
+        system = SimulatedSystem(
+            collector,
+            flaky=flaky,
+            reboot_delay=getattr(args, "reboot_delay", 3.0),
+            # firmware (rollouts): which boxes fail their upgrade or come back from it unhealthy
+            upgrade_fails=simulated_pick(i, getattr(args, "upgrade_fail_fraction", 0.0)),
+            upgrade_unhealthy=simulated_pick(i, getattr(args, "upgrade_unhealthy_fraction", 0.0)),
+        )
+        store: Store
         if args.memory_buffer:
-            store: Any = MemoryStore(cap=args.buffer_cap)
+            store = MemoryStore(cap=args.buffer_cap)
         else:
             os.makedirs(state_dir, mode=0o700, exist_ok=True)
             store = SqliteStore(os.path.join(state_dir, DB_FILE), cap=args.buffer_cap)
@@ -197,19 +210,17 @@ class Simulation:
             serial=serial,
             collector=collector,
             store=store,
+            system=system,
             log=self.log.bind(serial=serial),
             state_dir=None if args.memory_buffer else state_dir,
             stats=self.stats,
             backoff=Backoff(rng=None),
             telemetry_interval=args.interval,
-            simulated=True,
             fetch_config=not args.no_config,
             connect_semaphore=conn_sem,
             http_semaphore=http_sem,
             ping_interval=None,
-            flaky=flaky,
             first_tick_delay=collector.rng.random() * interval,
-            sim_reboot_delay=getattr(args, "reboot_delay", 3.0),
         )
         self.agents.append(agent)
         self.started += 1
@@ -225,8 +236,6 @@ class Simulation:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
-        from concurrent.futures import ThreadPoolExecutor
-
         executor = ThreadPoolExecutor(max_workers=max(1, args.enroll_concurrency))
         conn_sem = asyncio.Semaphore(max(1, args.concurrency))
         http_sem = asyncio.Semaphore(max(1, args.enroll_concurrency))

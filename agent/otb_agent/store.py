@@ -19,10 +19,11 @@ import collections
 import contextlib
 import json
 import os
+import sqlite3
 import time
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Protocol, Tuple
 
-from . import protocol
+import otb_protocol
 
 DEFAULT_CAP = 10_000
 COMMAND_HISTORY = 1000  # command results remembered (ids older than this are forgotten)
@@ -32,7 +33,50 @@ def _telemetry_text(seq: int, samples: List[Dict[str, Any]], dropped: int) -> st
     msg: Dict[str, Any] = {"type": "telemetry", "seq": seq, "samples": samples}
     if dropped:
         msg["dropped"] = dropped
-    return protocol.encode(msg, validate=False)
+    return otb_protocol.encode(msg, validate=False)
+
+
+class Store(Protocol):
+    """What the agent needs of a store (:class:`SqliteStore` or :class:`MemoryStore`)."""
+
+    persistent: bool
+    dropped_total: int
+
+    def append(self, samples: List[Dict[str, Any]]) -> int:
+        """Queue one telemetry message (dropping the oldest when full); its seq."""
+
+    def pending(self, after_seq: int, limit: int) -> List[Tuple[int, str]]:
+        """Up to ``limit`` queued (seq, frame text) after ``after_seq``, oldest first."""
+
+    def ack(self, seq: int) -> bool:
+        """Remove the message ``seq``; False if it was not queued."""
+
+    def ack_upto(self, seq: int) -> int:
+        """Remove every message up to ``seq`` (cumulative ack); how many were removed."""
+
+    def depth(self) -> int:
+        """How many messages are queued."""
+
+    def dropped_unreported(self) -> int:
+        """Samples dropped by the cap whose count is still waiting in the queue."""
+
+    def command_get(self, cid: str) -> Optional[Dict[str, Any]]:
+        """The record of command ``cid`` (``kind``, ``state``, ``boot_id``, ``result``), if known."""
+
+    def command_start(self, cid: str, kind: str, boot_id: str) -> None:
+        """Remember that command ``cid`` started (before running it)."""
+
+    def command_finish(self, cid: str, result: Dict[str, Any]) -> None:
+        """Remember the result frame of command ``cid``."""
+
+    def meta_get(self, key: str) -> Optional[str]:
+        """A small persistent value (``applied_config_hash``...)."""
+
+    def meta_set(self, key: str, value: Optional[str]) -> None:
+        """Set (or, with None, delete) a small persistent value."""
+
+    def close(self) -> None:
+        """Release the store."""
 
 
 class MemoryStore:
@@ -145,8 +189,6 @@ class SqliteStore:
     persistent = True
 
     def __init__(self, path: str, cap: int = DEFAULT_CAP) -> None:
-        import sqlite3
-
         self.cap = max(1, cap)
         self.path = path
         new = not os.path.exists(path)
@@ -181,7 +223,7 @@ class SqliteStore:
         self._depth = db.execute("SELECT COUNT(*) FROM telemetry").fetchone()[0]
         self.dropped_total = int(self.meta_get("dropped_total") or 0)
 
-    def _tx(self):
+    def _tx(self) -> _Tx:
         return _Tx(self._db)
 
     # -- telemetry queue

@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
-from typing import Any, Optional
+import ssl
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from otb_protocol import MAX_FRAME_BYTES
+from websockets.exceptions import ConnectionClosed
 
 from . import __version__
-from .protocol import MAX_FRAME_BYTES
+
+__all__ = ["ConnectionClosed", "HandshakeRejected", "abort", "close_code", "connect"]
+
+
+def _load_client() -> Tuple[Callable[..., Any], str]:
+    """websockets' client ``connect`` and the name of its extra-headers argument."""
+    try:
+        module = importlib.import_module("websockets.asyncio.client")  # websockets >= 13
+        return module.connect, "additional_headers"
+    except ImportError:  # pragma: no cover - websockets 12: the legacy client
+        module = importlib.import_module("websockets.client")
+        return module.connect, "extra_headers"
+
+
+_CONNECT, _HEADERS_ARGUMENT = _load_client()
+
+
+def _accepts_proxy(connect: Callable[..., Any]) -> bool:
+    try:
+        return "proxy" in inspect.signature(connect).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# websockets >= 15 looks up proxy env vars on every connect (costly with 10k boxes): say which to use.
+_ACCEPTS_PROXY = _accepts_proxy(_CONNECT)
 
 
 class HandshakeRejected(Exception):
@@ -18,11 +49,9 @@ class HandshakeRejected(Exception):
         self.retry_after = retry_after
 
 
-def _ssl_for(url: str) -> Any:
+def _ssl_for(url: str) -> Optional[ssl.SSLContext]:
     if not url.startswith("wss://"):
         return None
-    import ssl
-
     ca = os.environ.get("OTB_AGENT_CA_FILE")
     return ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
 
@@ -44,68 +73,29 @@ async def connect(
     max_size: int = MAX_FRAME_BYTES,
 ) -> Any:
     """Open the agent websocket with ``Authorization: Bearer``; no compression (memory)."""
-    headers = {"Authorization": f"Bearer {token}"}
+    options: Dict[str, Any] = {
+        _HEADERS_ARGUMENT: {"Authorization": f"Bearer {token}"},
+        "max_size": max_size,
+        "compression": None,
+        "ping_interval": ping_interval,
+        "ping_timeout": ping_interval,
+        "open_timeout": open_timeout,
+        "close_timeout": 5,
+        "max_queue": 16,
+        "user_agent_header": f"otb-agent/{__version__}",
+    }
     ssl_ctx = _ssl_for(url)
-    extra: dict = {}
     if ssl_ctx is not None:
-        extra["ssl"] = ssl_ctx
+        options["ssl"] = ssl_ctx
+    if _ACCEPTS_PROXY:
+        options["proxy"] = os.environ.get("OTB_AGENT_WS_PROXY") or None
     try:
-        from websockets.asyncio.client import connect as new_connect  # websockets >= 13
-    except ImportError:  # pragma: no cover - websockets 12
-        new_connect = None
-    if new_connect is not None and _accepts_proxy(new_connect):
-        # websockets >= 15 looks up proxy env vars on every connect (costly with 10k boxes).
-        extra["proxy"] = os.environ.get("OTB_AGENT_WS_PROXY") or None
-    try:
-        if new_connect is not None:
-            return await new_connect(
-                url,
-                additional_headers=headers,
-                max_size=max_size,
-                compression=None,
-                ping_interval=ping_interval,
-                ping_timeout=ping_interval,
-                open_timeout=open_timeout,
-                close_timeout=5,
-                max_queue=16,
-                user_agent_header=f"otb-agent/{__version__}",
-                **extra,
-            )
-        from websockets.client import connect as legacy_connect  # pragma: no cover
-
-        return await legacy_connect(  # pragma: no cover
-            url,
-            extra_headers=headers,
-            max_size=max_size,
-            compression=None,
-            ping_interval=ping_interval,
-            ping_timeout=ping_interval,
-            open_timeout=open_timeout,
-            close_timeout=5,
-            max_queue=16,
-            user_agent_header=f"otb-agent/{__version__}",
-            **extra,
-        )
+        return await _CONNECT(url, **options)
     except Exception as e:
         status = _handshake_status(e)
         if status is not None:
             raise HandshakeRejected(status, _retry_after(_handshake_headers(e))) from None
         raise
-
-
-_PROXY_SUPPORT: dict = {}
-
-
-def _accepts_proxy(connect_cls: Any) -> bool:
-    key = id(connect_cls)
-    if key not in _PROXY_SUPPORT:
-        import inspect
-
-        try:
-            _PROXY_SUPPORT[key] = "proxy" in inspect.signature(connect_cls).parameters
-        except (TypeError, ValueError):
-            _PROXY_SUPPORT[key] = False
-    return _PROXY_SUPPORT[key]
 
 
 def _handshake_status(e: BaseException) -> Optional[int]:
@@ -131,12 +121,6 @@ def close_code(e: BaseException) -> Optional[int]:
     if rcvd is not None:
         return int(rcvd.code)
     return None
-
-
-def connection_closed_types() -> tuple:
-    from websockets.exceptions import ConnectionClosed
-
-    return (ConnectionClosed,)
 
 
 def abort(ws: Any) -> None:

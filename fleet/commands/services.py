@@ -16,7 +16,13 @@ from uuid import UUID
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from otb_agent.protocol import interface_name_problem
+from otb_protocol import (
+    DIAGNOSTIC_CHECKS,
+    SPEED_TEST_DEFAULT_BYTES,
+    SPEED_TEST_DIRECTIONS,
+    SPEED_TEST_MAX_BYTES,
+    interface_name_problem,
+)
 
 from fleet.commands.choices import (
     DELIVERABLE_STATES,
@@ -38,10 +44,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_TTL_S = 3600
 MIN_TTL_S = 10
 MAX_TTL_S = 24 * 3600
-SPEED_TEST_DEFAULT_BYTES = 10 * 1000 * 1000
-SPEED_TEST_MAX_BYTES = 100 * 1000 * 1000
-DIAGNOSTIC_CHECKS = ("interfaces", "routes", "dns", "ping", "mptcp", "tunnel", "traceroute")
-SPEED_TEST_DIRECTIONS = ("download", "upload", "both")
 MAX_OUTPUT_BYTES = 256 * 1024
 
 S = CommandState

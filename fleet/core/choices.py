@@ -1,3 +1,4 @@
+import otb_protocol
 from django.db import models
 
 
@@ -15,28 +16,29 @@ class BoxState(models.TextChoices):
     DECOMMISSIONED = "decommissioned", "Decommissioned"
 
 
+# The WAN values are the protocol's (otb_protocol, shared with the agent); the labels are ours.
 class WanMode(models.TextChoices):
-    AGGREGATE = "aggregate", "Aggregate (MPTCP over all links)"
-    LOAD_BALANCE = "load-balance", "Load balance"
-    FAILOVER = "failover", "Failover"
+    AGGREGATE = otb_protocol.WAN_MODE_AGGREGATE, "Aggregate (MPTCP over all links)"
+    LOAD_BALANCE = otb_protocol.WAN_MODE_LOAD_BALANCE, "Load balance"
+    FAILOVER = otb_protocol.WAN_MODE_FAILOVER, "Failover"
 
 
 class WanRole(models.TextChoices):
-    PRIMARY = "primary", "Primary"
-    BACKUP = "backup", "Backup"
-    DISABLED = "disabled", "Disabled"
+    PRIMARY = otb_protocol.WAN_ROLE_PRIMARY, "Primary"
+    BACKUP = otb_protocol.WAN_ROLE_BACKUP, "Backup"
+    DISABLED = otb_protocol.WAN_ROLE_DISABLED, "Disabled"
 
 
 class WanKind(models.TextChoices):
-    FIBER = "fiber", "Fiber"
-    VDSL = "vdsl", "VDSL"
-    ADSL = "adsl", "ADSL"
-    SDSL = "sdsl", "SDSL"
-    CABLE = "cable", "Cable"
-    LTE = "lte", "4G/LTE"
-    NR = "5g", "5G"
-    SATELLITE = "satellite", "Satellite"
-    OTHER = "other", "Other"
+    FIBER = otb_protocol.WAN_KIND_FIBER, "Fiber"
+    VDSL = otb_protocol.WAN_KIND_VDSL, "VDSL"
+    ADSL = otb_protocol.WAN_KIND_ADSL, "ADSL"
+    SDSL = otb_protocol.WAN_KIND_SDSL, "SDSL"
+    CABLE = otb_protocol.WAN_KIND_CABLE, "Cable"
+    LTE = otb_protocol.WAN_KIND_LTE, "4G/LTE"
+    NR = otb_protocol.WAN_KIND_5G, "5G"
+    SATELLITE = otb_protocol.WAN_KIND_SATELLITE, "Satellite"
+    OTHER = otb_protocol.WAN_KIND_OTHER, "Other"
 
 
 class ReleaseChannel(models.TextChoices):

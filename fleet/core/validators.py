@@ -9,9 +9,10 @@ import binascii
 import re
 from typing import Any
 
+from otb_protocol import SERIAL_RE
+
 from fleet.core.errors import InvalidInput
 
-SERIAL_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 SECRET_MIN, SECRET_MAX = 8, 128
 
 

@@ -3,7 +3,7 @@
 Authentication happens in ``connect()`` from the ``Authorization: Bearer otba_...`` header; an
 unknown or revoked token is accepted then closed with 4001, so the agent can tell "unauthorized"
 from a network failure. Every frame is validated with the agent's own protocol module
-(``otb_agent.protocol``); bad frames get an ``error`` frame naming the field, and the 10th closes the
+(``otb_protocol``); bad frames get an ``error`` frame naming the field, and the 10th closes the
 session with 4003 and a short reconnect penalty (4029). The connect and the ``hello`` go through the
 per-process session gate and telemetry through the per-process writer, both batching across sessions
 on their own async connections (telemetry is acknowledged only once committed). Everything else is a
@@ -30,7 +30,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
-from otb_agent.protocol import (
+from otb_protocol import (
     CLOSE_INVALID_FRAMES,
     CLOSE_RATE_LIMITED,
     CLOSE_REPLACED,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from typing import Any, cast
+from uuid import UUID
 
 from django.conf import settings
 from django.core.cache import cache
@@ -333,6 +334,7 @@ def box_reassign_server(*, actor: Actor, box: Box, server: AggregationServer | N
     box_move(box.state, "reassign_server")
     organization = cast(Organization, box.organization)  # a claimed box has one (database constraint)
     old_server_id = box.server_id
+    target_id: UUID | None
     if server is not None:
         if server.pk == old_server_id:
             raise InvalidInput("the box is already on this server", field="server")

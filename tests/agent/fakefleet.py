@@ -1,6 +1,6 @@
 """A tiny fake fleet server for agent tests: stdlib HTTP + a websockets server.
 
-Implements the server side of docs/agent-protocol.md closely enough to drive the agent:
+Implements the server side of docs/agent-otb_protocol.md closely enough to drive the agent:
 enroll, config (ETag / If-None-Match), config/applied, speedtest (download and upload), and the
 websocket session (hello/welcome, telemetry acks with seq dedupe, commands, close codes). No database.
 """
@@ -16,7 +16,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from otb_agent import protocol
+import otb_protocol
 
 
 class FakeHTTP:
@@ -178,7 +178,7 @@ class FakeWS:
         from websockets.asyncio.server import serve
 
         self.server = await serve(
-            self.handler, "127.0.0.1", 0, max_size=protocol.MAX_FRAME_BYTES, compression=None
+            self.handler, "127.0.0.1", 0, max_size=otb_protocol.MAX_FRAME_BYTES, compression=None
         )
         port = self.server.sockets[0].getsockname()[1]
         self.url = f"ws://127.0.0.1:{port}/ws/agent/"
@@ -188,7 +188,7 @@ class FakeWS:
         await self.server.wait_closed()
 
     async def send(self, serial: str, msg: dict[str, Any]) -> None:
-        await self.conns[serial].send(protocol.encode(msg))
+        await self.conns[serial].send(otb_protocol.encode(msg))
 
     async def close(self, serial: str, code: int, reason: str = "") -> None:
         await self.conns[serial].close(code, reason)
@@ -198,20 +198,20 @@ class FakeWS:
         token = auth[7:] if auth.startswith("Bearer ") else ""
         serial = self.http.tokens.get(token)
         if serial is None or token in self.revoked:
-            await ws.close(protocol.CLOSE_UNAUTHORIZED, "unauthorized")
+            await ws.close(otb_protocol.CLOSE_UNAUTHORIZED, "unauthorized")
             return
         old = self.conns.get(serial)
         if old is not None:
-            await old.close(protocol.CLOSE_REPLACED, "replaced")
+            await old.close(otb_protocol.CLOSE_REPLACED, "replaced")
         self.conns[serial] = ws
         self.sessions += 1
         try:
-            hello = protocol.decode(await ws.recv())
+            hello = otb_protocol.decode(await ws.recv())
             assert hello["type"] == "hello"
             self.hellos.append(hello)
             self.hello_event.set()
             await ws.send(
-                protocol.encode(
+                otb_protocol.encode(
                     {
                         "type": "welcome",
                         "session_id": str(uuid.uuid4()),
@@ -225,8 +225,8 @@ class FakeWS:
             )
             async for raw in ws:
                 try:
-                    msg = protocol.decode(raw)
-                except protocol.ProtocolError as e:
+                    msg = otb_protocol.decode(raw)
+                except otb_protocol.ProtocolError as e:
                     self.invalid.append(str(e))
                     continue
                 self.frames.append(msg)
@@ -237,7 +237,7 @@ class FakeWS:
                         self.stored.setdefault(serial, []).append(seq)
                         self.last_seq[serial] = seq
                     if not self.drop_acks:
-                        await ws.send(protocol.encode({"type": "ack", "seq": seq}))
+                        await ws.send(otb_protocol.encode({"type": "ack", "seq": seq}))
                 elif t == "command_result":
                     self.results.append(msg)
                 elif t == "command_progress":

@@ -110,6 +110,15 @@ def test_enroll_wrong_secret(fake_http, tmp_path, capsys):
     assert not (tmp_path / "s" / "credentials.json").exists()
 
 
+def test_enroll_refuses_an_invalid_serial_before_any_request(fake_http, tmp_path, capsys):
+    state = tmp_path / "s"
+    args = ["enroll", "--server", fake_http.url, "--serial", "BOX 1", "--secret", "s3cret"]
+    rc = cli.main([*args, "--state-dir", str(state)])
+    assert rc == cli.EXIT_ENROLL_REJECTED
+    assert "serial must be 1 to 64 characters" in capsys.readouterr().err
+    assert fake_http.requests == [] and not state.exists()
+
+
 def test_status_and_run_not_enrolled(tmp_path, capsys):
     assert cli.main(["run", "--state-dir", str(tmp_path)]) == cli.EXIT_USAGE
     assert "not enrolled" in capsys.readouterr().err
@@ -221,7 +230,7 @@ def test_agent_never_imports_django():
     import subprocess
 
     code = (
-        "import sys, otb_agent.cli, otb_agent.agent, otb_agent.simulate, otb_agent.protocol;"
+        "import sys, otb_agent.cli, otb_agent.agent, otb_agent.simulate, otb_protocol;"
         "import otb_agent.collectors.openwrt, otb_agent.collectors.linux, otb_agent.collectors.simulated;"
         "top={m.split('.')[0] for m in sys.modules};"
         "bad=sorted(top & {'django','fleet','provisioning','rest_framework'});"

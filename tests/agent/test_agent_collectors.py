@@ -3,8 +3,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import otb_protocol
 import pytest
-from otb_agent import protocol
 from otb_agent.collectors import parse_wan_arg, wans_from_config
 from otb_agent.collectors.linux import LinuxCollector
 from otb_agent.collectors.openwrt import (
@@ -21,7 +21,7 @@ OWRT = FIX / "openwrt"
 
 
 def valid(sample):
-    protocol.validate_message({"type": "telemetry", "seq": 1, "samples": [sample]})
+    otb_protocol.validate_message({"type": "telemetry", "seq": 1, "samples": [sample]})
 
 
 class Clock:

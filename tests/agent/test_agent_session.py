@@ -10,11 +10,13 @@ import stat
 import time
 import uuid
 
+import otb_protocol
 import pytest
-from otb_agent import httpapi, protocol
+from otb_agent import httpapi
 from otb_agent.agent import EXIT_UNAUTHORIZED, Agent
 from otb_agent.backoff import Backoff
 from otb_agent.collectors import Collector
+from otb_agent.host import HostSystem
 from otb_agent.store import MemoryStore, SqliteStore
 from otb_agent.util import Status
 
@@ -55,11 +57,12 @@ def make_agent(fake_http, ws, tmp_path, token, **kw):
     store = kw.pop("store", None) or SqliteStore(str(tmp_path / "agent.db"))
     return Agent(
         server=fake_http.url,
-        ws_url=ws.url,
+        ws_url=kw.pop("ws_url", ws.url),
         token=token,
         serial="BOX1",
         collector=kw.pop("collector", None) or StubCollector(),
         store=store,
+        system=kw.pop("system", None) or HostSystem(),
         state_dir=str(tmp_path),
         status=Status(str(tmp_path / "status.json")),
         backoff=Backoff(base=0.05, cap=0.2, rng=__import__("random").Random(1)),
@@ -161,7 +164,9 @@ async def test_command_runs_once_even_if_delivered_twice(fleet, tmp_path):
         "params": {},
         "expires_at": time.time() + 60,
     }
-    agent = make_agent(fake_http, ws, tmp_path, token_for(fake_http), restart_command=str(script))
+    agent = make_agent(
+        fake_http, ws, tmp_path, token_for(fake_http), system=HostSystem(restart_command=str(script))
+    )
     task = asyncio.create_task(agent.run())
     try:
         await wait_for(lambda: "BOX1" in ws.conns and ws.hellos)
@@ -278,8 +283,7 @@ async def test_buffering_while_server_down(fake_http, tmp_path):
     await ws.start()
     url = ws.url
     await ws.stop()  # server down: the agent keeps collecting into the buffer
-    agent = make_agent(fake_http, ws, tmp_path, token_for(fake_http))
-    agent.ws_url = url
+    agent = make_agent(fake_http, ws, tmp_path, token_for(fake_http), ws_url=url)
     task = asyncio.create_task(agent.run())
     try:
         await wait_for(lambda: agent.store.depth() >= 5)
@@ -425,7 +429,7 @@ def test_the_speed_test_socket_is_bound_to_the_interface(fake_http):
         conn, _ = httpapi._speedtest_connection(fake_http.url, 5.0, iface)
         try:
             conn.connect()
-            bound = conn.sock.getsockopt(socket.SOL_SOCKET, httpapi.SO_BINDTODEVICE, protocol.IFNAMSIZ)
+            bound = conn.sock.getsockopt(socket.SOL_SOCKET, httpapi.SO_BINDTODEVICE, otb_protocol.IFNAMSIZ)
             assert bound.rstrip(b"\0") == expected
         finally:
             conn.close()

@@ -248,8 +248,3 @@ def test_invalid_params_are_refused(change: dict[str, Any], message: str) -> Non
 def test_the_signing_key_comes_from_the_box_configuration(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"firmware_signing_public_key": PUBLIC}))
     assert firmware.signing_key_from_config(str(tmp_path)) == PUBLIC
-
-
-def test_simulated_picks_are_an_exact_fraction() -> None:
-    assert sum(firmware.simulated_pick(i, 0.05) for i in range(1000)) == 50
-    assert not any(firmware.simulated_pick(i, 0.0) for i in range(100))

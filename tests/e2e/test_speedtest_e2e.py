@@ -27,6 +27,7 @@ from otb_agent import httpapi
 from otb_agent.agent import Agent
 from otb_agent.backoff import Backoff
 from otb_agent.collectors import Collector
+from otb_agent.host import HostSystem
 from otb_agent.store import MemoryStore
 
 from fleet.commands.models import Command
@@ -156,6 +157,7 @@ def test_a_speed_test_command_runs_on_a_real_agent_session(
         serial=box.serial,
         collector=QuietCollector(),
         store=MemoryStore(),
+        system=HostSystem(),
         state_dir=str(tmp_path),
         backoff=Backoff(base=0.1, cap=0.5),
         telemetry_interval=5.0,

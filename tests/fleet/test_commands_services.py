@@ -9,7 +9,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from django.utils import timezone
-from otb_agent.protocol import validate_message
+from otb_protocol import validate_message
 
 from fleet.commands.choices import CommandState
 from fleet.commands.models import Command

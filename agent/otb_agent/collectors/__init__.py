@@ -4,88 +4,28 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+from .base import Collector, parse_wan_arg, wans_from_config
+from .linux import LinuxCollector
+from .openwrt import OpenWrtCollector
+from .probe import PingProbe
+from .simulated import SimulatedCollector
 
-class Collector:
-    """Interface shared by all collectors."""
-
-    #: True when collect() may block (subprocesses, probes): the agent runs it in a thread.
-    blocking = False
-    name = "base"
-
-    def configure(self, config: Dict[str, Any]) -> None:
-        """Apply the server config (wan_policy interfaces, tunnel settings)."""
-
-    def collect(self) -> Dict[str, Any]:
-        raise NotImplementedError
-
-    def uptime_s(self) -> int:
-        return 0
-
-    def boot_id(self) -> str:
-        return "unknown"
-
-    def firmware_version(self) -> str:
-        return "unknown"
-
-    def model(self) -> str:
-        return "unknown"
+__all__ = ["Collector", "make_collector", "parse_wan_arg", "wans_from_config"]
 
 
-def wans_from_config(config: Optional[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """[{name, kind, label, role}] from config.wan_policy.interfaces (disabled ones skipped)."""
-    out: List[Dict[str, Any]] = []
-    if not isinstance(config, dict):
-        return out
-    policy = config.get("wan_policy") or {}
-    for itf in policy.get("interfaces") or []:
-        if not isinstance(itf, dict) or not itf.get("name"):
-            continue
-        if itf.get("role") == "disabled":
-            continue
-        out.append(
-            {
-                "name": str(itf["name"])[:32],
-                "kind": _kind(itf.get("kind")),
-                "label": str(itf.get("label") or itf["name"])[:64],
-                "role": itf.get("role") or "primary",
-            }
-        )
-    return out[:16]
-
-
-def parse_wan_arg(text: str) -> Dict[str, Any]:
-    """--wan IFACE[:KIND[:LABEL]]"""
-    parts = text.split(":", 2)
-    return {
-        "name": parts[0],
-        "kind": _kind(parts[1] if len(parts) > 1 else None),
-        "label": parts[2] if len(parts) > 2 else parts[0],
-        "role": "primary",
-    }
-
-
-_KINDS = ("fiber", "vdsl", "adsl", "sdsl", "cable", "lte", "5g", "satellite", "other")
-
-
-def _kind(value: Any) -> str:
-    return value if value in _KINDS else "other"
-
-
-def make_collector(name: str, **kwargs: Any) -> Collector:
+def make_collector(
+    name: str,
+    *,
+    serial: Optional[str] = None,
+    wans: Optional[List[Dict[str, Any]]] = None,
+    probe: Optional[PingProbe] = None,
+    tunnel_iface: Optional[str] = None,
+) -> Collector:
+    """The collector called ``name`` (``linux``, ``openwrt`` or ``simulated``, seeded by ``serial``)."""
     if name == "simulated":
-        from .simulated import SimulatedCollector
-
-        return SimulatedCollector(kwargs.get("serial") or "SIM", flaky=kwargs.get("flaky", False))
+        return SimulatedCollector(serial or "SIM")
     if name == "linux":
-        from .linux import LinuxCollector
-
-        return LinuxCollector(
-            wans=kwargs.get("wans"), probe=kwargs.get("probe"), tunnel_iface=kwargs.get("tunnel_iface")
-        )
+        return LinuxCollector(wans=wans, probe=probe, tunnel_iface=tunnel_iface)
     if name == "openwrt":
-        from .openwrt import OpenWrtCollector
-
-        return OpenWrtCollector(
-            wans=kwargs.get("wans"), probe=kwargs.get("probe"), tunnel_iface=kwargs.get("tunnel_iface")
-        )
+        return OpenWrtCollector(wans=wans, probe=probe, tunnel_iface=tunnel_iface)
     raise ValueError(f"unknown collector {name!r}")

@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import Collector, wans_from_config
+from .base import Collector, wans_from_config
 from .probe import NULL_RESULT, PingProbe
 
 

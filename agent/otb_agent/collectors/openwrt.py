@@ -13,7 +13,6 @@ import subprocess
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .linux import LinuxCollector
-from .probe import PingProbe
 
 Runner = Callable[[Sequence[str]], Tuple[int, str]]
 
@@ -133,17 +132,9 @@ def public_or_none(addr: Optional[str]) -> Optional[str]:
 class OpenWrtCollector(LinuxCollector):
     name = "openwrt"
 
-    def __init__(
-        self,
-        root: str = "/",
-        wans: Optional[List[Dict[str, Any]]] = None,
-        probe: Optional[PingProbe] = None,
-        tunnel_iface: Optional[str] = None,
-        runner: Optional[Runner] = None,
-        clock: Any = None,
-    ) -> None:
-        kwargs = {"clock": clock} if clock is not None else {}
-        super().__init__(root=root, wans=wans, probe=probe, tunnel_iface=tunnel_iface, **kwargs)
+    def __init__(self, *, runner: Optional[Runner] = None, **linux_options: Any) -> None:
+        """``linux_options`` are :class:`LinuxCollector`'s; ``runner`` runs ubus, mwan3 and ip."""
+        super().__init__(**linux_options)
         self.runner: Runner = runner or subprocess_runner
         self.ifaces: Dict[str, Dict[str, Any]] = {}
         self.mwan3: Dict[str, Dict[str, Any]] = {}

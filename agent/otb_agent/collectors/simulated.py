@@ -1,17 +1,24 @@
 """Simulated box: 2-4 WANs of different kinds, random-walk latency/loss/throughput.
 
-Seeded by serial (same serial -> same WAN set). Uses a tiny splitmix64 PRNG instead of
-random.Random (which costs ~2.5 KiB of state per box) to keep 10,000 boxes cheap.
+:class:`SimulatedCollector` makes its telemetry; :class:`SimulatedSystem` answers the agent's
+commands for it (reboots, firmware upgrades and speed tests are faked in process). Seeded by serial
+(same serial -> same WAN set). Uses a tiny splitmix64 PRNG instead of random.Random (which costs
+~2.5 KiB of state per box) to keep 10,000 boxes cheap.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import Collector
+from ..firmware import UpgradeParams
+from ..httpapi import InterfaceError
+from ..system import BoxSystem, CommandOutcome, FleetAccess, Progress
+from .base import Collector
 
 _MASK = (1 << 64) - 1
 
@@ -118,6 +125,10 @@ class SimulatedCollector(Collector):
     def model(self) -> str:
         return self.model_name
 
+    def schedule_upgrade(self, version: str, unhealthy: bool) -> None:
+        """Run ``version`` after the next reboot (with every link down if ``unhealthy``)."""
+        self.pending_upgrade = (version, unhealthy)
+
     def reboot(self) -> None:
         """Simulated reboot: uptime restarts at 0 with a new boot id."""
         self._boot_at = self.clock()
@@ -210,3 +221,87 @@ class SimulatedCollector(Collector):
         if iface is not None and not wans:
             return None
         return sum(w.profile[4 if upload else 3] for w in wans if w.down_left == 0)
+
+
+class SimulatedSystem(BoxSystem):
+    """The system of a simulated box (:class:`SimulatedCollector`).
+
+    A reboot, or a successful firmware upgrade, takes the box down for ``reboot_delay`` seconds
+    (the agent ends its session and reconnects afterwards, with a new boot id); an upgrade goes
+    through its stages (``upgrade_stage_delay`` seconds each), fails if ``upgrade_fails``, and brings
+    the box back with every link down if ``upgrade_unhealthy``. Speed
+    tests are figures drawn from the WANs' capacity. ``flaky`` boxes drop their connection at random.
+    Diagnostics are :class:`BoxSystem`'s: the real checks, run on the host.
+    """
+
+    RESTART_DELAY_S = 1.0
+    LINK_DROP_PROBABILITY = 0.02  # per telemetry sample, for a flaky box
+
+    def __init__(
+        self,
+        collector: SimulatedCollector,
+        *,
+        flaky: bool = False,
+        reboot_delay: float = 3.0,
+        upgrade_fails: bool = False,
+        upgrade_unhealthy: bool = False,
+        upgrade_stage_delay: float = 0.2,
+    ) -> None:
+        self.collector = collector
+        self.flaky = flaky
+        self.reboot_delay = reboot_delay
+        self.upgrade_fails = upgrade_fails
+        self.upgrade_unhealthy = upgrade_unhealthy
+        self.upgrade_stage_delay = upgrade_stage_delay
+        self._reboot_pending = False
+
+    async def reboot(self) -> CommandOutcome:
+        self._reboot_pending = True
+        return True, {"rebooting": True, "simulated": True}, None
+
+    async def restart_services(self) -> CommandOutcome:
+        await asyncio.sleep(self.RESTART_DELAY_S)
+        return True, {"restarted": True, "simulated": True}, None
+
+    def speed_test_output(self) -> Dict[str, Any]:
+        return {"simulated": True}
+
+    async def speed_test(
+        self, fleet: FleetAccess, *, direction: str, nbytes: int, iface: Optional[str]
+    ) -> Tuple[int, float]:
+        capacity = self.collector.capacity_mbps(upload=direction == "upload", iface=iface)
+        if capacity is None:
+            raise InterfaceError(f"no network interface named {iface!r}")
+        mbps = capacity * (0.6 + self.collector.rng.random() * 0.3)
+        duration = nbytes * 8 / (mbps * 1e6) if mbps > 0 else 0.0
+        await asyncio.sleep(min(duration, 2.0))
+        return nbytes, duration
+
+    async def firmware_upgrade(
+        self, fleet: FleetAccess, upgrade: UpgradeParams, *, current_version: str, progress: Progress
+    ) -> CommandOutcome:
+        for percent, stage in ((20, "downloading"), (82, "verifying"), (90, "installing")):
+            await progress.report(percent, f"{stage}: {upgrade.version} (simulated)")
+            await asyncio.sleep(self.upgrade_stage_delay)
+        if self.upgrade_fails:
+            return (
+                False,
+                {"code": "apply_failed", "simulated": True},
+                "apply_failed: simulated install failure",
+            )
+        self.collector.schedule_upgrade(upgrade.version, self.upgrade_unhealthy)
+        await progress.report(99, f"rebooting: into {upgrade.version} (simulated)")
+        self._reboot_pending = True
+        return True, {"stage": "rebooting", "version": upgrade.version, "simulated": True}, None
+
+    def reboot_pending(self) -> bool:
+        return self._reboot_pending
+
+    async def complete_reboot(self, stopping: asyncio.Event) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stopping.wait(), self.reboot_delay)
+        self.collector.reboot()
+        self._reboot_pending = False
+
+    def link_dropped(self) -> bool:
+        return self.flaky and self.collector.rng.random() < self.LINK_DROP_PROBABILITY

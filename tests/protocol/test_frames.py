@@ -7,9 +7,9 @@ import re
 import time
 from pathlib import Path
 
+import otb_protocol
 import pytest
-from otb_agent import protocol
-from otb_agent.protocol import ProtocolError, UnknownMessageType, decode, encode, validate_message
+from otb_protocol import ProtocolError, UnknownMessageType, decode, encode, validate_message
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "agent-protocol.md"
 
@@ -64,11 +64,11 @@ def test_every_doc_example_is_valid_and_all_types_covered():
     for ex in examples:
         validate_message(ex)
         assert decode(encode(ex)) == ex
-    assert {ex["type"] for ex in examples} == set(protocol.MESSAGE_TYPES)
+    assert {ex["type"] for ex in examples} == set(otb_protocol.MESSAGE_TYPES)
 
 
 def test_schema_defs_cover_all_types_and_constants():
-    assert set(protocol.SCHEMA["$defs"]) == {
+    assert set(otb_protocol.SCHEMA["$defs"]) == {
         "hello",
         "welcome",
         "telemetry",
@@ -80,9 +80,9 @@ def test_schema_defs_cover_all_types_and_constants():
         "command_result",
         "error",
     }
-    assert protocol.PROTOCOL_VERSION == 1
-    assert protocol.CLOSE_UNAUTHORIZED == 4001 and protocol.CLOSE_REPLACED == 4002
-    assert protocol.CLOSE_INVALID_FRAMES == 4003 and protocol.CLOSE_RATE_LIMITED == 4029
+    assert otb_protocol.PROTOCOL_VERSION == 1
+    assert otb_protocol.CLOSE_UNAUTHORIZED == 4001 and otb_protocol.CLOSE_REPLACED == 4002
+    assert otb_protocol.CLOSE_INVALID_FRAMES == 4003 and otb_protocol.CLOSE_RATE_LIMITED == 4029
 
 
 def expect(msg, path, fragment=""):
@@ -168,7 +168,7 @@ def test_types_and_frames():
     with pytest.raises(ProtocolError):
         validate_message([1, 2])
     with pytest.raises(ProtocolError, match="too big"):
-        decode("x" * (protocol.MAX_FRAME_BYTES + 1))
+        decode("x" * (otb_protocol.MAX_FRAME_BYTES + 1))
     with pytest.raises(ProtocolError, match="invalid JSON"):
         decode("{nope")
     assert decode(b'{"type":"ack","seq":3}') == {"type": "ack", "seq": 3}

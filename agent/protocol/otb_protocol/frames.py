@@ -1,0 +1,131 @@
+"""Frames of protocol v1: version, size limit, close codes, and the validating encode/decode.
+
+The server validates every incoming frame with :func:`validate_message` (strict: unknown fields
+rejected); the agent decodes server frames with ``ignore_unknown_fields=True``, since a newer server
+may add optional fields (see the versioning policy in docs/agent-protocol.md).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, NoReturn
+
+from .schema import Check, Violation, compile_schema, load_schema
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 65536
+
+# Websocket close codes used by the protocol.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_TOO_BIG = 1009
+CLOSE_SERVICE_RESTART = 1012
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_REPLACED = 4002
+CLOSE_INVALID_FRAMES = 4003
+CLOSE_RATE_LIMITED = 4029
+
+CLOSE_CODE_NAMES = {
+    CLOSE_NORMAL: "normal",
+    CLOSE_GOING_AWAY: "going_away",
+    CLOSE_TOO_BIG: "message_too_big",
+    CLOSE_SERVICE_RESTART: "service_restart",
+    CLOSE_UNAUTHORIZED: "unauthorized",
+    CLOSE_REPLACED: "replaced",
+    CLOSE_INVALID_FRAMES: "too_many_invalid_frames",
+    CLOSE_RATE_LIMITED: "rate_limited",
+}
+
+AGENT_TO_SERVER = frozenset(
+    {"hello", "telemetry", "heartbeat", "command_progress", "command_result", "error"}
+)
+SERVER_TO_AGENT = frozenset({"welcome", "ack", "heartbeat", "config_changed", "command", "error"})
+
+
+class ProtocolError(ValueError):
+    """A frame does not conform to the protocol.
+
+    ``field_path`` locates the offending value, e.g. ``samples[0].wans[2].rtt_ms``
+    (empty string for the frame itself).
+    """
+
+    def __init__(self, message: str, field_path: str = "") -> None:
+        super().__init__(f"{field_path}: {message}" if field_path else message)
+        self.message = message
+        self.field_path = field_path
+
+
+class UnknownMessageType(ProtocolError):
+    """The ``type`` is not part of this protocol version (a newer peer may send it)."""
+
+
+SCHEMA = load_schema()
+MESSAGE_TYPES = tuple(SCHEMA["$defs"])
+_STRICT: Dict[str, Check] = {t: compile_schema(s, False) for t, s in SCHEMA["$defs"].items()}
+_LENIENT: Dict[str, Check] = {t: compile_schema(s, True) for t, s in SCHEMA["$defs"].items()}
+
+
+def validate_message(obj: Any, *, ignore_unknown_fields: bool = False) -> None:
+    """Validate one decoded frame; raise :class:`ProtocolError` (with ``field_path``).
+
+    Raises :class:`UnknownMessageType` (a ProtocolError) for a ``type`` not in this version.
+    """
+    if type(obj) is not dict:
+        raise ProtocolError("frame must be a JSON object")
+    t = obj.get("type")
+    if type(t) is not str:
+        raise ProtocolError("missing or non-string type", "type")
+    table = _LENIENT if ignore_unknown_fields else _STRICT
+    check = table.get(t)
+    if check is None:
+        raise UnknownMessageType(f"unknown message type {t[:64]!r}", "type")
+    try:
+        check(obj)
+    except Violation as e:
+        raise ProtocolError(e.msg, e.path()) from None
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ProtocolError(f"{name} is not allowed")
+
+
+def decode(data: Any, *, validate: bool = True, ignore_unknown_fields: bool = False) -> Dict[str, Any]:
+    """Parse one text frame (str or UTF-8 bytes) and validate it."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        if len(data) > MAX_FRAME_BYTES:
+            raise ProtocolError("frame too big")
+        try:
+            data = bytes(data).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("frame is not valid UTF-8") from None
+    elif not isinstance(data, str):
+        raise ProtocolError("frame must be text")
+    if len(data) > MAX_FRAME_BYTES:
+        raise ProtocolError("frame too big")
+    try:
+        obj = json.loads(data, parse_constant=_reject_constant)
+    except ProtocolError:
+        raise
+    except ValueError as e:
+        raise ProtocolError(f"invalid JSON: {e}") from None
+    except RecursionError:
+        raise ProtocolError("invalid JSON: nested too deeply") from None
+    if validate:
+        validate_message(obj, ignore_unknown_fields=ignore_unknown_fields)
+    return obj
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+def encode(obj: Dict[str, Any], *, validate: bool = True) -> str:
+    """Serialise one message to a compact JSON text frame (validated unless told not to)."""
+    if validate:
+        validate_message(obj)
+    try:
+        text = _dumps(obj)
+    except ValueError as e:  # NaN/inf
+        raise ProtocolError(str(e)) from None
+    if len(text) > MAX_FRAME_BYTES or len(text.encode("utf-8")) > MAX_FRAME_BYTES:
+        raise ProtocolError("frame too big")
+    return text
