@@ -11,14 +11,20 @@ report (``downloading`` after ``installing``) is a no-op, not an error.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from django.utils import timezone
 
 from fleet.firmware.choices import RolloutAction, RolloutState, UpgradeState
 
-if TYPE_CHECKING:  # the models read the rollout table, so this module does not import them
-    from fleet.firmware.models import Upgrade
+
+class UpgradeRow(Protocol):
+    """What :func:`upgrade_transition` moves (an ``Upgrade``): this module is a pure table the models
+    build on, so it names the shape it needs instead of importing them."""
+
+    state: str
+    state_changed_at: datetime
+    reason: str
 
 A = RolloutAction
 R = RolloutState
@@ -85,7 +91,7 @@ def timestamp_field(state: str) -> str:
 
 
 def upgrade_transition(
-    upgrade: Upgrade, target: str, *, now: datetime | None = None, reason: str | None = None
+    upgrade: UpgradeRow, target: str, *, now: datetime | None = None, reason: str | None = None
 ) -> list[str]:
     """Move ``upgrade`` to ``target`` in memory; return the fields to save.
 
