@@ -23,7 +23,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path
 
-from fleet.core.admin_support import run_for_each, staff_actor
+from fleet.core.admin_support import ReadOnlyAdmin, run_for_each, staff_actor
 from fleet.core.errors import DomainError
 from fleet.core.models import Box, Region
 from provisioning.addressing import pool_size
@@ -270,17 +270,6 @@ class AddressPoolAdmin(ServiceAdmin):
     @admin.display(description="free")
     def free(self, pool: AddressPool) -> int:
         return self.size(pool) - pool.active_count - pool.quarantined_count  # type: ignore[attr-defined]
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(AddressAssignment)

@@ -3,26 +3,21 @@ resolved here for the one bearer scheme of ``fleet.core.authentication`` (``TOKE
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rest_framework.permissions import BasePermission
 
+from fleet.core.authentication import MachinePrincipal
 from fleet.core.tokens import digest
 from provisioning.models import AggregationServer
 
 
 @dataclass
-class ServerPrincipal:
-    """An authenticated aggregation server (never a person: ``is_machine``)."""
+class ServerPrincipal(MachinePrincipal):
+    """An authenticated aggregation server."""
 
-    server: AggregationServer
-    is_authenticated: bool = True
-    is_active: bool = True
-    is_staff: bool = False
-    is_superuser: bool = False
-    is_machine: bool = True
-    pk: None = None
+    server: AggregationServer = field(kw_only=True)
 
     def __str__(self) -> str:
         return f"server:{self.server.name}"

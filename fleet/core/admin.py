@@ -13,7 +13,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from fleet.core.admin_support import run_for_each, staff_actor
+from fleet.core.admin_support import ReadOnlyAdmin, run_for_each, staff_actor
 from fleet.core.models import ApiToken, AuditLog, EnrollmentToken, Invitation, Membership, Organization
 from fleet.core.services import api_token_revoke, enrollment_token_revoke
 
@@ -117,7 +117,7 @@ class EnrollmentTokenAdmin(TokenAdminBase):
 
 
 @admin.register(AuditLog)
-class AuditLogAdmin(admin.ModelAdmin):
+class AuditLogAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "actor_label", "action", "organization", "box", "target_type", "request_id"]
     list_filter = ["action", ("organization", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["action", "actor_label", "request_id", "box__serial"]
@@ -126,12 +126,3 @@ class AuditLogAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [field.name for field in self.model._meta.fields]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

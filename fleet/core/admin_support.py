@@ -14,6 +14,20 @@ from fleet.core.audit import Actor
 from fleet.core.errors import DomainError
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """An admin page that lists and shows rows, never adds, changes or deletes them (records such as
+    the audit log, or rows only services may write)."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 def staff_actor(request: HttpRequest) -> Actor:
     """The signed-in staff user (and address) as the actor of an audited change."""
     return Actor.for_user(request.user, request.META.get("REMOTE_ADDR"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 from uuid import UUID
@@ -30,17 +30,24 @@ from fleet.core.tokens import TokenKind, digest, token_kind
 
 
 @dataclass
-class AgentPrincipal:
+class MachinePrincipal:
+    """A caller that is a machine, never a person (``is_machine``): permission classes and selectors
+    tell it apart from users, and it can never act as one."""
+
+    is_authenticated: bool = field(default=True, init=False)
+    is_active: bool = field(default=True, init=False)
+    is_staff: bool = field(default=False, init=False)
+    is_superuser: bool = field(default=False, init=False)
+    is_machine: bool = field(default=True, init=False)
+    pk: None = field(default=None, init=False)
+
+
+@dataclass
+class AgentPrincipal(MachinePrincipal):
     """An authenticated on-box agent."""
 
-    box: Box
-    credential_id: Any
-    is_authenticated: bool = True
-    is_active: bool = True
-    is_staff: bool = False
-    is_superuser: bool = False
-    is_machine: bool = True
-    pk: None = None
+    box: Box = field(kw_only=True)
+    credential_id: Any = field(kw_only=True)
 
     def __str__(self) -> str:
         return f"box:{self.box.serial}"
