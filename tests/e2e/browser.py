@@ -176,11 +176,11 @@ def page(browser: Any, asgi_server: LiveServer, request: Any) -> Iterator[Any]:
     context = browser.new_context(base_url=asgi_server.url, viewport={"width": 1360, "height": 900})
     context.set_default_timeout(15000)
     tab = context.new_page()
-    tab.errors = []  # type: ignore[attr-defined]
-    tab.on("pageerror", lambda error: tab.errors.append(str(error)))  # type: ignore[attr-defined]
+    tab.errors = []
+    tab.on("pageerror", lambda error: tab.errors.append(str(error)))
     tab.on(
         "console",
-        lambda message: tab.errors.append(message.text) if message.type == "error" else None,  # type: ignore[attr-defined]
+        lambda message: tab.errors.append(message.text) if message.type == "error" else None,
     )
     yield tab
     context.close()
