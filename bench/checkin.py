@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from common import bench_database_url, free_port, log, percentile, recreate_database, wait_healthy
@@ -49,7 +50,7 @@ def seed(count: int) -> list[tuple[str, str]]:
     call_command("migrate", verbosity=0)
     boxes = [Box(serial=f"CHECKIN{index:07d}") for index in range(count)]
     Box.objects.bulk_create(boxes, batch_size=2000)
-    tokens: dict[object, str] = {}
+    tokens: dict[uuid.UUID, str] = {}
     credentials = []
     for box in boxes:
         issued = token_issue(TokenKind.AGENT)

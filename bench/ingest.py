@@ -110,7 +110,7 @@ class Server:
         port: int | None = None,
         extra_env: dict[str, str] | None = None,
         app: str = "config.asgi:application",
-    ):
+    ) -> None:
         self.app = app
         self.port = port or free_port()
         self.env = {
@@ -224,7 +224,7 @@ async def _connection(
 
 def load_worker(
     url: str, tokens: list[str | None], duration: float, window: int, start_at: float, queue: Any
-):
+) -> None:
     """Worker process: hold one connection per token and pump telemetry until the deadline."""
     raise_nofile()
 
@@ -357,8 +357,8 @@ def main() -> int:
 
 
 def attributed_worker(
-    url: str, boxes: list[dict[str, str]], duration: float, window: int, start_at: float, queue
-):
+    url: str, boxes: list[dict[str, str]], duration: float, window: int, start_at: float, queue: Any
+) -> None:
     raise_nofile()
 
     async def main() -> dict[str, dict[str, Any]]:
@@ -374,7 +374,7 @@ def attributed_worker(
 
 def run_load_attributed(
     base: str, boxes: list[dict[str, str]], *, duration: float, window: int, workers: int
-):
+) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     start_at = time.time() + 3.0

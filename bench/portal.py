@@ -18,7 +18,11 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:  # Django is set up at run time, in seed()
+    from django.contrib.auth.models import User
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -42,7 +46,7 @@ def recreate_database(base_url: str) -> str:
     return urlunsplit(parts._replace(path=f"/{BENCH_DB}"))
 
 
-def seed(count: int) -> object:
+def seed(count: int) -> User:
     """Migrate, then bulk-create the organisation, its boxes, statuses and public addresses."""
     import django
 
@@ -128,7 +132,7 @@ def seed(count: int) -> object:
     return user
 
 
-def measure(user: object, renders: int) -> dict[str, object]:
+def measure(user: User, renders: int) -> dict[str, object]:
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext

@@ -100,15 +100,19 @@ def duplicates(database_url: str) -> dict[str, int]:
     import psycopg
 
     with psycopg.connect(database_url) as conn:
-        prefixes = conn.execute(
-            "SELECT count(*) - count(DISTINCT prefix) FROM provisioning_addressassignment"
-        ).fetchone()[0]
-        ports = conn.execute(
+
+        def count(query: str) -> int:
+            row = conn.execute(query).fetchone()
+            assert row is not None  # an aggregate without GROUP BY returns one row
+            return int(row[0])
+
+        prefixes = count("SELECT count(*) - count(DISTINCT prefix) FROM provisioning_addressassignment")
+        ports = count(
             "SELECT count(*) - count(DISTINCT (server_id, tunnel_port)) FROM fleet_box "
             "WHERE tunnel_port IS NOT NULL"
-        ).fetchone()[0]
-        claimed = conn.execute("SELECT count(*) FROM fleet_box WHERE state = 'claimed'").fetchone()[0]
-        assignments = conn.execute("SELECT count(*) FROM provisioning_addressassignment").fetchone()[0]
+        )
+        claimed = count("SELECT count(*) FROM fleet_box WHERE state = 'claimed'")
+        assignments = count("SELECT count(*) FROM provisioning_addressassignment")
     return {"prefixes": prefixes, "ports": ports, "claimed": claimed, "assignments": assignments}
 
 

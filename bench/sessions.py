@@ -98,6 +98,7 @@ def main() -> int:
     boxes = create_boxes(database_url, sessions, "BENCH-SESSIONS")
     server = Server(database_url, extra_env={"OTB_HEARTBEAT_INTERVAL_S": "30"})
     server.start()
+    assert server.process is not None
     context = multiprocessing.get_context("spawn")
     epochs = context.Array("i", [-1] * sessions, lock=False)
     epoch = context.Value("i", 0, lock=False)

@@ -48,7 +48,7 @@ def memberships_of(user: Any) -> list[Membership]:
 def current_organization(request: HttpRequest) -> PortalOrganization | None:
     """The organisation chosen with the switcher, if the person may still see it; else their first."""
     if hasattr(request, "_portal_organization"):
-        return request._portal_organization  # type: ignore[attr-defined]
+        return request._portal_organization
     user = request.user
     chosen: PortalOrganization | None = None
     if user.is_authenticated:
@@ -75,4 +75,4 @@ def organization_choose(request: HttpRequest, organization: Organization) -> Non
     """Remember the organisation for this session (the caller has checked the person may see it)."""
     request.session[SESSION_KEY] = str(organization.pk)
     if hasattr(request, "_portal_organization"):
-        del request._portal_organization  # type: ignore[attr-defined]
+        del request._portal_organization

@@ -3,7 +3,7 @@ on the field they name (``frontend.errors.form_add_domain_error``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from django import forms
@@ -41,7 +41,7 @@ class FleetFilterForm(forms.Form):
     firmware = forms.CharField(label="Firmware", required=False, max_length=64)
     page = forms.IntegerField(required=False, min_value=1)
 
-    def __init__(self, *args, regions: list[tuple[str, str]] | None = None, **kwargs) -> None:
+    def __init__(self, *args: Any, regions: list[tuple[str, str]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cast(forms.ChoiceField, self.fields["region"]).choices = [("", "Any region"), *(regions or [])]
 
@@ -87,7 +87,7 @@ class WanPolicyForm(forms.Form):
 
     mode = forms.ChoiceField(label="Mode", choices=WanMode.choices)
 
-    def __init__(self, *args, interfaces: list[dict] | None = None, **kwargs) -> None:
+    def __init__(self, *args: Any, interfaces: list[dict] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.interfaces = interfaces or []
         for index, interface in enumerate(self.interfaces):
@@ -205,7 +205,14 @@ class AlertRuleForm(forms.Form):
     box = forms.ChoiceField(label="Box", required=False)
     targets = forms.MultipleChoiceField(label="Notify", required=False, widget=forms.CheckboxSelectMultiple)
 
-    def __init__(self, *args, kinds=(), boxes=(), targets=(), **kwargs) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        kinds: Iterable[tuple[str, str]] = (),
+        boxes: Iterable[tuple[str, str]] = (),
+        targets: Iterable[tuple[str, str]] = (),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         cast(forms.ChoiceField, self.fields["kind"]).choices = list(kinds)
         cast(forms.ChoiceField, self.fields["box"]).choices = [("", "Every box"), *boxes]
@@ -252,7 +259,13 @@ class RolloutForm(forms.Form):
     )
     force = forms.BooleanField(label="Also boxes with automatic upgrades off", required=False)
 
-    def __init__(self, *args, releases=(), organizations=(), **kwargs) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        releases: Iterable[tuple[str, str]] = (),
+        organizations: Iterable[tuple[str, str]] = (),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         cast(forms.ChoiceField, self.fields["release"]).choices = list(releases)
         cast(forms.ChoiceField, self.fields["organizations"]).choices = list(organizations)

@@ -8,13 +8,14 @@ Fixtures are additive and generic: app-level conftest files may override a name 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from django.http import HttpResponseBase, StreamingHttpResponse
 from rest_framework.test import APIClient
 
 from fleet.core.audit import Actor
@@ -29,6 +30,14 @@ CLAIM_CODE = "claim-code-0001"
 WG_KEY = "aGVsbG8td29ybGQtdGhpcy1pcy0zMi1ieXRlcy0hISE="
 
 _sequence = itertools.count(1)
+
+
+def streamed_body(response: HttpResponseBase) -> bytes:
+    """The whole body of a streaming response (the test client's are plain iterators)."""
+    assert isinstance(response, StreamingHttpResponse), type(response)
+    content = response.streaming_content
+    assert isinstance(content, Iterator), type(content)
+    return b"".join(content)
 
 
 @pytest.fixture(autouse=True)

@@ -59,9 +59,11 @@ def test_every_rest_view_pages_through_the_one_entry_point() -> None:
 
 def test_settings_defaults_agree_with_the_base_class() -> None:
     rest = settings.REST_FRAMEWORK
-    assert import_string(rest["DEFAULT_PAGINATION_CLASS"]) is Pagination is ApiView.pagination_class
+    pagination_class, schema_class = rest["DEFAULT_PAGINATION_CLASS"], rest["DEFAULT_SCHEMA_CLASS"]
+    assert isinstance(pagination_class, str) and isinstance(schema_class, str)
+    assert import_string(pagination_class) is Pagination is ApiView.pagination_class
     assert [import_string(path) for path in rest["DEFAULT_PARSER_CLASSES"]] == ApiView.parser_classes
-    assert import_string(rest["DEFAULT_SCHEMA_CLASS"]) is ApiSchema
+    assert import_string(schema_class) is ApiSchema
     assert isinstance(ApiView.schema, ApiSchema)
     assert "PAGE_SIZE" not in rest  # the page size is Pagination's, in one place
     assert (Pagination.default_limit, Pagination.max_limit) == (50, 500)

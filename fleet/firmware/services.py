@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.conf import settings
 from django.core.files.base import File
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from fleet.core.access import require_role
@@ -521,7 +521,7 @@ def rollout_resume(*, actor: Actor, rollout: Rollout) -> Rollout:
     return locked
 
 
-def _cancel_waiting(upgrades: Any, *, now: dt.datetime, reason: str) -> int:
+def _cancel_waiting(upgrades: QuerySet[Upgrade], *, now: dt.datetime, reason: str) -> int:
     cancellable = [state for state in WAITING_STATES if state in sources_of(UpgradeState.CANCELLED)]
     return upgrades.filter(state__in=cancellable).update(
         state=UpgradeState.CANCELLED, cancelled_at=now, state_changed_at=now, reason=reason

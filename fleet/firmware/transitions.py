@@ -26,6 +26,7 @@ class UpgradeRow(Protocol):
     state_changed_at: datetime
     reason: str
 
+
 A = RolloutAction
 R = RolloutState
 

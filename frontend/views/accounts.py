@@ -86,7 +86,7 @@ class AdminLoginView(ThrottledLoginMixin, auth_views.LoginView):
             site_header=admin.site.site_header,
             app_path=self.request.get_full_path(),
         )
-        return cast(dict[str, Any], context)
+        return context
 
 
 login = LoginView.as_view()

@@ -6,7 +6,7 @@ correlated subquery."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import django_filters
 from django.db.models import CharField, F, Func, OuterRef, Q, QuerySet, Subquery
@@ -17,6 +17,9 @@ from fleet.core.choices import BoxState
 from fleet.core.models import Box
 from provisioning.choices import AssignmentState, PoolPurpose
 from provisioning.models import AddressAssignment
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations  # dev-only (django-stubs): typing, not run time
 
 
 def public_ipv4_subquery() -> Subquery:
@@ -31,7 +34,13 @@ def public_ipv4_subquery() -> Subquery:
     )
 
 
-def boxes_annotated(queryset: QuerySet[Box] | None = None) -> QuerySet[Box]:
+class PublicAddress(TypedDict):
+    public_ipv4: str | None
+
+
+def boxes_annotated(
+    queryset: QuerySet[Box] | None = None,
+) -> QuerySet[WithAnnotations[Box, PublicAddress]]:
     """Boxes with organisation, server and region joined and ``public_ipv4`` annotated."""
     queryset = Box.objects.all() if queryset is None else queryset
     return queryset.select_related("organization", "server", "server__region").annotate(

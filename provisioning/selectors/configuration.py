@@ -118,7 +118,7 @@ def box_config_document(*, box: Box) -> dict[str, Any]:
     JSON of everything else). At most three queries; the stored ``box.config_hash`` is not consulted."""
     server = None
     if box.server_id is not None:
-        cached = Box.server.is_cached(box)  # type: ignore[attr-defined]
+        cached = Box.server.is_cached(box)
         server = box.server if cached else AggregationServer.objects.filter(pk=box.server_id).first()
     document = config_document_build(
         box=box,
@@ -140,8 +140,8 @@ def boxes_config_hashes(*, boxes: QuerySet[Box]) -> dict[Any, str]:
             config_document_build(
                 box=box,
                 server=box.server,
-                assignments=box.active_addresses,  # type: ignore[attr-defined]
-                credentials=box.live_credentials,  # type: ignore[attr-defined]
+                assignments=box.active_addresses,
+                credentials=box.live_credentials,
             )
         )
         for box in rows
@@ -179,7 +179,7 @@ def server_peers_document(*, server: AggregationServer) -> tuple[list[dict[str, 
     )
     peers = []
     for box in boxes:
-        by_kind = _secrets(box.live_credentials)  # type: ignore[attr-defined]
+        by_kind = _secrets(box.live_credentials)
         wan_mode, interfaces = _bandwidth_limits(box.wan_policy)
         wireguard = by_kind.get(TunnelKind.WIREGUARD, ("", ""))
         peers.append(
@@ -189,7 +189,7 @@ def server_peers_document(*, server: AggregationServer) -> tuple[list[dict[str, 
                 "wg_public_key": wireguard[0] or box.wg_public_key,
                 "wg_preshared_key": wireguard[1] or None,
                 "tunnel_port": box.tunnel_port,
-                **_addresses(box.active_addresses),  # type: ignore[attr-defined]
+                **_addresses(box.active_addresses),
                 "glorytun_key": by_kind.get(TunnelKind.GLORYTUN, ("", ""))[1] or None,
                 "shadowsocks": (
                     {"password": by_kind[TunnelKind.SHADOWSOCKS][1], "method": SHADOWSOCKS_METHOD}

@@ -42,7 +42,7 @@ def config_changed_on_commit(changes: list[tuple[Any, str]]) -> None:
 @transaction.atomic
 def box_config_refresh(*, box: Box) -> str:
     """Recompute and store the box's config hash; when it changed, ring the live doorbell on commit."""
-    config_hash = box_config_document(box=box)["config_hash"]
+    config_hash: str = box_config_document(box=box)["config_hash"]
     if box.config_hash != config_hash:
         box.config_hash = config_hash
         Box.objects.filter(pk=box.pk).update(config_hash=config_hash, updated_at=timezone.now())

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import otb_protocol
@@ -153,18 +154,19 @@ def test_linux_collector_wans_from_config_and_missing_files(tmp_path):
     )
 
 
-def recorded_runner(outputs):
-    calls = []
+class recorded_runner:  # used like the function it replaces
+    """A command runner answering from ``outputs`` and recording every argv in ``calls``."""
 
-    def run(argv):
-        calls.append(list(argv))
+    def __init__(self, outputs: dict[str, str]) -> None:
+        self.outputs = outputs
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: Sequence[str]) -> tuple[int, str]:
+        self.calls.append(list(argv))
         key = " ".join(argv)
-        if key not in outputs:
+        if key not in self.outputs:
             raise FileNotFoundError(argv[0])
-        return 0, outputs[key]
-
-    run.calls = calls
-    return run
+        return 0, self.outputs[key]
 
 
 OPENWRT_OUTPUTS = {

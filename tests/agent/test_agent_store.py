@@ -92,7 +92,8 @@ def test_sqlite_persists_across_reopen(tmp_path):
     assert [p[0] for p in s2.pending(0, 10)] == [4, 5, 6]
     assert s2.dropped_total == 2
     assert s2.append([sample(7)]) == 7  # never reuses a seq
-    assert s2.command_get("c1")["result"]["ok"] is True
+    stored = s2.command_get("c1")
+    assert stored is not None and stored["result"]["ok"] is True
     assert s2.meta_get("applied_config_hash") == "abc"
     # even when everything was acked, the seq counter survives
     s2.ack_upto(7)

@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -41,7 +41,7 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _missing(reason: str) -> None:
+def _missing(reason: str) -> NoReturn:
     if os.environ.get("OTB_REQUIRE_SERVICES") == "1":
         pytest.fail(reason)
     pytest.skip(reason)
@@ -176,11 +176,11 @@ def page(browser: Any, asgi_server: LiveServer, request: Any) -> Iterator[Any]:
     context = browser.new_context(base_url=asgi_server.url, viewport={"width": 1360, "height": 900})
     context.set_default_timeout(15000)
     tab = context.new_page()
-    tab.errors = []  # type: ignore[attr-defined]
-    tab.on("pageerror", lambda error: tab.errors.append(str(error)))  # type: ignore[attr-defined]
+    tab.errors = []
+    tab.on("pageerror", lambda error: tab.errors.append(str(error)))
     tab.on(
         "console",
-        lambda message: tab.errors.append(message.text) if message.type == "error" else None,  # type: ignore[attr-defined]
+        lambda message: tab.errors.append(message.text) if message.type == "error" else None,
     )
     yield tab
     context.close()

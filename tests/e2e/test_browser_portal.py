@@ -4,6 +4,7 @@ agent's simulator sending telemetry over its websocket."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from tests.e2e.browser import agent_start, screenshot, sign_in, wait_until
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 
-def live_points(page) -> int:
+def live_points(page: Any) -> int:
     """How many live telemetry updates the page has drawn (read without running script in the page:
     the content security policy forbids eval, and Playwright's predicates use it)."""
     page.wait_for_timeout(250)

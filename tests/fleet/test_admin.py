@@ -51,6 +51,7 @@ def test_box_search_matches_the_public_ip(
     from provisioning.selectors.boxes import boxes_annotated
 
     address = boxes_annotated(Box.objects.filter(pk=first.pk)).get().public_ipv4
+    assert address is not None
     response = superuser_client.get("/admin/fleet/box/", {"q": address})
     assert response.status_code == 200
     assert response.context["cl"].result_count == 1
@@ -109,4 +110,5 @@ def test_audit_admin_is_read_only_and_searchable(
     assert response.status_code == 200
     assert response.context["cl"].result_count >= 1
     entry = AuditLog.objects.filter(box=box).first()
+    assert entry is not None
     assert superuser_client.post(f"/admin/fleet/auditlog/{entry.pk}/delete/").status_code == 403

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 from django.conf import settings
@@ -23,19 +23,25 @@ from fleet.commands.speedtest import (
     SpeedtestSlot,
     speedtest_slot_acquire,
 )
+from tests.conftest import streamed_body
 
 pytestmark = pytest.mark.django_db
 
 URL = "/api/v1/agent/speedtest"
 
 
-def bearer(token: str) -> dict[str, str]:
+class Bearer(TypedDict):
+    HTTP_AUTHORIZATION: str
+
+
+def bearer(token: str) -> Bearer:
     return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
 
 
 def upload(client: APIClient, token: str | None, data: bytes, **extra: Any) -> Any:
-    auth = bearer(token) if token else {}
-    return client.post(URL, data=data, content_type="application/octet-stream", **auth, **extra)
+    if token:
+        extra = {**bearer(token), **extra}
+    return client.post(URL, data=data, content_type="application/octet-stream", **extra)
 
 
 class RecordingInput(io.BytesIO):
@@ -209,7 +215,7 @@ def test_a_download_holds_the_slot_until_its_stream_is_closed(
     # then the box may not upload meanwhile
     assert upload(api_client, token, bytes(10)).status_code == 429
     # and once the download has been sent (the server then closes the stream), it may
-    assert len(b"".join(download.streaming_content)) == 2_000_000
+    assert len(streamed_body(download)) == 2_000_000
     assert cache.get(SpeedtestSlot(box_id=box.pk).key) is None
     assert upload(api_client, token, bytes(10)).status_code == 200
 

@@ -64,6 +64,7 @@ async def test_changed_config_goes_to_django(polled_box: tuple[Box, str]) -> Non
 @pytest.mark.parametrize("case", ["revoked", "decommissioned", "wrong_token", "no_token"])
 async def test_no_304_for_invalid_callers(polled_box: tuple[Box, str], case: str) -> None:
     # given a token that is not (or no longer) valid
+    token: str | None
     box, token = polled_box
     from asgiref.sync import sync_to_async
 

@@ -269,6 +269,7 @@ def test_a_person_cannot_queue_more_than_the_open_commands_limit(
     assert Command.objects.filter(box=box).count() == 3
     # finished or expired commands do not count
     oldest = Command.objects.filter(box=box).order_by("created_at").first()
+    assert oldest is not None
     Command.objects.filter(pk=oldest.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     command_create(actor=admin_actor(people), box=box, kind="reboot")
     # and the system's own commands (the rollout engine's) are not limited

@@ -100,7 +100,7 @@ async def open_session(token: str | None, *, say_hello: bool = True) -> tuple[We
 
 async def receive_close(communicator: WebsocketCommunicator) -> tuple[list[dict], int]:
     """Frames received before the close, and the close code."""
-    frames = []
+    frames: list[dict] = []
     while True:
         output = await communicator.receive_output(timeout=5)
         if output["type"] == "websocket.close":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import channel_layers
 from django.conf import settings
@@ -46,7 +47,7 @@ def test_sync_doorbells_from_any_thread_share_one_loop_and_arrive() -> None:
         async_to_sync(layer.group_discard)(group, channel)
 
 
-def test_a_doorbell_that_cannot_be_sent_is_reported_not_raised(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_doorbell_that_cannot_be_sent_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
     async def broken(*args: object, **kwargs: object) -> bool:
         raise ConnectionError("redis is down")
 

@@ -92,6 +92,7 @@ def test_webhook_delivery_retries_through_a_real_worker(
             kind="webhook",
             url=receiver.url,
         )
+        assert secret is not None
         rule = alert_rule_create(
             actor=Actor.for_user(people.admin),
             organization=people.org,

@@ -498,7 +498,7 @@ def test_wan_policy_change_bumps_the_config_hash_and_is_audited(
 ) -> None:
     box = claimed_box_factory(people.org)
     before = box.config_hash
-    policy = [
+    policy: list[dict[str, Any]] = [
         {"name": "wan1", "role": "primary", "kind": "fiber", "down_kbps": 1_000_000, "up_kbps": 500_000},
         {"name": "lte0", "role": "backup", "kind": "lte"},
     ]
@@ -509,4 +509,4 @@ def test_wan_policy_change_bumps_the_config_hash_and_is_audited(
     assert stored.config_hash != before
     entry = AuditLog.objects.get(box=box, action="box.set_wan_policy")
     assert entry.before == {"mode": "aggregate", "interfaces": []}
-    assert entry.after["mode"] == "failover"
+    assert entry.after is not None and entry.after["mode"] == "failover"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from django.conf import settings
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 
 def test_presence_sweep_marks_only_silent_boxes_offline(box_factory: Any, people: Any) -> None:
     now = timezone.now()
-    silent_for = timedelta(seconds=3 * settings.OTB["HEARTBEAT_INTERVAL_S"] + 1)
+    silent_for = timedelta(seconds=3 * cast(int, settings.OTB["HEARTBEAT_INTERVAL_S"]) + 1)
     silent = BoxStatus.objects.create(
         box=box_factory(organization=people.org), online=True, last_seen_at=now - silent_for
     )

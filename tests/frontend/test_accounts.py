@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.contrib.auth.models import User
 from django.core import mail
 from django.test import Client
 
@@ -16,7 +17,7 @@ from tests.conftest import PASSWORD
 pytestmark = pytest.mark.django_db
 
 
-def logged_in(user) -> Client:
+def logged_in(user: User) -> Client:
     client = Client()
     client.force_login(user)
     return client
@@ -67,7 +68,11 @@ def test_password_reset_by_email(people) -> None:
     assert response.status_code == 302
     # then one email with a one-time link is sent
     assert len(mail.outbox) == 1
-    link = re.search(r"http://[^/]+(/accounts/reset/\S+)", mail.outbox[0].body).group(1)
+    body = mail.outbox[0].body
+    assert isinstance(body, str)
+    found = re.search(r"http://[^/]+(/accounts/reset/\S+)", body)
+    assert found is not None
+    link = found.group(1)
     # and following it lets them choose a new password
     form = client.get(link, follow=True)
     assert form.status_code == 200

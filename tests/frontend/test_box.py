@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import pytest
+from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
 from fleet.core.models import AuditLog, Box
 from fleet.telemetry.models import BoxStatus, WanStatus
 from provisioning.services.configuration import box_config_applied
+from tests.conftest import People
 
 pytestmark = pytest.mark.django_db
 
 
-def logged_in(user) -> Client:
+def logged_in(user: User) -> Client:
     client = Client()
     client.force_login(user)
     return client
 
 
 @pytest.fixture
-def box(people, claimed_box_factory) -> Box:
+def box(people: People, claimed_box_factory: Callable[..., Box]) -> Box:
     box = claimed_box_factory(people.org, "ACME-0001")
     now = timezone.now()
     BoxStatus.objects.create(

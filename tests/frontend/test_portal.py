@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from fleet.core.models import AuditLog, Box
+from fleet.core.models import AuditLog, Box, Organization
 from fleet.telemetry.models import BoxStatus
 from tests.conftest import CLAIM_CODE
 
 pytestmark = pytest.mark.django_db
 
 
-def logged_in(user) -> Client:
+def logged_in(user: User) -> Client:
     client = Client()
     client.force_login(user)
     return client
 
 
-def boxes_with_status(box_factory, organization, count: int, *, prefix: str = "BOX") -> list[Box]:
+def boxes_with_status(
+    box_factory: Callable[..., Box], organization: Organization, count: int, *, prefix: str = "BOX"
+) -> list[Box]:
     boxes = [box_factory(f"{prefix}-{index:04d}", organization=organization) for index in range(count)]
     now = timezone.now()
     BoxStatus.objects.bulk_create(

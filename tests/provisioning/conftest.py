@@ -75,9 +75,11 @@ def region(db: Any) -> Region:
 
 @pytest.fixture
 def make_server(db: Any) -> Callable[..., tuple[AggregationServer, str]]:
-    def make(region: Region, *, capacity: int = 100, name: str | None = None, **fields: Any) -> Any:
+    def make(
+        region: Region, *, capacity: int = 100, name: str | None = None, **fields: Any
+    ) -> tuple[AggregationServer, str]:
         index = next(_names)
-        defaults = {
+        defaults: dict[str, Any] = {
             "hostname": f"agg{index}.example.net",
             "public_ipv4": f"198.51.100.{index % 250 + 1}",
             "tunnel_port_min": 51820,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.contrib.messages import get_messages
 from django.test import Client
@@ -16,7 +18,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def admin_client(db) -> Client:
+def admin_client(db: Any) -> Client:
     from django.contrib.auth import get_user_model
 
     user = get_user_model().objects.create_superuser("root", "root@example.com", "pw-root-123")
@@ -25,7 +27,7 @@ def admin_client(db) -> Client:
     return client
 
 
-def _server_form(region: Region, **overrides) -> dict:
+def _server_form(region: Region, **overrides: str) -> dict[str, str]:
     data = {
         "name": "adm-1",
         "region": str(region.pk),

@@ -19,6 +19,7 @@ from fleet.firmware.choices import ReleaseState, RolloutState, UpgradeState
 from fleet.firmware.engine import rollouts_tick
 from fleet.firmware.models import Release, Rollout, Upgrade
 from fleet.firmware.services import rollout_create
+from tests.conftest import streamed_body
 from tests.provisioning.firmware_helpers import (
     ACTOR,
     PUBLIC_KEY_B64,
@@ -213,7 +214,7 @@ def test_a_rollout_says_what_may_be_done_next(staff_client: APIClient) -> None:
 
 def test_rollout_input_errors_name_the_field(staff_client: APIClient) -> None:
     release = make_release()
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"phases": [50, 40, 100]}, "phases"),
         ({"phases": [10, 50]}, "phases"),
         ({"max_failure_pct": 120}, "max_failure_pct"),
@@ -354,12 +355,12 @@ def test_agent_downloads_the_image_with_range(
     beyond = agent.get(url, HTTP_RANGE=f"bytes={len(IMAGE)}-")
 
     # then
-    assert whole.status_code == 200 and b"".join(whole.streaming_content) == IMAGE
+    assert whole.status_code == 200 and streamed_body(whole) == IMAGE
     assert whole["Accept-Ranges"] == "bytes"
     assert part.status_code == 206
     assert part["Content-Range"] == f"bytes 1000-{len(IMAGE) - 1}/{len(IMAGE)}"
-    assert b"".join(part.streaming_content) == IMAGE[1000:]
-    assert b"".join(suffix.streaming_content) == IMAGE[-10:]
+    assert streamed_body(part) == IMAGE[1000:]
+    assert streamed_body(suffix) == IMAGE[-10:]
     assert beyond.status_code == 416 and beyond["Content-Range"] == f"bytes */{len(IMAGE)}"
 
     # a person's session is not an agent; a box of another model does not get it; withdrawn is gone

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 from django.db import IntegrityError, connection, transaction
 
-from fleet.core.models import AgentCredential
+from fleet.core.models import AgentCredential, Box
 from fleet.core.tokens import digest
 from provisioning.choices import AssignmentState, PoolPurpose
 from provisioning.models import AddressAssignment, AddressPool, AggregationServer, TunnelCredential
@@ -13,12 +16,12 @@ from provisioning.models import AddressAssignment, AddressPool, AggregationServe
 pytestmark = pytest.mark.django_db
 
 
-def _raises_integrity(action) -> None:
+def _raises_integrity(action: Callable[[], object]) -> None:
     with pytest.raises(IntegrityError), transaction.atomic():
         action()
 
 
-def _assignment(pool: AddressPool, box, index: int, prefix: str, **fields) -> AddressAssignment:
+def _assignment(pool: AddressPool, box: Box, index: int, prefix: str, **fields: Any) -> AddressAssignment:
     return AddressAssignment.objects.create(
         pool=pool, box=box, purpose=pool.purpose, index=index, prefix=prefix, **fields
     )

@@ -121,6 +121,7 @@ def test_a_good_image_downloads_from_the_server_and_the_box_is_rebooting(
     # then the image was fetched, verified and applied: the upgrade waits for the box to come back
     upgrade = release.upgrades.get()
     assert upgrade.state == UpgradeState.REBOOTING, upgrade.reason
+    assert upgrade.rebooting_at is not None
     assert upgrade.downloading_at is None or upgrade.downloading_at <= upgrade.rebooting_at
     path = tmp_path / "state" / "firmware" / f"{hashlib.sha256(IMAGE).hexdigest()}.img"
     assert path.read_bytes() == IMAGE

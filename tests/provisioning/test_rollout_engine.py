@@ -189,7 +189,8 @@ def test_the_in_flight_limit_holds_and_silent_boxes_time_out() -> None:
 
     # then those time out with the reason and the next 10 go
     assert rollout.upgrades.filter(state=UpgradeState.TIMED_OUT).count() == 10
-    assert "stuck in sent" in rollout.upgrades.filter(state=UpgradeState.TIMED_OUT).first().reason
+    timed_out = rollout.upgrades.filter(state=UpgradeState.TIMED_OUT).first()
+    assert timed_out is not None and "stuck in sent" in timed_out.reason
     assert rollout.upgrades.filter(state=UpgradeState.SENT).count() == 10
 
 

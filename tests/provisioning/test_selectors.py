@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 from django.conf import settings
 from django.test import override_settings
 
-from fleet.core.models import Box
+from fleet.core.audit import Actor
+from fleet.core.models import Box, Organization
 from provisioning.selectors.configuration import box_config_document, canonical_hash, server_peers_document
 from provisioning.selectors.infrastructure import server_capacity_summary
 from provisioning.services.configuration import box_config_refresh
@@ -17,7 +21,7 @@ from tests.provisioning.conftest import CLAIM_CODE
 pytestmark = pytest.mark.django_db
 
 
-def _claimed(actor, org, make_box, **fields) -> Box:
+def _claimed(actor: Actor, org: Organization, make_box: Callable[..., Box], **fields: Any) -> Box:
     box = make_box(**fields)
     box_claim(actor=actor, organization=org, serial=box.serial, claim_code=CLAIM_CODE)
     return Box.objects.get(pk=box.pk)

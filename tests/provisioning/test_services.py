@@ -83,6 +83,7 @@ def test_claim_binds_and_provisions_the_box(actor, org, provisioned, make_box):
     # and the stored hash is the hash of the document the agent will fetch
     assert box.config_hash == box_config_document(box=box)["config_hash"]
     entry = AuditLog.objects.get(action="box.claim")
+    assert entry.before is not None and entry.after is not None
     assert entry.box_id == box.pk and entry.organization_id == org.pk
     assert entry.after["state"] == "claimed" and entry.before["state"] == "unclaimed"
 
@@ -147,6 +148,7 @@ def test_claim_of_a_box_held_by_another_organization_conflicts(actor, org, make_
         _claim(actor, org, box)
     assert conflict.value.code == "already_claimed"
     holder = Box.objects.get(pk=box.pk).organization
+    assert holder is not None
     assert _claim(actor, holder, box).organization_id == holder.pk
     assert AddressAssignment.objects.filter(box=box).count() == 3
 
@@ -300,6 +302,7 @@ def test_unclaim_quarantines_revokes_and_frees_the_slot(actor, org, provisioned,
     assert not TunnelCredential.objects.filter(box=box, revoked_at__isnull=True).exists()
     assert _server(provisioned["server"].pk).assigned_boxes == 0
     entry = AuditLog.objects.get(action="box.unclaim")
+    assert entry.before is not None and entry.after is not None
     assert entry.request_id == "req-unclaim-0001" and entry.organization_id == org.pk
     assert entry.before["server"] == str(provisioned["server"].pk) and entry.after["server"] is None
     assert entry.before["addresses"] == held and entry.after["addresses"] == {}
@@ -336,6 +339,7 @@ def test_transfer_reprovisions_for_the_new_organization(actor, org, make_org, pr
     assert _server(provisioned["server"].pk).assigned_boxes == 1
     assert box.config_hash == box_config_document(box=box)["config_hash"]
     out = AuditLog.objects.get(action="box.transfer")
+    assert out.before is not None and out.after is not None
     assert out.organization_id == org.pk
     assert out.before["organization"] == str(org.pk) and out.after["organization"] == str(other.pk)
     assert AuditLog.objects.filter(action="box.transfer_in", organization=other).exists()
@@ -381,6 +385,7 @@ def test_decommission_revokes_everything_and_frees_the_slot(actor, org, provisio
     assert not TunnelCredential.objects.filter(box=box, revoked_at__isnull=True).exists()
     assert not AgentCredential.objects.filter(box=box, revoked_at__isnull=True).exists()
     entry = AuditLog.objects.get(action="box.decommission")
+    assert entry.before is not None and entry.after is not None
     assert entry.before["state"] == "claimed" and entry.after["state"] == "decommissioned"
     with pytest.raises(Conflict):
         box_decommission(actor=actor, box=box)
@@ -417,6 +422,7 @@ def test_reassign_within_a_region_keeps_the_ipv6_prefix(
     assert _server(first.pk).assigned_boxes == 0 and _server(second.pk).assigned_boxes == 1
     assert box.config_hash != old_hash
     entry = AuditLog.objects.get(action="box.reassign_server")
+    assert entry.before is not None and entry.after is not None
     assert entry.before["server"] == str(first.pk) and entry.after["server"] == str(second.pk)
 
 
@@ -491,6 +497,7 @@ def test_server_update_validates_and_refreshes_box_hashes(actor, org, provisione
     server_update(actor=actor, server=server, hostname="new-host.example.net")
     assert Box.objects.get(pk=box.pk).config_hash != old_hash
     entry = AuditLog.objects.filter(action="server.update").latest("created_at")
+    assert entry.before is not None and entry.after is not None
     assert entry.before["hostname"] != entry.after["hostname"] == "new-host.example.net"
 
 

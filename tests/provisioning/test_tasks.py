@@ -7,6 +7,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from fleet.core.audit import Actor
+from fleet.core.models import Box, Organization
 from provisioning.choices import AssignmentState, PoolPurpose
 from provisioning.models import AddressAssignment, AddressPool
 from provisioning.services.infrastructure import addresses_release_quarantined
@@ -17,13 +19,13 @@ from tests.provisioning.conftest import CLAIM_CODE
 pytestmark = pytest.mark.django_db
 
 
-def _public(box) -> str:
+def _public(box: Box) -> str:
     return AddressAssignment.objects.get(
         box=box, purpose=PoolPurpose.PUBLIC_IPV4, state=AssignmentState.ACTIVE
     ).prefix
 
 
-def _claim(actor, org, box):
+def _claim(actor: Actor, org: Organization, box: Box) -> Box:
     return box_claim(actor=actor, organization=org, serial=box.serial, claim_code=CLAIM_CODE)
 
 

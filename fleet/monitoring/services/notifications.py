@@ -39,7 +39,8 @@ class DeliveryOutcome:
 def notification_retry_delay(attempts: int) -> float:
     """Seconds before the next attempt: base * 2^(attempts-1), capped at an hour."""
     base = float(cast(float, settings.OTB.get("NOTIFY_RETRY_BASE_S", 30)))
-    return min(base * (2 ** max(attempts - 1, 0)), 3600.0)
+    factor: int = 2 ** max(attempts - 1, 0)  # typeshed types int ** int as Any (a negative power is a float)
+    return min(base * factor, 3600.0)
 
 
 def notification_payload(delivery: NotificationDelivery, now: datetime) -> dict[str, Any]:
