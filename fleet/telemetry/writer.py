@@ -26,6 +26,7 @@ import ipaddress
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -100,7 +101,7 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "") if "\x00" in text else text
 
 
-def _link_name(wan: dict[str, Any]) -> str:
+def _link_name(wan: Mapping[str, Any]) -> str:
     """The name a WAN link is stored under (PostgreSQL text cannot hold NUL)."""
     return _clean(wan["iface"])
 
