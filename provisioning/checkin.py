@@ -3,9 +3,9 @@
 Every box polls ``GET /api/v1/agent/config`` with ``If-None-Match``; nearly every answer is 304.
 Through Django that answer costs a thread hop (Django gives each ASGI request a thread of its own),
 the middleware stack and DRF, all to run one indexed query. This ASGI wrapper answers exactly that
-case itself: one query on a small async psycopg pool, the same checks as
-``fleet.core.authentication.agent_from_token`` (live credential, box not decommissioned), and the same
-ETag comparison as the view. Anything else — no or unknown token, no match, an empty hash, the
+case itself: one query on a small async psycopg pool, the same live-credential rule as the API's
+authentication (``fleet.core.credentials``: credential not revoked, box not decommissioned), and the
+same ETag comparison as the view. Anything else — no or unknown token, no match, an empty hash, the
 database not answering — goes to Django unchanged, which remains the one place that builds configs,
 reports errors and writes.
 """
@@ -20,6 +20,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from fleet.core.apis.base import etag_matches
+from fleet.core.credentials import agent_credential_join, live_agent_credential_sql
 from fleet.core.live_connections import conninfo_from_settings
 from fleet.core.request_context import new_request_id
 from fleet.core.tokens import TokenKind, digest, token_kind
@@ -28,8 +29,8 @@ logger = logging.getLogger(__name__)
 
 CONFIG_PATH = "/api/v1/agent/config"
 _QUERY = (
-    "SELECT b.config_hash FROM fleet_agentcredential c JOIN fleet_box b ON b.id = c.box_id"
-    " WHERE c.token_hash = %s AND c.revoked_at IS NULL AND b.decommissioned_at IS NULL"
+    f"SELECT b.config_hash FROM {agent_credential_join()}"  # noqa: S608 (identifiers from the models)
+    f" WHERE c.token_hash = %s AND {live_agent_credential_sql()}"
 )
 
 Scope = MutableMapping[str, Any]

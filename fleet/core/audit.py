@@ -12,7 +12,8 @@ from django.db import connection
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from fleet.core.models import Box, Organization
+from fleet.core.column_specs import model_spec
+from fleet.core.models import AuditLog, Box, Organization
 from fleet.core.request_context import current_request_id
 
 
@@ -46,10 +47,26 @@ class Actor:
 
 # One entry, with SQL built once (the ORM compiled this insert on every state change); the live
 # paths that write on their own connection batch ``audit_sql_row`` rows with it.
+# ``audit_sql_row`` gives the values in the order of AUDIT_INSERT's columns.
+AUDIT_INSERT = model_spec(
+    AuditLog,
+    "id",
+    "created_at",
+    "actor",
+    "actor_label",
+    "organization",
+    "box",
+    "action",
+    "target_type",
+    "target_id",
+    "before",
+    "after",
+    "request_id",
+    "source_ip",
+)
 AUDIT_INSERT_SQL = (
-    "INSERT INTO fleet_auditlog (id, created_at, actor_id, actor_label, organization_id, box_id, action,"
-    " target_type, target_id, before, after, request_id, source_ip)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    f"INSERT INTO {AUDIT_INSERT.table} ({AUDIT_INSERT.column_list})"  # noqa: S608
+    f" VALUES ({', '.join(['%s'] * len(AUDIT_INSERT.columns))})"
 )
 
 

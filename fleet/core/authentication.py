@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
-from uuid import UUID
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -25,7 +24,8 @@ from django.utils.module_loading import import_string
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from fleet.core.models import AgentCredential, ApiToken, Box, Membership, Organization
+from fleet.core.credentials import live_agent_credentials
+from fleet.core.models import ApiToken, Box, Membership, Organization
 from fleet.core.tokens import TokenKind, digest, token_kind
 
 
@@ -63,24 +63,9 @@ def bearer_token(header: str | None) -> str | None:
     return value or None
 
 
-def _live_credentials(value: str) -> Any:
-    """The agent credential of a token if it is live: not revoked, and its box not decommissioned."""
-    return AgentCredential.objects.filter(
-        token_hash=digest(value), revoked_at__isnull=True, box__decommissioned_at__isnull=True
-    ).order_by()
-
-
-def agent_box_of_token(value: str) -> tuple[UUID, UUID | None, str] | None:
-    """(box id, organisation id, serial) of a live agent token, or None: read as three columns (the
-    websocket connect of every session of a reconnect storm needs no more, and compiling and loading
-    the whole box was most of its cost)."""
-    found = list(_live_credentials(value).values_list("box_id", "box__organization_id", "box__serial")[:1])
-    return found[0] if found else None
-
-
 def agent_from_token(value: str) -> AgentPrincipal | None:
     """The live agent credential for a token, with its box, in one query; None if unknown/revoked."""
-    credential = _live_credentials(value).select_related("box").first()
+    credential = live_agent_credentials().filter(token_hash=digest(value)).select_related("box").first()
     if credential is None:
         return None
     return AgentPrincipal(box=credential.box, credential_id=credential.id)

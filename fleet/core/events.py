@@ -1,8 +1,9 @@
 """The box event timeline: the one way to record an event. Events are appended in the caller's
 transaction (atomic with what caused them) and broadcast to the people watching after commit.
 
-The live paths that write in raw SQL on their own connections (the session gate) build their rows
-with :func:`event_rows` and broadcast with :func:`aevents_broadcast` after their commit."""
+The live paths that write in raw SQL on their own connections (the session gate, the telemetry
+writer) insert :func:`event_rows` with ``EVENTS_INSERT_SQL`` in their own transaction and broadcast
+with :func:`aevents_broadcast` after their commit."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from fleet.core.choices import EventKind
+from fleet.core.column_specs import model_spec
 from fleet.core.doorbells import abroadcast_to_people, broadcast_to_people
 from fleet.core.errors import InvalidInput
 from fleet.core.models import Box, Event
@@ -27,10 +29,12 @@ logger = logging.getLogger(__name__)
 MAX_BATCH = 5000
 
 # The raw-SQL form of ``events_record_batch`` for the live paths on their own async connections: one
-# INSERT of column arrays, in the caller's transaction (see ``event_rows``).
+# INSERT of column arrays, in the caller's transaction (see ``event_rows``, which fills them in this
+# order).
+EVENT_INSERT = model_spec(Event, "id", "box", "organization", "kind", "ts", "data")
 EVENTS_INSERT_SQL = (
-    f"INSERT INTO {Event._meta.db_table} (id, box_id, organization_id, kind, ts, data) "  # noqa: S608
-    "SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::text[], %s::timestamptz[], %s::jsonb[])"
+    f"INSERT INTO {EVENT_INSERT.table} ({EVENT_INSERT.column_list}) "  # noqa: S608
+    f"SELECT * FROM {EVENT_INSERT.unnest_sql()}"
 )
 
 

@@ -1,4 +1,5 @@
-"""The session gate: the connect and the ``hello`` of every agent session of this process, batched.
+"""The session gate: the connect, the ``hello`` and the end of every agent session of this process,
+batched.
 
 A server restart brings every box of the process back within seconds. Done one session at a time
 (a thread hop, the ORM, a transaction of six statements and two broadcasts each), that storm cost
@@ -10,23 +11,21 @@ all that arrived meanwhile are served by the next one, on the loop's own psycopg
 - ``hello``: ONE transaction: lock the status rows (box order, like the telemetry writer: no
   deadlocks), mark the boxes online with what they report, update the versions of the boxes that
   report new ones (audited), insert the timeline events (``session_opened``, ``box_online``,
-  ``firmware_changed``), and find which boxes have commands waiting.
+  ``firmware_changed``), and find which boxes have commands waiting;
+- ``disconnect``: ONE transaction marks offline the boxes whose current session ended (the end of a
+  replaced session changes nothing).
 
-After the commit each ``welcome`` is resolved; boxes with waiting commands fetch them through
-``commands_pending_for_box`` (rare; one implementation of delivery), and presence and events are
-broadcast to people from the loop. A data error in a batch replays its hellos one by one, so one bad
-frame cannot refuse the others; a lost connection fails the batch and nothing is half-written.
+The batching itself (one batch in flight per kind of call, futures resolved after the commit, a lost
+connection failing the batch, a data error replaying it one call at a time) is the live paths' one
+engine, ``fleet.core.batching``; this module is what each batch stores. After the commit each
+``welcome`` is returned; a box with commands waiting fetches them through ``commands_pending_for_box``
+(rare; one implementation of delivery), and presence and events are broadcast to people from the loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
-import functools
 import logging
-import weakref
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -39,51 +38,67 @@ from django.conf import settings
 from fleet.commands.choices import DELIVERABLE_STATES
 from fleet.commands.services import commands_pending_for_box
 from fleet.core.audit import AUDIT_INSERT_SQL, Actor, audit_sql_row
+from fleet.core.batching import Batcher, Committed, PerLoop
+from fleet.core.column_specs import model_spec
+from fleet.core.credentials import agent_credential_join, live_agent_credential_sql
 from fleet.core.doorbells import abroadcast_to_people
 from fleet.core.events import EVENTS_INSERT_SQL, aevents_broadcast, event_rows
-from fleet.core.live_connections import DISCONNECTED, LiveConnections
+from fleet.core.live_connections import LiveConnections
+from fleet.core.models import Box
 from fleet.core.tokens import TokenKind, digest, token_kind
+from fleet.telemetry.models import BoxStatus
 
 logger = logging.getLogger(__name__)
 
 MAX_TOKEN_LENGTH = 200
 MAX_PENDING_COMMANDS = 100
 
-CONNECT_LOOKUP_SQL = """
+CONNECT_LOOKUP_SQL = f"""
 SELECT r.i, c.box_id, b.organization_id, b.serial, s.penalty_until
 FROM unnest(%s::text[]) WITH ORDINALITY AS r(token_hash, i)
-JOIN fleet_agentcredential c ON c.token_hash = r.token_hash AND c.revoked_at IS NULL
-JOIN fleet_box b ON b.id = c.box_id AND b.decommissioned_at IS NULL
+JOIN ({agent_credential_join()}) ON c.token_hash = r.token_hash
 LEFT JOIN telemetry_boxstatus s ON s.box_id = c.box_id
-"""
-CLAIM_SESSIONS_SQL = """
-INSERT INTO telemetry_boxstatus (box_id, online, session_id, connected_at, last_seq, boot_id,
-    agent_version, firmware_version, wans_up, wans_total, dropped_samples, updated_at)
-SELECT v.box_id, false, v.session_id, now(), 0, '', '', '', 0, 0, 0, now()
-FROM unnest(%s::uuid[], %s::text[]) AS v(box_id, session_id)
+WHERE {live_agent_credential_sql()}
+"""  # noqa: S608 (identifiers from the models)
+# Makes each session its box's current one; every other column of a new row has its database default.
+SESSION_CLAIM = model_spec(BoxStatus, "box", "session_id", "connected_at")
+CLAIM_SESSIONS_SQL = f"""
+INSERT INTO {SESSION_CLAIM.table} ({SESSION_CLAIM.column_list})
+SELECT v.box_id, v.session_id, now() FROM unnest(%s::uuid[], %s::text[]) AS v(box_id, session_id)
 ON CONFLICT (box_id) DO UPDATE SET
-    session_id = EXCLUDED.session_id, connected_at = EXCLUDED.connected_at, updated_at = EXCLUDED.updated_at
-"""
+    session_id = EXCLUDED.session_id, connected_at = EXCLUDED.connected_at, updated_at = now()
+"""  # noqa: S608
 HELLO_LOCK_SQL = """
 SELECT s.box_id, s.session_id, s.online, s.firmware_version, s.last_seq,
     b.serial, b.organization_id, b.config_hash, b.firmware_version, b.agent_version
 FROM telemetry_boxstatus s JOIN fleet_box b ON b.id = s.box_id
 WHERE s.box_id = ANY(%s) ORDER BY s.box_id FOR UPDATE OF s
 """
-HELLO_STATUS_SQL = """
+# What a hello reports, as column arrays in this order (one row per box).
+HELLO_STATUS = model_spec(
+    BoxStatus,
+    "box",
+    "boot_id",
+    "uptime_s",
+    "agent_version",
+    "firmware_version",
+    "dropped_samples",
+    inserts=False,
+)
+HELLO_STATUS_SQL = f"""
 UPDATE telemetry_boxstatus AS s SET online = true, offline_since = NULL, last_seen_at = %s,
     boot_id = v.boot_id, uptime_s = v.uptime_s, agent_version = v.agent_version,
-    firmware_version = v.firmware_version, dropped_samples = v.dropped, updated_at = %s
-FROM unnest(%s::uuid[], %s::text[], %s::int8[], %s::text[], %s::text[], %s::int8[])
-    AS v(box_id, boot_id, uptime_s, agent_version, firmware_version, dropped)
+    firmware_version = v.firmware_version, dropped_samples = v.dropped_samples, updated_at = %s
+FROM {HELLO_STATUS.unnest_sql()} AS v({HELLO_STATUS.column_list})
 WHERE s.box_id = v.box_id
-"""
-HELLO_VERSIONS_SQL = """
+"""  # noqa: S608
+HELLO_VERSIONS = model_spec(Box, "id", "firmware_version", "agent_version", inserts=False)
+HELLO_VERSIONS_SQL = f"""
 UPDATE fleet_box AS b SET firmware_version = v.firmware_version, agent_version = v.agent_version,
     updated_at = %s
-FROM unnest(%s::uuid[], %s::text[], %s::text[]) AS v(id, firmware_version, agent_version)
+FROM {HELLO_VERSIONS.unnest_sql()} AS v({HELLO_VERSIONS.column_list})
 WHERE b.id = v.id
-"""
+"""  # noqa: S608
 CLOSE_LOCK_SQL = """
 SELECT s.box_id, s.session_id, s.online, b.organization_id
 FROM telemetry_boxstatus s JOIN fleet_box b ON b.id = s.box_id
@@ -118,7 +133,6 @@ class SessionGrant:
 class _Connect:
     token_hash: str
     session_id: str
-    future: asyncio.Future = field(repr=False)
 
 
 @dataclass(slots=True)
@@ -130,7 +144,6 @@ class _Hello:
     boot_id: str
     uptime_s: int
     dropped: int
-    future: asyncio.Future = field(repr=False)
 
 
 @dataclass(slots=True)
@@ -138,68 +151,18 @@ class _Close:
     box_id: UUID
     session_id: str
     code: int | None
-    future: asyncio.Future = field(repr=False)
 
 
 @dataclass(slots=True)
-class _Outcome:
-    """What a committed hello or close batch hands to its finish step: a result per session id,
-    the presence changes and events to broadcast, the boxes with commands waiting."""
+class _Announcements:
+    """What a committed hello or close batch tells the people watching: presence changes, events."""
 
-    results: dict[str, Any] = field(default_factory=dict)
     presence: list[tuple[UUID, Any, bool]] = field(default_factory=list)
     events: list[Any] = field(default_factory=list)
-    waiting: set[UUID] = field(default_factory=set)
 
 
 def _clean(text: str) -> str:
     return text.replace("\x00", "") if "\x00" in text else text
-
-
-def _resolve(future: asyncio.Future, result: Any) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-def _fail(items: list[Any], exc: Exception) -> None:
-    for item in items:
-        if not item.future.done():
-            item.future.set_exception(exc)
-
-
-class _Batches:
-    """Natural batching of one kind of call: a call waits at most for the batch in flight; every call
-    that arrived meanwhile (up to ``max_batch``) goes into the next one. One batch in flight at a
-    time, so under light load a call is served at once and under a storm batches grow by themselves."""
-
-    def __init__(self, flush: Callable[[list[Any]], Awaitable[None]], max_batch: int, name: str) -> None:
-        self.flush = flush
-        self.max_batch = max_batch
-        self.name = name
-        self._queue: list[Any] = []
-        self._task: asyncio.Task | None = None
-
-    def submit(self, item: Any) -> None:
-        self._queue.append(item)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
-
-    async def _run(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-            try:
-                await self.flush(batch)
-            except Exception as exc:  # the gate must survive anything; its callers get an error
-                logger.exception("%s batch of %d failed", self.name, len(batch))
-                _fail(batch, SessionsUnavailable(str(exc)[:200]))
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        _fail(self._queue, SessionsUnavailable("the server is stopping"))
-        self._queue = []
 
 
 class SessionGate:
@@ -209,16 +172,38 @@ class SessionGate:
         otb = cast(dict[str, Any], settings.OTB)
         size = int(max_batch or otb.get("SESSION_MAX_BATCH", 500))
         self.connections = LiveConnections(role="session-gate", conninfo=conninfo)
-        self._batches = {
-            kind: _Batches(functools.partial(self._flush, kind, store, finish), size, f"session-{kind}")
-            for kind, store, finish in (
-                ("connects", self._store_connects, self._finish_connects),
-                ("hellos", self._store_hellos, self._finish_hellos),
-                ("closes", self._store_closes, self._finish_closes),
-            )
-        }
-        self._background: set[asyncio.Task] = set()
-        self.stats: collections.Counter[str] = collections.Counter()
+        self._connects: Batcher[_Connect] = self._batcher("connects", self._store_connects, size)
+        self._hellos: Batcher[_Hello] = self._batcher("hellos", self._store_hellos, size)
+        self._closes: Batcher[_Close] = self._batcher("closes", self._store_closes, size)
+
+    def _batcher(self, kind: str, store: Any, size: int) -> Any:
+        """Natural batching of one kind of call: a call waits at most for the batch in flight; every
+        call that arrived meanwhile (up to ``size``) goes into the next one."""
+
+        def rejected(exc: psycopg.Error) -> Exception:
+            return SessionsUnavailable(f"{kind[:-1]} could not be stored")
+
+        return Batcher(
+            name=f"session-{kind}",
+            connections=self.connections,
+            store=store,
+            unavailable=SessionsUnavailable,
+            rejected=rejected,
+            max_batch=size,
+        )
+
+    @property
+    def stats(self) -> collections.Counter[str]:
+        """Committed batches and calls per kind (``connects_batches``, ``connects``, ...)."""
+        stats: collections.Counter[str] = collections.Counter()
+        for kind, batcher in (
+            ("connects", self._connects),
+            ("hellos", self._hellos),
+            ("closes", self._closes),
+        ):
+            stats[f"{kind}_batches"] = batcher.stats["batches"]
+            stats[kind] = batcher.stats["items"]
+        return stats
 
     # -- the consumer side ---------------------------------------------------------------------
     async def connect(self, *, token: str | None, session_id: str) -> SessionGrant | None:
@@ -230,89 +215,46 @@ class SessionGate:
         """
         if not token or len(token) > MAX_TOKEN_LENGTH or token_kind(token) != TokenKind.AGENT:
             return None
-        return cast(SessionGrant | None, await self._submit("connects", _Connect, digest(token), session_id))
+        return cast(SessionGrant | None, await self._connects.submit(_Connect(digest(token), session_id)))
 
     async def hello(self, *, box_id: UUID, session_id: str, hello: dict[str, Any]) -> dict[str, Any] | None:
         """Mark the box online for this session and build its ``welcome`` frame (``hello`` is a
         validated protocol frame). None when another session has replaced this one meanwhile."""
-        return cast(
-            dict[str, Any] | None,
-            await self._submit(
-                "hellos",
-                _Hello,
-                box_id,
-                session_id,
-                _clean(hello["firmware_version"]),
-                _clean(hello["agent_version"]),
-                _clean(hello["boot_id"]),
-                hello["uptime_s"],
-                hello["dropped_samples"],
-            ),
+        item = _Hello(
+            box_id,
+            session_id,
+            _clean(hello["firmware_version"]),
+            _clean(hello["agent_version"]),
+            _clean(hello["boot_id"]),
+            hello["uptime_s"],
+            hello["dropped_samples"],
         )
+        outcome = await self._hellos.submit(item)
+        if outcome is None:
+            return None
+        welcome, commands_waiting = cast(tuple[dict[str, Any], bool], outcome)
+        if commands_waiting:
+            welcome["pending_commands"] = await self._pending_commands(box_id)
+        return welcome
 
     async def disconnect(self, *, box_id: UUID, session_id: str, code: int | None = None) -> bool:
         """End a session: the box goes offline only if this is still its current session (records
         ``session_closed`` and ``box_offline``). True when the box was marked offline by this call."""
-        return bool(await self._submit("closes", _Close, box_id, session_id, code))
+        return bool(await self._closes.submit(_Close(box_id, session_id, code)))
 
     async def close(self) -> None:
-        for batches in self._batches.values():
-            await batches.close()
-        for task in list(self._background):
-            task.cancel()
+        for batcher in (self._connects, self._hellos, self._closes):
+            await batcher.close()
         await self.connections.close()
-
-    async def _submit(self, kind: str, item_type: Any, *fields: Any) -> Any:
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._batches[kind].submit(item_type(*fields, future))
-        return await future
-
-    async def _flush(
-        self,
-        kind: str,
-        store: Callable[[psycopg.AsyncCursor, list[Any]], Awaitable[Any]],
-        finish: Callable[[list[Any], Any], None],
-        batch: list[Any],
-    ) -> None:
-        """Run ``store`` for the batch in one transaction, then ``finish`` (resolve the futures).
-        A lost connection fails the batch; a data error replays its items one by one, so one bad
-        item cannot refuse the others."""
-        try:
-            conn = await self.connections.acquire()
-        except (*DISCONNECTED, psycopg.Error) as exc:
-            logger.warning("session gate: database unavailable: %s", exc)
-            _fail(batch, SessionsUnavailable("database unavailable"))
-            return
-        try:
-            async with conn.transaction(), conn.cursor() as cur:
-                outcome = await store(cur, batch)
-        except DISCONNECTED as exc:
-            logger.warning("session gate: database connection lost: %s", exc)
-            await self.connections.discard(conn)
-            _fail(batch, SessionsUnavailable("database connection lost"))
-            return
-        except psycopg.Error as exc:
-            self.connections.release(conn)
-            if len(batch) == 1:
-                logger.warning("session %s of box %s refused by the database: %s", kind, batch[0], exc)
-                _fail(batch, SessionsUnavailable(f"{kind[:-1]} could not be stored"))
-                return
-            for item in batch:
-                await self._flush(kind, store, finish, [item])
-            return
-        self.connections.release(conn)
-        self.stats[f"{kind}_batches"] += 1
-        self.stats[kind] += len(batch)
-        finish(batch, outcome)
 
     # -- connects --------------------------------------------------------------------------------
     async def _store_connects(
-        self, cur: psycopg.AsyncCursor, batch: list[_Connect]
-    ) -> dict[int, SessionGrant]:
+        self, cur: psycopg.AsyncCursor[Any], batch: list[_Connect], _side_work: None
+    ) -> Committed:
         await cur.execute(CONNECT_LOOKUP_SQL, ([item.token_hash for item in batch],))
         found = {int(row[0]) - 1: row[1:] for row in await cur.fetchall()}
         now = datetime.now(UTC)
-        grants: dict[int, SessionGrant] = {}
+        grants: list[SessionGrant | None] = [None] * len(batch)
         claims: dict[UUID, str] = {}  # box -> session; the last connect of a box wins
         for index, item in enumerate(batch):
             if index not in found:
@@ -327,43 +269,48 @@ class SessionGate:
         if claims:
             boxes = sorted(claims)  # row locks in box order, like every other live batch
             await cur.execute(CLAIM_SESSIONS_SQL, (boxes, [claims[box] for box in boxes]))
-        return grants
-
-    @staticmethod
-    def _finish_connects(batch: list[_Connect], grants: dict[int, SessionGrant]) -> None:
-        for index, item in enumerate(batch):
-            _resolve(item.future, grants.get(index))
+        return Committed(grants)
 
     # -- hellos ----------------------------------------------------------------------------------
-    async def _store_hellos(self, cur: psycopg.AsyncCursor, batch: list[_Hello]) -> _Outcome:
+    async def _store_hellos(
+        self, cur: psycopg.AsyncCursor[Any], batch: list[_Hello], _side_work: None
+    ) -> Committed:
+        """Each hello's (welcome, commands waiting), or None for a replaced session."""
         otb = cast(dict[str, Any], settings.OTB)
         now = datetime.now(UTC)
-        outcome = _Outcome()
+        results: list[tuple[dict[str, Any], bool] | None] = [None] * len(batch)
         await cur.execute(HELLO_LOCK_SQL, (sorted({item.box_id for item in batch}),))
         rows = {row[0]: row for row in await cur.fetchall()}
         current = sorted(
-            (item for item in batch if item.box_id in rows and rows[item.box_id][1] == item.session_id),
-            key=lambda item: item.box_id,
+            (
+                index
+                for index, item in enumerate(batch)
+                if item.box_id in rows and rows[item.box_id][1] == item.session_id
+            ),
+            key=lambda index: batch[index].box_id,
         )
         if not current:
-            return outcome
+            return Committed(results)
+        hellos = [batch[index] for index in current]
         await cur.execute(
             HELLO_STATUS_SQL,
             (
                 now,
                 now,
-                [item.box_id for item in current],
-                [item.boot_id for item in current],
-                [item.uptime_s for item in current],
-                [item.agent_version for item in current],
-                [item.firmware for item in current],
-                [item.dropped for item in current],
+                [item.box_id for item in hellos],
+                [item.boot_id for item in hellos],
+                [item.uptime_s for item in hellos],
+                [item.agent_version for item in hellos],
+                [item.firmware for item in hellos],
+                [item.dropped for item in hellos],
             ),
         )
         changed: list[_Hello] = []
         audits: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
-        for item in current:
+        announcements = _Announcements()
+        welcomes: dict[int, dict[str, Any]] = {}
+        for index, item in zip(current, hellos, strict=True):
             (_, _, was_online, status_firmware, last_seq, serial, organization_id, config_hash,
              box_firmware, box_agent) = rows[item.box_id]  # fmt: skip
             if box_firmware != item.firmware or box_agent != item.agent_version:
@@ -385,11 +332,11 @@ class SessionGate:
             events.append((*base, "session_opened", {"session_id": item.session_id, "boot_id": item.boot_id}))
             if not was_online:
                 events.append((*base, "box_online", {"session_id": item.session_id}))
-                outcome.presence.append((item.box_id, organization_id, True))
+                announcements.presence.append((item.box_id, organization_id, True))
             previous_firmware = status_firmware or box_firmware
             if previous_firmware and previous_firmware != item.firmware:
                 events.append((*base, "firmware_changed", {"from": previous_firmware, "to": item.firmware}))
-            outcome.results[item.session_id] = {
+            welcomes[index] = {
                 "type": "welcome",
                 "session_id": item.session_id,
                 "telemetry_interval_s": otb["TELEMETRY_INTERVAL_S"],
@@ -409,100 +356,87 @@ class SessionGate:
                 ),
             )
             await cur.executemany(AUDIT_INSERT_SQL, audits)
-        await self._insert_events(cur, events, outcome)
+        await self._insert_events(cur, events, announcements)
         await cur.execute(
             WAITING_COMMANDS_SQL,
-            ([item.box_id for item in current], [str(state) for state in DELIVERABLE_STATES], now),
+            ([item.box_id for item in hellos], [str(state) for state in DELIVERABLE_STATES], now),
         )
-        outcome.waiting = {row[0] for row in await cur.fetchall()}
-        return outcome
+        waiting = {row[0] for row in await cur.fetchall()}
+        for index, welcome in welcomes.items():
+            results[index] = (welcome, batch[index].box_id in waiting)
+        return Committed(results, self._announcer(announcements))
 
-    def _finish_hellos(self, batch: list[_Hello], outcome: _Outcome) -> None:
-        for item in batch:
-            welcome = outcome.results.get(item.session_id)
-            if welcome is not None and item.box_id in outcome.waiting:
-                self._spawn(self._deliver_with_commands(item, welcome))
-            else:
-                _resolve(item.future, welcome)
-        self._announce(outcome)
+    async def _pending_commands(self, box_id: UUID) -> list[dict[str, Any]]:
+        try:
+            commands = await database_sync_to_async(commands_pending_for_box)(box_id=box_id)
+        except Exception:  # the session is up; the commands stay pending for the next doorbell/hello
+            logger.exception("fetching pending commands of box %s failed", box_id)
+            commands = []
+        return list(commands)[:MAX_PENDING_COMMANDS]
 
     # -- session ends ----------------------------------------------------------------------------
-    async def _store_closes(self, cur: psycopg.AsyncCursor, batch: list[_Close]) -> _Outcome:
+    async def _store_closes(
+        self, cur: psycopg.AsyncCursor[Any], batch: list[_Close], _side_work: None
+    ) -> Committed:
+        """Each close's answer: was the box marked offline by it."""
         now = datetime.now(UTC)
-        outcome = _Outcome()
+        results = [False] * len(batch)
         await cur.execute(CLOSE_LOCK_SQL, (sorted({item.box_id for item in batch}),))
         rows = {row[0]: row for row in await cur.fetchall()}
-        current = [item for item in batch if item.box_id in rows and rows[item.box_id][1] == item.session_id]
+        current = [
+            index
+            for index, item in enumerate(batch)
+            if item.box_id in rows and rows[item.box_id][1] == item.session_id
+        ]
         if not current:
-            return outcome
-        await cur.execute(CLOSE_STATUS_SQL, (now, now, now, sorted(item.box_id for item in current)))
+            return Committed(results)
+        await cur.execute(CLOSE_STATUS_SQL, (now, now, now, sorted(batch[index].box_id for index in current)))
         events: list[tuple[Any, ...]] = []
-        for item in current:
+        announcements = _Announcements()
+        for index in current:
+            item = batch[index]
             _, _, was_online, organization_id = rows[item.box_id]
             base = (item.box_id, organization_id, now)
             events.append((*base, "session_closed", {"session_id": item.session_id, "code": item.code}))
             if was_online:
                 events.append((*base, "box_offline", {"reason": "disconnected", "code": item.code}))
-                outcome.presence.append((item.box_id, organization_id, False))
-            outcome.results[item.session_id] = was_online
-        await self._insert_events(cur, events, outcome)
-        return outcome
-
-    def _finish_closes(self, batch: list[_Close], outcome: _Outcome) -> None:
-        for item in batch:
-            _resolve(item.future, outcome.results.get(item.session_id, False))
-        self._announce(outcome)
+                announcements.presence.append((item.box_id, organization_id, False))
+            results[index] = was_online
+        await self._insert_events(cur, events, announcements)
+        return Committed(results, self._announcer(announcements))
 
     # -- shared ----------------------------------------------------------------------------------
     @staticmethod
     async def _insert_events(
-        cur: psycopg.AsyncCursor, events: list[tuple[Any, ...]], outcome: _Outcome
+        cur: psycopg.AsyncCursor[Any], events: list[tuple[Any, ...]], announcements: _Announcements
     ) -> None:
         if events:
-            outcome.events, columns = event_rows(events)
+            announcements.events, columns = event_rows(events)
             await cur.execute(EVENTS_INSERT_SQL, columns)
 
-    async def _deliver_with_commands(self, item: _Hello, welcome: dict[str, Any]) -> None:
-        try:
-            commands = await database_sync_to_async(commands_pending_for_box)(box_id=item.box_id)
-        except Exception:  # the session is up; the commands stay pending for the next doorbell/hello
-            logger.exception("fetching pending commands of box %s failed", item.box_id)
-            commands = []
-        welcome["pending_commands"] = list(commands)[:MAX_PENDING_COMMANDS]
-        _resolve(item.future, welcome)
-
-    def _announce(self, outcome: _Outcome) -> None:
-        """Presence changes and events go to the people watching once committed, from the loop."""
-        if outcome.presence or outcome.events:
-            self._spawn(self._broadcast(outcome.presence, outcome.events))
-
     @staticmethod
-    async def _broadcast(presence: list[tuple[UUID, Any, bool]], events: list[Any]) -> None:
-        for box_id, organization_id, online in presence:
-            message = {"kind": "presence", "box_id": str(box_id), "online": online}
-            await abroadcast_to_people(box_id, organization_id, message)
-        if events:
-            await aevents_broadcast(events)
+    def _announcer(announcements: _Announcements) -> Any:
+        """Presence changes and events go to the people watching once committed, from the loop."""
+        if not announcements.presence and not announcements.events:
+            return None
 
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        async def announce() -> None:
+            for box_id, organization_id, online in announcements.presence:
+                message = {"kind": "presence", "box_id": str(box_id), "online": online}
+                await abroadcast_to_people(box_id, organization_id, message)
+            if announcements.events:
+                await aevents_broadcast(announcements.events)
+
+        return announce
 
 
-_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SessionGate] = weakref.WeakKeyDictionary()
+_gates: PerLoop[SessionGate] = PerLoop(SessionGate)
 
 
 def get_session_gate() -> SessionGate:
     """The gate of the running event loop (one per process in production, one per test loop)."""
-    loop = asyncio.get_running_loop()
-    gate = _gates.get(loop)
-    if gate is None:
-        gate = _gates[loop] = SessionGate()
-    return gate
+    return _gates.get()
 
 
 async def close_session_gate() -> None:
-    gate = _gates.pop(asyncio.get_running_loop(), None)
-    if gate is not None:
-        await gate.close()
+    await _gates.close()

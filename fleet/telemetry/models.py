@@ -9,6 +9,7 @@ and read with SQL by ``fleet.telemetry.selectors``, so they have no Django model
 from __future__ import annotations
 
 from django.db import models
+from django.db.models.functions import Now
 
 from fleet.core.choices import WanKind
 
@@ -19,33 +20,34 @@ class BoxStatus(models.Model):
     ``last_seq`` is the telemetry acknowledgement watermark: every message with ``seq <= last_seq``
     is committed in the sample tables (the writer moves it under a row lock in the same transaction
     as the COPY). ``session_id`` names the box's current websocket session; only that session may
-    mark the box offline when it ends.
+    mark the box offline when it ends. Every defaulted column also has its default in the database
+    (``db_default``): the live paths insert rows in raw SQL naming only the columns they set.
     """
 
     box = models.OneToOneField("fleet.Box", primary_key=True, on_delete=models.CASCADE, related_name="status")
-    online = models.BooleanField(default=False)
-    session_id = models.CharField(max_length=64, blank=True, default="")
+    online = models.BooleanField(default=False, db_default=False)
+    session_id = models.CharField(max_length=64, blank=True, default="", db_default="")
     connected_at = models.DateTimeField(null=True, blank=True)
     disconnected_at = models.DateTimeField(null=True, blank=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
-    last_seq = models.BigIntegerField(default=0)
-    boot_id = models.CharField(max_length=64, blank=True, default="")
+    last_seq = models.BigIntegerField(default=0, db_default=0)
+    boot_id = models.CharField(max_length=64, blank=True, default="", db_default="")
     uptime_s = models.BigIntegerField(null=True, blank=True)
-    agent_version = models.CharField(max_length=32, blank=True, default="")
-    firmware_version = models.CharField(max_length=64, blank=True, default="")
+    agent_version = models.CharField(max_length=32, blank=True, default="", db_default="")
+    firmware_version = models.CharField(max_length=64, blank=True, default="", db_default="")
     tunnel_up = models.BooleanField(null=True, blank=True)
     cpu_pct = models.FloatField(null=True, blank=True)
     mem_pct = models.FloatField(null=True, blank=True)
     load1 = models.FloatField(null=True, blank=True)
     rx_bps = models.BigIntegerField(null=True, blank=True)
     tx_bps = models.BigIntegerField(null=True, blank=True)
-    wans_up = models.IntegerField(default=0)
-    wans_total = models.IntegerField(default=0)
-    dropped_samples = models.BigIntegerField(default=0)
+    wans_up = models.IntegerField(default=0, db_default=0)
+    wans_total = models.IntegerField(default=0, db_default=0)
+    dropped_samples = models.BigIntegerField(default=0, db_default=0)
     offline_since = models.DateTimeField(null=True, blank=True)
     # Reconnections are refused until then (the box sent too many invalid frames).
     penalty_until = models.DateTimeField(null=True, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    updated_at = models.DateTimeField(auto_now=True, db_default=Now())
 
     class Meta:
         verbose_name_plural = "box statuses"
@@ -60,21 +62,23 @@ class WanStatus(models.Model):
     """The latest reported state of one WAN link of a box; one row per (box, iface).
 
     ``up_changed_at`` is the time of the last up/down transition; ``degraded_since`` is set while the
-    link is up but losing packets or slow (see ``fleet.telemetry.writer.is_degraded``).
+    link is up but losing packets or slow (the rules: ``fleet.telemetry.transitions``).
     """
 
     box = models.ForeignKey("fleet.Box", on_delete=models.CASCADE, related_name="wan_statuses")
     iface = models.CharField(max_length=32)
-    label = models.CharField(max_length=64, blank=True, default="")
-    kind = models.CharField(max_length=16, choices=WanKind.choices, default=WanKind.OTHER)
-    up = models.BooleanField(default=False)
+    label = models.CharField(max_length=64, blank=True, default="", db_default="")
+    kind = models.CharField(
+        max_length=16, choices=WanKind.choices, default=WanKind.OTHER, db_default=WanKind.OTHER
+    )
+    up = models.BooleanField(default=False, db_default=False)
     rtt_ms = models.FloatField(null=True, blank=True)
     jitter_ms = models.FloatField(null=True, blank=True)
     loss_pct = models.FloatField(null=True, blank=True)
-    rx_bps = models.BigIntegerField(default=0)
-    tx_bps = models.BigIntegerField(default=0)
+    rx_bps = models.BigIntegerField(default=0, db_default=0)
+    tx_bps = models.BigIntegerField(default=0, db_default=0)
     public_ip = models.GenericIPAddressField(null=True, blank=True)
-    subflows = models.IntegerField(default=0)
+    subflows = models.IntegerField(default=0, db_default=0)
     up_changed_at = models.DateTimeField()
     degraded_since = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField()

@@ -12,6 +12,7 @@ from django.db import connection
 
 from fleet.core.errors import InvalidInput
 from fleet.telemetry.models import BoxStatus, WanStatus
+from fleet.telemetry.schema import BOX_ROLLUP, BOX_SAMPLE, ROLLUPS, WAN_ROLLUP, WAN_SAMPLE
 
 RESOLUTIONS = ("raw", "5m", "1h")
 NATIVE_STEP_S = {"raw": 1, "5m": 300, "1h": 3600}
@@ -70,36 +71,50 @@ def telemetry_plan(
     return SeriesPlan(resolution=resolution, bucket_s=bucket_s, start=start, end=end)
 
 
-BOX_RAW_SQL = """
-SELECT date_bin(%(bucket)s, ts, %(start)s) AS t, count(*), avg(cpu_pct), max(cpu_pct), avg(mem_pct),
-    avg(load1), avg(rx_bps), max(rx_bps), avg(tx_bps), max(tx_bps), avg(tunnel_up::int)
-FROM telemetry_box_sample WHERE box_id = %(box)s AND ts >= %(start)s AND ts < %(end)s
+_box, _wan, _box5, _wan5 = BOX_SAMPLE.c, WAN_SAMPLE.c, BOX_ROLLUP.c, WAN_ROLLUP.c
+BOX_RAW_SQL = f"""
+SELECT date_bin(%(bucket)s, {_box.ts}, %(start)s) AS t, count(*), avg({_box.cpu_pct}), max({_box.cpu_pct}),
+    avg({_box.mem_pct}), avg({_box.load1}), avg({_box.rx_bps}), max({_box.rx_bps}), avg({_box.tx_bps}),
+    max({_box.tx_bps}), avg({_box.tunnel_up}::int)
+FROM {BOX_SAMPLE.table} WHERE {_box.box_id} = %(box)s AND {_box.ts} >= %(start)s AND {_box.ts} < %(end)s
 GROUP BY 1 ORDER BY 1
-"""
-BOX_ROLLUP_SQL = """
-SELECT date_bin(%(bucket)s, bucket, %(start)s) AS t, sum(samples), sum(cpu_avg * samples) / sum(samples),
-    max(cpu_max), sum(mem_avg * samples) / sum(samples), sum(load_avg * samples) / sum(samples),
-    sum(rx_avg * samples) / sum(samples), max(rx_max), sum(tx_avg * samples) / sum(samples), max(tx_max),
-    sum(tunnel_up_samples)::float / sum(samples)
-FROM {table} WHERE box_id = %(box)s AND bucket >= %(start)s AND bucket < %(end)s
+"""  # noqa: S608 (identifiers from the schema module)
+WAN_RAW_SQL = f"""
+SELECT {_wan.iface}, date_bin(%(bucket)s, {_wan.ts}, %(start)s) AS t, count(*), avg({_wan.up}::int),
+    avg({_wan.rtt_ms}), max({_wan.rtt_ms}), avg({_wan.jitter_ms}), avg({_wan.loss_pct}), avg({_wan.rx_bps}),
+    max({_wan.rx_bps}), avg({_wan.tx_bps}), max({_wan.tx_bps})
+FROM {WAN_SAMPLE.table} WHERE {_wan.box_id} = %(box)s AND {_wan.ts} >= %(start)s AND {_wan.ts} < %(end)s
+GROUP BY 1, 2 ORDER BY 1, 2
+"""  # noqa: S608
+# The rollups re-aggregated into wider buckets, per resolution (weighted by the samples they hold).
+BOX_ROLLUP_SQL = {
+    resolution: f"""
+SELECT date_bin(%(bucket)s, {_box5.bucket}, %(start)s) AS t, sum({_box5.samples}),
+    sum({_box5.cpu_avg} * {_box5.samples}) / sum({_box5.samples}), max({_box5.cpu_max}),
+    sum({_box5.mem_avg} * {_box5.samples}) / sum({_box5.samples}),
+    sum({_box5.load_avg} * {_box5.samples}) / sum({_box5.samples}),
+    sum({_box5.rx_avg} * {_box5.samples}) / sum({_box5.samples}), max({_box5.rx_max}),
+    sum({_box5.tx_avg} * {_box5.samples}) / sum({_box5.samples}), max({_box5.tx_max}),
+    sum({_box5.tunnel_up_samples})::float / sum({_box5.samples})
+FROM {box.table} WHERE {_box5.box_id} = %(box)s AND {_box5.bucket} >= %(start)s AND {_box5.bucket} < %(end)s
 GROUP BY 1 ORDER BY 1
-"""
-WAN_RAW_SQL = """
-SELECT iface, date_bin(%(bucket)s, ts, %(start)s) AS t, count(*), avg(up::int), avg(rtt_ms), max(rtt_ms),
-    avg(jitter_ms), avg(loss_pct), avg(rx_bps), max(rx_bps), avg(tx_bps), max(tx_bps)
-FROM telemetry_wan_sample WHERE box_id = %(box)s AND ts >= %(start)s AND ts < %(end)s
+"""  # noqa: S608
+    for resolution, (box, _) in ROLLUPS.items()
+}
+WAN_ROLLUP_SQL = {
+    resolution: f"""
+SELECT {_wan5.iface}, date_bin(%(bucket)s, {_wan5.bucket}, %(start)s) AS t, sum({_wan5.samples}),
+    sum({_wan5.up_samples})::float / sum({_wan5.samples}),
+    sum({_wan5.rtt_avg} * {_wan5.rtt_count}) / NULLIF(sum({_wan5.rtt_count}), 0), max({_wan5.rtt_max}),
+    sum({_wan5.jitter_avg} * {_wan5.rtt_count}) / NULLIF(sum({_wan5.rtt_count}), 0),
+    sum({_wan5.loss_avg} * {_wan5.loss_count}) / NULLIF(sum({_wan5.loss_count}), 0),
+    sum({_wan5.rx_avg} * {_wan5.samples}) / sum({_wan5.samples}), max({_wan5.rx_max}),
+    sum({_wan5.tx_avg} * {_wan5.samples}) / sum({_wan5.samples}), max({_wan5.tx_max})
+FROM {wan.table} WHERE {_wan5.box_id} = %(box)s AND {_wan5.bucket} >= %(start)s AND {_wan5.bucket} < %(end)s
 GROUP BY 1, 2 ORDER BY 1, 2
-"""
-WAN_ROLLUP_SQL = """
-SELECT iface, date_bin(%(bucket)s, bucket, %(start)s) AS t, sum(samples),
-    sum(up_samples)::float / sum(samples),
-    sum(rtt_avg * rtt_count) / NULLIF(sum(rtt_count), 0), max(rtt_max),
-    sum(jitter_avg * rtt_count) / NULLIF(sum(rtt_count), 0),
-    sum(loss_avg * loss_count) / NULLIF(sum(loss_count), 0),
-    sum(rx_avg * samples) / sum(samples), max(rx_max), sum(tx_avg * samples) / sum(samples), max(tx_max)
-FROM {table} WHERE box_id = %(box)s AND bucket >= %(start)s AND bucket < %(end)s
-GROUP BY 1, 2 ORDER BY 1, 2
-"""
+"""  # noqa: S608
+    for resolution, (_, wan) in ROLLUPS.items()
+}
 
 
 def _num(value: Any) -> float | None:
@@ -117,8 +132,7 @@ def telemetry_series(*, box_id: UUID, plan: SeriesPlan) -> dict[str, Any]:
     if plan.resolution == "raw":
         box_sql, wan_sql = BOX_RAW_SQL, WAN_RAW_SQL
     else:
-        box_sql = BOX_ROLLUP_SQL.format(table=f"telemetry_box_rollup_{plan.resolution}")
-        wan_sql = WAN_ROLLUP_SQL.format(table=f"telemetry_wan_rollup_{plan.resolution}")
+        box_sql, wan_sql = BOX_ROLLUP_SQL[plan.resolution], WAN_ROLLUP_SQL[plan.resolution]
     with connection.cursor() as cursor:
         cursor.execute(box_sql, params)
         box_points = [

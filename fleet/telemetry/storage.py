@@ -18,7 +18,17 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from fleet.core.column_specs import ColumnSpec
 from fleet.telemetry.models import RollupWatermark
+from fleet.telemetry.schema import (
+    BOX_ROLLUP,
+    BOX_ROLLUP_KEY,
+    BOX_SAMPLE,
+    ROLLUPS,
+    WAN_ROLLUP,
+    WAN_ROLLUP_KEY,
+    WAN_SAMPLE,
+)
 
 BUCKET_5M = timedelta(minutes=5)
 BUCKET_1H = timedelta(hours=1)
@@ -27,9 +37,9 @@ CLOSE_GRACE = timedelta(seconds=30)
 # One statement aggregates at most this much raw time (bounded work per run).
 MAX_ROLLUP_SPAN = timedelta(hours=6)
 
-RAW_TABLES = ("telemetry_box_sample", "telemetry_wan_sample")
-ROLLUP_5M_TABLES = ("telemetry_box_rollup_5m", "telemetry_wan_rollup_5m")
-ROLLUP_1H_TABLES = ("telemetry_box_rollup_1h", "telemetry_wan_rollup_1h")
+RAW_TABLES = (BOX_SAMPLE.table, WAN_SAMPLE.table)
+ROLLUP_5M_TABLES = tuple(spec.table for spec in ROLLUPS["5m"])
+ROLLUP_1H_TABLES = tuple(spec.table for spec in ROLLUPS["1h"])
 _PARTITION_NAME = re.compile(r"^(?P<parent>telemetry_[a-z0-9_]+)_p(?P<stamp>\d{6}|\d{8})$")
 
 
@@ -46,64 +56,121 @@ def _floor(moment: datetime, step: timedelta) -> datetime:
     return epoch + ((moment - epoch) // step) * step
 
 
-BOX_5M_SQL = """
-INSERT INTO telemetry_box_rollup_5m AS r (box_id, bucket, samples, cpu_avg, cpu_max, mem_avg, load_avg,
-    rx_avg, rx_max, tx_avg, tx_max, tunnel_up_samples)
-SELECT box_id, date_bin('5 minutes', ts, TIMESTAMPTZ '1970-01-01 00:00:00+00'), count(*), avg(cpu_pct),
-    max(cpu_pct), avg(mem_pct), avg(load1), avg(rx_bps), max(rx_bps), avg(tx_bps), max(tx_bps),
-    count(*) FILTER (WHERE tunnel_up)
-FROM telemetry_box_sample WHERE ts >= %(start)s AND ts < %(end)s
-GROUP BY 1, 2
-ON CONFLICT (box_id, bucket) DO UPDATE SET samples = EXCLUDED.samples, cpu_avg = EXCLUDED.cpu_avg,
-    cpu_max = EXCLUDED.cpu_max, mem_avg = EXCLUDED.mem_avg, load_avg = EXCLUDED.load_avg,
-    rx_avg = EXCLUDED.rx_avg, rx_max = EXCLUDED.rx_max, tx_avg = EXCLUDED.tx_avg, tx_max = EXCLUDED.tx_max,
-    tunnel_up_samples = EXCLUDED.tunnel_up_samples
-"""
-WAN_5M_SQL = """
-INSERT INTO telemetry_wan_rollup_5m AS r (box_id, iface, bucket, samples, up_samples, rtt_count, rtt_avg,
-    rtt_max, jitter_avg, loss_count, loss_avg, rx_avg, rx_max, tx_avg, tx_max)
-SELECT box_id, iface, date_bin('5 minutes', ts, TIMESTAMPTZ '1970-01-01 00:00:00+00'), count(*),
-    count(*) FILTER (WHERE up), count(rtt_ms), avg(rtt_ms), max(rtt_ms), avg(jitter_ms), count(loss_pct),
-    avg(loss_pct), avg(rx_bps), max(rx_bps), avg(tx_bps), max(tx_bps)
-FROM telemetry_wan_sample WHERE ts >= %(start)s AND ts < %(end)s
-GROUP BY 1, 2, 3
-ON CONFLICT (box_id, iface, bucket) DO UPDATE SET samples = EXCLUDED.samples,
-    up_samples = EXCLUDED.up_samples, rtt_count = EXCLUDED.rtt_count, rtt_avg = EXCLUDED.rtt_avg,
-    rtt_max = EXCLUDED.rtt_max, jitter_avg = EXCLUDED.jitter_avg, loss_count = EXCLUDED.loss_count,
-    loss_avg = EXCLUDED.loss_avg, rx_avg = EXCLUDED.rx_avg, rx_max = EXCLUDED.rx_max,
-    tx_avg = EXCLUDED.tx_avg, tx_max = EXCLUDED.tx_max
-"""
+def rollup_sql(
+    target: ColumnSpec, *, key: tuple[str, ...], source: str, time: str, select: dict[str, str]
+) -> str:
+    """``INSERT INTO target ... SELECT <select> FROM source WHERE time in [start, end) GROUP BY key
+    ON CONFLICT (key) DO UPDATE`` with every other column: ``select`` gives each column of the
+    target's spec its expression, so the column list, the expressions and the update list cannot
+    fall out of step."""
+    names = list(select)
+    if names != target.names or names[: len(key)] != list(key):
+        raise ValueError(f"the rollup of {target.table} must select {target.names}, key first")
+    group = ", ".join(str(position) for position in range(1, len(key) + 1))
+    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in names if name not in key)
+    return (
+        f"INSERT INTO {target.table} ({target.column_list}) SELECT {', '.join(select.values())}"  # noqa: S608
+        f" FROM {source} WHERE {time} >= %(start)s AND {time} < %(end)s GROUP BY {group}"
+        f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+    )
+
+
+def _bucket_5m(column: str) -> str:
+    return f"date_bin('5 minutes', {column}, TIMESTAMPTZ '1970-01-01 00:00:00+00')"
+
+
+_box, _wan = BOX_SAMPLE.c, WAN_SAMPLE.c
+BOX_5M_SQL = rollup_sql(
+    ROLLUPS["5m"][0],
+    key=BOX_ROLLUP_KEY,
+    source=BOX_SAMPLE.table,
+    time=_box.ts,
+    select={
+        "box_id": _box.box_id,
+        "bucket": _bucket_5m(_box.ts),
+        "samples": "count(*)",
+        "cpu_avg": f"avg({_box.cpu_pct})",
+        "cpu_max": f"max({_box.cpu_pct})",
+        "mem_avg": f"avg({_box.mem_pct})",
+        "load_avg": f"avg({_box.load1})",
+        "rx_avg": f"avg({_box.rx_bps})",
+        "rx_max": f"max({_box.rx_bps})",
+        "tx_avg": f"avg({_box.tx_bps})",
+        "tx_max": f"max({_box.tx_bps})",
+        "tunnel_up_samples": f"count(*) FILTER (WHERE {_box.tunnel_up})",
+    },
+)
+WAN_5M_SQL = rollup_sql(
+    ROLLUPS["5m"][1],
+    key=WAN_ROLLUP_KEY,
+    source=WAN_SAMPLE.table,
+    time=_wan.ts,
+    select={
+        "box_id": _wan.box_id,
+        "iface": _wan.iface,
+        "bucket": _bucket_5m(_wan.ts),
+        "samples": "count(*)",
+        "up_samples": f"count(*) FILTER (WHERE {_wan.up})",
+        "rtt_count": f"count({_wan.rtt_ms})",
+        "rtt_avg": f"avg({_wan.rtt_ms})",
+        "rtt_max": f"max({_wan.rtt_ms})",
+        "jitter_avg": f"avg({_wan.jitter_ms})",
+        "loss_count": f"count({_wan.loss_pct})",
+        "loss_avg": f"avg({_wan.loss_pct})",
+        "rx_avg": f"avg({_wan.rx_bps})",
+        "rx_max": f"max({_wan.rx_bps})",
+        "tx_avg": f"avg({_wan.tx_bps})",
+        "tx_max": f"max({_wan.tx_bps})",
+    },
+)
 # Hourly rollups are weighted re-aggregations of the 5-minute ones.
-BOX_1H_SQL = """
-INSERT INTO telemetry_box_rollup_1h AS r (box_id, bucket, samples, cpu_avg, cpu_max, mem_avg, load_avg,
-    rx_avg, rx_max, tx_avg, tx_max, tunnel_up_samples)
-SELECT box_id, date_trunc('hour', bucket), sum(samples),
-    sum(cpu_avg * samples) / sum(samples), max(cpu_max), sum(mem_avg * samples) / sum(samples),
-    sum(load_avg * samples) / sum(samples), sum(rx_avg * samples) / sum(samples), max(rx_max),
-    sum(tx_avg * samples) / sum(samples), max(tx_max), sum(tunnel_up_samples)
-FROM telemetry_box_rollup_5m WHERE bucket >= %(start)s AND bucket < %(end)s
-GROUP BY 1, 2
-ON CONFLICT (box_id, bucket) DO UPDATE SET samples = EXCLUDED.samples, cpu_avg = EXCLUDED.cpu_avg,
-    cpu_max = EXCLUDED.cpu_max, mem_avg = EXCLUDED.mem_avg, load_avg = EXCLUDED.load_avg,
-    rx_avg = EXCLUDED.rx_avg, rx_max = EXCLUDED.rx_max, tx_avg = EXCLUDED.tx_avg, tx_max = EXCLUDED.tx_max,
-    tunnel_up_samples = EXCLUDED.tunnel_up_samples
-"""
-WAN_1H_SQL = """
-INSERT INTO telemetry_wan_rollup_1h AS r (box_id, iface, bucket, samples, up_samples, rtt_count, rtt_avg,
-    rtt_max, jitter_avg, loss_count, loss_avg, rx_avg, rx_max, tx_avg, tx_max)
-SELECT box_id, iface, date_trunc('hour', bucket), sum(samples), sum(up_samples), sum(rtt_count),
-    sum(rtt_avg * rtt_count) / NULLIF(sum(rtt_count), 0), max(rtt_max),
-    sum(jitter_avg * rtt_count) / NULLIF(sum(rtt_count) FILTER (WHERE jitter_avg IS NOT NULL), 0),
-    sum(loss_count), sum(loss_avg * loss_count) / NULLIF(sum(loss_count), 0),
-    sum(rx_avg * samples) / sum(samples), max(rx_max), sum(tx_avg * samples) / sum(samples), max(tx_max)
-FROM telemetry_wan_rollup_5m WHERE bucket >= %(start)s AND bucket < %(end)s
-GROUP BY 1, 2, 3
-ON CONFLICT (box_id, iface, bucket) DO UPDATE SET samples = EXCLUDED.samples,
-    up_samples = EXCLUDED.up_samples, rtt_count = EXCLUDED.rtt_count, rtt_avg = EXCLUDED.rtt_avg,
-    rtt_max = EXCLUDED.rtt_max, jitter_avg = EXCLUDED.jitter_avg, loss_count = EXCLUDED.loss_count,
-    loss_avg = EXCLUDED.loss_avg, rx_avg = EXCLUDED.rx_avg, rx_max = EXCLUDED.rx_max,
-    tx_avg = EXCLUDED.tx_avg, tx_max = EXCLUDED.tx_max
-"""
+_box5, _wan5 = BOX_ROLLUP.c, WAN_ROLLUP.c
+BOX_1H_SQL = rollup_sql(
+    ROLLUPS["1h"][0],
+    key=BOX_ROLLUP_KEY,
+    source=ROLLUPS["5m"][0].table,
+    time=_box5.bucket,
+    select={
+        "box_id": _box5.box_id,
+        "bucket": f"date_trunc('hour', {_box5.bucket})",
+        "samples": f"sum({_box5.samples})",
+        "cpu_avg": f"sum({_box5.cpu_avg} * {_box5.samples}) / sum({_box5.samples})",
+        "cpu_max": f"max({_box5.cpu_max})",
+        "mem_avg": f"sum({_box5.mem_avg} * {_box5.samples}) / sum({_box5.samples})",
+        "load_avg": f"sum({_box5.load_avg} * {_box5.samples}) / sum({_box5.samples})",
+        "rx_avg": f"sum({_box5.rx_avg} * {_box5.samples}) / sum({_box5.samples})",
+        "rx_max": f"max({_box5.rx_max})",
+        "tx_avg": f"sum({_box5.tx_avg} * {_box5.samples}) / sum({_box5.samples})",
+        "tx_max": f"max({_box5.tx_max})",
+        "tunnel_up_samples": f"sum({_box5.tunnel_up_samples})",
+    },
+)
+WAN_1H_SQL = rollup_sql(
+    ROLLUPS["1h"][1],
+    key=WAN_ROLLUP_KEY,
+    source=ROLLUPS["5m"][1].table,
+    time=_wan5.bucket,
+    select={
+        "box_id": _wan5.box_id,
+        "iface": _wan5.iface,
+        "bucket": f"date_trunc('hour', {_wan5.bucket})",
+        "samples": f"sum({_wan5.samples})",
+        "up_samples": f"sum({_wan5.up_samples})",
+        "rtt_count": f"sum({_wan5.rtt_count})",
+        "rtt_avg": f"sum({_wan5.rtt_avg} * {_wan5.rtt_count}) / NULLIF(sum({_wan5.rtt_count}), 0)",
+        "rtt_max": f"max({_wan5.rtt_max})",
+        "jitter_avg": (
+            f"sum({_wan5.jitter_avg} * {_wan5.rtt_count})"
+            f" / NULLIF(sum({_wan5.rtt_count}) FILTER (WHERE {_wan5.jitter_avg} IS NOT NULL), 0)"
+        ),
+        "loss_count": f"sum({_wan5.loss_count})",
+        "loss_avg": f"sum({_wan5.loss_avg} * {_wan5.loss_count}) / NULLIF(sum({_wan5.loss_count}), 0)",
+        "rx_avg": f"sum({_wan5.rx_avg} * {_wan5.samples}) / sum({_wan5.samples})",
+        "rx_max": f"max({_wan5.rx_max})",
+        "tx_avg": f"sum({_wan5.tx_avg} * {_wan5.samples}) / sum({_wan5.samples})",
+        "tx_max": f"max({_wan5.tx_max})",
+    },
+)
 
 
 def _roll(
