@@ -39,7 +39,7 @@ from fleet.telemetry.selectors import box_live_status, box_wans
 from frontend.errors import REFUSALS, form_add_domain_error, page_errors
 from frontend.forms import BoxRenameForm, CommandForm, FirmwareSettingsForm, PostponeForm, WanPolicyForm
 from provisioning.selectors.boxes import box_addresses
-from provisioning.services.configuration import box_set_wan_policy, box_update
+from provisioning.services.configuration import box_set_wan_policy, box_settings_authorize, box_update
 
 EVENTS_SHOWN = 30
 COMMANDS_SHOWN = 15
@@ -190,6 +190,7 @@ def box_policy_update(request: HttpRequest, box_id: str) -> HttpResponse:
     """Save the WAN policy; the page then shows "waiting for the box to apply" until it has."""
     actor = Actor.from_request(request)
     box = box_visible(actor, box_id)
+    box_settings_authorize(actor=actor, box=box)
     form = WanPolicyForm(request.POST, interfaces=_policy_interfaces(box, box_wans(box_id=box.pk)))
     if form.is_valid():
         try:
@@ -232,6 +233,7 @@ def _error_texts(form: Any) -> list[str]:
 def box_rename(request: HttpRequest, box_id: str) -> HttpResponse:
     actor = Actor.from_request(request)
     box = box_visible(actor, box_id)
+    box_settings_authorize(actor=actor, box=box)
     form = BoxRenameForm(request.POST)
     if form.is_valid():
         try:

@@ -26,7 +26,7 @@ from fleet.firmware import selectors as firmware_selectors
 from fleet.firmware import services as firmware_services
 from fleet.firmware.choices import FAILURE_STATES, WAITING_STATES, RolloutAction, UpgradeState
 from frontend import selectors
-from frontend.errors import form_add_domain_error, page_errors
+from frontend.errors import REFUSALS, form_add_domain_error, page_errors
 from frontend.forms import AuditFilterForm, ConsoleSearchForm, RolloutForm, StaffActionForm
 from frontend.views.box import box_context
 from provisioning.selectors import infrastructure as provisioning_selectors
@@ -164,6 +164,8 @@ def console_box_action(request: HttpRequest, box_id: str, action: str) -> HttpRe
                 else:
                     provisioning_services.box_decommission(actor=actor, box=box)
                     done = f"{box.serial} is decommissioned."
+            except REFUSALS:
+                raise
             except DomainError as exc:
                 form_add_domain_error(form, exc)
             else:

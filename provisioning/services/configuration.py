@@ -68,6 +68,13 @@ def boxes_config_refresh(*, boxes: QuerySet[Box]) -> int:
 # -- customer settings --------------------------------------------------------------------------
 
 
+def box_settings_authorize(*, actor: Actor, box: Box) -> None:
+    """Who may change a box's settings (name, tags, WAN policy): admins of its organisation (staff and
+    the system too). ``box_update`` and ``box_set_wan_policy`` check it at their top; a page checks it
+    before reading its form, so a refused person gets 403, not the form's errors."""
+    authorize(actor, organization_id=box.organization_id, minimum=Role.ADMIN)
+
+
 def _tags_clean(tags: Any) -> list[str]:
     if not isinstance(tags, list):
         raise InvalidInput("tags is a list of strings", field="tags")
@@ -87,7 +94,7 @@ def box_update(*, actor: Actor, box: Box, name: str | None = None, tags: list[st
     """Rename a box or replace its tags. The name is part of the configuration document, so a rename
     refreshes the config hash. Needs the admin role in the box's organisation."""
     box = Box.objects.select_for_update().get(pk=box.pk)
-    authorize(actor, organization_id=box.organization_id, minimum=Role.ADMIN)
+    box_settings_authorize(actor=actor, box=box)
     before = {"name": box.name, "tags": list(box.tags)}
     fields: list[str] = []
     if name is not None:
@@ -118,7 +125,7 @@ def box_set_wan_policy(*, actor: Actor, box: Box, mode: str, interfaces: list[di
     """Replace the box's WAN policy (validated, see ``provisioning.wan_policy``) and recompute its
     configuration hash so the agent picks it up. Needs the admin role in the box's organisation."""
     box = Box.objects.select_for_update().get(pk=box.pk)
-    authorize(actor, organization_id=box.organization_id, minimum=Role.ADMIN)
+    box_settings_authorize(actor=actor, box=box)
     policy = wan_policy_validate(mode=mode, interfaces=interfaces)
     before = box.wan_policy
     box.wan_policy = policy

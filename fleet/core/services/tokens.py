@@ -33,10 +33,13 @@ def api_token_create(
     *, actor: Actor, user: Any, organization: Organization, name: str, expires_in_days: int | None = None
 ) -> tuple[ApiToken, str]:
     """Issue a personal API token acting as ``user`` within ``organization`` (the user must be a
-    member). A person issues tokens for themselves, in an organisation they see (any role; staff see
-    all, but the token needs a membership). Lifetime defaults to OTB["API_TOKEN_DEFAULT_DAYS"], at
-    most 365 days. The value is returned once; only its digest is stored."""
+    member). A person issues tokens for themselves (staff and the system for anyone); any role will
+    do. Lifetime defaults to OTB["API_TOKEN_DEFAULT_DAYS"], at most 365 days. The value is returned
+    once; only its digest is stored."""
     authorize_self(actor, user_id=user.pk, not_found="user not found")
+    if not Membership.objects.filter(user=user, organization=organization).exists():
+        raise Forbidden("the token's user must be a member of the organization", field="organization")
+    # a person calling with a personal API token issues tokens for that token's organisation only
     authorize(actor, organization_id=organization.pk, minimum=Role.VIEWER)
     name = _name_clean(name)
     days = settings.OTB["API_TOKEN_DEFAULT_DAYS"] if expires_in_days is None else expires_in_days
@@ -44,8 +47,6 @@ def api_token_create(
         raise InvalidInput(
             f"must be a whole number of days from 1 to {API_TOKEN_MAX_DAYS}", field="expires_in_days"
         )
-    if not Membership.objects.filter(user=user, organization=organization).exists():
-        raise Forbidden("the token's user must be a member of the organization", field="organization")
     issued = token_issue(TokenKind.USER)
     token = ApiToken.objects.create(
         user=user,
