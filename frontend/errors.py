@@ -16,6 +16,11 @@ from django.http import Http404, HttpRequest, HttpResponse
 
 from fleet.core.errors import DomainError, Forbidden, NotFound
 
+# A service refusing the person (``fleet.core.access``: not theirs to see, or a role too low) is
+# answered with a page of its own by ``page_errors`` (404/403), never as a message on a form: views
+# that show a service's errors let these through (``except REFUSALS: raise``).
+REFUSALS = (Forbidden, NotFound)
+
 
 def form_add_domain_error(form: forms.Form, exc: DomainError) -> None:
     """Attach the error to the field it names (or to the form as a whole)."""

@@ -31,7 +31,7 @@ from fleet.commands.choices import (
     CommandState,
 )
 from fleet.commands.models import Command
-from fleet.core.access import require_role
+from fleet.core.access import authorize
 from fleet.core.audit import Actor, audit_record
 from fleet.core.choices import BoxState, Role
 from fleet.core.doorbells import doorbell_command
@@ -188,14 +188,13 @@ def command_create(
 ) -> Command:
     """Queue a command for a claimed box and ring its session on commit.
 
-    People need the admin or owner role in the box's organisation (staff always may).
-    ``firmware_upgrade`` is reserved for the rollout engine, which passes ``internal=True``
-    (no person check). Raises InvalidInput naming ``kind``, ``params.<key>`` or ``ttl_s``.
+    Needs the admin role in the box's organisation (staff and the system always may).
+    ``firmware_upgrade`` is reserved for the rollout engine, which passes ``internal=True`` (no
+    limit on open commands). Raises InvalidInput naming ``kind``, ``params.<key>`` or ``ttl_s``.
     """
+    authorize(actor, organization_id=box.organization_id, minimum=Role.ADMIN)
     clean_params, ttl = command_validate(box=box, kind=kind, params=params, ttl_s=ttl_s, internal=internal)
     organization_id = cast(UUID, box.organization_id)  # command_validate refused an unclaimed box
-    if not internal:
-        require_role(actor.user, organization_id, Role.ADMIN)
     now = timezone.now()
     with transaction.atomic():
         if not internal:
@@ -348,9 +347,9 @@ def command_cancel(*, actor: Actor, command: Command) -> Command:
     """Cancel a command the box has not started (pending or sent). Needs admin/owner (or staff).
     Raises Conflict once it is running or finished. A box that already received it will still run
     it; its result is then ignored."""
-    require_role(actor.user, command.organization_id, Role.ADMIN)
     with transaction.atomic():
         locked = Command.objects.select_for_update().select_related("box").get(pk=command.pk)
+        authorize(actor, organization_id=locked.organization_id, minimum=Role.ADMIN)
         before = locked.state
         locked.save(update_fields=command_transition(command=locked, target=S.CANCELLED))
         audit_record(

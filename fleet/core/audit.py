@@ -13,35 +13,44 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from fleet.core.column_specs import model_spec
-from fleet.core.models import AuditLog, Box, Organization
+from fleet.core.models import ApiToken, AuditLog, Box, Organization
 from fleet.core.request_context import current_request_id
 
 
 @dataclass(frozen=True)
 class Actor:
-    """Who is acting: a user (person or staff), or a labelled non-person (``system``, ``box:SERIAL``,
-    ``server:NAME``, ``cli:import_boxes``). Built at the edge from the request."""
+    """Who is acting, with what authorisation needs (``fleet.core.access.authorize``): a person
+    (``user``, staff or not) and the personal API token they called with (``token``, which narrows
+    them to its organisation); the trusted system (``Actor.system``: Celery tasks, management
+    commands, seed data), the only actor that passes without a role; or a labelled machine principal
+    (``box:SERIAL``, ``server:NAME``), recorded in the audit but never trusted for what a person
+    does. Built at the edge from the request (``Actor.from_request``)."""
 
     label: str
     user: Any = None
     source_ip: str | None = None
+    token: ApiToken | None = None
+    trusted: bool = False
 
     @classmethod
     def system(cls, label: str = "system") -> Actor:
-        return cls(label=label)
+        """The trusted internal actor (``label`` says which: ``rollout``, ``cli:import_boxes``)."""
+        return cls(label=label, trusted=True)
 
     @classmethod
-    def for_user(cls, user: Any, source_ip: str | None = None) -> Actor:
+    def for_user(cls, user: Any, source_ip: str | None = None, token: ApiToken | None = None) -> Actor:
         prefix = "staff" if getattr(user, "is_staff", False) else "user"
-        return cls(label=f"{prefix}:{user.get_username()}", user=user, source_ip=source_ip)
+        return cls(label=f"{prefix}:{user.get_username()}", user=user, source_ip=source_ip, token=token)
 
     @classmethod
     def from_request(cls, request: Any) -> Actor:
-        """The actor of an HTTP request: the user, or the box/server principal's label."""
+        """The actor of an HTTP request: the user with the personal API token it came with (DRF's
+        ``request.auth``), or the box/server principal's label."""
         user = getattr(request, "user", None)
         source_ip = request.META.get("REMOTE_ADDR") if hasattr(request, "META") else None
         if user is not None and hasattr(user, "get_username") and getattr(user, "is_authenticated", False):
-            return cls.for_user(user, source_ip)
+            auth = getattr(request, "auth", None)
+            return cls.for_user(user, source_ip, auth if isinstance(auth, ApiToken) else None)
         return cls(label=str(user) if user is not None else "anonymous", source_ip=source_ip)
 
 

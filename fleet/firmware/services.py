@@ -1,8 +1,10 @@
 """Writes for releases, rollouts, upgrade policies and customers' upgrade requests.
 
 Every public function is the one path for its change (API views, admin actions and the management
-commands all call these), runs in one transaction, records an audit entry, and queues outside
-effects (the rollout task, doorbells) with ``transaction.on_commit``. The periodic engine that
+commands all call these), authorises its actor at its top (``fleet.core.access``: releases and
+rollouts are for staff, a box's upgrades for the admins of its organisation), runs in one
+transaction, records an audit entry, and queues outside effects (the rollout task, doorbells) with
+``transaction.on_commit``. The periodic engine that
 advances rollouts is in ``fleet.firmware.engine``.
 """
 
@@ -24,7 +26,7 @@ from django.db import connection, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
-from fleet.core.access import require_role
+from fleet.core.access import authorize, authorize_staff
 from fleet.core.audit import Actor, audit_record
 from fleet.core.background import task_queue
 from fleet.core.choices import BoxState, ReleaseChannel, Role
@@ -121,6 +123,7 @@ def release_create(
     """Register a draft release. The image comes later (``release_image_upload``) unless it is
     hosted elsewhere (``external_url`` with its ``size`` and ``sha256``). Raises InvalidInput per
     field, Conflict when the version exists."""
+    authorize_staff(actor)
     sha256 = (sha256 or "").lower()
     _validate_release_fields(
         version=version,
@@ -179,6 +182,7 @@ def release_update(
 ) -> Release:
     """Change a release. Release notes may change at any time; everything that describes the image
     only while it is a draft (a published image is immutable). Raises Conflict otherwise."""
+    authorize_staff(actor)
     _validate_release_fields(
         hardware_models=hardware_models,
         channel=channel,
@@ -219,6 +223,7 @@ def release_image_upload(
 ) -> Release:
     """Store a draft release's image, computing its size and SHA-256 from the bytes. If a SHA-256
     was announced beforehand it must match (InvalidInput on ``image`` otherwise)."""
+    authorize_staff(actor)
     digest = hashlib.sha256()
     size = 0
     for chunk in upload.chunks() if hasattr(upload, "chunks") else iter(lambda: upload.read(1 << 20), b""):
@@ -266,6 +271,7 @@ def release_publish(*, actor: Actor, release: Release) -> Release:
     """Publish a draft: it needs an image (or URL), size, SHA-256 and signature. When the image is
     ours and a signing public key is configured, the signature must verify over it (so a bad
     signature is caught here, not by thousands of boxes). Raises InvalidInput naming the field."""
+    authorize_staff(actor)
     with transaction.atomic():
         locked = _locked_release(release)
         if locked.state != ReleaseState.DRAFT:
@@ -295,6 +301,7 @@ def release_publish(*, actor: Actor, release: Release) -> Release:
 def release_withdraw(*, actor: Actor, release: Release, reason: str = "") -> Release:
     """Withdraw a published release: its image is no longer served, every active rollout of it is
     aborted and every waiting upgrade to it (customers' included) is cancelled."""
+    authorize_staff(actor)
     with transaction.atomic():
         locked = _locked_release(release)
         if locked.state == ReleaseState.WITHDRAWN:
@@ -349,6 +356,7 @@ def rollout_create(
     The target is evaluated once, here, with the same code as the preview; the rows are written
     with COPY, so 100,000 boxes take a few queries. Nothing is sent before ``rollout_start``.
     """
+    authorize_staff(actor)
     if not isinstance(name, str) or not 0 < len(name.strip()) <= 120:
         raise InvalidInput("1 to 120 characters", field="name")
     if release.state != ReleaseState.PUBLISHED:
@@ -454,6 +462,7 @@ def _rollout_audit(rollout: Rollout) -> dict[str, Any]:
 def rollout_start(*, actor: Actor, rollout: Rollout) -> Rollout:
     """Start a draft rollout: running now, or scheduled until its ``start_at``. The first phase
     opens at the next tick of the ``rollouts`` task (queued at once on commit)."""
+    authorize_staff(actor)
     with transaction.atomic():
         locked = _locked_rollout(rollout)
         if not locked.allows(RolloutAction.START):
@@ -477,6 +486,7 @@ def rollout_start(*, actor: Actor, rollout: Rollout) -> Rollout:
 
 def rollout_pause(*, actor: Actor, rollout: Rollout, reason: str = "") -> Rollout:
     """Stop sending new upgrades; those already in flight are still followed to their end."""
+    authorize_staff(actor)
     with transaction.atomic():
         locked = _locked_rollout(rollout)
         if locked.state == RolloutState.PAUSED:
@@ -494,6 +504,7 @@ def rollout_pause(*, actor: Actor, rollout: Rollout, reason: str = "") -> Rollou
 def rollout_resume(*, actor: Actor, rollout: Rollout) -> Rollout:
     """Resume a paused rollout. The failures counted so far are acknowledged: the failure policy
     then counts only new ones (otherwise the rollout would pause again at once)."""
+    authorize_staff(actor)
     with transaction.atomic():
         locked = _locked_rollout(rollout)
         if not locked.allows(RolloutAction.RESUME):
@@ -532,6 +543,7 @@ def rollout_abort(*, actor: Actor, rollout: Rollout, reason: str = "") -> Rollou
     """End a rollout for good: waiting upgrades are cancelled, commands not yet started by their box
     are cancelled with their upgrade; upgrades a box is already running are followed to their end
     (an image half-written cannot be called back)."""
+    authorize_staff(actor)
     with transaction.atomic():
         locked = _locked_rollout(rollout)
         if not locked.allows(RolloutAction.ABORT):
@@ -570,6 +582,7 @@ def _cancel_unstarted(upgrades: Any, *, now: dt.datetime, reason: str) -> int:
 def upgrades_retry_failed(*, actor: Actor, rollout: Rollout, box_ids: list[Any] | None = None) -> int:
     """Put the rollout's failed and timed-out upgrades (or those of ``box_ids``) back to pending for
     another attempt; a completed rollout runs again to send them. Returns how many."""
+    authorize_staff(actor)
     with transaction.atomic():
         locked = _locked_rollout(rollout)
         if not locked.allows(RolloutAction.RETRY_FAILED):
@@ -643,9 +656,9 @@ def box_upgrade_policy_update(
 ) -> BoxUpgradePolicy:
     """Set a box's auto-upgrade flag and maintenance window (hours in its organisation's time zone).
     Needs the admin role in the box's organisation (staff always)."""
+    authorize(actor, organization_id=box.organization_id, minimum=Role.ADMIN)
     if box.organization_id is None:
         raise Conflict("only a claimed box has an upgrade policy", field="box")
-    require_role(actor.user, box.organization_id, Role.ADMIN)
     if window_days is not None and (
         not isinstance(window_days, list)
         or not window_days
@@ -704,9 +717,9 @@ def box_upgrade_now(*, actor: Actor, box: Box, release: Release | None = None) -
     created and sent. Needs the admin role. Raises Conflict when the box is already up to date, is
     being upgraded, or its rollout is paused.
     """
+    authorize(actor, organization_id=box.organization_id, minimum=Role.ADMIN)
     if box.state != BoxState.CLAIMED or box.organization_id is None:
         raise Conflict("only a claimed box can be upgraded", field="box")
-    require_role(actor.user, box.organization_id, Role.ADMIN)
     with transaction.atomic():
         Box.objects.select_for_update().filter(pk=box.pk).first()
         if Upgrade.objects.filter(box=box, state__in=IN_FLIGHT_STATES).exists():
@@ -764,9 +777,9 @@ def upgrade_postpone(*, actor: Actor, upgrade: Upgrade, until: dt.datetime) -> U
     """Postpone a waiting upgrade of the customer's box to ``until`` (at most 7 days ahead).
     Raises InvalidInput on ``until``, Conflict once it has been sent."""
     box = upgrade.box
+    authorize(actor, organization_id=box.organization_id, minimum=Role.ADMIN)
     if box.organization_id is None:
         raise Conflict("the box is not claimed", field="box")
-    require_role(actor.user, box.organization_id, Role.ADMIN)
     now = timezone.now()
     if not isinstance(until, dt.datetime) or timezone.is_naive(until):
         raise InvalidInput("an ISO date-time with a time zone", field="until")

@@ -8,7 +8,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from fleet.core.access import box_for, organization_for, visible_organization_ids
+from fleet.core.access import box_for, organization_for, organization_visible, visible_organization_ids
 from fleet.core.apis.base import ApiView
 from fleet.core.choices import EventKind, Role
 from fleet.core.models import Event
@@ -129,13 +129,14 @@ class AlertRuleListApi(ApiView):
         )
 
     def post(self, request: Request, org_id: Any) -> Response:
-        organization = organization_for(request.user, org_id, Role.ADMIN, request.auth)
+        actor = self.actor(request)
+        organization = organization_visible(actor, org_id)
         payload = AlertRuleInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = dict(payload.validated_data)
         if "targets" in data:
             data["target_ids"] = data.pop("targets")
-        rule = alert_rule_create(actor=self.actor(request), organization=organization, **data)
+        rule = alert_rule_create(actor=actor, organization=organization, **data)
         rule = selectors.alert_rule_get(organization_id=organization.pk, rule_id=rule.pk)
         return Response(AlertRuleOutputSerializer(rule).data, status=201)
 
@@ -153,21 +154,23 @@ class AlertRuleDetailApi(ApiView):
         return Response(AlertRuleOutputSerializer(rule).data)
 
     def patch(self, request: Request, org_id: Any, rule_id: Any) -> Response:
-        organization = organization_for(request.user, org_id, Role.ADMIN, request.auth)
+        actor = self.actor(request)
+        organization = organization_visible(actor, org_id)
         rule = selectors.alert_rule_get(organization_id=organization.pk, rule_id=rule_id)
         payload = self.UpdateSerializer(data=request.data, partial=True)
         payload.is_valid(raise_exception=True)
         data = dict(payload.validated_data)
         if "targets" in data:
             data["target_ids"] = data.pop("targets")
-        alert_rule_update(actor=self.actor(request), rule=rule, **data)
+        alert_rule_update(actor=actor, rule=rule, **data)
         rule = selectors.alert_rule_get(organization_id=organization.pk, rule_id=rule.pk)
         return Response(AlertRuleOutputSerializer(rule).data)
 
     def delete(self, request: Request, org_id: Any, rule_id: Any) -> Response:
-        organization = organization_for(request.user, org_id, Role.ADMIN, request.auth)
+        actor = self.actor(request)
+        organization = organization_visible(actor, org_id)
         rule = selectors.alert_rule_get(organization_id=organization.pk, rule_id=rule_id)
-        alert_rule_delete(actor=self.actor(request), rule=rule)
+        alert_rule_delete(actor=actor, rule=rule)
         return Response(status=204)
 
 
@@ -208,11 +211,12 @@ class NotificationTargetListApi(ApiView):
         )
 
     def post(self, request: Request, org_id: Any) -> Response:
-        organization = organization_for(request.user, org_id, Role.ADMIN, request.auth)
+        actor = self.actor(request)
+        organization = organization_visible(actor, org_id)
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         target, secret = notification_target_create(
-            actor=self.actor(request), organization=organization, **payload.validated_data
+            actor=actor, organization=organization, **payload.validated_data
         )
         return Response(_target_body(target, secret), status=201)
 
@@ -233,19 +237,19 @@ class NotificationTargetDetailApi(ApiView):
         return Response(NotificationTargetOutputSerializer(target).data)
 
     def patch(self, request: Request, org_id: Any, target_id: Any) -> Response:
-        organization = organization_for(request.user, org_id, Role.ADMIN, request.auth)
+        actor = self.actor(request)
+        organization = organization_visible(actor, org_id)
         target = selectors.notification_target_get(organization_id=organization.pk, target_id=target_id)
         payload = self.UpdateSerializer(data=request.data, partial=True)
         payload.is_valid(raise_exception=True)
-        target, secret = notification_target_update(
-            actor=self.actor(request), target=target, **payload.validated_data
-        )
+        target, secret = notification_target_update(actor=actor, target=target, **payload.validated_data)
         return Response(_target_body(target, secret))
 
     def delete(self, request: Request, org_id: Any, target_id: Any) -> Response:
-        organization = organization_for(request.user, org_id, Role.ADMIN, request.auth)
+        actor = self.actor(request)
+        organization = organization_visible(actor, org_id)
         target = selectors.notification_target_get(organization_id=organization.pk, target_id=target_id)
-        notification_target_delete(actor=self.actor(request), target=target)
+        notification_target_delete(actor=actor, target=target)
         return Response(status=204)
 
 

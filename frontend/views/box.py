@@ -20,7 +20,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from fleet.commands.selectors import command_list_for_box
 from fleet.commands.services import command_create
-from fleet.core.access import ROLE_RANK, box_for, is_staff, require_role
+from fleet.core.access import ROLE_RANK, box_for, box_visible, is_staff, require_role
 from fleet.core.audit import Actor
 from fleet.core.choices import Role, WanKind, WanMode, WanRole
 from fleet.core.errors import Conflict, DomainError, InvalidInput, NotFound
@@ -36,10 +36,10 @@ from fleet.firmware.services import (
 )
 from fleet.monitoring.selectors import event_list
 from fleet.telemetry.selectors import box_live_status, box_wans
-from frontend.errors import form_add_domain_error, page_errors
+from frontend.errors import REFUSALS, form_add_domain_error, page_errors
 from frontend.forms import BoxRenameForm, CommandForm, FirmwareSettingsForm, PostponeForm, WanPolicyForm
 from provisioning.selectors.boxes import box_addresses
-from provisioning.services.configuration import box_set_wan_policy, box_update
+from provisioning.services.configuration import box_set_wan_policy, box_settings_authorize, box_update
 
 EVENTS_SHOWN = 30
 COMMANDS_SHOWN = 15
@@ -188,16 +188,20 @@ def _back(request: HttpRequest, box: Box, anchor: str) -> HttpResponse:
 @page_errors
 def box_policy_update(request: HttpRequest, box_id: str) -> HttpResponse:
     """Save the WAN policy; the page then shows "waiting for the box to apply" until it has."""
-    box = box_for(request.user, box_id, Role.ADMIN)
+    actor = Actor.from_request(request)
+    box = box_visible(actor, box_id)
+    box_settings_authorize(actor=actor, box=box)
     form = WanPolicyForm(request.POST, interfaces=_policy_interfaces(box, box_wans(box_id=box.pk)))
     if form.is_valid():
         try:
             box = box_set_wan_policy(
-                actor=Actor.from_request(request),
+                actor=actor,
                 box=box,
                 mode=form.cleaned_data["mode"],
                 interfaces=form.policy_interfaces(),
             )
+        except REFUSALS:
+            raise
         except DomainError as exc:
             form_add_domain_error(form, exc)
     status = 400 if form.errors else 200
@@ -227,16 +231,15 @@ def _error_texts(form: Any) -> list[str]:
 @require_POST
 @page_errors
 def box_rename(request: HttpRequest, box_id: str) -> HttpResponse:
-    box = box_for(request.user, box_id, Role.ADMIN)
+    actor = Actor.from_request(request)
+    box = box_visible(actor, box_id)
+    box_settings_authorize(actor=actor, box=box)
     form = BoxRenameForm(request.POST)
     if form.is_valid():
         try:
-            box_update(
-                actor=Actor.from_request(request),
-                box=box,
-                name=form.cleaned_data["name"],
-                tags=form.cleaned_tags(),
-            )
+            box_update(actor=actor, box=box, name=form.cleaned_data["name"], tags=form.cleaned_tags())
+        except REFUSALS:
+            raise
         except DomainError as exc:
             form_add_domain_error(form, exc)
     if form.errors:
@@ -251,16 +254,19 @@ def box_rename(request: HttpRequest, box_id: str) -> HttpResponse:
 @page_errors
 def box_command_create(request: HttpRequest, box_id: str) -> HttpResponse:
     """Send a command (reboot, diagnostics, speed test...) to the box."""
-    box = box_for(request.user, box_id, Role.ADMIN)
+    actor = Actor.from_request(request)
+    box = box_visible(actor, box_id)
     form = CommandForm(request.POST, wans=box_wans(box_id=box.pk))
     if form.is_valid():
         try:
             command = command_create(
-                actor=Actor.from_request(request),
+                actor=actor,
                 box=box,
                 kind=form.cleaned_data["kind"],
                 params=form.command_params(),
             )
+        except REFUSALS:
+            raise
         except DomainError as exc:
             form_add_domain_error(form, exc)
         else:
@@ -275,13 +281,14 @@ def box_command_create(request: HttpRequest, box_id: str) -> HttpResponse:
 @page_errors
 def box_firmware_settings(request: HttpRequest, box_id: str) -> HttpResponse:
     """Automatic upgrades on or off (the rollout engine's upgrade policy)."""
-    box = box_for(request.user, box_id, Role.ADMIN)
+    actor = Actor.from_request(request)
+    box = box_visible(actor, box_id)
     form = FirmwareSettingsForm(request.POST)
     if form.is_valid():
         try:
-            box_upgrade_policy_update(
-                actor=Actor.from_request(request), box=box, auto_upgrade=form.cleaned_data["auto_upgrade"]
-            )
+            box_upgrade_policy_update(actor=actor, box=box, auto_upgrade=form.cleaned_data["auto_upgrade"])
+        except REFUSALS:
+            raise
         except DomainError as exc:
             form_add_domain_error(form, exc)
     if form.errors:
@@ -297,8 +304,8 @@ def box_firmware_settings(request: HttpRequest, box_id: str) -> HttpResponse:
 def box_firmware_action(request: HttpRequest, box_id: str, action: str) -> HttpResponse:
     """Upgrade now, or postpone the waiting upgrade by a few days."""
 
-    box = box_for(request.user, box_id, Role.ADMIN)
     actor = Actor.from_request(request)
+    box = box_visible(actor, box_id)
     try:
         if action == "upgrade":
             upgrade = box_upgrade_now(actor=actor, box=box)
@@ -318,6 +325,8 @@ def box_firmware_action(request: HttpRequest, box_id: str, action: str) -> HttpR
             messages.success(request, f"Upgrade postponed by {form.cleaned_data['days']} day(s).")
         else:
             raise Http404("unknown firmware action")
+    except REFUSALS:
+        raise
     except DomainError as exc:
         messages.error(request, exc.message)
     return _back(request, box, "firmware")

@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from fleet.core import selectors as fleet_selectors
-from fleet.core.access import box_for, is_staff
+from fleet.core.access import box_for, box_visible, is_staff
 from fleet.core.audit import Actor
 from fleet.core.choices import Role
 from fleet.core.errors import DomainError
@@ -26,7 +26,7 @@ from fleet.firmware import selectors as firmware_selectors
 from fleet.firmware import services as firmware_services
 from fleet.firmware.choices import FAILURE_STATES, WAITING_STATES, RolloutAction, UpgradeState
 from frontend import selectors
-from frontend.errors import form_add_domain_error, page_errors
+from frontend.errors import REFUSALS, form_add_domain_error, page_errors
 from frontend.forms import AuditFilterForm, ConsoleSearchForm, RolloutForm, StaffActionForm
 from frontend.views.box import box_context
 from provisioning.selectors import infrastructure as provisioning_selectors
@@ -138,7 +138,8 @@ def console_box_action(request: HttpRequest, box_id: str, action: str) -> HttpRe
 
     if action not in STAFF_ACTIONS:
         raise Http404("unknown action")
-    box = box_for(request.user, box_id, Role.OWNER)
+    actor = Actor.from_request(request)
+    box = box_visible(actor, box_id)
     form = StaffActionForm(request.POST or None)
     cast(forms.ChoiceField, form.fields["server"]).choices = (
         _server_choices(box) if action == "reassign" else [("", "")]
@@ -148,7 +149,6 @@ def console_box_action(request: HttpRequest, box_id: str, action: str) -> HttpRe
         if form.is_valid() and form.cleaned_data["confirm_serial"].strip() != box.serial:
             form.add_error("confirm_serial", "type the box's serial number exactly to confirm")
         if form.is_valid():
-            actor = Actor.from_request(request)
             try:
                 if action == "reassign":
                     server_id = form.cleaned_data.get("server")
@@ -164,6 +164,8 @@ def console_box_action(request: HttpRequest, box_id: str, action: str) -> HttpRe
                 else:
                     provisioning_services.box_decommission(actor=actor, box=box)
                     done = f"{box.serial} is decommissioned."
+            except REFUSALS:
+                raise
             except DomainError as exc:
                 form_add_domain_error(form, exc)
             else:

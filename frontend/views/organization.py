@@ -1,4 +1,5 @@
-"""Organisation pages: members and invitations, personal API tokens, alert rules and targets."""
+"""Organisation pages: members and invitations, personal API tokens, alert rules and targets. They act
+in the portal's current organisation (``frontend.context``); the services decide on the role."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from fleet.core import selectors as fleet_selectors
-from fleet.core.access import organization_for
 from fleet.core.audit import Actor
 from fleet.core.choices import Role
 from fleet.core.errors import DomainError
@@ -34,7 +34,7 @@ from fleet.monitoring.services import (
 )
 from frontend import selectors
 from frontend.context import PortalOrganization, current_organization
-from frontend.errors import form_add_domain_error, page_errors
+from frontend.errors import REFUSALS, form_add_domain_error, page_errors
 from frontend.forms import AlertRuleForm, ApiTokenForm, InviteForm, MemberRoleForm, NotificationTargetForm
 
 
@@ -57,7 +57,6 @@ def members_page(request: HttpRequest) -> HttpResponse:
     form = InviteForm(request.POST or None)
     status = 200
     if request.method == "POST":
-        organization = organization_for(request.user, organization.pk, Role.OWNER)
         if form.is_valid():
             try:
                 invitation, _token = member_invite(
@@ -66,6 +65,8 @@ def members_page(request: HttpRequest) -> HttpResponse:
                     email=form.cleaned_data["email"],
                     role=form.cleaned_data["role"],
                 )
+            except REFUSALS:
+                raise
             except DomainError as exc:
                 form_add_domain_error(form, exc)
             else:
@@ -90,9 +91,7 @@ def members_page(request: HttpRequest) -> HttpResponse:
 
 
 def _membership(request: HttpRequest, membership_id: str) -> Membership:
-    portal = _portal(request)
-    organization = organization_for(request.user, portal.organization.pk, Role.OWNER)
-    return selectors.membership_get(organization=organization, membership_id=membership_id)
+    return selectors.membership_get(organization=_portal(request).organization, membership_id=membership_id)
 
 
 @login_required
@@ -108,6 +107,8 @@ def member_role_update(request: HttpRequest, membership_id: str) -> HttpResponse
             actor=Actor.from_request(request), membership=membership, role=form.cleaned_data["role"]
         )
         messages.success(request, f"{membership.user.get_username()} is now {form.cleaned_data['role']}.")
+    except REFUSALS:
+        raise
     except DomainError as exc:
         messages.error(request, exc.message)
     return redirect("frontend:members")
@@ -121,6 +122,8 @@ def member_delete(request: HttpRequest, membership_id: str) -> HttpResponse:
     try:
         member_remove(actor=Actor.from_request(request), membership=membership)
         messages.success(request, f"{membership.user.get_username()} was removed.")
+    except REFUSALS:
+        raise
     except DomainError as exc:
         messages.error(request, exc.message)
     return redirect("frontend:members")
@@ -204,7 +207,6 @@ def alerts_page(request: HttpRequest) -> HttpResponse:
     rule_form, target_form = _alert_forms(organization, request.POST if request.method == "POST" else None)
     status = 200
     if request.method == "POST":
-        organization = organization_for(request.user, organization.pk, Role.ADMIN)
         actor = Actor.from_request(request)
         form_name = request.POST.get("form")
         try:
@@ -236,6 +238,8 @@ def alerts_page(request: HttpRequest) -> HttpResponse:
                     messages.warning(request, f"Webhook signing secret (shown once, keep it): {secret}")
                 messages.success(request, f"Notification target “{data['name']}” added.")
                 return redirect("frontend:alerts")
+        except REFUSALS:
+            raise
         except DomainError as exc:
             form_add_domain_error(rule_form if form_name == "rule" else target_form, exc)
         status = 400
@@ -264,8 +268,7 @@ def alerts_page(request: HttpRequest) -> HttpResponse:
 def alert_object_action(request: HttpRequest, kind: str, object_id: str, action: str) -> HttpResponse:
     """Enable, disable or delete a rule; delete a target."""
 
-    portal = _portal(request)
-    organization = organization_for(request.user, portal.organization.pk, Role.ADMIN)
+    organization = _portal(request).organization
     actor = Actor.from_request(request)
     # Looked up before acting: an unknown rule or target is a 404 (page_errors), not a message.
     if kind == "rule" and action in {"delete", "enable", "disable"}:
@@ -283,6 +286,8 @@ def alert_object_action(request: HttpRequest, kind: str, object_id: str, action:
             alert_rule_update(actor=actor, rule=rule, enabled=action == "enable")
         else:
             notification_target_delete(actor=actor, target=target)
+    except REFUSALS:
+        raise
     except DomainError as exc:
         messages.error(request, exc.message)
     else:

@@ -1,7 +1,8 @@
 """Box endpoints: what customers do (list and detail, rename and tag, claim, WAN policy, unclaim,
 transfer) and what staff do (reassign to another server, release addresses, revoke credentials,
-decommission). Each parses, checks the caller's role, calls one lifecycle or configuration service and
-answers with the box."""
+decommission). Each parses, resolves the box (or organisation) the caller may see, calls one lifecycle
+or configuration service (which decides whether the caller's role allows it) and answers with the
+box."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from fleet.core.access import box_for, organization_for
+from fleet.core.access import box_for, box_visible, organization_get, organization_visible
 from fleet.core.apis.base import ApiView
 from fleet.core.audit import Actor
 from fleet.core.choices import Role
@@ -84,10 +85,11 @@ class BoxDetailApi(ApiView):
 
     @extend_schema(request=InputSerializer, responses={200: BoxOutputSerializer})
     def patch(self, request: Request, box_id: uuid.UUID) -> Response:
-        box = box_for(request.user, box_id, Role.ADMIN, request.auth)
+        actor = self.actor(request)
+        box = box_visible(actor, box_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        box = box_update(actor=self.actor(request), box=box, **data.validated_data)
+        box = box_update(actor=actor, box=box, **data.validated_data)
         return Response(box_output(box))
 
 
@@ -110,9 +112,10 @@ class BoxClaimApi(ApiView):
             if len(memberships) != 1:
                 raise InvalidInput("say which organization claims the box", field="organization")
             organization_id = memberships[0].organization_id
-        organization = organization_for(request.user, organization_id, Role.ADMIN, request.auth)
+        actor = self.actor(request)
+        organization = organization_visible(actor, organization_id)
         box = box_claim(
-            actor=self.actor(request),
+            actor=actor,
             organization=organization,
             serial=values["serial"],
             claim_code=values["claim_code"],
@@ -140,10 +143,11 @@ class BoxWanPolicyApi(ApiView):
 
     @extend_schema(request=InputSerializer, responses={200: OutputSerializer})
     def put(self, request: Request, box_id: uuid.UUID) -> Response:
-        box = box_for(request.user, box_id, Role.ADMIN, request.auth)
+        actor = self.actor(request)
+        box = box_visible(actor, box_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        box = box_set_wan_policy(actor=self.actor(request), box=box, **data.validated_data)
+        box = box_set_wan_policy(actor=actor, box=box, **data.validated_data)
         return Response(self.OutputSerializer(box.wan_policy).data)
 
 
@@ -152,8 +156,8 @@ class BoxUnclaimApi(ApiView):
 
     @extend_schema(request=None, responses={200: BoxOutputSerializer})
     def post(self, request: Request, box_id: uuid.UUID) -> Response:
-        box = box_for(request.user, box_id, Role.ADMIN, request.auth)
-        box = box_unclaim(actor=self.actor(request), box=box)
+        actor = self.actor(request)
+        box = box_unclaim(actor=actor, box=box_visible(actor, box_id))
         return Response(box_output(box))
 
 
@@ -165,11 +169,13 @@ class BoxTransferApi(ApiView):
 
     @extend_schema(request=InputSerializer, responses={200: BoxOutputSerializer})
     def post(self, request: Request, box_id: uuid.UUID) -> Response:
-        box = box_for(request.user, box_id, Role.OWNER, request.auth)
+        actor = self.actor(request)
+        box = box_visible(actor, box_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        target = organization_for(request.user, data.validated_data["organization"], Role.ADMIN, request.auth)
-        box = box_transfer(actor=self.actor(request), box=box, organization=target)
+        # Only looked up here: the service authorises the target after the source (owner first).
+        target = organization_get(data.validated_data["organization"])
+        box = box_transfer(actor=actor, box=box, organization=target)
         return Response(box_output(box))
 
 

@@ -2,7 +2,8 @@
 hash kept current whenever an input of the configuration document changes (with a doorbell to the live
 session on commit), and what the box reports having applied.
 
-Every public function runs in ``transaction.atomic`` and audits the change in the same transaction."""
+Every public function runs in ``transaction.atomic`` and audits the change in the same transaction; what
+a customer edits needs the admin role in the box's organisation (``fleet.core.access.authorize``)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from fleet.core.access import authorize
 from fleet.core.audit import Actor, audit_record
-from fleet.core.choices import EventKind
+from fleet.core.choices import EventKind, Role
 from fleet.core.doorbells import doorbell_config_changed
 from fleet.core.errors import InvalidInput
 from fleet.core.events import event_record
@@ -66,6 +68,13 @@ def boxes_config_refresh(*, boxes: QuerySet[Box]) -> int:
 # -- customer settings --------------------------------------------------------------------------
 
 
+def box_settings_authorize(*, actor: Actor, box: Box) -> None:
+    """Who may change a box's settings (name, tags, WAN policy): admins of its organisation (staff and
+    the system too). ``box_update`` and ``box_set_wan_policy`` check it at their top; a page checks it
+    before reading its form, so a refused person gets 403, not the form's errors."""
+    authorize(actor, organization_id=box.organization_id, minimum=Role.ADMIN)
+
+
 def _tags_clean(tags: Any) -> list[str]:
     if not isinstance(tags, list):
         raise InvalidInput("tags is a list of strings", field="tags")
@@ -83,8 +92,9 @@ def _tags_clean(tags: Any) -> list[str]:
 @transaction.atomic
 def box_update(*, actor: Actor, box: Box, name: str | None = None, tags: list[str] | None = None) -> Box:
     """Rename a box or replace its tags. The name is part of the configuration document, so a rename
-    refreshes the config hash."""
+    refreshes the config hash. Needs the admin role in the box's organisation."""
     box = Box.objects.select_for_update().get(pk=box.pk)
+    box_settings_authorize(actor=actor, box=box)
     before = {"name": box.name, "tags": list(box.tags)}
     fields: list[str] = []
     if name is not None:
@@ -113,9 +123,10 @@ def box_update(*, actor: Actor, box: Box, name: str | None = None, tags: list[st
 @transaction.atomic
 def box_set_wan_policy(*, actor: Actor, box: Box, mode: str, interfaces: list[dict[str, Any]]) -> Box:
     """Replace the box's WAN policy (validated, see ``provisioning.wan_policy``) and recompute its
-    configuration hash so the agent picks it up."""
-    policy = wan_policy_validate(mode=mode, interfaces=interfaces)
+    configuration hash so the agent picks it up. Needs the admin role in the box's organisation."""
     box = Box.objects.select_for_update().get(pk=box.pk)
+    box_settings_authorize(actor=actor, box=box)
+    policy = wan_policy_validate(mode=mode, interfaces=interfaces)
     before = box.wan_policy
     box.wan_policy = policy
     box.save(update_fields=["wan_policy", "updated_at"])

@@ -1,6 +1,7 @@
 """Writes for the infrastructure boxes are placed on: regions, aggregation servers, address pools, and
 the release of quarantined addresses. Every public function runs in ``transaction.atomic`` and records
-an audit entry in the same transaction."""
+an audit entry in the same transaction; what an actor does here is for support staff only
+(``fleet.core.access.authorize_staff``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Min, Q
 from django.utils import timezone
 
+from fleet.core.access import authorize_staff
 from fleet.core.audit import Actor, audit_record
 from fleet.core.errors import InvalidInput, NotFound
 from fleet.core.models import Box, Region
@@ -83,6 +85,7 @@ def _server_state(server: AggregationServer) -> dict[str, Any]:
 @transaction.atomic
 def region_create(*, actor: Actor, code: str, name: str) -> Region:
     """Create a region; ``code`` is a unique slug."""
+    authorize_staff(actor)
     region = Region(code=code, name=name)
     _validated(region)
     region.save()
@@ -93,6 +96,7 @@ def region_create(*, actor: Actor, code: str, name: str) -> Region:
 @transaction.atomic
 def region_update(*, actor: Actor, region: Region, name: str) -> Region:
     """Rename a region (its code is its stable identifier and does not change)."""
+    authorize_staff(actor)
     region = Region.objects.select_for_update().get(pk=region.pk)
     before = {"name": region.name}
     region.name = name
@@ -119,6 +123,7 @@ def server_create(
 ) -> tuple[AggregationServer, str]:
     """Create an aggregation server and its API token; returns the server and the token (``otbs_...``),
     which is shown this once and stored only as a digest."""
+    authorize_staff(actor)
     issued = token_issue(TokenKind.SERVER)
     server = AggregationServer(
         name=name,
@@ -146,6 +151,7 @@ def server_update(*, actor: Actor, server: AggregationServer, **fields: Any) -> 
     """Change a server's settings. Capacity cannot go below the boxes it holds, the port range must
     keep every port in use, the region cannot change while boxes are assigned. Boxes whose config
     shows a changed field get a new config hash."""
+    authorize_staff(actor)
     unknown = set(fields) - set(SERVER_UPDATABLE_FIELDS)
     if unknown:
         field = sorted(unknown)[0]
@@ -184,6 +190,7 @@ def server_update(*, actor: Actor, server: AggregationServer, **fields: Any) -> 
 
 def server_set_status(*, actor: Actor, server: AggregationServer, status: str) -> AggregationServer:
     """Set a server active, draining (keeps its boxes, takes no new ones) or down."""
+    authorize_staff(actor)
     if status not in ServerStatus.values:
         raise InvalidInput(f"status must be one of {', '.join(ServerStatus.values)}", field="status")
     return server_update(actor=actor, server=server, status=status)
@@ -192,6 +199,7 @@ def server_set_status(*, actor: Actor, server: AggregationServer, status: str) -
 @transaction.atomic
 def server_rotate_token(*, actor: Actor, server: AggregationServer) -> str:
     """Issue a new server token (returned once); the previous one stops working at commit."""
+    authorize_staff(actor)
     issued = token_issue(TokenKind.SERVER)
     updated = AggregationServer.objects.filter(pk=server.pk).update(
         token_prefix=issued.prefix, token_hash=issued.digest, updated_at=timezone.now()
@@ -256,6 +264,7 @@ def pool_create(
 ) -> AddressPool:
     """Create an address pool tied to a region or to one server. The network must match the purpose's
     family and must not overlap any other pool (checked here and by an exclusion constraint)."""
+    authorize_staff(actor)
     if purpose not in PoolPurpose.values:
         raise InvalidInput(f"purpose must be one of {', '.join(PoolPurpose.values)}", field="purpose")
     network = _pool_network(cidr)

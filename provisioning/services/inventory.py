@@ -9,6 +9,7 @@ from typing import Any
 
 from django.db import transaction
 
+from fleet.core.access import authorize_staff
 from fleet.core.audit import Actor, audit_record
 from fleet.core.choices import BoxState
 from fleet.core.errors import InvalidInput
@@ -159,8 +160,9 @@ def boxes_import(
     secrets or hardware data is rejected as a conflict (a factory secret is never overwritten), and
     so is a decommissioned box. New boxes are bulk-written in batches of 1000, each batch in its
     own transaction; ``progress`` is called after every batch. Row numbers in the report are file
-    line numbers (the header is line 1).
+    line numbers (the header is line 1). Staff only (or the system: the ``import_boxes`` command).
     """
+    authorize_staff(actor)
     report = ImportReport()
     batch: list[_ImportRow] = []
     seen: dict[str, _ImportRow] = {}

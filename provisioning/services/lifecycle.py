@@ -2,9 +2,10 @@
 and provisioning: server slot, tunnel port, addresses, tunnel credentials), release of addresses,
 revocation of credentials, unclaim, transfer, decommission and reassignment to another server.
 
-Every public function runs in ``transaction.atomic``, checks the box's state transition with
-``provisioning.lifecycle`` (the one table of legal moves), records an audit entry in the same
-transaction, and fires outside effects with ``on_commit``."""
+Every public function runs in ``transaction.atomic``, authorises its actor at its top
+(``fleet.core.access``: admin of the box's organisation for what customers do, staff for the rest),
+checks the box's state transition with ``provisioning.lifecycle`` (the one table of legal moves),
+records an audit entry in the same transaction, and fires outside effects with ``on_commit``."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
+from fleet.core.access import authorize, authorize_staff
 from fleet.core.audit import Actor, audit_record
-from fleet.core.choices import BoxState
+from fleet.core.choices import BoxState, Role
 from fleet.core.errors import Conflict, InvalidInput, NotFound, RateLimited
 from fleet.core.models import AgentCredential, Box, Organization
 from fleet.core.tokens import box_secret_matches, digest
@@ -155,10 +157,13 @@ def _claim_failure_record(keys: list[str]) -> None:
 def box_claim(*, actor: Actor, organization: Organization, serial: str, claim_code: str) -> Box:
     """Bind an unclaimed box to ``organization`` if the claim code matches, and provision it.
 
-    An unknown serial and a wrong code give the same ``invalid_claim_code`` error; failures are
-    counted per serial and per organisation, and too many within the window give RateLimited.
-    Claiming a box the organisation already holds returns it unchanged.
+    Needs the admin role in ``organization`` (checked before the code, so a refused caller neither
+    learns about serials nor counts as a failure). An unknown serial and a wrong code give the same
+    ``invalid_claim_code`` error; failures are counted per serial and per organisation, and too many
+    within the window give RateLimited. Claiming a box the organisation already holds returns it
+    unchanged.
     """
+    authorize(actor, organization_id=organization.pk, minimum=Role.ADMIN)
     keys, retry_after = _claim_failure_keys(serial, organization)
     failures = cache.get_many(keys)
     if any(int(count) >= _otb_int("CLAIM_MAX_FAILURES") for count in failures.values()):
@@ -220,7 +225,8 @@ def _box_unprovision(box: Box) -> None:
 @transaction.atomic
 def box_release_addresses(*, actor: Actor, box: Box) -> Box:
     """Quarantine every active address of the box (kept out of use for the cool-down period); the box
-    keeps its server slot and credentials."""
+    keeps its server slot and credentials. Staff only."""
+    authorize_staff(actor)
     box = _box_locked(box)
     before = _box_state(box)
     released = _addresses_quarantine(box)
@@ -241,7 +247,8 @@ def box_revoke_credentials(
     *, actor: Actor, box: Box, include_agent: bool = False, reissue: bool = False
 ) -> Box:
     """Revoke the box's live tunnel credentials (and its agent credential if ``include_agent``);
-    with ``reissue``, a claimed and provisioned box gets fresh tunnel credentials at once."""
+    with ``reissue``, a claimed and provisioned box gets fresh tunnel credentials at once. Staff only."""
+    authorize_staff(actor)
     box = _box_locked(box)
     tunnel = _tunnel_credentials_revoke(box)
     agent = _agent_credentials_revoke(box) if include_agent else 0
@@ -271,8 +278,10 @@ def _audit_box(
 @transaction.atomic
 def box_unclaim(*, actor: Actor, box: Box) -> Box:
     """Unbind a claimed box from its organisation: addresses quarantined, tunnel credentials revoked,
-    server slot and port freed. The box stays enrolled (its agent credential lives on)."""
+    server slot and port freed. The box stays enrolled (its agent credential lives on). Needs the
+    admin role in the box's organisation."""
     box = _box_locked(box)
+    authorize(actor, organization_id=box.organization_id, minimum=Role.ADMIN)
     state = box_move(box.state, "unclaim")
     organization = box.organization
     before = _box_state(box)
@@ -289,8 +298,12 @@ def box_unclaim(*, actor: Actor, box: Box) -> Box:
 @transaction.atomic
 def box_transfer(*, actor: Actor, box: Box, organization: Organization) -> Box:
     """Move a claimed box to another organisation: its addresses, credentials and server slot are
-    released and it is provisioned again for the new organisation, all in one transaction."""
+    released and it is provisioned again for the new organisation, all in one transaction. Needs the
+    owner role in the box's organisation, then the admin role in the target (in that order: a
+    target the actor may not see is NotFound only to those who may give the box away)."""
     box = _box_locked(box)
+    authorize(actor, organization_id=box.organization_id, minimum=Role.OWNER)
+    authorize(actor, organization_id=organization.pk, minimum=Role.ADMIN)
     box_move(box.state, "transfer")
     if box.organization_id == organization.pk:
         raise InvalidInput("the box already belongs to this organization", field="organization")
@@ -309,7 +322,8 @@ def box_transfer(*, actor: Actor, box: Box, organization: Organization) -> Box:
 @transaction.atomic
 def box_decommission(*, actor: Actor, box: Box) -> Box:
     """Retire a box for good: addresses quarantined, tunnel and agent credentials revoked, server slot
-    and port freed, organisation unbound. A decommissioned box cannot be claimed again."""
+    and port freed, organisation unbound. A decommissioned box cannot be claimed again. Staff only."""
+    authorize_staff(actor)
     box = _box_locked(box)
     state = box_move(box.state, "decommission")
     organization = box.organization
@@ -329,7 +343,8 @@ def box_decommission(*, actor: Actor, box: Box) -> Box:
 def box_reassign_server(*, actor: Actor, box: Box, server: AggregationServer | None = None) -> Box:
     """Move a claimed box to ``server`` (which must be active with spare capacity) or to the best other
     active server: new slot and port, new tunnel pair and public IPv4 from the new server's pools; the
-    IPv6 prefix is kept when the region stays the same. Credentials are kept."""
+    IPv6 prefix is kept when the region stays the same. Credentials are kept. Staff only."""
+    authorize_staff(actor)
     box = _box_locked(box)
     box_move(box.state, "reassign_server")
     organization = cast(Organization, box.organization)  # a claimed box has one (database constraint)

@@ -1,4 +1,5 @@
-"""Endpoints about people: who am I, organisations, members, invitations, API and enrollment tokens."""
+"""Endpoints about people: who am I, organisations, members, invitations, API and enrollment tokens.
+A write resolves the organisation the caller may see; the service it calls decides on the role."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from fleet.core import selectors
-from fleet.core.access import organization_for
+from fleet.core.access import organization_for, organization_visible
 from fleet.core.apis.base import ApiView
 from fleet.core.choices import Role
 from fleet.core.errors import InvalidInput, NotFound
@@ -155,7 +156,8 @@ class OrganizationDetailApi(ApiView):
 
     @extend_schema(request=InputSerializer, responses={200: OrganizationOutputSerializer})
     def patch(self, request: Request, organization_id: uuid.UUID) -> Response:
-        organization = organization_for(request.user, organization_id, Role.ADMIN, request.auth)
+        actor = self.actor(request)
+        organization = organization_visible(actor, organization_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
@@ -163,7 +165,7 @@ class OrganizationDetailApi(ApiView):
         kwargs: dict[str, Any] = {"name": values.get("name"), "timezone_name": values.get("timezone")}
         if region is not _UNSET:
             kwargs["preferred_region"] = region
-        organization = organization_update(actor=self.actor(request), organization=organization, **kwargs)
+        organization = organization_update(actor=actor, organization=organization, **kwargs)
         return Response(OrganizationOutputSerializer(organization).data)
 
 
@@ -197,17 +199,18 @@ class MemberDetailApi(ApiView):
 
     @extend_schema(request=InputSerializer, responses={200: MembershipOutputSerializer})
     def patch(self, request: Request, organization_id: uuid.UUID, membership_id: uuid.UUID) -> Response:
-        organization = organization_for(request.user, organization_id, Role.OWNER, request.auth)
-        membership = _membership_get(organization, membership_id)
+        actor = self.actor(request)
+        membership = _membership_get(organization_visible(actor, organization_id), membership_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        membership = member_set_role(actor=self.actor(request), membership=membership, **data.validated_data)
+        membership = member_set_role(actor=actor, membership=membership, **data.validated_data)
         return Response(MembershipOutputSerializer(membership).data)
 
     @extend_schema(request=None, responses={204: None})
     def delete(self, request: Request, organization_id: uuid.UUID, membership_id: uuid.UUID) -> Response:
-        organization = organization_for(request.user, organization_id, Role.OWNER, request.auth)
-        member_remove(actor=self.actor(request), membership=_membership_get(organization, membership_id))
+        actor = self.actor(request)
+        membership = _membership_get(organization_visible(actor, organization_id), membership_id)
+        member_remove(actor=actor, membership=membership)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -226,12 +229,11 @@ class InvitationCreateApi(ApiView):
 
     @extend_schema(request=InputSerializer, responses={201: OutputSerializer})
     def post(self, request: Request, organization_id: uuid.UUID) -> Response:
-        organization = organization_for(request.user, organization_id, Role.OWNER, request.auth)
+        actor = self.actor(request)
+        organization = organization_visible(actor, organization_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        invitation, _token = member_invite(
-            actor=self.actor(request), organization=organization, **data.validated_data
-        )
+        invitation, _token = member_invite(actor=actor, organization=organization, **data.validated_data)
         return Response(self.OutputSerializer(invitation).data, status=status.HTTP_201_CREATED)
 
 
@@ -273,9 +275,10 @@ class ApiTokenListApi(ApiView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        organization = organization_for(request.user, values["organization"], Role.VIEWER, request.auth)
+        actor = self.actor(request)
+        organization = organization_visible(actor, values["organization"])
         token, value = api_token_create(
-            actor=self.actor(request),
+            actor=actor,
             user=request.user,
             organization=organization,
             name=values["name"],
@@ -321,12 +324,11 @@ class EnrollmentTokenListApi(ApiView):
 
     @extend_schema(request=InputSerializer, responses={201: CreatedSerializer})
     def post(self, request: Request, organization_id: uuid.UUID) -> Response:
-        organization = organization_for(request.user, organization_id, Role.ADMIN, request.auth)
+        actor = self.actor(request)
+        organization = organization_visible(actor, organization_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        token, value = enrollment_token_create(
-            actor=self.actor(request), organization=organization, **data.validated_data
-        )
+        token, value = enrollment_token_create(actor=actor, organization=organization, **data.validated_data)
         # The value is shown this once.
         token.token = value  # type: ignore[attr-defined]
         return Response(self.CreatedSerializer(token).data, status=status.HTTP_201_CREATED)
@@ -337,9 +339,10 @@ class EnrollmentTokenDetailApi(ApiView):
 
     @extend_schema(request=None, responses={204: None})
     def delete(self, request: Request, organization_id: uuid.UUID, token_id: uuid.UUID) -> Response:
-        organization = organization_for(request.user, organization_id, Role.ADMIN, request.auth)
+        actor = self.actor(request)
+        organization = organization_visible(actor, organization_id)
         token = EnrollmentToken.objects.filter(pk=token_id, organization=organization).first()
         if token is None:
             raise NotFound("enrollment token not found")
-        enrollment_token_revoke(actor=self.actor(request), token=token)
+        enrollment_token_revoke(actor=actor, token=token)
         return Response(status=status.HTTP_204_NO_CONTENT)

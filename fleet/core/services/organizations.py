@@ -1,4 +1,6 @@
-"""Organisations, their members and invitations."""
+"""Organisations, their members and invitations. Each service authorises its actor at its top
+(``fleet.core.access``): creating an organisation is for staff, changing it for its admins, managing
+its people for its owners."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from fleet.core.access import ROLE_RANK
+from fleet.core.access import authorize, authorize_staff
 from fleet.core.audit import Actor, audit_record
 from fleet.core.choices import Role
 from fleet.core.doorbells import doorbell_reauthorize
@@ -26,24 +28,6 @@ from fleet.core.tokens import TokenKind, digest, token_issue
 INVITATION_LIFETIME = timedelta(days=7)
 
 _UNSET: Any = object()
-
-
-def actor_role_require(*, actor: Actor, organization: Organization, minimum: Role) -> None:
-    """Refuse unless the actor holds ``minimum`` in the organisation.
-
-    Staff users and non-person actors (the system, management commands) pass: the edges that let
-    them in have already decided they may act.
-    """
-    user = actor.user
-    if user is None or getattr(user, "is_staff", False):
-        return
-    role = (
-        Membership.objects.filter(user=user, organization=organization).values_list("role", flat=True).first()
-    )
-    if role is None:
-        raise NotFound("organization not found")
-    if ROLE_RANK[Role(role)] < ROLE_RANK[minimum]:
-        raise Forbidden(f"this needs the {minimum} role or higher; you are {role}")
 
 
 def _email_normalise(email: str, *, field: str = "email") -> str:
@@ -91,7 +75,9 @@ def organization_create(
     *, actor: Actor, name: str, owner_email: str, owner_password: str | None = None
 ) -> Organization:
     """Create an organisation with one owner; the owner's user account is created if missing
-    (with the given password, or an unusable one to be set by a reset)."""
+    (with the given password, or an unusable one to be set by a reset). Staff only (or the system:
+    the ``create_organization`` command)."""
+    authorize_staff(actor)
     name = (name or "").strip()
     if not 1 <= len(name) <= 120:
         raise InvalidInput("name must be 1 to 120 characters", field="name")
@@ -125,7 +111,7 @@ def organization_update(
     timezone_name: str | None = None,
 ) -> Organization:
     """Rename an organisation or change its preferred region / timezone (admin or owner)."""
-    actor_role_require(actor=actor, organization=organization, minimum=Role.ADMIN)
+    authorize(actor, organization_id=organization.pk, minimum=Role.ADMIN)
     organization = Organization.objects.select_for_update().get(pk=organization.pk)
     before = {
         "name": organization.name,
@@ -172,7 +158,7 @@ def member_invite(
 ) -> tuple[Invitation, str]:
     """Invite an email address to join with a role (owner only). The token is returned once and
     mailed after commit; only its digest is stored."""
-    actor_role_require(actor=actor, organization=organization, minimum=Role.OWNER)
+    authorize(actor, organization_id=organization.pk, minimum=Role.OWNER)
     email = _email_normalise(email)
     parsed_role = _role_parse(role)
     if Membership.objects.filter(organization=organization, user__email__iexact=email).exists():
@@ -259,7 +245,7 @@ def _owners_locked(organization: Organization) -> list[Membership]:
 def member_set_role(*, actor: Actor, membership: Membership, role: str) -> Membership:
     """Change a member's role (owner only); the last owner cannot be demoted."""
     organization = membership.organization
-    actor_role_require(actor=actor, organization=organization, minimum=Role.OWNER)
+    authorize(actor, organization_id=organization.pk, minimum=Role.OWNER)
     parsed_role = _role_parse(role)
     owners = _owners_locked(organization)
     membership = Membership.objects.select_for_update().get(pk=membership.pk)
@@ -285,7 +271,7 @@ def member_remove(*, actor: Actor, membership: Membership) -> None:
     """Remove a member (owner only); the last owner cannot be removed. Their API tokens for this
     organisation are revoked with the membership."""
     organization = membership.organization
-    actor_role_require(actor=actor, organization=organization, minimum=Role.OWNER)
+    authorize(actor, organization_id=organization.pk, minimum=Role.OWNER)
     owners = _owners_locked(organization)
     membership = Membership.objects.select_for_update().select_related("user").get(pk=membership.pk)
     if membership.role == Role.OWNER and len(owners) <= 1:

@@ -1,4 +1,5 @@
-"""Personal API tokens and enrollment tokens: issued once, stored as digests, expiring, revocable."""
+"""Personal API tokens and enrollment tokens: issued once, stored as digests, expiring, revocable.
+Each service authorises its actor at its top (``fleet.core.access``)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from fleet.core.access import authorize, authorize_self
 from fleet.core.audit import Actor, audit_record
 from fleet.core.choices import Role
 from fleet.core.errors import Forbidden, InvalidInput
 from fleet.core.models import ApiToken, EnrollmentToken, Membership, Organization
-from fleet.core.services.organizations import actor_role_require
 from fleet.core.tokens import TokenKind, token_issue
 
 API_TOKEN_MAX_DAYS = 365
@@ -32,16 +33,20 @@ def api_token_create(
     *, actor: Actor, user: Any, organization: Organization, name: str, expires_in_days: int | None = None
 ) -> tuple[ApiToken, str]:
     """Issue a personal API token acting as ``user`` within ``organization`` (the user must be a
-    member). Lifetime defaults to OTB["API_TOKEN_DEFAULT_DAYS"], at most 365 days. The value is
-    returned once; only its digest is stored."""
+    member). A person issues tokens for themselves (staff and the system for anyone); any role will
+    do. Lifetime defaults to OTB["API_TOKEN_DEFAULT_DAYS"], at most 365 days. The value is returned
+    once; only its digest is stored."""
+    authorize_self(actor, user_id=user.pk, not_found="user not found")
+    if not Membership.objects.filter(user=user, organization=organization).exists():
+        raise Forbidden("the token's user must be a member of the organization", field="organization")
+    # a person calling with a personal API token issues tokens for that token's organisation only
+    authorize(actor, organization_id=organization.pk, minimum=Role.VIEWER)
     name = _name_clean(name)
     days = settings.OTB["API_TOKEN_DEFAULT_DAYS"] if expires_in_days is None else expires_in_days
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= API_TOKEN_MAX_DAYS:
         raise InvalidInput(
             f"must be a whole number of days from 1 to {API_TOKEN_MAX_DAYS}", field="expires_in_days"
         )
-    if not Membership.objects.filter(user=user, organization=organization).exists():
-        raise Forbidden("the token's user must be a member of the organization", field="organization")
     issued = token_issue(TokenKind.USER)
     token = ApiToken.objects.create(
         user=user,
@@ -63,8 +68,9 @@ def api_token_create(
 
 @transaction.atomic
 def api_token_revoke(*, actor: Actor, token: ApiToken) -> ApiToken:
-    """Revoke a personal API token; revoking twice is a no-op."""
+    """Revoke a personal API token (its own person, or staff); revoking twice is a no-op."""
     token = ApiToken.objects.select_for_update().get(pk=token.pk)
+    authorize_self(actor, user_id=token.user_id, not_found="token not found")
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
@@ -84,7 +90,7 @@ def enrollment_token_create(
 ) -> tuple[EnrollmentToken, str]:
     """Issue a token letting boxes enroll straight into ``organization`` (admin or owner). The
     value is returned once; only its digest is stored."""
-    actor_role_require(actor=actor, organization=organization, minimum=Role.ADMIN)
+    authorize(actor, organization_id=organization.pk, minimum=Role.ADMIN)
     name = _name_clean(name)
     if (
         isinstance(expires_in_hours, bool)
@@ -120,8 +126,8 @@ def enrollment_token_create(
 @transaction.atomic
 def enrollment_token_revoke(*, actor: Actor, token: EnrollmentToken) -> EnrollmentToken:
     """Revoke an enrollment token (admin or owner); revoking twice is a no-op."""
-    actor_role_require(actor=actor, organization=token.organization, minimum=Role.ADMIN)
     token = EnrollmentToken.objects.select_for_update().get(pk=token.pk)
+    authorize(actor, organization_id=token.organization_id, minimum=Role.ADMIN)
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])

@@ -1,4 +1,5 @@
-"""Alert rules and notification targets of an organisation (callers check the admin role)."""
+"""Alert rules and notification targets of an organisation. Each write needs the admin role in it,
+checked at its top (``fleet.core.access.authorize``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
 
+from fleet.core.access import authorize
 from fleet.core.audit import Actor, audit_record
+from fleet.core.choices import Role
 from fleet.core.errors import InvalidInput
 from fleet.core.models import Box, Organization
 from fleet.monitoring.choices import THRESHOLD_KINDS, AlertRuleKind, AlertState, TargetKind
@@ -88,6 +91,7 @@ def alert_rule_create(
 ) -> AlertRule:
     """A new rule for the organisation; ``box`` (one of its boxes) narrows it, ``target_ids`` are
     its notification targets. Raises InvalidInput naming the field."""
+    authorize(actor, organization_id=organization.pk, minimum=Role.ADMIN)
     if kind not in AlertRuleKind.values:
         raise InvalidInput(f"kind must be one of {', '.join(AlertRuleKind.values)}", field="kind")
     clean = {
@@ -133,6 +137,7 @@ def alert_rule_update(
     alerts without notifying (they would otherwise resolve as if the condition had cleared)."""
     with transaction.atomic():
         rule = AlertRule.objects.select_for_update().select_related("organization").get(pk=rule.pk)
+        authorize(actor, organization_id=rule.organization_id, minimum=Role.ADMIN)
         before = _rule_snapshot(rule)
         if name is not UNSET:
             rule.name = _clean_name(name)
@@ -164,6 +169,7 @@ def alert_rule_update(
 def alert_rule_delete(*, actor: Actor, rule: AlertRule) -> None:
     """Delete a rule with its alerts and their delivery records."""
     with transaction.atomic():
+        authorize(actor, organization_id=rule.organization_id, minimum=Role.ADMIN)
         audit_record(
             actor=actor,
             action="alert_rule.delete",
@@ -210,6 +216,7 @@ def notification_target_create(
 ) -> tuple[NotificationTarget, str | None]:
     """A new email or webhook target. A webhook gets a signing secret, returned here once (and
     stored only encrypted). Raises InvalidInput naming ``kind``/``email``/``url``/``name``."""
+    authorize(actor, organization_id=organization.pk, minimum=Role.ADMIN)
     if kind not in TargetKind.values:
         raise InvalidInput(f"kind must be one of {', '.join(TargetKind.values)}", field="kind")
     clean_name = _clean_name(name)
@@ -251,6 +258,7 @@ def notification_target_update(
         target = (
             NotificationTarget.objects.select_for_update().select_related("organization").get(pk=target.pk)
         )
+        authorize(actor, organization_id=target.organization_id, minimum=Role.ADMIN)
         before = _target_snapshot(target)
         if name is not UNSET:
             target.name = _clean_name(name)
@@ -283,6 +291,7 @@ def notification_target_update(
 def notification_target_delete(*, actor: Actor, target: NotificationTarget) -> None:
     """Delete a target (rules drop it; its delivery records go with it)."""
     with transaction.atomic():
+        authorize(actor, organization_id=target.organization_id, minimum=Role.ADMIN)
         audit_record(
             actor=actor,
             action="notification_target.delete",
