@@ -19,9 +19,7 @@ from .collectors import Collector, make_collector, parse_wan_arg
 from .collectors.probe import DEFAULT_COMMAND, PingProbe
 from .collectors.simulated import SimulatedCollector, SimulatedSystem
 from .diagnostics import server_host_port
-from .enrollment import EnrollError, enroll_box, local_mac, local_model
 from .host import HostSystem
-from .simulate import run_simulation
 from .store import SqliteStore
 from .system import BoxSystem
 from .util import (
@@ -43,6 +41,10 @@ EXIT_ENROLL_REJECTED = 4
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
+    # Imported here on purpose, like the simulator below: enrollment (key generation, x25519) runs
+    # once per box, and `otb-agent run` stays within its memory budget (bench/agent.py: <= 30 MiB).
+    from .enrollment import EnrollError, enroll_box, local_mac, local_model
+
     log = Logger(level=args.log_level)
     try:
         creds = enroll_box(
@@ -188,6 +190,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    # Imported here on purpose: the fleet simulator is not part of what a box runs (see cmd_enroll).
+    from .simulate import run_simulation
+
     return run_simulation(args)
 
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from .base import Collector, parse_wan_arg, wans_from_config
-from .linux import LinuxCollector
-from .openwrt import OpenWrtCollector
 from .probe import PingProbe
-from .simulated import SimulatedCollector
 
 __all__ = ["Collector", "make_collector", "parse_wan_arg", "wans_from_config"]
 
@@ -22,10 +19,18 @@ def make_collector(
     tunnel_iface: Optional[str] = None,
 ) -> Collector:
     """The collector called ``name`` (``linux``, ``openwrt`` or ``simulated``, seeded by ``serial``)."""
+    # Only the collector asked for is imported: a box runs one of them, within the agent's memory
+    # budget (bench/agent.py: <= 30 MiB).
     if name == "simulated":
+        from .simulated import SimulatedCollector
+
         return SimulatedCollector(serial or "SIM")
     if name == "linux":
+        from .linux import LinuxCollector
+
         return LinuxCollector(wans=wans, probe=probe, tunnel_iface=tunnel_iface)
     if name == "openwrt":
+        from .openwrt import OpenWrtCollector
+
         return OpenWrtCollector(wans=wans, probe=probe, tunnel_iface=tunnel_iface)
     raise ValueError(f"unknown collector {name!r}")
