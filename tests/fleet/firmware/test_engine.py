@@ -15,7 +15,7 @@ from fleet.firmware.choices import RolloutState, UpgradeState
 from fleet.firmware.engine import rollouts_tick
 from fleet.firmware.models import Rollout, Upgrade
 from fleet.firmware.services import rollout_create, rollout_start
-from tests.provisioning.firmware_helpers import ACTOR, Responder, make_fleet, make_release, set_online
+from tests.fleet.firmware.firmware_helpers import ACTOR, Responder, make_fleet, make_release, set_online
 
 pytestmark = pytest.mark.django_db
 

@@ -22,7 +22,7 @@ from otb_agent.simulate import simulated_pick
 from otb_agent.store import MemoryStore
 from otb_agent.system import BoxSystem, CommandOutcome, FleetAccess, Progress
 
-from tests.agent.test_agent_session import StubCollector, command, token_for, wait_for
+from tests.agent.test_agent import StubCollector, command, token_for, wait_for
 
 
 class FakeSystem(BoxSystem):

@@ -14,7 +14,7 @@ from fleet.core.models import AgentCredential, AuditLog, Box, Event
 from fleet.live.gate import SessionGate, SessionsUnavailable
 from fleet.telemetry.models import BoxStatus
 from fleet.telemetry.services import agent_session_penalize
-from tests.fleet.test_consumers import hello
+from tests.fleet.live.test_agent import hello
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 

@@ -1,4 +1,4 @@
-"""The config poll's 304 fast path (fleet/checkin.py) through the real ASGI application."""
+"""The config poll's 304 fast path (provisioning/checkin.py) through the real ASGI application."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from fleet.firmware.services import (
     rollout_create,
     rollout_start,
 )
-from tests.provisioning.firmware_helpers import ACTOR, PUBLIC_KEY_B64, make_fleet, sign
+from tests.fleet.firmware.firmware_helpers import ACTOR, PUBLIC_KEY_B64, make_fleet, sign
 
 pytestmark = pytest.mark.django_db(transaction=True)
 IMAGE = b"\x7fOTB-FW" + bytes(range(256)) * 600

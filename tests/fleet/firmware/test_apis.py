@@ -20,7 +20,7 @@ from fleet.firmware.engine import rollouts_tick
 from fleet.firmware.models import Release, Rollout, Upgrade
 from fleet.firmware.services import rollout_create
 from tests.conftest import streamed_body
-from tests.provisioning.firmware_helpers import (
+from tests.fleet.firmware.firmware_helpers import (
     ACTOR,
     PUBLIC_KEY_B64,
     Responder,

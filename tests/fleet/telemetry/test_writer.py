@@ -15,7 +15,7 @@ from fleet.core.models import Event
 from fleet.telemetry import writer as writer_module
 from fleet.telemetry.models import BoxStatus, WanStatus
 from fleet.telemetry.writer import TelemetryRejected, TelemetryWriter
-from tests.fleet.test_consumers import sample, stored_rows, wan
+from tests.fleet.live.test_agent import sample, stored_rows, wan
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 

@@ -13,7 +13,7 @@ from fleet.firmware.choices import RolloutAction, RolloutState
 from fleet.firmware.models import Rollout
 from fleet.firmware.services import rollout_act
 from fleet.firmware.transitions import ROLLOUT_ACTIONS
-from tests.provisioning.firmware_helpers import make_release
+from tests.fleet.firmware.firmware_helpers import make_release
 
 A = RolloutAction
 R = RolloutState

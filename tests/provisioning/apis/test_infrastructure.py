@@ -16,7 +16,7 @@ from provisioning.models import AddressAssignment, AddressPool, AggregationServe
 from provisioning.services.lifecycle import box_claim
 from tests.provisioning.conftest import CLAIM_CODE
 
-pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.provisioning.urls")]
+pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.provisioning.apis.urls")]
 
 
 def _bearer(token: str) -> APIClient:
