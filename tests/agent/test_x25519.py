@@ -1,11 +1,11 @@
+"""X25519 (otb_agent.x25519) against the RFC 7748 vectors, and WireGuard-style key pairs."""
+
 from __future__ import annotations
 
 import base64
-import random
 
 import pytest
 from otb_agent import x25519
-from otb_agent.backoff import Backoff
 
 
 def h(s: str) -> bytes:
@@ -58,45 +58,3 @@ def test_keypair_is_wireguard_style():
     assert raw[0] & 7 == 0 and raw[31] & 0x80 == 0 and raw[31] & 0x40  # clamped
     assert x25519.b64(x25519.public_key(raw)) == pub
     assert len(priv) == 44 and priv.endswith("=")
-
-
-def test_backoff_cap_and_jitter_bounds():
-    b = Backoff(base=1.0, cap=60.0, rng=random.Random(7))
-    ceilings = []
-    for _ in range(12):
-        ceiling = b.ceiling()
-        d = b.next_delay()
-        assert 0.0 <= d <= ceiling
-        ceilings.append(ceiling)
-    assert ceilings[:7] == [1, 2, 4, 8, 16, 32, 60]
-    assert max(ceilings) == 60.0
-    delays = [Backoff(rng=random.Random(s)).next_delay() for s in range(50)]
-    assert len(set(delays)) == 50  # jittered, not lock-step
-
-
-def test_backoff_reset_after_long_session():
-    b = Backoff(base=1.0, cap=60.0, reset_after=30.0, rng=random.Random(1))
-    for _ in range(5):
-        b.next_delay()
-    b.session_started(100.0)
-    b.session_ended(110.0)  # short session: keep growing
-    assert b.attempt == 5
-    b.session_started(200.0)
-    b.session_ended(231.0)
-    assert b.attempt == 0
-    assert b.next_delay() <= 1.0
-
-
-def test_backoff_retry_after_is_a_floor():
-    b = Backoff(base=1.0, cap=60.0, rng=random.Random(3))
-    for _ in range(10):
-        ceiling = b.ceiling()
-        d = b.next_delay(retry_after=30.0)
-        assert 30.0 <= d <= 30.0 + ceiling
-
-
-def test_backoff_rejects_bad_params():
-    with pytest.raises(ValueError):
-        Backoff(base=0)
-    with pytest.raises(ValueError):
-        Backoff(base=10, cap=1)

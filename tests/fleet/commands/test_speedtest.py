@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any, TypedDict
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -23,19 +23,11 @@ from fleet.commands.speedtest import (
     SpeedtestSlot,
     speedtest_slot_acquire,
 )
-from tests.conftest import streamed_body
+from tests.conftest import bearer, streamed_body
 
 pytestmark = pytest.mark.django_db
 
 URL = "/api/v1/agent/speedtest"
-
-
-class Bearer(TypedDict):
-    HTTP_AUTHORIZATION: str
-
-
-def bearer(token: str) -> Bearer:
-    return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
 
 
 def upload(client: APIClient, token: str | None, data: bytes, **extra: Any) -> Any:
@@ -203,6 +195,20 @@ def test_a_box_runs_one_speed_test_at_a_time(
         "bytes": 100,
         "duration_s": pytest.approx(0, abs=1),
     }
+
+
+def test_speedtest_streams_the_asked_number_of_zero_bytes(
+    api_client: Any, box_factory: Any, agent_token_factory: Any
+) -> None:
+    token = agent_token_factory(box_factory())
+    response = api_client.get("/api/v1/agent/speedtest?bytes=3000000", **bearer(token))
+    assert response.status_code == 200
+    payload = b"".join(response.streaming_content)
+    assert len(payload) == 3_000_000 and payload.count(0) == 3_000_000
+    for bad in ("104857601", "-1", "ten", "1e6"):
+        response = api_client.get(f"/api/v1/agent/speedtest?bytes={bad}", **bearer(token))
+        assert response.status_code == 400
+        assert "bytes" in response.json()["error"]["fields"]
 
 
 def test_a_download_holds_the_slot_until_its_stream_is_closed(

@@ -1,10 +1,9 @@
-"""The server's choices for values the agent also uses are the protocol package's."""
+"""The fleet core's WAN choices are the protocol package's (the agent uses the same values)."""
 
 from __future__ import annotations
 
 import otb_protocol
 
-from fleet.commands.choices import CommandKind
 from fleet.core.choices import WanKind, WanMode, WanRole
 
 
@@ -12,7 +11,3 @@ def test_wan_choices_are_the_protocols() -> None:
     assert tuple(WanKind.values) == otb_protocol.WAN_KINDS
     assert tuple(WanMode.values) == otb_protocol.WAN_MODES
     assert tuple(WanRole.values) == otb_protocol.WAN_ROLES
-
-
-def test_command_kinds_are_the_protocols() -> None:
-    assert tuple(CommandKind.values) == otb_protocol.COMMAND_KINDS

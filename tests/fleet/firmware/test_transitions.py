@@ -1,5 +1,6 @@
 """What a rollout may do next: the one table (transitions.ROLLOUT_ACTIONS), the model's reading of it
-(``Rollout.next_actions``, ``allows``, ``can_*``), and the services refusing exactly what it refuses."""
+(``Rollout.next_actions``, ``allows``, ``can_*``), and the services refusing exactly what it refuses;
+an upgrade's moves, checked in one place (``upgrade_transition``)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import pytest
 
 from fleet.core.audit import Actor
 from fleet.core.errors import Conflict
-from fleet.firmware.choices import RolloutAction, RolloutState
+from fleet.firmware.choices import RolloutAction, RolloutState, UpgradeState
 from fleet.firmware.models import Rollout
 from fleet.firmware.services import rollout_act
-from fleet.firmware.transitions import ROLLOUT_ACTIONS
+from fleet.firmware.transitions import ROLLOUT_ACTIONS, IllegalTransition, sources_of, upgrade_transition
 from tests.fleet.firmware.firmware_helpers import make_release
+from tests.fleet.firmware.test_windows import at
 
 A = RolloutAction
 R = RolloutState
@@ -94,3 +96,24 @@ def test_the_state_an_action_leads_to() -> None:
     assert after(R.PAUSED, A.RESUME) == R.RUNNING
     assert after(R.SCHEDULED, A.ABORT) == R.ABORTED
     assert after(R.COMPLETED, A.RETRY_FAILED) == R.COMPLETED  # nothing failed: nothing to run again
+
+
+def test_transitions_are_checked_in_one_place() -> None:
+    from fleet.firmware.models import Upgrade
+
+    upgrade = Upgrade(state=UpgradeState.SENT, state_changed_at=at(0))
+    assert upgrade_transition(upgrade, UpgradeState.INSTALLING, now=at(1)) == [
+        "state",
+        "state_changed_at",
+        "installing_at",
+    ]
+    # a late report of an earlier stage and a repeat are no-ops
+    assert upgrade_transition(upgrade, UpgradeState.DOWNLOADING) == []
+    assert upgrade_transition(upgrade, UpgradeState.INSTALLING) == []
+    assert upgrade.state == UpgradeState.INSTALLING and upgrade.installing_at == at(1)
+    with pytest.raises(IllegalTransition):
+        upgrade_transition(upgrade, UpgradeState.PENDING)
+    succeeded = Upgrade(state=UpgradeState.SUCCEEDED, state_changed_at=at(0))
+    with pytest.raises(IllegalTransition):
+        upgrade_transition(succeeded, UpgradeState.FAILED)
+    assert set(sources_of(UpgradeState.SENT)) == {UpgradeState.PENDING, UpgradeState.SCHEDULED}

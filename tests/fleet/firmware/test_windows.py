@@ -1,24 +1,15 @@
-"""Maintenance windows (Python and SQL agree, in the organisation's time zone), version ordering,
-phase sizes, the transition table, and the signing commands."""
+"""Maintenance windows (fleet.firmware.windows): Python and SQL agree, in the organisation's time
+zone; the default window is nightly."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import io
-from pathlib import Path
 from typing import Any
 
 import pytest
-from django.core.management import call_command
 from django.db import connection
-from otb_agent import ed25519
 
-from fleet.firmware.choices import UpgradeState
-from fleet.firmware.models import DEFAULT_WINDOW_END, DEFAULT_WINDOW_START, Release
-from fleet.firmware.targeting import phase_sizes
-from fleet.firmware.transitions import IllegalTransition, sources_of, upgrade_transition
-from fleet.firmware.versions import version_in_range, version_key
+from fleet.firmware.models import DEFAULT_WINDOW_END, DEFAULT_WINDOW_START
 from fleet.firmware.windows import in_window, window_sql
 
 UTC = dt.UTC
@@ -67,80 +58,3 @@ def test_python_and_sql_windows_agree(
 
 def test_default_window_is_nightly() -> None:
     assert (dt.time(2), dt.time(5)) == (DEFAULT_WINDOW_START, DEFAULT_WINDOW_END)
-
-
-def test_versions_order_numerically_with_prereleases_first() -> None:
-    ordered = ["1.2.0", "1.9.9", "1.10.0", "2.0.0-rc1", "2.0.0-rc2", "2.0.0", "24.10.1-otb2", "24.10.1-otb10"]
-    assert sorted(ordered, key=version_key) == ordered
-    assert version_in_range("1.5", "1.0", "2.0") and not version_in_range("2.0", "1.0", "2.0")
-    assert not version_in_range("", None, None)
-
-
-def test_phase_sizes_cover_every_box_once() -> None:
-    assert phase_sizes([1, 10, 50, 100], 1000) == [10, 90, 400, 500]
-    assert phase_sizes([1, 10, 100], 5) == [1, 0, 4]
-    assert phase_sizes([100], 0) == [0]
-    assert sum(phase_sizes([3, 7, 100], 12_345)) == 12_345
-
-
-def test_transitions_are_checked_in_one_place() -> None:
-    from fleet.firmware.models import Upgrade
-
-    upgrade = Upgrade(state=UpgradeState.SENT, state_changed_at=at(0))
-    assert upgrade_transition(upgrade, UpgradeState.INSTALLING, now=at(1)) == [
-        "state",
-        "state_changed_at",
-        "installing_at",
-    ]
-    # a late report of an earlier stage and a repeat are no-ops
-    assert upgrade_transition(upgrade, UpgradeState.DOWNLOADING) == []
-    assert upgrade_transition(upgrade, UpgradeState.INSTALLING) == []
-    assert upgrade.state == UpgradeState.INSTALLING and upgrade.installing_at == at(1)
-    with pytest.raises(IllegalTransition):
-        upgrade_transition(upgrade, UpgradeState.PENDING)
-    succeeded = Upgrade(state=UpgradeState.SUCCEEDED, state_changed_at=at(0))
-    with pytest.raises(IllegalTransition):
-        upgrade_transition(succeeded, UpgradeState.FAILED)
-    assert set(sources_of(UpgradeState.SENT)) == {UpgradeState.PENDING, UpgradeState.SCHEDULED}
-
-
-@pytest.mark.django_db
-def test_keygen_and_sign_firmware_produce_a_signature_boxes_accept(tmp_path: Path, settings: Any) -> None:
-    # given a key made by firmware_keygen and an image
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "default": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path / "media")},
-        },
-    }
-    key_file, image = tmp_path / "signing.key", tmp_path / "fw.bin"
-    image.write_bytes(b"firmware bytes" * 1000)
-    out = io.StringIO()
-    call_command("firmware_keygen", str(key_file), stdout=out)
-    public = out.getvalue().strip()
-    settings.OTB = {**settings.OTB, "FIRMWARE_SIGNING_PUBLIC_KEY": public}
-    assert key_file.stat().st_mode & 0o777 == 0o600
-
-    # when signing and creating a published release in one go
-    out = io.StringIO()
-    call_command(
-        "sign_firmware",
-        str(image),
-        key=str(key_file),
-        create="9.9.9",
-        models="OTB-v2c",
-        publish=True,
-        stdout=out,
-    )
-    signature = out.getvalue().strip()
-
-    # then the agent's verifier accepts it, and the release is published with it
-    ed25519.verify(base64.b64decode(public), base64.b64decode(signature), image.read_bytes())
-    release = Release.objects.get(version="9.9.9")
-    assert release.state == "published" and release.signature == signature and release.size == 14000
-    # and keygen refuses to overwrite a key
-    from django.core.management.base import CommandError
-
-    with pytest.raises(CommandError):
-        call_command("firmware_keygen", str(key_file), stdout=io.StringIO())

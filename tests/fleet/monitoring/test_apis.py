@@ -1,4 +1,5 @@
-"""Alert rules, notification targets, alerts and deliveries over REST: roles, validation, scoping."""
+"""Alert rules, notification targets, alerts and deliveries over REST: roles, validation, scoping;
+the box and organisation timelines: newest first, cursor pages, filters, a fixed query count."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from fleet.core.audit import Actor
+from fleet.core.events import events_record_batch
 from fleet.core.models import AuditLog
 from fleet.monitoring.models import AlertRule, NotificationDelivery, NotificationTarget
 from fleet.monitoring.services import alert_rule_create, alert_rule_evaluate, notification_target_create
@@ -209,3 +211,70 @@ def test_alerts_and_deliveries_lists_with_fixed_query_counts(
     # and the outsider sees none of them
     assert client_for(people.outsider).get("/api/v1/notification-deliveries/").json()["results"] == []
     assert NotificationDelivery.objects.count() == 14
+
+
+def _seed(box: Any, count: int, kind: str = "wan_up") -> None:
+    base = timezone.now() - timedelta(hours=1)
+    events_record_batch(
+        [
+            {"box_id": box.pk, "kind": kind, "ts": base + timedelta(seconds=i), "data": {"i": i}}
+            for i in range(count)
+        ]
+    )
+
+
+def test_box_timeline_is_newest_first_and_pages_with_a_cursor(people: Any, box: Any, client_for: Any) -> None:
+    # given 7 events on the box
+    _seed(box, 7)
+    client = client_for(people.viewer)
+    # when the viewer reads them 3 at a time
+    first = client.get(f"/api/v1/boxes/{box.pk}/events/?limit=3").json()
+    second = client.get(first["next"]).json()
+    third = client.get(second["next"]).json()
+    # then they come newest first, without gaps or repeats
+    seen = [item["data"]["i"] for page in (first, second, third) for item in page["results"]]
+    assert seen == [6, 5, 4, 3, 2, 1, 0]
+    assert third["next"] is None
+
+
+def test_timeline_filters(people: Any, box: Any, client_for: Any) -> None:
+    _seed(box, 3, kind="wan_up")
+    _seed(box, 2, kind="wan_down")
+    client = client_for(people.viewer)
+    down = client.get(f"/api/v1/boxes/{box.pk}/events/?kind=wan_down").json()["results"]
+    assert {item["kind"] for item in down} == {"wan_down"} and len(down) == 2
+    future = (timezone.now() + timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
+    assert client.get(f"/api/v1/boxes/{box.pk}/events/", {"from": future}).json()["results"] == []
+    bad = client.get(f"/api/v1/boxes/{box.pk}/events/?kind=nope")
+    assert bad.status_code == 400 and "kind" in bad.json()["error"]["fields"]
+    bad_date = client.get(f"/api/v1/boxes/{box.pk}/events/?from=yesterday")
+    assert bad_date.status_code == 400 and "from" in bad_date.json()["error"]["fields"]
+
+
+def test_organisation_timeline_and_scoping(people: Any, box: Any, box_factory: Any, client_for: Any) -> None:
+    other_box = box_factory(organization=people.other_org)
+    _seed(box, 2)
+    _seed(other_box, 3)
+    mine = client_for(people.viewer).get(f"/api/v1/organizations/{people.org.pk}/events/").json()["results"]
+    assert {item["box"] for item in mine} == {str(box.pk)}
+    outsider = client_for(people.outsider)
+    assert outsider.get(f"/api/v1/boxes/{box.pk}/events/").status_code == 404
+    assert outsider.get(f"/api/v1/organizations/{people.org.pk}/events/").status_code == 404
+    staff = client_for(people.staff).get(f"/api/v1/organizations/{people.other_org.pk}/events/").json()
+    assert len(staff["results"]) == 3
+
+
+def test_timeline_query_count_is_fixed(people: Any, box: Any, client_for: Any) -> None:
+    # given a client and a short timeline
+    client = client_for(people.viewer)
+    _seed(box, 2)
+    client.get(f"/api/v1/boxes/{box.pk}/events/")
+    with CaptureQueriesContext(connection) as few:
+        client.get(f"/api/v1/boxes/{box.pk}/events/")
+    # when the timeline grows well past a page
+    _seed(box, 120)
+    with CaptureQueriesContext(connection) as many:
+        body = client.get(f"/api/v1/boxes/{box.pk}/events/").json()
+    # then a page costs the same queries
+    assert len(body["results"]) == 50
+    assert len(many) == len(few)

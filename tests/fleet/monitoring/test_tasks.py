@@ -23,7 +23,7 @@ from fleet.monitoring.models import NotificationDelivery
 from fleet.monitoring.services import alert_rule_create, alert_rule_evaluate, notification_target_create
 from fleet.monitoring.webhooks import webhook_signature_valid
 from fleet.telemetry.models import BoxStatus
-from tests.fleet.monitoring.test_alerts import WebhookReceiver
+from tests.fleet.monitoring.conftest import WebhookReceiver
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
