@@ -7,15 +7,18 @@ Fixtures are additive and generic: app-level conftest files may override a name 
 
 from __future__ import annotations
 
+import io
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from django.core.management import call_command
 from django.http import HttpResponseBase, StreamingHttpResponse
+from django.test import Client
 from rest_framework.test import APIClient
 
 from fleet.core.audit import Actor
@@ -30,6 +33,25 @@ CLAIM_CODE = "claim-code-0001"
 WG_KEY = "aGVsbG8td29ybGQtdGhpcy1pcy0zMi1ieXRlcy0hISE="
 
 _sequence = itertools.count(1)
+
+
+class Bearer(TypedDict):
+    HTTP_AUTHORIZATION: str
+
+
+def bearer(token: str) -> Bearer:
+    """The test client's keyword for an ``Authorization: Bearer`` header (agent or personal token)."""
+    return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+
+
+def management_command_run(*args: Any) -> tuple[int, str]:
+    """Run a management command: (its exit status, what it wrote to stdout)."""
+    out = io.StringIO()
+    try:
+        call_command(*args, stdout=out, stderr=io.StringIO())
+    except SystemExit as exc:
+        return int(exc.code or 0), out.getvalue()
+    return 0, out.getvalue()
 
 
 def streamed_body(response: HttpResponseBase) -> bytes:
@@ -83,6 +105,14 @@ def user_factory(db: Any) -> Callable[..., Any]:
         )
 
     return make
+
+
+@pytest.fixture
+def superuser_client(user_factory: Callable[..., Any]) -> Client:
+    """The Django test client logged in as a superuser (root@example.com), for the admin."""
+    client = Client()
+    client.force_login(user_factory("root@example.com", is_staff=True, is_superuser=True))
+    return client
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ from provisioning.services import configuration, infrastructure, inventory, life
 from provisioning.services.configuration import box_set_wan_policy, box_update
 from provisioning.services.inventory import boxes_import
 from tests.conftest import CLAIM_CODE, FACTORY_SECRET, WG_KEY
-from tests.provisioning.firmware_helpers import make_release
+from tests.fleet.firmware.firmware_helpers import make_release
 
 pytestmark = pytest.mark.django_db
 

@@ -1,6 +1,6 @@
 """Maintenance windows: the weekday/hours rule in Python (previews, the portal) and the same rule in
 SQL (dispatch, where it filters thousands of rows at once). Both read ``BoxUpgradePolicy`` with the
-defaults of ``fleet.firmware.models``; keep them in step (tests/provisioning/test_firmware_windows.py
+defaults of ``fleet.firmware.models``; keep them in step (tests/fleet/firmware/test_windows.py
 checks that they agree)."""
 
 from __future__ import annotations

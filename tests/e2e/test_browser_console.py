@@ -9,7 +9,7 @@ import pytest
 from fleet.firmware.models import Rollout
 from tests.conftest import PASSWORD
 from tests.e2e.browser import screenshot
-from tests.provisioning.firmware_helpers import make_fleet, make_release
+from tests.fleet.firmware.firmware_helpers import make_fleet, make_release
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

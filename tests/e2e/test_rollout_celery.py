@@ -20,7 +20,7 @@ from config.celery import app as celery_app
 from fleet.commands.models import Command
 from fleet.firmware.choices import RolloutState, UpgradeState
 from fleet.firmware.services import rollout_create, rollout_start
-from tests.provisioning.firmware_helpers import ACTOR, Responder, make_fleet, make_release
+from tests.fleet.firmware.firmware_helpers import ACTOR, Responder, make_fleet, make_release
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

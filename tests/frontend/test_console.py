@@ -13,7 +13,7 @@ from fleet.core.models import AuditLog, Box
 from fleet.firmware.choices import RolloutState
 from fleet.firmware.models import Rollout
 from provisioning.choices import ServerStatus
-from tests.provisioning.firmware_helpers import make_fleet, make_release
+from tests.fleet.firmware.firmware_helpers import make_fleet, make_release
 
 pytestmark = pytest.mark.django_db
 

@@ -1,4 +1,5 @@
-"""Admin: creating and changing provisioning objects goes through the services."""
+"""Admin: creating and changing provisioning objects goes through the services; the box list (public
+IP column, search by IP, no N+1), the CSV import and the support actions."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ from typing import Any
 
 import pytest
 from django.contrib.messages import get_messages
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
-from fleet.core.models import AuditLog, Region
+from fleet.core.choices import BoxState
+from fleet.core.models import AuditLog, Box, Region
 from provisioning.choices import ServerStatus
 from provisioning.models import AddressPool, AggregationServer
 from provisioning.services.lifecycle import box_claim
@@ -104,3 +109,71 @@ def test_admin_status_action(admin_client, provisioned):
     # regions moved to the fleet core: the old address of their admin pages still leads there
     moved = admin_client.get("/admin/provisioning/region/?q=eu")
     assert moved.status_code == 301 and moved["Location"] == "/admin/fleet/region/?q=eu"
+
+
+def _changelist_queries(client: Client) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get("/admin/fleet/box/")
+    assert response.status_code == 200
+    return len(queries)
+
+
+def test_box_changelist_shows_public_ip_without_n_plus_1(
+    superuser_client: Client, people: Any, claimed_box_factory: Any
+) -> None:
+    box = claimed_box_factory(people.org)
+    response = superuser_client.get("/admin/fleet/box/")
+    public_ip = Box.objects.filter(pk=box.pk).values_list("addresses__prefix", flat=True)
+    assert any(str(prefix).split("/")[0] in response.content.decode() for prefix in public_ip)
+    few = _changelist_queries(superuser_client)
+    for _ in range(5):
+        claimed_box_factory(people.org)
+    assert _changelist_queries(superuser_client) == few
+
+
+def test_box_search_matches_the_public_ip(
+    superuser_client: Client, people: Any, claimed_box_factory: Any
+) -> None:
+    first = claimed_box_factory(people.org)
+    claimed_box_factory(people.org)
+    from provisioning.selectors.boxes import boxes_annotated
+
+    address = boxes_annotated(Box.objects.filter(pk=first.pk)).get().public_ipv4
+    assert address is not None
+    response = superuser_client.get("/admin/fleet/box/", {"q": address})
+    assert response.status_code == 200
+    assert response.context["cl"].result_count == 1
+    assert next(iter(response.context["cl"].result_list)).pk == first.pk
+
+
+def test_box_import_view(superuser_client: Client) -> None:
+    assert superuser_client.get("/admin/fleet/box/import/").status_code == 200
+    upload = SimpleUploadedFile(
+        "boxes.csv",
+        b"serial,model,mac,factory_secret,claim_code\n"
+        b"ADM-1,OTB,aa:bb:cc:dd:ee:01,factory-secret,claim-code-1\n"
+        b"bad serial,OTB,,factory-secret,claim-code-2\n",
+        content_type="text/csv",
+    )
+    response = superuser_client.post("/admin/fleet/box/import/", {"file": upload})
+    assert response.status_code == 200
+    assert response.context["report"].created == 1
+    assert response.context["report"].errors[0].line == 3
+    assert Box.objects.filter(serial="ADM-1").exists()
+
+
+def test_box_actions_call_the_services_and_report_refusals(
+    superuser_client: Client, people: Any, claimed_box_factory: Any, box_factory: Any
+) -> None:
+    box = claimed_box_factory(people.org)
+    response = superuser_client.post(
+        "/admin/fleet/box/", {"action": "decommission", "_selected_action": [str(box.pk)]}, follow=True
+    )
+    assert response.status_code == 200
+    assert Box.objects.get(pk=box.pk).state == BoxState.DECOMMISSIONED
+    assert AuditLog.objects.filter(box=box, actor_label="staff:root@example.com").exists()
+    # a second decommission is refused by the service and reported, not a 500
+    response = superuser_client.post(
+        "/admin/fleet/box/", {"action": "decommission", "_selected_action": [str(box.pk)]}, follow=True
+    )
+    assert response.status_code == 200

@@ -1,0 +1,11 @@
+"""The command kinds are the protocol package's (the agent uses the same values)."""
+
+from __future__ import annotations
+
+import otb_protocol
+
+from fleet.commands.choices import CommandKind
+
+
+def test_command_kinds_are_the_protocols() -> None:
+    assert tuple(CommandKind.values) == otb_protocol.COMMAND_KINDS
