@@ -7,18 +7,19 @@ what a person sees. Objects the person may not see are 404, exactly as in the AP
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django import forms
+from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 
 from fleet.core.errors import DomainError, Forbidden, NotFound
 
 # A service refusing the person (``fleet.core.access``: not theirs to see, or a role too low) is
-# answered with a page of its own by ``page_errors`` (404/403), never as a message on a form: views
-# that show a service's errors let these through (``except REFUSALS: raise``).
+# answered with a page of its own by ``page_errors`` (404/403), never as a message on a form.
 REFUSALS = (Forbidden, NotFound)
 
 
@@ -26,6 +27,29 @@ def form_add_domain_error(form: forms.Form, exc: DomainError) -> None:
     """Attach the error to the field it names (or to the form as a whole)."""
     field = exc.field if exc.field in form.fields else None
     form.add_error(field, exc.message)
+
+
+@contextmanager
+def errors_on_form(form: forms.Form) -> Iterator[None]:
+    """Run a service for a form: what it refuses becomes an error on the field it names (the rest of
+    the block is skipped); a refusal of the person (REFUSALS) goes through to ``page_errors``."""
+    try:
+        yield
+    except REFUSALS:
+        raise
+    except DomainError as exc:
+        form_add_domain_error(form, exc)
+
+
+@contextmanager
+def errors_as_message(request: HttpRequest) -> Iterator[None]:
+    """As ``errors_on_form``, for an action without a form: the refusal is shown as a message."""
+    try:
+        yield
+    except REFUSALS:
+        raise
+    except DomainError as exc:
+        messages.error(request, exc.message)
 
 
 def page_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:

@@ -23,7 +23,7 @@ from fleet.commands.services import command_create
 from fleet.core.access import ROLE_RANK, box_for, box_visible, is_staff, require_role
 from fleet.core.audit import Actor
 from fleet.core.choices import Role, WanKind, WanMode, WanRole
-from fleet.core.errors import Conflict, DomainError, InvalidInput, NotFound
+from fleet.core.errors import Conflict, InvalidInput, NotFound
 from fleet.core.models import Box
 from fleet.firmware.choices import OPEN_STATES as OPEN_UPGRADE_STATES
 from fleet.firmware.choices import WAITING_STATES
@@ -36,7 +36,7 @@ from fleet.firmware.services import (
 )
 from fleet.monitoring.selectors import event_list
 from fleet.telemetry.selectors import box_live_status, box_wans
-from frontend.errors import REFUSALS, form_add_domain_error, page_errors
+from frontend.errors import errors_as_message, errors_on_form, page_errors
 from frontend.forms import BoxRenameForm, CommandForm, FirmwareSettingsForm, PostponeForm, WanPolicyForm
 from provisioning.selectors.boxes import box_addresses
 from provisioning.services.configuration import box_set_wan_policy, box_settings_authorize, box_update
@@ -193,17 +193,13 @@ def box_policy_update(request: HttpRequest, box_id: str) -> HttpResponse:
     box_settings_authorize(actor=actor, box=box)
     form = WanPolicyForm(request.POST, interfaces=_policy_interfaces(box, box_wans(box_id=box.pk)))
     if form.is_valid():
-        try:
+        with errors_on_form(form):
             box = box_set_wan_policy(
                 actor=actor,
                 box=box,
                 mode=form.cleaned_data["mode"],
                 interfaces=form.policy_interfaces(),
             )
-        except REFUSALS:
-            raise
-        except DomainError as exc:
-            form_add_domain_error(form, exc)
     status = 400 if form.errors else 200
     if request.headers.get("HX-Request"):
         return render(
@@ -236,12 +232,8 @@ def box_rename(request: HttpRequest, box_id: str) -> HttpResponse:
     box_settings_authorize(actor=actor, box=box)
     form = BoxRenameForm(request.POST)
     if form.is_valid():
-        try:
+        with errors_on_form(form):
             box_update(actor=actor, box=box, name=form.cleaned_data["name"], tags=form.cleaned_tags())
-        except REFUSALS:
-            raise
-        except DomainError as exc:
-            form_add_domain_error(form, exc)
     if form.errors:
         messages.error(request, "Not saved: " + "; ".join(_error_texts(form)))
     else:
@@ -258,18 +250,13 @@ def box_command_create(request: HttpRequest, box_id: str) -> HttpResponse:
     box = box_visible(actor, box_id)
     form = CommandForm(request.POST, wans=box_wans(box_id=box.pk))
     if form.is_valid():
-        try:
+        with errors_on_form(form):
             command = command_create(
                 actor=actor,
                 box=box,
                 kind=form.cleaned_data["kind"],
                 params=form.command_params(),
             )
-        except REFUSALS:
-            raise
-        except DomainError as exc:
-            form_add_domain_error(form, exc)
-        else:
             messages.success(request, f"{command.get_kind_display()} sent to {box.name or box.serial}.")
     if form.errors:
         messages.error(request, "Not sent: " + "; ".join(_error_texts(form)))
@@ -285,12 +272,8 @@ def box_firmware_settings(request: HttpRequest, box_id: str) -> HttpResponse:
     box = box_visible(actor, box_id)
     form = FirmwareSettingsForm(request.POST)
     if form.is_valid():
-        try:
+        with errors_on_form(form):
             box_upgrade_policy_update(actor=actor, box=box, auto_upgrade=form.cleaned_data["auto_upgrade"])
-        except REFUSALS:
-            raise
-        except DomainError as exc:
-            form_add_domain_error(form, exc)
     if form.errors:
         messages.error(request, "Not saved: " + "; ".join(_error_texts(form)))
     else:
@@ -306,7 +289,7 @@ def box_firmware_action(request: HttpRequest, box_id: str, action: str) -> HttpR
 
     actor = Actor.from_request(request)
     box = box_visible(actor, box_id)
-    try:
+    with errors_as_message(request):
         if action == "upgrade":
             upgrade = box_upgrade_now(actor=actor, box=box)
             messages.success(
@@ -325,8 +308,4 @@ def box_firmware_action(request: HttpRequest, box_id: str, action: str) -> HttpR
             messages.success(request, f"Upgrade postponed by {form.cleaned_data['days']} day(s).")
         else:
             raise Http404("unknown firmware action")
-    except REFUSALS:
-        raise
-    except DomainError as exc:
-        messages.error(request, exc.message)
     return _back(request, box, "firmware")

@@ -26,7 +26,7 @@ from fleet.firmware import selectors as firmware_selectors
 from fleet.firmware import services as firmware_services
 from fleet.firmware.choices import FAILURE_STATES, WAITING_STATES, RolloutAction, UpgradeState
 from frontend import selectors
-from frontend.errors import REFUSALS, form_add_domain_error, page_errors
+from frontend.errors import errors_on_form, form_add_domain_error, page_errors
 from frontend.forms import AuditFilterForm, ConsoleSearchForm, RolloutForm, StaffActionForm
 from frontend.views.box import box_context
 from provisioning.selectors import infrastructure as provisioning_selectors
@@ -149,7 +149,7 @@ def console_box_action(request: HttpRequest, box_id: str, action: str) -> HttpRe
         if form.is_valid() and form.cleaned_data["confirm_serial"].strip() != box.serial:
             form.add_error("confirm_serial", "type the box's serial number exactly to confirm")
         if form.is_valid():
-            try:
+            with errors_on_form(form):
                 if action == "reassign":
                     server_id = form.cleaned_data.get("server")
                     server = provisioning_selectors.server_get(server_id=server_id) if server_id else None
@@ -164,11 +164,6 @@ def console_box_action(request: HttpRequest, box_id: str, action: str) -> HttpRe
                 else:
                     provisioning_services.box_decommission(actor=actor, box=box)
                     done = f"{box.serial} is decommissioned."
-            except REFUSALS:
-                raise
-            except DomainError as exc:
-                form_add_domain_error(form, exc)
-            else:
                 messages.success(request, done)
                 return redirect("frontend:console_box", box_id=box.pk)
         status = 400

@@ -34,7 +34,7 @@ from fleet.monitoring.services import (
 )
 from frontend import selectors
 from frontend.context import PortalOrganization, current_organization
-from frontend.errors import REFUSALS, form_add_domain_error, page_errors
+from frontend.errors import errors_as_message, errors_on_form, form_add_domain_error, page_errors
 from frontend.forms import AlertRuleForm, ApiTokenForm, InviteForm, MemberRoleForm, NotificationTargetForm
 
 
@@ -58,18 +58,13 @@ def members_page(request: HttpRequest) -> HttpResponse:
     status = 200
     if request.method == "POST":
         if form.is_valid():
-            try:
+            with errors_on_form(form):
                 invitation, _token = member_invite(
                     actor=Actor.from_request(request),
                     organization=organization,
                     email=form.cleaned_data["email"],
                     role=form.cleaned_data["role"],
                 )
-            except REFUSALS:
-                raise
-            except DomainError as exc:
-                form_add_domain_error(form, exc)
-            else:
                 messages.success(request, f"Invitation sent to {invitation.email}.")
                 return redirect("frontend:members")
         status = 400
@@ -100,17 +95,13 @@ def _membership(request: HttpRequest, membership_id: str) -> Membership:
 def member_role_update(request: HttpRequest, membership_id: str) -> HttpResponse:
     membership = _membership(request, membership_id)
     form = MemberRoleForm(request.POST)
-    try:
+    with errors_as_message(request):
         if not form.is_valid():
             raise DomainError("choose a role", field="role")
         member_set_role(
             actor=Actor.from_request(request), membership=membership, role=form.cleaned_data["role"]
         )
         messages.success(request, f"{membership.user.get_username()} is now {form.cleaned_data['role']}.")
-    except REFUSALS:
-        raise
-    except DomainError as exc:
-        messages.error(request, exc.message)
     return redirect("frontend:members")
 
 
@@ -119,13 +110,9 @@ def member_role_update(request: HttpRequest, membership_id: str) -> HttpResponse
 @page_errors
 def member_delete(request: HttpRequest, membership_id: str) -> HttpResponse:
     membership = _membership(request, membership_id)
-    try:
+    with errors_as_message(request):
         member_remove(actor=Actor.from_request(request), membership=membership)
         messages.success(request, f"{membership.user.get_username()} was removed.")
-    except REFUSALS:
-        raise
-    except DomainError as exc:
-        messages.error(request, exc.message)
     return redirect("frontend:members")
 
 
@@ -209,7 +196,7 @@ def alerts_page(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         actor = Actor.from_request(request)
         form_name = request.POST.get("form")
-        try:
+        with errors_on_form(rule_form if form_name == "rule" else target_form):
             if form_name == "rule" and rule_form.is_valid():
                 data = rule_form.cleaned_data
                 alert_rule_create(
@@ -238,10 +225,6 @@ def alerts_page(request: HttpRequest) -> HttpResponse:
                     messages.warning(request, f"Webhook signing secret (shown once, keep it): {secret}")
                 messages.success(request, f"Notification target “{data['name']}” added.")
                 return redirect("frontend:alerts")
-        except REFUSALS:
-            raise
-        except DomainError as exc:
-            form_add_domain_error(rule_form if form_name == "rule" else target_form, exc)
         status = 400
     rules = list(monitoring_selectors.alert_rule_list(organization_id=organization.pk))
     targets = list(monitoring_selectors.notification_target_list(organization_id=organization.pk))
@@ -279,17 +262,12 @@ def alert_object_action(request: HttpRequest, kind: str, object_id: str, action:
         )
     else:
         raise Http404("unknown action")
-    try:
+    with errors_as_message(request):
         if kind == "rule" and action == "delete":
             alert_rule_delete(actor=actor, rule=rule)
         elif kind == "rule":
             alert_rule_update(actor=actor, rule=rule, enabled=action == "enable")
         else:
             notification_target_delete(actor=actor, target=target)
-    except REFUSALS:
-        raise
-    except DomainError as exc:
-        messages.error(request, exc.message)
-    else:
         messages.success(request, "Done.")
     return redirect("frontend:alerts")
