@@ -120,15 +120,6 @@ def organization_visible(actor: Actor, organization_id: UUID | str) -> Organizat
     return organization_for(actor.user, organization_id, Role.VIEWER, actor.token)
 
 
-def organization_get(organization_id: UUID | str) -> Organization:
-    """An organisation by id whatever the caller may see (the target of a transfer, which the
-    service authorises after the source), else NotFound."""
-    try:
-        return Organization.objects.get(pk=UUID(str(organization_id)))
-    except (Organization.DoesNotExist, ValueError) as exc:
-        raise NotFound("organization not found") from exc
-
-
 # --- what an actor may do: called by the services --------------------------------------------------
 
 

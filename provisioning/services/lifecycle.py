@@ -296,13 +296,19 @@ def box_unclaim(*, actor: Actor, box: Box) -> Box:
 
 
 @transaction.atomic
-def box_transfer(*, actor: Actor, box: Box, organization: Organization) -> Box:
-    """Move a claimed box to another organisation: its addresses, credentials and server slot are
-    released and it is provisioned again for the new organisation, all in one transaction. Needs the
-    owner role in the box's organisation, then the admin role in the target (in that order: a
-    target the actor may not see is NotFound only to those who may give the box away)."""
+def box_transfer(*, actor: Actor, box: Box, organization: Organization | UUID) -> Box:
+    """Move a claimed box to another organisation (given as a row or by id): its addresses,
+    credentials and server slot are released and it is provisioned again for the new organisation,
+    all in one transaction. Needs the owner role in the box's organisation, then the admin role in
+    the target, in that order: whether a target exists is told (NotFound) only to those who may give
+    the box away, and an unknown target and one the actor is not in look the same."""
     box = _box_locked(box)
     authorize(actor, organization_id=box.organization_id, minimum=Role.OWNER)
+    if not isinstance(organization, Organization):
+        target = Organization.objects.filter(pk=organization).first()
+        if target is None:
+            raise NotFound("organization not found")
+        organization = target
     authorize(actor, organization_id=organization.pk, minimum=Role.ADMIN)
     box_move(box.state, "transfer")
     if box.organization_id == organization.pk:

@@ -3,6 +3,7 @@ and pools, pool exhaustion, unclaim, transfer, decommission, reassignment, relea
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -469,3 +470,25 @@ def test_release_addresses_and_revoke_credentials(actor, org, provisioned, make_
     assert (
         AuditLog.objects.filter(action__in=["box.release_addresses", "box.revoke_credentials"]).count() == 3
     )
+
+
+def test_a_transfer_tells_whether_a_target_exists_only_to_the_source_owner(
+    client_for: Any, people: Any, claimed_box_factory: Any
+) -> None:
+    # given a box of Acme and an admin of Acme (not its owner)
+    box = claimed_box_factory(people.org)
+    admin = client_for(people.admin)
+    # when the admin transfers it to an organisation that exists and to one that does not
+    existing = admin.post(
+        f"/api/v1/boxes/{box.pk}/transfer", {"organization": str(people.other_org.pk)}, format="json"
+    )
+    unknown = admin.post(
+        f"/api/v1/boxes/{box.pk}/transfer", {"organization": str(uuid.uuid4())}, format="json"
+    )
+    # then both are refused the same way: the source's owner role is checked first
+    assert existing.status_code == unknown.status_code == 403
+    # and the owner learns that an unknown target is not found
+    missing = client_for(people.owner).post(
+        f"/api/v1/boxes/{box.pk}/transfer", {"organization": str(uuid.uuid4())}, format="json"
+    )
+    assert missing.status_code == 404

@@ -14,7 +14,6 @@ from fleet.core.access import (
     authorize_self,
     authorize_staff,
     box_visible,
-    organization_get,
     organization_visible,
 )
 from fleet.core.audit import Actor
@@ -171,7 +170,3 @@ def test_edges_resolve_visibility_only(people: Any, claimed_box_factory: Any) ->
         box_visible(Actor.for_user(people.outsider), box.pk)
     with pytest.raises(NotFound):
         organization_visible(Actor.for_user(people.outsider), people.org.pk)
-    # and a transfer target is looked up by id alone
-    assert organization_get(people.other_org.pk) == people.other_org
-    with pytest.raises(NotFound):
-        organization_get("not-a-uuid")
