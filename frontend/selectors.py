@@ -13,12 +13,12 @@ from typing import Any, cast
 from uuid import UUID
 
 from django.conf import settings
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from fleet.core.choices import BoxState
 from fleet.core.errors import NotFound
-from fleet.core.models import ApiToken, Box, Invitation, Membership, Organization, Region
+from fleet.core.models import BOX_DRIFTING, ApiToken, Box, Invitation, Membership, Organization, Region
 from fleet.monitoring.choices import AlertState
 from fleet.monitoring.models import Alert
 from fleet.telemetry.models import BoxStatus, WanStatus
@@ -141,7 +141,7 @@ def fleet_health() -> dict[str, Any]:
         unclaimed=Count("pk", filter=Q(state=BoxState.UNCLAIMED)),
         drifting=Count(
             "pk",
-            filter=Q(state=BoxState.CLAIMED) & ~Q(config_hash="") & ~Q(config_hash=F("applied_config_hash")),
+            filter=Q(state=BoxState.CLAIMED) & BOX_DRIFTING,
         ),
     )
     status = BoxStatus.objects.filter(box__state=BoxState.CLAIMED).aggregate(

@@ -18,14 +18,14 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path
 
 from fleet.core.admin_support import ReadOnlyAdmin, run_for_each, staff_actor
 from fleet.core.errors import DomainError
-from fleet.core.models import Box, Region
+from fleet.core.models import BOX_DRIFTING, Box, Region
 from provisioning.addressing import pool_size
 from provisioning.choices import ServerStatus
 from provisioning.models import AddressAssignment, AddressPool, AggregationServer, TunnelCredential
@@ -301,11 +301,10 @@ class DriftFilter(admin.SimpleListFilter):
         return [("yes", "Drifting"), ("no", "In sync")]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Box]) -> QuerySet[Box]:
-        drifting = ~Q(config_hash="") & ~Q(config_hash=F("applied_config_hash"))
         if self.value() == "yes":
-            return queryset.filter(drifting)
+            return queryset.filter(BOX_DRIFTING)
         if self.value() == "no":
-            return queryset.exclude(drifting)
+            return queryset.exclude(BOX_DRIFTING)
         return queryset
 
 

@@ -12,7 +12,7 @@ import uuid
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 from fleet.core.choices import BoxState, EventKind, ReleaseChannel, Role, WanMode
 
@@ -213,7 +213,15 @@ class Box(models.Model):
 
     @property
     def config_drift(self) -> bool:
-        return bool(self.config_hash) and self.config_hash != self.applied_config_hash
+        """The box does not run its desired configuration: it last applied another one, or it failed
+        to apply the desired one (``BOX_DRIFTING`` is the same rule for querysets)."""
+        return bool(self.config_hash) and (
+            self.config_hash != self.applied_config_hash or bool(self.apply_error)
+        )
+
+
+# Boxes whose ``config_drift`` is true, as a query condition (lists, filters, counts).
+BOX_DRIFTING = ~Q(config_hash="") & (~Q(config_hash=F("applied_config_hash")) | ~Q(apply_error=""))
 
 
 class AgentCredential(models.Model):

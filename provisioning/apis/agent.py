@@ -90,9 +90,10 @@ class AgentConfigAppliedApi(ApiView):
         error = StrictCharField(required=False, allow_null=True, allow_blank=True, trim_whitespace=False)
 
     class OutputSerializer(serializers.Serializer):
-        applied_config_hash = serializers.CharField()
-        config_hash = serializers.CharField()
+        applied_config_hash = serializers.CharField(help_text="the last configuration applied successfully")
+        config_hash = serializers.CharField(help_text="the desired configuration")
         drift = serializers.BooleanField(source="config_drift")
+        apply_error = serializers.CharField(help_text="why the last apply failed; empty after a success")
 
     @extend_schema(request=InputSerializer, responses={200: OutputSerializer})
     def post(self, request: Request) -> Response:

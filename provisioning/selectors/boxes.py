@@ -14,7 +14,7 @@ from rest_framework.exceptions import ValidationError
 
 from fleet.core.access import visible_organization_ids
 from fleet.core.choices import BoxState
-from fleet.core.models import Box
+from fleet.core.models import BOX_DRIFTING, Box
 from provisioning.choices import AssignmentState, PoolPurpose
 from provisioning.models import AddressAssignment
 
@@ -87,8 +87,7 @@ class BoxFilter(django_filters.FilterSet):
         )
 
     def filter_drift(self, queryset: QuerySet[Box], name: str, value: str) -> QuerySet[Box]:
-        drifting = ~Q(config_hash="") & ~Q(config_hash=F("applied_config_hash"))
-        return queryset.filter(drifting) if value in ("true", "1") else queryset.exclude(drifting)
+        return queryset.filter(BOX_DRIFTING) if value in ("true", "1") else queryset.exclude(BOX_DRIFTING)
 
     def filter_tag(self, queryset: QuerySet[Box], name: str, value: str) -> QuerySet[Box]:
         return queryset.filter(tags__contains=[value])

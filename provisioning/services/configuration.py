@@ -140,23 +140,32 @@ def box_set_wan_policy(*, actor: Actor, box: Box, mode: str, interfaces: list[di
 
 @transaction.atomic
 def box_config_applied(*, box: Box, config_hash: str, error: str | None = None) -> Box:
-    """Record what the box reports having applied: hash, time and error (capped at 4 KiB), with a
-    ``config_applied``/``config_failed`` event on its timeline in the same transaction.
+    """Record what the box reports having applied, with a ``config_applied``/``config_failed`` event
+    on its timeline in the same transaction.
 
-    Only ``applied_*``/``apply_error`` are written, so a concurrent config change is never lost.
+    ``applied_config_hash`` is the last configuration the box applied successfully: a failure keeps
+    it, records the error (capped at 4 KiB) and so keeps the box drifting (``Box.config_drift``);
+    a success clears the error. Only ``applied_*``/``apply_error`` are written, so a concurrent
+    config change is never lost.
     """
     if not isinstance(config_hash, str) or not re.fullmatch(r"[0-9a-fA-F]{1,64}", config_hash):
         raise InvalidInput("config_hash must be the hex hash of a configuration", field="config_hash")
     if error is not None and not isinstance(error, str):
         raise InvalidInput("error must be text or null", field="error")
     error_text = (error or "").encode("utf-8", "replace")[:APPLY_ERROR_MAX_BYTES].decode("utf-8", "ignore")
+    reported = config_hash.lower()
     box = Box.objects.select_for_update().get(pk=box.pk)
-    changed = box.applied_config_hash != config_hash.lower() or box.apply_error != error_text
     before = {"applied_config_hash": box.applied_config_hash, "apply_error": box.apply_error or None}
-    box.applied_config_hash = config_hash.lower()
-    box.apply_error = error_text
-    box.applied_at = timezone.now()
-    box.save(update_fields=["applied_config_hash", "apply_error", "applied_at"])
+    if error_text:
+        changed = box.apply_error != error_text
+        box.apply_error = error_text
+        box.save(update_fields=["apply_error"])
+    else:
+        changed = box.applied_config_hash != reported or bool(box.apply_error)
+        box.applied_config_hash = reported
+        box.apply_error = ""
+        box.applied_at = timezone.now()
+        box.save(update_fields=["applied_config_hash", "apply_error", "applied_at"])
     if changed:
         audit_record(
             actor=Actor(label=f"box:{box.serial}"),
@@ -169,7 +178,7 @@ def box_config_applied(*, box: Box, config_hash: str, error: str | None = None) 
         event_record(
             box_id=box.pk,
             kind=EventKind.CONFIG_FAILED if error_text else EventKind.CONFIG_APPLIED,
-            data={"config_hash": box.applied_config_hash, "error": error_text or None},
+            data={"config_hash": reported, "error": error_text or None},
             organization_id=box.organization_id,
         )
     return box

@@ -120,3 +120,57 @@ def test_config_applied_is_recorded(
     assert response.status_code == 200, response.content
     assert response.json()["drift"] is False
     assert Box.objects.get(pk=box.pk).applied_config_hash == box.config_hash
+
+
+def test_a_failed_apply_keeps_the_last_good_hash_and_the_box_drifting(
+    api_client: Any, client_for: Any, people: Any, claimed_box_factory: Any, agent_token_factory: Any
+) -> None:
+    # given a box that applied its desired configuration
+    box = claimed_box_factory(people.org)
+    token = agent_token_factory(box)
+    url = "/api/v1/agent/config/applied"
+    good = api_client.post(url, {"config_hash": box.config_hash}, format="json", **bearer(token))
+    assert good.json()["drift"] is False
+    # when it reports that applying the same configuration again failed
+    failed = api_client.post(
+        url,
+        {"config_hash": box.config_hash, "error": "ss-redir: bind failed"},
+        format="json",
+        **bearer(token),
+    )
+    # then the last good hash is kept, the box drifts, and the error is shown
+    assert failed.status_code == 200, failed.content
+    assert failed.json() == {
+        "applied_config_hash": box.config_hash,
+        "config_hash": box.config_hash,
+        "drift": True,
+        "apply_error": "ss-redir: bind failed",
+    }
+    listed = client_for(people.viewer).get("/api/v1/boxes/?drift=true").json()["results"]
+    assert [item["serial"] for item in listed] == [box.serial]
+    assert listed[0]["apply_error"] == "ss-redir: bind failed"
+    # and a later success clears the error and the drift
+    again = api_client.post(url, {"config_hash": box.config_hash}, format="json", **bearer(token))
+    assert again.json()["drift"] is False and again.json()["apply_error"] == ""
+    assert client_for(people.viewer).get("/api/v1/boxes/?drift=true").json()["results"] == []
+
+
+def test_a_failure_to_apply_a_new_configuration_keeps_the_previous_one(
+    api_client: Any, people: Any, claimed_box_factory: Any, agent_token_factory: Any
+) -> None:
+    # given a box running its configuration, whose desired configuration then changes
+    box = claimed_box_factory(people.org)
+    token = agent_token_factory(box)
+    url = "/api/v1/agent/config/applied"
+    api_client.post(url, {"config_hash": box.config_hash}, format="json", **bearer(token))
+    previous = box.config_hash
+    Box.objects.filter(pk=box.pk).update(config_hash="cd" * 32)
+    # when applying the new one fails
+    failed = api_client.post(
+        url, {"config_hash": "cd" * 32, "error": "no such interface"}, format="json", **bearer(token)
+    )
+    # then the box still runs (and reports) the previous configuration, drifting
+    assert failed.json()["applied_config_hash"] == previous
+    assert failed.json()["drift"] is True
+    stored = Box.objects.get(pk=box.pk)
+    assert stored.applied_config_hash == previous and stored.apply_error == "no such interface"
