@@ -37,7 +37,9 @@ from otb_protocol import (
     CLOSE_SERVICE_RESTART,
     CLOSE_TOO_BIG,
     CLOSE_UNAUTHORIZED,
+    CLOSE_UNSUPPORTED_VERSION,
     MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
     ProtocolError,
     UnknownMessageType,
     validate_message,
@@ -301,6 +303,18 @@ class AgentConsumer(LeanDispatchMixin, AsyncWebsocketConsumer):
             await self._invalid(f"{kind} is not sent by agents", "type", code="unknown_type")
 
     async def _hello(self, message: dict[str, Any]) -> None:
+        if message["v"] != PROTOCOL_VERSION:
+            await self._send(
+                {
+                    "type": "error",
+                    "code": "unsupported_version",
+                    "message": f"protocol version {message['v']} is not spoken here; this server speaks "
+                    f"version {PROTOCOL_VERSION}",
+                    "field": "v",
+                }
+            )
+            await self._close(CLOSE_UNSUPPORTED_VERSION)
+            return
         try:
             welcome = await get_session_gate().hello(
                 box_id=cast(uuid.UUID, self.box_id), session_id=self.session_id, hello=message

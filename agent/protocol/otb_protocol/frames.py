@@ -24,6 +24,8 @@ CLOSE_UNAUTHORIZED = 4001
 CLOSE_REPLACED = 4002
 CLOSE_INVALID_FRAMES = 4003
 CLOSE_RATE_LIMITED = 4029
+# A hello in a protocol version the server does not speak (the standard "policy violation").
+CLOSE_UNSUPPORTED_VERSION = 1008
 
 CLOSE_CODE_NAMES = {
     CLOSE_NORMAL: "normal",
@@ -34,6 +36,7 @@ CLOSE_CODE_NAMES = {
     CLOSE_REPLACED: "replaced",
     CLOSE_INVALID_FRAMES: "too_many_invalid_frames",
     CLOSE_RATE_LIMITED: "rate_limited",
+    CLOSE_UNSUPPORTED_VERSION: "unsupported_version",
 }
 
 AGENT_TO_SERVER = frozenset(

@@ -482,3 +482,20 @@ async def test_a_channel_layer_message_nobody_handles_ends_the_session_like_chan
     other, welcome = await open_session(token)
     assert welcome["type"] == "welcome"
     await other.disconnect(timeout=5)
+
+
+@pytest.mark.parametrize("version", [2, 99])
+async def test_a_hello_in_an_unknown_protocol_version_is_refused(
+    agent_box: tuple[Box, str], version: int
+) -> None:
+    # given an enrolled box whose agent speaks a protocol version this server does not
+    box, token = agent_box
+    communicator, _ = await open_session(token, say_hello=False)
+    # when it says hello
+    await communicator.send_json_to(hello(v=version))
+    # then it gets an unsupported_version error naming the field, no welcome, and the session closes
+    frames, code = await receive_close(communicator)
+    assert [frame["type"] for frame in frames] == ["error"]
+    assert frames[0]["code"] == "unsupported_version" and frames[0]["field"] == "v"
+    assert code == 1008
+    assert (await status_of(box.pk)).online is False
