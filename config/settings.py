@@ -68,16 +68,18 @@ if PRODUCTION and (len(SECRET_KEY) < 40 or SECRET_KEY.startswith("django-insecur
 
 # Fernet key (urlsafe base64 of 32 bytes) encrypting the symmetric tunnel secrets at rest.
 # OTB_SECRETS_KEYS may hold several comma-separated keys: the first encrypts, all decrypt (rotation).
-OTB_SECRETS_KEYS = env_list(
-    "OTB_SECRETS_KEYS",
-    [
+# OTB_SECRETS_KEY (one key) is read only when OTB_SECRETS_KEYS is not set.
+OTB_SECRETS_KEYS = env_list("OTB_SECRETS_KEYS", [])
+if not OTB_SECRETS_KEYS:
+    if PRODUCTION and not os.environ.get("OTB_SECRETS_KEY"):
+        raise ImproperlyConfigured("OTB_SECRETS_KEYS (or OTB_SECRETS_KEY) must be set in production")
+    OTB_SECRETS_KEYS = [
         _kept_secret(
             "tunnel-secrets-key",
             "OTB_SECRETS_KEY",
             lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         )
-    ],
-)
+    ]
 
 DEBUG = env_bool("DEBUG", OTB_ENV == "development")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["*"])
