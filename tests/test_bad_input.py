@@ -292,3 +292,33 @@ def test_speedtest_and_list_query_parameters_are_validated(
         assert response.status_code in (200, 400), query
         assert response.status_code == 400 or query == "limit=abc"
     assert owner.get("/api/v1/boxes/not-a-uuid/").status_code == 404
+
+
+def test_a_nul_byte_in_any_query_parameter_is_a_400_naming_it(
+    client_for: Any, people: Any, claimed_box_factory: Any
+) -> None:
+    # given the list endpoints (staff sees them all) and a page
+    box = claimed_box_factory(people.org)
+    staff_client = client_for(people.staff)
+    urls = [
+        "/api/v1/audit/?actor=a%00b",
+        "/api/v1/audit/?action=a%00b",
+        "/api/v1/audit/?serial=a%00b",
+        "/api/v1/audit/?q=a%00b",
+        "/api/v1/boxes/?q=a%00b",
+        f"/api/v1/boxes/{box.pk}/events/?kind=a%00b",
+        f"/api/v1/boxes/{box.pk}/commands/?state=a%00b",
+        "/api/v1/rollouts/?state=a%00b",
+        "/api/v1/regions/?limit=1%00",
+    ]
+    for url in urls:
+        # when a parameter holds a NUL character
+        response = staff_client.get(url)
+        # then the answer is a 400 in the error shape, naming the parameter
+        assert response.status_code == 400, (url, response.status_code)
+        name = url.split("?")[1].split("=")[0]
+        assert response.json()["error"]["fields"] == {name: ["must not contain NUL characters"]}, url
+    # and a page refuses it the same way, instead of failing deep in a query
+    page = client_for(people.owner).get("/boxes/?q=a%00b")
+    assert page.status_code == 400
+    assert b"NUL" in page.content

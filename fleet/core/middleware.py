@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 
 from fleet.core.request_context import new_request_id, request_id_var
 
@@ -23,3 +23,32 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
         response["X-Request-ID"] = request_id
         return response
+
+
+class QueryStringMiddleware:
+    """Refuses a query string holding a NUL character, for every filter of every endpoint at once:
+    PostgreSQL text cannot hold NUL, so such a value would fail deep in a query (a 500) wherever a
+    view filters on it without a form. The API answers 400 in its error shape, naming the field."""
+
+    message = "must not contain NUL characters"
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        for name, values in request.GET.lists():
+            if "\x00" in name or any("\x00" in value for value in values):
+                return self._refuse(request, name.replace("\x00", "") or "query")
+        return self.get_response(request)
+
+    def _refuse(self, request: HttpRequest, field: str) -> HttpResponse:
+        if request.path.startswith("/api/"):
+            body = {
+                "error": {
+                    "code": "invalid",
+                    "message": f"{field}: {self.message}",
+                    "fields": {field: [self.message]},
+                }
+            }
+            return JsonResponse(body, status=400)
+        return HttpResponseBadRequest(f"{field}: {self.message}", content_type="text/plain; charset=utf-8")
