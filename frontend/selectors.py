@@ -17,8 +17,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from fleet.core.choices import BoxState
-from fleet.core.errors import NotFound
-from fleet.core.models import BOX_DRIFTING, ApiToken, Box, Invitation, Membership, Organization, Region
+from fleet.core.models import BOX_DRIFTING, Box, Invitation, Organization, Region
 from fleet.monitoring.choices import AlertState
 from fleet.monitoring.models import Alert
 from fleet.telemetry.models import BoxStatus, WanStatus
@@ -65,26 +64,6 @@ def invitations_pending(*, organization: Organization) -> list[Invitation]:
             expires_at__gt=timezone.now(),
         ).order_by("-created_at")
     )
-
-
-def membership_get(*, organization: Organization, membership_id: Any) -> Membership:
-    """A membership of the organisation, with its user; NotFound otherwise."""
-    membership = (
-        Membership.objects.select_related("user", "organization")
-        .filter(pk=membership_id, organization=organization)
-        .first()
-    )
-    if membership is None:
-        raise NotFound("member not found")
-    return membership
-
-
-def api_token_of_user(*, user: Any, token_id: Any) -> ApiToken:
-    """One of the person's own API tokens; NotFound for anyone else's."""
-    token = ApiToken.objects.select_related("organization").filter(pk=token_id, user_id=user.pk or 0).first()
-    if token is None:
-        raise NotFound("token not found")
-    return token
 
 
 def box_choices(*, organization: Organization) -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from fleet.core.access import ROLE_RANK, is_staff, visible_organization_ids
 from fleet.core.choices import Role
+from fleet.core.errors import NotFound
 from fleet.core.models import ApiToken, AuditLog, Box, EnrollmentToken, Membership, Organization
 from fleet.core.permissions import is_person
 
@@ -85,3 +86,23 @@ def audit_visible(
             | Q(request_id=q)
         )
     return queryset.order_by("-created_at")
+
+
+def membership_get(*, organization: Organization, membership_id: Any) -> Membership:
+    """A membership of the organisation, with its user; NotFound otherwise."""
+    membership = (
+        Membership.objects.select_related("user", "organization")
+        .filter(pk=membership_id, organization=organization)
+        .first()
+    )
+    if membership is None:
+        raise NotFound("member not found")
+    return membership
+
+
+def api_token_of_user(*, user: Any, token_id: Any) -> ApiToken:
+    """One of the person's own API tokens; NotFound for anyone else's."""
+    token = ApiToken.objects.select_related("organization").filter(pk=token_id, user_id=user.pk or 0).first()
+    if token is None:
+        raise NotFound("token not found")
+    return token

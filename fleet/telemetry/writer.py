@@ -325,7 +325,7 @@ class TelemetryWriter:
                             box_id,
                             message.seq,
                             ts,
-                            _clean(wan["iface"]),
+                            _link_name(wan),
                             wan["kind"],
                             wan["up"],
                             wan["rtt_ms"],

@@ -86,7 +86,9 @@ def members_page(request: HttpRequest) -> HttpResponse:
 
 
 def _membership(request: HttpRequest, membership_id: str) -> Membership:
-    return selectors.membership_get(organization=_portal(request).organization, membership_id=membership_id)
+    return fleet_selectors.membership_get(
+        organization=_portal(request).organization, membership_id=membership_id
+    )
 
 
 @login_required
@@ -163,7 +165,7 @@ def tokens_page(request: HttpRequest) -> HttpResponse:
 @require_POST
 @page_errors
 def token_revoke(request: HttpRequest, token_id: str) -> HttpResponse:
-    token = selectors.api_token_of_user(user=request.user, token_id=token_id)
+    token = fleet_selectors.api_token_of_user(user=request.user, token_id=token_id)
     api_token_revoke(actor=Actor.from_request(request), token=token)
     messages.success(request, f"Token “{token.name}” revoked.")
     return redirect("frontend:tokens")

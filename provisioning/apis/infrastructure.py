@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, cast
 from uuid import UUID
 
-from django.db.models import F
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
@@ -24,7 +23,12 @@ from provisioning.authentication import IsAggregationServer, ServerPrincipal
 from provisioning.choices import PoolPurpose, ServerStatus
 from provisioning.models import AddressPool, AggregationServer
 from provisioning.selectors.configuration import server_peers_document
-from provisioning.selectors.infrastructure import pool_utilisation, pools_with_utilisation, region_list
+from provisioning.selectors.infrastructure import (
+    pool_utilisation,
+    pools_with_utilisation,
+    region_list,
+    servers_with_spare,
+)
 from provisioning.services import infrastructure as services
 
 
@@ -145,12 +149,6 @@ class ServerCreatedOutput(ServerOutput):
         fields = [*ServerOutput.Meta.fields, "token"]
 
 
-def _servers() -> Any:
-    return AggregationServer.objects.select_related("region").annotate(
-        spare_slots=F("capacity") - F("assigned_boxes")
-    )
-
-
 class ServerListApi(ApiView):
     permission_classes = [IsStaff]
 
@@ -168,7 +166,7 @@ class ServerListApi(ApiView):
 
     @extend_schema(summary="List aggregation servers", responses=ServerOutput(many=True), tags=["servers"])
     def get(self, request: Request) -> Response:
-        return self.paginated(request, _servers().order_by("name"), ServerOutput)
+        return self.paginated(request, servers_with_spare().order_by("name"), ServerOutput)
 
     @extend_schema(
         summary="Create an aggregation server",
@@ -202,7 +200,7 @@ class ServerDetailApi(ApiView):
 
     @extend_schema(summary="An aggregation server", responses=ServerOutput, tags=["servers"])
     def get(self, request: Request, server_id: UUID) -> Response:
-        return Response(ServerOutput(_get(AggregationServer, server_id, "server", _servers())).data)
+        return Response(ServerOutput(_get(AggregationServer, server_id, "server", servers_with_spare())).data)
 
     @extend_schema(
         summary="Change an aggregation server (incl. status active/draining/down)",
@@ -215,7 +213,7 @@ class ServerDetailApi(ApiView):
         data = self.InputSerializer(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
         services.server_update(actor=self.actor(request), server=server, **data.validated_data)
-        return Response(ServerOutput(_get(AggregationServer, server_id, "server", _servers())).data)
+        return Response(ServerOutput(_get(AggregationServer, server_id, "server", servers_with_spare())).data)
 
 
 class ServerRotateTokenApi(ApiView):

@@ -180,17 +180,6 @@ class MemberListApi(ApiView):
         )
 
 
-def _membership_get(organization: Any, membership_id: uuid.UUID) -> Membership:
-    membership = (
-        Membership.objects.select_related("user", "organization")
-        .filter(pk=membership_id, organization=organization)
-        .first()
-    )
-    if membership is None:
-        raise NotFound("member not found")
-    return membership
-
-
 class MemberDetailApi(ApiView):
     permission_classes = [IsPerson]
 
@@ -200,7 +189,9 @@ class MemberDetailApi(ApiView):
     @extend_schema(request=InputSerializer, responses={200: MembershipOutputSerializer})
     def patch(self, request: Request, organization_id: uuid.UUID, membership_id: uuid.UUID) -> Response:
         actor = self.actor(request)
-        membership = _membership_get(organization_visible(actor, organization_id), membership_id)
+        membership = selectors.membership_get(
+            organization=organization_visible(actor, organization_id), membership_id=membership_id
+        )
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         membership = member_set_role(actor=actor, membership=membership, **data.validated_data)
@@ -209,7 +200,9 @@ class MemberDetailApi(ApiView):
     @extend_schema(request=None, responses={204: None})
     def delete(self, request: Request, organization_id: uuid.UUID, membership_id: uuid.UUID) -> Response:
         actor = self.actor(request)
-        membership = _membership_get(organization_visible(actor, organization_id), membership_id)
+        membership = selectors.membership_get(
+            organization=organization_visible(actor, organization_id), membership_id=membership_id
+        )
         member_remove(actor=actor, membership=membership)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -294,10 +287,7 @@ class ApiTokenDetailApi(ApiView):
 
     @extend_schema(request=None, responses={204: None})
     def delete(self, request: Request, token_id: uuid.UUID) -> Response:
-        user: Any = request.user
-        token = ApiToken.objects.filter(pk=token_id, user=user).select_related("organization").first()
-        if token is None:
-            raise NotFound("token not found")
+        token = selectors.api_token_of_user(user=request.user, token_id=token_id)
         api_token_revoke(actor=self.actor(request), token=token)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
