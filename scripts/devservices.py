@@ -484,6 +484,20 @@ def pg_psql(port: int, sql: str, database: str = "postgres") -> str:
     return proc.stdout.strip()
 
 
+def pg_grant_access(paths: Paths, run_as: RunAs) -> None:
+    """Let the postgres user run the installation and reach the data and log folders. Needed before
+    initdb as much as before a start: a checkout under a 0700 folder (root's home) is otherwise out
+    of its reach."""
+    if not run_as.is_other:
+        return
+    install = pg_install_dir()
+    ensure_world_readable(install)
+    ensure_traversable(install, run_as)
+    paths.log_dir.mkdir(parents=True, exist_ok=True)
+    ensure_traversable(paths.pg_data.parent, run_as)
+    ensure_traversable(paths.log_dir, run_as)
+
+
 def pg_initdb(paths: Paths, run_as: RunAs) -> None:
     data = paths.pg_data
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -544,12 +558,8 @@ def pg_start(paths: Paths, port: int, run_as: RunAs) -> int:
             f"port {HOST}:{port} is already in use by another process; "
             "set OTB_PG_PORT to a free port (or DATABASE_URL to use that server)"
         )
-    install = pg_install_dir()
     if run_as.is_other:
-        ensure_world_readable(install)
-        ensure_traversable(install, run_as)
-        ensure_traversable(paths.pg_data, run_as)
-        ensure_traversable(paths.log_dir, run_as)
+        pg_grant_access(paths, run_as)
         # A data dir created by another user (e.g. before running as root) must belong to otbpg.
         if paths.pg_data.stat().st_uid != run_as.uid:
             for dirpath, _dirs, files in os.walk(paths.pg_data):
@@ -640,6 +650,7 @@ def ensure_postgres(paths: Paths, env: Mapping[str, str]) -> ServiceResult:
     elif state.stale_pidfile:
         outcome = "restarted after stale pid file"
     if not state.initialized:
+        pg_grant_access(paths, run_as)
         pg_initdb(paths, run_as)
     offset = pg_start(paths, port, run_as)
     wait_until(lambda: pg_is_ready(port), READY_TIMEOUT_S, "PostgreSQL", paths.pg_log, offset)

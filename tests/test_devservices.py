@@ -45,3 +45,24 @@ def test_services_env_round_trip_and_redaction(tmp_path, monkeypatch):
     assert "pw" not in results[0].describe()
     assert results[1].describe() == "devservices: redis embedded at 127.0.0.1:63799 (started)"
     assert results[1].started_here and not results[0].started_here
+
+
+def test_access_is_granted_before_initdb_for_a_checkout_under_a_0700_folder(tmp_path, monkeypatch):
+    # given a checkout inside a folder only its owner may enter (as root's home is), and PostgreSQL
+    # run as another user
+    spec = importlib.util.spec_from_file_location("devservices_access_under_test", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, mod)
+    spec.loader.exec_module(mod)
+    home = tmp_path / "home"
+    checkout = home / "otb"
+    checkout.mkdir(parents=True)
+    home.chmod(0o700)
+    paths = mod.Paths(checkout)
+    other = mod.RunAs(name="nobody", uid=65534, gid=65534)
+    # when access is prepared (ensure_postgres does it before initdb, not only before a start)
+    mod.pg_grant_access(paths, other)
+    # then the other user can cross every folder down to where the data directory will be created
+    for folder in (home, checkout, paths.var):
+        assert folder.stat().st_mode & 0o001, folder
