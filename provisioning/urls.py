@@ -15,6 +15,7 @@ urlpatterns = [
     path("boxes/claim", boxes.BoxClaimApi.as_view(), name="box-claim"),
     path("boxes/<uuid:box_id>/", boxes.BoxDetailApi.as_view(), name="box-detail"),
     path("boxes/<uuid:box_id>/wan-policy", boxes.BoxWanPolicyApi.as_view(), name="box-wan-policy"),
+    path("boxes/<uuid:box_id>/port-forwards", boxes.BoxPortForwardsApi.as_view(), name="box-port-forwards"),
     path("boxes/<uuid:box_id>/unclaim", boxes.BoxUnclaimApi.as_view(), name="box-unclaim"),
     path("boxes/<uuid:box_id>/transfer", boxes.BoxTransferApi.as_view(), name="box-transfer"),
     path(

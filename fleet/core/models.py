@@ -173,6 +173,7 @@ class Box(models.Model):
     tunnel_port = models.PositiveIntegerField(null=True, blank=True)
     wg_public_key = models.CharField(max_length=64, blank=True, default="")
     wan_policy = models.JSONField(default=default_wan_policy)
+    port_forwards = models.JSONField(default=list, blank=True)
     config_hash = models.CharField(max_length=64, blank=True, default="")
     applied_config_hash = models.CharField(max_length=64, blank=True, default="")
     applied_at = models.DateTimeField(null=True, blank=True)

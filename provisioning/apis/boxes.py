@@ -27,7 +27,7 @@ from fleet.core.serializers import SerialField, StrictCharField, StrictSerialize
 from provisioning.models import AggregationServer
 from provisioning.selectors.boxes import box_list, boxes_annotated
 from provisioning.serializers import BoxOutputSerializer
-from provisioning.services.configuration import box_set_wan_policy, box_update
+from provisioning.services.configuration import box_set_port_forwards, box_set_wan_policy, box_update
 from provisioning.services.lifecycle import (
     box_claim,
     box_decommission,
@@ -149,6 +149,33 @@ class BoxWanPolicyApi(ApiView):
         data.is_valid(raise_exception=True)
         box = box_set_wan_policy(actor=actor, box=box, **data.validated_data)
         return Response(self.OutputSerializer(box.wan_policy).data)
+
+
+class BoxPortForwardsApi(ApiView):
+    """The box's port forwards: connections to its public IPv4 on a port, sent to a LAN address."""
+
+    permission_classes = [IsPerson]
+
+    class InputSerializer(StrictSerializer):
+        # Checked by the service, which names the exact field (``port_forwards[1].to_address``).
+        port_forwards = serializers.JSONField()
+
+    class OutputSerializer(serializers.Serializer):
+        port_forwards = serializers.ListField(child=serializers.DictField())
+
+    @extend_schema(responses={200: OutputSerializer})
+    def get(self, request: Request, box_id: uuid.UUID) -> Response:
+        box = box_for(request.user, box_id, Role.VIEWER, request.auth)
+        return Response({"port_forwards": box.port_forwards})
+
+    @extend_schema(request=InputSerializer, responses={200: OutputSerializer})
+    def put(self, request: Request, box_id: uuid.UUID) -> Response:
+        actor = self.actor(request)
+        box = box_visible(actor, box_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        box = box_set_port_forwards(actor=actor, box=box, port_forwards=data.validated_data["port_forwards"])
+        return Response({"port_forwards": box.port_forwards})
 
 
 class BoxUnclaimApi(ApiView):

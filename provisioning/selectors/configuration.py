@@ -108,6 +108,7 @@ def config_document_build(
         },
         **_addresses(assignments),
         "wan_policy": box.wan_policy,
+        "port_forwards": box.port_forwards,
         "telemetry_interval_s": settings.OTB["TELEMETRY_INTERVAL_S"],
         "firmware_signing_public_key": settings.OTB["FIRMWARE_SIGNING_PUBLIC_KEY"],
     }

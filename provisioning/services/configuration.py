@@ -22,6 +22,7 @@ from fleet.core.errors import InvalidInput
 from fleet.core.events import event_record
 from fleet.core.models import Box
 from provisioning.selectors.configuration import box_config_document, boxes_config_hashes
+from provisioning.port_forwards import port_forwards_validate
 from provisioning.wan_policy import wan_policy_validate
 
 APPLY_ERROR_MAX_BYTES = 4096
@@ -132,6 +133,24 @@ def box_set_wan_policy(*, actor: Actor, box: Box, mode: str, interfaces: list[di
     box.save(update_fields=["wan_policy", "updated_at"])
     box_config_refresh(box=box)
     audit_record(actor=actor, action="box.set_wan_policy", box=box, target=box, before=before, after=policy)
+    return box
+
+
+@transaction.atomic
+def box_set_port_forwards(*, actor: Actor, box: Box, port_forwards: list[dict[str, Any]]) -> Box:
+    """Replace the box's port forwards (validated, see ``provisioning.port_forwards``) and recompute its
+    configuration hash so the agent applies them. Needs the admin role in the box's organisation."""
+    box = Box.objects.select_for_update().get(pk=box.pk)
+    box_settings_authorize(actor=actor, box=box)
+    forwards = port_forwards_validate(port_forwards)
+    before = box.port_forwards
+    if forwards != before:
+        box.port_forwards = forwards
+        box.save(update_fields=["port_forwards", "updated_at"])
+        box_config_refresh(box=box)
+        audit_record(
+            actor=actor, action="box.set_port_forwards", box=box, target=box, before=before, after=forwards
+        )
     return box
 
 
