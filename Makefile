@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 SERVICES := $(PY) scripts/devservices.py
 PYTEST_ARGS ?=
 
-.PHONY: run test bench lint services services-down clean-var
+.PHONY: run test bench lab lint services services-down clean-var
 
 $(STAMP): pyproject.toml agent/pyproject.toml agent/protocol/pyproject.toml frontend/package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(SERVICES) exec -- $(PY) bench/run.py $(if $(FULL),--full,)
+
+# The data-plane lab (root: network namespaces): `make lab`, or `make lab KEEP=1` to look around.
+lab: $(STAMP)
+	$(SERVICES) exec -- $(PY) -m lab $(if $(KEEP),--keep,)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
