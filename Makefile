@@ -36,7 +36,7 @@ bench: $(STAMP)
 
 # The data-plane lab (root: network namespaces): `make lab`, or `make lab KEEP=1` to look around.
 lab: $(STAMP)
-	$(SERVICES) exec -- $(PY) -m lab $(if $(KEEP),--keep,)
+	$(SERVICES) exec -- $(PY) -m netlab $(if $(KEEP),--keep,)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

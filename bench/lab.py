@@ -20,9 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab.environment import lab_database_drop, lab_environment, redis_flush  # noqa: E402
-from lab.measure import headline  # noqa: E402
-from lab.scenario import Lab  # noqa: E402
+from netlab.environment import lab_database_drop, lab_environment, redis_flush
+from netlab.measure import headline
+from netlab.scale import gateway_at_scale
+from netlab.scenario import Lab
 
 
 def main() -> int:
@@ -37,8 +38,6 @@ def main() -> int:
         with Lab(prefix="otblabb", links=2, link_mbps=20.0, env=env) as lab:
             result = headline(lab, lab.boxes[0], seconds=10.0 if args.full else 4.0)
             if args.full:
-                from lab.scale import gateway_at_scale
-
                 result.update(gateway_at_scale(lab, boxes=200))
     finally:
         redis_flush(env)

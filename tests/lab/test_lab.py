@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from lab.environment import lab_database_drop, lab_environment, redis_flush
-from lab.measure import longest_stall_s, recovery_s
-from lab.netns import LabError
-from lab.scenario import INET_ADDRESS, PEER, Lab, LabBox, wait_for
+from netlab.environment import lab_database_drop, lab_environment, redis_flush
+from netlab.measure import longest_stall_s, recovery_s
+from netlab.netns import LabError
+from netlab.scenario import INET_ADDRESS, PEER, Lab, LabBox, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -106,11 +106,17 @@ def test_udp_icmp_and_an_inbound_port_forward_cross_the_tunnel(lab: Lab, box: La
     try:
         lab.owner.put(  # type: ignore[union-attr]
             f"/api/v1/boxes/{box.box_id}/port-forwards",
-            {"port_forwards": [{"proto": "tcp", "port": 8080, "to_address": "192.168.50.10", "to_port": 8080}]},
+            {
+                "port_forwards": [
+                    {"proto": "tcp", "port": 8080, "to_address": "192.168.50.10", "to_port": 8080}
+                ]
+            },
         )
         lab.wait_applied(box)
         answer = wait_for(
-            lambda: lab.topo.ns.exec("inet", *lab_peer_command(), "tcp", public, "8080", "2", check=False).strip(),
+            lambda: lab.topo.ns.exec(
+                "inet", *lab_peer_command(), "tcp", public, "8080", "2", check=False
+            ).strip(),
             15,
             "the forwarded port to answer",
         )
@@ -135,7 +141,9 @@ def test_a_cut_link_never_stalls_the_transfer_and_the_backend_sees_it(lab: Lab, 
         time.sleep(4)
         lab.cut(wan1)
         marks["cut"] = time.monotonic() - start
-        wait_for(lambda: not wans_by_name(lab, box)["wan1"]["up"], 2 * interval + 1, "the backend to see wan1 down")
+        wait_for(
+            lambda: not wans_by_name(lab, box)["wan1"]["up"], 2 * interval + 1, "the backend to see wan1 down"
+        )
         marks["seen_down"] = time.monotonic() - start - marks["cut"]
         time.sleep(max(0.0, 8 - (time.monotonic() - start)))
         lab.restore(wan1)
@@ -248,7 +256,11 @@ def test_unclaiming_removes_the_box_from_the_gateway_within_10_s(lab: Lab, box2:
 
     def gone() -> bool:
         now = lab.gateway_state()
-        return key not in now["wg"] and f":{port} " not in now["listen"] and public not in now["nft"] + now["routes"]
+        return (
+            key not in now["wg"]
+            and f":{port} " not in now["listen"]
+            and public not in now["nft"] + now["routes"]
+        )
 
     try:
         wait_for(gone, 10, "the gateway to remove the unclaimed box")

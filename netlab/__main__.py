@@ -8,9 +8,9 @@ import argparse
 import json
 import signal
 
-from lab.environment import lab_database_drop, lab_environment, redis_flush
-from lab.measure import headline
-from lab.scenario import Lab, log
+from netlab.environment import lab_database_drop, lab_environment, redis_flush
+from netlab.measure import headline
+from netlab.scenario import Lab, log
 
 
 def main() -> None:
@@ -23,7 +23,9 @@ def main() -> None:
     env = lab_environment()
     try:
         with Lab(prefix="otblab", links=args.links, link_mbps=args.link_mbps, env=env) as lab:
-            print(json.dumps({"lab": "otblab", **headline(lab, lab.boxes[0], seconds=args.seconds)}), flush=True)
+            print(
+                json.dumps({"lab": "otblab", **headline(lab, lab.boxes[0], seconds=args.seconds)}), flush=True
+            )
             if args.keep:
                 log(f"lab up: backend {lab.backend.url}; namespaces otblab-*; Ctrl-C to take it down")
                 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})

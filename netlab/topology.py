@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lab.netns import Namespaces
+from netlab.netns import Namespaces
 
 PUBLIC_POOL = "198.51.100.0/28"  # documentation range (RFC 5737), routed to the server by "net"
 TUNNEL_POOL = "100.64.0.0/24"

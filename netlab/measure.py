@@ -8,7 +8,7 @@ import statistics
 import time
 from typing import Any
 
-from lab.scenario import Lab, LabBox, cpu_seconds, log, namespace_pids
+from netlab.scenario import Lab, LabBox, cpu_seconds, log, namespace_pids
 
 
 def longest_stall_s(intervals: list[tuple[float, float]], floor_mbps: float = 1.0) -> float:
@@ -35,7 +35,9 @@ def headline(lab: Lab, box: LabBox, *, seconds: float = 5.0) -> dict[str, Any]:
     wans = lab.topo.wans_of(box.role)
     public = lab.public_ip(box)
     names = [wan.name for wan in wans]
-    lab.set_policy(box, "aggregate", {name: ("primary" if i == 0 else "disabled") for i, name in enumerate(names)})
+    lab.set_policy(
+        box, "aggregate", {name: ("primary" if i == 0 else "disabled") for i, name in enumerate(names)}
+    )
     single = lab.iperf(box, seconds)
     log(f"one link through the tunnel: {single['mbps']:.1f} Mbit/s")
     lab.set_policy(box, "aggregate", dict.fromkeys(names, "primary"))

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.netns import LabError, inside
-from lab.topology import CTL_ADDRESS, CTL_PORT
+from netlab.netns import LabError, inside
+from netlab.topology import CTL_ADDRESS, CTL_PORT
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +41,7 @@ class Backend:
 
     def start(self, *, celery: bool = True) -> None:
         python = sys.executable
-        self._spawn("web", [python, "-m", "lab.serve", self.namespace, CTL_ADDRESS, str(CTL_PORT)])
+        self._spawn("web", [python, "-m", "netlab.serve", self.namespace, CTL_ADDRESS, str(CTL_PORT)])
         if celery:
             self._spawn(
                 "worker",

@@ -3,7 +3,7 @@ an operator with a staff token, a customer organisation with an owner's token, a
 into the inventory as a factory file would bring them. Everything else the lab does goes through
 the HTTP API.
 
-``python -m lab.bootstrap BOXES`` prints one JSON object (tokens and the boxes' factory data).
+``python -m netlab.bootstrap BOXES`` prints one JSON object (tokens and the boxes' factory data).
 """
 
 from __future__ import annotations
@@ -17,18 +17,22 @@ import django
 
 
 def bootstrap(boxes: int) -> dict:
-    from django.contrib.auth import get_user_model  # noqa: PLC0415 (after django.setup)
+    from django.contrib.auth import get_user_model
 
-    from fleet.core.audit import Actor  # noqa: PLC0415
-    from fleet.core.models import Organization  # noqa: PLC0415
-    from fleet.core.services.organizations import organization_create  # noqa: PLC0415
-    from fleet.core.services.tokens import api_token_create  # noqa: PLC0415
-    from provisioning.services.inventory import boxes_import  # noqa: PLC0415
+    from fleet.core.audit import Actor
+    from fleet.core.models import Organization
+    from fleet.core.services.organizations import organization_create
+    from fleet.core.services.tokens import api_token_create
+    from provisioning.services.inventory import boxes_import
 
     system = Actor.system("lab")
     run = secrets.token_hex(3)
-    operator = organization_create(actor=system, name=f"Lab operator {run}", owner_email=f"staff-{run}@lab.test")
-    customer = organization_create(actor=system, name=f"Lab customer {run}", owner_email=f"owner-{run}@lab.test")
+    operator = organization_create(
+        actor=system, name=f"Lab operator {run}", owner_email=f"staff-{run}@lab.test"
+    )
+    customer = organization_create(
+        actor=system, name=f"Lab customer {run}", owner_email=f"owner-{run}@lab.test"
+    )
     user_model = get_user_model()
     staff = user_model.objects.get(email=f"staff-{run}@lab.test")
     staff.is_staff = True
@@ -42,7 +46,7 @@ def bootstrap(boxes: int) -> dict:
         {
             "serial": f"LAB-{run}-{index:02d}".upper(),
             "model": "lab-linux",
-            "mac": "02:00:5e:%02x:%02x:%02x" % (int(run[:2], 16), int(run[2:4], 16), index),
+            "mac": f"02:00:5e:{int(run[:2], 16):02x}:{int(run[2:4], 16):02x}:{index:02x}",
             "factory_secret": secrets.token_urlsafe(24),
             "claim_code": secrets.token_hex(4).upper(),
         }

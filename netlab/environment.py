@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import redis
 
-from lab.backend import ROOT
+from netlab.backend import ROOT
 
 LAB_REDIS_DB = 13
 

@@ -1,6 +1,6 @@
 """The otb-fleet ASGI server (uvicorn) listening on a lab address only.
 
-``python -m lab.serve NAMESPACE ADDRESS PORT``: the listening socket is made inside the lab's
+``python -m netlab.serve NAMESPACE ADDRESS PORT``: the listening socket is made inside the lab's
 namespace, the process itself stays in the host's namespace, where PostgreSQL and Redis are. The
 boxes and the aggregation server reach the backend only through the lab's own links and routes."""
 
@@ -10,7 +10,7 @@ import sys
 
 import uvicorn
 
-from lab.netns import listening_socket
+from netlab.netns import listening_socket
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """The lab, assembled: links, the backend, an aggregation server running otb-gateway, boxes running
 otb-agent, each box imported, enrolled by the agent, claimed and configured through the API.
 
-Used by ``make lab`` (``python -m lab``), by the lab tests and by the ``lab`` benchmark."""
+Used by ``make lab`` (``python -m netlab``), by the lab tests and by the ``lab`` benchmark."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.backend import ROOT, Api, Backend
-from lab.netns import LabError, run
-from lab.topology import (
+from netlab.backend import ROOT, Api, Backend
+from netlab.netns import LabError, run
+from netlab.topology import (
     INET_ADDRESS,
     IPV6_POOL,
     LAN_CLIENT,
@@ -113,7 +113,9 @@ class Lab:
     peer: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
-        self.topo = Topology(self.prefix, links=self.links, link_mbps=self.link_mbps, second_box=self.second_box)
+        self.topo = Topology(
+            self.prefix, links=self.links, link_mbps=self.link_mbps, second_box=self.second_box
+        )
         self.env = {
             **self.env,
             "DJANGO_SETTINGS_MODULE": "config.settings",
@@ -137,7 +139,7 @@ class Lab:
         log(f"backend at {self.backend.url} (listening in {self.prefix}-ctl only)")
         people = json.loads(
             subprocess.check_output(
-                [sys.executable, "-m", "lab.bootstrap", str(2 if self.second_box else 1)],
+                [sys.executable, "-m", "netlab.bootstrap", str(2 if self.second_box else 1)],
                 cwd=ROOT,
                 env=self.env,
                 text=True,
@@ -151,7 +153,7 @@ class Lab:
         self._infrastructure()
         self._start_gateway()
         roles = [("box", "lan"), ("box2", "lan2")][: 2 if self.second_box else 1]
-        for (role, lan), factory in zip(roles, people["boxes"]):
+        for (role, lan), factory in zip(roles, people["boxes"], strict=False):
             box = LabBox(role=role, lan=lan, factory=factory, state_dir=self.workdir / role)
             self.boxes.append(box)
             self._enroll_and_run(box)
@@ -211,10 +213,13 @@ class Lab:
         token_file = state / "token"
         token_file.write_text(self.server["token"])
         token_file.chmod(0o600)
+        self._start_gateway_process(state)
+
+    def _start_gateway_process(self, state: Path) -> None:
         command = [
             str(BIN / "otb-gateway"),
             "--server", self.backend.url,
-            "--token-file", str(token_file),
+            "--token-file", str(state / "token"),
             "--state-dir", str(state),
             "--upstream", "eth0",
         ]  # fmt: skip
@@ -227,8 +232,8 @@ class Lab:
         factory = box.factory
         self.topo.ns.exec(
             box.role, agent, "--state-dir", str(box.state_dir), "enroll",
-            "--server", self.backend.url, "--serial", factory["serial"], "--secret", factory["factory_secret"],
-            "--mac", factory["mac"], "--model", factory["model"],
+            "--server", self.backend.url, "--serial", factory["serial"],
+            "--secret", factory["factory_secret"], "--mac", factory["mac"], "--model", factory["model"],
         )  # fmt: skip
         command = [
             agent, "--state-dir", str(box.state_dir), "run",
@@ -241,7 +246,11 @@ class Lab:
         assert self.owner is not None
         claimed = self.owner.post(
             "/api/v1/boxes/claim",
-            {"serial": box.serial, "claim_code": box.factory["claim_code"], "organization": self.organization},
+            {
+                "serial": box.serial,
+                "claim_code": box.factory["claim_code"],
+                "organization": self.organization,
+            },
         )
         box.box_id = claimed["id"]
         self.set_policy(box, "aggregate", {wan.name: "primary" for wan in self.topo.wans_of(box.role)})
@@ -329,7 +338,8 @@ class Lab:
         if "error" in report:
             raise LabError(f"iperf3: {report['error']}")
         intervals = [
-            (round(item["sum"]["start"], 3), item["sum"]["bits_per_second"] / 1e6) for item in report["intervals"]
+            (round(item["sum"]["start"], 3), item["sum"]["bits_per_second"] / 1e6)
+            for item in report["intervals"]
         ]
         return {
             "mbps": report["end"]["sum_received"]["bits_per_second"] / 1e6,

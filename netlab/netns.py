@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +32,9 @@ def run(command: Sequence[str], *, check: bool = True, timeout: float = 30, inpu
         list(command), capture_output=True, text=True, timeout=timeout, input=input, check=False
     )
     if check and done.returncode != 0:
-        raise LabError(f"{' '.join(command)} -> {done.returncode}: {done.stderr.strip() or done.stdout.strip()}")
+        raise LabError(
+            f"{' '.join(command)} -> {done.returncode}: {done.stderr.strip() or done.stdout.strip()}"
+        )
     return done.stdout
 
 
@@ -135,10 +137,8 @@ class Namespaces:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             pids = [pid for name in names for pid in netns_pids(name)]
             for pid in pids:
-                try:
+                with suppress(ProcessLookupError):
                     os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
             deadline = time.monotonic() + 5
             while pids and time.monotonic() < deadline:
                 pids = [pid for pid in pids if _alive(pid)]
