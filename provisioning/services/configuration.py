@@ -21,8 +21,8 @@ from fleet.core.doorbells import doorbell_config_changed
 from fleet.core.errors import InvalidInput
 from fleet.core.events import event_record
 from fleet.core.models import Box
-from provisioning.selectors.configuration import box_config_document, boxes_config_hashes
 from provisioning.port_forwards import port_forwards_validate
+from provisioning.selectors.configuration import box_config_document, boxes_config_hashes
 from provisioning.wan_policy import wan_policy_validate
 
 APPLY_ERROR_MAX_BYTES = 4096
@@ -149,7 +149,12 @@ def box_set_port_forwards(*, actor: Actor, box: Box, port_forwards: list[dict[st
         box.save(update_fields=["port_forwards", "updated_at"])
         box_config_refresh(box=box)
         audit_record(
-            actor=actor, action="box.set_port_forwards", box=box, target=box, before=before, after=forwards
+            actor=actor,
+            action="box.set_port_forwards",
+            box=box,
+            target=box,
+            before={"port_forwards": before},
+            after={"port_forwards": forwards},
         )
     return box
 

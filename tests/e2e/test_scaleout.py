@@ -399,34 +399,23 @@ def test_agents_through_nginx_survive_a_killed_process_and_a_rolling_restart(
         for box in boxes:
             state = tmp_path / box.serial
             enroll = subprocess.run(
-                [AGENT, "enroll", "--server", stack["base"], "--serial", box.serial, "--secret", FACTORY_SECRET,
-                 "--state-dir", str(state)],
+                [AGENT, "enroll", "--server", stack["base"], "--serial", box.serial,
+                 "--secret", FACTORY_SECRET, "--state-dir", str(state)],
                 capture_output=True, text=True, timeout=60, env=env, check=False,
             )  # fmt: skip
             assert enroll.returncode == 0, enroll.stdout + enroll.stderr
             with (tmp_path / f"{box.serial}.log").open("w") as log:
-                agents.append(
-                    subprocess.Popen(
-                        [
-                            AGENT,
-                            "run",
-                            "--state-dir",
-                            str(state),
-                            "--collector",
-                            "simulated",
-                            "--telemetry-interval",
-                            "0.5",
-                            "--no-probe",
-                            "--backoff-base",
-                            "0.2",
-                            "--backoff-cap",
-                            "2",
-                        ],
-                        stdout=log,
-                        stderr=log,
-                        env=env,
-                    )  # fmt: skip
-                )
+                command = [AGENT, "run", "--state-dir", str(state), "--collector", "simulated"]
+                command += [
+                    "--telemetry-interval",
+                    "0.5",
+                    "--no-probe",
+                    "--backoff-base",
+                    "0.2",
+                    "--backoff-cap",
+                    "2",
+                ]
+                agents.append(subprocess.Popen(command, stdout=log, stderr=log, env=env))
         every_box_streams = _streaming(boxes)
         wait_until(every_box_streams, timeout=30, message="agents did not stream through nginx")
         poller.start()

@@ -72,7 +72,7 @@ def test_admin_sets_forwards_the_config_carries_them(
     assert document["port_forwards"] == [WEB]
     assert stored.config_hash == document["config_hash"] != before["config_hash"]
     entry = AuditLog.objects.get(action="box.set_port_forwards")
-    assert entry.before == [] and entry.after == [WEB]
+    assert entry.before == {"port_forwards": []} and entry.after == {"port_forwards": [WEB]}
 
     # the same list again changes nothing and records nothing
     client_for(people.admin).put(url, {"port_forwards": [WEB]}, format="json")
