@@ -6,6 +6,8 @@ import os
 
 from celery import Celery
 
+import fleet.core.task_metrics  # noqa: F401 (connects the task signals that count and time every task)
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("otb")

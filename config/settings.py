@@ -111,6 +111,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "fleet.core.middleware.RequestIdMiddleware",
+    "fleet.core.middleware.MetricsMiddleware",
     "fleet.core.middleware.QueryStringMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -301,6 +302,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 OTB = {
     "ADDRESS_QUARANTINE_SECONDS": env_int("OTB_ADDRESS_QUARANTINE_SECONDS", 7 * 24 * 3600),
     "TELEMETRY_INTERVAL_S": env_int("OTB_TELEMETRY_INTERVAL_S", 10),
+    # /metrics: a bearer token to require; without one, loopback clients only (config/metrics.py).
+    "METRICS_TOKEN": os.environ.get("OTB_METRICS_TOKEN", ""),
     "HEARTBEAT_INTERVAL_S": env_int("OTB_HEARTBEAT_INTERVAL_S", 30),
     # Threads serving Django's HTTP requests in each ASGI process (config/asgi.py).
     "HTTP_THREADS": env_int("OTB_HTTP_THREADS", 16),

@@ -3,11 +3,13 @@ from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from config.metrics import metrics_view
 from fleet.core.health import healthz
 from frontend.views.accounts import admin_login
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/login/", admin_login, name="admin-login"),
     # Models that moved to the fleet core keep their old admin addresses as redirects (bookmarks).
     re_path(

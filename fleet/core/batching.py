@@ -31,13 +31,16 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 import psycopg
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from fleet.core.live_connections import DISCONNECTED, LiveConnections
+from fleet.core.metrics import BATCH_FAILED, BATCH_FLUSH_SECONDS, BATCH_SIZE, REGISTRY
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +111,9 @@ class Batcher(Generic[Item]):
         self._inflight_keys: set[Hashable] = set()
         self._flushes: dict[asyncio.Task[None], list[_Call[Item]]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._size = BATCH_SIZE.labels(name)
+        self._flush_seconds = BATCH_FLUSH_SECONDS.labels(name)
+        _BATCHERS.add(self)
 
     # -- the caller's side -----------------------------------------------------------------------
     @property
@@ -222,14 +228,17 @@ class Batcher(Generic[Item]):
             conn = await self.connections.acquire()
         except (*DISCONNECTED, psycopg.Error) as exc:
             logger.warning("%s: database unavailable: %s", self.name, exc)
+            BATCH_FAILED.labels(self.name, "unavailable").inc()
             _fail(batch, self.unavailable("database unavailable"))
             return
+        started = time.perf_counter()
         try:
             async with conn.transaction(), conn.cursor() as cur:
                 committed = await self.store(cur, [call.item for call in batch], side_work)
                 stored = time.perf_counter()
         except DISCONNECTED as exc:
             logger.warning("%s: database connection lost: %s", self.name, exc)
+            BATCH_FAILED.labels(self.name, "unavailable").inc()
             await self.connections.discard(conn)
             _fail(batch, self.unavailable("database connection lost"))
             return
@@ -237,6 +246,7 @@ class Batcher(Generic[Item]):
             self.connections.release(conn)
             if len(batch) + (side_work is not None) <= 1:
                 logger.warning("%s: refused by the database: %s", self.name, exc)
+                BATCH_FAILED.labels(self.name, "rejected").inc()
                 _fail(batch, self.rejected(exc))
                 return
             # A data error poisons the whole transaction: one item at a time, so that only the bad
@@ -253,6 +263,8 @@ class Batcher(Generic[Item]):
         self.connections.release(conn)
         self.stats["batches"] += 1
         self.stats["items"] += len(batch)
+        self._size.observe(len(batch))
+        self._flush_seconds.observe(time.perf_counter() - started)
         for call, result in zip(batch, committed.results, strict=True):
             if call.future.done():  # the caller went away
                 continue
@@ -314,3 +326,27 @@ class PerLoop(Generic[Owner]):
         instance = self._instances.pop(asyncio.get_running_loop(), None)
         if instance is not None:
             await instance.close()
+
+
+# Every live batcher of this process, for the queue-depth gauge (summed by name at scrape time).
+_BATCHERS: weakref.WeakSet[Batcher[Any]] = weakref.WeakSet()
+
+
+class _PendingCollector(Collector):
+    """``otb_batcher_pending``: the queue depth of every live batcher of this process, by name."""
+
+    def collect(self) -> Iterator[Any]:
+        totals: collections.Counter[str] = collections.Counter()
+        for batcher in list(_BATCHERS):
+            totals[batcher.name] += batcher.pending
+        gauge = GaugeMetricFamily(
+            "otb_batcher_pending",
+            "Calls queued and not yet taken into a batch, by batcher",
+            labels=["batcher"],
+        )
+        for name, value in sorted(totals.items()):
+            gauge.add_metric([name], value)
+        yield gauge
+
+
+REGISTRY.register(_PendingCollector())

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 
+from fleet.core.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from fleet.core.request_context import new_request_id, request_id_var
 
 
@@ -23,6 +25,28 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
         response["X-Request-ID"] = request_id
         return response
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by route (the URL pattern, so ids do not explode the label set),
+    method and status, and observes its duration (``otb_http_requests_total``,
+    ``otb_http_request_seconds``)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        response = self.get_response(request)
+        match = getattr(request, "resolver_match", None)
+        route = f"/{match.route}" if match is not None and match.route else "unmatched"
+        method = request.method if request.method in _METHODS else "other"
+        HTTP_REQUESTS.labels(route, method, str(response.status_code)).inc()
+        HTTP_SECONDS.labels(route, method).observe(time.perf_counter() - started)
+        return response
+
+
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
 class QueryStringMiddleware:

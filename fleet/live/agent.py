@@ -49,6 +49,17 @@ from fleet.commands.services import command_complete, command_progress, commands
 from fleet.core.authentication import bearer_token
 from fleet.core.doorbells import AGENT_SESSION_REPLACE, agent_group, agroup_send
 from fleet.core.errors import DomainError
+from fleet.core.metrics import (
+    AGENT_FRAMES_INVALID,
+    AGENT_SESSIONS,
+    AGENT_SESSIONS_CLOSED,
+    AGENT_SESSIONS_OPENED,
+    AGENT_SESSIONS_REFUSED,
+    TELEMETRY_ACK_SECONDS,
+    TELEMETRY_ACKED,
+    TELEMETRY_RECEIVED,
+    TELEMETRY_REJECTED,
+)
 from fleet.live.gate import SessionsUnavailable, get_session_gate
 from fleet.telemetry import services
 from fleet.telemetry.writer import StorageUnavailable, TelemetryRejected, get_writer
@@ -159,6 +170,7 @@ class AgentConsumer(LeanDispatchMixin, AsyncWebsocketConsumer):
     active_sessions = 0
 
     async def connect(self) -> None:
+        self.opened_at = time.perf_counter()
         self.box_id: uuid.UUID | None = None
         self.organization_id: Any = None
         self.session_id = uuid.uuid4().hex
@@ -185,6 +197,7 @@ class AgentConsumer(LeanDispatchMixin, AsyncWebsocketConsumer):
             )
             return
         if grant is None:
+            AGENT_SESSIONS_REFUSED.labels("unauthorized").inc()
             await self.accept()
             await self._send({"type": "error", "code": "unauthorized", "message": "unknown or revoked token"})
             await self._close(CLOSE_UNAUTHORIZED)
@@ -196,6 +209,7 @@ class AgentConsumer(LeanDispatchMixin, AsyncWebsocketConsumer):
         self.organization_id = grant.organization_id
         AgentConsumer.active_sessions += 1
         self.counted = True
+        AGENT_SESSIONS_OPENED.inc()
         # Older sessions of the box close (4002) on this; sent before joining the group so that this
         # session does not receive its own message. The database decides between two new sessions
         # racing: the hello of the one that lost the upsert gets no welcome and closes.
@@ -222,6 +236,7 @@ class AgentConsumer(LeanDispatchMixin, AsyncWebsocketConsumer):
             return
         AgentConsumer.active_sessions -= 1
         self.counted = False
+        AGENT_SESSIONS_CLOSED.labels(str(code)).inc()
         try:
             async with _group_slots():
                 await self.channel_layer.group_discard(
@@ -341,6 +356,8 @@ class AgentConsumer(LeanDispatchMixin, AsyncWebsocketConsumer):
 
     async def _telemetry(self, message: dict[str, Any]) -> None:
         seq = message["seq"]
+        TELEMETRY_RECEIVED.inc()
+        received = time.perf_counter()
         try:
             await get_writer().submit(
                 box_id=cast(uuid.UUID, self.box_id),  # receive() drops frames before the box is known
@@ -351,6 +368,7 @@ class AgentConsumer(LeanDispatchMixin, AsyncWebsocketConsumer):
                 dropped=message.get("dropped"),
             )
         except StorageUnavailable as exc:
+            TELEMETRY_REJECTED.labels("storage_unavailable").inc()
             await self._send(
                 {
                     "type": "error",
@@ -361,11 +379,14 @@ class AgentConsumer(LeanDispatchMixin, AsyncWebsocketConsumer):
             )
             return
         except TelemetryRejected as exc:
+            TELEMETRY_REJECTED.labels("rejected").inc()
             await self._send(
                 {"type": "error", "code": "rejected", "message": str(exc)[:1000], "field": "samples"}
             )
             return
         await self._send({"type": "ack", "seq": seq})
+        TELEMETRY_ACKED.inc()
+        TELEMETRY_ACK_SECONDS.observe(time.perf_counter() - received)
 
     async def _command_progress(self, message: dict[str, Any]) -> None:
         await self._command_call(
@@ -438,6 +459,7 @@ class AgentConsumer(LeanDispatchMixin, AsyncWebsocketConsumer):
 
     async def _invalid(self, message: str, field: str, *, code: str = "invalid_frame") -> None:
         self.invalid_frames += 1
+        AGENT_FRAMES_INVALID.labels(code).inc()
         body: dict[str, Any] = {"type": "error", "code": code, "message": message[:1000]}
         if field:
             body["field"] = field[:256]
@@ -450,6 +472,7 @@ class AgentConsumer(LeanDispatchMixin, AsyncWebsocketConsumer):
             await self._close(CLOSE_INVALID_FRAMES)
 
     async def _refuse(self, code: str, message: str, retry_after_s: float) -> None:
+        AGENT_SESSIONS_REFUSED.labels(code).inc()
         await self.accept()
         await self._send({"type": "error", "code": code, "message": message, "retry_after_s": retry_after_s})
         await self._close(CLOSE_RATE_LIMITED)
@@ -470,3 +493,6 @@ class AgentConsumer(LeanDispatchMixin, AsyncWebsocketConsumer):
             await self.close(code=code)
         except Exception:
             logger.debug("close of box %s session failed", self.box_id, exc_info=True)
+
+
+AGENT_SESSIONS.set_function(lambda: AgentConsumer.active_sessions)

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from django.db import connection
 from django.test import Client
+from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.telemetry.models import BoxStatus
 from tests.conftest import FACTORY_SECRET
@@ -289,6 +290,7 @@ def test_sessions_commands_and_live_views_cross_processes(
     browser.force_login(people.viewer)
     session_cookie = browser.cookies["sessionid"].value
     web_a, web_b = stack["webs"]
+    before = {name: scrape_sum(stack["webs"], name, **labels) for name, labels in SCRAPED}
 
     async def scenario() -> dict[str, Any]:
         agent = {"Authorization": f"Bearer {token}"}
@@ -326,9 +328,11 @@ def test_sessions_commands_and_live_views_cross_processes(
         await portal.send(json.dumps({"type": "subscribe", "box": str(box.pk)}))
         await _frames_until(portal, "subscribed", 5)
         live: dict[str, Any] = {}
+        acks = 0
         for seq in range(1, 6):
             await second.send(json.dumps(telemetry(seq)))
             await _frames_until(second, "ack", 5)
+            acks += 1
             try:
                 live = json.loads(await asyncio.wait_for(portal.recv(), 1.5))
                 if live:
@@ -343,14 +347,44 @@ def test_sessions_commands_and_live_views_cross_processes(
             "command": command,
             "command_latency": command_latency,
             "live": live,
+            "acks": acks,
         }
 
     result = asyncio.run(scenario())
+    time.sleep(0.5)  # the last close is counted when the process sees it
+    after = {name: scrape_sum(stack["webs"], name, **labels) for name, labels in SCRAPED}
+    grew = {name: after[name] - before[name] for name in after}
+    # /metrics of the two processes, summed, tell what the test did
+    assert grew["otb_telemetry_messages_acked_total"] == result["acks"], grew
+    assert grew["otb_telemetry_messages_received_total"] == result["acks"], grew
+    assert grew["otb_agent_sessions_opened_total"] == 2, grew
+    assert grew["otb_agent_sessions_closed_total"] >= 1, grew
     assert result["replaced_code"] == 4002
     assert result["command"]["id"] == result["created"]["id"]
     assert result["command_latency"] < 3, result["command_latency"]
     assert result["live"], "the portal socket on process A got nothing ingested by process B"
     assert str(box.pk) in json.dumps(result["live"])
+
+
+SCRAPED = [
+    ("otb_telemetry_messages_acked_total", {}),
+    ("otb_telemetry_messages_received_total", {}),
+    ("otb_agent_sessions_opened_total", {}),
+    ("otb_agent_sessions_closed_total", {"code": "4002"}),
+]
+
+
+def scrape_sum(webs: list[Web], name: str, **labels: str) -> float:
+    """The sum over the processes of one sample of their /metrics (scraped directly, as Prometheus does)."""
+    total = 0.0
+    for web in webs:
+        with urllib.request.urlopen(f"http://127.0.0.1:{web.port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+    return total
 
 
 def _post_json(url: str, body: Any, token: str) -> dict[str, Any]:
