@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+import fleet.core.batching  # noqa: F401 (registers the batchers' queue-depth gauge, whatever imported first)
 from fleet.core.choices import BoxState
 from fleet.core.metrics import REGISTRY
 from fleet.core.models import Box

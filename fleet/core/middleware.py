@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -7,6 +8,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonR
 
 from fleet.core.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from fleet.core.request_context import new_request_id, request_id_var
+
+http_log = logging.getLogger("otb.http")
 
 
 class RequestIdMiddleware:
@@ -29,8 +32,10 @@ class RequestIdMiddleware:
 
 class MetricsMiddleware:
     """Counts every HTTP request by route (the URL pattern, so ids do not explode the label set),
-    method and status, and observes its duration (``otb_http_requests_total``,
-    ``otb_http_request_seconds``)."""
+    method and status, observes its duration (``otb_http_requests_total``,
+    ``otb_http_request_seconds``), and writes one JSON log line per request (logger ``otb.http``:
+    request id, method, route, path without its query string, status, duration, client address, user
+    and organisation when known; never a header, a query string or a body, where secrets travel)."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -41,8 +46,27 @@ class MetricsMiddleware:
         match = getattr(request, "resolver_match", None)
         route = f"/{match.route}" if match is not None and match.route else "unmatched"
         method = request.method if request.method in _METHODS else "other"
+        elapsed = time.perf_counter() - started
         HTTP_REQUESTS.labels(route, method, str(response.status_code)).inc()
-        HTTP_SECONDS.labels(route, method).observe(time.perf_counter() - started)
+        HTTP_SECONDS.labels(route, method).observe(elapsed)
+        if http_log.isEnabledFor(logging.INFO):
+            user = getattr(request, "user", None)
+            auth = getattr(request, "auth", None)
+            http_log.info(
+                "http_request",
+                extra={
+                    "method": request.method,
+                    "route": route,
+                    "path": request.path[:300],
+                    "status": response.status_code,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "client": request.META.get("REMOTE_ADDR"),
+                    "user_id": getattr(user, "pk", None)
+                    if getattr(user, "is_authenticated", False)
+                    else None,
+                    "organization_id": getattr(auth, "organization_id", None),
+                },
+            )
         return response
 
 

@@ -65,6 +65,7 @@ from fleet.telemetry import services
 from fleet.telemetry.writer import StorageUnavailable, TelemetryRejected, get_writer
 
 logger = logging.getLogger(__name__)
+session_log = logging.getLogger("otb.sessions")
 
 MAX_INVALID_FRAMES = 10
 # Well under the channel layer's Redis pool (max_connections in settings.CHANNEL_LAYERS).
@@ -210,6 +211,14 @@ class AgentConsumer(LeanDispatchMixin, AsyncWebsocketConsumer):
         AgentConsumer.active_sessions += 1
         self.counted = True
         AGENT_SESSIONS_OPENED.inc()
+        session_log.info(
+            "agent_session_opened",
+            extra={
+                "box_id": str(box_id),
+                "organization_id": str(self.organization_id),
+                "session_id": self.session_id,
+            },
+        )
         # Older sessions of the box close (4002) on this; sent before joining the group so that this
         # session does not receive its own message. The database decides between two new sessions
         # racing: the hello of the one that lost the upsert gets no welcome and closes.
@@ -237,6 +246,16 @@ class AgentConsumer(LeanDispatchMixin, AsyncWebsocketConsumer):
         AgentConsumer.active_sessions -= 1
         self.counted = False
         AGENT_SESSIONS_CLOSED.labels(str(code)).inc()
+        session_log.info(
+            "agent_session_closed",
+            extra={
+                "box_id": str(self.box_id),
+                "organization_id": str(self.organization_id),
+                "session_id": self.session_id,
+                "code": code,
+                "duration_s": round(time.perf_counter() - self.opened_at, 1),
+            },
+        )
         try:
             async with _group_slots():
                 await self.channel_layer.group_discard(

@@ -3,6 +3,9 @@ agent sessions and telemetry acks, batches, Celery tasks recorded by workers, bu
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -91,3 +94,36 @@ def test_celery_tasks_recorded_by_workers_are_exposed(settings: Any) -> None:
     assert value(metrics, "otb_celery_task_seconds_sum", task="fleet.test.task") == pytest.approx(3.21)
     assert ("otb_celery_queue_length", (("queue", "telemetry"),)) in metrics
     _redis().delete(KEY)
+
+
+def test_the_dashboard_and_the_docs_name_only_metrics_that_exist() -> None:
+    """deploy/grafana/otb-fleet.json and docs/operations.md stay true to what /metrics exposes."""
+    BUSINESS._at = 0.0
+    text = Client().get("/metrics", REMOTE_ADDR="127.0.0.1").content.decode()
+    exposed = set()
+    for family in text_string_to_metric_families(text):  # families with no sample yet count too
+        suffixes = {"counter": ["_total"], "histogram": ["", "_bucket", "_count", "_sum"]}.get(
+            family.type, [""]
+        )
+        exposed |= {family.name + suffix for suffix in suffixes}
+    root = Path(__file__).resolve().parents[2]
+    dashboard = json.loads((root / "deploy" / "grafana" / "otb-fleet.json").read_text())
+    named = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b(otb_[a-z0-9_]+)", target["expr"])
+    }
+    pool_only = {"otb_db_pool_size", "otb_db_pool_available", "otb_db_requests_waiting"}  # with a pool only
+    assert named and named - pool_only <= exposed, named - exposed
+    documented = set(re.findall(r"`(otb_[a-z0-9_]+)`", (root / "docs" / "operations.md").read_text()))
+    assert documented and documented - pool_only <= exposed, documented - exposed
+    ours = {
+        name
+        for name in exposed
+        if name.startswith("otb_") and not name.endswith(("_bucket", "_count", "_sum"))
+    }
+    undocumented = {
+        name for name in ours if not any(name == doc or name.startswith(doc + "_") for doc in documented)
+    }
+    assert not undocumented, undocumented
