@@ -63,6 +63,12 @@ class BusinessCollector(Collector):
                 self._at = time.monotonic()
             return self._values
 
+    def describe(self) -> Iterator[Any]:
+        """What it exposes, without a query (the registry asks at import time)."""
+        yield GaugeMetricFamily("otb_boxes", "Claimed boxes, by presence", labels=["presence"])
+        yield GaugeMetricFamily("otb_rollouts", "Rollouts, by state", labels=["state"])
+        yield GaugeMetricFamily("otb_alerts_firing", "Alerts firing now")
+
     def collect(self) -> Iterator[Any]:
         try:
             values = self._read()
@@ -82,6 +88,13 @@ class BusinessCollector(Collector):
 
 class CeleryCollector(Collector):
     """Queue lengths (Redis lists of the broker) and task counts and durations (``task_metrics``)."""
+
+    def describe(self) -> Iterator[Any]:
+        yield GaugeMetricFamily(
+            "otb_celery_queue_length", "Tasks waiting in a Celery queue", labels=["queue"]
+        )
+        yield CounterMetricFamily("otb_celery_tasks", "Celery tasks finished", labels=["task", "outcome"])
+        yield HistogramMetricFamily("otb_celery_task_seconds", "Celery task durations", labels=["task"])
 
     def collect(self) -> Iterator[Any]:
         try:
@@ -120,6 +133,9 @@ class CeleryCollector(Collector):
 
 class DatabasePoolCollector(Collector):
     """The psycopg pool of this process, when one is configured (DATABASE_POOL_MAX_SIZE > 0)."""
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())
 
     def collect(self) -> Iterator[Any]:
         pool = getattr(connections["default"], "pool", None)

@@ -335,6 +335,9 @@ _BATCHERS: weakref.WeakSet[Batcher[Any]] = weakref.WeakSet()
 class _PendingCollector(Collector):
     """``otb_batcher_pending``: the queue depth of every live batcher of this process, by name."""
 
+    def describe(self) -> Iterator[Any]:
+        yield GaugeMetricFamily("otb_batcher_pending", "Calls queued, by batcher", labels=["batcher"])
+
     def collect(self) -> Iterator[Any]:
         totals: collections.Counter[str] = collections.Counter()
         for batcher in list(_BATCHERS):

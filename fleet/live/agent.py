@@ -36,6 +36,7 @@ from otb_protocol import (
     CLOSE_REPLACED,
     CLOSE_SERVICE_RESTART,
     CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNAUTHORIZED,
     CLOSE_UNSUPPORTED_VERSION,
     MAX_FRAME_BYTES,
@@ -396,6 +397,10 @@ class AgentConsumer(LeanDispatchMixin, AsyncWebsocketConsumer):
                     "retry_after_s": exc.retry_after_s,
                 }
             )
+            # The agent holds the frame in flight until an ack: without a new session it would stall
+            # once its window is full of refused frames. It reconnects after retry_after_s and resends
+            # everything not acked (the welcome's last_acked_seq says where to start).
+            await self._close(CLOSE_TRY_AGAIN_LATER)
             return
         except TelemetryRejected as exc:
             TELEMETRY_REJECTED.labels("rejected").inc()

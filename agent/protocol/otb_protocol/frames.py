@@ -20,6 +20,9 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
 CLOSE_SERVICE_RESTART = 1012
+# The server could not store telemetry (its database is unavailable): the agent reconnects after the
+# preceding error frame's retry_after_s and resends everything not acked.
+CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_REPLACED = 4002
 CLOSE_INVALID_FRAMES = 4003
@@ -32,6 +35,7 @@ CLOSE_CODE_NAMES = {
     CLOSE_GOING_AWAY: "going_away",
     CLOSE_TOO_BIG: "message_too_big",
     CLOSE_SERVICE_RESTART: "service_restart",
+    CLOSE_TRY_AGAIN_LATER: "try_again_later",
     CLOSE_UNAUTHORIZED: "unauthorized",
     CLOSE_REPLACED: "replaced",
     CLOSE_INVALID_FRAMES: "too_many_invalid_frames",

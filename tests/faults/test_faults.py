@@ -1,0 +1,204 @@
+"""Faults survived, nothing lost, with real processes: a private PostgreSQL and Redis (stopped and
+restarted by the tests, never the machine's), the ASGI server, a Celery worker and beat, and boxes
+running the real agent code (``otb-agent simulate``).
+
+- PostgreSQL restarted while 50 agents stream: new sessions are refused with a retry-after while it
+  is down, agents buffer, and afterwards every sequence they generated and had acked is stored exactly
+  once;
+- Redis restarted while agents stream: the sessions come back, telemetry resumes, and a command
+  created while Redis was down still reaches its box (doorbells may be lost, state may not);
+- a reconnect storm of 2,000 sessions (the web process killed under them) while a person uses the
+  portal: the portal keeps answering."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import statistics
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import websockets
+
+from tests.faults.stack import Stack, wait_for
+
+pytestmark = [pytest.mark.e2e]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    the_stack = Stack(tmp_path_factory.mktemp("faults"))
+    try:
+        the_stack.up()
+        yield the_stack
+    finally:
+        the_stack.down()
+
+
+def _token(stack: Stack, serial: str) -> str:
+    credentials = json.loads((stack.root / "boxes" / serial / "credentials.json").read_text())
+    return str(credentials["agent_token"])
+
+
+async def _first_frame(url: str, token: str) -> tuple[dict[str, Any], int | None]:
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        try:
+            await asyncio.wait_for(ws.wait_closed(), 5)
+        except TimeoutError:
+            pass
+        return frame, ws.close_code
+
+
+def test_postgres_restart_while_50_agents_stream_loses_and_duplicates_nothing(stack: Stack) -> None:
+    rows = stack.import_boxes(50, "PGR")
+    serials = [row["serial"] for row in rows]
+    stack.simulate(stack.root / "PGR.csv", interval=0.5)
+    wait_for(lambda: stack.progress().get("sessions", 0) >= 50 and stack.progress().get("acked", 0) >= 150, 60,
+             "50 sessions streaming")  # fmt: skip
+
+    stack.postgres_stop()
+    down_at = time.monotonic()
+    # while it is down: a new session is refused with a retry-after, agents keep sampling into their buffers
+    frame, code = asyncio.run(
+        _first_frame(f"ws://127.0.0.1:{stack.web_port}/ws/agent/", _token(stack, serials[0]))
+    )
+    assert frame["type"] == "error" and frame["code"] == "unavailable" and frame["retry_after_s"] > 0, frame
+    assert code == 4029
+    wait_for(
+        lambda: stack.progress().get("buffered", 0) >= 50, 20, "agents buffering while PostgreSQL is down"
+    )
+    time.sleep(max(0.0, 8 - (time.monotonic() - down_at)))
+
+    stack.postgres_start()
+    restarted = time.monotonic()
+    acked_before = stack.progress()["acked"]
+    wait_for(
+        lambda: stack.progress()["buffered"] == 0 and stack.progress()["acked"] > acked_before + 100, 90,
+        "the buffers to drain after PostgreSQL came back",
+    )  # fmt: skip
+    recovered_s = time.monotonic() - restarted
+    stack.stop_simulator()
+
+    lost, duplicated, acked = stack.lost_and_duplicated(serials)
+    assert acked > 50 * 20
+    assert (lost, duplicated) == (0, 0)
+    assert recovered_s < 60
+
+
+def _create_command(stack: Stack, box_id: str, token: str) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"{stack.base_url}/api/v1/boxes/{box_id}/commands/",
+        data=json.dumps({"kind": "diagnostics"}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return dict(json.loads(response.read()))
+
+
+def test_redis_restart_loses_doorbells_not_state(stack: Stack) -> None:
+    rows = stack.import_boxes(10, "RDR")
+    serials = [row["serial"] for row in rows]
+    stack.simulate(stack.root / "RDR.csv", interval=0.5)
+    wait_for(lambda: stack.progress().get("sessions", 0) >= 10, 60, "10 sessions")
+    # the boxes' owner, with an API token (created through the services, as the command would)
+    owner_token = _owner_with_boxes(stack, serials)
+
+    stack.redis_stop()
+    time.sleep(2)
+    with psycopg.connect(stack.database_url) as conn:
+        box_id = str(conn.execute("SELECT id FROM fleet_box WHERE serial = %s", [serials[0]]).fetchone()[0])
+    command = _create_command(stack, box_id, owner_token)  # the doorbell cannot ring: Redis is down
+    acked_during = stack.progress()["acked"]
+    stack.redis_start()
+
+    def delivered() -> bool:
+        with psycopg.connect(stack.database_url) as conn:
+            state = conn.execute(
+                "SELECT state FROM commands_command WHERE id = %s", [command["id"]]
+            ).fetchone()[0]
+        return state in {"succeeded", "failed"}
+
+    wait_for(delivered, 60, "the command created while Redis was down to reach its box")
+    wait_for(lambda: stack.progress()["acked"] > acked_during + 50, 60, "telemetry after Redis came back")
+    stack.stop_simulator()
+    lost, duplicated, _ = stack.lost_and_duplicated(serials)
+    assert (lost, duplicated) == (0, 0)
+
+
+def _owner_with_boxes(stack: Stack, serials: list[str]) -> str:
+    """Claims the boxes for a new organisation through the services; returns its owner's API token."""
+    script = (
+        "import django, json, sys; django.setup()\n"
+        "from fleet.core.audit import Actor\n"
+        "from fleet.core.models import Box, Organization\n"
+        "from fleet.core.services.organizations import organization_create\n"
+        "from fleet.core.services.tokens import api_token_create\n"
+        "from django.contrib.auth import get_user_model\n"
+        "system = Actor.system('faults')\n"
+        "org = organization_create(actor=system, name='Faults', owner_email='owner@faults.test')\n"
+        "Box.objects.filter(serial__in=json.loads(sys.argv[1])).update(state='claimed', organization=org)\n"
+        "user = get_user_model().objects.get(email='owner@faults.test')\n"
+        "print(api_token_create(actor=system, user=user, organization=org, name='faults')[1])\n"
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(serials)], cwd=str(Path(__file__).resolve().parents[2]),
+        env={**stack.env, "DJANGO_SETTINGS_MODULE": "config.settings"}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_a_reconnect_storm_of_2000_sessions_while_the_portal_is_in_use(stack: Stack) -> None:
+    rows = stack.import_boxes(2000, "STM")
+    stack.simulate(stack.root / "STM.csv", interval=30)
+    wait_for(lambda: stack.progress().get("sessions", 0) >= 2000, 240, "2,000 sessions", interval=1)
+
+    latencies: list[float] = []
+    failures: list[int] = []
+
+    def use_the_portal(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(f"{stack.base_url}/accounts/login/", timeout=10) as response:
+                    response.read()
+                    if response.status != 200:
+                        failures.append(response.status)
+            except OSError:
+                failures.append(0)
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.2)
+
+    # the storm: the web process dies under 2,000 sessions and comes back; they all reconnect at once
+    stack.kill("web", signal.SIGKILL)
+    stack.web_start()
+    restarted = time.monotonic()
+    use_the_portal(20)
+    wait_for(lambda: _online_sessions(stack) >= 2000, 120, "the 2,000 sessions back", interval=1)
+    storm_s = time.monotonic() - restarted
+    stack.stop_simulator()
+    assert failures == []
+    assert statistics.quantiles(latencies, n=20)[18] < 2.0, sorted(latencies)[-10:]
+    assert storm_s < 120
+    assert len(rows) == 2000
+
+
+def _online_sessions(stack: Stack) -> int:
+    with psycopg.connect(stack.database_url) as conn:
+        return int(
+            conn.execute(
+                "SELECT count(*) FROM telemetry_boxstatus s JOIN fleet_box b ON b.id = s.box_id"
+                " WHERE b.serial LIKE 'STM-%%' AND s.online"
+            ).fetchone()[0]
+        )
