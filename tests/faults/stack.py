@@ -7,6 +7,7 @@ Shared by tests/faults/ and bench/faults.py."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import json
@@ -128,32 +129,72 @@ class Stack:
         if celery:
             self.spawn(
                 "worker",
-                [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,telemetry,rollouts",
-                 "-c", "2", "--loglevel", "WARNING"],
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "config",
+                    "worker",
+                    "-Q",
+                    "default,telemetry,rollouts",
+                    "-c",
+                    "2",
+                    "--loglevel",
+                    "WARNING",
+                ],
+            )
             self.spawn(
                 "beat",
-                [sys.executable, "-m", "celery", "-A", "config", "beat", "--loglevel", "WARNING",
-                 "--schedule", str(self.root / "celerybeat-schedule")],
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "config",
+                    "beat",
+                    "--loglevel",
+                    "WARNING",
+                    "--schedule",
+                    str(self.root / "celerybeat-schedule"),
+                ],
+            )
 
     def spawn(self, name: str, command: list[str], **kwargs: Any) -> subprocess.Popen:
         out = (self.root / "logs" / f"{name}.log").open("ab")
         process = subprocess.Popen(
-            command, cwd=ROOT, env=kwargs.pop("env", self.env), stdout=kwargs.pop("stdout", out),
-            stderr=subprocess.STDOUT if "stderr" not in kwargs else kwargs.pop("stderr"), start_new_session=True,
+            command,
+            cwd=ROOT,
+            env=kwargs.pop("env", self.env),
+            stdout=kwargs.pop("stdout", out),
+            stderr=subprocess.STDOUT if "stderr" not in kwargs else kwargs.pop("stderr"),
+            start_new_session=True,
             **kwargs,
-        )  # fmt: skip
+        )
         self.processes[name] = process
         return process
 
     def web_start(self) -> None:
         self.spawn(
             "web",
-            [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
-             "--port", str(self.web_port), "--ws-max-size", "65536", "--no-access-log", "--log-level", "warning",
-             "--timeout-graceful-shutdown", "5"],
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "config.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.web_port),
+                "--ws-max-size",
+                "65536",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                "--timeout-graceful-shutdown",
+                "5",
+            ],
+        )
         wait_for(self.healthy, 30, "the web process")
 
     def healthy(self) -> bool:
@@ -180,38 +221,60 @@ class Stack:
         for name in list(self.processes):
             self.kill(name, signal.SIGTERM)
         for stop in (self.redis_stop, self.postgres_stop):
-            try:
+            with contextlib.suppress(Exception):  # best effort: the folder goes with the test
                 stop()
-            except Exception:  # best effort: the folder goes with the test
-                pass
 
     # -- boxes ----------------------------------------------------------------------------------------
     def import_boxes(self, count: int, prefix: str) -> list[dict[str, str]]:
         rows = [
-            {"serial": f"{prefix}-{index:05d}", "model": "OTB-SIM", "mac": "", "factory_secret": secrets.token_hex(12),
-             "claim_code": secrets.token_hex(4).upper()}
+            {
+                "serial": f"{prefix}-{index:05d}",
+                "model": "OTB-SIM",
+                "mac": "",
+                "factory_secret": secrets.token_hex(12),
+                "claim_code": secrets.token_hex(4).upper(),
+            }
             for index in range(1, count + 1)
-        ]  # fmt: skip
+        ]
         path = self.root / f"{prefix}.csv"
         with path.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
         subprocess.run(
-            [sys.executable, "manage.py", "import_boxes", str(path)], cwd=ROOT, env=self.env, check=True,
+            [sys.executable, "manage.py", "import_boxes", str(path)],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
             capture_output=True,
-        )  # fmt: skip
+        )
         return rows
 
     def simulate(self, csv_path: Path, interval: float = 0.5) -> None:
         """Run the boxes of ``csv_path``; progress lines land in ``simulator_lines``."""
         process = self.spawn(
             "simulator",
-            [AGENT, "simulate", "--server", self.base_url, "--boxes-csv", str(csv_path),
-             "--state-dir", str(self.root / "boxes"), "--interval", str(interval), "--progress-interval", "1",
-             "--ramp", "2", "--log-level", "warning"],
-            stdout=subprocess.PIPE, stderr=(self.root / "logs" / "simulator.log").open("ab"),
-        )  # fmt: skip
+            [
+                AGENT,
+                "simulate",
+                "--server",
+                self.base_url,
+                "--boxes-csv",
+                str(csv_path),
+                "--state-dir",
+                str(self.root / "boxes"),
+                "--interval",
+                str(interval),
+                "--progress-interval",
+                "1",
+                "--ramp",
+                "2",
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=(self.root / "logs" / "simulator.log").open("ab"),
+        )
 
         def read() -> None:
             assert process.stdout is not None

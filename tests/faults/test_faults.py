@@ -13,9 +13,12 @@ running the real agent code (``otb-agent simulate``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import statistics
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -49,10 +52,8 @@ def _token(stack: Stack, serial: str) -> str:
 async def _first_frame(url: str, token: str) -> tuple[dict[str, Any], int | None]:
     async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
         frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ws.wait_closed(), 5)
-        except TimeoutError:
-            pass
         return frame, ws.close_code
 
 
@@ -60,8 +61,11 @@ def test_postgres_restart_while_50_agents_stream_loses_and_duplicates_nothing(st
     rows = stack.import_boxes(50, "PGR")
     serials = [row["serial"] for row in rows]
     stack.simulate(stack.root / "PGR.csv", interval=0.5)
-    wait_for(lambda: stack.progress().get("sessions", 0) >= 50 and stack.progress().get("acked", 0) >= 150, 60,
-             "50 sessions streaming")  # fmt: skip
+    wait_for(
+        lambda: stack.progress().get("sessions", 0) >= 50 and stack.progress().get("acked", 0) >= 150,
+        60,
+        "50 sessions streaming",
+    )
 
     stack.postgres_stop()
     down_at = time.monotonic()
@@ -80,9 +84,10 @@ def test_postgres_restart_while_50_agents_stream_loses_and_duplicates_nothing(st
     restarted = time.monotonic()
     acked_before = stack.progress()["acked"]
     wait_for(
-        lambda: stack.progress()["buffered"] == 0 and stack.progress()["acked"] > acked_before + 100, 90,
+        lambda: stack.progress()["buffered"] == 0 and stack.progress()["acked"] > acked_before + 100,
+        90,
         "the buffers to drain after PostgreSQL came back",
-    )  # fmt: skip
+    )
     recovered_s = time.monotonic() - restarted
     stack.stop_simulator()
 
@@ -114,16 +119,14 @@ def test_redis_restart_loses_doorbells_not_state(stack: Stack) -> None:
     stack.redis_stop()
     time.sleep(2)
     with psycopg.connect(stack.database_url) as conn:
-        box_id = str(conn.execute("SELECT id FROM fleet_box WHERE serial = %s", [serials[0]]).fetchone()[0])
+        box_id = str(_one(conn, "SELECT id FROM fleet_box WHERE serial = %s", serials[0]))
     command = _create_command(stack, box_id, owner_token)  # the doorbell cannot ring: Redis is down
     acked_during = stack.progress()["acked"]
     stack.redis_start()
 
     def delivered() -> bool:
         with psycopg.connect(stack.database_url) as conn:
-            state = conn.execute(
-                "SELECT state FROM commands_command WHERE id = %s", [command["id"]]
-            ).fetchone()[0]
+            state = _one(conn, "SELECT state FROM commands_command WHERE id = %s", command["id"])
         return state in {"succeeded", "failed"}
 
     wait_for(delivered, 60, "the command created while Redis was down to reach its box")
@@ -148,13 +151,15 @@ def _owner_with_boxes(stack: Stack, serials: list[str]) -> str:
         "user = get_user_model().objects.get(email='owner@faults.test')\n"
         "print(api_token_create(actor=system, user=user, organization=org, name='faults')[1])\n"
     )
-    import subprocess
-    import sys
 
     done = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(serials)], cwd=str(Path(__file__).resolve().parents[2]),
-        env={**stack.env, "DJANGO_SETTINGS_MODULE": "config.settings"}, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [sys.executable, "-c", script, json.dumps(serials)],
+        cwd=str(Path(__file__).resolve().parents[2]),
+        env={**stack.env, "DJANGO_SETTINGS_MODULE": "config.settings"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return done.stdout.strip().splitlines()[-1]
 
 
@@ -197,8 +202,16 @@ def test_a_reconnect_storm_of_2000_sessions_while_the_portal_is_in_use(stack: St
 def _online_sessions(stack: Stack) -> int:
     with psycopg.connect(stack.database_url) as conn:
         return int(
-            conn.execute(
+            _one(
+                conn,
                 "SELECT count(*) FROM telemetry_boxstatus s JOIN fleet_box b ON b.id = s.box_id"
-                " WHERE b.serial LIKE 'STM-%%' AND s.online"
-            ).fetchone()[0]
+                " WHERE b.serial LIKE %s AND s.online",
+                "STM-%",
+            )
         )
+
+
+def _one(conn: psycopg.Connection, sql: str, *params: Any) -> Any:
+    row = conn.execute(sql, list(params)).fetchone()  # type: ignore[arg-type]
+    assert row is not None, sql
+    return row[0]
