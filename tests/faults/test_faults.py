@@ -212,6 +212,6 @@ def _online_sessions(stack: Stack) -> int:
 
 
 def _one(conn: psycopg.Connection, sql: str, *params: Any) -> Any:
-    row = conn.execute(sql, list(params)).fetchone()  # type: ignore[arg-type]
+    row = conn.execute(sql, list(params)).fetchone()
     assert row is not None, sql
     return row[0]
