@@ -16,9 +16,9 @@ import asyncio
 import contextlib
 import json
 import signal
-import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,7 +29,7 @@ import psycopg
 import pytest
 import websockets
 
-from tests.faults.stack import Stack, wait_for
+from tests.faults.stack import ROOT, Stack, wait_for
 
 pytestmark = [pytest.mark.e2e]
 
@@ -164,16 +164,29 @@ def _owner_with_boxes(stack: Stack, serials: list[str]) -> str:
 
 
 def test_a_reconnect_storm_of_2000_sessions_while_the_portal_is_in_use(stack: Stack) -> None:
-    rows = stack.import_boxes(2000, "STM")
-    stack.simulate(stack.root / "STM.csv", interval=30)
-    wait_for(lambda: stack.progress().get("sessions", 0) >= 2000, 240, "2,000 sessions", interval=1)
+    storm = Path(__file__).with_name("storm.py")
+    tokens = subprocess.run(
+        [sys.executable, str(storm), "boxes", stack.database_url, "2000", "STM"],
+        cwd=ROOT, env=stack.env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    tokens_file = stack.root / "storm-tokens.json"
+    tokens_file.write_text(tokens.strip().splitlines()[-1])
+    lines: list[dict[str, Any]] = []
+    holder = stack.spawn(
+        "storm",
+        [sys.executable, str(storm), "hold", f"ws://127.0.0.1:{stack.web_port}/ws/agent/", str(tokens_file)],
+        stdout=subprocess.PIPE,
+    )
+    threading.Thread(target=_read_lines, args=(holder, lines), daemon=True).start()
+    welcomed = lambda: lines[-1]["welcomed"] if lines else 0  # noqa: E731
+    wait_for(lambda: welcomed() >= 2000, 120, "2,000 sessions", interval=1)
 
     latencies: list[float] = []
     failures: list[int] = []
+    stop = threading.Event()
 
-    def use_the_portal(seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+    def use_the_portal() -> None:
+        while not stop.is_set():
             started = time.monotonic()
             try:
                 with urllib.request.urlopen(f"{stack.base_url}/accounts/login/", timeout=10) as response:
@@ -185,18 +198,32 @@ def test_a_reconnect_storm_of_2000_sessions_while_the_portal_is_in_use(stack: St
             latencies.append(time.monotonic() - started)
             time.sleep(0.2)
 
-    # the storm: the web process dies under 2,000 sessions and comes back; they all reconnect at once
+    # the storm: the web process dies under 2,000 sessions; a new one starts and they all come back
     stack.kill("web", signal.SIGKILL)
+    wait_for(lambda: welcomed() == 0, 30, "the sessions to notice", interval=0.5)
     stack.web_start()
     restarted = time.monotonic()
-    use_the_portal(20)
-    wait_for(lambda: _online_sessions(stack) >= 2000, 120, "the 2,000 sessions back", interval=1)
+    portal = threading.Thread(target=use_the_portal, daemon=True)
+    portal.start()
+    wait_for(lambda: welcomed() >= 2000, 120, "the 2,000 sessions back", interval=0.5)
     storm_s = time.monotonic() - restarted
-    stack.stop_simulator()
-    assert failures == []
-    assert statistics.quantiles(latencies, n=20)[18] < 2.0, sorted(latencies)[-10:]
+    time.sleep(2)
+    stop.set()
+    portal.join(15)
+    stack.kill("storm", signal.SIGTERM)
+    # the portal kept answering (every request within its 10 s timeout; how fast is for bench/faults.py)
+    assert failures == [], failures
+    assert len(latencies) >= 10
     assert storm_s < 120
-    assert len(rows) == 2000
+
+
+def _read_lines(process: subprocess.Popen, lines: list[dict[str, Any]]) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            continue
 
 
 def _online_sessions(stack: Stack) -> int:
