@@ -95,7 +95,8 @@ def main() -> int:
             [
                 sys.executable,
                 "-c",
-                "import django; django.setup(); from fleet.commands.tasks import commands_expire_task as t; t.delay()",
+                "import django; django.setup(); "
+                "from fleet.commands.tasks import commands_expire_task as t; t.delay()",
             ],
             cwd=ROOT,
             env={**stack.env, "DJANGO_SETTINGS_MODULE": "config.settings"},
