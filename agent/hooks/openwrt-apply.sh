@@ -127,7 +127,7 @@ if [ -n "$(pf '@.wireguard.interface')" ]; then
 	run uci set network.otb0_server=wireguard_otb0
 	run uci set "network.otb0_server.public_key=$(pf '@.wireguard.peer.public_key')"
 	PSK="$(pf '@.wireguard.peer.preshared_key')"
-	[ -n "$PSK" ] && run uci set "network.otb0_server.preshared_key=$PSK"
+	[ -n "$PSK" ] && [ "$PSK" != null ] && run uci set "network.otb0_server.preshared_key=$PSK"
 	run uci set "network.otb0_server.endpoint_host=${ENDPOINT%:*}"
 	run uci set "network.otb0_server.endpoint_port=${ENDPOINT##*:}"
 	run uci set "network.otb0_server.persistent_keepalive=$(pf '@.wireguard.peer.persistent_keepalive')"
