@@ -11,7 +11,7 @@ from typing import Any
 
 SERVER_KEY = "c2VydmVyLWtleS0zMi1ieXRlcy1sb25nLi4uLi4uLi4="
 PSK = "cHNrLWtleS0zMi1ieXRlcy1sb25nLi4uLi4uLi4uLi4="
-BOX_CONFIG = {
+BOX_CONFIG: dict[str, Any] = {
     "config_hash": "h1",
     "box": {"id": "b1", "serial": "BOX1", "name": "box"},
     "server": {
@@ -248,9 +248,9 @@ class FakeKernel:
             self.limits = {a[4]: int(a[5]), a[6]: int(a[7])}
             return ok
         if a == ["ip", "-j", "mptcp", "endpoint", "show"]:
-            out = []
+            endpoints: list[dict[str, Any]] = []
             for ep_id, ep in sorted(self.endpoints.items()):
-                out.append(
+                endpoints.append(
                     {
                         "address": ep["address"],
                         "id": ep_id,
@@ -258,7 +258,7 @@ class FakeKernel:
                         "dev": ep["dev"],
                     }
                 )
-            return 0, json.dumps(out), ""
+            return 0, json.dumps(endpoints), ""
         if a[:4] == ["ip", "mptcp", "endpoint", "add"]:
             ep_id = int(a[a.index("id") + 1])
             assert ep_id not in self.endpoints, f"endpoint id {ep_id} exists"
@@ -347,10 +347,10 @@ def _parse_route(args: list[str]) -> dict[str, Any]:
     route["dst"] = args.pop(0)
     if route["dst"].endswith("/32"):
         route["dst"] = route["dst"][:-3]
-    hops = []
+    hops: list[dict[str, Any]] = []
     while args:
         word = args.pop(0)
-        value = args.pop(0) if word != "nexthop" else None
+        value = args.pop(0) if word != "nexthop" else ""
         if word == "nexthop":
             hops.append({})
         elif word == "via":

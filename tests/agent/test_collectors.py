@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -304,11 +305,13 @@ LINUX = FIX / "linux"
 
 
 def nft_counters(up: int, down: int) -> str:
-    return (
-        '{"nftables": [{"metainfo": {"version": "1.0.6"}}, '
-        f'{{"counter": {{"family": "inet", "name": "redirect_up", "table": "otb_box", "packets": 9, "bytes": {up}}}}}, '
-        f'{{"counter": {{"family": "inet", "name": "redirect_down", "table": "otb_box", "packets": 9, "bytes": {down}}}}}]}}'
-    )
+    def counter(name, nbytes):
+        return {
+            "counter": {"family": "inet", "name": name, "table": "otb_box", "packets": 9, "bytes": nbytes}
+        }
+
+    items = [{"metainfo": {"version": "1.0.6"}}, counter("redirect_up", up), counter("redirect_down", down)]
+    return json.dumps({"nftables": items})
 
 
 def test_linux_collector_reports_the_tunnel_subflows_and_public_address(tmp_path):

@@ -20,12 +20,14 @@ src = args[args.index("-i") + 1] if "-i" in args else None
 expr = args[args.index("-e") + 1]
 data = json.load(open(src)) if src else json.load(sys.stdin)
 vals = [data]
-for tok in re.findall(r'\.([A-Za-z0-9_]+)|\["([^"]+)"\]|\[(\d+|\*)\]|\[@\.(\w+)="([^"]*)"\]', expr[1:]):
+TOKEN = r'\.([A-Za-z0-9_]+)|\["([^"]+)"\]|\[(\d+|\*)\]|\[@\.(\w+)="([^"]*)"\]'
+for tok in re.findall(TOKEN, expr[1:]):
     name, qname, idx, fkey, fval = tok
     nxt = []
     for v in vals:
         if fkey:
-            nxt.extend(x for x in (v if isinstance(v, list) else []) if isinstance(x, dict) and x.get(fkey) == fval)
+            items = v if isinstance(v, list) else []
+            nxt.extend(x for x in items if isinstance(x, dict) and x.get(fkey) == fval)
         elif name or qname:
             k = name or qname
             if isinstance(v, dict) and k in v:
