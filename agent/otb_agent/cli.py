@@ -234,13 +234,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
         except ValueError as e:
             print(f"otb-agent: --links is not JSON: {e}", file=sys.stderr)
             return 1
+        direct = None
     else:
         policy = config.get("wan_policy")
         interfaces = policy.get("interfaces") if isinstance(policy, dict) else None
         names = [str(i["name"]) for i in interfaces or [] if isinstance(i, dict) and i.get("name")]
-        links = LinkObserver(subprocess_runner).observe([(n, n) for n in names])
+        observer = LinkObserver(subprocess_runner)
+        links = observer.observe([(n, n) for n in names])
+        direct = observer.direct_networks
     try:
-        plan = plan_build(config, links, state_dir=state_dir, tunnel_interface=args.tunnel_iface)
+        plan = plan_build(
+            config, links, state_dir=state_dir, tunnel_interface=args.tunnel_iface, direct_networks=direct
+        )
     except PlanError as e:
         print(f"otb-agent: {e}", file=sys.stderr)
         return 1
@@ -344,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument(
         "--links",
         help="observed WANs as JSON (or a file holding it): {name: {up, address, gateway, device}}; "
-        "default: read from the kernel",
+        "default: read from the kernel, with the main table's routes (LAN TCP to them is not "
+        "redirected; with --links, the private ranges are not)",
     )
     pl.add_argument("--state-dir", help="where the agent keeps its files (default: the config's folder)")
     pl.add_argument("--tunnel-iface", default=TUNNEL_INTERFACE, help="WireGuard interface name")

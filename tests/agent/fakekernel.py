@@ -121,6 +121,7 @@ class FakeKernel:
         self.nft: dict[str, Any] | None = None
         self.fail: dict[str, str] = {}  # command prefix -> stderr of a failure
         self.links = links
+        self.main_routes: list[dict[str, Any]] = []  # static routes the box's owner added
         for key in ("net/mptcp/enabled", "net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter",
                     "net/ipv4/fib_multipath_hash_policy"):  # fmt: skip
             self.sysctl_file(key).write_text("0\n")
@@ -206,12 +207,19 @@ class FakeKernel:
             ]
             flags = ["POINTOPOINT", "UP"] if itf in self.up else ["POINTOPOINT"]
             return 0, json.dumps([{"ifname": itf, "flags": flags, "addr_info": info}]), ""
-        if a == ["ip", "-4", "-j", "route", "show", "table", "main", "default"]:
+        if a == ["ip", "-4", "-j", "route", "show", "table", "main"]:
             main = [
                 {"dst": "default", "gateway": link["gateway"], "dev": name}
                 for name, link in self.links.items()
                 if link["up"] and link.get("gateway")
             ]
+            main += [
+                {"dst": link["address"].rsplit(".", 1)[0] + ".0/24", "dev": name, "protocol": "kernel"}
+                for name, link in self.links.items()
+                if link["up"] and link.get("address")
+            ]
+            main += [{"dst": "192.168.50.0/24", "dev": "lan0", "protocol": "kernel"}, *self.main_routes]
+            main += [r for r in self.routes if r.get("table", "main") == "main"]
             return 0, json.dumps(main), ""
         if a == ["ip", "-4", "-j", "route", "show", "table", "all"]:
             return 0, json.dumps(self.routes), ""

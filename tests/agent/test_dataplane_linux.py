@@ -133,6 +133,22 @@ def test_port_forwards_replace_the_nft_table_keeping_its_counters(box):
     assert kernel.nft["counters"]["redirect_up"] == (10, 12345)
 
 
+async def test_a_new_static_route_keeps_its_destination_off_ss_redir(box):
+    kernel, _, state = box
+    dataplane = LinuxDataplane(
+        state_dir=str(state), runner=kernel, spawner=kernel.spawner, root=str(kernel.root)
+    )
+    assert await dataplane.apply_config(box_config()) is None
+    assert "10.0.0.0/8" not in kernel.nft["text"] and "192.168.50.0/24" in kernel.nft["text"]
+    kernel.calls.clear()
+    assert await dataplane.converge("again") is None
+    assert kernel.changes() == []  # the server route and otb0's own routes do not count
+    kernel.main_routes.append({"dst": "10.20.0.0/16", "gateway": "192.168.50.2", "dev": "lan0"})
+    assert await dataplane.converge("routes") is None
+    assert kernel.changes() == ["nft -f -"] and "10.20.0.0/16" in kernel.nft["text"]
+    dataplane.supervisor.stop_all()
+
+
 def test_a_link_down_moves_the_server_route_and_drops_the_endpoint_and_up_restores_them(box):
     kernel, _, _ = box
     apply(box, box_config())

@@ -175,6 +175,11 @@ def test_the_agent_configures_a_real_kernel_and_follows_a_cut_link(lab, tmp_path
         assert addrs == {"100.64.0.1", "198.51.100.5"}
         nft = sh("ip", "netns", "exec", box, "nft", "list", "table", "inet", "otb_box")
         assert "redirect to :11080" in nft and "dnat ip to 192.168.241.10:80" in nft
+        # LAN TCP goes to ss-redir unless a main-table route of its own covers the destination
+        redirect = next(line for line in nft.splitlines() if "redirect to" in line)
+        for direct in ("10.241.1.0-10.241.2.255", "192.168.241.0/24", "100.64.0.0/31"):  # nft merges
+            assert direct in redirect
+        assert "10.0.0.0/8" not in redirect and SERVER_IP not in redirect
         assert f'oifname "{tunnel}" ip saddr != 198.51.100.5 snat ip to 198.51.100.5' in nft
         wg = sh("ip", "netns", "exec", box, "wg", "show", tunnel, "endpoints")
         assert f"{SERVER_IP}:40001" in wg

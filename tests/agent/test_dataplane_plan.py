@@ -74,8 +74,8 @@ def test_aggregate_plan_names_every_part_as_the_contract_does():
     assert nft.startswith("table inet otb_box {")
     assert (
         'iifname != { "wan1", "wan2", "wan3", "wan4", "otb0", "lo" } ip daddr != { 0.0.0.0/8, 10.0.0.0/8, '
-        "100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16, 224.0.0.0/4, "
-        "240.0.0.0/4 } meta l4proto tcp redirect to :11080" in nft
+        "100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16, 224.0.0.0/3 } "
+        "meta l4proto tcp redirect to :11080" in nft
     )
     assert 'oifname "otb0" ip saddr != 198.51.100.5 snat ip to 198.51.100.5' in nft
     assert 'iifname "otb0" ip daddr 198.51.100.5 tcp dport 8080 dnat ip to 192.168.50.10:80' in nft
@@ -85,6 +85,32 @@ def test_aggregate_plan_names_every_part_as_the_contract_does():
         {"proto": "tcp", "port": 8080, "to_address": "192.168.50.10", "to_port": 80}
     ]
     json.dumps(plan)  # JSON-able
+
+
+def redirect_exclusions(plan):
+    line = next(x for x in plan["nft"]["ruleset"].splitlines() if "redirect to" in x)
+    return line.split("ip daddr != { ", 1)[1].split(" }", 1)[0].split(", ")
+
+
+def test_lan_tcp_is_redirected_unless_a_specific_route_of_the_main_table_covers_it():
+    """With the main table's routes observed, a private destination with no route of its own (the
+    lab's 'internet' is 10.200.200.0/24) goes to ss-redir; the LAN, the WANs' subnets and static
+    routes do not, nor the tunnel's own /31."""
+    direct = ["192.168.50.0/24", "10.0.1.0/24", "10.0.2.0/24", "192.168.60.0/24", "10.0.1.7"]
+    plan = plan_build(box_config(), links(), direct_networks=direct)
+    assert redirect_exclusions(plan) == [
+        "0.0.0.0/8",
+        "10.0.1.0/24",
+        "10.0.2.0/24",
+        "100.64.0.0/31",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "192.168.50.0/24",
+        "192.168.60.0/24",
+        "224.0.0.0/3",
+    ]
+    with pytest.raises(PlanError, match=r"^direct_networks\[1\]: "):
+        plan_build(box_config(), links(), direct_networks=["10.0.0.0/8", "nope"])
 
 
 def test_failover_has_the_same_endpoints_and_the_backup_takes_the_server_route_when_primaries_are_down():

@@ -97,10 +97,14 @@ class LinkObserver:
     there by the DHCP client), else the last one seen with the same address (a link that went down
     lost its routes, and nobody re-adds the main default route of a static WAN)."""
 
-    def __init__(self, runner: Runner, root: str = "/") -> None:
+    def __init__(self, runner: Runner, root: str = "/", tunnel_interface: Optional[str] = None) -> None:
         self.runner = runner
         self.root = root
+        self.tunnel_interface = tunnel_interface  # its routes come and go with wireguard-go: not observed
         self._gateways: Dict[Tuple[str, str], str] = {}
+        #: The destinations of the main table's specific routes, as last observed (the plan's
+        #: ``direct_networks``): connected subnets, static routes; not the agent's server route.
+        self.direct_networks: List[str] = []
 
     def link_states(self, devices: Sequence[str]) -> Dict[str, bool]:
         return {dev: link_up(self.root, dev) for dev in devices}
@@ -121,14 +125,28 @@ class LinkObserver:
                 None,
             )
             addrs[str(itf.get("ifname"))] = (address, "POINTOPOINT" in (itf.get("flags") or []))
-        rc, out, _ = self.runner(["ip", "-4", "-j", "route", "show", "table", "main", "default"], None)
+        rc, out, _ = self.runner(["ip", "-4", "-j", "route", "show", "table", "main"], None)
         gateways: Dict[str, str] = {}
+        direct = set()
         for route in _json(out) if rc == 0 else []:
-            if isinstance(route, dict) and route.get("gateway") and route.get("dev"):
+            if not isinstance(route, dict):
+                continue
+            if route.get("dst") != "default":
+                ours = (
+                    str(route.get("protocol")) == SERVER_ROUTE_PROTO
+                    or route.get("dev") == self.tunnel_interface
+                )
+                if route.get("type", "unicast") == "unicast" and not ours:
+                    dst = str(route.get("dst"))
+                    direct.add(dst if "/" in dst else f"{dst}/32")
+                continue
+            if route.get("gateway") and route.get("dev"):
                 gateways.setdefault(str(route["dev"]), str(route["gateway"]))
-            for hop in (route.get("nexthops") or []) if isinstance(route, dict) else []:
+            for hop in route.get("nexthops") or []:
                 if hop.get("gateway") and hop.get("dev"):
                     gateways.setdefault(str(hop["dev"]), str(hop["gateway"]))
+        if rc == 0:
+            self.direct_networks = sorted(direct)
         links: Dict[str, Dict[str, Any]] = {}
         for name, dev in wans:
             address, p2p = addrs.get(dev, (None, False))
@@ -712,12 +730,12 @@ class LinuxDataplane:
         root: str = "/",
         tunnel_interface: str = TUNNEL_INTERFACE,
     ) -> None:
-        self.state_dir = state_dir
+        self.state_dir = os.path.abspath(state_dir)
         self.log = log or Logger(level="warning")
         self.runner = runner
         self.root = root
         self.tunnel_interface = tunnel_interface
-        self.observer = LinkObserver(runner, root)
+        self.observer = LinkObserver(runner, root, tunnel_interface)
         self.supervisor = Supervisor(state_dir, spawner)
         self.applier = Applier(runner, self.supervisor, root=root)
         self.config: Optional[Dict[str, Any]] = None
@@ -747,7 +765,11 @@ class LinuxDataplane:
             links = self.observer.observe(self._wans())
         self.links = links
         plan = plan_build(
-            self.config, links, state_dir=self.state_dir, tunnel_interface=self.tunnel_interface
+            self.config,
+            links,
+            state_dir=self.state_dir,
+            tunnel_interface=self.tunnel_interface,
+            direct_networks=self.observer.direct_networks,
         )
         self.plan = plan
         return self.applier.converge(plan)
@@ -795,9 +817,12 @@ class LinuxDataplane:
                     reason = f"restarted {', '.join(restarted)}"
                 elif new_states != states or now - last_observe >= self.OBSERVE_INTERVAL:
                     last_observe = now
+                    direct = self.observer.direct_networks
                     links = await asyncio.to_thread(self.observer.observe, wans)
                     if links != self.links:
                         reason = "links changed"
+                    elif direct != self.observer.direct_networks:
+                        reason = "routes changed"
                 since = now - last_converge
                 if reason is None and (
                     since >= self.RESYNC_INTERVAL or (self.last_error and since >= self.RETRY_INTERVAL)

@@ -17,7 +17,7 @@ import hashlib
 import ipaddress
 import json
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from otb_protocol import (
     WAN_INTERFACE_NAME_RE,
@@ -59,18 +59,12 @@ WG_ALLOWED_IPS = ("0.0.0.0/0", "::/0")
 SS_REDIR_CONFIG_FILE = "ss-redir.json"
 WG_PRESHARED_KEY_FILE = "wg-psk"
 WG_PRIVATE_KEY_FILE = "wg_private_key"  # the agent's own key pair (otb_agent.enrollment)
-# Destinations never sent to ss-redir: private, shared, loopback, link-local, multicast, reserved.
-NOT_REDIRECTED = (
-    "0.0.0.0/8",
-    "10.0.0.0/8",
-    "100.64.0.0/10",
-    "127.0.0.0/8",
-    "169.254.0.0/16",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "224.0.0.0/4",
-    "240.0.0.0/4",
-)
+# LAN TCP goes to ss-redir exactly when the tunnel would carry it otherwise: when no specific route
+# of the main table (the box's connected LAN and WAN subnets, static routes) covers its destination.
+# These never go to ss-redir whatever the routes: this host, loopback, link-local, multicast, reserved.
+NEVER_REDIRECTED = ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4")
+# Without the main table's routes (``otb-agent plan --links`` given alone): the private ranges.
+PRIVATE_NETWORKS = ("10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16")
 PORT_FORWARD_PROTOCOLS = ("tcp", "udp")
 
 
@@ -226,8 +220,26 @@ def _port_forwards(config: Dict[str, Any]) -> List[Dict[str, Any]]:
     return out
 
 
+def _direct(direct_networks: Optional[Sequence[Any]], tunnel_prefix: Optional[str]) -> List[str]:
+    """The destinations LAN TCP reaches without ss-redir, collapsed (nft refuses overlapping
+    intervals)."""
+    nets = [ipaddress.IPv4Network(n) for n in NEVER_REDIRECTED]
+    if tunnel_prefix:
+        nets.append(ipaddress.IPv4Network(tunnel_prefix, strict=False))
+    if direct_networks is None:
+        nets += [ipaddress.IPv4Network(n) for n in PRIVATE_NETWORKS]
+    else:
+        for index, net in enumerate(direct_networks):
+            try:
+                nets.append(ipaddress.IPv4Network(net, strict=False))
+            except (TypeError, ValueError) as e:
+                raise PlanError(f"direct_networks[{index}]", f"must be an IPv4 network (got {net!r})") from e
+    return [str(n) for n in ipaddress.collapse_addresses(nets)]
+
+
 def _nft_ruleset(
     *,
+    direct: List[str],
     wan_devices: List[str],
     tunnel: Optional[str],
     redirect: bool,
@@ -253,7 +265,7 @@ def _nft_ruleset(
             )
     if redirect:
         pre.append(
-            f"iifname != {names(outside)} ip daddr != {{ {', '.join(NOT_REDIRECTED)} }} "
+            f"iifname != {names(outside)} ip daddr != {{ {', '.join(direct)} }} "
             f"meta l4proto tcp redirect to :{SS_REDIR_PORT}"
         )
         # ss-redir listens on every address: nobody outside reaches it through a WAN.
@@ -292,8 +304,11 @@ def plan_build(
     *,
     state_dir: str = ".",
     tunnel_interface: str = TUNNEL_INTERFACE,
+    direct_networks: Optional[Sequence[Any]] = None,
 ) -> Dict[str, Any]:
-    """The data-plane plan for ``config`` given the observed ``links`` (see the module doc).
+    """The data-plane plan for ``config`` given the observed ``links`` (see the module doc) and the
+    destinations of the main table's specific routes (``direct_networks``: LAN TCP to them is not
+    redirected; None: the private ranges).
 
     Raises :class:`PlanError` naming the field when the config cannot be planned."""
     if not isinstance(config, dict):
@@ -440,6 +455,7 @@ def plan_build(
         text = _nft_ruleset(
             wan_devices=[w["device"] for w in wans],
             tunnel=tunnel_interface if wireguard else None,
+            direct=_direct(direct_networks, wireguard["addresses"][0] if wireguard else None),
             redirect=ss_redir is not None,
             public_ipv4=public_ipv4,
             forwards=forwards,
