@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from . import __version__
 from .agent import EXIT_UNAUTHORIZED, Agent
@@ -18,8 +18,7 @@ from .backoff import Backoff
 from .collectors import Collector, make_collector, parse_wan_arg
 from .collectors.probe import DEFAULT_COMMAND, PingProbe
 from .collectors.simulated import SimulatedCollector, SimulatedSystem
-from .dataplane.linux import LinkObserver, LinuxDataplane, subprocess_runner
-from .dataplane.plan import TUNNEL_INTERFACE, PlanError, plan_build, plan_json
+from .dataplane import TUNNEL_INTERFACE
 from .diagnostics import server_host_port
 from .host import HostSystem
 from .store import SqliteStore
@@ -34,6 +33,9 @@ from .util import (
     default_state_dir,
     read_json,
 )
+
+if TYPE_CHECKING:
+    from .dataplane.linux import LinuxDataplane
 
 EXIT_USAGE = 2
 EXIT_ENROLL_REJECTED = 4
@@ -112,6 +114,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     server = args.server or creds["server"]
     dataplane = None
     if args.apply == "linux":
+        # Imported here on purpose (see cmd_enroll): only a box applying its own data plane pays for it.
+        from .dataplane.linux import LinuxDataplane
+
         dataplane = LinuxDataplane(
             state_dir=state_dir, log=log, tunnel_interface=args.tunnel_iface or TUNNEL_INTERFACE
         )
@@ -219,6 +224,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    # Imported here on purpose (see cmd_enroll): `otb-agent run` without --apply linux does not need it.
+    from .dataplane.linux import LinkObserver, subprocess_runner
+    from .dataplane.plan import PlanError, plan_build, plan_json
+
     config = read_json(args.config)
     if not isinstance(config, dict):
         print(f"otb-agent: {args.config} holds no config object", file=sys.stderr)

@@ -29,8 +29,9 @@ from otb_protocol import (
     WAN_ROLES,
 )
 
+from . import TUNNEL_INTERFACE
+
 PLAN_VERSION = 1
-TUNNEL_INTERFACE = "otb0"
 WAN_TABLE_BASE = 100
 WAN_RULE_PREF_BASE = 1000
 WAN_MAX = 16
@@ -382,7 +383,7 @@ def plan_build(
     public_ipv4 = _ipv4(config["public_ipv4"], "public_ipv4") if config.get("public_ipv4") else None
     credentials = config.get("credentials") if isinstance(config.get("credentials"), dict) else {}
 
-    ss_redir = None
+    ss_redir: Optional[Dict[str, Any]] = None
     shadowsocks = credentials.get("shadowsocks") if isinstance(credentials, dict) else None
     if server_ip and server_port and isinstance(shadowsocks, dict):
         password, method = shadowsocks.get("password"), shadowsocks.get("method")
@@ -406,7 +407,7 @@ def plan_build(
             "argv": ["ss-redir", "-c", path, "--mptcp"],
         }
 
-    wireguard = None
+    wireguard: Optional[Dict[str, Any]] = None
     tunnel = config.get("tunnel") if isinstance(config.get("tunnel"), dict) else None
     server_key = server.get("wg_public_key") if server else None
     if server_ip and server_port and tunnel and isinstance(server_key, str) and server_key:
@@ -450,7 +451,7 @@ def plan_build(
         rules.append({"pref": LAN_RULE_PREF, "table": LAN_TABLE})
 
     forwards = _port_forwards(config)
-    nft = None
+    nft: Optional[Dict[str, Any]] = None
     if ss_redir or wireguard:
         text = _nft_ruleset(
             wan_devices=[w["device"] for w in wans],
