@@ -440,7 +440,7 @@ async def test_an_in_process_applier_gets_the_config_and_its_error_is_the_applie
     is what the server gets as the applied-config error (and the hash stays unapplied)."""
     fake_http, ws = fleet
     seen = []
-    outcome = ["ip mptcp endpoint add 10.0.2.2 dev ...: Error: address already in use"]
+    outcome: list[str | None] = ["ip mptcp endpoint add 10.0.2.2 dev ...: Error: address already in use"]
 
     async def applier(config):
         seen.append(config)
