@@ -16,7 +16,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, List, Optional, Sequence, Set, Tuple
 
 from otb_protocol import SERIAL_RE
 
@@ -160,10 +160,12 @@ def _key(value: Any, field: str, *, allow_empty: bool = False) -> str:
     if not isinstance(value, str) or not _KEY_RE.fullmatch(value):
         raise _PeerInvalid(field, "must be a WireGuard key (44 characters of base64)")
     try:
-        if len(base64.b64decode(value, validate=True)) != 32:
-            raise _PeerInvalid(field, "must decode to 32 bytes")
+        decoded = base64.b64decode(value, validate=True)
     except binascii.Error:
-        raise _PeerInvalid(field, "must be a WireGuard key (44 characters of base64)") from None
+        decoded = b""
+    # wg refuses a key whose unused last bits are not zero: only the canonical encoding is a key.
+    if len(decoded) != 32 or base64.b64encode(decoded).decode("ascii") != value:
+        raise _PeerInvalid(field, "must be a WireGuard key (44 characters of base64)")
     return value
 
 

@@ -5,8 +5,8 @@ Per box, from the gateway's side: ``rx_bytes`` is what it received from the box 
 ss-server plus what the box forwarded through the WireGuard tunnel), ``tx_bytes`` what it sent to the
 box; both cumulative (nftables named counters: they restart from 0 when the box's pieces are made
 again, and the backend treats a smaller value as a restart). ``connections`` counts the established
-MPTCP connections on the box's port, ``handshake_age_s`` the seconds since the last WireGuard
-handshake (null: never).
+connections on the box's port (MPTCP, or plain TCP from a client that fell back), ``handshake_age_s``
+the seconds since the last WireGuard handshake (null: never).
 """
 
 from __future__ import annotations
@@ -55,19 +55,44 @@ def _meminfo_pct(text: Optional[str]) -> Optional[float]:
     return round(100.0 * (total - available) / total, 1)
 
 
+def _local_port(line: str) -> Optional[int]:
+    # Netid/State columns are left out when one socket kind and state is asked for:
+    # "Recv-Q Send-Q Local:Port Peer:Port"; the first address:port column is the local one.
+    local = next((part for part in line.split() if ":" in part), None)
+    port = local.rpartition(":")[2] if local else ""
+    return int(port) if port.isdigit() else None
+
+
 def port_counts(text: str) -> Dict[int, int]:
-    """Established sockets per local port, from ``ss -Hn ... state established`` output."""
+    """Established sockets per local port, from ``ss -HnM state established`` (MPTCP sockets)."""
     counts: Dict[int, int] = {}
     for line in text.splitlines():
-        parts = line.split()
-        # Netid/State columns are left out when a single socket kind and state is asked for:
-        # "Recv-Q Send-Q Local:Port Peer:Port"; find the first address:port column.
-        local = next((p for p in parts if ":" in p), None)
-        if local is None:
+        port = _local_port(line)
+        if port is not None:
+            counts[port] = counts.get(port, 0) + 1
+    return counts
+
+
+def plain_tcp_port_counts(text: str) -> Dict[int, int]:
+    """Established plain TCP connections per local port, from ``ss -Hnti state established``: each
+    socket line is followed by an indented details line, which says ``tcp-ulp-mptcp`` for a subflow
+    of an MPTCP connection (counted once, as an MPTCP socket, by ``port_counts``). A client that
+    does not speak MPTCP gets a plain TCP connection from ss-server, shown only here."""
+    counts: Dict[int, int] = {}
+    port: Optional[int] = None
+    subflow = False
+
+    def flush() -> None:
+        if port is not None and not subflow:
+            counts[port] = counts.get(port, 0) + 1
+
+    for line in text.splitlines():
+        if line[:1].isspace():
+            subflow = subflow or "tcp-ulp-mptcp" in line
             continue
-        port = local.rpartition(":")[2]
-        if port.isdigit():
-            counts[int(port)] = counts.get(int(port), 0) + 1
+        flush()
+        port, subflow = _local_port(line), False
+    flush()
     return counts
 
 
@@ -141,11 +166,13 @@ class Reporter:
         return found
 
     def _connections(self) -> Dict[int, int]:
-        done = self.runner.run(["ss", "-HnM", "state", "established"], mutates=False, check=False)
-        if done.returncode == 0:
-            return port_counts(done.stdout)
-        done = self.runner.run(["ss", "-Hnt", "state", "established"], mutates=False, check=False)
-        return port_counts(done.stdout) if done.returncode == 0 else {}
+        """Connections per local port: MPTCP connections plus plain TCP ones (clients that fell back)."""
+        mptcp = self.runner.run(["ss", "-HnM", "state", "established"], mutates=False, check=False)
+        tcp = self.runner.run(["ss", "-Hnti", "state", "established"], mutates=False, check=False)
+        counts = port_counts(mptcp.stdout) if mptcp.returncode == 0 else {}
+        for port, count in (plain_tcp_port_counts(tcp.stdout) if tcp.returncode == 0 else {}).items():
+            counts[port] = counts.get(port, 0) + count
+        return counts
 
     def boxes(self, plan: Optional[Plan]) -> List[Dict[str, Any]]:
         if plan is None or not plan.boxes:

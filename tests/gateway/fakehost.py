@@ -195,9 +195,15 @@ class FakeHost(Runner):
             return self._nft(argv[1:], stdin)
         if program == "wg":
             return self._wg(argv[1:], stdin)
-        if program == "ss":
+        if program == "ss" and "-HnM" in argv:
             return "".join(
                 f"0 0 198.51.100.1:{port} 192.0.2.9:{40000 + n}\n"
+                for port, count in self.established.items()
+                for n in range(count)
+            )
+        if program == "ss":  # ss -Hnti: every MPTCP connection has one subflow here
+            return "".join(
+                f"0 0 198.51.100.1:{port} 192.0.2.9:{40000 + n}\n\t bbr cwnd:10 tcp-ulp-mptcp flags:Mec\n"
                 for port, count in self.established.items()
                 for n in range(count)
             )

@@ -416,7 +416,7 @@ def test_a_new_wireguard_port_rebuilds_the_table_and_the_listen_port() -> None:
 
 def test_teardown_removes_children_table_and_configurations() -> None:
     host = FakeHost()
-    supervisor, converger = gateway(host)
+    _, converger = gateway(host)
     converger.converge(plan_of(peer(0), peer(1)))
 
     supervisor2, converger2 = gateway(host)
