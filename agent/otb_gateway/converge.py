@@ -49,6 +49,9 @@ WG_CHILD = "wireguard-go"
 WG_ARGV = ("wireguard-go", "-f", WG_IFACE)
 WG_KEY_FILE = "wg.key"
 LINK_WAIT_S = 5.0
+# From this many changes of one kind on, they go to the kernel in one process (``ip -batch``,
+# ``wg addconf``): a gateway starting with hundreds of boxes would otherwise run thousands of commands.
+BATCH_FROM = 8
 _UNITS = {"bytes": 1, "kbytes": 1024, "mbytes": 1024 * 1024}
 
 
@@ -82,6 +85,14 @@ class Actual:
         self.wg_private_key = self.wg_port = None
         self.wg_peers, self.handshakes = {}, {}
         self.addresses, self.routes = set(), set()
+
+
+def _discard(items: Set[str], item: str) -> Callable[[], None]:
+    return lambda: items.discard(item)
+
+
+def _add(items: Set[str], item: str) -> Callable[[], None]:
+    return lambda: items.add(item)
 
 
 def _normalize_key(value: Any) -> str:
@@ -588,6 +599,9 @@ class Converger:
             if self._do(["wg", "set", WG_IFACE, "peer", key, "remove"], result, box=owners.get(key)):
                 del actual.wg_peers[key]
                 actual.handshakes.pop(key, None)
+        new = {key: item for key, item in wanted.items() if key not in actual.wg_peers}
+        if len(new) >= BATCH_FROM and self._wg_addconf(new, actual, result):
+            pass  # every new peer in one wg call (a gateway starting with hundreds of boxes)
         for key, (peer, box_id) in sorted(wanted.items()):
             if actual.wg_peers.get(key) == peer:
                 continue
@@ -601,6 +615,30 @@ class Converger:
             if self._do(argv, result, box=box_id, input=psk, secret_input=True):
                 actual.wg_peers[key] = peer
 
+    def _wg_addconf(self, new: Dict[str, Tuple[WgPeer, str]], actual: Actual, result: Result) -> bool:
+        """Add peers that do not exist yet with one ``wg addconf``; False (nothing recorded) if it
+        failed, and the peers are then added one by one."""
+        sections = []
+        for key, (peer, _) in sorted(new.items()):
+            lines = ["[Peer]", f"PublicKey = {key}", f"AllowedIPs = {', '.join(peer.allowed_ips)}"]
+            if peer.preshared_key:
+                lines.insert(2, f"PresharedKey = {peer.preshared_key}")
+            sections.append("\n".join(lines))
+        try:
+            self.runner.run(
+                ["wg", "addconf", WG_IFACE, "/dev/stdin"],
+                input="\n\n".join(sections) + "\n",
+                secret_input=True,
+            )
+        except CommandError as e:
+            self.log.warning("wg_addconf_failed", error=str(e), peers=len(new))
+            return False
+        result.commands += 1
+        for key, (peer, box_id) in new.items():
+            actual.wg_peers[key] = peer
+            result.touched.add(box_id)
+        return True
+
     # -- routes and addresses ----------------------------------------------------------------------
 
     def _routes_and_addresses(
@@ -608,23 +646,68 @@ class Converger:
     ) -> None:
         want_addresses = {a: box.box_id for box in plan.boxes.values() for a in box.addresses}
         want_routes = {r: box.box_id for box in plan.boxes.values() for r in box.routes}
+        # (ip arguments, box, what to record once it succeeded), in the order they must run
+        steps: List[Tuple[List[str], Optional[str], Callable[[], None]]] = []
         for route in sorted(actual.routes - set(want_routes)):
-            if self._do(["ip", "route", "del", route, "dev", WG_IFACE], result, box=owners.get(route)):
-                actual.routes.discard(route)
+            steps.append(
+                (["route", "del", route, "dev", WG_IFACE], owners.get(route), _discard(actual.routes, route))
+            )
         for address in sorted(actual.addresses - set(want_addresses)):
-            if self._do(["ip", "addr", "del", address, "dev", WG_IFACE], result, box=owners.get(address)):
-                actual.addresses.discard(address)
+            steps.append(
+                (
+                    ["addr", "del", address, "dev", WG_IFACE],
+                    owners.get(address),
+                    _discard(actual.addresses, address),
+                )
+            )
         for address, box_id in sorted(want_addresses.items()):
-            if address in actual.addresses:
-                continue
-            if self._do(["ip", "addr", "add", address, "dev", WG_IFACE], result, box=box_id):
-                actual.addresses.add(address)
+            if address not in actual.addresses:
+                steps.append(
+                    (["addr", "add", address, "dev", WG_IFACE], box_id, _add(actual.addresses, address))
+                )
         for route, box_id in sorted(want_routes.items()):
-            if route in actual.routes:
+            if route not in actual.routes:
+                argv = ["route", "replace", route, "dev", WG_IFACE, "proto", "static"]
+                steps.append((argv, box_id, _add(actual.routes, route)))
+        if len(steps) >= BATCH_FROM:
+            self._ip_batch(steps, result)
+            return
+        for args, owner, record in steps:
+            if self._do(["ip", *args], result, box=owner):
+                record()
+
+    def _ip_batch(
+        self, steps: List[Tuple[List[str], Optional[str], Callable[[], None]]], result: Result
+    ) -> None:
+        """Run many ``ip`` changes in one process (``ip -force -batch -`` goes on past a failure and
+        names each failed line: ``Command failed -:N``), recording the ones that worked."""
+        script = "".join(" ".join(argv) + "\n" for argv, _, _ in steps)
+        done = self.runner.run(["ip", "-force", "-batch", "-"], input=script, check=False)
+        failed: Dict[int, str] = {}
+        message: List[str] = []
+        for line in done.stderr.splitlines():
+            if line.startswith("Command failed -:"):
+                line_number = line.rsplit(":", 1)[1]
+                if line_number.isdigit():
+                    failed[int(line_number)] = "; ".join(message) or line
+                message = []
+            elif line.strip():
+                message.append(line.strip())
+        if done.returncode != 0 and not failed:
+            failed = {
+                n: done.stderr.strip() or f"exit status {done.returncode}" for n in range(1, len(steps) + 1)
+            }
+        for number, (argv, box_id, record) in enumerate(steps, start=1):
+            if number in failed:
+                where = f"box {box_id}: " if box_id else ""
+                error = f"{where}ip {' '.join(argv)}: {failed[number]}"
+                result.errors.append(error)
+                self.log.error("converge_command_failed", box=box_id, error=error)
                 continue
-            argv = ["ip", "route", "replace", route, "dev", WG_IFACE, "proto", "static"]
-            if self._do(argv, result, box=box_id):
-                actual.routes.add(route)
+            record()
+            if box_id:
+                result.touched.add(box_id)
+        result.commands += 1
 
     # -- teardown --------------------------------------------------------------------------------
 

@@ -166,6 +166,8 @@ class FakeHost(Runner):
         if input and mutates:
             line += " <<< " + ("(secret)" if secret_input else "; ".join(input.strip().splitlines()))
         (self.changes if mutates else self.reads).append(line)
+        if list(argv) == ["ip", "-force", "-batch", "-"]:
+            return self._ip_batch(argv, input or "", check)
         for needle, message in self.fail.items():
             if needle in line or (input and needle in input):
                 return self._result(argv, 1, "", message, check)
@@ -210,6 +212,19 @@ class FakeHost(Runner):
         raise _Failed(127, f"{program}: command not found")
 
     # -- ip ---------------------------------------------------------------------------------------
+
+    def _ip_batch(self, argv: Sequence[str], script: str, check: bool) -> Completed:
+        """``ip -force -batch -``: every line runs; each failure is reported as iproute2 does."""
+        errors = []
+        for number, line in enumerate(script.splitlines(), start=1):
+            failure = next((message for needle, message in self.fail.items() if needle in line), None)
+            try:
+                if failure is not None:
+                    raise _Failed(2, failure)
+                self._ip(line.split())
+            except _Failed as e:
+                errors.append(f"{e.message}\nCommand failed -:{number}")
+        return self._result(argv, 1 if errors else 0, "", "\n".join(errors), check)
 
     def _need_link(self) -> FakeLink:
         if self.link is None:
@@ -301,6 +316,12 @@ class FakeHost(Runner):
             return "\n".join(lines) + "\n"
         if args[0] == "show" and args[2] == "latest-handshakes":
             return "".join(f"{key}\t{peer.handshake}\n" for key, peer in sorted(link.peers.items()))
+        if args[0] == "addconf":
+            for section in stdin.split("[Peer]")[1:]:
+                lines = dict(line.split(" = ", 1) for line in section.strip().splitlines())
+                allowed = [a.strip() for a in lines["AllowedIPs"].split(",")]
+                link.peers[lines["PublicKey"]] = FakeWgPeer(psk=lines.get("PresharedKey"), allowed=allowed)
+            return ""
         if args[0] == "set":
             rest = args[2:]
             if rest[0] == "private-key":

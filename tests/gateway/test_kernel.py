@@ -130,8 +130,11 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 
 def test_the_gateway_configures_two_boxes_and_removes_one_leaving_the_other_untouched(lab: Lab) -> None:
-    # given a backend with two boxes (box 0 with rate limits)
-    lab.write_peers([peer(0, rate_limit={"download_kbps": 20000, "upload_kbps": 10000}), peer(1)])
+    # given a backend with eight boxes (box 0 with rate limits): enough for the gateway to hand the
+    # kernel its addresses, routes and peers in batches (ip -batch, wg addconf)
+    lab.write_peers(
+        [peer(0, rate_limit={"download_kbps": 20000, "upload_kbps": 10000}), *map(peer, range(1, 8))]
+    )
 
     # when the gateway runs once in the namespace, with a /run of its own
     first = subprocess.run(
@@ -159,7 +162,7 @@ def test_the_gateway_configures_two_boxes_and_removes_one_leaving_the_other_unto
     own_key = lab.inside("wg", "show", "otbgw0", "public-key").stdout.strip()
     assert wg[0].split("\t")[2] == "51819"
     peers = {line.split("\t")[0]: line.split("\t") for line in wg[1:]}
-    assert set(peers) == {key("box-0"), key("box-1")}
+    assert set(peers) == {key(f"box-{n}") for n in range(8)}
     assert peers[key("box-0")][1] == key("psk-0")
     assert sorted(peers[key("box-1")][3].split(",")) == [
         "100.64.0.3/32",
@@ -168,14 +171,14 @@ def test_the_gateway_configures_two_boxes_and_removes_one_leaving_the_other_unto
     ]
     table = lab.inside("nft", "list", "table", "inet", "otb_gateway").stdout
     assert "udp dport @box_ports redirect to :51819" in table
-    assert "elements = { 51820, 51821 }" in table
+    assert "elements = { 51820, 51821, 51822, 51823, 51824, 51825, 51826, 51827 }" in " ".join(table.split())
     assert "100.64.0.2 : 203.0.113.11" in table and "100.64.0.3 : 203.0.113.11" in table
     assert "rate over 2500000 bytes/second burst 250000 bytes" in table
     listening = lab.inside("ss", "-Hltn").stdout
     assert "0.0.0.0:51820" in listening and "0.0.0.0:51821" in listening
     assert "0.0.0.0:51820" in lab.inside("ss", "-HlnM").stdout  # the ss-servers speak MPTCP
     addresses = lab.inside("ip", "-br", "addr", "show", "dev", "otbgw0").stdout
-    assert "100.64.0.0/31" in addresses and "100.64.0.2/31" in addresses
+    assert all(f"100.64.0.{2 * n}/31" in addresses for n in range(8))
     routes = lab.inside("ip", "route", "show", "dev", "otbgw0").stdout
     assert "203.0.113.10 proto static" in routes and "203.0.113.11 proto static" in routes
     assert "2001:db8:1::/56" in lab.inside("ip", "-6", "route", "show", "dev", "otbgw0").stdout
@@ -183,8 +186,8 @@ def test_the_gateway_configures_two_boxes_and_removes_one_leaving_the_other_unto
     assert "subflows 8" in lab.inside("ip", "mptcp", "limits", "show").stdout
     # and it reported to the backend with its public key and both boxes
     (report,) = [json.loads(line) for line in (lab.directory / "reports.jsonl").read_text().splitlines()]
-    assert report["wg_public_key"] == own_key and report["peers"] == 2 and report["converge_errors"] == 0
-    assert {row["box_id"] for row in report["boxes"]} == {box_id(0), box_id(1)}
+    assert report["wg_public_key"] == own_key and report["peers"] == 8 and report["converge_errors"] == 0
+    assert {row["box_id"] for row in report["boxes"]} == {box_id(n) for n in range(8)}
 
     # given a client holding a TCP connection to box 0's ss-server
     client = subprocess.Popen(
@@ -208,14 +211,16 @@ def test_the_gateway_configures_two_boxes_and_removes_one_leaving_the_other_unto
         assert box0_ss is not None
 
         # when box 1 leaves the list and the gateway runs again (a new process: it adopts the children)
-        lab.write_peers([peer(0, rate_limit={"download_kbps": 20000, "upload_kbps": 10000})])
+        lab.write_peers(
+            [peer(0, rate_limit={"download_kbps": 20000, "upload_kbps": 10000}), *map(peer, range(2, 8))]
+        )
         second = lab.inside(*lab.gateway_args(), check=False)
 
         # then box 1's pieces are gone ...
         assert second.returncode == 0, second.stdout + second.stderr
         assert "child_adopted" in second.stderr
         wg = lab.inside("wg", "show", "otbgw0", "dump").stdout.splitlines()
-        assert [line.split("\t")[0] for line in wg[1:]] == [key("box-0")]
+        assert {line.split("\t")[0] for line in wg[1:]} == {key(f"box-{n}") for n in range(8) if n != 1}
         table = lab.inside("nft", "list", "table", "inet", "otb_gateway").stdout
         assert object_name(1) not in table and "203.0.113.11" not in table and "51821" not in table
         listening = lab.inside("ss", "-Hltn").stdout
@@ -225,13 +230,15 @@ def test_the_gateway_configures_two_boxes_and_removes_one_leaving_the_other_unto
         assert "2001:db8:1::" not in lab.inside("ip", "-6", "route", "show", "dev", "otbgw0").stdout
         # ... and box 0 kept its ss-server (same process), its connection, its peer and its elements
         assert lab.ss_pid(0) == box0_ss and "0.0.0.0:51820" in listening
-        assert wg[1].split("\t")[:4] == box0_wg_peer[:4]
+        assert (
+            next(line for line in wg[1:] if line.startswith(key("box-0"))).split("\t")[:4] == box0_wg_peer[:4]
+        )
         assert object_name(0) in table and "100.64.0.0 : 203.0.113.10" in table
         assert client.poll() is None
         # and the report counts the client's connection and bytes on box 0
         last = json.loads((lab.directory / "reports.jsonl").read_text().splitlines()[-1])
-        (row,) = last["boxes"]
-        assert row["box_id"] == box_id(0) and row["connections"] == 1 and row["rx_bytes"] > 0
+        row = next(row for row in last["boxes"] if row["box_id"] == box_id(0))
+        assert row["connections"] == 1 and row["rx_bytes"] > 0 and len(last["boxes"]) == 7
     finally:
         client.kill()
         client.wait()
