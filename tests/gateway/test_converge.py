@@ -475,3 +475,26 @@ def test_nft_json_is_parsed() -> None:
     assert signature == "otb_schema_abc" and counters == {"bx_tcp_rx": 42}
     assert limits["bx_down_8"].bytes_per_s == 1024 and limits["bx_down_8"].burst_bytes == 16000
     assert elements == {"box_ports": {"51820": ""}, "fwd_rx6": {"2001:db8::/56": "bx_fwd_rx"}, "up4": {}}
+
+
+def test_many_boxes_reach_the_kernel_in_one_ip_batch_and_one_wg_addconf() -> None:
+    # given a bare host and ten boxes
+    host = FakeHost()
+    _, converger = gateway(host)
+
+    result = converger.converge(plan_of(*(peer(n) for n in range(10))))
+
+    # then addresses and routes went in one ip process, new peers in one wg process
+    assert result.errors == []
+    assert sum(line.startswith("ip -force -batch -") for line in host.changes) == 1
+    assert sum(line.startswith("wg addconf otbgw0 /dev/stdin <<< (secret)") for line in host.changes) == 1
+    assert not [
+        line for line in host.changes if line.startswith(("ip addr", "ip route", "wg set otbgw0 peer"))
+    ]
+    assert host.link is not None and len(host.link.peers) == 10 and len(host.link.routes) == 20
+    assert host.link.peers[key("box-9")].psk == key("psk-9")
+    # and one box leaving afterwards is a handful of single commands
+    host.take_changes()
+    converger.converge(plan_of(*(peer(n) for n in range(9))))
+    assert not [line for line in host.changes if "batch" in line or "addconf" in line]
+    assert all(mentions(line, 9) for line in host.changes)
