@@ -199,7 +199,9 @@ class Reporter:
     # -- the report -----------------------------------------------------------------------------
 
     def build(self, *, plan: Optional[Plan], wg_public_key: str, errors: List[str]) -> Dict[str, Any]:
-        return {
+        """The report. Without a plan (no peers document yet) it leaves ``boxes`` out: the backend
+        then keeps the boxes' tunnel rows as they are instead of taking the silence for an empty list."""
+        report = {
             "gateway_version": __version__,
             "uptime_s": int(self.clock() - self.started),
             "load1": self._load1(),
@@ -210,8 +212,10 @@ class Reporter:
             "converge_errors": len(errors),
             "last_error": errors[-1][:MAX_ERROR_LENGTH] if errors else "",
             "upstream": self._upstream(),
-            "boxes": self.boxes(plan),
         }
+        if plan is not None:
+            report["boxes"] = self.boxes(plan)
+        return report
 
 
 def send_report(server: str, token: str, report: Dict[str, Any], timeout: float = 10.0) -> Tuple[int, Any]:

@@ -65,9 +65,11 @@ def server_report_record(
     *, server: AggregationServer, report: dict[str, Any], now: datetime | None = None
 ) -> ReportOutcome:
     """Store a gateway's report (already shaped by the endpoint's serializer). Boxes not on this
-    server are ignored; this server's boxes the report leaves out lose their tunnel row."""
+    server are ignored; this server's boxes the report leaves out lose their tunnel row. A report
+    without ``boxes`` (a gateway that has no peers document yet) updates the health only."""
     now = now or timezone.now()
-    box_ids = _box_ids(report["boxes"])
+    has_boxes = report.get("boxes") is not None
+    box_ids = _box_ids(report["boxes"]) if has_boxes else []
     wg_key = report.get("wg_public_key") or ""
     if wg_key:
         wg_public_key_clean(wg_key)
@@ -104,6 +106,9 @@ def server_report_record(
     health.last_error = (report.get("last_error") or "")[:LAST_ERROR_MAX_LENGTH]
     health.save()
 
+    key_updated = _adopt_wg_key(server=server, wg_key=wg_key, now=now)
+    if not has_boxes:
+        return ReportOutcome(boxes=0, ignored=0, wg_public_key_updated=key_updated)
     on_server = set(Box.objects.filter(pk__in=box_ids, server=server).values_list("pk", flat=True))
     previous = {row.box_id: row for row in BoxTunnelStatus.objects.filter(box_id__in=on_server)}
     rows = []
@@ -143,18 +148,23 @@ def server_report_record(
             ],
         )
     BoxTunnelStatus.objects.filter(server=server).exclude(box_id__in=on_server).delete()
-
-    key_updated = bool(wg_key) and wg_key != server.wg_public_key
-    if key_updated:
-        before_key = server.wg_public_key
-        AggregationServer.objects.filter(pk=server.pk).update(wg_public_key=wg_key, updated_at=now)
-        server.wg_public_key = wg_key
-        audit_record(
-            actor=Actor(label=f"server:{server.name}"),
-            action="server.wg_public_key",
-            target=server,
-            before={"wg_public_key": before_key},
-            after={"wg_public_key": wg_key},
-        )
-        boxes_config_refresh(boxes=Box.objects.filter(server=server))
     return ReportOutcome(boxes=len(rows), ignored=len(box_ids) - len(rows), wg_public_key_updated=key_updated)
+
+
+def _adopt_wg_key(*, server: AggregationServer, wg_key: str, now: datetime) -> bool:
+    """The gateway's WireGuard public key becomes the server's when it differs (audited); the boxes
+    on the server get a new config hash, their configuration carrying it. True if it changed."""
+    if not wg_key or wg_key == server.wg_public_key:
+        return False
+    before_key = server.wg_public_key
+    AggregationServer.objects.filter(pk=server.pk).update(wg_public_key=wg_key, updated_at=now)
+    server.wg_public_key = wg_key
+    audit_record(
+        actor=Actor(label=f"server:{server.name}"),
+        action="server.wg_public_key",
+        target=server,
+        before={"wg_public_key": before_key},
+        after={"wg_public_key": wg_key},
+    )
+    boxes_config_refresh(boxes=Box.objects.filter(server=server))
+    return True

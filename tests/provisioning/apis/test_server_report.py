@@ -146,6 +146,27 @@ def test_boxes_not_on_the_server_are_ignored_and_boxes_left_out_lose_their_row(
     assert list(BoxTunnelStatus.objects.values_list("box_id", flat=True)) == [boxes[0].pk]
 
 
+def test_a_report_without_boxes_updates_the_health_and_keeps_the_tunnel_rows(
+    provisioned, boxes, clock
+) -> None:
+    client = _bearer(provisioned["token"])
+    client.post(URL, report(tunnel(boxes[0], 10, 20)), format="json")
+    clock[0] += timedelta(seconds=10)
+    body = report(converge_errors=1, last_error="peers: HTTP 503")
+    del body["boxes"]  # a gateway that has no peers document yet
+
+    response = client.post(URL, body, format="json")
+
+    assert response.status_code == 200 and response.json()["boxes"] == 0
+    health = GatewayHealth.objects.get(server=provisioned["server"])
+    assert (health.converge_errors, health.last_error, health.last_report_at) == (
+        1,
+        "peers: HTTP 503",
+        clock[0],
+    )
+    assert BoxTunnelStatus.objects.get(box=boxes[0]).rx_bytes == 10
+
+
 def test_a_new_gateway_key_becomes_the_servers_audited_and_reaches_the_boxes_configs(
     provisioned, boxes, clock
 ) -> None:
