@@ -70,12 +70,14 @@ SCHEMA_COUNTER_PREFIX = "otb_schema_"
 
 def table_rules(wg_port: int) -> str:
     """The fixed chains of the table. Every per-box value lives in the sets and maps above, so a box
-    comes and goes by its elements and no rule is ever added or removed for one box."""
+    comes and goes by its elements and no rule is ever added or removed for one box. The redirect
+    takes only UDP for the server itself: UDP to a box's public address on a port that happens to be
+    a box port is forwarded to that box, not taken by WireGuard."""
     iface = WG_IFACE
     return f"""\
   chain prerouting_nat {{
     type nat hook prerouting priority dstnat; policy accept;
-    udp dport @{SET_PORTS} redirect to :{wg_port}
+    fib daddr type local udp dport @{SET_PORTS} redirect to :{wg_port}
   }}
   chain postrouting_nat {{
     type nat hook postrouting priority srcnat; policy accept;

@@ -170,7 +170,7 @@ def test_the_gateway_configures_two_boxes_and_removes_one_leaving_the_other_unto
         "203.0.113.11/32",
     ]
     table = lab.inside("nft", "list", "table", "inet", "otb_gateway").stdout
-    assert "udp dport @box_ports redirect to :51819" in table
+    assert "fib daddr type local udp dport @box_ports redirect to :51819" in table
     assert "elements = { 51820, 51821, 51822, 51823, 51824, 51825, 51826, 51827 }" in " ".join(table.split())
     assert "100.64.0.2 : 203.0.113.11" in table and "100.64.0.3 : 203.0.113.11" in table
     assert "rate over 2500000 bytes/second burst 250000 bytes" in table

@@ -100,7 +100,7 @@ def test_each_box_plan_depends_on_its_own_peer_only() -> None:
 def test_the_host_table_redirects_box_ports_to_the_wireguard_port_and_changes_signature_with_it() -> None:
     host = HostPlan(wg_port=51819)
     script = host.table_script(replace=False)
-    assert "udp dport @box_ports redirect to :51819" in script
+    assert "fib daddr type local udp dport @box_ports redirect to :51819" in script
     assert 'oifname != "otbgw0" snat ip to ip saddr map @snat4' in script
     assert f"counter {host.table_signature}" in script and "delete table" not in script
     assert "delete table inet otb_gateway" in host.table_script(replace=True)
