@@ -318,9 +318,11 @@ class FakeHost(Runner):
             return "".join(f"{key}\t{peer.handshake}\n" for key, peer in sorted(link.peers.items()))
         if args[0] == "addconf":
             for section in stdin.split("[Peer]")[1:]:
-                lines = dict(line.split(" = ", 1) for line in section.strip().splitlines())
-                allowed = [a.strip() for a in lines["AllowedIPs"].split(",")]
-                link.peers[lines["PublicKey"]] = FakeWgPeer(psk=lines.get("PresharedKey"), allowed=allowed)
+                entries = dict(entry.split(" = ", 1) for entry in section.strip().splitlines())
+                addresses = [a.strip() for a in entries["AllowedIPs"].split(",")]
+                link.peers[entries["PublicKey"]] = FakeWgPeer(
+                    psk=entries.get("PresharedKey"), allowed=addresses
+                )
             return ""
         if args[0] == "set":
             rest = args[2:]
