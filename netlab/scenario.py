@@ -89,6 +89,11 @@ class LabBox:
     agent: subprocess.Popen | None = None
 
     @property
+    def tunnel(self) -> str:
+        """Its WireGuard interface: otb0, otb1, ..."""
+        return "otb0" if self.role == "box" else f"otb{self.role.removeprefix('box') or 0}"
+
+    @property
     def serial(self) -> str:
         return self.factory["serial"]
 
@@ -235,9 +240,11 @@ class Lab:
             "--server", self.backend.url, "--serial", factory["serial"],
             "--secret", factory["factory_secret"], "--mac", factory["mac"], "--model", factory["model"],
         )  # fmt: skip
+        # wireguard-go's control socket (/run/wireguard/<name>.sock) is shared by every namespace of
+        # the host: each box of the lab needs its own tunnel interface name.
         command = [
             agent, "--state-dir", str(box.state_dir), "run",
-            "--collector", "linux", "--apply", "linux", "--probe-count", "1",
+            "--collector", "linux", "--apply", "linux", "--probe-count", "1", "--tunnel-iface", box.tunnel,
         ]  # fmt: skip
         with (self.workdir / "logs" / f"agent-{box.role}.log").open("ab") as out:
             box.agent = self.topo.ns.popen(box.role, command, stdout=out, stderr=subprocess.STDOUT)

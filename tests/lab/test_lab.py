@@ -205,13 +205,13 @@ def test_two_boxes_each_leave_with_their_own_address_and_cannot_borrow_the_other
     assert lab.tcp_peer(box) == public1 and lab.tcp_peer(box2) == public2
     assert lab.udp_peer(box2) == public2
     # box2 sending from box1's public address through its own tunnel: the gateway drops it
-    lab.topo.ns.ip("box2", "addr", "add", f"{public1}/32", "dev", "otb0")
+    lab.topo.ns.ip("box2", "addr", "add", f"{public1}/32", "dev", box2.tunnel)
     try:
         spoofed = lab.topo.ns.exec(
             "box2", *lab_peer_command(), "udp", INET_ADDRESS, "7007", "2", public1, check=False
         ).strip()
     finally:
-        lab.topo.ns.ip("box2", "addr", "del", f"{public1}/32", "dev", "otb0")
+        lab.topo.ns.ip("box2", "addr", "del", f"{public1}/32", "dev", box2.tunnel)
     assert spoofed == ""
     # box1's shadowsocks password on box2's port: refused (every box has its own endpoint)
     config1 = box_config(box)
