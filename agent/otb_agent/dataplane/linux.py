@@ -790,6 +790,26 @@ class LinuxDataplane:
             self.log.info("dataplane_applied", reason=reason, changes=changes)
         return None
 
+    def _reset_stranded(self, devices: List[str], links: Dict[str, Dict[str, Any]]) -> None:
+        """Reset the box's own TCP connections that left by a WAN that just went down (the agent's
+        session to the backend among them): they cannot move to another link (their source address
+        and the ISP's NAT mapping are gone), and would hang until their keepalive gives up. Reset,
+        they reconnect at once by a link that is up. The MPTCP subflows of the tunnel (to the
+        aggregation server) are left to MPTCP."""
+        server_ip = (self.plan or {}).get("server_ip")
+        for dev in devices:
+            address = (links.get(dev) or self.links.get(dev) or {}).get("address")
+            if not address:
+                continue
+            argv = ["ss", "-K", "-t", "state", "established", "src", str(address)]
+            if server_ip:
+                argv += ["and", "not", "dst", str(server_ip)]
+            code, _out, err = self.runner(argv, None)
+            if code != 0:
+                self.log.warning("dataplane_reset_failed", device=dev, error=err.strip()[:200])
+            else:
+                self.log.info("dataplane_reset_stranded", device=dev, address=address)
+
     async def apply_config(self, config: Dict[str, Any]) -> Optional[str]:
         """The config cycle's applier: plan and apply ``config`` (errors are the applied-config error)."""
         self.config = config
@@ -828,9 +848,13 @@ class LinuxDataplane:
                     since >= self.RESYNC_INTERVAL or (self.last_error and since >= self.RETRY_INTERVAL)
                 ):
                     reason = "retry" if self.last_error else "resync"
+                before = dict(self.links)
                 if reason is not None:
                     last_converge = now
                     await self.converge(reason, links)
+                went_down = [dev for dev, up in new_states.items() if not up and states.get(dev)]
+                if went_down:
+                    await asyncio.to_thread(self._reset_stranded, went_down, before)
             states = new_states
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.POLL_INTERVAL)

@@ -342,6 +342,14 @@ def plan_build(
         "net/ipv4/conf/all/rp_filter": "2",
         # ECMP (load-balance) spreads connections by their ports, not only their addresses.
         "net/ipv4/fib_multipath_hash_policy": "1",
+        # A WAN that lost its carrier keeps its DHCP default route in the main table: without this,
+        # the box's own connections (the agent's session to the backend) would still pick it.
+        "net/ipv4/conf/all/ignore_routes_with_linkdown": "1",
+        # MPTCP marks a subflow stale after this many retransmission timeouts in a row and sends on
+        # the backups meanwhile: on a shaped access link that is merely full (its queue drops), the
+        # default 4 put ~8 % of a failover box's upload on its backup link (measured in the lab).
+        # Links that die are taken out by the agent within a second, so stale detection can be slow.
+        "net/mptcp/stale_loss_cnt": "16",
     }
     for wan in wans:
         sysctls[f"net/ipv4/conf/{wan['device']}/rp_filter"] = "2"
@@ -473,6 +481,7 @@ def plan_build(
         "rules": rules,
         "routes": routes,
         "server_route": server_route,
+        "server_ip": server_ip,
         "mptcp": mptcp,
         "ss_redir": ss_redir,
         "wireguard": wireguard,
