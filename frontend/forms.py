@@ -12,6 +12,7 @@ from django.db import models
 from fleet.commands.choices import CommandKind
 from fleet.core.choices import ReleaseChannel, Role, WanMode, WanRole
 from fleet.monitoring.choices import TargetKind
+from provisioning.wan_policy import WAN_MAX_KBPS
 
 
 class InvitationAcceptForm(forms.Form):
@@ -86,6 +87,20 @@ class WanPolicyForm(forms.Form):
     """Mode plus one role per interface; the interface fields are added from the box's links."""
 
     mode = forms.ChoiceField(label="Mode", choices=WanMode.choices)
+    download_kbps = forms.IntegerField(
+        label="Download limit (kbit/s)",
+        required=False,
+        min_value=1,
+        max_value=WAN_MAX_KBPS,
+        help_text="What the aggregation server lets through to the box; empty: no limit.",
+    )
+    upload_kbps = forms.IntegerField(
+        label="Upload limit (kbit/s)",
+        required=False,
+        min_value=1,
+        max_value=WAN_MAX_KBPS,
+        help_text="What the aggregation server accepts from the box; empty: no limit.",
+    )
 
     def __init__(self, *args: Any, interfaces: list[dict] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

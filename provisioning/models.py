@@ -213,3 +213,55 @@ class TunnelCredential(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} ({'revoked' if self.revoked_at else 'live'})"
+
+
+class GatewayHealth(models.Model):
+    """The latest report of a server's gateway (``otb-gateway``, POST /api/v1/servers/self/report):
+    one row per server, replaced by each report. Upstream rates are computed from the previous
+    report's counters (null when there is none, or when a counter went backwards: a restart)."""
+
+    server = models.OneToOneField(
+        AggregationServer, primary_key=True, on_delete=models.CASCADE, related_name="gateway_health"
+    )
+    last_report_at = models.DateTimeField()
+    gateway_version = models.CharField(max_length=64)
+    uptime_s = models.BigIntegerField()
+    load1 = models.FloatField(null=True, blank=True)
+    cpu_pct = models.FloatField(null=True, blank=True)
+    mem_pct = models.FloatField(null=True, blank=True)
+    peers = models.PositiveIntegerField()
+    converge_errors = models.PositiveIntegerField()
+    last_error = models.TextField(blank=True, default="")
+    upstream_iface = models.CharField(max_length=15, blank=True, default="")
+    upstream_rx_bytes = models.BigIntegerField(null=True, blank=True)
+    upstream_tx_bytes = models.BigIntegerField(null=True, blank=True)
+    upstream_rx_bps = models.BigIntegerField(null=True, blank=True)
+    upstream_tx_bps = models.BigIntegerField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"gateway of {self.server_id} at {self.last_report_at:%Y-%m-%d %H:%M:%S}"
+
+
+class BoxTunnelStatus(models.Model):
+    """A box's tunnel as its server's gateway last reported it. ``rx`` is what the gateway received
+    from the box (its upload), ``tx`` what it sent to the box (its download); bytes are the
+    gateway's cumulative counters, rates come from the previous report's (null when unknown).
+    A box the gateway stops reporting loses its row; a box that moves gets the new server's."""
+
+    box = models.OneToOneField(
+        "fleet.Box", primary_key=True, on_delete=models.CASCADE, related_name="tunnel_status"
+    )
+    server = models.ForeignKey(AggregationServer, on_delete=models.CASCADE, related_name="box_tunnels")
+    reported_at = models.DateTimeField()
+    rx_bytes = models.BigIntegerField()
+    tx_bytes = models.BigIntegerField()
+    rx_bps = models.BigIntegerField(null=True, blank=True)
+    tx_bps = models.BigIntegerField(null=True, blank=True)
+    connections = models.PositiveIntegerField()
+    handshake_age_s = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "box tunnel statuses"
+
+    def __str__(self) -> str:
+        return f"tunnel of {self.box_id}"

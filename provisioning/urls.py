@@ -36,6 +36,7 @@ urlpatterns = [
     path("boxes/<uuid:box_id>/decommission", boxes.BoxDecommissionApi.as_view(), name="box-decommission"),
     # infrastructure
     path("servers/self/peers", infrastructure.ServerPeersApi.as_view(), name="server-peers"),
+    path("servers/self/report", infrastructure.ServerReportApi.as_view(), name="server-report"),
     path("regions/", infrastructure.RegionListApi.as_view(), name="region-list"),
     path("servers/", infrastructure.ServerListApi.as_view(), name="server-list"),
     path("servers/<uuid:server_id>/", infrastructure.ServerDetailApi.as_view(), name="server-detail"),

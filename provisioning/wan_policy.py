@@ -2,7 +2,10 @@
 policy and the forms that edit one.
 
 A policy is ``{"mode": aggregate|load-balance|failover, "interfaces": [{"name", "role", "kind",
-"up_kbps"?, "down_kbps"?}, ...]}``; roles are primary, backup or disabled."""
+"up_kbps"?, "down_kbps"?}, ...], "download_kbps"?, "upload_kbps"?}``; roles are primary, backup or
+disabled. A link's ``up_kbps``/``down_kbps`` say what the link can carry; the box's own
+``download_kbps``/``upload_kbps`` are the rate its aggregation server lets through for it (the
+gateway polices the box's traffic to them); either is left out when not set."""
 
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ def _kbps_clean(value: Any, *, field: str) -> int | None:
     return value
 
 
-def wan_policy_validate(*, mode: Any, interfaces: Any) -> dict[str, Any]:
+def wan_policy_validate(
+    *, mode: Any, interfaces: Any, download_kbps: Any = None, upload_kbps: Any = None
+) -> dict[str, Any]:
     """The normalised WAN policy, or InvalidInput naming the offending field (``interfaces[2].name``)."""
     if mode not in WanMode.values:
         raise InvalidInput(f"mode must be one of {', '.join(WanMode.values)}", field="mode")
@@ -68,4 +73,9 @@ def wan_policy_validate(*, mode: Any, interfaces: Any) -> dict[str, Any]:
         raise InvalidInput("failover needs at least one primary interface", field="interfaces")
     if mode != WanMode.FAILOVER and all(role == WanRole.DISABLED for role in roles):
         raise InvalidInput(f"{mode} needs at least one interface that is not disabled", field="interfaces")
-    return {"mode": mode, "interfaces": cleaned}
+    policy: dict[str, Any] = {"mode": mode, "interfaces": cleaned}
+    for key, value in (("download_kbps", download_kbps), ("upload_kbps", upload_kbps)):
+        limit = _kbps_clean(value, field=key)
+        if limit is not None:
+            policy[key] = limit
+    return policy

@@ -156,6 +156,10 @@ ENDPOINTS = [
     row("get", "/api/v1/audit/", None,                                "401 200 200 200 200 200 P P"),
     # -- provisioning: staff, and aggregation servers for their peers ---------------------------------------
     row("get", "/api/v1/servers/self/peers", None,                    "401 403 403 403 403 403 403 200"),
+    row("post", "/api/v1/servers/self/report",
+        lambda i: {"gateway_version": "0.1.0", "uptime_s": 5, "load1": 0.1, "cpu_pct": 1.0, "mem_pct": 2.0,
+                   "wg_public_key": "", "peers": 0, "converge_errors": 0, "boxes": []},
+                                                                      "401 403 403 403 403 403 403 200"),
     row("get", "/api/v1/regions/", None,                              "401 403 403 403 403 200 403 403"),
     row("post", "/api/v1/regions/", lambda i: {"code": "ap-south", "name": "Mumbai"},
                                                                       "401 403 403 403 403 201 403 403"),

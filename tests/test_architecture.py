@@ -65,3 +65,20 @@ def test_product_code_importing_the_benchmarks_breaks_the_contract(tree_copy: Pa
     result = lint_imports(tree_copy)
     assert result.returncode != 0
     assert "fleet.telemetry.contract_probe -> bench.echo" in result.stdout
+
+
+def test_the_gateway_importing_the_server_breaks_the_contract(tree_copy: Path) -> None:
+    # given the aggregation server's gateway importing a provisioning service (Django)
+    probe = tree_copy / "agent" / "otb_gateway" / "contract_probe.py"
+    probe.write_text("from provisioning.services import gateway\n\n__all__ = ['gateway']\n")
+    result = lint_imports(tree_copy)
+    assert result.returncode != 0
+    assert "otb_gateway.contract_probe -> provisioning.services" in result.stdout
+
+
+def test_product_code_importing_the_gateway_breaks_the_contract(tree_copy: Path) -> None:
+    probe = tree_copy / "provisioning" / "contract_probe.py"
+    probe.write_text("from otb_gateway.plan import build_plan\n\n__all__ = ['build_plan']\n")
+    result = lint_imports(tree_copy)
+    assert result.returncode != 0
+    assert "provisioning.contract_probe -> otb_gateway.plan" in result.stdout

@@ -30,7 +30,7 @@ from .backoff import Backoff
 from .channel import Channel, close_quietly
 from .collectors import Collector
 from .commands import CommandRunner
-from .configcycle import ConfigCycle
+from .configcycle import ConfigApplier, ConfigCycle
 from .reporting import Reporter, Stats
 from .store import Store
 from .system import BoxSystem, FleetAccess
@@ -76,6 +76,7 @@ class Agent:
         status: Optional[Status] = None,
         state_dir: Optional[str] = None,
         apply_hook: Optional[str] = None,
+        config_applier: Optional[ConfigApplier] = None,
         stats: Optional[Stats] = None,
         backoff: Optional[Backoff] = None,
         telemetry_interval: Optional[float] = None,
@@ -118,6 +119,7 @@ class Agent:
             reporter=self.reporter,
             spawn=self._spawn,
             apply_hook=apply_hook,
+            applier=config_applier,
             enabled=fetch_config,
             http_semaphore=http_semaphore,
         )

@@ -1,4 +1,4 @@
-"""Command line: ``otb-agent enroll | run | status | simulate``."""
+"""Command line: ``otb-agent enroll | run | status | plan | simulate``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from . import __version__
 from .agent import EXIT_UNAUTHORIZED, Agent
@@ -18,6 +18,7 @@ from .backoff import Backoff
 from .collectors import Collector, make_collector, parse_wan_arg
 from .collectors.probe import DEFAULT_COMMAND, PingProbe
 from .collectors.simulated import SimulatedCollector, SimulatedSystem
+from .dataplane import TUNNEL_INTERFACE
 from .diagnostics import server_host_port
 from .host import HostSystem
 from .store import SqliteStore
@@ -32,6 +33,9 @@ from .util import (
     default_state_dir,
     read_json,
 )
+
+if TYPE_CHECKING:
+    from .dataplane.linux import LinuxDataplane
 
 EXIT_USAGE = 2
 EXIT_ENROLL_REJECTED = 4
@@ -65,13 +69,24 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_collector(args: argparse.Namespace, server: str, serial: Optional[str]) -> Collector:
+def _build_collector(
+    args: argparse.Namespace, server: str, serial: Optional[str], dataplane: Optional[LinuxDataplane] = None
+) -> Collector:
     name = args.collector or ("openwrt" if os.path.exists("/etc/openwrt_release") else "linux")
     probe = None
     if name != "simulated" and not args.no_probe:
         target = args.probe_target or server_host_port(server)[0]
         probe = PingProbe(target, command=args.probe_command or DEFAULT_COMMAND, count=args.probe_count)
     wans = [parse_wan_arg(w) for w in args.wan or []]
+    if dataplane is not None:
+        return make_collector(
+            name,
+            serial=serial,
+            wans=wans,
+            probe=probe,
+            tunnel_iface=dataplane.tunnel_interface,
+            proxy_alive=dataplane.proxy_alive,
+        )
     return make_collector(name, serial=serial, wans=wans, probe=probe, tunnel_iface=args.tunnel_iface)
 
 
@@ -97,10 +112,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     log = Logger(level=args.log_level, serial=creds.get("serial"))
     server = args.server or creds["server"]
-    collector = _build_collector(args, server, creds.get("serial"))
+    dataplane = None
+    if args.apply == "linux":
+        # Imported here on purpose (see cmd_enroll): only a box applying its own data plane pays for it.
+        from .dataplane.linux import LinuxDataplane
+
+        dataplane = LinuxDataplane(
+            state_dir=state_dir, log=log, tunnel_interface=args.tunnel_iface or TUNNEL_INTERFACE
+        )
+    collector = _build_collector(args, server, creds.get("serial"), dataplane)
     saved = read_json(os.path.join(state_dir, CONFIG_FILE))
     if isinstance(saved, dict):
         collector.configure(saved)
+        if dataplane is not None:
+            dataplane.config = saved  # the data plane comes up before the server is reached
     store = SqliteStore(os.path.join(state_dir, DB_FILE), cap=args.buffer_cap)
     status = Status(os.path.join(state_dir, STATUS_FILE))
     agent = Agent(
@@ -114,6 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         status=status,
         state_dir=state_dir,
         apply_hook=args.apply_hook,
+        config_applier=dataplane.apply_config if dataplane is not None else None,
         backoff=Backoff(base=args.backoff_base, cap=args.backoff_cap),
         telemetry_interval=args.telemetry_interval,
     )
@@ -126,7 +152,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info(
             "agent_start", version=__version__, server=server, collector=collector.name, state_dir=state_dir
         )
-        return await agent.run()
+        if dataplane is None:
+            return await agent.run()
+        stop = asyncio.Event()
+        watcher = asyncio.ensure_future(dataplane.run(stop))
+        try:
+            return await agent.run(stop)
+        finally:
+            stop.set()
+            await watcher  # stops ss-redir and wireguard-go
 
     try:
         rc = asyncio.run(main())
@@ -189,6 +223,45 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    # Imported here on purpose (see cmd_enroll): `otb-agent run` without --apply linux does not need it.
+    from .dataplane.linux import LinkObserver, subprocess_runner
+    from .dataplane.plan import PlanError, plan_build, plan_json
+
+    config = read_json(args.config)
+    if not isinstance(config, dict):
+        print(f"otb-agent: {args.config} holds no config object", file=sys.stderr)
+        return 1
+    state_dir = args.state_dir or os.path.dirname(os.path.abspath(args.config))
+    if args.links:
+        text = args.links
+        if not text.lstrip().startswith("{"):
+            with open(text, encoding="utf-8") as f:
+                text = f.read()
+        try:
+            links = json.loads(text)
+        except ValueError as e:
+            print(f"otb-agent: --links is not JSON: {e}", file=sys.stderr)
+            return 1
+        direct = None
+    else:
+        policy = config.get("wan_policy")
+        interfaces = policy.get("interfaces") if isinstance(policy, dict) else None
+        names = [str(i["name"]) for i in interfaces or [] if isinstance(i, dict) and i.get("name")]
+        observer = LinkObserver(subprocess_runner)
+        links = observer.observe([(n, n) for n in names])
+        direct = observer.direct_networks
+    try:
+        plan = plan_build(
+            config, links, state_dir=state_dir, tunnel_interface=args.tunnel_iface, direct_networks=direct
+        )
+    except PlanError as e:
+        print(f"otb-agent: {e}", file=sys.stderr)
+        return 1
+    print(plan_json(plan))
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     # Imported here on purpose: the fleet simulator is not part of what a box runs (see cmd_enroll).
     from .simulate import run_simulation
@@ -202,6 +275,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="otb-agent", description="OTB box agent")
     p.add_argument("--version", action="version", version=f"otb-agent {__version__}")
+    p.add_argument(
+        "--state-dir",
+        dest="top_state_dir",
+        metavar="STATE_DIR",
+        help="state directory, before the command (same as the command's own --state-dir)",
+    )
     sub = p.add_subparsers(dest="command")
     sub.required = True
 
@@ -229,7 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
     common(r)
     r.add_argument("--server", help="override the server URL from credentials.json")
     r.add_argument("--collector", choices=["linux", "openwrt", "simulated"])
-    r.add_argument("--apply-hook", help="script run with the config.json path after each config change")
+    applying = r.add_mutually_exclusive_group()
+    applying.add_argument(
+        "--apply-hook", help="script run with the config.json path after each config change"
+    )
+    applying.add_argument(
+        "--apply",
+        choices=["linux"],
+        help="apply each config to this Linux host (MPTCP, routing, ss-redir, WireGuard, nftables) "
+        "and follow the WANs' state",
+    )
     r.add_argument("--probe-target", help="host pinged through each WAN (default: the server host)")
     r.add_argument(
         "--probe-command", help="probe command template, default 'ping -c {count} -W 1 -I {iface} {target}'"
@@ -242,7 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IFACE[:KIND[:LABEL]]",
         help="WAN interface (repeatable; default: from the applied config)",
     )
-    r.add_argument("--tunnel-iface", help="tunnel interface for aggregate throughput (default from config)")
+    r.add_argument(
+        "--tunnel-iface",
+        help="tunnel interface for aggregate throughput (default from config); with --apply linux, the "
+        f"WireGuard interface the agent creates (default {TUNNEL_INTERFACE})",
+    )
     r.add_argument("--buffer-cap", type=int, default=10_000, help="max queued telemetry messages")
     r.add_argument("--telemetry-interval", type=float, help="override the server's telemetry interval (s)")
     r.add_argument("--backoff-base", type=float, default=1.0)
@@ -260,6 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state-dir", default=default_state_dir())
     s.add_argument("--json", action="store_true", help="print status.json as is")
     s.set_defaults(func=cmd_status)
+
+    pl = sub.add_parser("plan", help="print the data-plane plan of a config (JSON)")
+    pl.add_argument("config", help="config.json as GET /api/v1/agent/config serves it")
+    pl.add_argument(
+        "--links",
+        help="observed WANs as JSON (or a file holding it): {name: {up, address, gateway, device}}; "
+        "default: read from the kernel, with the main table's routes (LAN TCP to them is not "
+        "redirected; with --links, the private ranges are not)",
+    )
+    pl.add_argument("--state-dir", help="where the agent keeps its files (default: the config's folder)")
+    pl.add_argument("--tunnel-iface", default=TUNNEL_INTERFACE, help="WireGuard interface name")
+    pl.set_defaults(func=cmd_plan)
 
     m = sub.add_parser("simulate", help="run N simulated boxes in one process")
     common(m)
@@ -306,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    top = getattr(args, "top_state_dir", None)
+    if top and hasattr(args, "state_dir") and args.state_dir in (None, default_state_dir()):
+        args.state_dir = top
     if (
         args.command == "simulate"
         and args.state_dir == default_state_dir()

@@ -3,7 +3,8 @@
 Triggered when the server's desired hash (``welcome``, ``config_changed``) differs from the one
 applied, and by the ``refresh_config`` command. The config is fetched with ``If-None-Match``,
 written to ``config.json`` (0600), handed to the collector (WANs to monitor, tunnel interface,
-telemetry interval) and to the apply hook, then reported with ``POST /config/applied``.
+telemetry interval) and to the applier (``--apply linux``: :mod:`otb_agent.dataplane.linux`) or the
+apply hook, then reported with ``POST /config/applied``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-from typing import Any, Dict, Optional
+from typing import Any, Awaitable, Callable, Dict, Optional
 
 from . import httpapi
 from .collectors import Collector
@@ -22,6 +23,9 @@ from .telemetry import TelemetryPump
 from .util import CONFIG_FILE, read_json, write_json
 
 HOOK_TIMEOUT = 120.0
+
+#: Applies a config in process: None when applied, else the error text reported to the server.
+ConfigApplier = Callable[[Dict[str, Any]], Awaitable[Optional[str]]]
 
 
 class ConfigCycle:
@@ -38,6 +42,7 @@ class ConfigCycle:
         reporter: Reporter,
         spawn: Spawn,
         apply_hook: Optional[str] = None,
+        applier: Optional[ConfigApplier] = None,
         enabled: bool = True,
         http_semaphore: Optional[asyncio.Semaphore] = None,
     ) -> None:
@@ -48,6 +53,7 @@ class ConfigCycle:
         self.reporter = reporter
         self.spawn = spawn
         self.apply_hook = apply_hook
+        self.applier = applier
         self.enabled = enabled
         self.http_semaphore = http_semaphore
         self.applied_hash: Optional[str] = store.meta_get("applied_config_hash")
@@ -118,7 +124,9 @@ class ConfigCycle:
         interval = body.get("telemetry_interval_s")
         if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval >= 1:
             self.pump.use_server_interval(float(interval))
-        if self.apply_hook and path:
+        if self.applier is not None:
+            error = await self.applier(body)
+        elif self.apply_hook and path:
             error = await asyncio.to_thread(run_apply_hook, self.apply_hook, path)
         try:
             await asyncio.to_thread(httpapi.post_applied, self.fleet.server, self.fleet.token, h, error)

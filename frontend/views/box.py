@@ -39,6 +39,7 @@ from fleet.telemetry.selectors import box_live_status, box_wans
 from frontend.errors import errors_as_message, errors_on_form, page_errors
 from frontend.forms import BoxRenameForm, CommandForm, FirmwareSettingsForm, PostponeForm, WanPolicyForm
 from provisioning.selectors.boxes import box_addresses
+from provisioning.selectors.infrastructure import box_tunnel_status
 from provisioning.services.configuration import box_set_wan_policy, box_settings_authorize, box_update
 
 EVENTS_SHOWN = 30
@@ -109,12 +110,17 @@ def box_context(request: HttpRequest, box: Box, *, console: bool = False) -> dic
         "status": status,
         "wans": wans,
         "addresses": box_addresses(box=box),
+        "tunnel": box_tunnel_status(box_id=box.pk),
         "events": _events(box),
         "commands": commands,
         "commands_open": any(command.is_open for command in commands),
         "firmware": _firmware(box),
         "policy_form": WanPolicyForm(
-            initial={"mode": (box.wan_policy or {}).get("mode", WanMode.AGGREGATE)},
+            initial={
+                "mode": (box.wan_policy or {}).get("mode", WanMode.AGGREGATE),
+                "download_kbps": (box.wan_policy or {}).get("download_kbps"),
+                "upload_kbps": (box.wan_policy or {}).get("upload_kbps"),
+            },
             interfaces=_policy_interfaces(box, wans),
         ),
         "rename_form": BoxRenameForm(initial={"name": box.name, "tags": " ".join(box.tags)}),
@@ -199,6 +205,8 @@ def box_policy_update(request: HttpRequest, box_id: str) -> HttpResponse:
                 box=box,
                 mode=form.cleaned_data["mode"],
                 interfaces=form.policy_interfaces(),
+                download_kbps=form.cleaned_data.get("download_kbps"),
+                upload_kbps=form.cleaned_data.get("upload_kbps"),
             )
     status = 400 if form.errors else 200
     if request.headers.get("HX-Request"):

@@ -131,10 +131,14 @@ class BoxWanPolicyApi(ApiView):
         # (``interfaces[2].name``); the admin and this endpoint share that one validation.
         mode = StrictCharField()
         interfaces = serializers.JSONField()
+        download_kbps = serializers.JSONField(required=False, allow_null=True)
+        upload_kbps = serializers.JSONField(required=False, allow_null=True)
 
     class OutputSerializer(serializers.Serializer):
         mode = serializers.CharField()
         interfaces = serializers.ListField(child=serializers.DictField())
+        download_kbps = serializers.IntegerField(allow_null=True, help_text="the box's download limit")
+        upload_kbps = serializers.IntegerField(allow_null=True, help_text="the box's upload limit")
 
     @extend_schema(responses={200: OutputSerializer})
     def get(self, request: Request, box_id: uuid.UUID) -> Response:

@@ -19,6 +19,13 @@ from fleet.core.apis.base import ApiView, etag_matches
 from fleet.core.errors import NotFound
 from fleet.core.models import Region
 from fleet.core.permissions import IsStaff
+from fleet.core.serializers import (
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+    StrictSerializer,
+    StrictUUIDField,
+)
 from provisioning.authentication import IsAggregationServer, ServerPrincipal
 from provisioning.choices import PoolPurpose, ServerStatus
 from provisioning.models import AddressPool, AggregationServer
@@ -30,6 +37,7 @@ from provisioning.selectors.infrastructure import (
     servers_with_spare,
 )
 from provisioning.services import infrastructure as services
+from provisioning.services.gateway import server_report_record
 
 
 def _get(model: Any, pk: Any, what: str, queryset: Any = None) -> Any:
@@ -76,6 +84,66 @@ class ServerPeersApi(ApiView):
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers=headers)
         body = {"server": server.name, "etag": etag, "count": len(peers), "peers": peers}
         return Response(body, headers=headers)
+
+
+REPORT_MAX_BOXES = 10_000
+BYTES_MAX = 2**63 - 1
+
+
+class ReportBoxInput(StrictSerializer):
+    box_id = StrictUUIDField()
+    rx_bytes = StrictIntegerField(min_value=0, max_value=BYTES_MAX, help_text="received from the box")
+    tx_bytes = StrictIntegerField(min_value=0, max_value=BYTES_MAX, help_text="sent to the box")
+    connections = StrictIntegerField(min_value=0, max_value=10_000_000)
+    handshake_age_s = StrictIntegerField(min_value=0, max_value=2**31 - 1, allow_null=True)
+
+
+class ReportUpstreamInput(StrictSerializer):
+    name = StrictCharField(max_length=15)
+    rx_bytes = StrictIntegerField(min_value=0, max_value=BYTES_MAX)
+    tx_bytes = StrictIntegerField(min_value=0, max_value=BYTES_MAX)
+
+
+class ServerReportApi(ApiView):
+    """What the calling server's gateway (otb-gateway) reports every 10 s: its health and, per box,
+    the tunnel as it sees it. The body is bounded (OTB_MAX_BODY_BYTES, 1 MiB by default, and at most
+    REPORT_MAX_BOXES boxes) and checked strictly: a wrong field is named and nothing is stored."""
+
+    permission_classes = [IsAggregationServer]
+
+    class InputSerializer(StrictSerializer):
+        gateway_version = StrictCharField(max_length=64)
+        uptime_s = StrictIntegerField(min_value=0, max_value=BYTES_MAX)
+        load1 = StrictFloatField(min_value=0, max_value=100_000, allow_null=True)
+        cpu_pct = StrictFloatField(min_value=0, max_value=100, allow_null=True)
+        mem_pct = StrictFloatField(min_value=0, max_value=100, allow_null=True)
+        wg_public_key = StrictCharField(max_length=64, allow_blank=True)
+        peers = StrictIntegerField(min_value=0, max_value=65535)
+        converge_errors = StrictIntegerField(min_value=0, max_value=1_000_000)
+        last_error = StrictCharField(max_length=1000, allow_blank=True, required=False, trim_whitespace=False)
+        upstream = ReportUpstreamInput(required=False, allow_null=True)
+        # Left out by a gateway that has no peers document yet: the boxes' rows are then kept.
+        boxes: serializers.ListSerializer = serializers.ListSerializer(
+            child=ReportBoxInput(), max_length=REPORT_MAX_BOXES, required=False
+        )
+
+    class OutputSerializer(serializers.Serializer):
+        boxes = serializers.IntegerField(help_text="tunnel rows stored")
+        ignored = serializers.IntegerField(help_text="boxes listed that are not on this server")
+        wg_public_key_updated = serializers.BooleanField()
+
+    @extend_schema(
+        summary="Report of the calling server's gateway",
+        request=InputSerializer,
+        responses={200: OutputSerializer},
+        tags=["servers"],
+    )
+    def post(self, request: Request) -> Response:
+        server = cast(ServerPrincipal, request.user).server
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        outcome = server_report_record(server=server, report=data.validated_data)
+        return Response(self.OutputSerializer(outcome).data)
 
 
 # --- regions ----------------------------------------------------------------------------------------

@@ -149,7 +149,10 @@ def boxes_config_hashes(*, boxes: QuerySet[Box]) -> dict[Any, str]:
     }
 
 
-def _bandwidth_limits(wan_policy: Any) -> tuple[str, list[dict[str, Any]]]:
+def _bandwidth_limits(wan_policy: Any) -> tuple[str, list[dict[str, Any]], dict[str, Any] | None]:
+    """(mode, per-link figures, the box's rate limit or None) of a stored WAN policy
+    (``provisioning.wan_policy``: ``down_kbps``/``up_kbps`` per link, ``download_kbps``/
+    ``upload_kbps`` for the box); the peers document names them ``download_kbps``/``upload_kbps``."""
     policy = wan_policy if isinstance(wan_policy, dict) else {}
     interfaces = []
     for interface in policy.get("interfaces") or []:
@@ -159,11 +162,13 @@ def _bandwidth_limits(wan_policy: Any) -> tuple[str, list[dict[str, Any]]]:
             {
                 "name": interface["name"],
                 "role": interface.get("role", "primary"),
-                "download_kbps": interface.get("download_kbps"),
-                "upload_kbps": interface.get("upload_kbps"),
+                "download_kbps": interface.get("down_kbps"),
+                "upload_kbps": interface.get("up_kbps"),
             }
         )
-    return str(policy.get("mode") or ""), interfaces
+    download, upload = policy.get("download_kbps"), policy.get("upload_kbps")
+    rate_limit = {"download_kbps": download, "upload_kbps": upload} if download or upload else None
+    return str(policy.get("mode") or ""), interfaces, rate_limit
 
 
 def server_peers_document(*, server: AggregationServer) -> tuple[list[dict[str, Any]], str]:
@@ -181,7 +186,7 @@ def server_peers_document(*, server: AggregationServer) -> tuple[list[dict[str, 
     peers = []
     for box in boxes:
         by_kind = _secrets(box.live_credentials)
-        wan_mode, interfaces = _bandwidth_limits(box.wan_policy)
+        wan_mode, interfaces, rate_limit = _bandwidth_limits(box.wan_policy)
         wireguard = by_kind.get(TunnelKind.WIREGUARD, ("", ""))
         peers.append(
             {
@@ -199,6 +204,7 @@ def server_peers_document(*, server: AggregationServer) -> tuple[list[dict[str, 
                 ),
                 "wan_mode": wan_mode,
                 "interfaces": interfaces,
+                "rate_limit": rate_limit,
             }
         )
     return peers, canonical_hash(peers)

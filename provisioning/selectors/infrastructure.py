@@ -12,11 +12,34 @@ from fleet.core.errors import NotFound
 from fleet.core.models import Region
 from provisioning.addressing import pool_size
 from provisioning.choices import AssignmentState
-from provisioning.models import AddressPool, AggregationServer
+from provisioning.models import AddressPool, AggregationServer, BoxTunnelStatus
+
+GATEWAY_FIELDS = (
+    "last_report_at",
+    "gateway_version",
+    "load1",
+    "cpu_pct",
+    "mem_pct",
+    "peers",
+    "converge_errors",
+    "last_error",
+    "upstream_rx_bps",
+    "upstream_tx_bps",
+)
 
 
 def server_capacity_summary() -> list[dict[str, Any]]:
-    """Per server: capacity, assigned boxes, spare slots, status and region (one query)."""
+    """Per server: capacity, assigned boxes, spare slots, status and region, and what its gateway
+    last reported (``gateway``: None before its first report) (one query)."""
+    rows = AggregationServer.objects.order_by("region__code", "name").values(
+        "id",
+        "name",
+        "region__code",
+        "status",
+        "capacity",
+        "assigned_boxes",
+        *(f"gateway_health__{name}" for name in GATEWAY_FIELDS),
+    )
     return [
         {
             "id": str(row["id"]),
@@ -26,11 +49,19 @@ def server_capacity_summary() -> list[dict[str, Any]]:
             "capacity": row["capacity"],
             "assigned": row["assigned_boxes"],
             "spare": row["capacity"] - row["assigned_boxes"],
+            "gateway": (
+                {name: row[f"gateway_health__{name}"] for name in GATEWAY_FIELDS}
+                if row["gateway_health__last_report_at"] is not None
+                else None
+            ),
         }
-        for row in AggregationServer.objects.order_by("region__code", "name").values(
-            "id", "name", "region__code", "status", "capacity", "assigned_boxes"
-        )
+        for row in rows
     ]
+
+
+def box_tunnel_status(*, box_id: Any) -> BoxTunnelStatus | None:
+    """The box's tunnel as its server's gateway last reported it, with the server (one query)."""
+    return BoxTunnelStatus.objects.select_related("server").filter(box_id=box_id).first()
 
 
 def pools_with_utilisation() -> QuerySet[AddressPool]:

@@ -122,12 +122,23 @@ def box_update(*, actor: Actor, box: Box, name: str | None = None, tags: list[st
 
 
 @transaction.atomic
-def box_set_wan_policy(*, actor: Actor, box: Box, mode: str, interfaces: list[dict[str, Any]]) -> Box:
-    """Replace the box's WAN policy (validated, see ``provisioning.wan_policy``) and recompute its
-    configuration hash so the agent picks it up. Needs the admin role in the box's organisation."""
+def box_set_wan_policy(
+    *,
+    actor: Actor,
+    box: Box,
+    mode: str,
+    interfaces: list[dict[str, Any]],
+    download_kbps: int | None = None,
+    upload_kbps: int | None = None,
+) -> Box:
+    """Replace the box's WAN policy (validated, see ``provisioning.wan_policy``; a box-level
+    ``download_kbps``/``upload_kbps`` left out is no limit) and recompute its configuration hash so
+    the agent and its server's gateway pick it up. Needs the admin role in the box's organisation."""
     box = Box.objects.select_for_update().get(pk=box.pk)
     box_settings_authorize(actor=actor, box=box)
-    policy = wan_policy_validate(mode=mode, interfaces=interfaces)
+    policy = wan_policy_validate(
+        mode=mode, interfaces=interfaces, download_kbps=download_kbps, upload_kbps=upload_kbps
+    )
     before = box.wan_policy
     box.wan_policy = policy
     box.save(update_fields=["wan_policy", "updated_at"])

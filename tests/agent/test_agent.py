@@ -433,3 +433,32 @@ def test_the_speed_test_socket_is_bound_to_the_interface(fake_http):
             assert bound.rstrip(b"\0") == expected
         finally:
             conn.close()
+
+
+async def test_an_in_process_applier_gets_the_config_and_its_error_is_the_applied_error(fleet, tmp_path):
+    """--apply linux: the config cycle hands the config to the data plane's applier, whose error text
+    is what the server gets as the applied-config error (and the hash stays unapplied)."""
+    fake_http, ws = fleet
+    seen = []
+    outcome: list[str | None] = ["ip mptcp endpoint add 10.0.2.2 dev ...: Error: address already in use"]
+
+    async def applier(config):
+        seen.append(config)
+        return outcome[0]
+
+    agent = make_agent(fake_http, ws, tmp_path, token_for(fake_http), config_applier=applier)
+    task = asyncio.create_task(agent.run())
+    try:
+        await wait_for(lambda: fake_http.applied)
+        h1 = fake_http.config["config_hash"]
+        assert fake_http.applied[0] == {"config_hash": h1, "error": outcome[0]}
+        assert seen[0]["config_hash"] == h1 and agent.applied_hash is None
+        outcome[0] = None
+        h2 = fake_http.set_config({"wan_policy": {"mode": "failover", "interfaces": []}})
+        await ws.send("BOX1", {"type": "config_changed", "desired_config_hash": h2})
+        await wait_for(lambda: agent.applied_hash == h2)
+        assert fake_http.applied[-1] == {"config_hash": h2, "error": None}
+        assert seen[-1]["wan_policy"]["mode"] == "failover"
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 5)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -298,3 +299,79 @@ def test_fixture_files_are_present():
     assert shutil.which("cat")
     for name in ("ubus_network_interface_dump.json", "mwan3_status.txt", "ip_mptcp_endpoint_show.txt"):
         assert (OWRT / name).stat().st_size > 0
+
+
+LINUX = FIX / "linux"
+
+
+def nft_counters(up: int, down: int) -> str:
+    def counter(name, nbytes):
+        return {
+            "counter": {"family": "inet", "name": name, "table": "otb_box", "packets": 9, "bytes": nbytes}
+        }
+
+    items = [{"metainfo": {"version": "1.0.6"}}, counter("redirect_up", up), counter("redirect_down", down)]
+    return json.dumps({"nftables": items})
+
+
+def test_linux_collector_reports_the_tunnel_subflows_and_public_address(tmp_path):
+    """With the data plane (--apply linux): the aggregate is the tunnel's own bytes (otb0 plus the
+    connections redirected to ss-redir), not a sum of the WANs; subflows come from ss per WAN
+    address; public_ip is the box's dedicated address."""
+    dev1 = (
+        "Inter-|   Receive |  Transmit\n face |bytes packets|bytes packets\n"
+        "   xw1: 1000000 0 0 0 0 0 0 0 500000 0 0 0 0 0 0 0\n"
+        "   xw2: 1000000 0 0 0 0 0 0 0 500000 0 0 0 0 0 0 0\n"
+        "  otb0: 100000 0 0 0 0 0 0 0 20000 0 0 0 0 0 0 0\n"
+    )
+    dev2 = dev1.replace("1000000", "9000000").replace("100000 ", "150000 ").replace("20000 ", "30000 ")
+    root = make_root(tmp_path, dev1)
+    for dev in ("xw1", "xw2", "otb0"):
+        d = root / "sys/class/net" / dev
+        d.mkdir(parents=True)
+        (d / "operstate").write_text("unknown\n" if dev == "otb0" else "up\n")
+        (d / "carrier").write_text("1\n")
+    clock = Clock()
+    outputs = {
+        "ip -4 -j addr show": (LINUX / "ip_4_j_addr_show.json").read_text(),
+        "ss -tniH": (LINUX / "ss_tniH.txt").read_text(),
+        "nft -j list counters table inet otb_box": nft_counters(1_000, 2_000),
+        "wg show otb0 latest-handshakes": f"c2VydmVy\t{int(clock.t) - 30}\n",
+    }
+    alive = [True]
+    c = LinuxCollector(
+        root=str(root),
+        runner=recorded_runner(outputs),
+        clock=clock,
+        tunnel_iface="otb0",
+        proxy_alive=lambda: alive[0],
+    )
+    c.configure(
+        {
+            "public_ipv4": "198.51.100.5",
+            "wan_policy": {
+                "mode": "aggregate",
+                "interfaces": [{"name": "xw1", "role": "primary"}, {"name": "xw2", "role": "backup"}],
+            },
+        }
+    )
+    c.collect()
+    advance(root, clock, dev2)
+    outputs["nft -j list counters table inet otb_box"] = nft_counters(26_000, 1_002_000)
+    s = c.collect()
+    valid(s)
+    wans = {w["iface"]: w for w in s["wans"]}
+    assert wans["xw1"]["subflows"] == 1 and wans["xw2"]["subflows"] == 1  # the plain TCP socket is not one
+    assert wans["xw1"]["public_ip"] == "198.51.100.5"
+    assert wans["xw1"]["rx_bps"] == 8_000_000 * 8 // 10
+    # tunnel: otb0 +50000 rx / +10000 tx, ss-redir +1000000 down / +25000 up over 10 s
+    assert s["rx_bps"] == (50_000 + 1_000_000) * 8 // 10 and s["tx_bps"] == (10_000 + 25_000) * 8 // 10
+    assert s["tunnel_up"] is True
+    # ss-redir dead, or WireGuard without a recent handshake: the tunnel is down
+    alive[0] = False
+    assert c.collect()["tunnel_up"] is False
+    alive[0] = True
+    outputs["wg show otb0 latest-handshakes"] = f"c2VydmVy\t{int(clock.t) - 200}\n"
+    assert c.collect()["tunnel_up"] is False
+    outputs["wg show otb0 latest-handshakes"] = "c2VydmVy\t0\n"
+    assert c.collect()["tunnel_up"] is False

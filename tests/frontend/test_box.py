@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from fleet.core.models import AuditLog, Box
 from fleet.telemetry.models import BoxStatus, WanStatus
+from provisioning.models import BoxTunnelStatus
 from provisioning.services.configuration import box_config_applied
 from tests.conftest import People
 
@@ -116,6 +117,46 @@ def test_changing_the_wan_policy_waits_for_the_box_then_shows_applied(people, bo
     # then the waiting state clears (and polling stops)
     applied = client.get(f"/boxes/{box.pk}/config-state/").content.decode()
     assert 'data-state="applied"' in applied and "every 2s" not in applied
+
+
+def test_the_wan_policy_form_sets_and_lifts_the_box_rate_limits(people, box) -> None:
+    client = logged_in(people.admin)
+    form = {"mode": "aggregate", "role_0": "primary", "role_1": "backup"}
+    # when the admin sets a download limit
+    response = client.post(
+        f"/boxes/{box.pk}/policy/", {**form, "download_kbps": "40000"}, HTTP_HX_REQUEST="true"
+    )
+    # then it is stored and the form shows it back
+    assert response.status_code == 200
+    box.refresh_from_db()
+    assert box.wan_policy["download_kbps"] == 40000 and "upload_kbps" not in box.wan_policy
+    assert 'name="download_kbps" value="40000"' in client.get(f"/boxes/{box.pk}/").content.decode()
+    # a bad value names the field; an empty one lifts the limit
+    bad = client.post(f"/boxes/{box.pk}/policy/", {**form, "upload_kbps": "0"}, HTTP_HX_REQUEST="true")
+    assert bad.status_code == 400 and "upload_kbps" in bad.content.decode()
+    client.post(f"/boxes/{box.pk}/policy/", {**form, "download_kbps": ""}, HTTP_HX_REQUEST="true")
+    box.refresh_from_db()
+    assert "download_kbps" not in box.wan_policy
+
+
+def test_the_box_page_shows_the_tunnel_as_its_server_sees_it(people, box) -> None:
+    client = logged_in(people.viewer)
+    assert "has not reported this box" in client.get(f"/boxes/{box.pk}/").content.decode()
+    BoxTunnelStatus.objects.create(
+        box=box,
+        server=box.server,
+        reported_at=timezone.now(),
+        rx_bytes=10,
+        tx_bytes=20,
+        rx_bps=2_500_000,
+        tx_bps=48_000_000,
+        connections=17,
+        handshake_age_s=42,
+    )
+    content = client.get(f"/boxes/{box.pk}/").content.decode()
+    assert "Tunnel at the server" in content
+    assert "48.0 Mbit/s" in content and "2.5 Mbit/s" in content
+    assert "<dd>17</dd>" in content and "42 s ago" in content and box.server.name in content
 
 
 def test_an_invalid_wan_policy_is_refused_with_the_field(people, box) -> None:

@@ -13,6 +13,7 @@ from fleet.core.models import AuditLog, Box
 from fleet.firmware.choices import RolloutState
 from fleet.firmware.models import Rollout
 from provisioning.choices import ServerStatus
+from provisioning.models import GatewayHealth
 from tests.fleet.firmware.firmware_helpers import make_fleet, make_release
 
 pytestmark = pytest.mark.django_db
@@ -42,6 +43,33 @@ def test_fleet_health_shows_online_share_servers_and_regions(
     assert "Online" in content and "Telemetry ingest" in content and "Alerts firing" in content
     assert provisioned_region.server.name in content and "eu-west" in content
     assert "1 / 200" in content  # boxes on the server against its capacity
+
+
+def test_servers_show_what_their_gateway_last_reported(people, provisioned_region_factory) -> None:
+    reporting = provisioned_region_factory("eu-west").server
+    silent = provisioned_region_factory(
+        "eu-east", public="198.51.100.0/26", tunnel="100.65.0.0/24", ipv6="2001:db8:100::/44"
+    ).server
+    GatewayHealth.objects.create(
+        server=reporting,
+        last_report_at=timezone.now(),
+        gateway_version="0.1.0",
+        uptime_s=60,
+        load1=0.75,
+        cpu_pct=12.5,
+        mem_pct=30.0,
+        peers=3,
+        converge_errors=1,
+        last_error="box x: nftables: it broke",
+        upstream_rx_bps=250_000_000,
+        upstream_tx_bps=1_500_000,
+    )
+    content = logged_in(people.staff).get("/console/").content.decode()
+    row = content[content.index(reporting.name) :]
+    assert "load 0.75" in row and "CPU 12.5 %" in row and "mem 30.0 %" in row
+    assert "↓ 250.0 Mbit/s ↑ 1.5 Mbit/s" in row and "3 boxes" in row
+    assert "1 error" in row and 'title="box x: nftables: it broke"' in row and "otb-gateway 0.1.0" in row
+    assert "no report yet" in content[content.index(silent.name) :]
 
 
 def test_search_by_serial_mac_public_ip_and_customer(people, claimed_box_factory) -> None:

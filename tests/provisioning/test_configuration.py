@@ -10,6 +10,7 @@ import pytest
 from fleet.core.audit import Actor
 from fleet.core.errors import InvalidInput
 from fleet.core.models import AuditLog, Box
+from provisioning.selectors.configuration import server_peers_document
 from provisioning.services.configuration import box_config_applied, box_set_wan_policy, box_update
 
 pytestmark = pytest.mark.django_db
@@ -79,6 +80,60 @@ def test_wan_policy_validation_names_the_field(
         box_set_wan_policy(actor=Actor.for_user(people.admin), box=box, mode=mode, interfaces=interfaces)
     assert exc.value.field == field
     assert Box.objects.get(pk=box.pk).wan_policy == {"mode": "aggregate", "interfaces": []}
+
+
+def test_box_level_rate_limits_are_validated_stored_and_served_to_the_server(
+    people: Any, claimed_box_factory: Any
+) -> None:
+    # given a claimed box
+    box = claimed_box_factory(people.org)
+    interfaces = [{"name": "wan1", "down_kbps": 100_000, "up_kbps": 20_000}]
+    # when its policy gets a download limit only
+    box = box_set_wan_policy(
+        actor=Actor.for_user(people.admin),
+        box=box,
+        mode="aggregate",
+        interfaces=interfaces,
+        download_kbps=50_000,
+    )
+    # then the policy keeps it (and no upload key), and the server's peers document carries it
+    stored = Box.objects.get(pk=box.pk).wan_policy
+    assert stored["download_kbps"] == 50_000 and "upload_kbps" not in stored
+    assert box.server is not None
+    peers, _ = server_peers_document(server=box.server)
+    [peer] = [p for p in peers if p["box_id"] == str(box.pk)]
+    assert peer["rate_limit"] == {"download_kbps": 50_000, "upload_kbps": None}
+    assert (
+        peer["interfaces"][0]["download_kbps"] == 100_000 and peer["interfaces"][0]["upload_kbps"] == 20_000
+    )
+    # and a policy without them lifts the limit
+    box_set_wan_policy(actor=Actor.for_user(people.admin), box=box, mode="aggregate", interfaces=interfaces)
+    [peer] = [p for p in server_peers_document(server=box.server)[0] if p["box_id"] == str(box.pk)]
+    assert peer["rate_limit"] is None
+
+
+@pytest.mark.parametrize(
+    ("limits", "field"),
+    [
+        ({"download_kbps": 0}, "download_kbps"),
+        ({"download_kbps": "100"}, "download_kbps"),
+        ({"upload_kbps": 10_000_001}, "upload_kbps"),
+        ({"upload_kbps": False}, "upload_kbps"),
+    ],
+)
+def test_box_level_rate_limits_name_the_field(
+    people: Any, box_factory: Any, limits: dict, field: str
+) -> None:
+    box = box_factory(organization=people.org)
+    with pytest.raises(InvalidInput) as exc:
+        box_set_wan_policy(
+            actor=Actor.for_user(people.admin),
+            box=box,
+            mode="aggregate",
+            interfaces=[{"name": "eth0"}],
+            **limits,
+        )
+    assert exc.value.field == field
 
 
 def test_wan_policy_change_bumps_the_config_hash_and_is_audited(

@@ -108,10 +108,15 @@ def test_config_document_is_a_few_queries(actor, org, provisioned, make_box, dja
 def test_peers_document_is_constant_queries(
     actor, org, provisioned, make_box, django_assert_num_queries, count
 ):
-    # given `count` boxes on the server, each with bandwidth limits in its WAN policy
+    # given `count` boxes on the server, each with bandwidth figures in its WAN policy (as
+    # wan_policy_validate stores them: down_kbps/up_kbps per link, download_kbps/upload_kbps per box)
     policy = {
         "mode": "aggregate",
-        "interfaces": [{"name": "wan0", "download_kbps": 100000, "upload_kbps": 20000}],
+        "interfaces": [
+            {"name": "wan0", "role": "primary", "kind": "fiber", "down_kbps": 100000, "up_kbps": 20000}
+        ],
+        "download_kbps": 50000,
+        "upload_kbps": 10000,
     }
     for _ in range(count):
         _claimed(actor, org, make_box, wan_policy=policy, wg_public_key="k")
@@ -126,6 +131,7 @@ def test_peers_document_is_constant_queries(
     assert peers[0]["interfaces"] == [
         {"name": "wan0", "role": "primary", "download_kbps": 100000, "upload_kbps": 20000}
     ]
+    assert peers[0]["rate_limit"] == {"download_kbps": 50000, "upload_kbps": 10000}
     assert [p["tunnel_port"] for p in peers] == sorted(p["tunnel_port"] for p in peers)
     assert server_peers_document(server=provisioned["server"])[1] == etag
 
@@ -135,3 +141,12 @@ def test_capacity_summary(actor, org, provisioned, make_box):
     [row] = server_capacity_summary()
     assert row["capacity"] == 100 and row["assigned"] == 1 and row["spare"] == 99
     assert row["region"] == "eu-west" and row["status"] == "active"
+
+
+def test_peers_document_has_no_rate_limit_for_a_box_without_one(actor, org, provisioned, make_box):
+    _claimed(actor, org, make_box, wan_policy={"mode": "aggregate", "interfaces": [{"name": "wan0"}]})
+    [peer] = server_peers_document(server=provisioned["server"])[0]
+    assert peer["rate_limit"] is None
+    assert peer["interfaces"] == [
+        {"name": "wan0", "role": "primary", "download_kbps": None, "upload_kbps": None}
+    ]

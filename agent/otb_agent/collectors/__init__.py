@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .base import Collector, parse_wan_arg, wans_from_config
 from .probe import PingProbe
@@ -17,8 +17,10 @@ def make_collector(
     wans: Optional[List[Dict[str, Any]]] = None,
     probe: Optional[PingProbe] = None,
     tunnel_iface: Optional[str] = None,
+    proxy_alive: Optional[Callable[[], bool]] = None,
 ) -> Collector:
-    """The collector called ``name`` (``linux``, ``openwrt`` or ``simulated``, seeded by ``serial``)."""
+    """The collector called ``name`` (``linux``, ``openwrt`` or ``simulated``, seeded by ``serial``).
+    ``proxy_alive`` (the Linux data plane's) makes the Linux collector report the tunnel itself."""
     # Only the collector asked for is imported: a box runs one of them, within the agent's memory
     # budget (bench/agent.py: <= 30 MiB).
     if name == "simulated":
@@ -28,7 +30,7 @@ def make_collector(
     if name == "linux":
         from .linux import LinuxCollector
 
-        return LinuxCollector(wans=wans, probe=probe, tunnel_iface=tunnel_iface)
+        return LinuxCollector(wans=wans, probe=probe, tunnel_iface=tunnel_iface, proxy_alive=proxy_alive)
     if name == "openwrt":
         from .openwrt import OpenWrtCollector
 

@@ -90,6 +90,9 @@ def test_claim_wan_policy_unclaim(
     response = admin.put(url, policy, format="json")
     assert response.status_code == 200, response.content
     assert client_for(people.viewer).get(url).json()["mode"] == "aggregate"
+    assert response.json()["download_kbps"] is None and response.json()["upload_kbps"] is None
+    limited = admin.put(url, {**policy, "download_kbps": 30_000, "upload_kbps": 5_000}, format="json")
+    assert (limited.json()["download_kbps"], limited.json()["upload_kbps"]) == (30_000, 5_000)
     bad = admin.put(url, {"mode": "aggregate", "interfaces": [{"name": "a"}, {"name": "a"}]}, format="json")
     assert bad.status_code == 400 and "interfaces[1].name" in bad.json()["error"]["fields"]
     # rename
