@@ -6,6 +6,7 @@ integers and booleans JSON booleans - no silent coercion of ``"12"`` or ``1``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from functools import cache
 from typing import Any
@@ -42,6 +43,15 @@ def represent(serializer_class: type[serializers.Serializer], instance: Any) -> 
     serializer, which was a tenth of a claim's CPU. Only for output serializers that do not read
     ``self.context`` (they are shared between threads and never hold per-call state)."""
     return _output_serializer(serializer_class).to_representation(instance)
+
+
+class FiniteFloatField(serializers.FloatField):
+    """An output float that is null unless finite: JSON has no NaN or infinity, so one stored value
+    (say, from before the agent protocol bounded every number) would otherwise fail the response."""
+
+    def to_representation(self, value: Any) -> float | None:
+        number = super().to_representation(value)
+        return number if math.isfinite(number) else None
 
 
 class StrictCharField(serializers.CharField):

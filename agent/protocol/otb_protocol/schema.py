@@ -7,7 +7,9 @@ closures, so validating a telemetry frame costs a few microseconds. A check rais
 
 Strictness: ``bool`` is not an ``integer``/``number``; NaN and infinities are rejected; unknown
 fields are rejected unless the schema is compiled ``lenient`` (see the versioning policy in
-docs/agent-protocol.md).
+docs/agent-protocol.md). One keyword of our own: ``x-number-bounds`` (``{"minimum", "maximum"}``) on
+an object whose content is free form (a command's ``params``, a result's ``output``) bounds every
+number in it, at any depth, so that no number of a frame is unbounded.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ _KEYWORDS = frozenset(
         "const",
         "pattern",
         "description",
+        "x-number-bounds",
     }
 )
 _PYTHON_TYPES: Dict[str, FrozenSet[type]] = {
@@ -134,6 +137,37 @@ def _size_check(low: Optional[int], high: Optional[int], verb: str, unit: str) -
             raise Violation(f"must {verb} at least {low} {unit}")
         if high is not None and n > high:
             raise Violation(f"must {verb} at most {high} {unit}")
+
+    return check
+
+
+def _free_form_numbers_check(bounds: Dict[str, Any]) -> Check:
+    """A check that every number inside a free-form value (at any depth) is finite and within
+    ``bounds``; walked without recursion, so any nesting the parser accepted is fine."""
+    low = bounds["minimum"]
+    high = bounds["maximum"]
+
+    def check(v: Any) -> None:
+        if type(v) is not dict and type(v) is not list:
+            return
+        stack: List[Any] = [(v, ())]
+        while stack:
+            value, path = stack.pop()
+            tv = type(value)
+            if tv is dict:
+                stack.extend((x, (*path, k)) for k, x in value.items())
+            elif tv is list:
+                stack.extend((x, (*path, i)) for i, x in enumerate(value))
+            elif tv is int or tv is float:
+                problem = None
+                if tv is float and not _isfinite(value):
+                    problem = "number must be finite"
+                elif value < low:
+                    problem = f"must be >= {low}"
+                elif value > high:
+                    problem = f"must be <= {high}"
+                if problem is not None:
+                    raise Violation(problem, list(reversed(path)))
 
     return check
 
@@ -256,6 +290,9 @@ def compile_schema(schema: Dict[str, Any], lenient: bool) -> Check:
                 raise
 
         checks.append(check_array)
+
+    if "x-number-bounds" in schema:
+        checks.append(_free_form_numbers_check(schema["x-number-bounds"]))
 
     if "properties" in schema or "required" in schema or "additionalProperties" in schema:
         props = {k: compile_schema(s, lenient) for k, s in schema.get("properties", {}).items()}
