@@ -49,8 +49,8 @@ class FiniteFloatField(serializers.FloatField):
     """An output float that is null unless finite: JSON has no NaN or infinity, so one stored value
     (say, from before the agent protocol bounded every number) would otherwise fail the response."""
 
-    def to_representation(self, value: Any) -> float | None:
-        number = super().to_representation(value)
+    def to_representation(self, value: Any) -> Any:
+        number = float(value)
         return number if math.isfinite(number) else None
 
 
