@@ -8,7 +8,7 @@ may add optional fields (see the versioning policy in docs/agent-protocol.md).
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, NoReturn
+from typing import Any, Dict, List, NoReturn, Tuple
 
 from .schema import Check, Violation, compile_schema, load_schema
 
@@ -92,8 +92,69 @@ def _reject_constant(name: str) -> NoReturn:
     raise ProtocolError(f"{name} is not allowed")
 
 
+class _RepeatedKey(dict):
+    """A decoded object in which ``key`` appeared more than once (only ever seen by
+    :func:`_parse`, which refuses the frame)."""
+
+    key = ""
+
+
+def _repeated_key(obj: Any) -> Tuple[str, str]:
+    """The first repeated key in ``obj`` (in document order) and its path."""
+    stack: List[Tuple[Any, Tuple[Any, ...]]] = [(obj, ())]
+    while stack:
+        value, parts = stack.pop()
+        if isinstance(value, _RepeatedKey):
+            return value.key, Violation("", list(reversed((*parts, value.key)))).path()
+        if isinstance(value, dict):
+            stack.extend((x, (*parts, k)) for k, x in reversed(list(value.items())))
+        elif isinstance(value, list):
+            stack.extend((x, (*parts, i)) for i, x in reversed(list(enumerate(value))))
+    return "", ""
+
+
+def _parse(text: str) -> Any:
+    """``json.loads`` of a frame's text: standard JSON only (no NaN or Infinity), and a key at most
+    once per object; a repeated key raises :class:`ProtocolError` naming it."""
+    repeated: List[_RepeatedKey] = []
+
+    def object_of(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) == len(pairs):
+            return obj
+        marked = _RepeatedKey(obj)
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                marked.key = key
+                break
+            seen.add(key)
+        repeated.append(marked)
+        return marked
+
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=object_of)
+    except ProtocolError:
+        raise
+    except ValueError as e:
+        raise ProtocolError(f"invalid JSON: {e}") from None
+    except RecursionError:
+        raise ProtocolError("invalid JSON: nested too deeply") from None
+    if repeated:
+        key, path = _repeated_key(obj)
+        raise ProtocolError(f"duplicate key {key!r}: a key may appear once per object", path)
+    return obj
+
+
+def check_unique_keys(text: str) -> None:
+    """Raise :class:`ProtocolError` naming the key (``samples[0].wans[1].rtt_ms``) if an object of the
+    frame ``text`` names a key twice: such a frame is ambiguous (parsers disagree on which value wins),
+    so both sides refuse it. Also raises for text that is not standard JSON."""
+    _parse(text)
+
+
 def decode(data: Any, *, validate: bool = True, ignore_unknown_fields: bool = False) -> Dict[str, Any]:
-    """Parse one text frame (str or UTF-8 bytes) and validate it."""
+    """Parse one text frame (str or UTF-8 bytes; a repeated key is refused) and validate it."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         if len(data) > MAX_FRAME_BYTES:
             raise ProtocolError("frame too big")
@@ -105,14 +166,7 @@ def decode(data: Any, *, validate: bool = True, ignore_unknown_fields: bool = Fa
         raise ProtocolError("frame must be text")
     if len(data) > MAX_FRAME_BYTES:
         raise ProtocolError("frame too big")
-    try:
-        obj = json.loads(data, parse_constant=_reject_constant)
-    except ProtocolError:
-        raise
-    except ValueError as e:
-        raise ProtocolError(f"invalid JSON: {e}") from None
-    except RecursionError:
-        raise ProtocolError("invalid JSON: nested too deeply") from None
+    obj = _parse(data)
     if validate:
         validate_message(obj, ignore_unknown_fields=ignore_unknown_fields)
     return obj

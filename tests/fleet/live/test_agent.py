@@ -499,3 +499,33 @@ async def test_a_hello_in_an_unknown_protocol_version_is_refused(
     assert frames[0]["code"] == "unsupported_version" and frames[0]["field"] == "v"
     assert code == 1008
     assert (await status_of(box.pk)).online is False
+
+
+async def test_a_frame_naming_a_key_twice_is_refused_naming_the_key(agent_box: tuple[Box, str]) -> None:
+    # given a live session
+    box, token = agent_box
+    communicator, _ = await open_session(token)
+    text = json.dumps(telemetry(1, [sample(wans=[wan("wan1"), wan("wan2")])]), separators=(",", ":"))
+    first, second = text.index('"rtt_ms"'), text.index('"rtt_ms"', text.index('"rtt_ms"') + 1)
+    repeated = {
+        # the last value used to win silently (issue #14 item 10)
+        "seq": text.replace('"seq":1,', '"seq":1,"seq":2,'),
+        "samples[0].wans[1].rtt_ms": text[:second] + '"rtt_ms":1.0,' + text[second:],
+        # a colon spelled \u003a in a string does not hide the repeated key
+        "samples[0].wans[0].label": text[:first] + '"label":"a\\u003ab",' + text[first:],
+    }
+    # when the agent sends each of them, then each is refused naming the repeated key, nothing stored
+    for path, frame in repeated.items():
+        await communicator.send_to(text_data=frame)
+        answer = await communicator.receive_json_from(timeout=5)
+        assert (answer["code"], answer.get("field")) == ("invalid_frame", path), answer
+        assert "duplicate key" in answer["message"]
+    assert (await stored_rows(box.pk))["box"] == []
+    # and a frame with no repeated key but colons (escaped or not) in its strings is stored
+    plain = text.replace('"label":"WAN1"', '"label":"a\\u003ab:c"')
+    assert plain != text
+    await communicator.send_to(text_data=plain)
+    assert await communicator.receive_json_from(timeout=5) == {"type": "ack", "seq": 1}
+    wans = await database_sync_to_async(lambda: list(WanStatus.objects.filter(box=box).order_by("iface")))()
+    assert wans[0].label == "a:b:c"
+    await communicator.disconnect(timeout=5)
