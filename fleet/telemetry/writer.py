@@ -398,7 +398,7 @@ class TelemetryWriter:
             )
             for transition in advance.transitions:
                 wan = transition.reading
-                data = {"iface": wan["iface"], "label": wan["label"], "kind": wan["kind"]}
+                data = {"iface": _link_name(wan), "label": _clean(wan["label"]), "kind": wan["kind"]}
                 events.append((box_id, organization_id, transition.ts, transition.kind, data))
             update = self._box_update(locked[box_id], messages)
             if update is not None:

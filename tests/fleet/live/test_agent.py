@@ -14,7 +14,7 @@ from django.db import connection
 
 from config.asgi import application
 from fleet.core.doorbells import doorbell_command, doorbell_config_changed
-from fleet.core.models import Box
+from fleet.core.models import Box, Event
 from fleet.live.gate import SessionGate, _gates, close_session_gate
 from fleet.telemetry.models import BoxStatus, WanStatus
 from fleet.telemetry.writer import TelemetryWriter, _writers, close_writer
@@ -528,4 +528,24 @@ async def test_a_frame_naming_a_key_twice_is_refused_naming_the_key(agent_box: t
     assert await communicator.receive_json_from(timeout=5) == {"type": "ack", "seq": 1}
     wans = await database_sync_to_async(lambda: list(WanStatus.objects.filter(box=box).order_by("iface")))()
     assert wans[0].label == "a:b:c"
+    await communicator.disconnect(timeout=5)
+
+
+async def test_a_link_named_with_a_nul_character_is_stored_and_its_event_recorded(
+    agent_box: tuple[Box, str],
+) -> None:
+    # given a live session (found by the protocol fuzz: the wan_down event of a new link reported down
+    # carried the raw label into a jsonb column, which refuses \u0000: the batch was rejected, never acked)
+    box, token = agent_box
+    communicator, _ = await open_session(token)
+    link = wan("wan\x001", up=False, rtt=None, loss=None)
+    link["label"] = "Fibre\x00 1"
+    # when the agent reports it
+    await communicator.send_json_to(telemetry(1, [sample(wans=[link])]))
+    # then it is acked and stored, the NUL dropped as in the WAN's row
+    assert await communicator.receive_json_from(timeout=5) == {"type": "ack", "seq": 1}
+    status = await database_sync_to_async(WanStatus.objects.get)(box=box)
+    assert (status.iface, status.label) == ("wan1", "Fibre 1")
+    event = await database_sync_to_async(lambda: Event.objects.get(box=box, kind="wan_down"))()
+    assert (event.data["iface"], event.data["label"]) == ("wan1", "Fibre 1")
     await communicator.disconnect(timeout=5)
