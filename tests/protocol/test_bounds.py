@@ -53,11 +53,31 @@ def test_every_numeric_field_has_both_bounds() -> None:
     assert unbounded == []
 
 
-def test_every_free_form_object_bounds_the_numbers_in_it() -> None:
+def test_every_free_form_object_bounds_the_numbers_and_the_nesting_in_it() -> None:
     unbounded = [
-        f"{message}.{path_text(parts)}" for message, parts, node in FREE_FORM if FREE_FORM_BOUNDS not in node
+        f"{message}.{path_text(parts)}"
+        for message, parts, node in FREE_FORM
+        if FREE_FORM_BOUNDS not in node or "x-max-depth" not in node
     ]
     assert unbounded == []
+
+
+@pytest.mark.parametrize(("message", "parts", "node"), FREE_FORM, ids=FREE_FORM_IDS)
+def test_a_free_form_object_nests_up_to_its_depth_and_not_one_more(
+    message: str, parts: tuple, node: dict
+) -> None:
+    # the object itself is the first level; orjson would take 1024, jsonb and recursive code fewer
+    depth = node["x-max-depth"]
+    frame = example_of(message)
+
+    def nested(levels: int) -> dict:
+        value: dict = {}
+        for _ in range(levels - 1):
+            value = {"a": value}
+        return value
+
+    validate_message(with_value(frame, parts, nested(depth)))
+    refused(with_value(frame, parts, nested(depth + 1)), path_text((*parts, *["a"] * depth)), "nest at most")
 
 
 @pytest.mark.parametrize("field", NUMERIC, ids=field_id)
@@ -116,9 +136,10 @@ def test_the_doc_states_the_bounds_the_schema_holds(field: NumericField) -> None
 def test_the_doc_states_the_bounds_of_free_form_numbers(message: str, parts: tuple, node: dict) -> None:
     bounds = node[FREE_FORM_BOUNDS]
     expected = f"{bound_text(bounds['minimum'])}..{bound_text(bounds['maximum'])}"
+    depth = f"{node['x-max-depth']} levels"
     name = f"`{parts[-1]}`"
     lines = [line for line in doc_section(message).splitlines() if name in line]
-    assert any(expected in line for line in lines), (expected, lines)
+    assert any(expected in line and depth in line for line in lines), (expected, depth, lines)
 
 
 def test_load1_of_1e39_is_refused() -> None:

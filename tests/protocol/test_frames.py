@@ -245,3 +245,11 @@ def test_the_same_key_in_different_objects_is_fine() -> None:
     frame = telemetry(nwans=4)
     assert decode(encode(frame)) == frame
     otb_protocol.check_unique_keys(encode(frame))
+
+
+def test_the_doc_lists_every_error_code_a_server_sends() -> None:
+    text = DOC.read_text()
+    section = text[text.index("### `error`") :]
+    section = section[: section.index("\n## ")]
+    listed = dict(re.findall(r"^\| `([a-z_]+)` \| (.+) \|$", section, re.M))
+    assert listed == otb_protocol.ERROR_CODES

@@ -39,6 +39,28 @@ CLOSE_CODE_NAMES = {
     CLOSE_UNSUPPORTED_VERSION: "unsupported_version",
 }
 
+# The codes of the error frames a server sends, and what each means (docs/agent-protocol.md, "error").
+ERROR_CODES = {
+    "invalid_frame": "the frame is not standard JSON, breaks the schema (field names the value) or names "
+    "a key twice (field names the key); counts toward close 4003",
+    "unknown_type": "a type this version does not have, or one agents do not send (field type); counts "
+    "toward close 4003",
+    "hello_required": "a frame other than hello or heartbeat before the hello (field type); counts toward "
+    "close 4003",
+    "unsupported_version": "the hello's protocol version is not spoken here (field v); close 1008",
+    "unauthorized": "the token is unknown or revoked; close 4001",
+    "rate_limited": "a reconnect during the penalty that follows close 4003 (retry_after_s); close 4029",
+    "overloaded": "the server process has too many sessions (retry_after_s); close 4029",
+    "unavailable": "the server cannot serve the session now: at connect (retry_after_s, close 4029), or a "
+    "hello or a command update that failed (send it again)",
+    "storage_unavailable": "the telemetry seq was not stored and is not acked; resend it after retry_after_s",
+    "rejected": "the telemetry seq can never be stored (field samples); it is not acked",
+    "replaced": "a newer session of the box replaced this one; close 4002",
+    "not_found": "a command_progress or command_result for a command this box does not have (field id)",
+    "invalid": "a command update the server refuses (field names the value)",
+    "conflict": "a command update the command's state forbids (field state)",
+}
+
 AGENT_TO_SERVER = frozenset(
     {"hello", "telemetry", "heartbeat", "command_progress", "command_result", "error"}
 )

@@ -7,9 +7,10 @@ closures, so validating a telemetry frame costs a few microseconds. A check rais
 
 Strictness: ``bool`` is not an ``integer``/``number``; NaN and infinities are rejected; unknown
 fields are rejected unless the schema is compiled ``lenient`` (see the versioning policy in
-docs/agent-protocol.md). One keyword of our own: ``x-number-bounds`` (``{"minimum", "maximum"}``) on
-an object whose content is free form (a command's ``params``, a result's ``output``) bounds every
-number in it, at any depth, so that no number of a frame is unbounded.
+docs/agent-protocol.md). Two keywords of our own, on an object whose content is free form (a command's
+``params``, a result's ``output``): ``x-number-bounds`` (``{"minimum", "maximum"}``) bounds every number
+in it, at any depth, so that no number of a frame is unbounded; ``x-max-depth`` bounds how deep objects
+and arrays nest in it (what the parsers, PostgreSQL's jsonb and recursive code all take).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ _KEYWORDS = frozenset(
         "pattern",
         "description",
         "x-number-bounds",
+        "x-max-depth",
     }
 )
 _PYTHON_TYPES: Dict[str, FrozenSet[type]] = {
@@ -141,11 +143,12 @@ def _size_check(low: Optional[int], high: Optional[int], verb: str, unit: str) -
     return check
 
 
-def _free_form_numbers_check(bounds: Dict[str, Any]) -> Check:
+def _free_form_check(bounds: Dict[str, Any], max_depth: Optional[int]) -> Check:
     """A check that every number inside a free-form value (at any depth) is finite and within
-    ``bounds``; walked without recursion, so any nesting the parser accepted is fine."""
-    low = bounds["minimum"]
-    high = bounds["maximum"]
+    ``bounds``, and that its objects and arrays nest at most ``max_depth`` deep; walked without
+    recursion, so any nesting the parser accepted is checked."""
+    low = bounds.get("minimum", -math.inf)
+    high = bounds.get("maximum", math.inf)
 
     def check(v: Any) -> None:
         if type(v) is not dict and type(v) is not list:
@@ -154,6 +157,8 @@ def _free_form_numbers_check(bounds: Dict[str, Any]) -> Check:
         while stack:
             value, path = stack.pop()
             tv = type(value)
+            if (tv is dict or tv is list) and max_depth is not None and len(path) >= max_depth:
+                raise Violation(f"must nest at most {max_depth} levels deep", list(reversed(path)))
             if tv is dict:
                 stack.extend((x, (*path, k)) for k, x in value.items())
             elif tv is list:
@@ -291,8 +296,8 @@ def compile_schema(schema: Dict[str, Any], lenient: bool) -> Check:
 
         checks.append(check_array)
 
-    if "x-number-bounds" in schema:
-        checks.append(_free_form_numbers_check(schema["x-number-bounds"]))
+    if "x-number-bounds" in schema or "x-max-depth" in schema:
+        checks.append(_free_form_check(schema.get("x-number-bounds", {}), schema.get("x-max-depth")))
 
     if "properties" in schema or "required" in schema or "additionalProperties" in schema:
         props = {k: compile_schema(s, lenient) for k, s in schema.get("properties", {}).items()}
