@@ -266,6 +266,20 @@ def _locked_command_of_box(box_id: UUID | str, command_id: UUID | str) -> Comman
     return command
 
 
+def _without_nul(value: Any) -> Any:
+    """``value`` (text, or JSON content) with every NUL character dropped from its strings and keys:
+    PostgreSQL text and jsonb cannot hold one, and an agent's output is kept as it came otherwise (the
+    telemetry writer and the session gate drop NUL from the box's strings the same way). The protocol
+    bounds the nesting of free-form content, so the recursion is shallow."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
+
+
 def _box_actor(command: Command) -> Actor:
     return Actor(label=f"box:{command.box.serial}")
 
@@ -287,7 +301,7 @@ def command_progress(
             changed += command_transition(command=command, target=S.RUNNING)
             audit_record(actor=_box_actor(command), action="command.running", box=command.box, target=command)
         command.progress = max(command.progress, progress)
-        command.progress_message = (message or "")[:512]
+        command.progress_message = _without_nul(message or "")[:512]
         command.save(update_fields=changed)
     return command
 
@@ -312,8 +326,8 @@ def command_complete(
             return None
         target = S.SUCCEEDED if ok else S.FAILED
         changed = command_transition(command=command, target=target)
-        command.result = output or {}
-        command.error = (error or "")[:4096]
+        command.result = _without_nul(output or {})
+        command.error = _without_nul(error or "")[:4096]
         if ok:
             command.progress = 100
         command.save(update_fields=[*changed, "result", "error", "progress"])

@@ -45,6 +45,15 @@ def represent(serializer_class: type[serializers.Serializer], instance: Any) -> 
     return _output_serializer(serializer_class).to_representation(instance)
 
 
+class FiniteFloatField(serializers.FloatField):
+    """An output float that is null unless finite: JSON has no NaN or infinity, so one stored value
+    (say, from before the agent protocol bounded every number) would otherwise fail the response."""
+
+    def to_representation(self, value: Any) -> Any:
+        number = float(value)
+        return number if math.isfinite(number) else None
+
+
 class StrictCharField(serializers.CharField):
     default_error_messages = {"invalid": "must be a string"}
 

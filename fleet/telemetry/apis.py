@@ -16,6 +16,7 @@ from fleet.core.access import box_for
 from fleet.core.apis.base import ApiView
 from fleet.core.choices import Role
 from fleet.core.permissions import IsPerson
+from fleet.core.serializers import FiniteFloatField
 from fleet.telemetry.selectors import (
     DEFAULT_MAX_POINTS,
     MAX_MAX_POINTS,
@@ -80,9 +81,9 @@ class BoxStatusApi(ApiView):
         up = serializers.BooleanField()
         up_changed_at = serializers.DateTimeField()
         degraded_since = serializers.DateTimeField(allow_null=True)
-        rtt_ms = serializers.FloatField(allow_null=True)
-        jitter_ms = serializers.FloatField(allow_null=True)
-        loss_pct = serializers.FloatField(allow_null=True)
+        rtt_ms = FiniteFloatField(allow_null=True)
+        jitter_ms = FiniteFloatField(allow_null=True)
+        loss_pct = FiniteFloatField(allow_null=True)
         rx_bps = serializers.IntegerField()
         tx_bps = serializers.IntegerField()
         public_ip = serializers.CharField(allow_null=True)
@@ -101,9 +102,9 @@ class BoxStatusApi(ApiView):
         agent_version = serializers.CharField()
         firmware_version = serializers.CharField()
         tunnel_up = serializers.BooleanField(allow_null=True)
-        cpu_pct = serializers.FloatField(allow_null=True)
-        mem_pct = serializers.FloatField(allow_null=True)
-        load1 = serializers.FloatField(allow_null=True)
+        cpu_pct = FiniteFloatField(allow_null=True)
+        mem_pct = FiniteFloatField(allow_null=True)
+        load1 = FiniteFloatField(allow_null=True)
         rx_bps = serializers.IntegerField(allow_null=True)
         tx_bps = serializers.IntegerField(allow_null=True)
         wans_up = serializers.IntegerField()

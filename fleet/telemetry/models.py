@@ -95,7 +95,8 @@ class WanStatus(models.Model):
 
 class RollupWatermark(models.Model):
     """How far a rollup has aggregated: every bucket starting before ``through`` is rolled up
-    (re-rolled within the lookback window on each run, so late samples are still counted)."""
+    (re-rolled within the lookback window on each run, so samples in flight are still counted; older
+    late samples are re-rolled through ``StaleRollup``)."""
 
     name = models.CharField(max_length=32, primary_key=True)
     through = models.DateTimeField()
@@ -103,3 +104,22 @@ class RollupWatermark(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} through {self.through:%Y-%m-%d %H:%M}"
+
+
+class StaleRollup(models.Model):
+    """An hour of one box whose rollups miss samples: the writer marks it, in the transaction that
+    stores them, when it stores samples too old for the rollups' lookback (late samples, a clock
+    behind); the rollup task consumes the mark and re-rolls that box's 5-minute and hourly buckets of
+    the hour (docs/telemetry.md, "Late samples"). At most one mark per box and hour."""
+
+    box = models.ForeignKey("fleet.Box", on_delete=models.CASCADE, related_name="+")
+    hour = models.DateTimeField()
+    marked_at = models.DateTimeField(auto_now_add=True, db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["box", "hour"], name="stalerollup_unique_box_hour"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.box_id} {self.hour:%Y-%m-%d %H:00}"

@@ -11,7 +11,7 @@ tables' specs are derived from ``BoxStatus`` / ``WanStatus``.
 from __future__ import annotations
 
 from fleet.core.column_specs import ColumnSpec, model_spec, spec_of
-from fleet.telemetry.models import BoxStatus, WanStatus
+from fleet.telemetry.models import BoxStatus, StaleRollup, WanStatus
 
 TIMESTAMPTZ = "timestamp with time zone"
 
@@ -145,6 +145,14 @@ WAN_STATUS_UPSERT = model_spec(
     "up_changed_at",
     "degraded_since",
     "updated_at",
+)
+
+
+# The marks of hours whose rollups miss late samples (one per box and hour), inserted by the writer.
+STALE_ROLLUP = model_spec(StaleRollup, "box", "hour")
+STALE_ROLLUP_INSERT_SQL = (
+    f"INSERT INTO {STALE_ROLLUP.table} ({STALE_ROLLUP.column_list}) SELECT * FROM {STALE_ROLLUP.unnest_sql()}"  # noqa: S608
+    " ON CONFLICT (box_id, hour) DO NOTHING"
 )
 
 

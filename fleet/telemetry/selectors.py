@@ -118,7 +118,12 @@ GROUP BY 1, 2 ORDER BY 1, 2
 
 
 def _num(value: Any) -> float | None:
-    return None if value is None else round(float(value), 3)
+    """A value of a series: null when absent or not a finite number (a NaN or an infinity stored
+    before the protocol bounded every number must not make the series unreadable)."""
+    if value is None:
+        return None
+    number = float(value)
+    return round(number, 3) if math.isfinite(number) else None
 
 
 def telemetry_series(*, box_id: UUID, plan: SeriesPlan) -> dict[str, Any]:

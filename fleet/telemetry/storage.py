@@ -4,22 +4,25 @@ Partitions are daily for raw samples and 5-minute rollups, monthly for hourly ro
 a DEFAULT partition so a sample is never refused for want of a partition (``telemetry_ensure_partition``
 moves such rows out of DEFAULT when their partition is created). Rollups are ``INSERT ... SELECT ...
 GROUP BY ... ON CONFLICT DO UPDATE`` over closed buckets: idempotent and re-runnable; the watermark
-row records how far they went and each run re-rolls ``ROLLUP_LOOKBACK_MINUTES`` before it so late
-samples (an agent flushing its buffer) are counted. Retention drops whole partitions.
+row records how far they went and each run re-rolls ``ROLLUP_LOOKBACK_MINUTES`` before it so samples
+that were in flight are counted. Samples older than that when stored (an agent flushing a day of
+buffer, a clock behind) leave a ``StaleRollup`` mark per box and hour, written by the writer in their
+transaction; each run consumes the marks and re-rolls those boxes' hours, within the raw retention.
+Retention drops whole partitions.
 """
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
 from fleet.core.column_specs import ColumnSpec
-from fleet.telemetry.models import RollupWatermark
+from fleet.telemetry.models import RollupWatermark, StaleRollup
 from fleet.telemetry.schema import (
     BOX_ROLLUP,
     BOX_ROLLUP_KEY,
@@ -36,6 +39,9 @@ BUCKET_1H = timedelta(hours=1)
 CLOSE_GRACE = timedelta(seconds=30)
 # One statement aggregates at most this much raw time (bounded work per run).
 MAX_ROLLUP_SPAN = timedelta(hours=6)
+# Stale hours re-rolled per transaction, and transactions per run (the rest waits for the next run).
+STALE_BATCH = 500
+STALE_BATCHES_PER_RUN = 40
 
 RAW_TABLES = (BOX_SAMPLE.table, WAN_SAMPLE.table)
 ROLLUP_5M_TABLES = tuple(spec.table for spec in ROLLUPS["5m"])
@@ -57,17 +63,31 @@ def _floor(moment: datetime, step: timedelta) -> datetime:
 
 
 def rollup_sql(
-    target: ColumnSpec, *, key: tuple[str, ...], source: str, time: str, select: dict[str, str]
+    target: ColumnSpec,
+    *,
+    key: tuple[str, ...],
+    source: str,
+    time: str,
+    select: dict[str, str],
+    stale_only: bool = False,
 ) -> str:
     """``INSERT INTO target ... SELECT <select> FROM source WHERE time in [start, end) GROUP BY key
     ON CONFLICT (key) DO UPDATE`` with every other column: ``select`` gives each column of the
     target's spec its expression, so the column list, the expressions and the update list cannot
-    fall out of step."""
+    fall out of step. ``stale_only``: only the rows of the (box, hour) pairs given as the arrays
+    ``%(boxes)s`` / ``%(hours)s`` (which must be distinct pairs), found through the (box, time)
+    index of the source."""
     names = list(select)
     if names != target.names or names[: len(key)] != list(key):
         raise ValueError(f"the rollup of {target.table} must select {target.names}, key first")
     group = ", ".join(str(position) for position in range(1, len(key) + 1))
     updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in names if name not in key)
+    if stale_only:
+        source = (
+            "unnest(%(boxes)s::uuid[], %(hours)s::timestamptz[]) AS stale(stale_box, stale_hour)"
+            f" JOIN {source} ON box_id = stale_box AND {time} >= stale_hour"
+            f" AND {time} < stale_hour + interval '1 hour'"
+        )
     return (
         f"INSERT INTO {target.table} ({target.column_list}) SELECT {', '.join(select.values())}"  # noqa: S608
         f" FROM {source} WHERE {time} >= %(start)s AND {time} < %(end)s GROUP BY {group}"
@@ -80,8 +100,8 @@ def _bucket_5m(column: str) -> str:
 
 
 _box, _wan = BOX_SAMPLE.c, WAN_SAMPLE.c
-BOX_5M_SQL = rollup_sql(
-    ROLLUPS["5m"][0],
+BOX_5M: dict[str, Any] = dict(
+    target=ROLLUPS["5m"][0],
     key=BOX_ROLLUP_KEY,
     source=BOX_SAMPLE.table,
     time=_box.ts,
@@ -100,8 +120,8 @@ BOX_5M_SQL = rollup_sql(
         "tunnel_up_samples": f"count(*) FILTER (WHERE {_box.tunnel_up})",
     },
 )
-WAN_5M_SQL = rollup_sql(
-    ROLLUPS["5m"][1],
+WAN_5M: dict[str, Any] = dict(
+    target=ROLLUPS["5m"][1],
     key=WAN_ROLLUP_KEY,
     source=WAN_SAMPLE.table,
     time=_wan.ts,
@@ -125,8 +145,8 @@ WAN_5M_SQL = rollup_sql(
 )
 # Hourly rollups are weighted re-aggregations of the 5-minute ones.
 _box5, _wan5 = BOX_ROLLUP.c, WAN_ROLLUP.c
-BOX_1H_SQL = rollup_sql(
-    ROLLUPS["1h"][0],
+BOX_1H: dict[str, Any] = dict(
+    target=ROLLUPS["1h"][0],
     key=BOX_ROLLUP_KEY,
     source=ROLLUPS["5m"][0].table,
     time=_box5.bucket,
@@ -145,8 +165,8 @@ BOX_1H_SQL = rollup_sql(
         "tunnel_up_samples": f"sum({_box5.tunnel_up_samples})",
     },
 )
-WAN_1H_SQL = rollup_sql(
-    ROLLUPS["1h"][1],
+WAN_1H: dict[str, Any] = dict(
+    target=ROLLUPS["1h"][1],
     key=WAN_ROLLUP_KEY,
     source=ROLLUPS["5m"][1].table,
     time=_wan5.bucket,
@@ -170,6 +190,15 @@ WAN_1H_SQL = rollup_sql(
         "tx_avg": f"sum({_wan5.tx_avg} * {_wan5.samples}) / sum({_wan5.samples})",
         "tx_max": f"max({_wan5.tx_max})",
     },
+)
+BOX_5M_SQL, WAN_5M_SQL, BOX_1H_SQL, WAN_1H_SQL = (rollup_sql(**r) for r in (BOX_5M, WAN_5M, BOX_1H, WAN_1H))
+# The same, for the stale hours of some boxes only.
+BOX_5M_STALE_SQL, WAN_5M_STALE_SQL, BOX_1H_STALE_SQL, WAN_1H_STALE_SQL = (
+    rollup_sql(**r, stale_only=True) for r in (BOX_5M, WAN_5M, BOX_1H, WAN_1H)
+)
+STALE_TAKE_SQL = (
+    f"DELETE FROM {StaleRollup._meta.db_table} WHERE id IN (SELECT id FROM {StaleRollup._meta.db_table}"  # noqa: S608
+    " ORDER BY hour, box_id LIMIT %s) RETURNING box_id, hour"
 )
 
 
@@ -199,8 +228,44 @@ def _roll(
     return written
 
 
+def _reroll_stale(*, now: datetime, through_5m: datetime) -> tuple[int, int]:
+    """Consume up to ``STALE_BATCH`` stale-hour marks and re-roll those boxes' hours: their closed
+    5-minute buckets (before ``through_5m``) from raw, then the hours the 5-minute rollups cover
+    completely, from those. A mark older than the raw retention is dropped without a re-roll: its raw
+    samples are (partly) gone, and recomputing would lose what the rollups hold. Returns (marks taken,
+    rows written); the marks go only if the re-roll commits."""
+    raw_cutoff = now - timedelta(days=cast(int, settings.OTB["RAW_RETENTION_DAYS"]))
+    hour_end = _floor(through_5m, BUCKET_1H)
+    written = 0
+    with transaction.atomic(), connection.cursor() as cursor:
+        # The same locks as the normal runs, in the same order: one roller of each rollup at a time.
+        for name in ("5m", "1h"):
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"telemetry_rollup:{name}"])
+        cursor.execute(STALE_TAKE_SQL, [STALE_BATCH])
+        taken = cursor.fetchall()
+        kept = sorted({(box_id, hour) for box_id, hour in taken if hour >= raw_cutoff})
+        steps = (
+            ((BOX_5M_STALE_SQL, WAN_5M_STALE_SQL), kept, through_5m),
+            ((BOX_1H_STALE_SQL, WAN_1H_STALE_SQL), [pair for pair in kept if pair[1] < hour_end], hour_end),
+        )
+        for statements, pairs, end in steps:
+            if not pairs:
+                continue
+            params = {
+                "boxes": [box_id for box_id, _ in pairs],
+                "hours": [hour for _, hour in pairs],
+                "start": min(hour for _, hour in pairs),
+                "end": end,
+            }
+            for statement in statements:
+                cursor.execute(statement, params)
+                written += cursor.rowcount
+    return len(taken), written
+
+
 def telemetry_rollup(*, now: datetime | None = None) -> dict[str, int]:
-    """Roll closed buckets up: raw -> 5 minutes, then 5 minutes -> 1 hour. Idempotent."""
+    """Roll closed buckets up: raw -> 5 minutes, then 5 minutes -> 1 hour; then re-roll the hours
+    marked stale by late samples (bounded per run: what is left goes in the next). Idempotent."""
     now = now or timezone.now()
     raw_days = cast(int, settings.OTB["RAW_RETENTION_DAYS"])
     written_5m = _roll(
@@ -220,7 +285,15 @@ def telemetry_rollup(*, now: datetime | None = None) -> dict[str, int]:
             end=through_5m,
             first_start=_floor(now - timedelta(days=raw_days), BUCKET_1H),
         )
-    return {"5m": written_5m, "1h": written_1h}
+    stale_hours = written_stale = 0
+    if through_5m is not None:
+        for _ in range(STALE_BATCHES_PER_RUN):
+            taken, written = _reroll_stale(now=now, through_5m=through_5m)
+            stale_hours += taken
+            written_stale += written
+            if taken < STALE_BATCH:
+                break
+    return {"5m": written_5m, "1h": written_1h, "stale_hours": stale_hours, "stale": written_stale}
 
 
 def _partitions() -> list[tuple[str, str, datetime]]:

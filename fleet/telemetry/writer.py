@@ -8,6 +8,8 @@ transaction on one of the loop's own psycopg ``AsyncConnection``s (no Django ORM
    processes) and read the ``last_seq`` watermark;
 2. drop messages whose ``seq <= last_seq`` (duplicates: acknowledged again, never stored twice);
 3. ``COPY`` the samples into the partitioned ``telemetry_box_sample`` / ``telemetry_wan_sample``;
+   and mark the hours of samples too old for the rollups' lookback (``StaleRollup``: the rollup task
+   re-rolls them, docs/telemetry.md "Late samples");
 4. apply the WAN rules (``fleet.telemetry.transitions``) to the previous ``telemetry_wanstatus``
    rows, move the watermark and the live status, upsert the WAN rows, and insert the timeline events
    (``wan_up`` / ``wan_down``, ``box_online`` for a revived box), all in the same transaction;
@@ -28,7 +30,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from uuid import UUID
 
@@ -45,6 +47,7 @@ from fleet.telemetry.schema import (
     BOX_STATUS_CREATE,
     INCOMING_BOX_STATUS,
     INCOMING_WAN_STATUS,
+    STALE_ROLLUP_INSERT_SQL,
     WAN_SAMPLE,
     WAN_STATUS_KEY,
     WAN_STATUS_UPSERT,
@@ -54,10 +57,12 @@ from fleet.telemetry.transitions import BoxWans, WanState, boxes_due, wans_advan
 
 logger = logging.getLogger(__name__)
 
-# Sample timestamps outside [MIN_TS, now + MAX_FUTURE_S] come from a broken clock: they are stored
-# at the receive time rather than refused, so an acknowledged sample is never lost.
+# Sample timestamps outside [MIN_TS, now + MAX_FUTURE_S] come from a clock that cannot be trusted (no
+# RTC before NTP, a clock running ahead): they are stored at the receive time rather than refused, so
+# an acknowledged sample is never lost and a box with a wrong clock never blocks its agent's queue.
+# A clock behind is trusted: its samples are late samples (``stale_after``).
 MIN_TS = 946684800.0  # 2000-01-01
-MAX_FUTURE_S = 86400.0
+MAX_FUTURE_S = 300.0
 
 
 class StorageUnavailable(Exception):
@@ -89,6 +94,17 @@ class _BoxUpdate:
     latest_ts: datetime
     dropped: int | None
     revive: bool
+
+
+def stale_after() -> timedelta:
+    """A sample older than this when stored marks its hour stale (``StaleRollup``). Half the rollups'
+    lookback: a sample younger than that is in the next rollup run's lookback window even when a run
+    that could not see it (its transaction had not committed) moved the watermark meanwhile."""
+    return timedelta(minutes=cast(int, settings.OTB.get("ROLLUP_LOOKBACK_MINUTES", 60))) / 2
+
+
+def _hour_of(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
 
 
 def sample_time(ts: float, received: float) -> datetime:
@@ -176,6 +192,7 @@ class TelemetryWriter:
         self.connections = LiveConnections(role="telemetry-writer", conninfo=conninfo, setup=self._setup)
         self.broadcast_interval = float(otb.get("LIVE_BROADCAST_INTERVAL_S", 5))
         self.live_status_interval = float(otb.get("LIVE_STATUS_MIN_INTERVAL_S", 1))
+        self.stale_after = stale_after()
         self._touches: set[UUID] = set()
         self._last_broadcast: dict[UUID, float] = {}
         self._wan_written: dict[UUID, float] = {}
@@ -281,6 +298,8 @@ class TelemetryWriter:
         watermark = {box_id: row[1] for box_id, row in locked.items()}
         box_rows: list[tuple[Any, ...]] = []
         wan_rows: list[tuple[Any, ...]] = []
+        stale_before = now_dt - self.stale_after
+        stale: set[tuple[UUID, datetime]] = set()
         # The accepted messages of each box in seq order, each with its samples in time order.
         accepted: dict[UUID, list[tuple[_Message, list[tuple[datetime, dict[str, Any]]]]]] = {}
         for i in order:
@@ -337,6 +356,8 @@ class TelemetryWriter:
                         )
                     )
                 timed.append((ts, sample))
+                if ts < stale_before:
+                    stale.add((box_id, _hour_of(ts)))
             timed.sort(key=_time_of)
             accepted.setdefault(box_id, []).append((message, timed))
 
@@ -353,6 +374,9 @@ class TelemetryWriter:
                 copy.set_types(WAN_SAMPLE.copy_types)
                 for row in wan_rows:
                     await copy.write_row(row)
+        if stale:
+            boxes, hours = zip(*sorted(stale), strict=True)
+            await cur.execute(STALE_ROLLUP_INSERT_SQL, (list(boxes), list(hours)))
 
         now_mark = clock()
         phases["copy"] += now_mark - mark
@@ -374,7 +398,7 @@ class TelemetryWriter:
             )
             for transition in advance.transitions:
                 wan = transition.reading
-                data = {"iface": wan["iface"], "label": wan["label"], "kind": wan["kind"]}
+                data = {"iface": _link_name(wan), "label": _clean(wan["label"]), "kind": wan["kind"]}
                 events.append((box_id, organization_id, transition.ts, transition.kind, data))
             update = self._box_update(locked[box_id], messages)
             if update is not None:

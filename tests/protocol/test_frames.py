@@ -208,3 +208,48 @@ def test_validator_is_fast():
         if best < 25e-6:
             break
     assert best < 50e-6, f"{best * 1e6:.1f} us per 4-WAN telemetry message"
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ('{"type":"ack","seq":1,"seq":2}', "seq"),
+        ('{"type":"ack","seq":1,"type":"ack"}', "type"),
+        # the same key spelled with an escape is the same key
+        ('{"type":"ack","seq":1,"s\\u0065q":2}', "seq"),
+        (
+            '{"type":"command_result","id":"x","ok":true,"output":{"a":{"b":1,"b":2}},"error":null}',
+            "output.a.b",
+        ),
+    ],
+)
+def test_a_key_repeated_in_an_object_is_refused_naming_it(text: str, path: str) -> None:
+    # issue #14 item 10: the last value used to win silently; a frame naming a field twice is ambiguous
+    with pytest.raises(ProtocolError) as caught:
+        decode(text)
+    assert caught.value.field_path == path
+    assert "duplicate key" in caught.value.message
+    with pytest.raises(ProtocolError) as caught:
+        otb_protocol.check_unique_keys(text)
+    assert caught.value.field_path == path
+
+
+def test_a_repeated_key_deep_in_telemetry_is_named_with_its_path() -> None:
+    text = encode(telemetry()).replace('"rtt_ms":5.2,', '"rtt_ms":5.2,"rtt_ms":600001,')
+    with pytest.raises(ProtocolError) as caught:
+        decode(text)
+    assert caught.value.field_path == "samples[0].wans[0].rtt_ms"
+
+
+def test_the_same_key_in_different_objects_is_fine() -> None:
+    frame = telemetry(nwans=4)
+    assert decode(encode(frame)) == frame
+    otb_protocol.check_unique_keys(encode(frame))
+
+
+def test_the_doc_lists_every_error_code_a_server_sends() -> None:
+    text = DOC.read_text()
+    section = text[text.index("### `error`") :]
+    section = section[: section.index("\n## ")]
+    listed = dict(re.findall(r"^\| `([a-z_]+)` \| (.+) \|$", section, re.M))
+    assert listed == otb_protocol.ERROR_CODES

@@ -8,7 +8,7 @@ may add optional fields (see the versioning policy in docs/agent-protocol.md).
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, NoReturn
+from typing import Any, Dict, List, NoReturn, Tuple
 
 from .schema import Check, Violation, compile_schema, load_schema
 
@@ -41,6 +41,28 @@ CLOSE_CODE_NAMES = {
     CLOSE_INVALID_FRAMES: "too_many_invalid_frames",
     CLOSE_RATE_LIMITED: "rate_limited",
     CLOSE_UNSUPPORTED_VERSION: "unsupported_version",
+}
+
+# The codes of the error frames a server sends, and what each means (docs/agent-protocol.md, "error").
+ERROR_CODES = {
+    "invalid_frame": "the frame is not standard JSON, breaks the schema (field names the value) or names "
+    "a key twice (field names the key); counts toward close 4003",
+    "unknown_type": "a type this version does not have, or one agents do not send (field type); counts "
+    "toward close 4003",
+    "hello_required": "a frame other than hello or heartbeat before the hello (field type); counts toward "
+    "close 4003",
+    "unsupported_version": "the hello's protocol version is not spoken here (field v); close 1008",
+    "unauthorized": "the token is unknown or revoked; close 4001",
+    "rate_limited": "a reconnect during the penalty that follows close 4003 (retry_after_s); close 4029",
+    "overloaded": "the server process has too many sessions (retry_after_s); close 4029",
+    "unavailable": "the server cannot serve the session now: at connect (retry_after_s, close 4029), or a "
+    "hello or a command update that failed (send it again)",
+    "storage_unavailable": "the telemetry seq was not stored and is not acked; resend it after retry_after_s",
+    "rejected": "the telemetry seq can never be stored (field samples); it is not acked",
+    "replaced": "a newer session of the box replaced this one; close 4002",
+    "not_found": "a command_progress or command_result for a command this box does not have (field id)",
+    "invalid": "a command update the server refuses (field names the value)",
+    "conflict": "a command update the command's state forbids (field state)",
 }
 
 AGENT_TO_SERVER = frozenset(
@@ -96,8 +118,69 @@ def _reject_constant(name: str) -> NoReturn:
     raise ProtocolError(f"{name} is not allowed")
 
 
+class _RepeatedKey(dict):
+    """A decoded object in which ``key`` appeared more than once (only ever seen by
+    :func:`_parse`, which refuses the frame)."""
+
+    key = ""
+
+
+def _repeated_key(obj: Any) -> Tuple[str, str]:
+    """The first repeated key in ``obj`` (in document order) and its path."""
+    stack: List[Tuple[Any, Tuple[Any, ...]]] = [(obj, ())]
+    while stack:
+        value, parts = stack.pop()
+        if isinstance(value, _RepeatedKey):
+            return value.key, Violation("", list(reversed((*parts, value.key)))).path()
+        if isinstance(value, dict):
+            stack.extend((x, (*parts, k)) for k, x in reversed(list(value.items())))
+        elif isinstance(value, list):
+            stack.extend((x, (*parts, i)) for i, x in reversed(list(enumerate(value))))
+    return "", ""
+
+
+def _parse(text: str) -> Any:
+    """``json.loads`` of a frame's text: standard JSON only (no NaN or Infinity), and a key at most
+    once per object; a repeated key raises :class:`ProtocolError` naming it."""
+    repeated: List[_RepeatedKey] = []
+
+    def object_of(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) == len(pairs):
+            return obj
+        marked = _RepeatedKey(obj)
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                marked.key = key
+                break
+            seen.add(key)
+        repeated.append(marked)
+        return marked
+
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=object_of)
+    except ProtocolError:
+        raise
+    except ValueError as e:
+        raise ProtocolError(f"invalid JSON: {e}") from None
+    except RecursionError:
+        raise ProtocolError("invalid JSON: nested too deeply") from None
+    if repeated:
+        key, path = _repeated_key(obj)
+        raise ProtocolError(f"duplicate key {key!r}: a key may appear once per object", path)
+    return obj
+
+
+def check_unique_keys(text: str) -> None:
+    """Raise :class:`ProtocolError` naming the key (``samples[0].wans[1].rtt_ms``) if an object of the
+    frame ``text`` names a key twice: such a frame is ambiguous (parsers disagree on which value wins),
+    so both sides refuse it. Also raises for text that is not standard JSON."""
+    _parse(text)
+
+
 def decode(data: Any, *, validate: bool = True, ignore_unknown_fields: bool = False) -> Dict[str, Any]:
-    """Parse one text frame (str or UTF-8 bytes) and validate it."""
+    """Parse one text frame (str or UTF-8 bytes; a repeated key is refused) and validate it."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         if len(data) > MAX_FRAME_BYTES:
             raise ProtocolError("frame too big")
@@ -109,14 +192,7 @@ def decode(data: Any, *, validate: bool = True, ignore_unknown_fields: bool = Fa
         raise ProtocolError("frame must be text")
     if len(data) > MAX_FRAME_BYTES:
         raise ProtocolError("frame too big")
-    try:
-        obj = json.loads(data, parse_constant=_reject_constant)
-    except ProtocolError:
-        raise
-    except ValueError as e:
-        raise ProtocolError(f"invalid JSON: {e}") from None
-    except RecursionError:
-        raise ProtocolError("invalid JSON: nested too deeply") from None
+    obj = _parse(data)
     if validate:
         validate_message(obj, ignore_unknown_fields=ignore_unknown_fields)
     return obj

@@ -7,7 +7,10 @@ closures, so validating a telemetry frame costs a few microseconds. A check rais
 
 Strictness: ``bool`` is not an ``integer``/``number``; NaN and infinities are rejected; unknown
 fields are rejected unless the schema is compiled ``lenient`` (see the versioning policy in
-docs/agent-protocol.md).
+docs/agent-protocol.md). Two keywords of our own, on an object whose content is free form (a command's
+``params``, a result's ``output``): ``x-number-bounds`` (``{"minimum", "maximum"}``) bounds every number
+in it, at any depth, so that no number of a frame is unbounded; ``x-max-depth`` bounds how deep objects
+and arrays nest in it (what the parsers, PostgreSQL's jsonb and recursive code all take).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ _KEYWORDS = frozenset(
         "const",
         "pattern",
         "description",
+        "x-number-bounds",
+        "x-max-depth",
     }
 )
 _PYTHON_TYPES: Dict[str, FrozenSet[type]] = {
@@ -134,6 +139,40 @@ def _size_check(low: Optional[int], high: Optional[int], verb: str, unit: str) -
             raise Violation(f"must {verb} at least {low} {unit}")
         if high is not None and n > high:
             raise Violation(f"must {verb} at most {high} {unit}")
+
+    return check
+
+
+def _free_form_check(bounds: Dict[str, Any], max_depth: Optional[int]) -> Check:
+    """A check that every number inside a free-form value (at any depth) is finite and within
+    ``bounds``, and that its objects and arrays nest at most ``max_depth`` deep; walked without
+    recursion, so any nesting the parser accepted is checked."""
+    low = bounds.get("minimum", -math.inf)
+    high = bounds.get("maximum", math.inf)
+
+    def check(v: Any) -> None:
+        if type(v) is not dict and type(v) is not list:
+            return
+        stack: List[Any] = [(v, ())]
+        while stack:
+            value, path = stack.pop()
+            tv = type(value)
+            if (tv is dict or tv is list) and max_depth is not None and len(path) >= max_depth:
+                raise Violation(f"must nest at most {max_depth} levels deep", list(reversed(path)))
+            if tv is dict:
+                stack.extend((x, (*path, k)) for k, x in value.items())
+            elif tv is list:
+                stack.extend((x, (*path, i)) for i, x in enumerate(value))
+            elif tv is int or tv is float:
+                problem = None
+                if tv is float and not _isfinite(value):
+                    problem = "number must be finite"
+                elif value < low:
+                    problem = f"must be >= {low}"
+                elif value > high:
+                    problem = f"must be <= {high}"
+                if problem is not None:
+                    raise Violation(problem, list(reversed(path)))
 
     return check
 
@@ -256,6 +295,9 @@ def compile_schema(schema: Dict[str, Any], lenient: bool) -> Check:
                 raise
 
         checks.append(check_array)
+
+    if "x-number-bounds" in schema or "x-max-depth" in schema:
+        checks.append(_free_form_check(schema.get("x-number-bounds", {}), schema.get("x-max-depth")))
 
     if "properties" in schema or "required" in schema or "additionalProperties" in schema:
         props = {k: compile_schema(s, lenient) for k, s in schema.get("properties", {}).items()}

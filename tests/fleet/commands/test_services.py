@@ -161,6 +161,27 @@ def test_failed_result_is_stored(people: Any, box: Any) -> None:
     assert command.error == "mptcpd did not start"
 
 
+def test_progress_and_results_with_nul_characters_are_stored_without_them(people: Any, box: Any) -> None:
+    # given a command the box is running (found by the protocol fuzz, #14: a NUL in the progress message,
+    # the error or the output failed the save, and the agent was told "unavailable" for ever)
+    command = command_create(actor=admin_actor(people), box=box, kind="diagnostics")
+    commands_pending_for_box(box_id=box.pk)
+    # when the agent reports progress and a result with NUL characters in their text
+    command_progress(box_id=box.pk, command_id=command.pk, progress=5, message="step\x001")
+    command_complete(
+        box_id=box.pk,
+        command_id=command.pk,
+        ok=False,
+        output={"dns\x00": {"output": ["a\x00b", 1]}},
+        error="failed\x00!",
+    )
+    # then both are stored, the NUL characters dropped
+    command.refresh_from_db()
+    assert command.progress_message == "step1"
+    assert command.result == {"dns": {"output": ["ab", 1]}}
+    assert command.error == "failed!"
+
+
 def test_reports_for_another_boxs_command_are_not_found(people: Any, box: Any, box_factory: Any) -> None:
     other = box_factory(organization=people.org)
     command = command_create(actor=admin_actor(people), box=box, kind="reboot")

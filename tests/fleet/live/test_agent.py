@@ -14,7 +14,7 @@ from django.db import connection
 
 from config.asgi import application
 from fleet.core.doorbells import doorbell_command, doorbell_config_changed
-from fleet.core.models import Box
+from fleet.core.models import Box, Event
 from fleet.live.gate import SessionGate, _gates, close_session_gate
 from fleet.telemetry.models import BoxStatus, WanStatus
 from fleet.telemetry.writer import TelemetryWriter, _writers, close_writer
@@ -502,3 +502,53 @@ async def test_a_hello_in_an_unknown_protocol_version_is_refused(
     assert frames[0]["code"] == "unsupported_version" and frames[0]["field"] == "v"
     assert code == 1008
     assert (await status_of(box.pk)).online is False
+
+
+async def test_a_frame_naming_a_key_twice_is_refused_naming_the_key(agent_box: tuple[Box, str]) -> None:
+    # given a live session
+    box, token = agent_box
+    communicator, _ = await open_session(token)
+    text = json.dumps(telemetry(1, [sample(wans=[wan("wan1"), wan("wan2")])]), separators=(",", ":"))
+    first, second = text.index('"rtt_ms"'), text.index('"rtt_ms"', text.index('"rtt_ms"') + 1)
+    repeated = {
+        # the last value used to win silently (issue #14 item 10)
+        "seq": text.replace('"seq":1,', '"seq":1,"seq":2,'),
+        "samples[0].wans[1].rtt_ms": text[:second] + '"rtt_ms":1.0,' + text[second:],
+        # a colon spelled \u003a in a string does not hide the repeated key
+        "samples[0].wans[0].label": text[:first] + '"label":"a\\u003ab",' + text[first:],
+    }
+    # when the agent sends each of them, then each is refused naming the repeated key, nothing stored
+    for path, frame in repeated.items():
+        await communicator.send_to(text_data=frame)
+        answer = await communicator.receive_json_from(timeout=5)
+        assert (answer["code"], answer.get("field")) == ("invalid_frame", path), answer
+        assert "duplicate key" in answer["message"]
+    assert (await stored_rows(box.pk))["box"] == []
+    # and a frame with no repeated key but colons (escaped or not) in its strings is stored
+    plain = text.replace('"label":"WAN1"', '"label":"a\\u003ab:c"')
+    assert plain != text
+    await communicator.send_to(text_data=plain)
+    assert await communicator.receive_json_from(timeout=5) == {"type": "ack", "seq": 1}
+    wans = await database_sync_to_async(lambda: list(WanStatus.objects.filter(box=box).order_by("iface")))()
+    assert wans[0].label == "a:b:c"
+    await communicator.disconnect(timeout=5)
+
+
+async def test_a_link_named_with_a_nul_character_is_stored_and_its_event_recorded(
+    agent_box: tuple[Box, str],
+) -> None:
+    # given a live session (found by the protocol fuzz: the wan_down event of a new link reported down
+    # carried the raw label into a jsonb column, which refuses \u0000: the batch was rejected, never acked)
+    box, token = agent_box
+    communicator, _ = await open_session(token)
+    link = wan("wan\x001", up=False, rtt=None, loss=None)
+    link["label"] = "Fibre\x00 1"
+    # when the agent reports it
+    await communicator.send_json_to(telemetry(1, [sample(wans=[link])]))
+    # then it is acked and stored, the NUL dropped as in the WAN's row
+    assert await communicator.receive_json_from(timeout=5) == {"type": "ack", "seq": 1}
+    status = await database_sync_to_async(WanStatus.objects.get)(box=box)
+    assert (status.iface, status.label) == ("wan1", "Fibre 1")
+    event = await database_sync_to_async(lambda: Event.objects.get(box=box, kind="wan_down"))()
+    assert (event.data["iface"], event.data["label"]) == ("wan1", "Fibre 1")
+    await communicator.disconnect(timeout=5)

@@ -163,3 +163,66 @@ def test_status_of_a_box_that_never_connected(people: Any, box_factory: Any, cli
     assert response.status_code == 200
     assert response.json()["never_connected"] is True
     assert response.json()["wans"] == []
+
+
+def test_non_finite_values_already_stored_read_as_null(
+    people: Any, box_factory: Any, client_for: Any
+) -> None:
+    # given values no agent can send any more but that were stored before the protocol bounded every
+    # number (issue #14 item 1: load1 1e39 became Infinity in a real column): raw samples, rollups
+    # made of them, and the live status
+    box = box_factory(organization=people.org)
+    now = timezone.now()
+    bucket = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO telemetry_box_sample (box_id, seq, idx, ts, cpu_pct, mem_pct, load1, uptime_s,"
+            " tunnel_up, conntrack, rx_bps, tx_bps, wans_up, wans_total)"
+            " VALUES (%s, 1, 0, %s, 'NaN', 40, 'Infinity', 1, true, 1, 100, 50, 1, 1)",
+            [box.pk, now - timedelta(minutes=1)],
+        )
+        cursor.execute(
+            "INSERT INTO telemetry_wan_sample (box_id, seq, ts, iface, kind, up, rtt_ms, jitter_ms,"
+            " loss_pct, rx_bps, tx_bps, subflows)"
+            " VALUES (%s, 1, %s, 'wan1', 'fiber', true, 'Infinity', '-Infinity', 'NaN', 100, 50, 1)",
+            [box.pk, now - timedelta(minutes=1)],
+        )
+        for resolution in ("5m", "1h"):
+            cursor.execute(
+                f"INSERT INTO telemetry_box_rollup_{resolution} (box_id, bucket, samples, cpu_avg, cpu_max,"
+                " mem_avg, load_avg, rx_avg, rx_max, tx_avg, tx_max, tunnel_up_samples)"
+                " VALUES (%s, %s, 1, 'NaN', 'NaN', 1, 'Infinity', 1, 1, 1, 1, 1)",
+                [box.pk, bucket],
+            )
+            cursor.execute(
+                f"INSERT INTO telemetry_wan_rollup_{resolution} (box_id, iface, bucket, samples, up_samples,"
+                " rtt_count, rtt_avg, rtt_max, jitter_avg, loss_count, loss_avg, rx_avg, rx_max, tx_avg,"
+                " tx_max)"
+                " VALUES (%s, 'wan1', %s, 1, 1, 1, 'Infinity', 'Infinity', 'NaN', 1, 'NaN', 1, 1, 1, 1)",
+                [box.pk, bucket],
+            )
+    BoxStatus.objects.create(box=box, online=True, last_seen_at=now, load1=float("inf"), cpu_pct=float("nan"))
+    WanStatus.objects.create(
+        box=box,
+        iface="wan1",
+        up=True,
+        rtt_ms=float("inf"),
+        loss_pct=float("nan"),
+        up_changed_at=now,
+        updated_at=now,
+    )
+    client = client_for(people.viewer)
+    # when a viewer reads the series at every resolution and the status
+    window = {"from": (now - timedelta(hours=3)).isoformat(), "to": now.isoformat()}
+    for resolution in ("raw", "5m", "1h"):
+        response = client.get(f"/api/v1/boxes/{box.pk}/telemetry", {**window, "resolution": resolution})
+        # then every read answers, a value that is not a finite number being null
+        assert response.status_code == 200, (resolution, response.content)
+        body = response.json()
+        assert [(point["cpu_pct"], point["load1"]) for point in body["box"]] == [(None, None)], resolution
+        wan_point = body["wans"][0]["points"][0]
+        assert (wan_point["rtt_ms"], wan_point["rtt_max_ms"], wan_point["loss_pct"]) == (None, None, None)
+    response = client.get(f"/api/v1/boxes/{box.pk}/status")
+    assert response.status_code == 200, response.content
+    assert (response.json()["load1"], response.json()["cpu_pct"]) == (None, None)
+    assert (response.json()["wans"][0]["rtt_ms"], response.json()["wans"][0]["loss_pct"]) == (None, None)
