@@ -26,7 +26,6 @@ from django.urls import path
 from fleet.core.admin_support import ReadOnlyAdmin, run_for_each, staff_actor
 from fleet.core.errors import DomainError
 from fleet.core.models import BOX_DRIFTING, Box, Region
-from provisioning.addressing import pool_size
 from provisioning.choices import ServerStatus
 from provisioning.models import AddressAssignment, AddressPool, AggregationServer, TunnelCredential
 from provisioning.selectors.boxes import boxes_annotated
@@ -255,9 +254,9 @@ class AddressPoolAdmin(ServiceAdmin):
     def owner(self, pool: AddressPool) -> str:
         return f"server {pool.server}" if pool.server_id else f"region {pool.region}"
 
-    @admin.display(description="size")
+    @admin.display(description="usable")
     def size(self, pool: AddressPool) -> int:
-        return pool_size(pool.cidr, pool.prefix_length)
+        return int(pool.usable_count)  # type: ignore[attr-defined]
 
     @admin.display(description="active", ordering="active_count")
     def active(self, pool: AddressPool) -> int:

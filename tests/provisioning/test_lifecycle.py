@@ -70,7 +70,7 @@ def test_claim_binds_and_provisions_the_box(actor, org, provisioned, make_box):
     assert box.server_id == server.pk and box.tunnel_port == server.tunnel_port_min
     assert _server(server.pk).assigned_boxes == 1
     assert _active(box) == {
-        PoolPurpose.PUBLIC_IPV4: "203.0.113.0/32",
+        PoolPurpose.PUBLIC_IPV4: "203.0.113.1/32",  # .0 is the network address of the pool
         PoolPurpose.TUNNEL_P2P: "100.64.0.0/31",
         PoolPurpose.IPV6_PREFIX: "2001:db8::/56",
     }
@@ -366,7 +366,7 @@ def test_server_tied_pool_is_used_before_the_region_pool(
     box = _claim(actor, org, make_box())
 
     # then its public address comes from the server's own pool
-    assert _active(box)[PoolPurpose.PUBLIC_IPV4] == "192.0.2.64/32"
+    assert _active(box)[PoolPurpose.PUBLIC_IPV4] == "192.0.2.65/32"  # its first host address
 
 
 def test_no_active_server_gives_no_server_capacity(actor, org, region, make_server, make_pools, make_box):
