@@ -22,7 +22,7 @@ from django.http import HttpResponseBase, StreamingHttpResponse
 from django.test import Client
 from rest_framework.test import APIClient
 
-from fleet.core import throttling
+from fleet.core import events, throttling
 from fleet.core.audit import Actor
 from fleet.core.choices import BoxState, Role
 from fleet.core.models import AgentCredential, Box, Membership, Organization
@@ -98,6 +98,19 @@ def throttle_clock(monkeypatch: pytest.MonkeyPatch) -> SettableClock:
     clock = SettableClock(now=time.time())
     monkeypatch.setattr(throttling, "clock", clock)
     return clock
+
+
+@pytest.fixture
+def queued_event_tasks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[Any, ...]]]:
+    """The tasks ``fleet.core.events`` queues after commit, as (name, args), instead of the broker."""
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def record(name: str, *args: Any) -> bool:
+        calls.append((name, args))
+        return True
+
+    monkeypatch.setattr(events, "task_queue", record)
+    return calls
 
 
 @pytest.fixture

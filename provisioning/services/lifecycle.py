@@ -20,12 +20,14 @@ from django.utils import timezone
 
 from fleet.core.access import authorize, authorize_staff
 from fleet.core.audit import Actor, audit_record
-from fleet.core.choices import BoxState, Role
+from fleet.core.choices import BoxState, EventKind, Role
 from fleet.core.errors import Conflict, InvalidInput, NotFound
+from fleet.core.events import event_record
 from fleet.core.models import AgentCredential, Box, Organization
 from fleet.core.throttling import claim_guard
 from fleet.core.tokens import box_secret_matches
 from provisioning import allocation
+from provisioning.addressing import host_address
 from provisioning.box_states import box_move
 from provisioning.choices import AssignmentState, PoolPurpose, TunnelKind
 from provisioning.models import AddressAssignment, AggregationServer, TunnelCredential
@@ -347,7 +349,11 @@ def box_decommission(*, actor: Actor, box: Box) -> Box:
 def box_reassign_server(*, actor: Actor, box: Box, server: AggregationServer | None = None) -> Box:
     """Move a claimed box to ``server`` (which must be active with spare capacity) or to the best other
     active server: new slot and port, new tunnel pair and public IPv4 from the new server's pools; the
-    IPv6 prefix is kept when the region stays the same. Credentials are kept. Staff only."""
+    IPv6 prefix is kept when the region stays the same. Credentials are kept. Staff only.
+
+    The customer's public IPv4 changes: a ``public_ip_changed`` event goes on the box's timeline (with
+    the old and new addresses, the server and region), and its organisation is notified after commit
+    (``fleet.core.events.NOTIFIED_KINDS``)."""
     authorize_staff(actor)
     box = _box_locked(box)
     box_move(box.state, "reassign_server")
@@ -389,7 +395,28 @@ def box_reassign_server(*, actor: Actor, box: Box, server: AggregationServer | N
     if not TunnelCredential.objects.filter(box=box, revoked_at__isnull=True).exists():
         _credentials_issue(box)
     box_config_refresh(box=box)
-    audit_record(
-        actor=actor, action="box.reassign_server", box=box, target=box, before=before, after=_box_state(box)
-    )
+    after = _box_state(box)
+    audit_record(actor=actor, action="box.reassign_server", box=box, target=box, before=before, after=after)
+    old_ip = _host(before["addresses"].get(PoolPurpose.PUBLIC_IPV4))
+    new_ip = _host(after["addresses"].get(PoolPurpose.PUBLIC_IPV4))
+    if old_ip != new_ip:
+        event_record(
+            box_id=box.pk,
+            organization_id=organization.pk,
+            kind=EventKind.PUBLIC_IP_CHANGED,
+            data={
+                "old_public_ipv4": old_ip,
+                "new_public_ipv4": new_ip,
+                "server": target.name,
+                "region": placement.server.region.code,
+                "ipv6_prefix_changed": before["addresses"].get(PoolPurpose.IPV6_PREFIX)
+                != after["addresses"].get(PoolPurpose.IPV6_PREFIX),
+                "reason": "reassigned",
+            },
+        )
     return box
+
+
+def _host(prefix: str | None) -> str | None:
+    """The address of a single-address prefix, or None."""
+    return host_address(prefix) if prefix else None

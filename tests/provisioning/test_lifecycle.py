@@ -12,9 +12,10 @@ from django.contrib.auth import get_user_model
 from django.test import override_settings
 
 from fleet.core.audit import Actor
-from fleet.core.choices import BoxState, Role
+from fleet.core.choices import BoxState, EventKind, Role
 from fleet.core.errors import Conflict, InvalidInput, RateLimited
-from fleet.core.models import AgentCredential, AuditLog, Box, Membership
+from fleet.core.events import EVENT_NOTICE_TASK
+from fleet.core.models import AgentCredential, AuditLog, Box, Event, Membership
 from fleet.core.request_context import request_id_var
 from fleet.core.throttling import claim_failures_per_ip
 from fleet.core.tokens import digest
@@ -595,6 +596,43 @@ def test_reassign_to_another_region_reallocates_ipv6_and_picks_the_best_server(
     assert after[PoolPurpose.IPV6_PREFIX].startswith("2001:db8:1")
     assert set(after.values()).isdisjoint(before.values())
     assert _server(first.pk).assigned_boxes == 0
+
+
+def test_a_reassignment_puts_the_public_ip_change_on_the_timeline_and_notifies_the_customer(
+    staff_actor,
+    org,
+    make_server,
+    make_pools,
+    make_box,
+    queued_event_tasks,
+    django_capture_on_commit_callbacks,
+):
+    # given a box claimed in one region, and a server in another
+    west = region_create(actor=staff_actor, code="west", name="West")
+    east = region_create(actor=staff_actor, code="east", name="East")
+    make_server(west, capacity=20)
+    other, _ = make_server(east, capacity=10, name="agg-east-1")
+    make_pools(region=west, public="198.51.100.0/28")
+    make_pools(region=east, public="192.0.2.0/27", tunnel="100.64.1.0/26", ipv6="2001:db8:1000::/51")
+    box = _claim(staff_actor, org, make_box())
+
+    # when staff reassign it
+    with django_capture_on_commit_callbacks(execute=True):
+        box_reassign_server(actor=staff_actor, box=box, server=other)
+
+    # then its timeline says the public IP changed, from what to what and why
+    event = Event.objects.get(box=box, kind=EventKind.PUBLIC_IP_CHANGED)
+    assert event.organization_id == org.pk
+    assert event.data == {
+        "old_public_ipv4": "198.51.100.1",
+        "new_public_ipv4": "192.0.2.1",
+        "server": "agg-east-1",
+        "region": "east",
+        "ipv6_prefix_changed": True,
+        "reason": "reassigned",
+    }
+    # and after the commit its notice is queued for the customer
+    assert (EVENT_NOTICE_TASK, (str(event.pk),)) in queued_event_tasks
 
 
 def test_reassign_to_a_draining_server_conflicts(actor, org, provisioned, region, make_server, make_box):
