@@ -14,7 +14,7 @@ Two ways to use one:
   slot atomically (one Lua script: trim, count, add) and gives it back unless the attempt failed, so
   that limit also holds for concurrent attempts (checked-then-counted, twenty parallel guesses at one
   serial would all pass the check).
-* ``check`` / ``hit`` / ``reset`` (sign-ins, where Django's form checks the password in between).
+* ``retry_after_s`` / ``hit`` / ``reset`` (sign-ins, where Django's form checks the password in between).
 
 Identifiers are hashed into the key, so no caller-supplied text ends up in a Redis key verbatim. Time
 comes from ``clock`` (seconds since the epoch), which tests replace with a settable one.
@@ -158,12 +158,6 @@ class FailureCounter:
     def reset(self, identifier: str) -> None:
         _redis().delete(self.key(identifier))
 
-    def check(self, identifier: str, *, message: str, field: str | None = None) -> None:
-        """Raise RateLimited (429 with Retry-After) when the identifier is over the limit."""
-        wait = self.retry_after_s(identifier)
-        if wait:
-            raise RateLimited(message.format(wait=wait_text(wait)), retry_after_s=wait, field=field)
-
 
 @dataclass(frozen=True)
 class Limit:
@@ -228,10 +222,12 @@ class FailureGuard:
                 if not limit.exact:
                     limit.counter.hit(limit.identifier)
             return
+        cleared = [self.limits[index] for index in self.clear] if self._succeeded else []
+        # A cleared limit's reservation goes with its key: one round trip, not two.
+        self._taken = [(limit, member) for limit, member in self._taken if limit not in cleared]
         self._give_back()
-        if self._succeeded:
-            for index in self.clear:
-                self.limits[index].counter.reset(self.limits[index].identifier)
+        for limit in cleared:
+            limit.counter.reset(limit.identifier)
 
 
 # --- the counters ---------------------------------------------------------------------------------
