@@ -307,7 +307,9 @@ OTB = {
     "HEARTBEAT_INTERVAL_S": env_int("OTB_HEARTBEAT_INTERVAL_S", 30),
     # Threads serving Django's HTTP requests in each ASGI process (config/asgi.py).
     "HTTP_THREADS": env_int("OTB_HTTP_THREADS", 16),
+    # Failed claims per (serial, organisation) and per source address, per sliding window.
     "CLAIM_MAX_FAILURES": env_int("OTB_CLAIM_MAX_FAILURES", 5),
+    "CLAIM_MAX_FAILURES_PER_IP": env_int("OTB_CLAIM_MAX_FAILURES_PER_IP", 30),
     "ENROLL_MAX_FAILURES": env_int("OTB_ENROLL_MAX_FAILURES", 5),
     "AUTH_FAILURE_WINDOW_S": env_int("OTB_AUTH_FAILURE_WINDOW_S", 900),
     "ENROLL_MAX_FAILURES_PER_IP": env_int("OTB_ENROLL_MAX_FAILURES_PER_IP", 30),

@@ -10,11 +10,6 @@ import ipaddress
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def pool_size(cidr: str, prefix_length: int) -> int:
-    """How many prefixes of ``prefix_length`` fit in ``cidr``."""
-    return 1 << (prefix_length - ipaddress.ip_network(cidr).prefixlen)
-
-
 def prefix_at(cidr: str, prefix_length: int, index: int) -> str:
     """The ``index``-th prefix of length ``prefix_length`` inside ``cidr`` (index 0 is the first)."""
     network = ipaddress.ip_network(cidr)

@@ -16,6 +16,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import QuerySet
@@ -26,7 +27,6 @@ from django.urls import path
 from fleet.core.admin_support import ReadOnlyAdmin, run_for_each, staff_actor
 from fleet.core.errors import DomainError
 from fleet.core.models import BOX_DRIFTING, Box, Region
-from provisioning.addressing import pool_size
 from provisioning.choices import ServerStatus
 from provisioning.models import AddressAssignment, AddressPool, AggregationServer, TunnelCredential
 from provisioning.selectors.boxes import boxes_annotated
@@ -255,9 +255,9 @@ class AddressPoolAdmin(ServiceAdmin):
     def owner(self, pool: AddressPool) -> str:
         return f"server {pool.server}" if pool.server_id else f"region {pool.region}"
 
-    @admin.display(description="size")
+    @admin.display(description="usable")
     def size(self, pool: AddressPool) -> int:
-        return pool_size(pool.cidr, pool.prefix_length)
+        return int(pool.usable_count)  # type: ignore[attr-defined]
 
     @admin.display(description="active", ordering="active_count")
     def active(self, pool: AddressPool) -> int:
@@ -408,15 +408,42 @@ class BoxAdmin(admin.ModelAdmin):
         except DomainError as exc:
             self.message_user(request, exc.message, messages.ERROR)
 
-    @admin.action(description="Reassign to the best server")
-    def reassign_server(self, request: HttpRequest, queryset: QuerySet[Box]) -> None:
+    @admin.action(description="Reassign to the best server (changes the public IP)")
+    def reassign_server(self, request: HttpRequest, queryset: QuerySet[Box]) -> TemplateResponse | None:
+        """First a confirmation page saying that each box's public IP changes (the customer is
+        notified); once confirmed, the reassignment of each box, reporting its old and new address."""
+        boxes = list(queryset.order_by("serial"))
+        if request.POST.get("confirmed") != "yes":
+            return TemplateResponse(
+                request,
+                "admin/fleet/box/reassign_confirm.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "opts": self.model._meta,
+                    "title": "Reassign to the best server: the public IP changes",
+                    "boxes": boxes,
+                    "action_checkbox_name": ACTION_CHECKBOX_NAME,
+                },
+            )
+        old_ips = {box.pk: getattr(box, "public_ipv4", None) for box in boxes}
         run_for_each(
             self,
             request,
-            queryset,
+            boxes,
             "reassign",
             lambda box: box_reassign_server(actor=staff_actor(request), box=box),
         )
+        moved = boxes_annotated(Box.objects.filter(pk__in=list(old_ips)))
+        new_ips = dict(moved.values_list("pk", "public_ipv4"))
+        for box in boxes:
+            if new_ips.get(box.pk) != old_ips[box.pk]:
+                self.message_user(
+                    request,
+                    f"{box.serial}: public IP {old_ips[box.pk] or 'none'} → {new_ips.get(box.pk) or 'none'} "
+                    "(the customer is notified).",
+                    messages.WARNING,
+                )
+        return None
 
     @admin.action(description="Release addresses")
     def release_addresses(self, request: HttpRequest, queryset: QuerySet[Box]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -21,6 +22,7 @@ from django.http import HttpResponseBase, StreamingHttpResponse
 from django.test import Client
 from rest_framework.test import APIClient
 
+from fleet.core import events, throttling
 from fleet.core.audit import Actor
 from fleet.core.choices import BoxState, Role
 from fleet.core.models import AgentCredential, Box, Membership, Organization
@@ -68,7 +70,7 @@ def _throttle_counters_reset() -> Any:
 
     def wipe() -> None:
         client = cache._cache.get_client()  # type: ignore[attr-defined]
-        for pattern in ("*:throttle:*", "*:claim-fail:*"):
+        for pattern in ("*:throttle:*",):
             keys = list(client.scan_iter(match=pattern, count=1000))
             if keys:
                 client.delete(*keys)
@@ -76,6 +78,39 @@ def _throttle_counters_reset() -> Any:
     wipe()
     yield
     wipe()
+
+
+@dataclass
+class SettableClock:
+    """A clock for ``fleet.core.throttling``: windows move when a test says so, never by sleeping."""
+
+    now: float
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def throttle_clock(monkeypatch: pytest.MonkeyPatch) -> SettableClock:
+    clock = SettableClock(now=time.time())
+    monkeypatch.setattr(throttling, "clock", clock)
+    return clock
+
+
+@pytest.fixture
+def queued_event_tasks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[Any, ...]]]:
+    """The tasks ``fleet.core.events`` queues after commit, as (name, args), instead of the broker."""
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def record(name: str, *args: Any) -> bool:
+        calls.append((name, args))
+        return True
+
+    monkeypatch.setattr(events, "task_queue", record)
+    return calls
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ service over the selected objects of an admin action."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.contrib import admin, messages
@@ -36,7 +36,7 @@ def staff_actor(request: HttpRequest) -> Actor:
 def run_for_each(
     modeladmin: admin.ModelAdmin,
     request: HttpRequest,
-    queryset: QuerySet[Any],
+    queryset: QuerySet[Any] | Iterable[Any],
     verb: str,
     call: Callable[[Any], Any],
 ) -> None:

@@ -62,3 +62,4 @@ class EventKind(models.TextChoices):
     COMMAND_FINISHED = "command_finished", "Command finished"
     ALERT_FIRING = "alert_firing", "Alert firing"
     ALERT_RESOLVED = "alert_resolved", "Alert resolved"
+    PUBLIC_IP_CHANGED = "public_ip_changed", "Public IP changed"

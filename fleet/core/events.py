@@ -18,6 +18,7 @@ from uuid import UUID
 from django.db import transaction
 from django.utils import timezone
 
+from fleet.core.background import task_queue
 from fleet.core.choices import EventKind
 from fleet.core.column_specs import model_spec
 from fleet.core.doorbells import abroadcast_to_people, broadcast_to_people
@@ -27,6 +28,12 @@ from fleet.core.models import Box, Event
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 5000
+
+# Events the box's organisation is also told about, not only shown on the timeline: after commit the
+# monitoring app's task sends them to its notification targets (or its owners), as alerts are sent.
+# By name: core never imports the app that does it (fleet.core.background).
+NOTIFIED_KINDS = frozenset({EventKind.PUBLIC_IP_CHANGED})
+EVENT_NOTICE_TASK = "fleet.monitoring.tasks.event_notice_send_task"
 
 # The raw-SQL form of ``events_record_batch`` for the live paths on their own async connections: one
 # INSERT of column arrays, in the caller's transaction (see ``event_rows``, which fills them in this
@@ -52,6 +59,12 @@ def event_payload(event: Event) -> dict[str, Any]:
 
 def _people_message(event: Event) -> dict[str, Any]:
     return {"kind": "event", "box_id": str(event.box_id), "event": event_payload(event)}
+
+
+def _notices_queue(events: list[Event]) -> None:
+    for event in events:
+        # A notice not queued here is found by the monitoring sweep (event_notices_sweep).
+        task_queue(EVENT_NOTICE_TASK, str(event.pk))
 
 
 def _broadcast(events: list[Event]) -> None:
@@ -94,7 +107,8 @@ def _build(item: dict[str, Any], organizations: dict[Any, Any], now: datetime) -
 def events_record_batch(events: list[dict[str, Any]]) -> list[Event]:
     """Append many events in one INSERT (each dict: ``box_id``, ``kind``, ``data``, optional ``ts``
     and ``organization_id``, the box's organisation when omitted) and broadcast them to people
-    after commit. Raises InvalidInput naming ``kind``/``data``/``box_id`` before writing anything."""
+    after commit; events of ``NOTIFIED_KINDS`` are also queued for notification after commit.
+    Raises InvalidInput naming ``kind``/``data``/``box_id`` before writing anything."""
     if not events:
         return []
     if len(events) > MAX_BATCH:
@@ -113,6 +127,9 @@ def events_record_batch(events: list[dict[str, Any]]) -> list[Event]:
     with transaction.atomic(savepoint=False):  # no savepoint round trips inside a caller's transaction
         created = Event.objects.bulk_create(rows)
         transaction.on_commit(lambda: _broadcast(created))
+        notified = [event for event in created if event.kind in NOTIFIED_KINDS and event.organization_id]
+        if notified:
+            transaction.on_commit(lambda: _notices_queue(notified))
     return created
 
 

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import F, Q
+from django.db.models.functions import Upper
 
 from fleet.core.choices import BoxState, EventKind, ReleaseChannel, Role, WanMode
 
@@ -207,6 +208,8 @@ class Box(models.Model):
         ]
         indexes = [
             models.Index(fields=["organization", "serial"], name="box_org_serial_idx"),
+            # A claim matches the typed serial ignoring case (``serial__iexact``: UPPER(serial) = UPPER(%s)).
+            models.Index(Upper("serial"), name="box_serial_upper_idx"),
         ]
 
     def __str__(self) -> str:

@@ -208,7 +208,9 @@ class NotificationDeliveryAdmin(ReadOnlyAdmin):
     list_display = [
         "created_at",
         "alert",
+        "box_event",
         "target",
+        "email",
         "event",
         "state",
         "attempts",
@@ -216,8 +218,8 @@ class NotificationDeliveryAdmin(ReadOnlyAdmin):
         "sent_at",
     ]
     list_filter = ["state", "event", "target__kind"]
-    search_fields = ["target__name", "alert__box__serial"]
-    list_select_related = ["alert", "alert__rule", "alert__box", "target"]
+    search_fields = ["target__name", "email", "alert__box__serial", "box_event__box__serial"]
+    list_select_related = ["alert", "alert__rule", "alert__box", "box_event", "target"]
     actions = ["requeue"]
 
     @admin.action(description="Queue another attempt for the selected pending deliveries")

@@ -302,19 +302,25 @@ class AlertListApi(ApiView):
 
 
 class NotificationDeliveryOutputSerializer(serializers.ModelSerializer):
-    alert = serializers.UUIDField(source="alert_id")
-    target = serializers.UUIDField(source="target_id")
-    target_name = serializers.CharField(source="target.name")
-    target_kind = serializers.CharField(source="target.kind")
+    """A delivery of an alert event (``alert``) or of a notice of a box event (``box_event``), to a
+    notification target or, for a notice to an organisation without targets, an owner's ``email``."""
+
+    alert = serializers.UUIDField(source="alert_id", allow_null=True)
+    box_event = serializers.UUIDField(source="box_event_id", allow_null=True)
+    target = serializers.UUIDField(source="target_id", allow_null=True)
+    target_name = serializers.CharField(source="target.name", allow_null=True)
+    target_kind = serializers.CharField(source="target.kind", allow_null=True)
 
     class Meta:
         model = NotificationDelivery
         fields = [
             "id",
             "alert",
+            "box_event",
             "target",
             "target_name",
             "target_kind",
+            "email",
             "event",
             "state",
             "attempts",

@@ -29,8 +29,12 @@ class TargetKind(models.TextChoices):
 
 
 class NotificationEvent(models.TextChoices):
+    """What a delivery tells: an alert firing or resolved, or a notice of a box event (an event of
+    ``fleet.core.events.NOTIFIED_KINDS``, such as a change of the box's public IP)."""
+
     FIRING = "firing", "Firing"
     RESOLVED = "resolved", "Resolved"
+    NOTICE = "notice", "Notice"
 
 
 class DeliveryState(models.TextChoices):

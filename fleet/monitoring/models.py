@@ -1,9 +1,9 @@
 """The box event timeline, alert rules, alerts and their notifications.
 
 Events are append-only facts about a box (session, presence, WAN transitions, configuration,
-firmware, commands, alerts). Alerts are rows with states evaluated periodically from the presence
-tables (``fleet.telemetry`` BoxStatus/WanStatus); each notification to each target is a delivery
-row sent and retried by Celery.
+firmware, commands, alerts, a changed public IP). Alerts are rows with states evaluated periodically
+from the presence tables (``fleet.telemetry`` BoxStatus/WanStatus); each notification (of an alert, or
+a notice of a box event) to each recipient is a delivery row sent and retried by Celery.
 """
 
 from __future__ import annotations
@@ -135,12 +135,24 @@ class Alert(models.Model):
 
 
 class NotificationDelivery(models.Model):
-    """One notification of one alert event to one target; sent and retried by Celery, every attempt
-    recorded (``attempts``, ``last_error``, ``response_status``)."""
+    """One notification to one recipient, sent and retried by Celery, every attempt recorded
+    (``attempts``, ``last_error``, ``response_status``).
+
+    It tells either an alert event (``alert``, ``event`` firing/resolved) or a notice of a box event
+    (``box_event``, ``event`` notice), never both. The recipient is a notification ``target``, or for
+    a notice to an organisation without an enabled target, an owner's address (``email``)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    alert = models.ForeignKey(Alert, on_delete=models.CASCADE, related_name="deliveries")
-    target = models.ForeignKey(NotificationTarget, on_delete=models.CASCADE, related_name="deliveries")
+    alert = models.ForeignKey(
+        Alert, null=True, blank=True, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    box_event = models.ForeignKey(
+        "fleet.Event", null=True, blank=True, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    target = models.ForeignKey(
+        NotificationTarget, null=True, blank=True, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    email = models.EmailField(blank=True, default="")
     event = models.CharField(max_length=16, choices=NotificationEvent.choices)
     state = models.CharField(max_length=16, choices=DeliveryState.choices, default=DeliveryState.PENDING)
     attempts = models.PositiveSmallIntegerField(default=0)
@@ -156,8 +168,29 @@ class NotificationDelivery(models.Model):
             models.UniqueConstraint(
                 fields=["alert", "target", "event"], name="notification_delivery_once_per_event"
             ),
+            models.UniqueConstraint(
+                fields=["box_event", "target"],
+                condition=Q(box_event__isnull=False, target__isnull=False),
+                name="notification_delivery_notice_once_per_target",
+            ),
+            models.UniqueConstraint(
+                fields=["box_event", "email"],
+                condition=Q(box_event__isnull=False) & ~Q(email=""),
+                name="notification_delivery_notice_once_per_email",
+            ),
+            models.CheckConstraint(
+                condition=(
+                    Q(alert__isnull=False, box_event__isnull=True, target__isnull=False, email="")
+                    & ~Q(event=NotificationEvent.NOTICE)
+                )
+                | (
+                    Q(alert__isnull=True, box_event__isnull=False, event=NotificationEvent.NOTICE)
+                    & (Q(target__isnull=False, email="") | (Q(target__isnull=True) & ~Q(email="")))
+                ),
+                name="notification_delivery_subject_and_recipient",
+            ),
         ]
         indexes = [models.Index(fields=["state", "created_at"], name="delivery_state_idx")]
 
     def __str__(self) -> str:
-        return f"{self.event} -> {self.target_id} ({self.state})"
+        return f"{self.event} -> {self.target_id or self.email} ({self.state})"

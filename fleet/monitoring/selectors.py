@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from fleet.core.errors import NotFound
 from fleet.core.models import Event
@@ -84,10 +84,14 @@ def alerts_open(*, organization_id: UUID, limit: int = 100) -> list[Alert]:
 def notification_delivery_list(
     *, organization_ids: list[UUID] | None, alert_id: UUID | None = None
 ) -> QuerySet[NotificationDelivery]:
-    """Deliveries of alerts in the given organisations (None: all, for staff), newest first."""
+    """Deliveries of alerts and of notices in the given organisations (None: all, for staff), newest
+    first."""
     queryset = NotificationDelivery.objects.select_related("target")
     if organization_ids is not None:
-        queryset = queryset.filter(alert__organization_id__in=organization_ids)
+        visible = organization_ids
+        queryset = queryset.filter(
+            Q(alert__organization_id__in=visible) | Q(box_event__organization_id__in=visible)
+        )
     if alert_id:
         queryset = queryset.filter(alert_id=alert_id)
     return queryset.order_by("-created_at", "-id")

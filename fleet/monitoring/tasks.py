@@ -1,4 +1,5 @@
-"""Celery edge for monitoring: periodic evaluation, deliveries with retries, the stale sweep."""
+"""Celery edge for monitoring: periodic evaluation, deliveries with retries, notices of box events,
+the stale sweep."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from typing import Any
 
 from celery import shared_task
 
+from fleet.core.events import EVENT_NOTICE_TASK
 from fleet.monitoring.services import (
     alerts_evaluate,
+    event_notice_send,
+    event_notices_sweep,
     notification_deliver,
     notification_retry_delay,
     notifications_requeue_stale,
@@ -45,12 +49,19 @@ def notification_deliver_task(self: Any, delivery_id: str) -> str | None:
     return outcome.state
 
 
+@shared_task(name=EVENT_NOTICE_TASK, ignore_result=True, time_limit=60)
+def event_notice_send_task(event_id: str) -> int:
+    """Queued after the commit of an event of NOTIFIED_KINDS: create and queue its notice deliveries."""
+    return len(event_notice_send(event_id=event_id))
+
+
 @shared_task(
     name="fleet.monitoring.tasks.notifications_requeue_stale_task", ignore_result=True, time_limit=60
 )
 def notifications_requeue_stale_task() -> int:
-    """Periodic (every 10 min): re-queue deliveries whose task was lost."""
-    return notifications_requeue_stale()
+    """Periodic (every 10 min): re-queue deliveries whose task was lost, and send the notices whose
+    task was lost."""
+    return notifications_requeue_stale() + event_notices_sweep()
 
 
 @shared_task(name="fleet.monitoring.tasks.events_prune_task", ignore_result=True, time_limit=600)

@@ -29,7 +29,10 @@ from frontend import selectors
 from frontend.errors import errors_on_form, form_add_domain_error, page_errors
 from frontend.forms import AuditFilterForm, ConsoleSearchForm, RolloutForm, StaffActionForm
 from frontend.views.box import box_context
+from provisioning.addressing import host_address
+from provisioning.choices import PoolPurpose
 from provisioning.selectors import infrastructure as provisioning_selectors
+from provisioning.selectors.boxes import box_addresses
 from provisioning.services import lifecycle as provisioning_services
 
 AUDIT_PAGE_SIZE = 50
@@ -38,8 +41,10 @@ STAFF_ACTIONS: dict[str, dict[str, str]] = {
     "reassign": {
         "title": "Reassign to another server",
         "explain": "The box moves to another aggregation server (the least loaded active one in its region "
-        "unless you pick one). Its tunnel restarts on the new server.",
-        "button": "Reassign",
+        "unless you pick one). Its tunnel restarts on the new server, and the customer's public IP "
+        "address changes to a new address from the new server's pools (its IPv6 prefix too, if the "
+        "server is in another region). The change goes on the box's timeline and the customer is notified.",
+        "button": "Reassign and change the public IP",
     },
     "release": {
         "title": "Release its addresses",
@@ -131,6 +136,18 @@ def _server_choices(box: Any) -> list[tuple[str, str]]:
     ]
 
 
+def _public_ipv4(box: Any) -> str | None:
+    """The box's public IPv4 address now (None without one)."""
+    return next(
+        (
+            host_address(assignment.prefix)
+            for assignment in box_addresses(box=box)
+            if assignment.purpose == PoolPurpose.PUBLIC_IPV4
+        ),
+        None,
+    )
+
+
 @staff_required
 @page_errors
 def console_box_action(request: HttpRequest, box_id: str, action: str) -> HttpResponse:
@@ -144,6 +161,7 @@ def console_box_action(request: HttpRequest, box_id: str, action: str) -> HttpRe
     cast(forms.ChoiceField, form.fields["server"]).choices = (
         _server_choices(box) if action == "reassign" else [("", "")]
     )
+    public_ipv4 = _public_ipv4(box)
     status = 200
     if request.method == "POST":
         if form.is_valid() and form.cleaned_data["confirm_serial"].strip() != box.serial:
@@ -154,7 +172,11 @@ def console_box_action(request: HttpRequest, box_id: str, action: str) -> HttpRe
                     server_id = form.cleaned_data.get("server")
                     server = provisioning_selectors.server_get(server_id=server_id) if server_id else None
                     box = provisioning_services.box_reassign_server(actor=actor, box=box, server=server)
-                    done = f"{box.serial} now terminates on {box.server.name if box.server else 'no server'}."
+                    done = (
+                        f"{box.serial} now terminates on {box.server.name if box.server else 'no server'}. "
+                        f"Its public IP changed from {public_ipv4 or 'none'} to "
+                        f"{_public_ipv4(box) or 'none'}; the customer is notified."
+                    )
                 elif action == "release":
                     provisioning_services.box_release_addresses(actor=actor, box=box)
                     done = f"The addresses of {box.serial} are released."
@@ -170,7 +192,14 @@ def console_box_action(request: HttpRequest, box_id: str, action: str) -> HttpRe
     return render(
         request,
         "frontend/console/box_action.html",
-        {"nav": "console", "box": box, "action": action, "meta": STAFF_ACTIONS[action], "form": form},
+        {
+            "nav": "console",
+            "box": box,
+            "action": action,
+            "meta": STAFF_ACTIONS[action],
+            "form": form,
+            "public_ipv4": public_ipv4,
+        },
         status=status,
     )
 

@@ -10,7 +10,7 @@ from django.shortcuts import redirect, render
 from rest_framework.exceptions import ValidationError
 
 from fleet.core.audit import Actor
-from fleet.core.errors import DomainError
+from fleet.core.errors import DomainError, RateLimited
 from frontend import selectors
 from frontend.context import current_organization
 from frontend.errors import form_add_domain_error, page_errors
@@ -74,6 +74,7 @@ def box_claim_page(request: HttpRequest) -> HttpResponse:
         return _no_organization(request)
     form = BoxClaimForm(request.POST or None)
     status_code = 200
+    retry_after_s = 0
     if request.method == "POST":
         if form.is_valid():
             try:
@@ -86,14 +87,24 @@ def box_claim_page(request: HttpRequest) -> HttpResponse:
             except DomainError as exc:
                 form_add_domain_error(form, exc)
                 status_code = exc.status if exc.status != 404 else 400
+                retry_after_s = exc.retry_after_s if isinstance(exc, RateLimited) else 0
             else:
-                messages.success(request, f"Box {box.serial} is now part of {portal.organization.name}.")
+                if getattr(box, "newly_claimed", True):
+                    messages.success(request, f"Box {box.serial} is now part of {portal.organization.name}.")
+                else:
+                    messages.info(
+                        request,
+                        f"Box {box.serial} was already part of {portal.organization.name}: nothing changed.",
+                    )
                 return redirect("frontend:box", box_id=box.pk)
         else:
             status_code = 400
-    return render(
+    response = render(
         request,
         "frontend/fleet/claim.html",
         {"nav": "claim", "form": form, "can_edit": portal.can_edit},
         status=status_code,
     )
+    if retry_after_s:
+        response["Retry-After"] = str(retry_after_s)
+    return response

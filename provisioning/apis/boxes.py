@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -101,8 +101,16 @@ class BoxClaimApi(ApiView):
         claim_code = StrictCharField(max_length=128, trim_whitespace=False)
         organization = StrictUUIDField(required=False)
 
-    @extend_schema(request=InputSerializer, responses={201: BoxOutputSerializer})
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            201: BoxOutputSerializer,
+            200: OpenApiResponse(BoxOutputSerializer, description="the organisation already held the box"),
+        },
+    )
     def post(self, request: Request) -> Response:
+        """201 with the box when this call claimed it; 200 with the box, unchanged, when the
+        organisation already held it (a retried claim is harmless)."""
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
@@ -120,7 +128,8 @@ class BoxClaimApi(ApiView):
             serial=values["serial"],
             claim_code=values["claim_code"],
         )
-        return Response(box_output(box), status=status.HTTP_201_CREATED)
+        created = getattr(box, "newly_claimed", True)
+        return Response(box_output(box), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 class BoxWanPolicyApi(ApiView):

@@ -3,14 +3,13 @@ runs a constant number of queries."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, DecimalField, F, Func, Q, QuerySet
 
 from fleet.core.errors import NotFound
 from fleet.core.models import Region
-from provisioning.addressing import pool_size
 from provisioning.choices import AssignmentState
 from provisioning.models import AddressPool, AggregationServer, BoxTunnelStatus
 
@@ -64,25 +63,35 @@ def box_tunnel_status(*, box_id: Any) -> BoxTunnelStatus | None:
     return BoxTunnelStatus.objects.select_related("server").filter(box_id=box_id).first()
 
 
+def _usable_prefixes() -> Func:
+    """How many prefixes of a pool may be handed out (``provisioning_pool_usable``, the rule allocation
+    follows: a public IPv4 pool wider than /31 keeps its network and broadcast addresses)."""
+    return Func(
+        F("purpose"),
+        F("cidr"),
+        F("prefix_length"),
+        function="provisioning_pool_usable",
+        output_field=DecimalField(max_digits=40, decimal_places=0),
+    )
+
+
 def pools_with_utilisation() -> QuerySet[AddressPool]:
-    """Pools annotated with ``active_count`` and ``quarantined_count`` (one query for any number)."""
+    """Pools annotated with ``usable_count`` (prefixes that may be handed out), ``active_count`` and
+    ``quarantined_count`` (one query for any number)."""
     return AddressPool.objects.select_related("region", "server").annotate(
+        usable_count=_usable_prefixes(),
         active_count=Count("assignments", filter=Q(assignments__state=AssignmentState.ACTIVE)),
         quarantined_count=Count("assignments", filter=Q(assignments__state=AssignmentState.QUARANTINED)),
     )
 
 
 def pool_utilisation(pool: AddressPool) -> dict[str, int]:
-    """size / active / quarantined / free of a pool annotated by ``pools_with_utilisation``."""
-    size = pool_size(pool.cidr, pool.prefix_length)
-    active = getattr(pool, "active_count", None)
-    quarantined = getattr(pool, "quarantined_count", None)
-    if active is None or quarantined is None:
-        counts = pool.assignments.aggregate(
-            active=Count("id", filter=Q(state=AssignmentState.ACTIVE)),
-            quarantined=Count("id", filter=Q(state=AssignmentState.QUARANTINED)),
-        )
-        active, quarantined = counts["active"], counts["quarantined"]
+    """size (addresses or prefixes that may be handed out) / active / quarantined / free of a pool
+    annotated by ``pools_with_utilisation`` (one query for one that is not)."""
+    if getattr(pool, "usable_count", None) is None or getattr(pool, "active_count", None) is None:
+        pool = pools_with_utilisation().get(pk=pool.pk)
+    size = int(cast(Any, pool).usable_count)
+    active, quarantined = int(cast(Any, pool).active_count), int(cast(Any, pool).quarantined_count)
     return {"size": size, "active": active, "quarantined": quarantined, "free": size - active - quarantined}
 
 

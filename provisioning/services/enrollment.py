@@ -11,7 +11,7 @@ from fleet.core.audit import Actor, audit_record
 from fleet.core.choices import BoxState
 from fleet.core.errors import Conflict, Forbidden, InvalidInput, NotAuthenticated
 from fleet.core.models import AgentCredential, Box, EnrollmentToken
-from fleet.core.throttling import enroll_failures_per_ip, enroll_failures_per_serial
+from fleet.core.throttling import enroll_guard
 from fleet.core.tokens import TokenKind, box_secret_matches, digest, token_issue, token_kind
 from fleet.core.validators import (
     SECRET_MAX,
@@ -97,6 +97,58 @@ def _enroll_token(box: Box | None, serial: str, token_value: str, *, model: str,
     return box
 
 
+@transaction.atomic
+def _enroll_write(
+    *,
+    serial: str,
+    factory_secret: str | None,
+    enrollment_token: str | None,
+    wg_key: str | None,
+    model: str,
+    mac: str,
+    agent_version: str,
+    source_ip: str | None,
+) -> tuple[Box, str]:
+    """The enrollment itself, once its input is clean and its limits allow it: check the secret or
+    token (NotAuthenticated), rotate the agent credential, store what the agent told, audit."""
+    box = Box.objects.select_for_update().filter(serial=serial).first()
+    if factory_secret is not None:
+        box = _enroll_factory(box, serial, factory_secret)
+        method = "factory_secret"
+    else:
+        box = _enroll_token(box, serial, enrollment_token or "", model=model, mac=mac)
+        method = "enrollment_token"
+    token, revoked = _credential_rotate(box)
+    fields = ["enrolled_at", "updated_at"]
+    box.enrolled_at = timezone.now()
+    if _wireguard_key_store(box, wg_key):
+        fields.append("wg_public_key")
+    if agent_version:
+        box.agent_version = agent_version
+        fields.append("agent_version")
+    if model and not box.model:
+        box.model = model
+        fields.append("model")
+    if mac and not box.mac:
+        box.mac = mac
+        fields.append("mac")
+    box.save(update_fields=fields)
+    audit_record(
+        actor=Actor(label=f"box:{serial}", source_ip=source_ip),
+        action="box.enroll",
+        box=box,
+        target=box,
+        after={
+            "method": method,
+            "revoked_credentials": revoked,
+            "wg_public_key": box.wg_public_key or None,
+            "agent_version": box.agent_version or None,
+        },
+    )
+    box_config_refresh(box=box)
+    return box, token
+
+
 def box_enroll(
     *,
     serial: str,
@@ -129,50 +181,20 @@ def box_enroll(
     model_clean = short_text_clean(model, field="model") if model else ""
     agent_version_clean = short_text_clean(agent_version, field="agent_version") if agent_version else ""
 
-    per_serial, per_ip = enroll_failures_per_serial(), enroll_failures_per_ip()
-    ip = source_ip or "unknown"
-    per_ip.check(ip, message="too many failed enrollment attempts from this address; retry later")
-    per_serial.check(serial, message="too many failed enrollment attempts for this serial; retry later")
-    try:
-        with transaction.atomic():
-            box = Box.objects.select_for_update().filter(serial=serial).first()
-            if factory_secret is not None:
-                box = _enroll_factory(box, serial, factory_secret)
-                method = "factory_secret"
-            else:
-                box = _enroll_token(box, serial, enrollment_token or "", model=model_clean, mac=mac_clean)
-                method = "enrollment_token"
-            token, revoked = _credential_rotate(box)
-            fields = ["enrolled_at", "updated_at"]
-            box.enrolled_at = timezone.now()
-            if _wireguard_key_store(box, wg_key):
-                fields.append("wg_public_key")
-            if agent_version_clean:
-                box.agent_version = agent_version_clean
-                fields.append("agent_version")
-            if model_clean and not box.model:
-                box.model = model_clean
-                fields.append("model")
-            if mac_clean and not box.mac:
-                box.mac = mac_clean
-                fields.append("mac")
-            box.save(update_fields=fields)
-            audit_record(
-                actor=Actor(label=f"box:{serial}", source_ip=source_ip),
-                action="box.enroll",
-                box=box,
-                target=box,
-                after={
-                    "method": method,
-                    "revoked_credentials": revoked,
-                    "wg_public_key": box.wg_public_key or None,
-                    "agent_version": box.agent_version or None,
-                },
+    with enroll_guard(serial=serial, source_ip=source_ip) as attempt:
+        try:
+            box, token = _enroll_write(
+                serial=serial,
+                factory_secret=factory_secret,
+                enrollment_token=enrollment_token,
+                wg_key=wg_key,
+                model=model_clean,
+                mac=mac_clean,
+                agent_version=agent_version_clean,
+                source_ip=source_ip,
             )
-            box_config_refresh(box=box)
-    except NotAuthenticated:
-        per_serial.hit(serial)
-        per_ip.hit(ip)
-        raise
-    per_serial.reset(serial)
+        except NotAuthenticated:
+            attempt.failed()
+            raise
+        attempt.succeeded()
     return box, token

@@ -9,23 +9,25 @@ records an audit entry in the same transaction, and fires outside effects with `
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 from typing import Any, cast
 from uuid import UUID
 
 from django.conf import settings
-from django.core.cache import cache
 from django.db import transaction
+from django.db.models import Case, IntegerField, Value, When
 from django.utils import timezone
 
 from fleet.core.access import authorize, authorize_staff
 from fleet.core.audit import Actor, audit_record
-from fleet.core.choices import BoxState, Role
-from fleet.core.errors import Conflict, InvalidInput, NotFound, RateLimited
+from fleet.core.choices import BoxState, EventKind, Role
+from fleet.core.errors import Conflict, InvalidInput, NotFound
+from fleet.core.events import event_record
 from fleet.core.models import AgentCredential, Box, Organization
-from fleet.core.tokens import box_secret_matches, digest
+from fleet.core.throttling import claim_guard
+from fleet.core.tokens import box_secret_matches
 from provisioning import allocation
+from provisioning.addressing import host_address
 from provisioning.box_states import box_move
 from provisioning.choices import AssignmentState, PoolPurpose, TunnelKind
 from provisioning.models import AddressAssignment, AggregationServer, TunnelCredential
@@ -131,26 +133,20 @@ def _otb_int(name: str) -> int:
     return int(cast(Any, settings.OTB)[name])
 
 
-def _claim_failure_keys(serial: str, organization: Organization) -> tuple[list[str], int]:
-    window = _otb_int("AUTH_FAILURE_WINDOW_S")
-    now = int(time.time())
-    bucket = now // window
-    retry_after = (bucket + 1) * window - now
-    keys = [
-        f"claim-fail:serial:{digest(serial)[:32]}:{bucket}",
-        f"claim-fail:org:{organization.pk}:{bucket}",
-    ]
-    return keys, max(retry_after, 1)
-
-
-def _claim_failure_record(keys: list[str]) -> None:
-    window = _otb_int("AUTH_FAILURE_WINDOW_S")
-    for key in keys:
-        cache.add(key, 0, timeout=window)
-        try:
-            cache.incr(key)
-        except ValueError:
-            cache.set(key, 1, timeout=window)
+def _box_by_typed_serial(serial: str) -> Box | None:
+    """The box a person's typed serial names, locked: the box with exactly that serial, otherwise the
+    one box whose serial matches ignoring case (serials are printed in capitals and typed as they
+    come). None when no box matches, or several do and none exactly (ambiguous: never guessed).
+    Served by the ``box_serial_upper_idx`` index."""
+    exact_first = Case(When(serial=serial, then=Value(0)), default=Value(1), output_field=IntegerField())
+    candidates = list(
+        Box.objects.select_for_update(of=("self",))
+        .filter(serial__iexact=serial)
+        .order_by(exact_first, "pk")[:2]
+    )
+    if candidates and (len(candidates) == 1 or candidates[0].serial == serial):
+        return candidates[0]
+    return None
 
 
 @transaction.atomic
@@ -158,23 +154,26 @@ def box_claim(*, actor: Actor, organization: Organization, serial: str, claim_co
     """Bind an unclaimed box to ``organization`` if the claim code matches, and provision it.
 
     Needs the admin role in ``organization`` (checked before the code, so a refused caller neither
-    learns about serials nor counts as a failure). An unknown serial and a wrong code give the same
-    ``invalid_claim_code`` error; failures are counted per serial and per organisation, and too many
-    within the window give RateLimited. Claiming a box the organisation already holds returns it
-    unchanged.
+    learns about serials nor counts as a failure). The serial is matched ignoring case. An unknown
+    serial and a wrong code give the same ``invalid_claim_code`` error. Failures are counted
+    (``fleet.core.throttling.claim_guard``) per source address and per (serial, organisation) in a
+    sliding window; over either limit the attempt is refused with RateLimited before the code is
+    checked. Another organisation's failures never refuse this one's right code.
+
+    Claiming a box the organisation already holds changes nothing and returns it; the returned box's
+    ``newly_claimed`` says whether this call claimed it.
     """
     authorize(actor, organization_id=organization.pk, minimum=Role.ADMIN)
-    keys, retry_after = _claim_failure_keys(serial, organization)
-    failures = cache.get_many(keys)
-    if any(int(count) >= _otb_int("CLAIM_MAX_FAILURES") for count in failures.values()):
-        raise RateLimited("too many failed claim attempts; try again later", retry_after_s=retry_after)
-    box = Box.objects.select_for_update().filter(serial=serial).first()
-    if box is None or not box_secret_matches(serial, claim_code, box.claim_code_hash):
-        _claim_failure_record(keys)
-        raise InvalidInput(
-            "unknown serial or wrong claim code", field="claim_code", code="invalid_claim_code"
-        )
+    with claim_guard(serial=serial, organization_id=organization.pk, source_ip=actor.source_ip) as attempt:
+        box = _box_by_typed_serial(serial)
+        if box is None or not box_secret_matches(box.serial, claim_code, box.claim_code_hash):
+            attempt.failed()
+            raise InvalidInput(
+                "unknown serial or wrong claim code", field="claim_code", code="invalid_claim_code"
+            )
+        attempt.succeeded()
     if box.state == BoxState.CLAIMED and box.organization_id == organization.pk:
+        box.newly_claimed = False  # type: ignore[attr-defined]
         return box
     box.state = box_move(box.state, "claim")
     box.organization = organization
@@ -189,6 +188,7 @@ def box_claim(*, actor: Actor, organization: Organization, serial: str, claim_co
         after={"state": BoxState.CLAIMED, "organization": str(organization.pk)},
     )
     box_provision(box=box, organization=organization)
+    box.newly_claimed = True  # type: ignore[attr-defined]
     return box
 
 
@@ -349,7 +349,11 @@ def box_decommission(*, actor: Actor, box: Box) -> Box:
 def box_reassign_server(*, actor: Actor, box: Box, server: AggregationServer | None = None) -> Box:
     """Move a claimed box to ``server`` (which must be active with spare capacity) or to the best other
     active server: new slot and port, new tunnel pair and public IPv4 from the new server's pools; the
-    IPv6 prefix is kept when the region stays the same. Credentials are kept. Staff only."""
+    IPv6 prefix is kept when the region stays the same. Credentials are kept. Staff only.
+
+    The customer's public IPv4 changes: a ``public_ip_changed`` event goes on the box's timeline (with
+    the old and new addresses, the server and region), and its organisation is notified after commit
+    (``fleet.core.events.NOTIFIED_KINDS``)."""
     authorize_staff(actor)
     box = _box_locked(box)
     box_move(box.state, "reassign_server")
@@ -391,7 +395,28 @@ def box_reassign_server(*, actor: Actor, box: Box, server: AggregationServer | N
     if not TunnelCredential.objects.filter(box=box, revoked_at__isnull=True).exists():
         _credentials_issue(box)
     box_config_refresh(box=box)
-    audit_record(
-        actor=actor, action="box.reassign_server", box=box, target=box, before=before, after=_box_state(box)
-    )
+    after = _box_state(box)
+    audit_record(actor=actor, action="box.reassign_server", box=box, target=box, before=before, after=after)
+    old_ip = _host(before["addresses"].get(PoolPurpose.PUBLIC_IPV4))
+    new_ip = _host(after["addresses"].get(PoolPurpose.PUBLIC_IPV4))
+    if old_ip != new_ip:
+        event_record(
+            box_id=box.pk,
+            organization_id=organization.pk,
+            kind=EventKind.PUBLIC_IP_CHANGED,
+            data={
+                "old_public_ipv4": old_ip,
+                "new_public_ipv4": new_ip,
+                "server": target.name,
+                "region": placement.server.region.code,
+                "ipv6_prefix_changed": before["addresses"].get(PoolPurpose.IPV6_PREFIX)
+                != after["addresses"].get(PoolPurpose.IPV6_PREFIX),
+                "reason": "reassigned",
+            },
+        )
     return box
+
+
+def _host(prefix: str | None) -> str | None:
+    """The address of a single-address prefix, or None."""
+    return host_address(prefix) if prefix else None

@@ -33,6 +33,24 @@ RETURNS bigint LANGUAGE sql STABLE AS $$
           ORDER BY a."index" LIMIT 1))
 $$;
 
+-- The prefixes of a pool that may be handed out are the indexes [first, first + usable). Every prefix
+-- of the block, except in a public IPv4 pool of single addresses wider than /31: its first address is
+-- the network address and its last the broadcast address, neither usable by a host (a /31 is
+-- point-to-point, RFC 3021: both usable). The one definition: allocation uses it below, and the
+-- capacity figures (provisioning.selectors.infrastructure) read the same functions.
+CREATE OR REPLACE FUNCTION provisioning_pool_first_index(p_purpose text, p_cidr cidr, p_prefix_length integer)
+RETURNS bigint LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_purpose = 'public_ipv4' AND family(p_cidr) = 4 AND p_prefix_length = 32
+                     AND masklen(p_cidr) <= 30
+                THEN 1 ELSE 0 END::bigint
+$$;
+
+CREATE OR REPLACE FUNCTION provisioning_pool_usable(p_purpose text, p_cidr cidr, p_prefix_length integer)
+RETURNS numeric LANGUAGE sql IMMUTABLE AS $$
+    SELECT power(2::numeric, p_prefix_length - masklen(p_cidr))
+           - 2 * provisioning_pool_first_index(p_purpose, p_cidr, p_prefix_length)
+$$;
+
 -- The placement policy, in one place: the active server with spare capacity, in the preferred region
 -- first, then with the most spare slots, never p_exclude. Not locked: provisioning_place_box locks the
 -- server it takes (and re-checks it); a reassignment asks first so that it can lock the old and the
@@ -54,7 +72,8 @@ DECLARE
     v_port integer;
     v_purpose text;
     v_pool record;
-    v_size numeric;
+    v_first bigint;
+    v_end numeric;
     v_idx bigint;
     v_found boolean;
     v_names text[];
@@ -113,13 +132,14 @@ BEGIN
              ORDER BY (server_id IS NULL), name
         LOOP
             v_names := v_names || v_pool.name::text;
-            v_size := power(2::numeric, v_pool.prefix_length - masklen(v_pool.cidr));
-            v_idx := provisioning_lowest_free_index(v_pool.id, v_pool.free_index_hint);
-            IF v_idx >= v_size AND v_pool.free_index_hint > 0 THEN
+            v_first := provisioning_pool_first_index(v_purpose, v_pool.cidr, v_pool.prefix_length);
+            v_end := v_first + provisioning_pool_usable(v_purpose, v_pool.cidr, v_pool.prefix_length);
+            v_idx := provisioning_lowest_free_index(v_pool.id, GREATEST(v_pool.free_index_hint, v_first));
+            IF v_idx >= v_end AND v_pool.free_index_hint > v_first THEN
                 -- a stale hint: search once from the start before giving up on this pool
-                v_idx := provisioning_lowest_free_index(v_pool.id, 0);
+                v_idx := provisioning_lowest_free_index(v_pool.id, v_first);
             END IF;
-            IF v_idx < v_size THEN
+            IF v_idx < v_end THEN
                 UPDATE provisioning_addresspool SET free_index_hint = v_idx + 1 WHERE id = v_pool.id;
                 v_chosen := v_chosen || jsonb_build_object(
                     'purpose', v_purpose, 'pool', v_pool.id, 'index', v_idx,

@@ -8,8 +8,9 @@ from django.test import Client
 from django.utils import timezone
 
 from fleet.core.audit import Actor
-from fleet.core.choices import BoxState
-from fleet.core.models import AuditLog, Box
+from fleet.core.choices import BoxState, EventKind
+from fleet.core.events import EVENT_NOTICE_TASK
+from fleet.core.models import AuditLog, Box, Event
 from fleet.firmware.choices import RolloutState
 from fleet.firmware.models import Rollout
 from provisioning.choices import ServerStatus
@@ -110,6 +111,43 @@ def test_decommission_needs_the_serial_typed_then_is_audited(people, claimed_box
     assert box.state == BoxState.DECOMMISSIONED
     entry = AuditLog.objects.get(action="box.decommission", box=box)
     assert entry.actor_label == "staff:staff@example.com"
+
+
+def test_reassigning_says_the_public_ip_changes_and_the_customer_sees_it(
+    people,
+    claimed_box_factory,
+    provisioned_region_factory,
+    queued_event_tasks,
+    django_capture_on_commit_callbacks,
+) -> None:
+    # given a customer's box on a server of eu-west, and a server in another region
+    box = claimed_box_factory(people.org, "ACME-0012")
+    east = provisioned_region_factory(
+        "us-east", public="198.51.100.0/26", tunnel="100.65.0.0/24", ipv6="2001:db8:100::/44"
+    )
+    client = logged_in(people.staff)
+    url = f"/console/boxes/{box.pk}/reassign/"
+
+    # when staff open the confirmation, it says the customer's public IP changes, naming it
+    page = client.get(url).content.decode()
+    assert 'id="public-ip-change"' in page and "The customer's public IP changes." in page
+    assert "203.0.113.1" in page and "Acme" in page and "Reassign and change the public IP" in page
+
+    # and when they confirm, the result says from what to what, and that the customer is notified
+    with django_capture_on_commit_callbacks(execute=True):
+        done = client.post(url, {"confirm_serial": "ACME-0012", "server": str(east.server.pk)}, follow=True)
+    assert done.status_code == 200
+    assert (
+        "Its public IP changed from 203.0.113.1 to 198.51.100.1; the customer is notified."
+        in done.content.decode()
+    )
+    event = Event.objects.get(box=box, kind=EventKind.PUBLIC_IP_CHANGED)
+    assert (EVENT_NOTICE_TASK, (str(event.pk),)) in queued_event_tasks
+
+    # then the customer's box page shows it on the timeline
+    timeline = logged_in(people.owner).get(f"/boxes/{box.pk}/").content.decode()
+    assert "Public IP changed" in timeline
+    assert '203.0.113.1</span> → <span class="mono">198.51.100.1' in timeline
 
 
 def test_release_addresses_and_revoke_credentials(people, claimed_box_factory) -> None:

@@ -125,6 +125,47 @@ def test_claim_with_a_wrong_code_shows_a_clear_error_on_the_field(
     assert Box.objects.get(serial="NEW-0002").organization_id is None
 
 
+def test_claim_a_box_with_its_serial_in_lower_case(people, box_factory, provisioned_region) -> None:
+    # given a box labelled NEW-0003
+    box = box_factory("NEW-0003")
+    # when the admin types new-0003
+    response = logged_in(people.admin).post("/boxes/claim/", {"serial": "new-0003", "claim_code": CLAIM_CODE})
+    # then that box is claimed
+    assert response.status_code == 302 and response["Location"] == f"/boxes/{box.pk}/"
+    assert Box.objects.get(pk=box.pk).organization_id == people.org.pk
+
+
+def test_claiming_a_box_again_says_nothing_changed(people, box_factory, provisioned_region) -> None:
+    box = box_factory("NEW-0004")
+    client = logged_in(people.admin)
+    client.post("/boxes/claim/", {"serial": "NEW-0004", "claim_code": CLAIM_CODE})
+    response = client.post("/boxes/claim/", {"serial": "NEW-0004", "claim_code": CLAIM_CODE}, follow=True)
+    assert response.redirect_chain == [(f"/boxes/{box.pk}/", 302)]
+    assert "NEW-0004 was already part of Acme: nothing changed." in response.content.decode()
+    assert AuditLog.objects.filter(action="box.claim", box=box).count() == 1
+
+
+def test_claim_refused_after_failures_says_how_long_to_wait(
+    people, box_factory, provisioned_region, settings
+) -> None:
+    # given two failed claims of a serial, the limit
+    settings.OTB = {**settings.OTB, "CLAIM_MAX_FAILURES": 2, "AUTH_FAILURE_WINDOW_S": 600}
+    box_factory("NEW-0005")
+    client = logged_in(people.admin)
+    for _ in range(2):
+        assert client.post("/boxes/claim/", {"serial": "NEW-0005", "claim_code": "wrong"}).status_code == 400
+    # when the right code comes next
+    response = client.post("/boxes/claim/", {"serial": "NEW-0005", "claim_code": CLAIM_CODE})
+    # then the page says why and for how long, and the response carries Retry-After
+    assert response.status_code == 429
+    assert 590 <= int(response["Retry-After"]) <= 600
+    assert (
+        "Too many failed claim attempts for this serial number. Try again in 10 minutes."
+        in response.content.decode()
+    )
+    assert Box.objects.get(serial="NEW-0005").organization_id is None
+
+
 def test_claim_with_missing_fields_names_them(people) -> None:
     response = logged_in(people.admin).post("/boxes/claim/", {"serial": ""})
     assert response.status_code == 400

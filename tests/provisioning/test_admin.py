@@ -177,3 +177,29 @@ def test_box_actions_call_the_services_and_report_refusals(
         "/admin/fleet/box/", {"action": "decommission", "_selected_action": [str(box.pk)]}, follow=True
     )
     assert response.status_code == 200
+
+
+def test_the_reassign_action_asks_first_saying_the_public_ip_changes(
+    superuser_client: Client, people: Any, claimed_box_factory: Any, provisioned_region_factory: Any
+) -> None:
+    # given a claimed box and another server to move it to
+    box = claimed_box_factory(people.org, "ADM-RE-1")
+    provisioned_region_factory(
+        "us-east", public="198.51.100.0/26", tunnel="100.65.0.0/24", ipv6="2001:db8:100::/44"
+    )
+    server_before = Box.objects.get(pk=box.pk).server_id
+    selected = {"action": "reassign_server", "_selected_action": [str(box.pk)]}
+
+    # when the action is chosen, a confirmation says the public IP changes, naming it, and nothing moves
+    asked = superuser_client.post("/admin/fleet/box/", selected)
+    content = asked.content.decode()
+    assert asked.status_code == 200 and 'id="public-ip-change"' in content
+    assert "public IP address changes" in content and "203.0.113.1" in content and "ADM-RE-1" in content
+    assert Box.objects.get(pk=box.pk).server_id == server_before
+    assert not AuditLog.objects.filter(action="box.reassign_server").exists()
+
+    # when it is confirmed, the box moves and the message gives the old and new address
+    done = superuser_client.post("/admin/fleet/box/", {**selected, "confirmed": "yes"}, follow=True)
+    assert Box.objects.get(pk=box.pk).server_id != server_before
+    messages = [str(message) for message in done.context["messages"]]
+    assert "ADM-RE-1: public IP 203.0.113.1 → 198.51.100.1 (the customer is notified)." in messages

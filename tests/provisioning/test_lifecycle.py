@@ -8,13 +8,16 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.test import override_settings
 
 from fleet.core.audit import Actor
-from fleet.core.choices import BoxState
+from fleet.core.choices import BoxState, EventKind, Role
 from fleet.core.errors import Conflict, InvalidInput, RateLimited
-from fleet.core.models import AgentCredential, AuditLog, Box
+from fleet.core.events import EVENT_NOTICE_TASK
+from fleet.core.models import AgentCredential, AuditLog, Box, Event, Membership
 from fleet.core.request_context import request_id_var
+from fleet.core.throttling import claim_failures_per_ip
 from fleet.core.tokens import digest
 from provisioning.choices import AssignmentState, PoolPurpose, ServerStatus
 from provisioning.models import AddressAssignment, AggregationServer, TunnelCredential
@@ -68,7 +71,7 @@ def test_claim_binds_and_provisions_the_box(actor, org, provisioned, make_box):
     assert box.server_id == server.pk and box.tunnel_port == server.tunnel_port_min
     assert _server(server.pk).assigned_boxes == 1
     assert _active(box) == {
-        PoolPurpose.PUBLIC_IPV4: "203.0.113.0/32",
+        PoolPurpose.PUBLIC_IPV4: "203.0.113.1/32",  # .0 is the network address of the pool
         PoolPurpose.TUNNEL_P2P: "100.64.0.0/31",
         PoolPurpose.IPV6_PREFIX: "2001:db8::/56",
     }
@@ -117,21 +120,172 @@ def test_repeated_claim_failures_are_rate_limited_even_with_the_right_code(actor
 
     # then it is refused with a retry delay within the window, and the box stays unclaimed
     assert 0 < limited.value.retry_after_s <= 600
+    assert "Try again in 10 minutes" in limited.value.message
     box.refresh_from_db()
     assert box.state == BoxState.UNCLAIMED
 
 
-@override_settings(OTB={**settings.OTB, "CLAIM_MAX_FAILURES": 3, "AUTH_FAILURE_WINDOW_S": 600})
-def test_claim_failures_are_counted_per_organization_across_serials(actor, org, provisioned, make_box):
-    # given three failures on three different serials by one organisation
+LIMITS = {
+    **settings.OTB,
+    "CLAIM_MAX_FAILURES": 3,
+    "CLAIM_MAX_FAILURES_PER_IP": 30,
+    "AUTH_FAILURE_WINDOW_S": 600,
+}
+
+
+def _admin_of(org: Any, source_ip: str) -> Actor:
+    """A person who is admin of ``org``, acting from ``source_ip``."""
+    user = get_user_model().objects.create_user(f"admin-{uuid.uuid4().hex[:8]}", password="pw-admin-1234")
+    Membership.objects.create(user=user, organization=org, role=Role.ADMIN)
+    return Actor.for_user(user, source_ip)
+
+
+def intruder_org(actor: Actor) -> Any:
+    """The one organisation of a person made by ``_admin_of``."""
+    return actor.user.memberships.get().organization
+
+
+@override_settings(OTB=LIMITS)
+def test_the_rightful_owner_claims_after_another_organization_failed_on_the_serial(
+    org, make_org, provisioned, make_box
+):
+    # given another organisation (from another address) failing five times on the box's serial
+    box = make_box()
+    intruder = _admin_of(make_org("Intruder"), "192.0.2.66")
+    for _ in range(5):
+        with pytest.raises((InvalidInput, RateLimited)):
+            box_claim(
+                actor=intruder, organization=intruder_org(intruder), serial=box.serial, claim_code="guess"
+            )
+
+    # when the organisation holding the claim code claims it
+    claimed = box_claim(
+        actor=_admin_of(org, "198.51.100.7"), organization=org, serial=box.serial, claim_code=CLAIM_CODE
+    )
+
+    # then it succeeds, while the intruder stays locked out of that serial
+    assert claimed.state == BoxState.CLAIMED and claimed.organization_id == org.pk
+    with pytest.raises(RateLimited):
+        box_claim(
+            actor=intruder, organization=intruder_org(intruder), serial=box.serial, claim_code=CLAIM_CODE
+        )
+
+
+@override_settings(OTB=LIMITS)
+def test_failures_on_one_serial_do_not_block_the_organization_on_another(org, provisioned, make_box):
+    # given the organisation locked out of serial A by its own failures
+    admin = _admin_of(org, "198.51.100.7")
+    box_a, box_b = make_box(), make_box()
     for _ in range(3):
         with pytest.raises(InvalidInput):
-            _claim(actor, org, make_box(), code="guess")
-
-    # when it tries a fourth box with the right code
-    # then it is rate limited
+            box_claim(actor=admin, organization=org, serial=box_a.serial, claim_code="guess")
     with pytest.raises(RateLimited):
-        _claim(actor, org, make_box())
+        box_claim(actor=admin, organization=org, serial=box_a.serial, claim_code=CLAIM_CODE)
+
+    # when it claims serial B with the right code, then that works
+    assert (
+        box_claim(actor=admin, organization=org, serial=box_b.serial, claim_code=CLAIM_CODE).state
+        == BoxState.CLAIMED
+    )
+
+
+@override_settings(OTB={**LIMITS, "CLAIM_MAX_FAILURES_PER_IP": 4})
+def test_failures_from_one_address_are_limited_across_serials_and_organizations(
+    org, make_org, provisioned, make_box
+):
+    # given four failures from one address, on four serials, for two organisations
+    other = make_org("Other")
+    here, there = _admin_of(org, "203.0.113.50"), _admin_of(other, "203.0.113.50")
+    for index in range(4):
+        actor, organization = (here, org) if index % 2 else (there, other)
+        with pytest.raises(InvalidInput):
+            box_claim(actor=actor, organization=organization, serial=make_box().serial, claim_code="guess")
+
+    # when a fifth claim comes from that address, even with a right code, then it is refused
+    box = make_box()
+    with pytest.raises(RateLimited) as refused:
+        box_claim(actor=here, organization=org, serial=box.serial, claim_code=CLAIM_CODE)
+    assert "from your address" in refused.value.message and 0 < refused.value.retry_after_s <= 600
+
+    # and from another address it goes through
+    assert box_claim(
+        actor=_admin_of(org, "203.0.113.51"), organization=org, serial=box.serial, claim_code=CLAIM_CODE
+    )
+
+
+@override_settings(OTB=LIMITS)
+def test_a_lockout_ends_as_the_failures_leave_the_sliding_window(throttle_clock, org, provisioned, make_box):
+    # given three failures on a serial, 100 s apart
+    admin = _admin_of(org, "198.51.100.7")
+    box = make_box()
+    for _ in range(3):
+        with pytest.raises(InvalidInput):
+            box_claim(actor=admin, organization=org, serial=box.serial, claim_code="guess")
+        throttle_clock.advance(100)
+
+    # when the right code comes 599 s after the first failure, it is refused: wait 1 s more
+    throttle_clock.advance(299)
+    with pytest.raises(RateLimited) as refused:
+        box_claim(actor=admin, organization=org, serial=box.serial, claim_code=CLAIM_CODE)
+    assert refused.value.retry_after_s == 1
+    assert refused.value.message == (
+        "Too many failed claim attempts for this serial number. Try again in 1 second."
+    )
+
+    # then once the first failure left the window, it is checked (and a wrong one still counts)
+    throttle_clock.advance(1)
+    with pytest.raises(InvalidInput):
+        box_claim(actor=admin, organization=org, serial=box.serial, claim_code="guess")
+    with pytest.raises(RateLimited) as refused:
+        box_claim(actor=admin, organization=org, serial=box.serial, claim_code=CLAIM_CODE)
+    assert refused.value.retry_after_s == 100
+    throttle_clock.advance(100)
+    assert (
+        box_claim(actor=admin, organization=org, serial=box.serial, claim_code=CLAIM_CODE).state
+        == BoxState.CLAIMED
+    )
+
+
+@override_settings(OTB=LIMITS)
+def test_a_serial_typed_in_another_case_counts_against_the_same_limit(org, provisioned, make_box):
+    # given a box whose serial is printed in capitals
+    make_box("DEMO-0011")
+    admin = _admin_of(org, "198.51.100.7")
+
+    # when it is typed in lower case with a wrong code three times, the lock is the same as for capitals
+    for typed in ("demo-0011", "Demo-0011", "DEMO-0011"):
+        with pytest.raises(InvalidInput):
+            box_claim(actor=admin, organization=org, serial=typed, claim_code="guess")
+    with pytest.raises(RateLimited):
+        box_claim(actor=admin, organization=org, serial="demo-0011", claim_code=CLAIM_CODE)
+
+
+@override_settings(OTB=LIMITS)
+def test_a_serial_is_matched_ignoring_case(org, provisioned, make_box):
+    # given a box whose serial is printed in capitals
+    box = make_box("DEMO-0012")
+
+    # when it is claimed with the serial typed in lower case and the right code
+    claimed = box_claim(
+        actor=_admin_of(org, "198.51.100.7"), organization=org, serial="demo-0012", claim_code=CLAIM_CODE
+    )
+
+    # then the box is claimed, recorded under its real serial, and nothing counted as a failure
+    assert claimed.pk == box.pk and claimed.serial == "DEMO-0012" and claimed.state == BoxState.CLAIMED
+    assert AuditLog.objects.get(action="box.claim").box_id == box.pk
+    assert claim_failures_per_ip().count("198.51.100.7") == 0
+
+
+def test_case_variants_of_a_serial_are_never_guessed_between(actor, org, provisioned, make_box):
+    # given two boxes whose serials differ only in case (imported that way)
+    upper, lower = make_box("EDGE-1", code="code-upper-1"), make_box("edge-1", code="code-lower-1")
+
+    # when each is claimed by its exact serial, it is that box; a third spelling names neither
+    assert _claim(actor, org, upper, code="code-upper-1").pk == upper.pk
+    assert _claim(actor, org, lower, code="code-lower-1").pk == lower.pk
+    for code in ("code-upper-1", "code-lower-1"):
+        with pytest.raises(InvalidInput):
+            box_claim(actor=actor, organization=org, serial="Edge-1", claim_code=code)
 
 
 def test_claim_of_a_box_held_by_another_organization_conflicts(actor, org, make_org, provisioned, make_box):
@@ -213,7 +367,7 @@ def test_server_tied_pool_is_used_before_the_region_pool(
     box = _claim(actor, org, make_box())
 
     # then its public address comes from the server's own pool
-    assert _active(box)[PoolPurpose.PUBLIC_IPV4] == "192.0.2.64/32"
+    assert _active(box)[PoolPurpose.PUBLIC_IPV4] == "192.0.2.65/32"  # its first host address
 
 
 def test_no_active_server_gives_no_server_capacity(actor, org, region, make_server, make_pools, make_box):
@@ -442,6 +596,43 @@ def test_reassign_to_another_region_reallocates_ipv6_and_picks_the_best_server(
     assert after[PoolPurpose.IPV6_PREFIX].startswith("2001:db8:1")
     assert set(after.values()).isdisjoint(before.values())
     assert _server(first.pk).assigned_boxes == 0
+
+
+def test_a_reassignment_puts_the_public_ip_change_on_the_timeline_and_notifies_the_customer(
+    staff_actor,
+    org,
+    make_server,
+    make_pools,
+    make_box,
+    queued_event_tasks,
+    django_capture_on_commit_callbacks,
+):
+    # given a box claimed in one region, and a server in another
+    west = region_create(actor=staff_actor, code="west", name="West")
+    east = region_create(actor=staff_actor, code="east", name="East")
+    make_server(west, capacity=20)
+    other, _ = make_server(east, capacity=10, name="agg-east-1")
+    make_pools(region=west, public="198.51.100.0/28")
+    make_pools(region=east, public="192.0.2.0/27", tunnel="100.64.1.0/26", ipv6="2001:db8:1000::/51")
+    box = _claim(staff_actor, org, make_box())
+
+    # when staff reassign it
+    with django_capture_on_commit_callbacks(execute=True):
+        box_reassign_server(actor=staff_actor, box=box, server=other)
+
+    # then its timeline says the public IP changed, from what to what and why
+    event = Event.objects.get(box=box, kind=EventKind.PUBLIC_IP_CHANGED)
+    assert event.organization_id == org.pk
+    assert event.data == {
+        "old_public_ipv4": "198.51.100.1",
+        "new_public_ipv4": "192.0.2.1",
+        "server": "agg-east-1",
+        "region": "east",
+        "ipv6_prefix_changed": True,
+        "reason": "reassigned",
+    }
+    # and after the commit its notice is queued for the customer
+    assert (EVENT_NOTICE_TASK, (str(event.pk),)) in queued_event_tasks
 
 
 def test_reassign_to_a_draining_server_conflicts(actor, org, provisioned, region, make_server, make_box):

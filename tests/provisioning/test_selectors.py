@@ -45,7 +45,7 @@ def test_config_document_shape(actor, org, provisioned, make_box):
         "protocol": "wireguard",
         "wg_public_key": server.wg_public_key,
     }
-    assert document["public_ipv4"] == "203.0.113.0"
+    assert document["public_ipv4"] == "203.0.113.1"  # the first host address of the pool
     assert document["tunnel"] == {
         "box_address": "100.64.0.1",
         "server_address": "100.64.0.0",

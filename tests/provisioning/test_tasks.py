@@ -48,7 +48,7 @@ def test_released_address_is_held_until_the_cool_down_passes(actor, org, provisi
     assert addresses_release_quarantined_task() == 1
     assert not AddressAssignment.objects.filter(prefix=released).exists()
     pool = AddressPool.objects.get(pk=provisioned["pools"][PoolPurpose.PUBLIC_IPV4].pk)
-    assert pool.free_index_hint == 0
+    assert pool.free_index_hint == 1  # the index of the released address (.1: .0 is never handed out)
     third = _claim(actor, org, make_box())
     assert _public(third) == released
 
@@ -65,11 +65,11 @@ def test_release_is_bounded_in_batches(actor, org, provisioned, make_box):
 
 
 def test_stale_hint_is_recovered_before_reporting_exhaustion(actor, org, provisioned, make_box):
-    # given a pool whose hint points past its end although index 0 is free
+    # given a pool whose hint points past its end although its first usable index is free
     AddressPool.objects.filter(pk__in=[p.pk for p in provisioned["pools"].values()]).update(
         free_index_hint=10_000
     )
 
     # when a box is claimed, then it still gets the lowest free prefix
     box = _claim(actor, org, make_box())
-    assert _public(box) == "203.0.113.0/32"
+    assert _public(box) == "203.0.113.1/32"  # the lowest host address

@@ -1,7 +1,9 @@
-"""Writes for the monitoring app: alert rules and targets, alert evaluation, notification deliveries
-and retention of the history. (The event timeline itself is ``fleet.core.events``.)"""
+"""Writes for the monitoring app: alert rules and targets, alert evaluation, notices of box events,
+notification deliveries and retention of the history. (The event timeline itself is
+``fleet.core.events``.)"""
 
 from fleet.monitoring.services.alerts import alert_rule_evaluate, alerts_evaluate
+from fleet.monitoring.services.notices import event_notice_send, event_notices_sweep
 from fleet.monitoring.services.notifications import (
     MAX_ATTEMPTS,
     DeliveryOutcome,
@@ -28,6 +30,8 @@ __all__ = [
     "alert_rule_evaluate",
     "alert_rule_update",
     "alerts_evaluate",
+    "event_notice_send",
+    "event_notices_sweep",
     "events_prune",
     "notification_deliver",
     "notification_payload",

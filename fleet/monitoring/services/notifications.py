@@ -1,5 +1,6 @@
-"""Sending notification deliveries: email or signed webhook, one attempt per call, every attempt
-recorded on the delivery row. The Celery task retries with exponential backoff."""
+"""Sending notification deliveries (of alerts, and notices of box events): email or signed webhook,
+one attempt per call, every attempt recorded on the delivery row. The Celery task retries with
+exponential backoff."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.utils import timezone
 
+from fleet.core.choices import EventKind
+from fleet.core.models import Event
 from fleet.monitoring.choices import DeliveryState, TargetKind
-from fleet.monitoring.models import NotificationDelivery
+from fleet.monitoring.models import Alert, NotificationDelivery
 from fleet.monitoring.services.alerts import notifications_queue
 from fleet.monitoring.webhooks import webhook_post
 from provisioning.secrets import SecretDecryptionError, secret_decrypt
@@ -44,8 +47,12 @@ def notification_retry_delay(attempts: int) -> float:
 
 
 def notification_payload(delivery: NotificationDelivery, now: datetime) -> dict[str, Any]:
-    """The webhook JSON body (also the source of the email text)."""
-    alert, rule, box = delivery.alert, delivery.alert.rule, delivery.alert.box
+    """The webhook JSON body (also the source of the email text): an alert event, or a notice of a
+    box event."""
+    if delivery.box_event is not None:
+        return _notice_payload(delivery, delivery.box_event, now)
+    alert = cast(Alert, delivery.alert)
+    rule, box = alert.rule, alert.box
     return {
         "event": f"alert.{delivery.event}",
         "delivery_id": str(delivery.pk),
@@ -71,7 +78,44 @@ def notification_payload(delivery: NotificationDelivery, now: datetime) -> dict[
     }
 
 
+def _notice_payload(delivery: NotificationDelivery, event: Event, now: datetime) -> dict[str, Any]:
+    box = event.box
+    return {
+        "event": f"box.{event.kind}",
+        "delivery_id": str(delivery.pk),
+        "sent_at": int(now.timestamp()),
+        "organization": str(event.organization_id),
+        "notice": {"id": str(event.pk), "kind": event.kind, "ts": event.ts.isoformat(), "data": event.data},
+        "box": {"id": str(box.pk), "serial": box.serial, "name": box.name},
+    }
+
+
+def _notice_email_text(payload: dict[str, Any]) -> tuple[str, str]:
+    box, notice = payload["box"], payload["notice"]
+    data, which = notice["data"], box["name"] or box["serial"]
+    if notice["kind"] == EventKind.PUBLIC_IP_CHANGED:
+        old, new = data.get("old_public_ipv4") or "none", data.get("new_public_ipv4") or "none"
+        subject = f"[otb] {which}: public IP changed to {new}"
+        lines = [
+            f"The public IPv4 address of box {box['serial']} {box['name']}".rstrip()
+            + f" changed from {old} to {new} at {notice['ts']}.",
+            f"Our support moved it to server {data['server']} (region {data['region']})."
+            if data.get("server")
+            else "",
+            "Its delegated IPv6 prefix changed too." if data.get("ipv6_prefix_changed") else "",
+            "Update firewall rules, DNS records and allow-lists that name the old address.",
+        ]
+    else:
+        label = EventKind(notice["kind"]).label
+        subject = f"[otb] {which}: {label}"
+        lines = [f"{label} on box {box['serial']} at {notice['ts']}."]
+        lines += [f"{key}: {value}" for key, value in sorted(data.items())]
+    return subject, "\n".join(line for line in lines if line) + "\n"
+
+
 def _email_text(payload: dict[str, Any]) -> tuple[str, str]:
+    if "notice" in payload:
+        return _notice_email_text(payload)
     rule, box, alert = payload["rule"], payload["box"], payload["alert"]
     where = f"{box['name'] or box['serial']}" + (f" / {alert['iface']}" if alert["iface"] else "")
     status = "FIRING" if payload["event"] == "alert.firing" else "RESOLVED"
@@ -92,10 +136,11 @@ def _email_text(payload: dict[str, Any]) -> tuple[str, str]:
 def _attempt(delivery: NotificationDelivery, now: datetime) -> tuple[bool, int | None, str]:
     target = delivery.target
     payload = notification_payload(delivery, now)
-    if target.kind == TargetKind.EMAIL:
+    if target is None or target.kind == TargetKind.EMAIL:
         subject, text = _email_text(payload)
+        address = target.email if target is not None else delivery.email
         try:
-            send_mail(subject, text, None, [target.email], fail_silently=False)
+            send_mail(subject, text, None, [address], fail_silently=False)
         except Exception as exc:  # any SMTP/backend failure is a failed attempt, retried
             return False, None, f"{exc.__class__.__name__}: {exc}"[:500]
         return True, None, ""
@@ -118,7 +163,7 @@ def notification_deliver(*, delivery_id: UUID | str) -> DeliveryOutcome | None:
     with transaction.atomic():
         delivery = (
             NotificationDelivery.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("target", "alert", "alert__rule", "alert__box")
+            .select_related("target", "alert", "alert__rule", "alert__box", "box_event", "box_event__box")
             .filter(pk=delivery_id)
             .first()
         )
@@ -127,7 +172,7 @@ def notification_deliver(*, delivery_id: UUID | str) -> DeliveryOutcome | None:
             return None
         if delivery.state != DeliveryState.PENDING:
             return DeliveryOutcome(state=delivery.state, attempts=delivery.attempts, retry=False)
-        if not delivery.target.enabled:
+        if delivery.target is not None and not delivery.target.enabled:
             delivery.state, delivery.last_error = DeliveryState.FAILED, "target disabled"
             delivery.save(update_fields=["state", "last_error"])
             return DeliveryOutcome(state=delivery.state, attempts=delivery.attempts, retry=False)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from fleet.monitoring.models import NotificationDelivery
 from fleet.monitoring.services import alert_rule_create, alert_rule_evaluate, notification_target_create
 from fleet.monitoring.webhooks import webhook_signature_valid
 from fleet.telemetry.models import BoxStatus
+from provisioning.services.lifecycle import box_reassign_server
 from tests.fleet.monitoring.conftest import WebhookReceiver
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -122,5 +124,41 @@ def test_webhook_delivery_retries_through_a_real_worker(
             headers = {key.lower(): value for key, value in request["headers"].items()}
             assert webhook_signature_valid(secret, request["body"], headers["x-otb-signature"])
             assert headers["x-otb-event"] == "alert.firing"
+    finally:
+        receiver.close()
+
+
+def test_a_reassignment_notice_reaches_the_customer_through_a_real_worker(
+    people: Any, claimed_box_factory: Any, provisioned_region_factory: Any, celery_worker: Path
+) -> None:
+    # given a customer's box, its webhook target, and a server in another region
+    receiver = WebhookReceiver()
+    try:
+        _, secret = notification_target_create(
+            actor=Actor.for_user(people.admin),
+            organization=people.org,
+            name="Hook",
+            kind="webhook",
+            url=receiver.url,
+        )
+        assert secret is not None
+        box = claimed_box_factory(people.org)
+        east = provisioned_region_factory(
+            "us-east", public="198.51.100.0/26", tunnel="100.65.0.0/24", ipv6="2001:db8:100::/44"
+        )
+        # when staff reassign it (the notice task is queued by name after the commit)
+        box_reassign_server(actor=Actor.for_user(people.staff), box=box, server=east.server)
+        # then the worker creates the notice's delivery and sends it, signed
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not receiver.requests:
+            time.sleep(0.5)
+        assert len(receiver.requests) == 1, celery_worker.read_text()[-3000:]
+        request = receiver.requests[0]
+        headers = {key.lower(): value for key, value in request["headers"].items()}
+        assert webhook_signature_valid(secret, request["body"], headers["x-otb-signature"])
+        assert headers["x-otb-event"] == "box.public_ip_changed"
+        data = json.loads(request["body"])["notice"]["data"]
+        assert (data["old_public_ipv4"], data["new_public_ipv4"]) == ("203.0.113.1", "198.51.100.1")
+        assert NotificationDelivery.objects.get(box_event__box=box).state in ("pending", "sent")
     finally:
         receiver.close()

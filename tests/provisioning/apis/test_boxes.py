@@ -78,9 +78,10 @@ def test_claim_wan_policy_unclaim(
     # the claim answers from the placement without re-reading the box: it must say exactly what a
     # read of the box says (server, region, public address, hashes, timestamps)
     assert response.json() == admin.get(f"/api/v1/boxes/{box.pk}/").json()
-    # claiming it again answers the same box (read back this time)
+    # claiming it again changes nothing: 200 (not 201) with the same box (read back this time)
     again = admin.post("/api/v1/boxes/claim", {"serial": box.serial, "claim_code": CLAIM_CODE}, format="json")
-    assert again.status_code == 201 and again.json() == response.json()
+    assert again.status_code == 200 and again.json() == response.json()
+    assert AuditLog.objects.filter(action="box.claim", box=box).count() == 1
     # wan policy
     url = f"/api/v1/boxes/{box.pk}/wan-policy"
     policy = {
@@ -122,6 +123,46 @@ def test_transfer_needs_owner_of_source_and_admin_of_target(
     response = client_for(people.owner).post(f"/api/v1/boxes/{box.pk}/transfer", body, format="json")
     assert response.status_code == 200, response.content
     assert Box.objects.get(pk=box.pk).organization_id == people.other_org.pk
+
+
+def test_a_serial_typed_in_lower_case_claims_the_box(
+    client_for: Any, people: Any, box_factory: Any, provisioned_region: Any
+) -> None:
+    # given a box labelled DEMO-0011
+    box = box_factory("DEMO-0011")
+    # when it is claimed as demo-0011
+    response = client_for(people.admin).post(
+        "/api/v1/boxes/claim", {"serial": "demo-0011", "claim_code": CLAIM_CODE}, format="json"
+    )
+    # then that box is claimed, under its real serial
+    assert response.status_code == 201, response.content
+    assert response.json()["id"] == str(box.pk) and response.json()["serial"] == "DEMO-0011"
+
+
+def test_claims_refused_after_failures_say_how_long_to_wait_and_spare_the_owner(
+    client_for: Any, people: Any, box_factory: Any, provisioned_region: Any, settings: Any
+) -> None:
+    # given another organisation's owner failing five times on a box's serial
+    settings.OTB = {**settings.OTB, "CLAIM_MAX_FAILURES": 5, "AUTH_FAILURE_WINDOW_S": 900}
+    box = box_factory("DEMO-0021")
+    outsider = client_for(people.outsider)
+    body = {"serial": "DEMO-0021", "claim_code": "guess-guess"}
+    for _ in range(5):
+        assert outsider.post("/api/v1/boxes/claim", body, format="json").status_code == 400
+    # when it tries again, then it is refused with the time to wait, in the header and in words
+    refused = outsider.post("/api/v1/boxes/claim", body, format="json")
+    assert refused.status_code == 429
+    assert 890 <= int(refused["Retry-After"]) <= 900
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert refused.json()["error"]["message"] == (
+        "Too many failed claim attempts for this serial number. Try again in 15 minutes."
+    )
+    # and the organisation holding the claim code still claims the box
+    response = client_for(people.admin).post(
+        "/api/v1/boxes/claim", {"serial": "DEMO-0021", "claim_code": CLAIM_CODE}, format="json"
+    )
+    assert response.status_code == 201, response.content
+    assert Box.objects.get(pk=box.pk).organization_id == people.org.pk
 
 
 def test_a_claim_is_audited_with_who_from_where_and_the_request_id(
