@@ -177,7 +177,9 @@ def probe_output(output: str) -> dict[str, str]:
     values: dict[str, str] = {}
     for line in output.splitlines():
         if line.startswith(("DATABASE_URL=", "pg_data=")):
-            values.update(part.split("=", 1) for part in line.split())
+            for part in line.split():
+                key, _, value = part.partition("=")
+                values[key] = value
     return values
 
 
