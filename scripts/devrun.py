@@ -26,6 +26,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -163,32 +164,92 @@ def find_agent_executable(root: Path = REPO_ROOT) -> Path | None:
 # --------------------------------------------------------------------------------------------
 
 
-def choose_web_port(
-    env: Mapping[str, str], paths: devservices.Paths, default: int = DEFAULT_PORT
-) -> tuple[int, str | None]:
+@dataclass
+class WebPort:
+    """The web server's port, held (bound and listening) by devrun from the moment it is chosen until
+    the server is started, so another checkout's `make run` starting meanwhile sees it taken."""
+
+    port: int
+    claim: socket.socket
+    note: str | None  # what to tell the person about the choice
+
+    def release(self) -> None:
+        self.claim.close()
+
+
+def claim_port(port: int) -> socket.socket | None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # SO_REUSEADDR as the server binds (old connections in TIME_WAIT do not count); listening makes
+    # the claim exclusive even against other SO_REUSEADDR binds.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((HOST, port))
+        sock.listen(1)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def claim_web_port(env: Mapping[str, str], paths: devservices.Paths, default: int = DEFAULT_PORT) -> WebPort:
     """OTB_PORT when set (refused with a clear error when taken); else 8000 when free; else a free
-    port derived from the checkout's path. Returns (port, what to tell the person, if anything)."""
+    port of the checkout's own, derived from its path (30000-32699), and a note saying so."""
     try:
         explicit = devservices.env_port(env, "OTB_PORT")
     except devservices.ServiceError as exc:
         raise SystemExit(f"devrun: error: {exc}") from None
     if explicit is not None:
-        if not devservices.port_free(explicit):
+        claim = claim_port(explicit)
+        if claim is None:
             raise SystemExit(
                 f"devrun: error: OTB_PORT={explicit}, but {HOST}:{explicit} is in use by another program; "
                 "choose another port, or unset OTB_PORT to have a free one chosen"
             )
-        return explicit, None
-    if devservices.port_free(default):
-        return default, None
+        return WebPort(explicit, claim, None)
+    claim = claim_port(default)
+    if claim is not None:
+        return WebPort(default, claim, None)
+    for port in devservices.port_candidates(paths, "web"):
+        claim = claim_port(port)
+        if claim is not None:
+            note = (
+                f"port {default} is in use (another checkout's `make run`, or another program): "
+                f"serving on {HOST}:{port} instead (set OTB_PORT to choose)"
+            )
+            return WebPort(port, claim, note)
+    raise SystemExit(f"devrun: error: {devservices.no_free_port('web')}")
+
+
+def listening_inodes(port: int) -> set[str]:
+    """The socket inodes listening on a TCP port (Linux /proc/net/tcp; empty elsewhere)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def serves_port(pid: int, port: int) -> bool:
+    """Whether process pid holds the socket listening on port: the server answering there is ours,
+    not another checkout's that took the port. True where the OS cannot tell (no /proc)."""
+    if not Path("/proc/net/tcp").exists():
+        return True
+    wanted = {f"socket:[{inode}]" for inode in listening_inodes(port)}
     try:
-        port = devservices.derived_port(paths, "web")
-    except devservices.ServiceError as exc:
-        raise SystemExit(f"devrun: error: {exc}") from None
-    return port, (
-        f"port {default} is in use (another checkout's `make run`, or another program): "
-        f"serving on {HOST}:{port} instead (set OTB_PORT to choose)"
-    )
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) in wanted:
+                return True
+    return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,12 +535,16 @@ def is_healthy(url: str) -> bool:
         return False
 
 
-def wait_for_health(url: str, sup: Supervisor, stop: StopFlag, timeout: float = HEALTH_TIMEOUT_S) -> bool:
+def wait_for_health(
+    web: Child, port: int, sup: Supervisor, stop: StopFlag, timeout: float = HEALTH_TIMEOUT_S
+) -> bool:
+    """Until our web server answers /healthz on its port (an answer from a server that is not ours,
+    on a port taken meanwhile, does not count: ours then exits with the bind error)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if stop.requested or sup.exited() is not None:
             return False
-        if is_healthy(url):
+        if serves_port(web.proc.pid, port) and is_healthy(f"http://{HOST}:{port}/healthz"):
             return True
         stop.event.wait(0.5)
     return False
@@ -568,7 +633,7 @@ def prepare(env: dict[str, str], paths: devservices.Paths, stop: StopFlag) -> li
     return demo_logins(proc.stdout)
 
 
-def supervise(env: dict[str, str], paths: devservices.Paths, port: int, stop: StopFlag) -> int:
+def supervise(env: dict[str, str], paths: devservices.Paths, web_port: WebPort, stop: StopFlag) -> int:
     """Migrate, seed, run the children until a signal (0) or an unexpected exit (non-zero)."""
     python = sys.executable
     workers = env_int(env, "OTB_WEB_WORKERS", 1)
@@ -579,15 +644,17 @@ def supervise(env: dict[str, str], paths: devservices.Paths, port: int, stop: St
         return 0
     logins = prepared
 
+    port = web_port.port
     sup = Supervisor(env=env, cwd=REPO_ROOT, log_dir=paths.log_dir)
     try:
-        sup.start("web", web_command(python, port, workers))
+        web_port.release()  # the server binds it now
+        web = sup.start("web", web_command(python, port, workers))
         sup.start("worker", worker_command(python))
         sup.start("beat", beat_command(python, paths.var))
         say(f"started web, worker and beat (their output: {shown(paths.log_dir)}/<name>.log)")
 
         fleet: str | None = None
-        if wait_for_health(f"http://{HOST}:{port}/healthz", sup, stop):
+        if wait_for_health(web, port, sup, stop):
             agent = find_agent_executable()
             csv = paths.var / "demo-boxes.csv"
             if agent is None:
@@ -637,15 +704,17 @@ def main() -> int:
     stop = StopFlag()
     stop.install()
     paths = devservices.Paths.of_checkout()
-    port, note = choose_web_port(os.environ, paths)
+    web_port = claim_web_port(os.environ, paths)
     try:
         with devservices.session(paths) as results:
-            if note:
-                say(note)
-            return supervise(child_environment(results, port), paths, port, stop)
+            if web_port.note:
+                say(web_port.note)
+            return supervise(child_environment(results, web_port.port), paths, web_port, stop)
     except devservices.ServiceError as exc:
         print(f"devservices: error: {exc}", file=sys.stderr, flush=True)
         return 1
+    finally:
+        web_port.release()
 
 
 if __name__ == "__main__":

@@ -282,18 +282,28 @@ def checkout_offset(paths: Paths) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
-def derived_port(paths: Paths, service: str, avoid: Sequence[int] = ()) -> int:
-    """The first free port of the service's range, starting at the checkout's own offset."""
+def port_candidates(paths: Paths, service: str) -> Iterator[int]:
+    """The ports of the service's range, starting at the checkout's own offset."""
     spec = PORT_RANGES[service]
     start = checkout_offset(paths) % spec.size
     for step in range(spec.size):
-        port = spec.first + (start + step) % spec.size
-        if port not in avoid and port_free(port):
-            return port
-    raise ServiceError(
+        yield spec.first + (start + step) % spec.size
+
+
+def no_free_port(service: str) -> ServiceError:
+    spec = PORT_RANGES[service]
+    return ServiceError(
         f"no free port for {LABELS[service]} in {spec.first}-{spec.first + spec.size - 1}; "
         f"set {spec.env_key} to a free port"
     )
+
+
+def derived_port(paths: Paths, service: str, avoid: Sequence[int] = ()) -> int:
+    """The first free port of the service's range, starting at the checkout's own offset."""
+    for port in port_candidates(paths, service):
+        if port not in avoid and port_free(port):
+            return port
+    raise no_free_port(service)
 
 
 @dataclass(frozen=True)

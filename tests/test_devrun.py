@@ -125,14 +125,41 @@ def test_the_web_port_is_the_default_while_free_else_one_of_the_checkouts_own(
         held.listen()
         taken = held.getsockname()[1]
         # when the default port is taken, another is chosen and the person is told
-        port, note = devrun.choose_web_port({}, paths, default=taken)
-        assert port != taken and 30000 <= port < 32700
-        assert note and f"port {taken} is in use" in note and f"127.0.0.1:{port} instead" in note
+        first = devrun.claim_web_port({}, paths, default=taken)
+        assert first.port != taken and 30000 <= first.port < 32700
+        assert first.note and f"port {taken} is in use" in first.note
+        assert f"127.0.0.1:{first.port} instead" in first.note
+        # a second make run of the same checkout starting meanwhile gets yet another port: the
+        # first one's is held from the moment it is chosen
+        second = devrun.claim_web_port({}, paths, default=taken)
+        assert second.port not in (taken, first.port)
+        first.release()
+        second.release()
         # an OTB_PORT that is taken is refused, naming it
         with pytest.raises(SystemExit, match=f"OTB_PORT={taken}, but 127.0.0.1:{taken} is in use"):
-            devrun.choose_web_port({"OTB_PORT": str(taken)}, paths, default=taken)
+            devrun.claim_web_port({"OTB_PORT": str(taken)}, paths, default=taken)
     # and a free default is used as it is
-    assert devrun.choose_web_port({}, paths, default=taken) == (taken, None)
+    chosen = devrun.claim_web_port({}, paths, default=taken)
+    chosen.release()
+    assert (chosen.port, chosen.note) == (taken, None)
+
+
+def test_a_server_answering_on_the_port_counts_only_when_it_is_ours(devrun: ModuleType) -> None:
+    # given a port another process listens on
+    code = (
+        "import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen();"
+        " print(s.getsockname()[1], flush=True); time.sleep(60)"
+    )
+    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None
+        port = int(other.stdout.readline())
+        # then that process serves it, and this one does not
+        assert devrun.serves_port(other.pid, port)
+        assert not devrun.serves_port(os.getpid(), port)
+    finally:
+        other.kill()
+        other.wait()
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,14 +186,11 @@ def processes_inside(root: Path) -> list[str]:
     return found
 
 
-@pytest.mark.e2e
-def test_make_run_in_a_second_checkout_has_its_own_ports_shows_the_logins_and_stops_everything() -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "OTB_PORT")}
-    env = {k: v for k, v in env.items() if not k.startswith(("OTB_PG", "OTB_REDIS", "OTB_VAR", "DJANGO_"))}
-    # Not under pytest's temporary root: other pytest sessions reset it to 0700 (see test_devservices).
-    with tempfile.TemporaryDirectory(prefix="otb-run-") as base:
-        root = Path(base) / "otb"
-        root.mkdir()
+class MakeRun:
+    """`make run` (scripts/devrun.py) in a copy of the checkout, its output collected."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        root.mkdir(parents=True)
         for name in COPIED:
             source = REPO_ROOT / name
             if source.is_dir():
@@ -175,71 +199,108 @@ def test_make_run_in_a_second_checkout_has_its_own_ports_shows_the_logins_and_st
                 )
             else:
                 shutil.copy(source, root / name)
-        # given port 8000 held by another program (or another checkout's make run)
-        holder = socket.socket()
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            holder.bind(("127.0.0.1", 8000))
-            holder.listen()
-        except OSError:
-            holder.close()  # already taken by someone else: just as good
-        proc = subprocess.Popen(
+        self.root = root
+        self.lines: list[str] = []
+        self.banner_done = threading.Event()
+        self.proc = subprocess.Popen(
             [sys.executable, str(root / "scripts" / "devrun.py")],
             cwd=root,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            start_new_session=True,
+            start_new_session=True,  # its own process group, as a terminal's foreground job
         )
-        lines: list[str] = []
-        banner_done = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
-        def read() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                lines.append(line)
-                if line.startswith("=" * 72) and any("portal" in seen for seen in lines):
-                    banner_done.set()
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if line.startswith("=" * 72) and any("portal" in seen for seen in self.lines):
+                self.banner_done.set()
 
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def port(self) -> int:
+        match = re.search(r"portal +http://127\.0\.0\.1:(\d+)/", self.output)
+        assert match, self.output
+        return int(match.group(1))
+
+    def ctrl_c(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
         try:
-            # when make run starts there
-            assert banner_done.wait(300), "".join(lines)
-            output = "".join(lines)
-            port = int(re.search(r"portal +http://127\.0\.0\.1:(\d+)/", output).group(1))  # type: ignore[union-attr]
-            # then it says it serves on a port of its own, and seed_demo printed that one
-            assert port != 8000
-            assert "port 8000 is in use (another checkout's `make run`, or another program): " in output
-            assert f"URL:      http://127.0.0.1:{port}/" in output
-            assert re.search(r"embedded PostgreSQL on 127\.0\.0\.1:\d+ \(started\)", output)
-            # the banner repeats the logins and says the fleet is connected
-            assert "customer  demo@example.com / demo-password-1" in output
-            assert "staff     staff@example.com / staff-password-1" in output
-            assert "fleet     20 simulated boxes connected" in output
-            # no Celery banner or access log on the console: they are in var/log
-            assert "celery@" not in output and '"GET /healthz' not in output
-            assert '"GET /healthz' in (root / "var" / "log" / "web.log").read_text()
-            assert "celery@" in (root / "var" / "log" / "worker.log").read_text()
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
-                assert response.status == 200
-            assert processes_inside(root)
+            self.proc.wait(timeout=90)
         finally:
-            # when Ctrl-C reaches it
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=90)
-            finally:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                holder.close()
-                reader.join(timeout=5)
-        # then it stops everything it started, its embedded services too, and exits 0
-        output = "".join(lines)
-        assert proc.returncode == 0, output[-3000:]
-        assert "stopped embedded PostgreSQL" in output
-        deadline = time.monotonic() + 10
-        while processes_inside(root) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert processes_inside(root) == []
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.reader.join(timeout=5)
+
+
+@pytest.mark.e2e
+def test_make_run_in_two_checkouts_at_once_with_make_test_beside_them() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "OTB_PORT")}
+    env = {k: v for k, v in env.items() if not k.startswith(("OTB_PG", "OTB_REDIS", "OTB_VAR", "DJANGO_"))}
+    # Not under pytest's temporary root: other pytest sessions reset it to 0700 (see test_devservices).
+    with tempfile.TemporaryDirectory(prefix="otb-run-") as base:
+        # when two checkouts start make run at the same time
+        runs = [MakeRun(Path(base) / "first" / "otb", env), MakeRun(Path(base) / "second" / "otb", env)]
+        try:
+            for run in runs:
+                assert run.banner_done.wait(300), run.output
+            first, second = runs
+            # then each serves on a port of its own; at most one has 8000, the other says why not
+            assert first.port != second.port
+            for run, other in ((first, second), (second, first)):
+                output = run.output
+                if other.port == 8000:
+                    assert (
+                        "port 8000 is in use (another checkout's `make run`, or another program): " in output
+                    )
+                # seed_demo printed the real address, the banner repeats the logins and the fleet
+                assert f"URL:      http://127.0.0.1:{run.port}/" in output
+                assert re.search(r"embedded PostgreSQL on 127\.0\.0\.1:\d+ \(started\)", output)
+                assert "customer  demo@example.com / demo-password-1" in output
+                assert "staff     staff@example.com / staff-password-1" in output
+                assert "fleet     20 simulated boxes connected" in output
+                # no Celery banner or access log on the console: they are in var/log
+                assert "celery@" not in output and '"GET /healthz' not in output
+                assert "celery@" in (run.root / "var" / "log" / "worker.log").read_text()
+                with urllib.request.urlopen(f"http://127.0.0.1:{run.port}/healthz", timeout=10) as response:
+                    assert response.status == 200
+            # and their simulated boxes talk to their own server only (shared demo serials would
+            # replace each other's sessions and end a simulator)
+            assert '"GET /healthz' in (first.root / "var" / "log" / "web.log").read_text()
+            assert '"GET /healthz' in (second.root / "var" / "log" / "web.log").read_text()
+            # when make test runs in the first checkout meanwhile, with the same services
+            test = subprocess.run(
+                [sys.executable, str(first.root / "scripts" / "devservices.py"), "exec", "--", "true"],
+                cwd=first.root,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert test.returncode == 0, test.stderr
+            assert "(already running)" in test.stderr and "left running: in use" in test.stderr
+            time.sleep(3)
+            for run in runs:
+                assert run.proc.poll() is None, run.output[-3000:]
+                assert "exited unexpectedly" not in run.output and "unauthorized" not in run.output
+        finally:
+            # when Ctrl-C reaches them
+            for run in runs:
+                run.ctrl_c()
+        # then each stops everything it started, its embedded services too, and exits 0
+        for run in runs:
+            assert run.proc.returncode == 0, run.output[-3000:]
+            assert "stopped embedded PostgreSQL" in run.output
+            deadline = time.monotonic() + 10
+            while processes_inside(run.root) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert processes_inside(run.root) == []
