@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -311,6 +312,7 @@ class SimulatorProgress:
     def __init__(self) -> None:
         self.boxes = 0
         self.connected = 0
+        self.unauthorized = 0
         self.all_connected = threading.Event()
 
     def __call__(self, line: str) -> None:
@@ -324,8 +326,14 @@ class SimulatorProgress:
             return
         with contextlib.suppress(TypeError, ValueError):
             self.boxes, self.connected = int(entry.get("boxes") or 0), int(entry["connected"])
+            self.unauthorized = int(entry.get("unauthorized") or 0)
         if self.boxes and self.connected >= self.boxes:
             self.all_connected.set()
+
+    @property
+    def all_refused(self) -> bool:
+        """Every box's agent token was refused (revoked, or issued by another database)."""
+        return bool(self.boxes) and self.unauthorized >= self.boxes and not self.connected
 
     def describe(self) -> str:
         if self.boxes and self.connected >= self.boxes:
@@ -333,6 +341,68 @@ class SimulatorProgress:
         if self.boxes:
             return f"{self.connected} of {self.boxes} simulated boxes connected so far"
         return "simulated boxes starting"
+
+
+class SimulatorConsoleFilter(ConsoleFilter):
+    """The simulator's warnings and errors, except refused agent tokens: devrun handles those (it
+    enrolls the boxes again, or shows the log's last lines if the simulator stops)."""
+
+    HANDLED = frozenset({"unauthorized"})
+
+    def __call__(self, line: str) -> bool:
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict):
+                    fields = entry.get("fields")
+                    code = fields.get("code") if isinstance(fields, dict) else None
+                    if entry.get("event") in self.HANDLED or code in self.HANDLED:
+                        self.loud = False
+                        return False
+        return super().__call__(line)
+
+
+@dataclass
+class Simulator:
+    """The simulated fleet: its process, its progress, and one fresh enrollment when every token it
+    holds is refused (its state belongs to a database that revoked or never issued them)."""
+
+    agent: Path
+    port: int
+    csv: Path
+    state_dir: Path
+    progress: SimulatorProgress = field(default_factory=SimulatorProgress)
+    child: Child | None = None
+    enrolled_again: bool = False
+
+    def start(self, sup: Supervisor) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.progress = SimulatorProgress()
+        command = simulator_command(self.agent, self.port, self.csv, self.state_dir)
+        self.child = sup.start("sim", command, watch=self.progress, console=SimulatorConsoleFilter())
+
+    def recover(self, sup: Supervisor, dead: Child) -> bool:
+        """When it stopped because every token was refused: enroll the boxes again, once."""
+        dead.reader.join(timeout=2)
+        if dead is not self.child or self.enrolled_again or not self.progress.all_refused:
+            return False
+        say(
+            f"the simulated boxes' agent tokens ({shown(self.state_dir)}) are refused by this server "
+            "(revoked, or issued for another database): enrolling the boxes again"
+        )
+        dead.stopping = True
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        self.enrolled_again = True
+        self.start(sup)
+        return True
+
+    def wait_connected(self, sup: Supervisor, stop: StopFlag, timeout: float = SIM_CONNECT_WAIT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while not (self.progress.all_connected.is_set() or stop.requested) and time.monotonic() < deadline:
+            dead = sup.exited()
+            if dead is not None and not self.recover(sup, dead):
+                return
+            stop.event.wait(0.3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,10 +492,14 @@ class Supervisor:
     _out_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _pump(
-        self, name: str, stream: IO[str], log_file: IO[str], watch: Callable[[str], None] | None
+        self,
+        name: str,
+        stream: IO[str],
+        log_file: IO[str],
+        watch: Callable[[str], None] | None,
+        loud: Callable[[str], bool],
     ) -> None:
         prefix = f"[{name}] "
-        loud = ConsoleFilter()
         with log_file:
             for line in stream:
                 text = line if line.endswith("\n") else line + "\n"
@@ -439,7 +513,13 @@ class Supervisor:
                         sys.stdout.flush()
         stream.close()
 
-    def start(self, name: str, cmd: Sequence[str], watch: Callable[[str], None] | None = None) -> Child:
+    def start(
+        self,
+        name: str,
+        cmd: Sequence[str],
+        watch: Callable[[str], None] | None = None,
+        console: Callable[[str], bool] | None = None,
+    ) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         log_file = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed by the pump thread
@@ -459,7 +539,10 @@ class Supervisor:
         )
         assert proc.stdout is not None
         reader = threading.Thread(
-            target=self._pump, args=(name, proc.stdout, log_file, watch), name=f"pump-{name}", daemon=True
+            target=self._pump,
+            args=(name, proc.stdout, log_file, watch, console or ConsoleFilter()),
+            name=f"pump-{name}",
+            daemon=True,
         )
         reader.start()
         child = Child(name, proc, reader, log_path)
@@ -654,6 +737,7 @@ def supervise(env: dict[str, str], paths: devservices.Paths, web_port: WebPort, 
         say(f"started web, worker and beat (their output: {shown(paths.log_dir)}/<name>.log)")
 
         fleet: str | None = None
+        simulator: Simulator | None = None
         if wait_for_health(web, port, sup, stop):
             agent = find_agent_executable()
             csv = paths.var / "demo-boxes.csv"
@@ -662,27 +746,23 @@ def supervise(env: dict[str, str], paths: devservices.Paths, web_port: WebPort, 
             elif not csv.exists():
                 say(f"warning: {shown(csv)} missing (seed_demo writes it); simulator skipped")
             else:
-                state_dir = simulator_state_dir(env, paths.var)
-                state_dir.mkdir(parents=True, exist_ok=True)
-                progress = SimulatorProgress()
-                sup.start("sim", simulator_command(agent, port, csv, state_dir), watch=progress)
+                simulator = Simulator(agent, port, csv, simulator_state_dir(env, paths.var))
                 say("starting the simulated fleet")
-                deadline = time.monotonic() + SIM_CONNECT_WAIT_S
-                while not (progress.all_connected.is_set() or stop.requested or sup.exited()):
-                    if time.monotonic() >= deadline:
-                        break
-                    stop.event.wait(0.3)
-                fleet = f"{progress.describe()} (otb-agent simulate)"
+                simulator.start(sup)
+                simulator.wait_connected(sup, stop)
+                fleet = f"{simulator.progress.describe()} (otb-agent simulate)"
         elif not stop.requested and sup.exited() is None:
             say(
                 f"warning: web did not answer /healthz within {HEALTH_TIMEOUT_S:.0f} s; simulator not started"
             )
         if not stop.requested and sup.exited() is None:
-            names = [c.name for c in sup.children]
+            names = list(dict.fromkeys(c.name for c in sup.children))
             print("\n".join(banner_lines(port, logins, paths.log_dir, names, fleet)), flush=True)
 
         while not stop.requested:
             dead = sup.exited()
+            if dead is not None and simulator is not None and simulator.recover(sup, dead):
+                continue
             if dead is not None:
                 dead.reader.join(timeout=2)
                 say(

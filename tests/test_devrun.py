@@ -98,6 +98,60 @@ def test_simulator_progress_tells_when_the_fleet_is_connected(devrun: ModuleType
     assert progress.describe() == "20 simulated boxes connected"
 
 
+REFUSED = (
+    '{"ts":"2026-12-06T17:17:54.513Z","level":"error","event":"unauthorized","fields":{"serial":"DEMO-0001",'
+    '"message":"server closed the session with 4001"}}'
+)
+
+# A stand-in for `otb-agent simulate`: with a token in its state folder, every box is refused (as
+# when the tokens belong to another database); without, it enrolls and its boxes connect.
+FAKE_AGENT = """#!{python}
+import json, sys, time
+from pathlib import Path
+state = Path(sys.argv[sys.argv.index("--state-dir") + 1])
+if (state / "token").exists():
+    print({refused!r}, flush=True)
+    print(json.dumps({{"event": "summary", "boxes": 2, "connected": 0, "unauthorized": 2}}), flush=True)
+    sys.exit(1)
+(state / "token").write_text("new")
+print(json.dumps({{"event": "progress", "boxes": 2, "connected": 2, "unauthorized": 0}}), flush=True)
+time.sleep(60)
+"""
+
+
+def test_simulated_boxes_whose_tokens_are_refused_are_enrolled_again_once(
+    devrun: ModuleType, tmp_path: Path
+) -> None:
+    # given a simulator whose saved tokens this server refuses
+    agent = tmp_path / "otb-agent"
+    agent.write_text(FAKE_AGENT.format(python=sys.executable, refused=REFUSED))
+    agent.chmod(0o755)
+    state = tmp_path / "sim" / "key"
+    state.mkdir(parents=True)
+    (state / "token").write_text("stale")
+    sup = devrun.Supervisor(env=dict(os.environ), cwd=tmp_path, log_dir=tmp_path / "log")
+    simulator = devrun.Simulator(agent, 8000, tmp_path / "boxes.csv", state)
+    stop = devrun.StopFlag()
+    try:
+        # when it starts and is waited for
+        simulator.start(sup)
+        simulator.wait_connected(sup, stop, timeout=30)
+        # then its state was cleared once and the boxes enrolled again and connected
+        assert simulator.enrolled_again
+        assert simulator.progress.all_connected.is_set()
+        assert (state / "token").read_text() == "new"
+        assert sup.exited() is None
+        # the refusals stayed in the log, not on the console
+        assert REFUSED in (tmp_path / "log" / "sim.log").read_text()
+        assert not devrun.SimulatorConsoleFilter()(REFUSED)
+        # and a second refusal is not retried (the log's last lines are shown instead)
+        assert simulator.child is not None
+        simulator.progress.unauthorized, simulator.progress.connected = 2, 0
+        assert not simulator.recover(sup, simulator.child)
+    finally:
+        sup.stop_all(grace=2)
+
+
 @pytest.mark.django_db
 def test_the_banner_repeats_the_logins_seed_demo_prints(devrun: ModuleType, settings, tmp_path: Path) -> None:
     # given what seed_demo prints
