@@ -1,6 +1,8 @@
 # otb-fleet: the two commands are `make run` and `make test`.
 # Both bootstrap from nothing but python3: .venv, dependencies, and (unless DATABASE_URL /
-# REDIS_URL are set) an embedded PostgreSQL and Redis under var/.
+# REDIS_URL are set) an embedded PostgreSQL and Redis under var/, on ports of this checkout's own
+# (recorded in var/services.env). `make test` and `make bench` stop the services they started when
+# they end; `make services` keeps them running until `make services-down`.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -22,6 +24,11 @@ $(STAMP): pyproject.toml agent/pyproject.toml agent/protocol/pyproject.toml fron
 services: $(STAMP)
 	$(SERVICES) up
 
+# The settings read this checkout's service URLs from here when DATABASE_URL / REDIS_URL are unset
+# (mypy's Django plugin loads them too): choose and record the ports, start nothing.
+var/services.env: | $(STAMP)
+	$(SERVICES) ports
+
 services-down: $(STAMP)
 	$(SERVICES) down
 
@@ -38,7 +45,7 @@ bench: $(STAMP)
 lab: $(STAMP)
 	$(SERVICES) exec -- $(PY) -m netlab $(if $(KEEP),--keep,)
 
-lint: $(STAMP)
+lint: $(STAMP) var/services.env
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .

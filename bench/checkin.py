@@ -24,7 +24,15 @@ import time
 import uuid
 from pathlib import Path
 
-from common import bench_database_url, free_port, log, percentile, recreate_database, wait_healthy
+from common import (
+    base_database_url,
+    bench_database_url,
+    free_port,
+    log,
+    percentile,
+    recreate_database,
+    wait_healthy,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -126,7 +134,7 @@ def main() -> int:
     count = args.boxes or (10_000 if args.full else 2_000)
     seconds = args.seconds or (30.0 if args.full else 10.0)
 
-    base = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:54329/otb")
+    base = base_database_url()
     database_url, maintenance_url = bench_database_url(base, BENCH_DB)
     recreate_database(maintenance_url, BENCH_DB)
     env = {

@@ -9,11 +9,23 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from config.checkout_services import checkout_service_url
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def base_database_url() -> str:
+    """DATABASE_URL; unset, this checkout's embedded PostgreSQL (var/services.env, as the settings)."""
+    return os.environ.get("DATABASE_URL") or checkout_service_url(
+        "DATABASE_URL", Path(os.environ.get("OTB_VAR_DIR") or ROOT / "var")
+    )
 
 
 def raise_nofile() -> None:

@@ -29,17 +29,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from common import cpu_ms_per, cpu_snapshot, free_port, log, raise_nofile
+from common import base_database_url, cpu_ms_per, cpu_snapshot, free_port, log, raise_nofile
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:54329/otb"
 
 
 def fresh_database(name: str) -> str:
     """Drop/create database ``name`` on DATABASE_URL's server, migrate it; returns its URL."""
     import psycopg
 
-    base = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    base = base_database_url()
     parts = urlsplit(base)
     admin_url = urlunsplit(parts._replace(path="/postgres"))
     with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -63,7 +62,7 @@ def fresh_database(name: str) -> str:
 def drop_database(name: str) -> None:
     import psycopg
 
-    parts = urlsplit(os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))
+    parts = urlsplit(base_database_url())
     with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as conn:
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"

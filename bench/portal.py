@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
+from common import base_database_url
+
 if TYPE_CHECKING:  # Django is set up at run time, in seed()
     from django.contrib.auth.models import User
 
@@ -166,7 +168,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", help="more renders (the fleet size is always 10,000)")
     args = parser.parse_args()
-    base = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:54329/otb")
+    base = base_database_url()
     os.environ["DATABASE_URL"] = recreate_database(base)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ["OTB_TEST_DB_NAME"] = ""

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from common import (
+    base_database_url,
     bench_database_url,
     cpu_ms_per,
     cpu_snapshot,
@@ -168,7 +169,7 @@ def main() -> int:
     args = parser.parse_args()
     count = args.claims or (10_000 if args.full else 1_000)
 
-    base = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:54329/otb")
+    base = base_database_url()
     database_url, maintenance_url = bench_database_url(base, BENCH_DB)
     recreate_database(maintenance_url, BENCH_DB)
 

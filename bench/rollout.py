@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from common import free_port, log, raise_nofile
+from common import base_database_url, free_port, log, raise_nofile
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 BENCH_DB = "otb_bench_rollout"
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:54329/otb"
 LIVE_AGENTS = 2000
 SIM_VERSION = "23.05.3-otb.1"  # what the simulated collector reports before an upgrade
 
@@ -43,7 +42,7 @@ SIM_VERSION = "23.05.3-otb.1"  # what the simulated collector reports before an 
 def fresh_database() -> str:
     import psycopg
 
-    parts = urlsplit(os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))
+    parts = urlsplit(base_database_url())
     with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as conn:
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"

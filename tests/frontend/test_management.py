@@ -43,3 +43,16 @@ def test_seed_demo_runs_twice(settings: Any, tmp_path: Path) -> None:
         format="json",
     )
     assert response.status_code == 201, response.content
+
+
+def test_seed_demo_prints_the_address_make_run_serves_on(settings: Any, tmp_path: Path) -> None:
+    # given make run serving on a port of its own (it passes OTB_PORT, the settings make LOCAL_URL)
+    settings.VAR_DIR = tmp_path
+    settings.OTB = {**settings.OTB, "LOCAL_URL": "http://127.0.0.1:30123/"}
+    # when the demo is seeded
+    status, output = run("seed_demo")
+    # then the logins point at that address, not at 8000
+    assert status == 0
+    assert "URL:      http://127.0.0.1:30123/" in output
+    assert "(http://127.0.0.1:30123/admin/)" in output
+    assert ":8000" not in output

@@ -28,7 +28,6 @@ from provisioning.services.infrastructure import pool_create, region_create, ser
 from provisioning.services.inventory import boxes_import
 from provisioning.services.lifecycle import box_claim
 
-URL = "http://127.0.0.1:8000/"
 ORGANIZATION = "Demo Corp"
 OWNER_EMAIL, OWNER_PASSWORD = "demo@example.com", "demo-password-1"
 STAFF_EMAIL, STAFF_PASSWORD = "staff@example.com", "staff-password-1"
@@ -105,11 +104,12 @@ class Command(BaseCommand):
         organization = self._people(actor, regions["eu-west"])
         self._boxes(actor, organization)
         path = self._csv()
+        url = settings.OTB["LOCAL_URL"]
         self.stdout.write(
             self.style.SUCCESS("demo fleet ready")
-            + f"\n  URL:      {URL}"
+            + f"\n  URL:      {url}"
             + f"\n  customer: {OWNER_EMAIL} / {OWNER_PASSWORD}   ({ORGANIZATION})"
-            + f"\n  staff:    {STAFF_EMAIL} / {STAFF_PASSWORD}   ({URL}admin/)"
+            + f"\n  staff:    {STAFF_EMAIL} / {STAFF_PASSWORD}   ({url}admin/)"
             + f"\n  boxes:    {path} (for otb-agent simulate)"
         )
 
