@@ -56,7 +56,7 @@ from frontend.views import console as console_pages
 from provisioning.admin import BoxAdmin
 from provisioning.apis import boxes as box_apis
 from provisioning.services import configuration, infrastructure, inventory, lifecycle
-from provisioning.services.configuration import box_set_wan_policy, box_update
+from provisioning.services.configuration import box_set_port_forwards, box_set_wan_policy, box_update
 from provisioning.services.inventory import boxes_import
 from tests.conftest import CLAIM_CODE, FACTORY_SECRET, WG_KEY
 from tests.fleet.firmware.firmware_helpers import make_release
@@ -181,6 +181,7 @@ SERVICES = [
     row("box_decommission", None, lambda w, a, _: lifecycle.box_decommission(actor=a, box=w.box), STAFF),
     # -- configuration and inventory ---------------------------------------------------------------------
     row("box_update", None, lambda w, a, _: box_update(actor=a, box=w.box, name="renamed"), ADMIN),
+    row("box_set_port_forwards", None, lambda w, a, _: box_set_port_forwards(actor=a, box=w.box, port_forwards=[]), ADMIN),
     row("box_set_wan_policy", None, lambda w, a, _: box_set_wan_policy(actor=a, box=w.box, mode="aggregate", interfaces=[{"name": "wan1"}]), ADMIN),
     row("boxes_import", None, lambda w, a, _: boxes_import(actor=a, rows=[{"serial": "IMP-000001", "factory_secret": FACTORY_SECRET, "claim_code": CLAIM_CODE}]), STAFF),
     # -- infrastructure ----------------------------------------------------------------------------------

@@ -298,9 +298,14 @@ class Stack:
     def agent_acked(self, serial: str) -> set[int]:
         """Sequences the box's agent generated and no longer holds (acked by the server)."""
         path = self.root / "boxes" / serial / "agent.db"
+        if not path.exists():
+            return set()
         with sqlite3.connect(path) as db:
-            pending = {row[0] for row in db.execute("SELECT seq FROM telemetry")}
-            row = db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+            try:
+                pending = {row[0] for row in db.execute("SELECT seq FROM telemetry")}
+                row = db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+            except sqlite3.OperationalError:  # a box stopped before its store was created
+                return set()
         next_seq = int(row[0]) if row else max(pending | {0}) + 1
         return set(range(1, next_seq)) - pending
 

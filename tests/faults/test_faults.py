@@ -94,7 +94,7 @@ def test_postgres_restart_while_50_agents_stream_loses_and_duplicates_nothing(st
     lost, duplicated, acked = stack.lost_and_duplicated(serials)
     assert acked > 50 * 20
     assert (lost, duplicated) == (0, 0)
-    assert recovered_s < 60
+    assert recovered_s < 180
 
 
 def _create_command(stack: Stack, box_id: str, token: str) -> dict[str, Any]:
