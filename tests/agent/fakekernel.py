@@ -123,7 +123,8 @@ class FakeKernel:
         self.links = links
         self.main_routes: list[dict[str, Any]] = []  # static routes the box's owner added
         for key in ("net/mptcp/enabled", "net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter",
-                    "net/ipv4/fib_multipath_hash_policy", "net/ipv4/conf/all/ignore_routes_with_linkdown", "net/mptcp/stale_loss_cnt"):  # fmt: skip
+                    "net/ipv4/fib_multipath_hash_policy", "net/ipv4/conf/all/ignore_routes_with_linkdown",
+                    "net/mptcp/stale_loss_cnt"):  # fmt: skip
             self.sysctl_file(key).write_text("0\n")
         for name, link in links.items():
             self.sysctl_file(f"net/ipv4/conf/{name}/rp_filter").write_text("0\n")
