@@ -274,7 +274,7 @@ class Lab:
         detail: dict[str, Any] = self.owner.get(f"/api/v1/boxes/{box.box_id}/")
         return detail
 
-    def wait_applied(self, box: LabBox, timeout: float = 30) -> dict[str, Any]:
+    def wait_applied(self, box: LabBox, timeout: float = 90) -> dict[str, Any]:
         def applied() -> dict[str, Any] | None:
             detail = self.box_detail(box)
             if detail.get("apply_error"):

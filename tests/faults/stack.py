@@ -93,13 +93,15 @@ class Stack:
         return f"http://127.0.0.1:{self.web_port}"
 
     def postgres_start(self) -> None:
-        self.devservices.ensure_postgres(self.paths, {"OTB_PG_PORT": str(self.pg_port)})
+        choice = self.devservices.PortChoice("postgres", self.pg_port, "explicit")
+        self.devservices.ensure_postgres(self.paths, {"OTB_PG_PORT": str(self.pg_port)}, choice)
 
     def postgres_stop(self) -> None:
         self.devservices.pg_stop(self.paths, self.devservices.pg_run_as())
 
     def redis_start(self) -> None:
-        self.devservices.ensure_redis(self.paths, {"OTB_REDIS_PORT": str(self.redis_port)})
+        choice = self.devservices.PortChoice("redis", self.redis_port, "explicit")
+        self.devservices.ensure_redis(self.paths, {"OTB_REDIS_PORT": str(self.redis_port)}, choice)
 
     def redis_stop(self) -> None:
         self.devservices.redis_stop(self.paths)
