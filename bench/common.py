@@ -88,12 +88,15 @@ def _process_cpu_s(pid: int) -> tuple[str, int, float]:
     return name, int(fields[2]), (int(fields[11]) + int(fields[12])) / ticks
 
 
-def cpu_snapshot(server_pgid: int) -> dict[str, dict[int, float]]:
+def cpu_snapshot(server_pgid: int | set[int], *, nginx: bool = False) -> dict[str, dict[int, float]]:
     """CPU seconds used so far by each process of the server's process group, PostgreSQL, Redis and
     this process (with the load generators it reaped), by component and pid. Two snapshots given to
     :func:`cpu_ms_per` tell where a benchmark's CPU went (the machine has two cores, so the split
     tells which part to make cheaper)."""
+    server_pgids = server_pgid if isinstance(server_pgid, set) else {server_pgid}
     totals: dict[str, dict[int, float]] = {"server": {}, "postgres": {}, "redis": {}}
+    if nginx:
+        totals["nginx"] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -101,8 +104,10 @@ def cpu_snapshot(server_pgid: int) -> dict[str, dict[int, float]]:
             name, pgid, cpu = _process_cpu_s(int(entry))
         except (OSError, ValueError, IndexError):
             continue
-        if pgid == server_pgid:
+        if pgid in server_pgids:
             totals["server"][int(entry)] = cpu
+        elif nginx and name == "nginx":
+            totals["nginx"][int(entry)] = cpu
         elif name == "postgres":
             totals["postgres"][int(entry)] = cpu
         elif name.startswith("redis-server"):

@@ -73,23 +73,7 @@ def main() -> int:
         result["redis_restart_recover_s"] = round(time.monotonic() - started, 2)
 
         stack.kill("worker", signal.SIGKILL)
-        stack.spawn(
-            "worker",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-Q",
-                "default,telemetry,rollouts",
-                "-c",
-                "2",
-                "--loglevel",
-                "INFO",
-            ],
-        )
+        stack.worker_start(loglevel="INFO")
         started = time.monotonic()
         subprocess.run(
             [

@@ -24,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import _process_cpu_s, free_port, log, raise_nofile
+from common import cpu_ms_per, cpu_snapshot, free_port, log, raise_nofile
 from ingest import Server, create_boxes, drop_database, fresh_database, run_load_attributed, verify_storage
 
 
@@ -64,47 +64,6 @@ http {{
 """
     )
     return conf
-
-
-def snapshot(server_pgids: set[int]) -> dict[str, dict[int, float]]:
-    """CPU seconds so far by component: the uvicorn processes, nginx, PostgreSQL, Redis, the load."""
-    totals: dict[str, dict[int, float]] = {"server": {}, "nginx": {}, "postgres": {}, "redis": {}}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            name, pgid, cpu = _process_cpu_s(int(entry))
-        except (OSError, ValueError, IndexError):
-            continue
-        if pgid in server_pgids:
-            totals["server"][int(entry)] = cpu
-        elif name == "nginx":
-            totals["nginx"][int(entry)] = cpu
-        elif name == "postgres":
-            totals["postgres"][int(entry)] = cpu
-        elif name.startswith("redis-server"):
-            totals["redis"][int(entry)] = cpu
-    import resource
-
-    totals["client"] = {
-        0: sum(
-            usage.ru_utime + usage.ru_stime
-            for usage in (
-                resource.getrusage(resource.RUSAGE_SELF),
-                resource.getrusage(resource.RUSAGE_CHILDREN),
-            )
-        )
-    }
-    return totals
-
-
-def per_msg_us(before: dict, after: dict, count: int) -> dict[str, float]:
-    return {
-        key: round(
-            sum(cpu - before[key].get(pid, 0.0) for pid, cpu in after[key].items()) / 1e-6 / max(count, 1), 1
-        )
-        for key in before
-    }
 
 
 def main() -> int:
@@ -150,17 +109,17 @@ def main() -> int:
                 except OSError:
                     time.sleep(0.2)
             log(f"{label} process(es): {connections} agents through nginx for {duration:.0f} s")
-            before = snapshot(pgids)
+            before = cpu_snapshot(pgids, nginx=True)
             result = run_load_attributed(
                 f"ws://127.0.0.1:{port}", boxes, duration=duration, window=4, workers=2
             )
-            after = snapshot(pgids)
+            after = cpu_snapshot(pgids, nginx=True)
             for box_id, seqs in result["acked_by_box"].items():
                 acked_by_box.setdefault(box_id, []).extend(seqs)
             phases[label] = {
                 "msgs_per_s": result["msgs_per_s"],
                 "failed": len(result["failed"]),
-                "cpu": per_msg_us(before, after, result["acked"]),
+                "cpu": cpu_ms_per(before, after, result["acked"], unit_s=1e-6),
             }
             log(f"{label}: {result['msgs_per_s']:.0f} msg/s, failed connections {len(result['failed'])}")
     finally:

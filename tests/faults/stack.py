@@ -129,23 +129,7 @@ class Stack:
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=self.env, check=True)
         self.web_start()
         if celery:
-            self.spawn(
-                "worker",
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "config",
-                    "worker",
-                    "-Q",
-                    "default,telemetry,rollouts",
-                    "-c",
-                    "2",
-                    "--loglevel",
-                    "WARNING",
-                ],
-            )
+            self.worker_start()
             self.spawn(
                 "beat",
                 [
@@ -161,6 +145,13 @@ class Stack:
                     str(self.root / "celerybeat-schedule"),
                 ],
             )
+
+    def worker_start(self, loglevel: str = "WARNING") -> None:
+        self.spawn(
+            "worker",
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,telemetry,rollouts",
+             "-c", "2", "--loglevel", loglevel],
+        )  # fmt: skip
 
     def spawn(self, name: str, command: list[str], **kwargs: Any) -> subprocess.Popen:
         out = (self.root / "logs" / f"{name}.log").open("ab")
