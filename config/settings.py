@@ -68,6 +68,12 @@ SECRET_KEY = _kept_secret("django-secret-key", "SECRET_KEY", lambda: secrets.tok
 if PRODUCTION and (len(SECRET_KEY) < 40 or SECRET_KEY.startswith("django-insecure")):
     raise ImproperlyConfigured("SECRET_KEY must be a real secret (40+ random characters) in production")
 
+# Keys signing the JWTs of stock OverTheBox boxes (otbcompat, the /1.0 device protocol), HS256.
+# OTB_COMPAT_JWT_KEYS may hold several comma-separated keys: the first signs, all verify (rotation).
+OTB_COMPAT_JWT_KEYS = env_list("OTB_COMPAT_JWT_KEYS", []) or [
+    _kept_secret("otbcompat-jwt-key", "OTB_COMPAT_JWT_KEY", lambda: secrets.token_urlsafe(48))
+]
+
 # Fernet key (urlsafe base64 of 32 bytes) encrypting the symmetric tunnel secrets at rest.
 # OTB_SECRETS_KEYS may hold several comma-separated keys: the first encrypts, all decrypt (rotation).
 # OTB_SECRETS_KEY (one key) is read only when OTB_SECRETS_KEYS is not set.
@@ -106,6 +112,7 @@ INSTALLED_APPS = [
     "fleet.monitoring",
     "provisioning",
     "fleet.firmware",
+    "otbcompat",
     "frontend",
 ]
 
@@ -339,6 +346,12 @@ OTB = {
     "ROLLUP_1H_RETENTION_DAYS": env_int("OTB_ROLLUP_1H_RETENTION_DAYS", 730),
     # Box timeline events (sessions, presence, WAN up/down, config, firmware) kept this long.
     "EVENT_RETENTION_DAYS": env_int("OTB_EVENT_RETENTION_DAYS", 365),
+    # Stock OverTheBox boxes (/1.0): JWT lifetime, and anonymous subscriptions per source address per window.
+    "OTB_COMPAT_JWT_TTL_S": env_int("OTB_COMPAT_JWT_TTL_S", 3600),
+    "OTB_COMPAT_SUBSCRIBE_MAX_PER_IP": env_int("OTB_COMPAT_SUBSCRIBE_MAX_PER_IP", 10),
+    "OTB_COMPAT_SUBSCRIBE_WINDOW_S": env_int("OTB_COMPAT_SUBSCRIBE_WINDOW_S", 3600),
+    # The delay (s) the server asks an idle box to wait between polls of actions/todo.
+    "OTB_COMPAT_POLL_DELAY_S": env_int("OTB_COMPAT_POLL_DELAY_S", 10),
     # Alert notifications (fleet/monitoring): first retry delay, doubled per attempt; whether webhooks
     # may target private/loopback addresses (never in production: customers must not probe our network).
     "NOTIFY_RETRY_BASE_S": env_int("OTB_NOTIFY_RETRY_BASE_S", 30),

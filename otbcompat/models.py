@@ -1,0 +1,29 @@
+"""A stock OverTheBox box as its own /1.0 protocol knows it: a device subscribed anonymously."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+
+class OtbDevice(models.Model):
+    """One anonymous subscription. The box identifies itself by ``id`` (its ``device_id``) and proves it
+    with a long-lived token, kept here only as its SHA-256. ``jwt_generation`` is written into every JWT;
+    raising it revokes every JWT issued before (as does ``revoked_at``)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    mac = models.CharField(max_length=17, db_index=True)
+    board = models.CharField(max_length=64)
+    private_ips = models.JSONField(default=list, blank=True)
+    token_hash = models.CharField(max_length=64, unique=True)
+    jwt_generation = models.PositiveIntegerField(default=1)
+    source_ip = models.GenericIPAddressField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.board} {self.mac} ({self.id})"

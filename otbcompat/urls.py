@@ -1,0 +1,13 @@
+"""The /1.0 routes, exactly as the box writes them: no trailing slashes, so no redirects."""
+
+from django.urls import path
+
+from otbcompat import views
+
+app_name = "otbcompat"
+
+urlpatterns = [
+    path("subscribe", views.subscribe, name="subscribe"),
+    path("renew_jwt", views.renew_jwt, name="renew-jwt"),
+    path("devices/<str:device_id>/actions/todo", views.actions_todo, name="actions-todo"),
+]

@@ -1,0 +1,89 @@
+"""The /1.0 edge: parse the box's request, call one service, answer in the box's shape.
+
+Plain Django views (not DRF): the box sends ``Content-Type: application/json`` even on GETs with no
+body, follows no redirects and acts only on ``{"class": "Client::…"}`` errors.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from otbcompat.errors import OtbBadRequest, OtbError, OtbForbidden
+from otbcompat.services import device_authenticate, device_subscribe, jwt_renew
+
+MAX_BODY = 64 * 1024
+
+View = Callable[..., HttpResponse]
+
+
+def otb_view(*methods: str) -> Callable[[View], View]:
+    """Allowed methods, CSRF exemption (bearer-authenticated machines) and OtbError → its JSON body."""
+
+    def decorate(view: View) -> View:
+        @csrf_exempt
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in methods:
+                response = JsonResponse(
+                    {"class": "Client::MethodNotAllowed", "message": f"{request.method} is not allowed here"},
+                    status=405,
+                )
+                response["Allow"] = ", ".join(methods)
+                return response
+            try:
+                return view(request, *args, **kwargs)
+            except OtbError as exc:
+                return JsonResponse(exc.body(), status=exc.status)
+
+        return wrapper
+
+    return decorate
+
+
+def json_body(request: HttpRequest) -> Any:
+    raw = request.body
+    if len(raw) > MAX_BODY:
+        raise OtbBadRequest(f"the body is larger than {MAX_BODY} bytes")
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise OtbBadRequest("the body is not valid JSON") from exc
+
+
+@otb_view("POST")
+def subscribe(request: HttpRequest) -> HttpResponse:
+    result = device_subscribe(json_body(request), source_ip=request.META.get("REMOTE_ADDR"))
+    return JsonResponse(
+        {"device_id": str(result.device.id), "token": result.token, "jwt": result.jwt, "service": None}
+    )
+
+
+@otb_view("POST")
+def renew_jwt(request: HttpRequest) -> HttpResponse:
+    # The Authorization header (the old JWT, perhaps expired) is ignored on purpose.
+    return JsonResponse({"jwt": jwt_renew(json_body(request))})
+
+
+@otb_view("GET")
+def actions_todo(request: HttpRequest, device_id: str) -> HttpResponse:
+    device = device_authenticate(request.headers.get("Authorization"))
+    try:
+        asked = uuid.UUID(device_id)
+    except ValueError as exc:
+        raise OtbForbidden("a box may only read its own actions") from exc
+    if asked != device.id:
+        raise OtbForbidden("a box may only read its own actions")
+    # Until the queue of commands is mapped (issue #13 item 4), an idle box is paced by `wait`.
+    return JsonResponse(
+        {"id": None, "action": "wait", "arguments": {"delay": int(settings.OTB["OTB_COMPAT_POLL_DELAY_S"])}}
+    )
