@@ -9,7 +9,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.cache import cache
@@ -23,6 +23,11 @@ from otbcompat.jwt import JwtExpired, JwtInvalid, jwt_decode, jwt_encode
 from otbcompat.models import OtbDevice
 
 BOARD_MAX = 64
+
+
+def setting_int(name: str) -> int:
+    """One integer of ``settings.OTB``."""
+    return int(cast(int, settings.OTB[name]))
 
 
 def token_digest(token: str) -> str:
@@ -42,17 +47,17 @@ def _jwt_issue(device: OtbDevice) -> str:
         "sub": str(device.id),
         "gen": device.jwt_generation,
         "iat": now,
-        "exp": now + int(settings.OTB["OTB_COMPAT_JWT_TTL_S"]),
+        "exp": now + setting_int("OTB_COMPAT_JWT_TTL_S"),
     }
     return jwt_encode(claims, settings.OTB_COMPAT_JWT_KEYS)
 
 
 def _subscribe_rate_check(source_ip: str | None) -> None:
     """At most OTB_COMPAT_SUBSCRIBE_MAX_PER_IP subscriptions per source address per window (Redis)."""
-    window = int(settings.OTB["OTB_COMPAT_SUBSCRIBE_WINDOW_S"])
+    window = setting_int("OTB_COMPAT_SUBSCRIBE_WINDOW_S")
     key = f"throttle:otbcompat-subscribe:{source_ip or '-'}:{int(time.time()) // window}"
     cache.add(key, 0, timeout=window)
-    if cache.incr(key) > int(settings.OTB["OTB_COMPAT_SUBSCRIBE_MAX_PER_IP"]):
+    if cache.incr(key) > setting_int("OTB_COMPAT_SUBSCRIBE_MAX_PER_IP"):
         raise OtbTooManyRequests("too many subscriptions from this address; try again later")
 
 

@@ -12,12 +12,11 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from otbcompat.errors import OtbBadRequest, OtbError, OtbForbidden
-from otbcompat.services import device_authenticate, device_subscribe, jwt_renew
+from otbcompat.services import device_authenticate, device_subscribe, jwt_renew, setting_int
 
 MAX_BODY = 64 * 1024
 
@@ -85,5 +84,5 @@ def actions_todo(request: HttpRequest, device_id: str) -> HttpResponse:
         raise OtbForbidden("a box may only read its own actions")
     # Until the queue of commands is mapped (issue #13 item 4), an idle box is paced by `wait`.
     return JsonResponse(
-        {"id": None, "action": "wait", "arguments": {"delay": int(settings.OTB["OTB_COMPAT_POLL_DELAY_S"])}}
+        {"id": None, "action": "wait", "arguments": {"delay": setting_int("OTB_COMPAT_POLL_DELAY_S")}}
     )

@@ -28,7 +28,7 @@ KEYS = ["first-key-signs", "second-key-verifies"]
 
 def otb_call(client: Client, method: str, path: str, body: Any = None, jwt: str = "", **extra: Any) -> Any:
     """The box's otb_call: curl -X METHOD -H 'Content-Type: application/json' [-H Bearer] -d <pretty JSON>."""
-    headers: dict[str, str] = {"HTTP_X_OVERTHEBOX_VERSION": "v1.1.3"}
+    headers: dict[str, Any] = {"HTTP_X_OVERTHEBOX_VERSION": "v1.1.3"}
     if jwt:
         headers["HTTP_AUTHORIZATION"] = f"Bearer {jwt}"
     data = json.dumps(body, indent=2) if body is not None else ""
@@ -37,7 +37,10 @@ def otb_call(client: Client, method: str, path: str, body: Any = None, jwt: str 
 
 def subscribe(client: Client, mac: str = "00:0d:b9:4a:11:22", **extra: Any) -> dict[str, Any]:
     response = otb_call(
-        client, "POST", "subscribe", {"private_ips": ["192.168.100.1"], "board": "pc-engines-apu2", "macaddr": mac},
+        client,
+        "POST",
+        "subscribe",
+        {"private_ips": ["192.168.100.1"], "board": "pc-engines-apu2", "macaddr": mac},
         **extra,
     )
     assert response.status_code == 200, response.content
@@ -75,7 +78,10 @@ def test_subscribe_cannot_take_over_an_existing_device_or_box() -> None:
     third = subscribe(client, mac="00:0d:b9:4a:11:33")
     assert len({first["device_id"], second["device_id"], third["device_id"]}) == 3
     # the first device's token still renews, and the newcomer's token cannot renew the first device
-    assert otb_call(client, "POST", "renew_jwt", {"id": first["device_id"], "token": first["token"]}).status_code == 200
+    assert (
+        otb_call(client, "POST", "renew_jwt", {"id": first["device_id"], "token": first["token"]}).status_code
+        == 200
+    )
     stolen = otb_call(client, "POST", "renew_jwt", {"id": first["device_id"], "token": second["token"]})
     assert stolen.status_code == 403 and stolen.json()["class"] == "Client::Unauthorized"
     # a device's JWT cannot read another device's actions
@@ -142,7 +148,9 @@ def test_revoked_jwts_and_revoked_devices_stop_working() -> None:
     jwts_revoke(device)
     stale = otb_call(client, "GET", todo_path, jwt=answer["jwt"])
     assert stale.status_code == 401 and stale.json()["class"] == "Client::Unauthorized"
-    fresh = otb_call(client, "POST", "renew_jwt", {"id": str(device.id), "token": answer["token"]}).json()["jwt"]
+    fresh = otb_call(client, "POST", "renew_jwt", {"id": str(device.id), "token": answer["token"]}).json()[
+        "jwt"
+    ]
     assert otb_call(client, "GET", todo_path, jwt=fresh).status_code == 200
     device_revoke(device)
     gone = otb_call(client, "GET", todo_path, jwt=fresh)
@@ -170,7 +178,8 @@ def test_jwt_key_rotation_first_key_signs_every_key_verifies() -> None:
         jwt_decode(token, ["old"], now=now + 61)
     header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
     assert header == {"alg": "HS256", "typ": "JWT"}
-    none_alg = base64.urlsafe_b64encode(b'{"alg":"none"}').rstrip(b"=").decode() + "." + token.split(".", 1)[1]
+    none_header = base64.urlsafe_b64encode(b'{"alg":"none"}').rstrip(b"=").decode()
+    none_alg = none_header + "." + token.split(".", 1)[1]
     with pytest.raises(JwtInvalid):
         jwt_decode(none_alg, ["old"], now=now)
 
@@ -181,7 +190,9 @@ def test_jwt_matches_an_independent_hs256_implementation() -> None:
         "AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow=="
     )
     header_b64 = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9"
-    payload_b64 = "eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ"
+    payload_b64 = (
+        "eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ"
+    )
     signature = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
     token = f"{header_b64}.{payload_b64}.{signature}"
     claims = jwt_decode(token, [key], now=1300819379)
