@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
-PACKAGES = ("config", "frontend", "fleet", "provisioning", "bench", "netlab")
+PACKAGES = ("config", "frontend", "fleet", "provisioning", "otbcompat", "bench", "netlab")
 
 
 def lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:

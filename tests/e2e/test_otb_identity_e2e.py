@@ -1,0 +1,80 @@
+"""A stock OverTheBox box's identity calls against a real uvicorn server, made with curl exactly as the
+box's ``otb_call`` makes them (lib/overthebox in ovh/overthebox-feeds v1.1.x): ``--max-time 5``, every
+call with ``Content-Type: application/json`` and ``X-Overthebox-Version``, the Bearer only when a JWT is
+stored, pretty-printed bodies, and no redirect followed (no ``-L``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+
+from otbcompat.models import OtbDevice
+from otbcompat.services import token_digest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+# The box's otb_call, with the base URL swapped; it prints the body, then the status on the last line.
+OTB_CALL = r"""
+otb_call() {
+    method=$1; path=$2; shift 2
+    set -- --silent --show-error --max-time 5 -X "$method" \
+        -H "Content-Type: application/json" -H "X-Overthebox-Version: v1.1.3" "$@"
+    [ -n "$JWT" ] && set -- "$@" -H "Authorization: Bearer $JWT"
+    curl "$@" -w '\n%{http_code}' "$OTB_BASE/1.0/$path"
+}
+otb_call "$@"
+"""
+
+
+def otb_call(base: str, method: str, path: str, body: Any = None, jwt: str = "") -> tuple[int, Any]:
+    args = ["-d", json.dumps(body, indent=2)] if body is not None else []
+    done = subprocess.run(
+        ["bash", "-c", OTB_CALL, "otb_call", method, path, *args],
+        env={"PATH": "/usr/bin:/bin", "OTB_BASE": base, "JWT": jwt},
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    text, _, status = done.stdout.rpartition("\n")
+    if not text.strip() or int(status) == 404:
+        return int(status), text
+    return int(status), json.loads(text)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is needed to call like the box")
+def test_subscribe_poll_expire_renew_over_real_http(asgi_server: Any) -> None:
+    base = asgi_server.url
+    status, answer = otb_call(
+        base,
+        "POST",
+        "subscribe",
+        {"private_ips": ["192.168.100.1"], "board": "pc-engines-apu2", "macaddr": "00:0d:b9:4a:11:22"},
+    )
+    assert status == 200, answer
+    device = OtbDevice.objects.get(id=answer["device_id"])
+    assert device.token_hash == token_digest(answer["token"])
+
+    todo = f"devices/{answer['device_id']}/actions/todo"
+    status, action = otb_call(base, "GET", todo, jwt=answer["jwt"])
+    assert status == 200 and action["action"] == "wait", action
+
+    # a JWT the server no longer accepts: 401 with the class the box acts on (it then renews)
+    status, error = otb_call(base, "GET", todo, jwt=answer["jwt"][:-3] + "AAA")
+    assert status == 401 and error["class"] == "Client::Unauthorized", error
+
+    # renew_jwt with the old Bearer still attached, as the box sends it
+    status, renewed = otb_call(
+        base, "POST", "renew_jwt", {"id": answer["device_id"], "token": answer["token"]}, jwt="stale.jwt.here"
+    )
+    assert status == 200 and renewed["jwt"], renewed
+    status, action = otb_call(base, "GET", todo, jwt=renewed["jwt"])
+    assert status == 200 and action["action"] == "wait"
+
+    # a trailing slash is not redirected to (the box follows no redirect): the exact path is the route
+    status, _ = otb_call(base, "POST", "subscribe/", {"board": "x", "macaddr": "00:0d:b9:4a:11:23"})
+    assert status == 404
