@@ -8,6 +8,8 @@ and a tunnel-secret encryption key; development generates both once and keeps th
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 import secrets
 import sys
@@ -70,8 +72,9 @@ if PRODUCTION and (len(SECRET_KEY) < 40 or SECRET_KEY.startswith("django-insecur
 
 # Keys signing the JWTs of stock OverTheBox boxes (otbcompat, the /1.0 device protocol), HS256.
 # OTB_COMPAT_JWT_KEYS may hold several comma-separated keys: the first signs, all verify (rotation).
+# Without it, one key derived from SECRET_KEY (HMAC with a label of its own); boxes renew when it changes.
 OTB_COMPAT_JWT_KEYS = env_list("OTB_COMPAT_JWT_KEYS", []) or [
-    _kept_secret("otbcompat-jwt-key", "OTB_COMPAT_JWT_KEY", lambda: secrets.token_urlsafe(48))
+    hmac.new(SECRET_KEY.encode(), b"otbcompat-jwt-v1", hashlib.sha256).hexdigest()
 ]
 
 # Fernet key (urlsafe base64 of 32 bytes) encrypting the symmetric tunnel secrets at rest.

@@ -197,3 +197,18 @@ def test_jwt_matches_an_independent_hs256_implementation() -> None:
     token = f"{header_b64}.{payload_b64}.{signature}"
     claims = jwt_decode(token, [key], now=1300819379)
     assert claims["iss"] == "joe"
+
+
+def test_settings_keys_rotate_new_key_first_old_jwts_still_verify_until_dropped() -> None:
+    client = Client()
+    with override_settings(OTB_COMPAT_JWT_KEYS=["key-a"]):
+        answer = subscribe(client)
+    todo_path = f"devices/{answer['device_id']}/actions/todo"
+    with override_settings(OTB_COMPAT_JWT_KEYS=["key-b", "key-a"]):
+        assert otb_call(client, "GET", todo_path, jwt=answer["jwt"]).status_code == 200
+        renewed = otb_call(client, "POST", "renew_jwt", {"id": answer["device_id"], "token": answer["token"]})
+        new_jwt = renewed.json()["jwt"]
+    with override_settings(OTB_COMPAT_JWT_KEYS=["key-b"]):
+        dropped = otb_call(client, "GET", todo_path, jwt=answer["jwt"])
+        assert dropped.status_code == 401 and dropped.json()["class"] == "Client::Unauthorized"
+        assert otb_call(client, "GET", todo_path, jwt=new_jwt).status_code == 200
