@@ -21,6 +21,13 @@ class OtbDevice(models.Model):
     source_ip = models.GenericIPAddressField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # Linked by a claim (pending until then); active once the box confirmed the service.
+    box = models.OneToOneField(
+        "fleet.Box", null=True, blank=True, on_delete=models.SET_NULL, related_name="otb_device"
+    )
+    linked_at = models.DateTimeField(null=True, blank=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -16,6 +16,14 @@ class BoxState(models.TextChoices):
     DECOMMISSIONED = "decommissioned", "Decommissioned"
 
 
+class BoxProtocol(models.TextChoices):
+    """How a box talks to us: our own agent over the websocket, or the stock OverTheBox firmware's
+    polled /1.0 protocol (otbcompat)."""
+
+    AGENT = "agent", "otb-agent"
+    OTB = "otb", "OverTheBox firmware"
+
+
 # The WAN values are the protocol's (otb_protocol, shared with the agent); the labels are ours.
 class WanMode(models.TextChoices):
     AGGREGATE = otb_protocol.WAN_MODE_AGGREGATE, "Aggregate (MPTCP over all links)"

@@ -15,7 +15,7 @@ from django.db import models
 from django.db.models import F, Q
 from django.db.models.functions import Upper
 
-from fleet.core.choices import BoxState, EventKind, ReleaseChannel, Role, WanMode
+from fleet.core.choices import BoxProtocol, BoxState, EventKind, ReleaseChannel, Role, WanMode
 
 
 def default_wan_policy() -> dict:
@@ -181,6 +181,7 @@ class Box(models.Model):
     apply_error = models.TextField(blank=True, default="")
     firmware_version = models.CharField(max_length=64, blank=True, default="")
     agent_version = models.CharField(max_length=64, blank=True, default="")
+    protocol = models.CharField(max_length=8, choices=BoxProtocol.choices, default=BoxProtocol.AGENT)
     release_channel = models.CharField(
         max_length=16, choices=ReleaseChannel.choices, default=ReleaseChannel.STABLE
     )
