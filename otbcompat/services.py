@@ -17,12 +17,46 @@ from django.db import transaction
 from django.utils import timezone
 
 from fleet.core.errors import InvalidInput
+from fleet.core.models import Box
 from fleet.core.validators import mac_normalise
-from otbcompat.errors import OtbBadRequest, OtbForbiddenResubscribe, OtbTooManyRequests, OtbUnauthorized
+from otbcompat.errors import (
+    OtbBadRequest,
+    OtbForbidden,
+    OtbForbiddenResubscribe,
+    OtbTooManyRequests,
+    OtbUnauthorized,
+)
 from otbcompat.jwt import JwtExpired, JwtInvalid, jwt_decode, jwt_encode
 from otbcompat.models import OtbDevice
 
 BOARD_MAX = 64
+SERVICE_PREFIX = "overthebox."
+
+
+def service_name(box: Box) -> str:
+    """The service id an OTB box stores (``overthebox.<uuid>``, the format its register page checks)."""
+    return f"{SERVICE_PREFIX}{box.id}"
+
+
+def device_service_box(device: OtbDevice, service_id: str) -> Box:
+    """The box behind ``devices/{id}/service/{sid}/…``: the device must be linked and ``sid`` must be its
+    service; anything else is 403 Client::Forbidden (never another box's data)."""
+    box = device.box
+    if box is None or service_id != service_name(box):
+        raise OtbForbidden("this service is not the device's")
+    return box
+
+
+def device_from_path(authorization: str | None, device_id: str) -> OtbDevice:
+    """Authenticate the Bearer JWT and check that ``devices/{device_id}/…`` is the device itself."""
+    device = device_authenticate(authorization)
+    try:
+        asked = uuid.UUID(device_id)
+    except ValueError as exc:
+        raise OtbForbidden("a box may only act as itself") from exc
+    if asked != device.id:
+        raise OtbForbidden("a box may only act as itself")
+    return device
 
 
 def setting_int(name: str) -> int:
@@ -150,7 +184,7 @@ def device_authenticate(authorization: str | None) -> OtbDevice:
         device_id = uuid.UUID(str(claims.get("sub")))
     except ValueError as exc:
         raise OtbUnauthorized("invalid JWT") from exc
-    device = OtbDevice.objects.filter(id=device_id).first()
+    device = OtbDevice.objects.select_related("box").filter(id=device_id).first()
     if device is None or device.revoked_at is not None:
         raise OtbForbiddenResubscribe("this device is unknown or revoked; subscribe again")
     if claims.get("gen") != device.jwt_generation:

@@ -7,7 +7,6 @@ body, follows no redirects and acts only on ``{"class": "Client::…"}`` errors.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -15,8 +14,8 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from otbcompat.errors import OtbBadRequest, OtbError, OtbForbidden
-from otbcompat.services import device_authenticate, device_subscribe, jwt_renew, setting_int
+from otbcompat.errors import OtbBadRequest, OtbError
+from otbcompat.services import device_from_path, device_subscribe, jwt_renew, setting_int
 
 MAX_BODY = 64 * 1024
 
@@ -75,13 +74,7 @@ def renew_jwt(request: HttpRequest) -> HttpResponse:
 
 @otb_view("GET")
 def actions_todo(request: HttpRequest, device_id: str) -> HttpResponse:
-    device = device_authenticate(request.headers.get("Authorization"))
-    try:
-        asked = uuid.UUID(device_id)
-    except ValueError as exc:
-        raise OtbForbidden("a box may only read its own actions") from exc
-    if asked != device.id:
-        raise OtbForbidden("a box may only read its own actions")
+    device_from_path(request.headers.get("Authorization"), device_id)
     # Until the queue of commands is mapped (issue #13 item 4), an idle box is paced by `wait`.
     return JsonResponse(
         {"id": None, "action": "wait", "arguments": {"delay": setting_int("OTB_COMPAT_POLL_DELAY_S")}}
