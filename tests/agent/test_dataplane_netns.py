@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -23,6 +24,36 @@ from fakekernel import box_config
 from otb_agent import x25519
 
 SERVER_IP = "10.241.9.1"
+# A TCP listener on every address of its namespace that holds each connection open.
+HOLD_LISTENER = """
+import socket, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7777)); s.listen(); print("listening", flush=True)
+held = []
+while True:
+    held.append(s.accept()[0])
+"""
+# Connects from argv[1] to argv[2:] (port 7777), says "connected", then "closed <peer>" for each
+# connection that ends (by reset, abort or close).
+HOLD_CLIENT = """
+import socket, sys, threading
+def hold(conn, peer):
+    try:
+        conn.recv(1)
+    except OSError:
+        pass
+    print("closed", peer, flush=True)
+conns = []
+for peer in sys.argv[2:]:
+    c = socket.create_connection((peer, 7777), timeout=5, source_address=(sys.argv[1], 0))
+    c.settimeout(None)
+    conns.append(threading.Thread(target=hold, args=(c, peer)))
+print("connected", flush=True)
+for t in conns:
+    t.start()
+for t in conns:
+    t.join()
+"""
 
 
 def sh(*argv: str, check: bool = True) -> str:
@@ -186,12 +217,35 @@ def test_the_agent_configures_a_real_kernel_and_follows_a_cut_link(lab, tmp_path
         wait_for(lambda: ":11080" in sh("ip", "netns", "exec", box, "ss", "-ltnH"), 5, "ss-redir listening")
         assert sh("ip", "netns", "exec", box, "sysctl", "-n", "net.ipv4.conf.all.rp_filter").strip() == "2"
 
-        # cut wan1 (its peer goes down: the box loses the carrier)
-        sh("ip", "-n", peer, "link", "set", "p1", "down")
-        wait_for(
-            lambda: 1 not in endpoints() and server_dev() == "wan2", 2, "endpoint 1 gone, route via wan2"
-        )
-        assert endpoints() == {2: ("10.241.2.2", "wan2", True)}
+        # the box's own TCP connections leaving by wan1: one to an internet host, one to the server
+        listener = subprocess.Popen(
+            ["ip", "netns", "exec", peer, sys.executable, "-c", HOLD_LISTENER], stdout=subprocess.PIPE, text=True
+        )  # fmt: skip
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "listening"
+        client = subprocess.Popen(
+            ["ip", "netns", "exec", box, sys.executable, "-c", HOLD_CLIENT, "10.241.1.2", "10.241.1.1", SERVER_IP],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert client.stdout is not None and client.stdout.readline().strip() == "connected"
+        try:
+            # cut wan1 (its peer goes down: the box loses the carrier)
+            sh("ip", "-n", peer, "link", "set", "p1", "down")
+            wait_for(
+                lambda: 1 not in endpoints() and server_dev() == "wan2", 2, "endpoint 1 gone, route via wan2"
+            )
+            assert endpoints() == {2: ("10.241.2.2", "wan2", True)}
+            # the stranded connection is reset at once (not left to hang on the dead link); the one to
+            # the aggregation server is left to MPTCP
+            ready, _, _ = select.select([client.stdout], [], [], 3)
+            assert ready, "the stranded connection was still open 3 s after the cut"
+            assert client.stdout.readline().strip() == "closed 10.241.1.1"
+            time.sleep(0.5)
+            assert client.poll() is None, "the connection to the server was reset too"
+        finally:
+            client.kill()
+            listener.kill()
+            client.wait()
+            listener.wait()
         # restore it: routes and endpoint come back
         sh("ip", "-n", peer, "link", "set", "p1", "up")
         wait_for(lambda: 1 in endpoints() and server_dev() == "wan1", 2, "endpoint 1 and route via wan1 back")
