@@ -219,11 +219,13 @@ def test_the_agent_configures_a_real_kernel_and_follows_a_cut_link(lab, tmp_path
 
         # the box's own TCP connections leaving by wan1: one to an internet host, one to the server
         listener = subprocess.Popen(
-            ["ip", "netns", "exec", peer, sys.executable, "-c", HOLD_LISTENER], stdout=subprocess.PIPE, text=True
+            ["ip", "netns", "exec", peer, sys.executable, "-c", HOLD_LISTENER],
+            stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert listener.stdout is not None and listener.stdout.readline().strip() == "listening"
         client = subprocess.Popen(
-            ["ip", "netns", "exec", box, sys.executable, "-c", HOLD_CLIENT, "10.241.1.2", "10.241.1.1", SERVER_IP],
+            ["ip", "netns", "exec", box, sys.executable, "-c", HOLD_CLIENT,
+             "10.241.1.2", "10.241.1.1", SERVER_IP],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert client.stdout is not None and client.stdout.readline().strip() == "connected"
