@@ -26,12 +26,34 @@ def _switch_choices(request: HttpRequest) -> list[dict[str, Any]]:
     return choices
 
 
+CONSOLE_PREFIX = "/console/"
+
+
+def _console_section(path: str) -> str:
+    """Which console menu entry a console page belongs to (for ``aria-current``)."""
+    rest = path.removeprefix(CONSOLE_PREFIX)
+    for section in ("search", "boxes", "rollouts", "audit"):
+        if rest.startswith(f"{section}/"):
+            return "search" if section == "boxes" else section
+    return "health" if not rest else ""
+
+
 def portal(request: HttpRequest) -> dict[str, Any]:
+    """``portal_menu`` is "console" for staff on console pages, and for staff who belong to no
+    organisation anywhere (the customer menu would only lead to "not in an organisation" pages)."""
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
-        return {"portal_org": None, "portal_switch": [], "portal_is_staff": False}
+        return {"portal_org": None, "portal_switch": [], "portal_is_staff": False, "portal_menu": "portal"}
+    staff = is_staff(user)
+    in_console = request.path.startswith(CONSOLE_PREFIX)
+
+    def menu() -> str:
+        return "console" if staff and (in_console or current_organization(request) is None) else "portal"
+
     return {
         "portal_org": SimpleLazyObject(lambda: current_organization(request)),
         "portal_switch": SimpleLazyObject(lambda: _switch_choices(request)),
-        "portal_is_staff": is_staff(user),
+        "portal_is_staff": staff,
+        "portal_menu": SimpleLazyObject(menu),
+        "console_section": _console_section(request.path) if in_console else "",
     }

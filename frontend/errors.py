@@ -23,10 +23,33 @@ from fleet.core.errors import DomainError, Forbidden, NotFound
 REFUSALS = (Forbidden, NotFound)
 
 
+def sentence(text: str) -> str:
+    """``text`` as a sentence: a capital first letter and a final full stop (services' messages are
+    written for people already; this keeps the form of the few that are not)."""
+    text = (text or "").strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text[-1] in ".!?…" else f"{text}."
+
+
 def form_add_domain_error(form: forms.Form, exc: DomainError) -> None:
-    """Attach the error to the field it names (or to the form as a whole)."""
-    field = exc.field if exc.field in form.fields else None
-    form.add_error(field, exc.message)
+    """Attach the error to the field it is about: the form's ``domain_field`` maps the service's
+    field name to one of its fields (the form as a whole otherwise)."""
+    domain_field = getattr(form, "domain_field", None)
+    field = domain_field(exc.field) if callable(domain_field) else exc.field
+    form.add_error(field if field in form.fields else None, sentence(exc.message))
+
+
+def form_error_summary(form: forms.Form) -> str:
+    """Every error of the form in one text, each after its field's label ("Name: ..."), for a page
+    that can only show a message (a form posted without script, answered by a redirect)."""
+    parts = []
+    for name, errors in form.errors.items():
+        label = form.fields[name].label if name in form.fields else ""
+        for error in errors:
+            parts.append(f"{label}: {error}" if label else str(error))
+    return " ".join(parts)
 
 
 @contextmanager
@@ -49,7 +72,7 @@ def errors_as_message(request: HttpRequest) -> Iterator[None]:
     except REFUSALS:
         raise
     except DomainError as exc:
-        messages.error(request, exc.message)
+        messages.error(request, sentence(exc.message))
 
 
 def page_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:

@@ -1,26 +1,86 @@
 """Page forms: they parse and shape input only. Rules live in the services, whose errors are shown
-on the field they name (``frontend.errors.form_add_domain_error``)."""
+on the field they name (``frontend.errors.form_add_domain_error``; a form maps a service's field
+name to one of its own with ``domain_field``). Every message is a sentence written for people."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from django import forms
+from django.contrib.auth.forms import AuthenticationForm
 from django.db import models
 
 from fleet.commands.choices import CommandKind
 from fleet.core.choices import ReleaseChannel, Role, WanMode, WanRole
+from fleet.core.errors import DomainError
+from fleet.firmware.targeting import phases_validate, target_normalize
 from fleet.monitoring.choices import TargetKind
 from provisioning.wan_policy import WAN_MAX_KBPS
 
 
-class InvitationAcceptForm(forms.Form):
+class PortalForm(forms.Form):
+    """A page form. ``domain_field`` says which of its fields a service error is about (by the
+    service's field name); None puts it on the form as a whole."""
+
+    def domain_field(self, name: str | None) -> str | None:
+        return name if name in self.fields else None
+
+
+def _required(message: str) -> dict[str, str]:
+    return {"required": message}
+
+
+class SignInForm(AuthenticationForm):
+    """Django's sign-in form, saying which field is missing in words."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["username"].error_messages["required"] = (
+            "Type the email address or username of your account."
+        )
+        self.fields["password"].error_messages["required"] = "Type your password."
+
+    def incomplete(self) -> bool:
+        """A field was left empty: nothing was checked, so it is not a failed sign-in."""
+        return self.has_error("username", "required") or self.has_error("password", "required")
+
+
+class InvitationAcceptForm(PortalForm):
     token = forms.CharField(
         label="Invitation token",
         max_length=200,
         help_text="It is in the invitation email and starts with otbi_.",
+        error_messages=_required("Paste the invitation token from the email."),
     )
+
+
+class InvitationSignUpForm(InvitationAcceptForm):
+    """Accept an invitation by creating an account: the password is chosen here, twice."""
+
+    password1 = forms.CharField(
+        label="Choose a password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        error_messages=_required("Choose a password for your account."),
+    )
+    password2 = forms.CharField(
+        label="Password again",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        error_messages=_required("Type the password a second time."),
+    )
+
+    def domain_field(self, name: str | None) -> str | None:
+        return "password1" if name == "password" else super().domain_field(name)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        first, second = data.get("password1"), data.get("password2")
+        if first and second and first != second:
+            self.add_error("password2", "The two passwords are not the same. Type the same password twice.")
+        return data
 
 
 class FleetStatus(models.TextChoices):
@@ -31,16 +91,50 @@ class FleetStatus(models.TextChoices):
     DRIFT = "drift", "Config pending"
 
 
-class FleetFilterForm(forms.Form):
-    """The fleet page's search and filters (all optional; bad values are ignored, not a 500)."""
+SEARCH_MAX = 100
+TOO_LONG = "Search for at most %(limit_value)d characters (this one has %(show_value)d)."
+PAGE_INVALID = "There is no page “{value}”: pages are numbered 1, 2, 3… Showing the first page instead."
 
-    q = forms.CharField(label="Search", required=False, max_length=100)
-    status = forms.ChoiceField(
-        label="Status", required=False, choices=[("", "Any status"), *FleetStatus.choices]
-    )
-    region = forms.ChoiceField(label="Region", required=False)
-    firmware = forms.CharField(label="Firmware", required=False, max_length=64)
+
+class FilterForm(PortalForm):
+    """A list page's filters. A bad filter is said next to its field (the list is then not run: it
+    would silently show everything); a bad ``page`` only falls back to the first page, with a note."""
+
     page = forms.IntegerField(required=False, min_value=1)
+
+    def filter_errors(self) -> bool:
+        return any(name != "page" for name in self.errors)
+
+    def page_number(self) -> int:
+        return (self.cleaned_data.get("page") or 1) if "page" not in self.errors else 1
+
+    def page_error(self) -> str:
+        if "page" not in self.errors:
+            return ""
+        return PAGE_INVALID.format(value=str(self.data.get("page", ""))[:20])
+
+
+class FleetFilterForm(FilterForm):
+    """The fleet page's search and filters (all optional)."""
+
+    q = forms.CharField(
+        label="Search", required=False, max_length=SEARCH_MAX, error_messages={"max_length": TOO_LONG}
+    )
+    status = forms.ChoiceField(
+        label="Status",
+        required=False,
+        choices=[("", "Any status"), *FleetStatus.choices],
+        error_messages={"invalid_choice": "Choose a status from the list."},
+    )
+    region = forms.ChoiceField(
+        label="Region", required=False, error_messages={"invalid_choice": "Choose a region from the list."}
+    )
+    firmware = forms.CharField(
+        label="Firmware",
+        required=False,
+        max_length=64,
+        error_messages={"max_length": "A firmware version is at most %(limit_value)d characters."},
+    )
 
     def __init__(self, *args: Any, regions: list[tuple[str, str]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -65,26 +159,50 @@ class FleetFilterForm(forms.Form):
         return None
 
 
-class BoxClaimForm(forms.Form):
-    serial = forms.CharField(label="Serial number", max_length=64, help_text="On the label under the box.")
+class BoxClaimForm(PortalForm):
+    serial = forms.CharField(
+        label="Serial number",
+        max_length=64,
+        help_text="On the label under the box.",
+        error_messages=_required("Type the serial number printed on the box's label."),
+    )
     claim_code = forms.CharField(
-        label="Claim code", max_length=128, strip=False, help_text="Printed next to the serial number."
+        label="Claim code",
+        max_length=128,
+        strip=False,
+        help_text="Printed next to the serial number.",
+        error_messages=_required("Type the claim code printed next to the serial number."),
     )
 
 
-class BoxRenameForm(forms.Form):
-    name = forms.CharField(label="Name", required=False, max_length=100)
+class BoxRenameForm(PortalForm):
+    name = forms.CharField(
+        label="Name",
+        required=False,
+        max_length=100,
+        error_messages={
+            "max_length": "A name is at most %(limit_value)d characters (this one has %(show_value)d)."
+        },
+    )
     tags = forms.CharField(
-        label="Tags", required=False, max_length=900, help_text="Separated by spaces or commas."
+        label="Tags",
+        required=False,
+        max_length=900,
+        help_text="Separated by spaces or commas.",
+        error_messages={"max_length": "The tags are at most %(limit_value)d characters in all."},
     )
+
+    def domain_field(self, name: str | None) -> str | None:
+        return "tags" if name and name.startswith("tags") else super().domain_field(name)
 
     def cleaned_tags(self) -> list[str]:
         raw = self.cleaned_data.get("tags") or ""
         return [tag for tag in raw.replace(",", " ").split() if tag]
 
 
-class WanPolicyForm(forms.Form):
-    """Mode plus one role per interface; the interface fields are added from the box's links."""
+class WanPolicyForm(PortalForm):
+    """Mode plus one role per interface; the interface fields are added from the box's links. A
+    service error about the links as a whole (``interfaces``) is shown with the roles."""
 
     mode = forms.ChoiceField(label="Mode", choices=WanMode.choices)
     download_kbps = forms.IntegerField(
@@ -115,6 +233,14 @@ class WanPolicyForm(forms.Form):
     def role_fields(self) -> list[tuple[dict, forms.BoundField]]:
         return [(interface, self[f"role_{index}"]) for index, interface in enumerate(self.interfaces)]
 
+    def domain_field(self, name: str | None) -> str | None:
+        # ``interfaces[2].role`` is the third link's role field; ``interfaces`` is every role at once
+        # (the template shows the form's own errors with the roles).
+        match = re.fullmatch(r"interfaces\[(\d+)\]\.role", name or "")
+        if match and f"role_{match.group(1)}" in self.fields:
+            return f"role_{match.group(1)}"
+        return super().domain_field(name)
+
     def policy_interfaces(self) -> list[dict]:
         """The interfaces as the service takes them, keeping what the editor does not show."""
         result = []
@@ -127,29 +253,110 @@ class WanPolicyForm(forms.Form):
         return result
 
 
-class FirmwareSettingsForm(forms.Form):
+WEEKDAYS = [(0, "Mon"), (1, "Tue"), (2, "Wed"), (3, "Thu"), (4, "Fri"), (5, "Sat"), (6, "Sun")]
+
+
+class FirmwareSettingsForm(PortalForm):
+    """Automatic upgrades and the box's maintenance window (hours in its organisation's time zone)."""
+
     auto_upgrade = forms.BooleanField(label="Upgrade automatically in the maintenance window", required=False)
+    window_days = forms.TypedMultipleChoiceField(
+        label="Maintenance window days",
+        coerce=int,
+        choices=WEEKDAYS,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={"invalid_choice": "Choose days of the week from the list."},
+    )
+    window_start = forms.TimeField(
+        label="Window starts",
+        widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M"),
+        error_messages={
+            "required": "Give the time the window starts, e.g. 02:00.",
+            "invalid": "Give the time the window starts as hours and minutes, e.g. 02:00.",
+        },
+    )
+    window_end = forms.TimeField(
+        label="Window ends",
+        widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M"),
+        error_messages={
+            "required": "Give the time the window ends, e.g. 05:00.",
+            "invalid": "Give the time the window ends as hours and minutes, e.g. 05:00.",
+        },
+    )
 
 
-class PostponeForm(forms.Form):
+class UpgradeNowForm(PortalForm):
+    """Upgrade now restarts the box: the person ticks ``confirm`` (a request without it is refused)."""
+
+    confirm = forms.BooleanField(label="Yes, restart the box to install it now", required=False)
+
+    def __init__(self, *args: Any, version: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.version = version
+        if version:
+            self.fields["confirm"].label = f"Yes, restart the box to install {version} now"
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if not data.get("confirm"):
+            self.add_error(
+                "confirm",
+                f"Installing {self.version or 'the new firmware'} restarts the box: its links drop for a "
+                "minute or two. Tick the box to confirm.",
+            )
+        return data
+
+
+class PostponeForm(PortalForm):
     days = forms.TypedChoiceField(
         label="Postpone by",
         coerce=int,
         choices=[(1, "1 day"), (3, "3 days"), (6, "6 days")],
         initial=3,
+        error_messages={"invalid_choice": "Choose how long to postpone from the list."},
     )
 
 
-class CommandForm(forms.Form):
+# Commands that cut the box's connections: the person confirms them (``CommandForm.confirm``).
+DISRUPTIVE_COMMANDS: dict[str, str] = {
+    CommandKind.REBOOT: "Reboot restarts the box: every link and the tunnel drop for about two minutes.",
+    CommandKind.RESTART_SERVICES: "Restarting services drops the tunnel and the connections through the box "
+    "for a few seconds.",
+}
+
+
+class CommandSelect(forms.Select):
+    """The command menu: disruptive commands are marked, so the page shows the confirmation with them."""
+
+    def create_option(self, name: str, value: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        option = super().create_option(name, value, *args, **kwargs)
+        if str(value) in DISRUPTIVE_COMMANDS:
+            option["attrs"]["data-disruptive"] = "true"
+        if str(value) == CommandKind.SPEED_TEST:
+            option["attrs"]["data-speed-test"] = "true"
+        return option
+
+
+class CommandForm(PortalForm):
+    """A command to send. No command is chosen in advance, and a disruptive one needs ``confirm``
+    ticked: a request without it (a replay, a script) is refused with the reason."""
+
     kind = forms.ChoiceField(
         label="Command",
         choices=[
-            (CommandKind.REBOOT, "Reboot"),
+            ("", "Choose a command…"),
             (CommandKind.DIAGNOSTICS, "Run diagnostics"),
             (CommandKind.SPEED_TEST, "Speed test"),
-            (CommandKind.RESTART_SERVICES, "Restart services"),
             (CommandKind.REFRESH_CONFIG, "Refresh configuration"),
+            (CommandKind.RESTART_SERVICES, "Restart services"),
+            (CommandKind.REBOOT, "Reboot"),
         ],
+        widget=CommandSelect,
+        error_messages={
+            "required": "Choose the command to send.",
+            "invalid_choice": "Choose a command from the list.",
+        },
     )
     # Speed test only: which way, and through which WAN (the box's known links; blank = its default route).
     direction = forms.ChoiceField(
@@ -157,14 +364,38 @@ class CommandForm(forms.Form):
         required=False,
         choices=[("download", "Download"), ("upload", "Upload"), ("both", "Download and upload")],
         initial="download",
+        error_messages={"invalid_choice": "Choose download, upload or both."},
     )
-    iface = forms.ChoiceField(label="Through", required=False, choices=[("", "Default route")])
+    iface = forms.ChoiceField(
+        label="Through",
+        required=False,
+        choices=[("", "Default route")],
+        error_messages={
+            "invalid_choice": "Choose one of the box's links from the list (it does not report that one)."
+        },
+    )
+    confirm = forms.BooleanField(label="Yes, interrupt the box now", required=False)
 
     def __init__(self, *args: Any, wans: Sequence[Any] = (), **kwargs: Any) -> None:
+        kwargs.setdefault("auto_id", "id_command_%s")
         super().__init__(*args, **kwargs)
         cast(forms.ChoiceField, self.fields["iface"]).choices = [("", "Default route")] + [
             (wan.iface, f"{wan.label or wan.iface} ({wan.iface})") for wan in wans
         ]
+
+    def domain_field(self, name: str | None) -> str | None:
+        return {"params.iface": "iface", "params.direction": "direction"}.get(
+            name or "", super().domain_field(name)
+        )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        kind = data.get("kind")
+        if kind in DISRUPTIVE_COMMANDS and not data.get("confirm"):
+            self.add_error(
+                "confirm", f"{DISRUPTIVE_COMMANDS[kind]} Tick the box to confirm, then send again."
+            )
+        return data
 
     def command_params(self) -> dict[str, Any]:
         """The command's params from a valid form (speed test: direction and interface)."""
@@ -176,49 +407,126 @@ class CommandForm(forms.Form):
         return params
 
 
-class InviteForm(forms.Form):
-    email = forms.EmailField(label="Email")
-    role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.VIEWER)
+class InviteForm(PortalForm):
+    email = forms.EmailField(
+        label="Email",
+        error_messages={
+            "required": "Give the email address of the person to invite.",
+            "invalid": "Give a valid email address, e.g. jane@example.com.",
+        },
+    )
+    role = forms.ChoiceField(
+        label="Role",
+        choices=Role.choices,
+        initial=Role.VIEWER,
+        error_messages={"invalid_choice": "Choose a role from the list."},
+    )
 
 
-class MemberRoleForm(forms.Form):
-    role = forms.ChoiceField(label="Role", choices=Role.choices)
+class MemberRoleForm(PortalForm):
+    role = forms.ChoiceField(
+        label="Role", choices=Role.choices, error_messages={"invalid_choice": "Choose a role from the list."}
+    )
 
 
-class ApiTokenForm(forms.Form):
-    name = forms.CharField(label="Name", max_length=100, help_text="What uses it, e.g. “monitoring script”.")
+class ApiTokenForm(PortalForm):
+    name = forms.CharField(
+        label="Name",
+        max_length=100,
+        help_text="What uses it, e.g. “monitoring script”.",
+        error_messages=_required("Name the token after what uses it, e.g. “monitoring script”."),
+    )
     expires_in_days = forms.TypedChoiceField(
         label="Expires in",
         coerce=int,
         choices=[(7, "7 days"), (30, "30 days"), (90, "90 days"), (365, "1 year")],
         initial=90,
+        error_messages={"invalid_choice": "Choose when the token expires from the list."},
     )
 
 
-class ConsoleSearchForm(forms.Form):
-    q = forms.CharField(label="Serial, MAC, public IP or customer", max_length=100, required=False)
+class ConsoleSearchForm(PortalForm):
+    q = forms.CharField(
+        label="Find a box by serial, MAC, public IP or customer",
+        max_length=SEARCH_MAX,
+        required=False,
+        error_messages={"max_length": TOO_LONG},
+    )
 
 
-class AuditFilterForm(forms.Form):
-    q = forms.CharField(label="Search", required=False, max_length=100)
-    action = forms.CharField(label="Action starts with", required=False, max_length=64)
-    actor = forms.CharField(label="Actor", required=False, max_length=150)
-    serial = forms.CharField(label="Box serial", required=False, max_length=64)
-    page = forms.IntegerField(required=False, min_value=1)
+class AuditFilterForm(FilterForm):
+    q = forms.CharField(
+        label="Search", required=False, max_length=SEARCH_MAX, error_messages={"max_length": TOO_LONG}
+    )
+    action = forms.CharField(
+        label="Action starts with",
+        required=False,
+        max_length=64,
+        error_messages={"max_length": "An action is at most %(limit_value)d characters, e.g. box.claim."},
+    )
+    actor = forms.CharField(
+        label="Actor",
+        required=False,
+        max_length=150,
+        error_messages={"max_length": "An actor is at most %(limit_value)d characters."},
+    )
+    serial = forms.CharField(
+        label="Box serial",
+        required=False,
+        max_length=64,
+        error_messages={"max_length": "A serial number is at most %(limit_value)d characters."},
+    )
 
 
-class StaffActionForm(forms.Form):
-    confirm_serial = forms.CharField(label="Type the serial number to confirm", max_length=64)
-    server = forms.ChoiceField(label="Target server", required=False)
+class StaffActionForm(PortalForm):
+    confirm_serial = forms.CharField(
+        label="Type the serial number to confirm",
+        max_length=64,
+        error_messages=_required("Type the box's serial number to confirm."),
+    )
+    server = forms.ChoiceField(
+        label="Target server",
+        required=False,
+        error_messages={"invalid_choice": "Choose a server from the list (that one is gone or full)."},
+    )
 
 
-class AlertRuleForm(forms.Form):
-    name = forms.CharField(label="Name", max_length=100)
-    kind = forms.ChoiceField(label="When")
-    threshold = forms.FloatField(label="Threshold", required=False, help_text="Loss in % or RTT in ms.")
-    duration_minutes = forms.IntegerField(label="For (minutes)", min_value=1, max_value=1440, initial=5)
-    box = forms.ChoiceField(label="Box", required=False)
-    targets = forms.MultipleChoiceField(label="Notify", required=False, widget=forms.CheckboxSelectMultiple)
+class AlertRuleForm(PortalForm):
+    """A new alert rule, or (``editing``) an existing one, whose kind is fixed."""
+
+    name = forms.CharField(
+        label="Name", max_length=100, error_messages=_required("Name the rule, e.g. “Office offline”.")
+    )
+    kind = forms.ChoiceField(
+        label="When", error_messages={"invalid_choice": "Choose when the rule fires from the list."}
+    )
+    threshold = forms.FloatField(
+        label="Threshold",
+        required=False,
+        help_text="Loss in % or RTT in ms.",
+        error_messages={"invalid": "Give the threshold as a number, e.g. 5 or 150."},
+    )
+    duration_minutes = forms.IntegerField(
+        label="For (minutes)",
+        min_value=1,
+        max_value=1440,
+        initial=5,
+        error_messages={
+            "required": "Give how many minutes the condition must hold, from 1 to 1440.",
+            "invalid": "Give the duration as a whole number of minutes, from 1 to 1440.",
+            "min_value": "Give a duration of at least 1 minute.",
+            "max_value": "Give a duration of at most 1440 minutes (a day).",
+        },
+    )
+    box = forms.ChoiceField(
+        label="Box", required=False, error_messages={"invalid_choice": "Choose a box from the list."}
+    )
+    targets = forms.MultipleChoiceField(
+        label="Notify",
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={"invalid_choice": "Choose notification targets from the list."},
+    )
 
     def __init__(
         self,
@@ -226,26 +534,50 @@ class AlertRuleForm(forms.Form):
         kinds: Iterable[tuple[str, str]] = (),
         boxes: Iterable[tuple[str, str]] = (),
         targets: Iterable[tuple[str, str]] = (),
+        editing: bool = False,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("auto_id", "id_rule_%s")
         super().__init__(*args, **kwargs)
-        cast(forms.ChoiceField, self.fields["kind"]).choices = list(kinds)
+        if editing:
+            del self.fields["kind"]
+        else:
+            cast(forms.ChoiceField, self.fields["kind"]).choices = list(kinds)
         cast(forms.ChoiceField, self.fields["box"]).choices = [("", "Every box"), *boxes]
         cast(forms.ChoiceField, self.fields["targets"]).choices = list(targets)
 
 
-class NotificationTargetForm(forms.Form):
-    name = forms.CharField(label="Name", max_length=100)
-    kind = forms.ChoiceField(label="Kind", choices=TargetKind.choices)
+class NotificationTargetForm(PortalForm):
+    name = forms.CharField(
+        label="Name", max_length=100, error_messages=_required("Name the target, e.g. “On-call email”.")
+    )
+    kind = forms.ChoiceField(
+        label="Kind",
+        choices=TargetKind.choices,
+        error_messages={"invalid_choice": "Choose email or webhook."},
+    )
     email = forms.CharField(label="Email address", required=False, max_length=254)
     url = forms.CharField(label="Webhook URL", required=False, max_length=500)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("auto_id", "id_target_%s")
+        super().__init__(*args, **kwargs)
 
-class RolloutForm(forms.Form):
-    """A rollout's release and target; the target's rules are checked by the rollout service."""
 
-    name = forms.CharField(label="Name", max_length=120)
-    release = forms.ChoiceField(label="Release")
+class RolloutForm(PortalForm):
+    """A rollout's release and target; the target's rules are checked by the rollout service, whose
+    ``target.<filter>`` errors are shown on the filter's field."""
+
+    name = forms.CharField(
+        label="Name", max_length=120, error_messages=_required("Name the rollout, e.g. “3.0.0 for Acme”.")
+    )
+    release = forms.ChoiceField(
+        label="Release",
+        error_messages={
+            "required": "Choose the release to roll out (publish one first if the list is empty).",
+            "invalid_choice": "Choose a published release from the list.",
+        },
+    )
     channels = forms.MultipleChoiceField(
         label="Box channels",
         required=False,
@@ -270,6 +602,7 @@ class RolloutForm(forms.Form):
         label="Phases (% of eligible boxes)",
         initial="1, 10, 50, 100",
         max_length=100,
+        error_messages=_required("Give the phases as percentages, e.g. 1, 10, 50, 100."),
         help_text="Each phase waits for the previous one to be healthy.",
     )
     force = forms.BooleanField(label="Also boxes with automatic upgrades off", required=False)
@@ -289,14 +622,33 @@ class RolloutForm(forms.Form):
     def _split(value: str) -> list[str]:
         return [item for item in value.replace(",", " ").split() if item]
 
+    def domain_field(self, name: str | None) -> str | None:
+        return super().domain_field((name or "").removeprefix("target."))
+
     def clean_phases(self) -> list[int]:
         try:
             phases = [int(item) for item in self._split(self.cleaned_data["phases"])]
         except ValueError as exc:
-            raise forms.ValidationError("phases are whole percentages, e.g. 1, 10, 50, 100") from exc
+            raise forms.ValidationError(
+                "Give the phases as whole percentages separated by commas, e.g. 1, 10, 50, 100."
+            ) from exc
         if not phases:
-            raise forms.ValidationError("give at least one phase")
-        return phases
+            raise forms.ValidationError("Give at least one phase, e.g. 100.")
+        # the rollout service's own rule, checked here too so every error shows at once
+        try:
+            return phases_validate(phases)
+        except DomainError as exc:
+            raise forms.ValidationError(exc.message) from exc
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        try:
+            target_normalize(self.target())
+        except DomainError as exc:
+            field = self.domain_field(exc.field)
+            if field is None or field not in self.errors:
+                self.add_error(field, exc.message)
+        return data
 
     def target(self) -> dict:
         data = self.cleaned_data

@@ -14,6 +14,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db.models import Count, Q, QuerySet
+from django.http import Http404
 from django.utils import timezone
 
 from fleet.core.choices import BoxState
@@ -64,6 +65,19 @@ def invitations_pending(*, organization: Organization) -> list[Invitation]:
             expires_at__gt=timezone.now(),
         ).order_by("-created_at")
     )
+
+
+def invitation_pending_get(*, organization: Organization, invitation_id: Any) -> Invitation:
+    """A pending invitation of the organisation; anything else (another organisation's, accepted,
+    revoked, expired, a malformed id) is a 404."""
+    try:
+        pk = UUID(str(invitation_id))
+    except ValueError as exc:
+        raise Http404("invitation not found") from exc
+    for invitation in invitations_pending(organization=organization):
+        if invitation.pk == pk:
+            return invitation
+    raise Http404("invitation not found")
 
 
 def box_choices(*, organization: Organization) -> list[tuple[str, str]]:

@@ -33,9 +33,15 @@ urlpatterns = [
     path("members/", organization.members_page, name="members"),
     path("members/<uuid:membership_id>/role/", organization.member_role_update, name="member_role"),
     path("members/<uuid:membership_id>/remove/", organization.member_delete, name="member_remove"),
+    path(
+        "members/invitations/<uuid:invitation_id>/<slug:action>/",
+        organization.invitation_action,
+        name="invitation_action",
+    ),
     path("tokens/", organization.tokens_page, name="tokens"),
     path("tokens/<uuid:token_id>/revoke/", organization.token_revoke, name="token_revoke"),
     path("alerts/", organization.alerts_page, name="alerts"),
+    path("alerts/rule/<uuid:rule_id>/", organization.alert_rule_edit, name="alert_rule"),
     path(
         "alerts/<slug:kind>/<uuid:object_id>/<slug:action>/",
         organization.alert_object_action,

@@ -31,6 +31,8 @@ from fleet.core.services import (
     api_token_revoke,
     enrollment_token_create,
     enrollment_token_revoke,
+    invitation_resend,
+    invitation_revoke,
     member_invite,
     member_remove,
     member_set_role,
@@ -45,10 +47,12 @@ from fleet.firmware.models import Upgrade
 from fleet.monitoring.services import (
     alert_rule_create,
     alert_rule_delete,
+    alert_rule_test_notify,
     alert_rule_update,
     notification_target_create,
     notification_target_delete,
     notification_target_update,
+    notifications,
     rules,
 )
 from frontend.views import box as box_pages
@@ -139,6 +143,16 @@ def _target(w: World) -> Any:
     return target
 
 
+def _rule_with_target(w: World) -> Any:
+    rule = _rule(w)
+    rule.targets.set([_target(w)])
+    return rule
+
+
+def _invitation(w: World) -> Any:
+    return member_invite(actor=SYSTEM, organization=w.people.org, email="invited@example.com", role="viewer")[0]
+
+
 def _waiting_upgrade(w: World) -> Upgrade:
     now = timezone.now()
     return Upgrade.objects.create(
@@ -198,6 +212,8 @@ SERVICES = [
     row("organization_create", None, lambda w, a, _: organization_create(actor=a, name="Initech", owner_email="boss@initech.example"), STAFF),
     row("organization_update", None, lambda w, a, _: organization_update(actor=a, organization=w.people.org, timezone_name="Europe/Berlin"), ADMIN),
     row("member_invite", None, lambda w, a, _: member_invite(actor=a, organization=w.people.org, email="new@example.com", role="viewer"), OWNER),
+    row("invitation_revoke", _invitation, lambda w, a, invitation: invitation_revoke(actor=a, invitation=invitation), OWNER),
+    row("invitation_resend", _invitation, lambda w, a, invitation: invitation_resend(actor=a, invitation=invitation), OWNER),
     row("member_set_role", _membership, lambda w, a, membership: member_set_role(actor=a, membership=membership, role="admin"), OWNER),
     row("member_remove", _membership, lambda w, a, membership: member_remove(actor=a, membership=membership), OWNER),
     # a person issues tokens for themselves (the system for the owner here); staff and the outsider are
@@ -211,6 +227,7 @@ SERVICES = [
     # -- monitoring rules and targets ------------------------------------------------------------------------
     row("alert_rule_create", None, lambda w, a, _: alert_rule_create(actor=a, organization=w.people.org, name="down", kind="wan_down"), ADMIN),
     row("alert_rule_update", _rule, lambda w, a, rule: alert_rule_update(actor=a, rule=rule, enabled=False), ADMIN),
+    row("alert_rule_test_notify", _rule_with_target, lambda w, a, rule: alert_rule_test_notify(actor=a, rule=rule), ADMIN),
     row("alert_rule_delete", _rule, lambda w, a, rule: alert_rule_delete(actor=a, rule=rule), ADMIN),
     row("notification_target_create", None, lambda w, a, _: notification_target_create(actor=a, organization=w.people.org, name="noc", kind="email", email="noc@example.com"), ADMIN),
     row("notification_target_update", _target, lambda w, a, target: notification_target_update(actor=a, target=target, name="ops"), ADMIN),
@@ -274,6 +291,7 @@ def test_every_service_taking_an_actor_is_in_the_matrix() -> None:
         organizations,
         tokens,
         rules,
+        notifications,
         commands,
         firmware,
     )
@@ -331,7 +349,7 @@ def test_a_portal_page_cannot_bypass_the_service(world: World, monkeypatch: Any)
     for user in (world.people.viewer, world.people.outsider):
         client = Client()
         client.force_login(user)
-        responses.append(client.post(url, {"kind": "reboot"}).status_code)
+        responses.append(client.post(url, {"kind": "reboot", "confirm": "on"}).status_code)
     # then the command service refuses them with a 403 and a 404 page, and no command exists
     assert responses == [403, 404]
     assert not Command.objects.filter(box=world.box).exists()

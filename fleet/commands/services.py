@@ -126,12 +126,13 @@ def _validate_params(kind: str, params: Any) -> dict[str, Any]:
         direction = params.get("direction", "download")
         if direction not in SPEED_TEST_DIRECTIONS:
             raise InvalidInput(
-                f"direction must be one of {', '.join(SPEED_TEST_DIRECTIONS)}", field="params.direction"
+                f"Choose the speed test's direction: {', '.join(SPEED_TEST_DIRECTIONS)}.",
+                field="params.direction",
             )
         iface = params.get("iface")
         problem = interface_name_problem(iface) if iface is not None else None
         if problem:
-            raise InvalidInput(f"iface {problem}", field="params.iface")
+            raise InvalidInput(f"The link to test through {problem}.", field="params.iface")
         clean.update(bytes=size, direction=direction)
     return clean
 
@@ -151,13 +152,15 @@ def command_validate(
     InvalidInput naming ``kind``, ``params.<key>`` or ``ttl_s``, or Conflict for an unclaimed box.
     Shared by ``command_create`` and the admin form so both say the same thing."""
     if kind not in CommandKind.values:
-        raise InvalidInput(f"kind must be one of {', '.join(CommandKind.values)}", field="kind")
+        raise InvalidInput(f"Choose a command: {', '.join(CommandKind.values)}.", field="kind")
     if kind == CommandKind.FIRMWARE_UPGRADE and not internal:
-        raise InvalidInput("firmware upgrades are started by a rollout, not by hand", field="kind")
+        raise InvalidInput(
+            "Firmware upgrades are started by a rollout or by “Upgrade now”, not as a command.", field="kind"
+        )
     clean_params = _validate_params(kind, params)
     ttl = _validate_ttl(ttl_s)
     if box.state != BoxState.CLAIMED or box.organization_id is None:
-        raise Conflict("commands can only be sent to a claimed box", field="box")
+        raise Conflict("Commands can only be sent to a claimed box.", field="box")
     return clean_params, ttl
 
 
@@ -170,8 +173,8 @@ def _open_commands_check(box: Box, now: datetime) -> None:
     waiting = Command.objects.filter(box=box, state__in=DELIVERABLE_STATES, expires_at__gt=now).count()
     if waiting >= limit:
         raise Conflict(
-            f"this box already has {waiting} commands waiting (at most {limit}); "
-            "wait for them to finish or expire, or cancel some",
+            f"This box already has {waiting} commands waiting (at most {limit}): wait for them to "
+            "finish or expire, or cancel some.",
             field="kind",
             code="too_many_commands",
         )

@@ -358,16 +358,16 @@ def rollout_create(
     """
     authorize_staff(actor)
     if not isinstance(name, str) or not 0 < len(name.strip()) <= 120:
-        raise InvalidInput("1 to 120 characters", field="name")
+        raise InvalidInput("Give the rollout a name of 1 to 120 characters.", field="name")
     if release.state != ReleaseState.PUBLISHED:
-        raise Conflict("only a published release can be rolled out", field="release")
+        raise Conflict("Only a published release can be rolled out: publish it first.", field="release")
     target = target_normalize(target)
     phases = phases_validate(phases if phases is not None else [1, 10, 50, 100])
     int_in(soak_s, "soak_s", 0, 30 * 24 * 3600)
     if isinstance(max_failure_pct, bool) or not isinstance(max_failure_pct, int | float):
-        raise InvalidInput("a percentage from 0 to 100", field="max_failure_pct")
+        raise InvalidInput("Give a percentage from 0 to 100.", field="max_failure_pct")
     if not 0 <= max_failure_pct <= 100:
-        raise InvalidInput("a percentage from 0 to 100", field="max_failure_pct")
+        raise InvalidInput("Give a percentage from 0 to 100.", field="max_failure_pct")
     if max_failures is not None:
         int_in(max_failures, "max_failures", 0, 10_000_000)
     int_in(max_in_flight, "max_in_flight", 1, 100_000)
@@ -375,7 +375,7 @@ def rollout_create(
     int_in(upgrade_timeout_s, "upgrade_timeout_s", 60, 24 * 3600)
     int_in(offline_grace_s, "offline_grace_s", 0, 90 * 24 * 3600)
     if start_at is not None and timezone.is_naive(start_at):
-        raise InvalidInput("must include a time zone", field="start_at")
+        raise InvalidInput("Give the start time with its time zone.", field="start_at")
     with transaction.atomic():
         rollout = Rollout.objects.create(
             name=name.strip(),
@@ -466,9 +466,9 @@ def rollout_start(*, actor: Actor, rollout: Rollout) -> Rollout:
     with transaction.atomic():
         locked = _locked_rollout(rollout)
         if not locked.allows(RolloutAction.START):
-            raise Conflict(f"the rollout is {locked.state}", field="state")
+            raise Conflict(f"This cannot be done now: the rollout is {locked.state}.", field="state")
         if locked.release.state != ReleaseState.PUBLISHED:
-            raise Conflict("the release is no longer published", field="release")
+            raise Conflict("The release is no longer published: it was withdrawn.", field="release")
         before = _rollout_audit(locked)
         now = timezone.now()
         locked.state = (
@@ -492,7 +492,7 @@ def rollout_pause(*, actor: Actor, rollout: Rollout, reason: str = "") -> Rollou
         if locked.state == RolloutState.PAUSED:
             return locked
         if not locked.allows(RolloutAction.PAUSE):
-            raise Conflict(f"the rollout is {locked.state}", field="state")
+            raise Conflict(f"This cannot be done now: the rollout is {locked.state}.", field="state")
         before = _rollout_audit(locked)
         rollout_mark_paused(locked, reason=reason or f"paused by {actor.label}", now=timezone.now())
         audit_record(
@@ -508,9 +508,9 @@ def rollout_resume(*, actor: Actor, rollout: Rollout) -> Rollout:
     with transaction.atomic():
         locked = _locked_rollout(rollout)
         if not locked.allows(RolloutAction.RESUME):
-            raise Conflict(f"the rollout is {locked.state}", field="state")
+            raise Conflict(f"This cannot be done now: the rollout is {locked.state}.", field="state")
         if locked.release.state != ReleaseState.PUBLISHED:
-            raise Conflict("the release is no longer published", field="release")
+            raise Conflict("The release is no longer published: it was withdrawn.", field="release")
         before = _rollout_audit(locked)
         phase_failures, total_failures = rollout_failure_counts(rollout=locked)
         locked.phase_failure_baseline = phase_failures
@@ -547,7 +547,7 @@ def rollout_abort(*, actor: Actor, rollout: Rollout, reason: str = "") -> Rollou
     with transaction.atomic():
         locked = _locked_rollout(rollout)
         if not locked.allows(RolloutAction.ABORT):
-            raise Conflict(f"the rollout is {locked.state}", field="state")
+            raise Conflict(f"This cannot be done now: the rollout is {locked.state}.", field="state")
         before = _rollout_audit(locked)
         now = timezone.now()
         locked.state = RolloutState.ABORTED
@@ -586,9 +586,9 @@ def upgrades_retry_failed(*, actor: Actor, rollout: Rollout, box_ids: list[Any] 
     with transaction.atomic():
         locked = _locked_rollout(rollout)
         if not locked.allows(RolloutAction.RETRY_FAILED):
-            raise Conflict(f"the rollout is {locked.state}", field="state")
+            raise Conflict(f"This cannot be done now: the rollout is {locked.state}.", field="state")
         if locked.release.state != ReleaseState.PUBLISHED:
-            raise Conflict("the release is no longer published", field="release")
+            raise Conflict("The release is no longer published: it was withdrawn.", field="release")
         now = timezone.now()
         upgrades = locked.upgrades.filter(
             state__in=[s for s in FAILURE_STATES if s in sources_of(UpgradeState.PENDING)]
@@ -639,7 +639,7 @@ def rollout_act(
         retried = upgrades_retry_failed(actor=actor, rollout=rollout, box_ids=box_ids)
         rollout.refresh_from_db()
         return rollout, retried
-    raise InvalidInput(f"no rollout action {action!r}", field="action")
+    raise InvalidInput(f"There is no rollout action {action!r}.", field="action")
 
 
 # --- the box side: policy, upgrade now, postpone --------------------------------------------------
@@ -658,13 +658,16 @@ def box_upgrade_policy_update(
     Needs the admin role in the box's organisation (staff always)."""
     authorize(actor, organization_id=box.organization_id, minimum=Role.ADMIN)
     if box.organization_id is None:
-        raise Conflict("only a claimed box has an upgrade policy", field="box")
+        raise Conflict("Only a claimed box has automatic upgrades and a maintenance window.", field="box")
     if window_days is not None and (
         not isinstance(window_days, list)
         or not window_days
         or not all(type(d) is int and d in DEFAULT_WINDOW_DAYS for d in window_days)
     ):
-        raise InvalidInput("a non-empty list of weekdays, 0 (Monday) to 6 (Sunday)", field="window_days")
+        raise InvalidInput(
+            "Choose at least one day of the week for the maintenance window (0 is Monday, 6 is Sunday).",
+            field="window_days",
+        )
     with transaction.atomic():
         policy, _ = BoxUpgradePolicy.objects.select_for_update().get_or_create(box=box)
         locked_box = Box.objects.select_for_update().get(pk=box.pk)
@@ -719,11 +722,11 @@ def box_upgrade_now(*, actor: Actor, box: Box, release: Release | None = None) -
     """
     authorize(actor, organization_id=box.organization_id, minimum=Role.ADMIN)
     if box.state != BoxState.CLAIMED or box.organization_id is None:
-        raise Conflict("only a claimed box can be upgraded", field="box")
+        raise Conflict("Only a claimed box can be upgraded.", field="box")
     with transaction.atomic():
         Box.objects.select_for_update().filter(pk=box.pk).first()
         if Upgrade.objects.filter(box=box, state__in=IN_FLIGHT_STATES).exists():
-            raise Conflict("this box is being upgraded right now", field="box")
+            raise Conflict("This box is being upgraded right now: wait until it has finished.", field="box")
         now = timezone.now()
         waiting = (
             Upgrade.objects.select_for_update(of=("self",))
@@ -736,7 +739,9 @@ def box_upgrade_now(*, actor: Actor, box: Box, release: Release | None = None) -
         if waiting is not None and (release is None or waiting.release_id == release.pk):
             if waiting.rollout is not None and waiting.rollout.state != RolloutState.RUNNING:
                 raise Conflict(
-                    f"the rollout of {waiting.release.version} is {waiting.rollout.state}", field="box"
+                    f"The rollout of {waiting.release.version} is {waiting.rollout.state}: it must run "
+                    "for its upgrade to be sent now.",
+                    field="box",
                 )
             waiting.forced = True
             waiting.not_before = None
@@ -746,11 +751,13 @@ def box_upgrade_now(*, actor: Actor, box: Box, release: Release | None = None) -
         else:
             release = release or latest_release_for(box)
             if release is None or release.state != ReleaseState.PUBLISHED:
-                raise Conflict("there is no published release for this box", field="release")
+                raise Conflict("There is no published release for this box yet.", field="release")
             if box.model not in release.hardware_models:
-                raise InvalidInput(f"{release.version} does not fit model {box.model!r}", field="release")
+                raise InvalidInput(
+                    f"Release {release.version} is not made for the model {box.model}.", field="release"
+                )
             if box.firmware_version == release.version:
-                raise Conflict(f"the box already runs {release.version}", field="release")
+                raise Conflict(f"The box already runs {release.version}.", field="release")
             upgrade = Upgrade.objects.create(
                 box=box,
                 release=release,
@@ -779,19 +786,19 @@ def upgrade_postpone(*, actor: Actor, upgrade: Upgrade, until: dt.datetime) -> U
     box = upgrade.box
     authorize(actor, organization_id=box.organization_id, minimum=Role.ADMIN)
     if box.organization_id is None:
-        raise Conflict("the box is not claimed", field="box")
+        raise Conflict("Only a claimed box has upgrades to postpone.", field="box")
     now = timezone.now()
     if not isinstance(until, dt.datetime) or timezone.is_naive(until):
-        raise InvalidInput("an ISO date-time with a time zone", field="until")
+        raise InvalidInput("Give the date and time with its time zone (ISO 8601).", field="until")
     if until <= now:
-        raise InvalidInput("must be in the future", field="until")
+        raise InvalidInput("Give a time in the future.", field="until")
     if until > now + MAX_POSTPONE:
-        raise InvalidInput("at most 7 days ahead", field="until")
+        raise InvalidInput("An upgrade can be postponed by at most 7 days.", field="until")
     with transaction.atomic():
         locked = Upgrade.objects.select_for_update().get(pk=upgrade.pk)
         if locked.state not in WAITING_STATES:
             raise Conflict(
-                f"the upgrade is {locked.state}; only a waiting upgrade can be postponed", field="state"
+                f"Only a waiting upgrade can be postponed, and this one is {locked.state}.", field="state"
             )
         before = {
             "not_before": locked.not_before.isoformat() if locked.not_before else None,

@@ -4,7 +4,8 @@ Shared by the preview (counts only) and the creation (rows), so what staff previ
 A target is a dict of optional filters, all of which must match:
 
 ``channels`` (box release channels; default: the channels that take the release's channel),
-``models``, ``organizations`` (ids), ``version_min`` / ``version_max`` (``min <= v < max``),
+``models`` (matched whatever their case), ``organizations`` (ids), ``version_min`` /
+``version_max`` (``min <= v < max``; each must look like a version, e.g. ``5.2.1``),
 ``tags`` (a box with any of them), ``boxes`` (explicit ids or serials).
 
 Only claimed boxes are ever targeted. Matching boxes the release cannot go to are kept as
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +32,9 @@ from fleet.firmware.choices import OPEN_STATES, SkipReason
 from fleet.firmware.models import Release, Upgrade
 from fleet.firmware.versions import version_in_range, version_key
 
+# A version bound: digits first (an optional "v"), dot-separated parts, an optional suffix
+# ("24.10.1-otb3"). Anything else would compare after every real version and match nothing.
+VERSION_BOUND_RE = re.compile(r"^[vV]?\d+(?:\.\d+)*(?:[-+][0-9A-Za-z][0-9A-Za-z.+-]*)?$")
 TARGET_KEYS = ("channels", "models", "organizations", "version_min", "version_max", "tags", "boxes")
 MAX_EXPLICIT_BOXES = 100_000
 
@@ -43,11 +48,11 @@ CHANNELS_TAKING: dict[str, list[str]] = {
 
 def _string_list(value: Any, name: str, *, max_len: int = 64, max_items: int = 1000) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-        raise InvalidInput("must be a list of non-empty strings", field=f"target.{name}")
+        raise InvalidInput("Give a list of non-empty texts.", field=f"target.{name}")
     if len(value) > max_items:
-        raise InvalidInput(f"at most {max_items} items", field=f"target.{name}")
+        raise InvalidInput(f"Give at most {max_items} items.", field=f"target.{name}")
     if any(len(item) > max_len for item in value):
-        raise InvalidInput(f"items are at most {max_len} characters", field=f"target.{name}")
+        raise InvalidInput(f"Each item is at most {max_len} characters.", field=f"target.{name}")
     return list(dict.fromkeys(value))
 
 
@@ -56,17 +61,20 @@ def target_normalize(target: Any) -> dict[str, Any]:
     if target is None:
         return {}
     if not isinstance(target, dict):
-        raise InvalidInput("target must be an object", field="target")
+        raise InvalidInput("The target is an object of filters.", field="target")
     unknown = set(target) - set(TARGET_KEYS)
     if unknown:
-        raise InvalidInput(f"unknown filter {sorted(unknown)[0]!r}", field=f"target.{sorted(unknown)[0]}")
+        name = sorted(unknown)[0]
+        raise InvalidInput(
+            f"There is no filter named {name!r}: use {', '.join(TARGET_KEYS)}.", field=f"target.{name}"
+        )
     clean: dict[str, Any] = {}
     if target.get("channels"):
         channels = _string_list(target["channels"], "channels")
         bad = [c for c in channels if c not in ReleaseChannel.values]
         if bad:
             raise InvalidInput(
-                f"unknown channel {bad[0]!r}; one of {', '.join(ReleaseChannel.values)}",
+                f"There is no channel {bad[0]!r}: choose {', '.join(ReleaseChannel.values)}.",
                 field="target.channels",
             )
         clean["channels"] = channels
@@ -77,20 +85,29 @@ def target_normalize(target: Any) -> dict[str, Any]:
         try:
             clean["organizations"] = [str(uuid.UUID(item)) for item in ids]
         except ValueError as exc:
-            raise InvalidInput("organization ids must be UUIDs", field="target.organizations") from exc
+            raise InvalidInput(
+                "Choose customers from the list (ids are UUIDs).", field="target.organizations"
+            ) from exc
     for bound in ("version_min", "version_max"):
         value = target.get(bound)
         if value in (None, ""):
             continue
-        if not isinstance(value, str) or len(value) > 64:
-            raise InvalidInput("must be a version string", field=f"target.{bound}")
-        clean[bound] = value
+        if not isinstance(value, str) or len(value) > 64 or not VERSION_BOUND_RE.fullmatch(value.strip()):
+            raise InvalidInput(
+                f"The version “{str(value)[:64]}” is not valid: give numbers separated by dots, e.g. "
+                "5.2.1 or 24.10.1-otb3.",
+                field=f"target.{bound}",
+            )
+        clean[bound] = value.strip()
     if (
         "version_min" in clean
         and "version_max" in clean
         and version_key(clean["version_min"]) >= version_key(clean["version_max"])
     ):
-        raise InvalidInput("version_max must be above version_min", field="target.version_max")
+        raise InvalidInput(
+            "The upper version must be above the lower one (boxes from the lower version, below the upper).",
+            field="target.version_max",
+        )
     if target.get("tags"):
         clean["tags"] = _string_list(target["tags"], "tags", max_len=40)
     if target.get("boxes"):
@@ -108,13 +125,21 @@ def _explicit_q(items: list[str]) -> Q:
     return Q(pk__in=ids) | Q(serial__in=serials)
 
 
+def _models_in_fleet(models: list[str]) -> list[str]:
+    """The fleet's model names that match ``models`` whatever the case (``otb-v2c`` is ``OTB-v2c``):
+    few distinct models, so the filter stays an indexed IN list."""
+    wanted = {model.casefold() for model in models}
+    fleet_models = Box.objects.filter(state=BoxState.CLAIMED).values_list("model", flat=True).distinct()
+    return [model for model in fleet_models if model.casefold() in wanted]
+
+
 def _filter_qs(target: dict[str, Any], release: Release, versions: list[str] | None) -> dict[str, Q]:
     """One Q per filter, so the preview can count each alone and the creation can AND them."""
     filters: dict[str, Q] = {
         "channels": Q(release_channel__in=target.get("channels") or CHANNELS_TAKING[release.channel]),
     }
     if "models" in target:
-        filters["models"] = Q(model__in=target["models"])
+        filters["models"] = Q(model__in=_models_in_fleet(target["models"]))
     if "organizations" in target:
         filters["organizations"] = Q(organization_id__in=target["organizations"])
     if versions is not None:
@@ -264,18 +289,30 @@ MAX_PHASES = 10
 def int_in(value: Any, name: str, low: int, high: int) -> int:
     """``value`` if it is a JSON integer within [low, high]; else InvalidInput naming ``name``."""
     if type(value) is not int or not low <= value <= high:
-        raise InvalidInput(f"an integer from {low} to {high}", field=name)
+        raise InvalidInput(f"Give a whole number from {low} to {high}.", field=name)
     return value
 
 
 def phases_validate(phases: Any) -> list[int]:
     """The cumulative percentages of a rollout's phases: increasing integers, the last one 100."""
     if not isinstance(phases, list) or not phases or len(phases) > MAX_PHASES:
-        raise InvalidInput(f"a list of 1 to {MAX_PHASES} cumulative percentages", field="phases")
+        raise InvalidInput(
+            f"Give 1 to {MAX_PHASES} phases, as cumulative percentages, e.g. 1, 10, 50, 100.", field="phases"
+        )
     for value in phases:
-        int_in(value, "phases", 1, 100)
+        if type(value) is not int or not 1 <= value <= 100:
+            raise InvalidInput(
+                f"Each phase is a percentage from 1 to 100 of the eligible boxes ({value} is not).",
+                field="phases",
+            )
     if any(b <= a for a, b in itertools.pairwise(phases)):
-        raise InvalidInput("percentages must increase", field="phases")
+        raise InvalidInput(
+            "Each phase is a larger share than the one before it (cumulative percentages, e.g. 1, 10, 50, "
+            "100).",
+            field="phases",
+        )
     if phases[-1] != 100:
-        raise InvalidInput("the last phase must be 100", field="phases")
+        raise InvalidInput(
+            "The last phase must be 100, so that every eligible box is upgraded.", field="phases"
+        )
     return list(phases)

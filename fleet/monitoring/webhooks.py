@@ -41,20 +41,22 @@ def webhook_signature_valid(secret: str, body: bytes, header: str) -> bool:
 def webhook_url_validate(url: str) -> str:
     """An absolute http(s) URL with a host and no credentials; raises InvalidInput(field="url")."""
     if not isinstance(url, str) or not url or len(url) > 500:
-        raise InvalidInput("url must be an http or https URL of at most 500 characters", field="url")
+        raise InvalidInput("Give an http:// or https:// URL of at most 500 characters.", field="url")
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise InvalidInput(f"url is not valid: {exc}", field="url") from exc
+        raise InvalidInput(f"This URL is not valid ({exc}).", field="url") from exc
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise InvalidInput("url must be an absolute http or https URL", field="url")
+        raise InvalidInput("Give a full URL starting with http:// or https://.", field="url")
     if parts.username or parts.password:
-        raise InvalidInput("url must not carry credentials; the signature authenticates us", field="url")
+        raise InvalidInput(
+            "Remove the user name and password from the URL: every request is signed instead.", field="url"
+        )
     if port == 0:
-        raise InvalidInput("url port is not valid", field="url")
+        raise InvalidInput("The URL's port is not valid.", field="url")
     if not settings.OTB.get("WEBHOOK_ALLOW_PRIVATE", False) and _obviously_private(parts.hostname):
-        raise InvalidInput("url must point to a public address", field="url")
+        raise InvalidInput("The URL must point to a public address, not a private or local one.", field="url")
     return url
 
 

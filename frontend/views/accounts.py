@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any, cast
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth import login as auth_login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import NON_FIELD_ERRORS
@@ -20,11 +22,11 @@ from django.views.decorators.http import require_POST
 from fleet.core.access import organization_for
 from fleet.core.choices import Role
 from fleet.core.errors import DomainError
-from fleet.core.services import invitation_accept
+from fleet.core.services import invitation_accept, invitation_sign_up
 from fleet.core.throttling import login_failed, login_refusal, login_succeeded
 from frontend.context import current_organization, organization_choose
 from frontend.errors import form_add_domain_error, page_errors
-from frontend.forms import InvitationAcceptForm
+from frontend.forms import InvitationAcceptForm, InvitationSignUpForm, SignInForm
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +57,9 @@ class ThrottledLoginMixin:
         return cast(HttpResponse, super().post(request, *args, **kwargs))  # type: ignore[misc]
 
     def form_invalid(self, form: Any) -> HttpResponse:
-        login_failed(**self._attempt(cast(Any, self).request))
+        incomplete = getattr(form, "incomplete", None)
+        if not (callable(incomplete) and incomplete()):
+            login_failed(**self._attempt(cast(Any, self).request))
         return cast(HttpResponse, super().form_invalid(form))  # type: ignore[misc]
 
     def form_valid(self, form: Any) -> HttpResponse:
@@ -65,6 +69,7 @@ class ThrottledLoginMixin:
 
 class LoginView(ThrottledLoginMixin, auth_views.LoginView):
     template_name = "frontend/auth/login.html"
+    authentication_form = SignInForm
     redirect_authenticated_user = True
 
 
@@ -135,19 +140,37 @@ def organization_switch(request: HttpRequest) -> HttpResponse:
     return redirect(target)
 
 
-@login_required
 def invitation_accept_page(request: HttpRequest) -> HttpResponse:
-    """Paste the invitation token from the email (tokens never travel in URLs) and join."""
-    form = InvitationAcceptForm(request.POST or None)
+    """Accept an invitation: signed in, join with the token; not signed in, create the account the
+    invitation is addressed to (the password chosen here), then be signed in as a member.
+
+    The invitation link carries the token after ``#`` (never sent to a server); the page's script
+    copies it into the token field, which can also be pasted by hand."""
+    signed_in = request.user.is_authenticated
+    form: InvitationAcceptForm = (
+        InvitationAcceptForm(request.POST or None)
+        if signed_in
+        else InvitationSignUpForm(request.POST or None)
+    )
     if request.method == "POST" and form.is_valid():
+        token = form.cleaned_data["token"]
         try:
-            membership = invitation_accept(user=request.user, token=form.cleaned_data["token"])
+            if signed_in:
+                membership = invitation_accept(user=request.user, token=token)
+            else:
+                membership = invitation_sign_up(token=token, password=form.cleaned_data["password1"])
+                auth_login(request, membership.user, backend=settings.AUTHENTICATION_BACKENDS[0])
         except DomainError as exc:
             form_add_domain_error(form, exc)
         else:
             organization_choose(request, membership.organization)
-            messages.success(request, f"You joined {membership.organization.name} as {membership.role}.")
+            role = Role(membership.role).label.lower()
+            welcome = "Welcome! Your account is ready and you are signed in. " if not signed_in else ""
+            messages.success(request, f"{welcome}You joined {membership.organization.name} as {role}.")
             return redirect("frontend:boxes")
     return render(
-        request, "frontend/invitation_accept.html", {"form": form}, status=400 if form.errors else 200
+        request,
+        "frontend/invitation_accept.html",
+        {"form": form, "signed_in": signed_in},
+        status=400 if form.errors else 200,
     )

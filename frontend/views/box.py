@@ -23,7 +23,7 @@ from fleet.commands.services import command_create
 from fleet.core.access import ROLE_RANK, box_for, box_visible, is_staff, require_role
 from fleet.core.audit import Actor
 from fleet.core.choices import Role, WanKind, WanMode, WanRole
-from fleet.core.errors import Conflict, InvalidInput, NotFound
+from fleet.core.errors import Conflict, NotFound
 from fleet.core.models import Box
 from fleet.firmware.choices import OPEN_STATES as OPEN_UPGRADE_STATES
 from fleet.firmware.choices import WAITING_STATES
@@ -36,8 +36,16 @@ from fleet.firmware.services import (
 )
 from fleet.monitoring.selectors import event_list
 from fleet.telemetry.selectors import box_live_status, box_wans
-from frontend.errors import errors_as_message, errors_on_form, page_errors
-from frontend.forms import BoxRenameForm, CommandForm, FirmwareSettingsForm, PostponeForm, WanPolicyForm
+from frontend.errors import errors_on_form, form_error_summary, page_errors
+from frontend.forms import (
+    WEEKDAYS,
+    BoxRenameForm,
+    CommandForm,
+    FirmwareSettingsForm,
+    PostponeForm,
+    UpgradeNowForm,
+    WanPolicyForm,
+)
 from provisioning.selectors.boxes import box_addresses
 from provisioning.selectors.infrastructure import box_tunnel_status
 from provisioning.services.configuration import box_set_wan_policy, box_settings_authorize, box_update
@@ -87,13 +95,54 @@ def _firmware(box: Box) -> dict[str, Any]:
     upgrades = list(box_upgrades(box=box)[:5])
     open_upgrade = next((upgrade for upgrade in upgrades if upgrade.state in OPEN_UPGRADE_STATES), None)
     latest = latest_release_for(box) if box.organization_id else None
+    policy = box_upgrade_policy(box=box)
+    days = sorted(policy.window_days)
     return {
         "latest_version": latest.version if latest else "",
         "upgrade_available": bool(latest and latest.version != box.firmware_version),
         "open_upgrade": open_upgrade,
         "can_postpone": open_upgrade is not None and open_upgrade.state in WAITING_STATES,
         "recent_upgrades": upgrades,
-        "policy": box_upgrade_policy(box=box),
+        "policy": policy,
+        "window_days_text": "every day"
+        if len(days) == len(WEEKDAYS)
+        else ", ".join(label for value, label in WEEKDAYS if value in days),
+    }
+
+
+def _firmware_settings_form(box: Box, data: Any = None) -> FirmwareSettingsForm:
+    policy = box_upgrade_policy(box=box)
+    return FirmwareSettingsForm(
+        data,
+        initial={
+            "auto_upgrade": box.auto_upgrade,
+            "window_days": list(policy.window_days),
+            "window_start": policy.window_start,
+            "window_end": policy.window_end,
+        },
+    )
+
+
+def _firmware_panel(
+    box: Box,
+    *,
+    console: bool,
+    settings_form: FirmwareSettingsForm | None = None,
+    upgrade_form: UpgradeNowForm | None = None,
+    postpone_form: PostponeForm | None = None,
+    note: str = "",
+) -> dict[str, Any]:
+    """What the firmware panel shows: the engine's view of the box and its three forms."""
+    firmware = _firmware(box)
+    return {
+        "box": box,
+        "console": console,
+        "firmware": firmware,
+        "firmware_form": settings_form or _firmware_settings_form(box),
+        "upgrade_form": upgrade_form
+        or UpgradeNowForm(version=firmware["latest_version"], auto_id="id_upgrade_%s"),
+        "postpone_form": postpone_form or PostponeForm(),
+        "firmware_note": note,
     }
 
 
@@ -114,7 +163,6 @@ def box_context(request: HttpRequest, box: Box, *, console: bool = False) -> dic
         "events": _events(box),
         "commands": commands,
         "commands_open": any(command.is_open for command in commands),
-        "firmware": _firmware(box),
         "policy_form": WanPolicyForm(
             initial={
                 "mode": (box.wan_policy or {}).get("mode", WanMode.AGGREGATE),
@@ -123,11 +171,12 @@ def box_context(request: HttpRequest, box: Box, *, console: bool = False) -> dic
             },
             interfaces=_policy_interfaces(box, wans),
         ),
-        "rename_form": BoxRenameForm(initial={"name": box.name, "tags": " ".join(box.tags)}),
-        "firmware_form": FirmwareSettingsForm(initial={"auto_upgrade": box.auto_upgrade}),
-        "postpone_form": PostponeForm(),
+        "rename_form": BoxRenameForm(
+            initial={"name": box.name, "tags": " ".join(box.tags)}, auto_id="id_rename_%s"
+        ),
         "command_form": CommandForm(wans=wans),
         "box_url": reverse("frontend:console_box" if console else "frontend:box", args=[box.pk]),
+        **_firmware_panel(box, console=console),
     }
 
 
@@ -183,10 +232,18 @@ def box_commands_fragment(request: HttpRequest, box_id: str) -> HttpResponse:
     )
 
 
+def _console(request: HttpRequest) -> bool:
+    return request.POST.get("console") == "1" and is_staff(request.user)
+
+
 def _back(request: HttpRequest, box: Box, anchor: str) -> HttpResponse:
-    console = request.POST.get("console") == "1" and is_staff(request.user)
-    url = reverse("frontend:console_box" if console else "frontend:box", args=[box.pk])
+    """Without script, a form posts the whole page: back to the box page, at the form's section."""
+    url = reverse("frontend:console_box" if _console(request) else "frontend:box", args=[box.pk])
     return redirect(f"{url}#{anchor}")
+
+
+def _htmx(request: HttpRequest) -> bool:
+    return bool(request.headers.get("HX-Request"))
 
 
 @login_required
@@ -209,26 +266,24 @@ def box_policy_update(request: HttpRequest, box_id: str) -> HttpResponse:
                 upload_kbps=form.cleaned_data.get("upload_kbps"),
             )
     status = 400 if form.errors else 200
-    if request.headers.get("HX-Request"):
+    if _htmx(request):
         return render(
             request,
             "frontend/box/_policy.html",
-            {"box": box, "policy_form": form, "can_edit": True, "saved": not form.errors},
+            {
+                "box": box,
+                "policy_form": form,
+                "can_edit": True,
+                "saved": not form.errors,
+                "console": _console(request),
+            },
             status=status,
         )
     if form.errors:
-        messages.error(request, "The WAN policy was not saved: " + "; ".join(_error_texts(form)))
+        messages.error(request, "The WAN policy was not saved. " + form_error_summary(form))
     else:
         messages.success(request, "WAN policy saved. Waiting for the box to apply it.")
     return _back(request, box, "policy")
-
-
-def _error_texts(form: Any) -> list[str]:
-    return [
-        f"{'' if field == '__all__' else field + ': '}{error}"
-        for field, errors in form.errors.items()
-        for error in errors
-    ]
 
 
 @login_required
@@ -238,14 +293,22 @@ def box_rename(request: HttpRequest, box_id: str) -> HttpResponse:
     actor = Actor.from_request(request)
     box = box_visible(actor, box_id)
     box_settings_authorize(actor=actor, box=box)
-    form = BoxRenameForm(request.POST)
+    form = BoxRenameForm(request.POST, auto_id="id_rename_%s")
     if form.is_valid():
         with errors_on_form(form):
             box_update(actor=actor, box=box, name=form.cleaned_data["name"], tags=form.cleaned_tags())
+    if form.errors and _htmx(request):
+        context = {"box": box, "rename_form": form, "console": _console(request)}
+        return render(request, "frontend/box/_rename.html", context, status=400)
     if form.errors:
-        messages.error(request, "Not saved: " + "; ".join(_error_texts(form)))
-    else:
-        messages.success(request, "Saved.")
+        messages.error(request, "Not saved. " + form_error_summary(form))
+        return _back(request, box, "overview")
+    messages.success(request, "Name and tags saved.")
+    if _htmx(request):
+        # the name is in the page's title and heading: reload it (the message shows there)
+        response = HttpResponse(status=200)
+        response["HX-Refresh"] = "true"
+        return response
     return _back(request, box, "overview")
 
 
@@ -253,10 +316,13 @@ def box_rename(request: HttpRequest, box_id: str) -> HttpResponse:
 @require_POST
 @page_errors
 def box_command_create(request: HttpRequest, box_id: str) -> HttpResponse:
-    """Send a command (reboot, diagnostics, speed test...) to the box."""
+    """Send a command (diagnostics, speed test, reboot...) to the box; a disruptive one only once
+    the person has confirmed it (``CommandForm``)."""
     actor = Actor.from_request(request)
     box = box_visible(actor, box_id)
-    form = CommandForm(request.POST, wans=box_wans(box_id=box.pk))
+    wans = box_wans(box_id=box.pk)
+    form = CommandForm(request.POST, wans=wans)
+    sent = ""
     if form.is_valid():
         with errors_on_form(form):
             command = command_create(
@@ -265,55 +331,101 @@ def box_command_create(request: HttpRequest, box_id: str) -> HttpResponse:
                 kind=form.cleaned_data["kind"],
                 params=form.command_params(),
             )
-            messages.success(request, f"{command.get_kind_display()} sent to {box.name or box.serial}.")
+            sent = f"{command.get_kind_display()} sent to {box.name or box.serial}."
+    if _htmx(request):
+        commands = _commands(box)
+        context = {
+            "box": box,
+            "command_form": form if form.errors else CommandForm(wans=wans),
+            "command_sent": sent,
+            "console": _console(request),
+            "can_edit": True,
+            # the list below the form shows the new command at once (an out-of-band swap)
+            "commands": commands,
+            "commands_open": any(command.is_open for command in commands),
+            "commands_oob": bool(sent),
+        }
+        return render(request, "frontend/box/_command_form.html", context, status=400 if form.errors else 200)
     if form.errors:
-        messages.error(request, "Not sent: " + "; ".join(_error_texts(form)))
+        messages.error(request, "Not sent. " + form_error_summary(form))
+    else:
+        messages.success(request, sent)
     return _back(request, box, "commands")
+
+
+def _firmware_answer(request: HttpRequest, box: Box, *, ok: bool, note: str, **forms: Any) -> HttpResponse:
+    """The firmware panel again (htmx: with the errors next to the fields, or the note), or back to
+    the page with a message."""
+    if _htmx(request):
+        box.refresh_from_db()
+        context = _firmware_panel(box, console=_console(request), note=note if ok else "", **forms)
+        context["can_edit"] = True
+        return render(request, "frontend/box/_firmware.html", context, status=200 if ok else 400)
+    if ok:
+        messages.success(request, note)
+    else:
+        form = next(form for form in forms.values() if form is not None and form.errors)
+        messages.error(request, "Not done. " + form_error_summary(form))
+    return _back(request, box, "firmware")
 
 
 @login_required
 @require_POST
 @page_errors
 def box_firmware_settings(request: HttpRequest, box_id: str) -> HttpResponse:
-    """Automatic upgrades on or off (the rollout engine's upgrade policy)."""
+    """Automatic upgrades on or off, and the maintenance window (the rollout engine's upgrade policy)."""
     actor = Actor.from_request(request)
     box = box_visible(actor, box_id)
-    form = FirmwareSettingsForm(request.POST)
+    form = _firmware_settings_form(box, request.POST)
     if form.is_valid():
+        data = form.cleaned_data
         with errors_on_form(form):
-            box_upgrade_policy_update(actor=actor, box=box, auto_upgrade=form.cleaned_data["auto_upgrade"])
-    if form.errors:
-        messages.error(request, "Not saved: " + "; ".join(_error_texts(form)))
-    else:
-        messages.success(request, "Firmware settings saved.")
-    return _back(request, box, "firmware")
+            box_upgrade_policy_update(
+                actor=actor,
+                box=box,
+                auto_upgrade=data["auto_upgrade"],
+                window_days=list(data["window_days"]),
+                window_start=data["window_start"],
+                window_end=data["window_end"],
+            )
+    return _firmware_answer(
+        request, box, ok=not form.errors, note="Firmware settings saved.", settings_form=form
+    )
 
 
 @login_required
 @require_POST
 @page_errors
 def box_firmware_action(request: HttpRequest, box_id: str, action: str) -> HttpResponse:
-    """Upgrade now, or postpone the waiting upgrade by a few days."""
+    """Upgrade now (once confirmed: it restarts the box), or postpone the waiting upgrade."""
 
     actor = Actor.from_request(request)
     box = box_visible(actor, box_id)
-    with errors_as_message(request):
-        if action == "upgrade":
-            upgrade = box_upgrade_now(actor=actor, box=box)
-            messages.success(
-                request, f"Upgrade to {upgrade.release.version} sent: the box installs it and restarts."
-            )
-        elif action == "postpone":
-            form = PostponeForm(request.POST)
-            if not form.is_valid():
-                raise InvalidInput("choose how long to postpone", field="days")
-            waiting = box_waiting_upgrade(box=box)
-            if waiting is None:
-                raise Conflict("there is no waiting upgrade to postpone")
-            upgrade_postpone(
-                actor=actor, upgrade=waiting, until=timezone.now() + timedelta(days=form.cleaned_data["days"])
-            )
-            messages.success(request, f"Upgrade postponed by {form.cleaned_data['days']} day(s).")
-        else:
-            raise Http404("unknown firmware action")
-    return _back(request, box, "firmware")
+    if action == "upgrade":
+        latest = latest_release_for(box) if box.organization_id else None
+        upgrade_form = UpgradeNowForm(
+            request.POST, version=latest.version if latest else "", auto_id="id_upgrade_%s"
+        )
+        note = ""
+        if upgrade_form.is_valid():
+            with errors_on_form(upgrade_form):
+                upgrade = box_upgrade_now(actor=actor, box=box)
+                note = f"Upgrade to {upgrade.release.version} sent: the box installs it and restarts."
+        return _firmware_answer(
+            request, box, ok=not upgrade_form.errors, note=note, upgrade_form=upgrade_form
+        )
+    if action == "postpone":
+        postpone_form = PostponeForm(request.POST)
+        note = ""
+        if postpone_form.is_valid():
+            days = postpone_form.cleaned_data["days"]
+            with errors_on_form(postpone_form):
+                waiting = box_waiting_upgrade(box=box)
+                if waiting is None:
+                    raise Conflict("There is no waiting upgrade to postpone.", field="days")
+                upgrade_postpone(actor=actor, upgrade=waiting, until=timezone.now() + timedelta(days=days))
+                note = f"Upgrade postponed by {days} day{'s' if days > 1 else ''}."
+        return _firmware_answer(
+            request, box, ok=not postpone_form.errors, note=note, postpone_form=postpone_form
+        )
+    raise Http404("unknown firmware action")

@@ -117,7 +117,12 @@ def console_search(request: HttpRequest) -> HttpResponse:
         boxes = list(selectors.console_box_search(query=form.cleaned_data["q"]))
         if len(boxes) == 1 and request.GET.get("go") == "1":
             return redirect("frontend:console_box", box_id=boxes[0].pk)
-    return render(request, "frontend/console/search.html", {"nav": "console", "search": form, "boxes": boxes})
+    return render(
+        request,
+        "frontend/console/search.html",
+        {"nav": "console", "search": form, "boxes": boxes},
+        status=400 if form.errors else 200,
+    )
 
 
 @staff_required
@@ -165,7 +170,9 @@ def console_box_action(request: HttpRequest, box_id: str, action: str) -> HttpRe
     status = 200
     if request.method == "POST":
         if form.is_valid() and form.cleaned_data["confirm_serial"].strip() != box.serial:
-            form.add_error("confirm_serial", "type the box's serial number exactly to confirm")
+            form.add_error(
+                "confirm_serial", f"Type the box's serial number, {box.serial}, exactly as shown to confirm."
+            )
         if form.is_valid():
             with errors_on_form(form):
                 if action == "reassign":
@@ -210,28 +217,34 @@ def console_audit(request: HttpRequest) -> HttpResponse:
     form = AuditFilterForm(request.GET or None)
     filters: dict[str, Any] = {}
     page_number = 1
-    if form.is_valid():
-        filters = {key: value for key, value in form.cleaned_data.items() if key != "page" and value}
-        page_number = form.cleaned_data.get("page") or 1
-    entries = fleet_selectors.audit_visible(user=request.user, filters=filters)
+    entries: Any = []
+    filter_errors = form.is_bound and not form.is_valid() and form.filter_errors()
+    if not filter_errors:
+        if form.is_bound:
+            filters = {key: value for key, value in form.cleaned_data.items() if key != "page" and value}
+            page_number = form.page_number()
+        entries = fleet_selectors.audit_visible(user=request.user, filters=filters)
     page = Paginator(entries, AUDIT_PAGE_SIZE).get_page(page_number)
+    page_error = form.page_error() if form.is_bound else ""
+    if not page_error and page.number != page_number:
+        page_error = f"There is no page {page_number}: showing page {page.number}, the last one."
     query = request.GET.copy()
     query.pop("page", None)
-    template = (
-        "frontend/console/_audit_rows.html"
-        if request.headers.get("HX-Target") == "audit-results"
-        else "frontend/console/audit.html"
-    )
+    htmx_rows = request.headers.get("HX-Target") == "audit-results"
     return render(
         request,
-        template,
+        "frontend/console/_audit_rows.html" if htmx_rows else "frontend/console/audit.html",
         {
             "nav": "console",
             "form": form,
             "page": page,
+            "page_error": page_error,
+            "filter_errors": filter_errors,
             "entries": list(page.object_list),
             "query": query.urlencode(),
+            "oob": htmx_rows,
         },
+        status=400 if filter_errors else 200,
     )
 
 
@@ -283,22 +296,16 @@ def rollout_new(request: HttpRequest) -> HttpResponse:
                 preview = firmware_selectors.rollout_preview(**arguments)
                 preview["skipped_total"] = sum(preview.get("skipped", {}).values())
             except DomainError as exc:
-                form_add_domain_error(form, _target_field(exc))
+                form_add_domain_error(form, exc)
         if form.errors:
             status = 400
+    # htmx (Preview): the form and the preview together, so errors land next to their fields
     template = (
-        "frontend/console/_rollout_preview.html"
+        "frontend/console/_rollout_editor.html"
         if request.headers.get("HX-Request")
         else "frontend/console/rollout_new.html"
     )
     return render(request, template, {"nav": "console", "form": form, "preview": preview}, status=status)
-
-
-def _target_field(exc: DomainError) -> DomainError:
-    """``target.channels`` -> the form's ``channels`` field."""
-    if exc.field and exc.field.startswith("target."):
-        exc.field = exc.field.removeprefix("target.")
-    return exc
 
 
 def _rollout_progress(rollout: Any) -> dict[str, Any]:

@@ -19,15 +19,18 @@ from fleet.core.models import Membership
 from fleet.core.services import (
     api_token_create,
     api_token_revoke,
+    invitation_resend,
+    invitation_revoke,
     member_invite,
     member_remove,
     member_set_role,
 )
 from fleet.monitoring import selectors as monitoring_selectors
-from fleet.monitoring.choices import AlertRuleKind
+from fleet.monitoring.choices import THRESHOLD_KINDS, AlertRuleKind
 from fleet.monitoring.services import (
     alert_rule_create,
     alert_rule_delete,
+    alert_rule_test_notify,
     alert_rule_update,
     notification_target_create,
     notification_target_delete,
@@ -83,6 +86,33 @@ def members_page(request: HttpRequest) -> HttpResponse:
         },
         status=status,
     )
+
+
+@login_required
+@require_POST
+@page_errors
+def invitation_action(request: HttpRequest, invitation_id: str, action: str) -> HttpResponse:
+    """Re-send a pending invitation (a new link; the old one stops working) or revoke it (owners)."""
+    invitation = selectors.invitation_pending_get(
+        organization=_portal(request).organization, invitation_id=invitation_id
+    )
+    actor = Actor.from_request(request)
+    with errors_as_message(request):
+        if action == "resend":
+            invitation_resend(actor=actor, invitation=invitation)
+            messages.success(
+                request,
+                f"Invitation sent again to {invitation.email}, valid for 7 days. The link sent before "
+                "no longer works.",
+            )
+        elif action == "revoke":
+            invitation_revoke(actor=actor, invitation=invitation)
+            messages.success(
+                request, f"The invitation to {invitation.email} is revoked: its link no longer works."
+            )
+        else:
+            raise Http404("unknown action")
+    return redirect("frontend:members")
 
 
 def _membership(request: HttpRequest, membership_id: str) -> Membership:
@@ -175,13 +205,7 @@ def token_revoke(request: HttpRequest, token_id: str) -> HttpResponse:
 
 
 def _alert_forms(organization: Any, data: Any = None) -> tuple[AlertRuleForm, NotificationTargetForm]:
-    targets = monitoring_selectors.notification_target_list(organization_id=organization.pk)
-    rule_form = AlertRuleForm(
-        data if data and data.get("form") == "rule" else None,
-        kinds=AlertRuleKind.choices,
-        boxes=selectors.box_choices(organization=organization),
-        targets=[(str(target.pk), target.name) for target in targets],
-    )
+    rule_form = _rule_form(organization, data if data and data.get("form") == "rule" else None)
     target_form = NotificationTargetForm(data if data and data.get("form") == "target" else None)
     return rule_form, target_form
 
@@ -247,16 +271,89 @@ def alerts_page(request: HttpRequest) -> HttpResponse:
     )
 
 
+def _rule_form(organization: Any, data: Any = None, *, rule: Any = None) -> AlertRuleForm:
+    targets = monitoring_selectors.notification_target_list(organization_id=organization.pk)
+    initial = (
+        {
+            "name": rule.name,
+            "threshold": rule.threshold,
+            "duration_minutes": rule.duration_minutes,
+            "box": str(rule.box_id or ""),
+            "targets": [str(target.pk) for target in rule.targets.all()],
+        }
+        if rule is not None
+        else None
+    )
+    return AlertRuleForm(
+        data,
+        initial=initial,
+        editing=rule is not None,
+        kinds=AlertRuleKind.choices,
+        boxes=selectors.box_choices(organization=organization),
+        targets=[(str(target.pk), target.name) for target in targets],
+    )
+
+
+@login_required
+@page_errors
+def alert_rule_edit(request: HttpRequest, rule_id: str) -> HttpResponse:
+    """Change a rule: its name, threshold, duration, box and targets (its kind is fixed); a test
+    notification goes to its targets from here too."""
+    portal = _portal(request)
+    organization = portal.organization
+    rule = monitoring_selectors.alert_rule_get(organization_id=organization.pk, rule_id=rule_id)
+    form = _rule_form(organization, request.POST or None, rule=rule)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            data = form.cleaned_data
+            with errors_on_form(form):
+                alert_rule_update(
+                    actor=Actor.from_request(request),
+                    rule=rule,
+                    name=data["name"],
+                    threshold=data["threshold"] if rule.kind in THRESHOLD_KINDS else None,
+                    duration_minutes=data["duration_minutes"],
+                    box=data["box"] or None,
+                    target_ids=data["targets"],
+                )
+                messages.success(request, f"Alert rule “{data['name']}” saved.")
+                return redirect("frontend:alerts")
+        status = 400
+    return render(
+        request,
+        "frontend/organization/alert_rule.html",
+        {
+            "nav": "alerts",
+            "rule": rule,
+            "form": form,
+            "has_threshold": rule.kind in THRESHOLD_KINDS,
+            "can_edit": portal.can_edit,
+        },
+        status=status,
+    )
+
+
+def _test_notification_report(request: HttpRequest, rule: Any, results: list[Any]) -> None:
+    """One message per test: each target, and what happened, in words."""
+    parts = [f"{result.target} ({result.kind}): {result.detail}." for result in results]
+    text = f"Test notification of “{rule.name}”. " + " ".join(parts)
+    if all(result.sent for result in results):
+        messages.success(request, text)
+    else:
+        messages.warning(request, text)
+
+
 @login_required
 @require_POST
 @page_errors
 def alert_object_action(request: HttpRequest, kind: str, object_id: str, action: str) -> HttpResponse:
-    """Enable, disable or delete a rule; delete a target."""
+    """Enable, disable, test or delete a rule; delete a target."""
 
     organization = _portal(request).organization
     actor = Actor.from_request(request)
     # Looked up before acting: an unknown rule or target is a 404 (page_errors), not a message.
-    if kind == "rule" and action in {"delete", "enable", "disable"}:
+    if kind == "rule" and action in {"delete", "enable", "disable", "test"}:
         rule = monitoring_selectors.alert_rule_get(organization_id=organization.pk, rule_id=object_id)
     elif kind == "target" and action == "delete":
         target = monitoring_selectors.notification_target_get(
@@ -265,11 +362,19 @@ def alert_object_action(request: HttpRequest, kind: str, object_id: str, action:
     else:
         raise Http404("unknown action")
     with errors_as_message(request):
+        if kind == "rule" and action == "test":
+            _test_notification_report(request, rule, alert_rule_test_notify(actor=actor, rule=rule))
+            return redirect("frontend:alert_rule", rule_id=rule.pk)
         if kind == "rule" and action == "delete":
             alert_rule_delete(actor=actor, rule=rule)
+            messages.success(request, f"Alert rule “{rule.name}” deleted.")
         elif kind == "rule":
             alert_rule_update(actor=actor, rule=rule, enabled=action == "enable")
+            state = "on" if action == "enable" else "off"
+            messages.success(request, f"Alert rule “{rule.name}” is {state}.")
         else:
             notification_target_delete(actor=actor, target=target)
-        messages.success(request, "Done.")
+            messages.success(request, f"Notification target “{target.name}” deleted.")
+    if kind == "rule" and action == "test":
+        return redirect("frontend:alert_rule", rule_id=rule.pk)
     return redirect("frontend:alerts")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from rest_framework.exceptions import ValidationError
 
+from fleet.core.access import is_staff
 from fleet.core.audit import Actor
 from fleet.core.errors import DomainError, RateLimited
 from frontend import selectors
@@ -21,6 +23,9 @@ PAGE_SIZE = 50
 
 
 def _no_organization(request: HttpRequest) -> HttpResponse:
+    if is_staff(request.user):
+        # support staff belong to no customer: their pages are the console's
+        return redirect("frontend:console")
     return render(request, "frontend/no_organization.html", {"nav": "boxes"})
 
 
@@ -30,39 +35,48 @@ def fleet_page(request: HttpRequest) -> HttpResponse:
     """Every box of the current organisation: status, links, firmware, server, public IP.
 
     One query for the page of boxes (joined and annotated by ``fleet.core.selectors``), one count, one
-    for the region filter, whatever the fleet size. An htmx request gets only the table.
+    for the region filter, whatever the fleet size. An htmx request gets only the table (and the
+    filters' errors, swapped next to their fields out of band). A bad filter is said next to its
+    field and no box is listed (the page would otherwise silently list every box); a bad page
+    number shows the first page, with a note.
     """
     portal = current_organization(request)
     if portal is None:
         return _no_organization(request)
     form = FleetFilterForm(request.GET or None, regions=selectors.region_choices())
-    organization_only = {"organization": str(portal.organization.pk)}
-    filters: dict[str, object] = dict(organization_only)
-    online = None
+    filters: dict[str, object] = {"organization": str(portal.organization.pk)}
+    boxes: Any = []
     page_number = 1
-    if form.is_valid():
-        filters.update(form.box_filters())
-        online = form.online()
-        page_number = form.cleaned_data.get("page") or 1
-    try:
-        boxes = selectors.fleet_page_boxes(user=request.user, filters=filters, online=online)
-    except ValidationError:
-        boxes = selectors.fleet_page_boxes(user=request.user, filters=organization_only, online=online)
+    if form.is_bound:
+        form.is_valid()
+    if not form.is_bound or not form.filter_errors():
+        if form.is_bound:
+            filters.update(form.box_filters())
+            page_number = form.page_number()
+        boxes = selectors.fleet_page_boxes(
+            user=request.user, filters=filters, online=form.online() if form.is_bound else None
+        )
     paginator = Paginator(boxes, PAGE_SIZE)
     page = paginator.get_page(page_number)
+    page_error = form.page_error() if form.is_bound else ""
+    if not page_error and page.number != page_number:
+        page_error = f"There is no page {page_number}: showing page {page.number}, the last one."
     query = request.GET.copy()
     query.pop("page", None)
     context = {
         "nav": "boxes",
         "form": form,
         "page": page,
+        "page_error": page_error,
         "boxes": list(page.object_list),
         "query": query.urlencode(),
         "filtered": any(request.GET.get(key) for key in ("q", "status", "region", "firmware")),
+        "filter_errors": form.is_bound and form.filter_errors(),
     }
+    status = 400 if context["filter_errors"] else 200
     if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "fleet-results":
-        return render(request, "frontend/fleet/_results.html", context)
-    return render(request, "frontend/fleet/list.html", context)
+        return render(request, "frontend/fleet/_results.html", {**context, "oob": True}, status=status)
+    return render(request, "frontend/fleet/list.html", context, status=status)
 
 
 @login_required

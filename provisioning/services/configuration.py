@@ -78,13 +78,16 @@ def box_settings_authorize(*, actor: Actor, box: Box) -> None:
 
 def _tags_clean(tags: Any) -> list[str]:
     if not isinstance(tags, list):
-        raise InvalidInput("tags is a list of strings", field="tags")
+        raise InvalidInput("Tags are a list of texts.", field="tags")
     if len(tags) > MAX_TAGS:
-        raise InvalidInput(f"at most {MAX_TAGS} tags", field="tags")
+        raise InvalidInput(f"A box has at most {MAX_TAGS} tags.", field="tags")
     cleaned: list[str] = []
     for index, tag in enumerate(tags):
         if not isinstance(tag, str) or not TAG_RE.fullmatch(tag):
-            raise InvalidInput("a tag is 1 to 40 characters from A-Z a-z 0-9 . _ : -", field=f"tags[{index}]")
+            raise InvalidInput(
+                f"The tag {str(tag)[:50]!r} is not valid: use 1 to 40 characters from A-Z a-z 0-9 . _ : -.",
+                field=f"tags[{index}]",
+            )
         if tag not in cleaned:
             cleaned.append(tag)
     return cleaned
@@ -100,7 +103,7 @@ def box_update(*, actor: Actor, box: Box, name: str | None = None, tags: list[st
     fields: list[str] = []
     if name is not None:
         if not isinstance(name, str) or len(name.strip()) > 100 or not name.isprintable():
-            raise InvalidInput("name must be printable text of at most 100 characters", field="name")
+            raise InvalidInput("Give a name of at most 100 printable characters.", field="name")
         box.name = name.strip()
         fields.append("name")
     if tags is not None:

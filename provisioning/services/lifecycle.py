@@ -169,7 +169,9 @@ def box_claim(*, actor: Actor, organization: Organization, serial: str, claim_co
         if box is None or not box_secret_matches(box.serial, claim_code, box.claim_code_hash):
             attempt.failed()
             raise InvalidInput(
-                "unknown serial or wrong claim code", field="claim_code", code="invalid_claim_code"
+                "The serial number or the claim code is wrong: check both on the box's label.",
+                field="claim_code",
+                code="invalid_claim_code",
             )
         attempt.succeeded()
     if box.state == BoxState.CLAIMED and box.organization_id == organization.pk:

@@ -47,7 +47,7 @@ def test_browser_claim_a_box(transactional_db, page, people, box_factory, provis
     page.get_by_label("Claim code").fill("not-the-code")
     page.get_by_role("button", name="Claim the box").click()
     error = page.locator("#id_claim_code-errors")
-    assert "unknown serial or wrong claim code" in error.inner_text()
+    assert "The serial number or the claim code is wrong" in error.inner_text()
     # when it is right, the box is claimed and its page opens
     page.get_by_label("Claim code").fill(CLAIM_CODE)
     page.get_by_role("button", name="Claim the box").click()

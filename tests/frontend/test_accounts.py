@@ -121,7 +121,8 @@ def test_accepting_an_invitation_joins_the_organisation(people, user_factory) ->
     # when a wrong token is pasted, the field says why; the right one joins
     bad = client.post("/invitations/accept", {"token": "otbi_wrong"})
     assert bad.status_code == 400
-    assert b"invitation not found" in bad.content
+    assert b"This invitation does not exist or has expired" in bad.content
+    assert b'id="id_token-errors"' in bad.content
     good = client.post("/invitations/accept", {"token": token})
     # then the newcomer is an admin of the organisation
     assert good.status_code == 302

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
@@ -101,7 +103,7 @@ def test_decommission_needs_the_serial_typed_then_is_audited(people, claimed_box
     assert b"cannot be undone" in client.get(url).content
     # when the confirmation does not match, nothing happens and the field says why
     refused = client.post(url, {"confirm_serial": "ACME-0008"})
-    assert refused.status_code == 400 and b"type the box" in refused.content
+    assert refused.status_code == 400 and b"ACME-0009, exactly as shown to confirm." in refused.content
     box.refresh_from_db()
     assert box.state == BoxState.CLAIMED
     # when it matches, the box is decommissioned and the action is in the audit log
@@ -274,7 +276,10 @@ def test_rollout_form_errors_name_the_field(people) -> None:
         },
     )
     assert response.status_code == 400
-    assert "phases are whole percentages" in response.content.decode()
+    content = response.content.decode()
+    # every error at once, each next to its field, in a sentence
+    assert re.search(r'id="id_phases-errors"[^>]*><li>Give the phases as whole percentages', content)
+    assert re.search(r'id="id_version_max-errors"[^>]*><li>The upper version must be above', content)
 
 
 def test_audit_log_is_searchable(people, claimed_box_factory) -> None:

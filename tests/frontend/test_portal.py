@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -62,8 +63,21 @@ def test_fleet_page_search_and_status_filter(people, box_factory) -> None:
     # when filtering on online boxes (even indexes are online)
     content = client.get("/boxes/", {"status": "online"}).content.decode()
     assert "BOX-0000" in content and "BOX-0002" in content and "BOX-0001" not in content
-    # a bad filter value is ignored, never a 500
-    assert client.get("/boxes/", {"status": "bogus", "page": "x"}).status_code == 200
+    # a bad filter is said next to its field, and no box is listed (not silently every box)
+    bad = client.get("/boxes/", {"status": "bogus", "page": "x"})
+    assert bad.status_code == 400
+    content = bad.content.decode()
+    assert re.search(r'id="id_status-errors"[^>]*><li>Choose a status from the list\.', content)
+    assert "BOX-0000" not in content
+    # a search over 100 characters too
+    long = client.get("/boxes/", {"q": "x" * 101})
+    assert long.status_code == 400
+    assert "Search for at most 100 characters (this one has 101)." in long.content.decode()
+    # a page number that is not one shows the first page, and says so
+    content = client.get("/boxes/", {"page": "x"}).content.decode()
+    assert "There is no page “x”" in content and "BOX-0000" in content
+    content = client.get("/boxes/", {"page": "9"}).content.decode()
+    assert "There is no page 9: showing page 1, the last one." in content
 
 
 def test_fleet_page_htmx_request_gets_only_the_table(people, box_factory) -> None:
@@ -120,7 +134,7 @@ def test_claim_with_a_wrong_code_shows_a_clear_error_on_the_field(
     response = logged_in(people.admin).post("/boxes/claim/", {"serial": "NEW-0002", "claim_code": "wrong"})
     assert response.status_code == 400
     content = response.content.decode()
-    assert "unknown serial or wrong claim code" in content
+    assert "The serial number or the claim code is wrong" in content
     assert 'id="id_claim_code-errors"' in content
     assert Box.objects.get(serial="NEW-0002").organization_id is None
 

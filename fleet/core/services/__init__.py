@@ -7,6 +7,9 @@ one transaction, records an audit entry for the change, and raises ``fleet.core.
 
 from fleet.core.services.organizations import (
     invitation_accept,
+    invitation_resend,
+    invitation_revoke,
+    invitation_sign_up,
     member_invite,
     member_remove,
     member_set_role,
@@ -26,6 +29,9 @@ __all__ = [
     "enrollment_token_create",
     "enrollment_token_revoke",
     "invitation_accept",
+    "invitation_resend",
+    "invitation_revoke",
+    "invitation_sign_up",
     "member_invite",
     "member_remove",
     "member_set_role",

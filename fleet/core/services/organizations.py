@@ -10,6 +10,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.mail import send_mail
 from django.core.validators import validate_email
@@ -35,7 +36,7 @@ def _email_normalise(email: str, *, field: str = "email") -> str:
     try:
         validate_email(email)
     except DjangoValidationError as exc:
-        raise InvalidInput("enter a valid email address", field=field) from exc
+        raise InvalidInput("Give a valid email address, e.g. jane@example.com.", field=field) from exc
     local, _, domain = email.rpartition("@")
     return f"{local}@{domain.lower()}"
 
@@ -44,7 +45,7 @@ def _role_parse(role: str) -> Role:
     try:
         return Role(role)
     except ValueError as exc:
-        raise InvalidInput(f"role must be one of {', '.join(Role.values)}", field="role") from exc
+        raise InvalidInput(f"Choose a role: {', '.join(Role.values)}.", field="role") from exc
 
 
 def _user_get_or_create(email: str, password: str | None) -> tuple[Any, bool]:
@@ -80,15 +81,17 @@ def organization_create(
     authorize_staff(actor)
     name = (name or "").strip()
     if not 1 <= len(name) <= 120:
-        raise InvalidInput("name must be 1 to 120 characters", field="name")
+        raise InvalidInput("Give a name of 1 to 120 characters.", field="name")
     email = _email_normalise(owner_email, field="owner_email")
     if Organization.objects.filter(name__iexact=name).exists():
-        raise Conflict(f"an organization named {name!r} already exists", field="name")
+        raise Conflict(f"An organisation named {name!r} already exists: choose another name.", field="name")
     try:
         with transaction.atomic():
             organization = Organization.objects.create(name=name, slug=_unique_slug(name))
     except IntegrityError as exc:
-        raise Conflict(f"an organization named {name!r} already exists", field="name") from exc
+        raise Conflict(
+            f"An organisation named {name!r} already exists: choose another name.", field="name"
+        ) from exc
     owner, created = _user_get_or_create(email, owner_password)
     Membership.objects.create(user=owner, organization=organization, role=Role.OWNER)
     audit_record(
@@ -122,9 +125,11 @@ def organization_update(
     if name is not None:
         name = name.strip()
         if not 1 <= len(name) <= 120:
-            raise InvalidInput("name must be 1 to 120 characters", field="name")
+            raise InvalidInput("Give a name of 1 to 120 characters.", field="name")
         if Organization.objects.filter(name__iexact=name).exclude(pk=organization.pk).exists():
-            raise Conflict(f"an organization named {name!r} already exists", field="name")
+            raise Conflict(
+                f"An organisation named {name!r} already exists: choose another name.", field="name"
+            )
         organization.name = name
         fields.append("name")
     if preferred_region is not _UNSET:
@@ -132,7 +137,7 @@ def organization_update(
         fields.append("preferred_region")
     if timezone_name is not None:
         if timezone_name not in zoneinfo.available_timezones():
-            raise InvalidInput("not a known IANA timezone", field="timezone")
+            raise InvalidInput("Choose a known time zone, e.g. Europe/Paris.", field="timezone")
         organization.timezone = timezone_name
         fields.append("timezone")
     if fields:
@@ -152,17 +157,55 @@ def organization_update(
     return organization
 
 
+def _invitation_mail(invitation: Invitation, token: str) -> None:
+    """Mail the invitation after commit. The link carries the token after ``#``: a browser never
+    sends that part to a server, so the token stays out of every access log and referrer."""
+    organization, role = invitation.organization, Role(invitation.role)
+    base = getattr(settings, "OTB_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+    body = (
+        f"You have been invited to join {organization.name} on otb-fleet as {role.label.lower()}.\n\n"
+        f"Open this link to accept, and to create your account if you have none yet "
+        f"(valid for 7 days):\n\n{base}/invitations/accept#{token}\n\n"
+        f"If the link does not open, go to {base}/invitations/accept and paste this token:\n\n{token}\n"
+    )
+    email = invitation.email
+    transaction.on_commit(
+        lambda: send_mail(
+            f"Invitation to {organization.name}",
+            body,
+            settings.DEFAULT_FROM_EMAIL,
+            [email],
+            fail_silently=True,
+        )
+    )
+
+
+def _invitation_pending(invitation: Invitation) -> bool:
+    return (
+        invitation.accepted_at is None
+        and invitation.revoked_at is None
+        and invitation.expires_at > timezone.now()
+    )
+
+
 @transaction.atomic
 def member_invite(
     *, actor: Actor, organization: Organization, email: str, role: str
 ) -> tuple[Invitation, str]:
     """Invite an email address to join with a role (owner only). The token is returned once and
-    mailed after commit; only its digest is stored."""
+    mailed after commit; only its digest is stored. One pending invitation per address: another
+    one is refused (re-send the pending one instead)."""
     authorize(actor, organization_id=organization.pk, minimum=Role.OWNER)
     email = _email_normalise(email)
     parsed_role = _role_parse(role)
     if Membership.objects.filter(organization=organization, user__email__iexact=email).exists():
-        raise Conflict(f"{email} is already a member", field="email")
+        raise Conflict(f"{email} is already a member of {organization.name}.", field="email")
+    pending = Invitation.objects.select_for_update().filter(organization=organization, email__iexact=email)
+    if any(_invitation_pending(invitation) for invitation in pending):
+        raise Conflict(
+            f"{email} already has a pending invitation: re-send it from the list of invitations instead.",
+            field="email",
+        )
     issued = token_issue(TokenKind.INVITATION)
     invitation = Invitation.objects.create(
         organization=organization,
@@ -179,57 +222,140 @@ def member_invite(
         target=invitation,
         after={"email": email, "role": parsed_role.value},
     )
-    link = f"{getattr(settings, 'OTB_PUBLIC_URL', 'http://127.0.0.1:8000').rstrip('/')}/invitations/accept"
-    body = (
-        f"You have been invited to join {organization.name} on otb-fleet as {parsed_role.label}.\n\n"
-        f"Accept at {link} with this token (valid for 7 days):\n\n{issued.value}\n"
-    )
-    transaction.on_commit(
-        lambda: send_mail(
-            f"Invitation to {organization.name}",
-            body,
-            settings.DEFAULT_FROM_EMAIL,
-            [email],
-            fail_silently=True,
-        )
-    )
+    _invitation_mail(invitation, issued.value)
     return invitation, issued.value
 
 
+def _invitation_locked(invitation: Invitation) -> Invitation:
+    locked = Invitation.objects.select_for_update().select_related("organization").get(pk=invitation.pk)
+    if not _invitation_pending(locked):
+        raise Conflict(
+            "This invitation is no longer pending: it was accepted, revoked or has expired.",
+            field="invitation",
+        )
+    return locked
+
+
 @transaction.atomic
-def invitation_accept(*, user: Any, token: str) -> Membership:
-    """Turn a valid invitation addressed to the user's email into a membership; once only."""
+def invitation_revoke(*, actor: Actor, invitation: Invitation) -> Invitation:
+    """Withdraw a pending invitation (owner only): its token stops working at once."""
+    authorize(actor, organization_id=invitation.organization_id, minimum=Role.OWNER)
+    invitation = _invitation_locked(invitation)
+    invitation.revoked_at = timezone.now()
+    invitation.save(update_fields=["revoked_at"])
+    audit_record(
+        actor=actor,
+        action="member.invite_revoke",
+        organization=invitation.organization,
+        target=invitation,
+        before={"email": invitation.email, "role": invitation.role},
+    )
+    return invitation
+
+
+@transaction.atomic
+def invitation_resend(*, actor: Actor, invitation: Invitation) -> tuple[Invitation, str]:
+    """Send a pending invitation again (owner only) with a new token, valid 7 days from now; the
+    token sent before stops working. The new token is returned once."""
+    authorize(actor, organization_id=invitation.organization_id, minimum=Role.OWNER)
+    invitation = _invitation_locked(invitation)
+    issued = token_issue(TokenKind.INVITATION)
+    before = {"expires_at": invitation.expires_at.isoformat()}
+    invitation.token_hash = issued.digest
+    invitation.expires_at = timezone.now() + INVITATION_LIFETIME
+    invitation.save(update_fields=["token_hash", "expires_at"])
+    audit_record(
+        actor=actor,
+        action="member.invite_resend",
+        organization=invitation.organization,
+        target=invitation,
+        before=before,
+        after={"email": invitation.email, "expires_at": invitation.expires_at.isoformat()},
+    )
+    _invitation_mail(invitation, issued.value)
+    return invitation, issued.value
+
+
+def _invitation_for_token(token: str) -> Invitation:
+    """The pending invitation a token opens, locked; refusals name the ``token`` field."""
     if not isinstance(token, str) or not token or len(token) > 200:
-        raise InvalidInput("invalid invitation token", field="token")
+        raise InvalidInput(
+            "This is not an invitation token: paste the whole token from the email (it starts with otbi_).",
+            field="token",
+        )
     invitation = (
         Invitation.objects.select_for_update()
         .select_related("organization")
-        .filter(token_hash=digest(token))
+        .filter(token_hash=digest(token.strip()))
         .first()
     )
-    now = timezone.now()
-    if invitation is None or invitation.revoked_at is not None or invitation.expires_at <= now:
-        raise NotFound("invitation not found or expired", field="token")
+    if invitation is None or invitation.revoked_at is not None or invitation.expires_at <= timezone.now():
+        raise NotFound(
+            "This invitation does not exist or has expired: ask the person who invited you to send it again.",
+            field="token",
+        )
     if invitation.accepted_at is not None:
-        raise Conflict("invitation already accepted", field="token")
-    if (user.email or "").lower() != invitation.email.lower():
-        raise Forbidden("this invitation is addressed to another email address", field="token")
-    if Membership.objects.filter(user=user, organization=invitation.organization).exists():
-        raise Conflict("you are already a member of this organization", field="token")
+        raise Conflict("This invitation was already accepted: sign in to use your account.", field="token")
+    return invitation
+
+
+def _membership_join(user: Any, invitation: Invitation, *, action: str) -> Membership:
     membership = Membership.objects.create(
         user=user, organization=invitation.organization, role=invitation.role
     )
-    invitation.accepted_at = now
+    invitation.accepted_at = timezone.now()
     invitation.accepted_by = user
     invitation.save(update_fields=["accepted_at", "accepted_by"])
     audit_record(
         actor=Actor.for_user(user),
-        action="member.join",
+        action=action,
         organization=invitation.organization,
         target=membership,
         after={"email": invitation.email, "role": invitation.role},
     )
     return membership
+
+
+@transaction.atomic
+def invitation_accept(*, user: Any, token: str) -> Membership:
+    """Turn a valid invitation addressed to the user's email into a membership; once only."""
+    invitation = _invitation_for_token(token)
+    if (user.email or "").lower() != invitation.email.lower():
+        raise Forbidden(
+            f"This invitation is for {invitation.email}, and you are signed in as "
+            f"{user.email or user.get_username()}: sign out, then open the invitation again.",
+            field="token",
+        )
+    if Membership.objects.filter(user=user, organization=invitation.organization).exists():
+        raise Conflict(f"You are already a member of {invitation.organization.name}.", field="token")
+    return _membership_join(user, invitation, action="member.join")
+
+
+@transaction.atomic
+def invitation_sign_up(*, token: str, password: str) -> Membership:
+    """Create the account of an invited person who has none (their email address as the username,
+    the password they chose) and make them a member, in one transaction. An address that already
+    has an account is refused: that person signs in, then accepts. The password must pass the
+    site's password rules (``AUTH_PASSWORD_VALIDATORS``); refusals name ``token`` or ``password``."""
+    invitation = _invitation_for_token(token)
+    user_model = get_user_model()
+    email = invitation.email
+    if (
+        user_model.objects.filter(email__iexact=email).exists()
+        or user_model.objects.filter(username__iexact=email).exists()
+    ):
+        raise Conflict(
+            f"There is already an account for {email}: sign in with it, then accept the invitation.",
+            field="token",
+        )
+    user = user_model(username=email, email=email)
+    try:
+        validate_password(password or "", user=user)
+    except DjangoValidationError as exc:
+        raise InvalidInput(" ".join(exc.messages), field="password") from exc
+    user.set_password(password)
+    user.save()
+    return _membership_join(user, invitation, action="member.sign_up")
 
 
 def _owners_locked(organization: Organization) -> list[Membership]:
@@ -251,7 +377,9 @@ def member_set_role(*, actor: Actor, membership: Membership, role: str) -> Membe
     membership = Membership.objects.select_for_update().get(pk=membership.pk)
     before = membership.role
     if before == Role.OWNER and parsed_role != Role.OWNER and len(owners) <= 1:
-        raise Conflict("an organization needs at least one owner", field="role")
+        raise Conflict(
+            "An organisation needs at least one owner: make someone else owner first.", field="role"
+        )
     if before != parsed_role:
         membership.role = parsed_role
         membership.save(update_fields=["role"])
@@ -275,7 +403,7 @@ def member_remove(*, actor: Actor, membership: Membership) -> None:
     owners = _owners_locked(organization)
     membership = Membership.objects.select_for_update().select_related("user").get(pk=membership.pk)
     if membership.role == Role.OWNER and len(owners) <= 1:
-        raise Conflict("the last owner of an organization cannot be removed")
+        raise Conflict("The last owner of an organisation cannot be removed: make someone else owner first.")
 
     ApiToken.objects.filter(user=membership.user, organization=organization, revoked_at__isnull=True).update(
         revoked_at=timezone.now()

@@ -24,7 +24,7 @@ ENROLLMENT_TOKEN_MAX_HOURS = 24 * 365
 def _name_clean(name: str) -> str:
     name = (name or "").strip() if isinstance(name, str) else ""
     if not 1 <= len(name) <= 100:
-        raise InvalidInput("name must be 1 to 100 characters", field="name")
+        raise InvalidInput("Give the token a name of 1 to 100 characters.", field="name")
     return name
 
 
@@ -38,14 +38,16 @@ def api_token_create(
     once; only its digest is stored."""
     authorize_self(actor, user_id=user.pk, not_found="user not found")
     if not Membership.objects.filter(user=user, organization=organization).exists():
-        raise Forbidden("the token's user must be a member of the organization", field="organization")
+        raise Forbidden(
+            "A token acts for a member of the organisation: this person is not one.", field="organization"
+        )
     # a person calling with a personal API token issues tokens for that token's organisation only
     authorize(actor, organization_id=organization.pk, minimum=Role.VIEWER)
     name = _name_clean(name)
     days = settings.OTB["API_TOKEN_DEFAULT_DAYS"] if expires_in_days is None else expires_in_days
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= API_TOKEN_MAX_DAYS:
         raise InvalidInput(
-            f"must be a whole number of days from 1 to {API_TOKEN_MAX_DAYS}", field="expires_in_days"
+            f"Give a whole number of days from 1 to {API_TOKEN_MAX_DAYS}.", field="expires_in_days"
         )
     issued = token_issue(TokenKind.USER)
     token = ApiToken.objects.create(
@@ -98,11 +100,11 @@ def enrollment_token_create(
         or not 1 <= expires_in_hours <= ENROLLMENT_TOKEN_MAX_HOURS
     ):
         raise InvalidInput(
-            f"must be a whole number of hours from 1 to {ENROLLMENT_TOKEN_MAX_HOURS}",
+            f"Give a whole number of hours from 1 to {ENROLLMENT_TOKEN_MAX_HOURS}.",
             field="expires_in_hours",
         )
     if not isinstance(single_use, bool):
-        raise InvalidInput("must be true or false", field="single_use")
+        raise InvalidInput("Give true or false.", field="single_use")
     issued = token_issue(TokenKind.ENROLLMENT)
     token = EnrollmentToken.objects.create(
         organization=organization,

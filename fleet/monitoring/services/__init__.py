@@ -7,6 +7,8 @@ from fleet.monitoring.services.notices import event_notice_send, event_notices_s
 from fleet.monitoring.services.notifications import (
     MAX_ATTEMPTS,
     DeliveryOutcome,
+    TestNotificationResult,
+    alert_rule_test_notify,
     notification_deliver,
     notification_payload,
     notification_retry_delay,
@@ -25,9 +27,11 @@ from fleet.monitoring.services.rules import (
 __all__ = [
     "MAX_ATTEMPTS",
     "DeliveryOutcome",
+    "TestNotificationResult",
     "alert_rule_create",
     "alert_rule_delete",
     "alert_rule_evaluate",
+    "alert_rule_test_notify",
     "alert_rule_update",
     "alerts_evaluate",
     "event_notice_send",

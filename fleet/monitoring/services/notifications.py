@@ -16,10 +16,13 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.utils import timezone
 
-from fleet.core.choices import EventKind
+from fleet.core.access import authorize
+from fleet.core.audit import Actor, audit_record
+from fleet.core.choices import EventKind, Role
+from fleet.core.errors import Conflict
 from fleet.core.models import Event
 from fleet.monitoring.choices import DeliveryState, TargetKind
-from fleet.monitoring.models import Alert, NotificationDelivery
+from fleet.monitoring.models import Alert, AlertRule, NotificationDelivery, NotificationTarget
 from fleet.monitoring.services.alerts import notifications_queue
 from fleet.monitoring.webhooks import webhook_post
 from provisioning.secrets import SecretDecryptionError, secret_decrypt
@@ -190,6 +193,87 @@ def notification_deliver(*, delivery_id: UUID | str) -> DeliveryOutcome | None:
     return DeliveryOutcome(
         state=delivery.state, attempts=delivery.attempts, retry=delivery.state == DeliveryState.PENDING
     )
+
+
+@dataclass(frozen=True)
+class TestNotificationResult:
+    """What a test notification did for one target: ``detail`` says it in words."""
+
+    target: str
+    kind: str
+    sent: bool
+    detail: str
+
+
+def _test_payload(rule: AlertRule, now: datetime) -> dict[str, Any]:
+    box = rule.box
+    return {
+        "event": "alert.test",
+        "test": True,
+        "sent_at": int(now.timestamp()),
+        "organization": str(rule.organization_id),
+        "rule": {
+            "id": str(rule.pk),
+            "name": rule.name,
+            "kind": rule.kind,
+            "threshold": rule.threshold,
+            "duration_minutes": rule.duration_minutes,
+        },
+        "box": {"id": str(box.pk), "serial": box.serial, "name": box.name} if box else None,
+    }
+
+
+def _test_send(target: NotificationTarget, payload: dict[str, Any]) -> TestNotificationResult:
+    if not target.enabled:
+        return TestNotificationResult(target.name, target.kind, False, "not sent: the target is disabled")
+    if target.kind == TargetKind.EMAIL:
+        rule = payload["rule"]
+        text = (
+            f"This is a test of the alert rule “{rule['name']}” on otb-fleet.\n\n"
+            "Its alerts are sent to this address. Nothing is wrong: no alert is firing.\n"
+        )
+        try:
+            send_mail(f"[otb] TEST: {rule['name']}", text, None, [target.email], fail_silently=False)
+        except Exception as exc:  # any SMTP/backend failure is reported, not raised
+            return TestNotificationResult(target.name, target.kind, False, f"not sent: {exc}"[:300])
+        return TestNotificationResult(target.name, target.kind, True, f"sent to {target.email}")
+    try:
+        secret = secret_decrypt(target.secret_ciphertext)
+    except SecretDecryptionError as exc:
+        return TestNotificationResult(target.name, target.kind, False, f"not sent: {exc}"[:300])
+    body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    response = webhook_post(
+        url=target.url, secret=secret, event=payload["event"], body=body, timestamp=payload["sent_at"]
+    )
+    if response.error:
+        return TestNotificationResult(target.name, target.kind, False, f"failed: {response.error}"[:300])
+    return TestNotificationResult(target.name, target.kind, True, f"answered HTTP {response.status}")
+
+
+def alert_rule_test_notify(*, actor: Actor, rule: AlertRule) -> list[TestNotificationResult]:
+    """Send a test notification of ``rule`` to each of its targets now, and say what each did
+    (admin of the rule's organisation). The email says it is a test; the webhook's event is
+    ``alert.test``, signed like any other. Nothing is stored but the audit entry; a target that
+    fails is reported, never retried. A rule without targets is refused (field ``targets``)."""
+    authorize(actor, organization_id=rule.organization_id, minimum=Role.ADMIN)
+    rule = AlertRule.objects.select_related("box").get(pk=rule.pk)
+    targets = list(rule.targets.order_by("name", "pk"))
+    if not targets:
+        raise Conflict(
+            "This rule notifies nobody: choose at least one notification target for it first.",
+            field="targets",
+        )
+    with transaction.atomic():
+        audit_record(
+            actor=actor,
+            action="alert_rule.test",
+            organization=rule.organization,
+            target=rule,
+            after={"targets": [str(target.pk) for target in targets]},
+        )
+    # sent after the audit entry is committed, outside any transaction (a webhook may take seconds)
+    payload = _test_payload(rule, timezone.now())
+    return [_test_send(target, payload) for target in targets]
 
 
 def notifications_requeue_stale(*, now: datetime | None = None) -> int:

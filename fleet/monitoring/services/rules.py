@@ -21,6 +21,10 @@ from fleet.monitoring.webhooks import webhook_secret_generate, webhook_url_valid
 from provisioning.secrets import secret_encrypt
 
 THRESHOLD_LIMITS = {AlertRuleKind.LOSS_ABOVE: (0.0, 100.0), AlertRuleKind.RTT_ABOVE: (0.0, 60000.0)}
+THRESHOLD_WHAT = {
+    AlertRuleKind.LOSS_ABOVE: ("packet loss", "%"),
+    AlertRuleKind.RTT_ABOVE: ("round-trip time", "ms"),
+}
 UNSET: Any = object()
 
 
@@ -40,22 +44,26 @@ def _clean_threshold(kind: str, threshold: Any) -> float | None:
     if kind not in THRESHOLD_KINDS:
         return None
     low, high = THRESHOLD_LIMITS[AlertRuleKind(kind)]
+    what, unit = THRESHOLD_WHAT[AlertRuleKind(kind)]
     if threshold is None or isinstance(threshold, bool) or not isinstance(threshold, int | float):
-        raise InvalidInput(f"threshold is required for {kind}", field="threshold")
+        raise InvalidInput(
+            f"Give a threshold in {unit}: the rule fires when a link's {what} stays above it.",
+            field="threshold",
+        )
     if not low <= float(threshold) < high:
-        raise InvalidInput(f"threshold must be from {low:g} to below {high:g}", field="threshold")
+        raise InvalidInput(f"Give a threshold from {low:g} to below {high:g} {unit}.", field="threshold")
     return float(threshold)
 
 
 def _clean_duration(duration_minutes: Any) -> int:
     if type(duration_minutes) is not int or not 1 <= duration_minutes <= 1440:
-        raise InvalidInput("duration_minutes must be an integer from 1 to 1440", field="duration_minutes")
+        raise InvalidInput("Give a duration of 1 to 1440 minutes (a whole number).", field="duration_minutes")
     return duration_minutes
 
 
 def _clean_name(name: Any) -> str:
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
-        raise InvalidInput("name must be 1 to 100 characters", field="name")
+        raise InvalidInput("Give a name of 1 to 100 characters.", field="name")
     return name.strip()
 
 
@@ -65,7 +73,7 @@ def _clean_box(organization: Organization, box: Any) -> Box | None:
     box_id = box.pk if isinstance(box, Box) else box
     found = Box.objects.filter(pk=box_id, organization=organization).first()
     if found is None:
-        raise InvalidInput("box not found in this organization", field="box")
+        raise InvalidInput("Choose one of this organisation's boxes.", field="box")
     return found
 
 
@@ -73,7 +81,7 @@ def _clean_targets(organization: Organization, target_ids: Any) -> list[Notifica
     ids = list(dict.fromkeys(str(pk) for pk in (target_ids or [])))
     targets = list(NotificationTarget.objects.filter(organization=organization, pk__in=ids))
     if len(targets) != len(ids):
-        raise InvalidInput("every target must be a notification target of this organization", field="targets")
+        raise InvalidInput("Choose notification targets of this organisation.", field="targets")
     return targets
 
 
@@ -93,7 +101,7 @@ def alert_rule_create(
     its notification targets. Raises InvalidInput naming the field."""
     authorize(actor, organization_id=organization.pk, minimum=Role.ADMIN)
     if kind not in AlertRuleKind.values:
-        raise InvalidInput(f"kind must be one of {', '.join(AlertRuleKind.values)}", field="kind")
+        raise InvalidInput(f"Choose when the rule fires: {', '.join(AlertRuleKind.values)}.", field="kind")
     clean = {
         "name": _clean_name(name),
         "threshold": _clean_threshold(kind, threshold),
@@ -183,14 +191,14 @@ def alert_rule_delete(*, actor: Actor, rule: AlertRule) -> None:
 def _clean_address(kind: str, email: Any, url: Any) -> tuple[str, str]:
     if kind == TargetKind.EMAIL:
         if url:
-            raise InvalidInput("an email target has no url", field="url")
+            raise InvalidInput("An email target has no webhook URL: leave the URL empty.", field="url")
         try:
             validate_email(email or "")
         except ValidationError as exc:
-            raise InvalidInput("email must be a valid email address", field="email") from exc
+            raise InvalidInput("Give a valid email address, e.g. noc@example.com.", field="email") from exc
         return email, ""
     if email:
-        raise InvalidInput("a webhook target has no email", field="email")
+        raise InvalidInput("A webhook target has no email address: leave it empty.", field="email")
     return "", webhook_url_validate(url)
 
 
@@ -218,7 +226,7 @@ def notification_target_create(
     stored only encrypted). Raises InvalidInput naming ``kind``/``email``/``url``/``name``."""
     authorize(actor, organization_id=organization.pk, minimum=Role.ADMIN)
     if kind not in TargetKind.values:
-        raise InvalidInput(f"kind must be one of {', '.join(TargetKind.values)}", field="kind")
+        raise InvalidInput(f"Choose a kind of target: {', '.join(TargetKind.values)}.", field="kind")
     clean_name = _clean_name(name)
     clean_email, clean_url = _clean_address(kind, email, url)
     secret = webhook_secret_generate() if kind == TargetKind.WEBHOOK else None
@@ -273,7 +281,7 @@ def notification_target_update(
         secret = None
         if rotate_secret:
             if target.kind != TargetKind.WEBHOOK:
-                raise InvalidInput("only webhook targets have a secret", field="rotate_secret")
+                raise InvalidInput("Only webhook targets have a signing secret.", field="rotate_secret")
             secret = webhook_secret_generate()
             target.secret_ciphertext = secret_encrypt(secret)
         target.save()

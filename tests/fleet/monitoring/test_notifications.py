@@ -10,10 +10,13 @@ import pytest
 from django.core import mail
 
 from fleet.core.audit import Actor
+from fleet.core.errors import Conflict
+from fleet.core.models import AuditLog
 from fleet.monitoring.models import NotificationDelivery
 from fleet.monitoring.services import (
     MAX_ATTEMPTS,
     alert_rule_evaluate,
+    alert_rule_test_notify,
     notification_deliver,
     notification_target_create,
 )
@@ -98,3 +101,54 @@ def test_webhook_failures_are_recorded_and_end_after_max_attempts(people: Any, b
         assert len(failing.requests) == MAX_ATTEMPTS
     finally:
         failing.close()
+
+
+def test_a_test_notification_reaches_every_target_of_the_rule_and_says_what_each_did(
+    people: Any, email_target: Any
+) -> None:
+    # given a rule notifying an email address, a working webhook and a failing one
+    receiver, failing = WebhookReceiver(), WebhookReceiver(statuses=[500])
+    try:
+        hook, secret = notification_target_create(
+            actor=Actor.for_user(people.admin),
+            organization=people.org,
+            name="Hook",
+            kind="webhook",
+            url=receiver.url,
+        )
+        broken, _ = notification_target_create(
+            actor=Actor.for_user(people.admin),
+            organization=people.org,
+            name="Broken",
+            kind="webhook",
+            url=failing.url,
+        )
+        rule = offline_rule(people, [email_target, hook, broken])
+        # when an admin sends a test notification
+        results = alert_rule_test_notify(actor=Actor.for_user(people.admin), rule=rule)
+    finally:
+        receiver.close()
+        failing.close()
+    # then each target is reported in words: the mail and the working hook sent, the broken one failed
+    by_name = {result.target: result for result in results}
+    assert by_name["NOC"].sent and by_name["NOC"].detail == "sent to noc@example.com"
+    assert by_name["Hook"].sent and by_name["Hook"].detail == "answered HTTP 200"
+    assert not by_name["Broken"].sent and "HTTP 500" in by_name["Broken"].detail
+    # the email says it is a test; the webhook is signed like any other, with the event alert.test
+    (email,) = mail.outbox
+    assert email.subject == "[otb] TEST: Box offline" and "test" in email.body
+    (request,) = receiver.requests
+    headers = {key.lower(): value for key, value in request["headers"].items()}
+    assert headers["x-otb-event"] == "alert.test"
+    assert webhook_signature_valid(secret, request["body"], headers["x-otb-signature"])
+    assert json.loads(request["body"])["test"] is True
+    # nothing is stored as a delivery, and the test is in the audit log
+    assert not NotificationDelivery.objects.exists()
+    assert AuditLog.objects.filter(action="alert_rule.test").count() == 1
+
+
+def test_a_test_notification_of_a_rule_without_targets_is_refused(people: Any) -> None:
+    rule = offline_rule(people, [])
+    with pytest.raises(Conflict) as refused:
+        alert_rule_test_notify(actor=Actor.for_user(people.admin), rule=rule)
+    assert refused.value.field == "targets" and refused.value.message.startswith("This rule notifies nobody")
