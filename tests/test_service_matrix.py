@@ -150,7 +150,10 @@ def _rule_with_target(w: World) -> Any:
 
 
 def _invitation(w: World) -> Any:
-    return member_invite(actor=SYSTEM, organization=w.people.org, email="invited@example.com", role="viewer")[0]
+    invitation, _token = member_invite(
+        actor=SYSTEM, organization=w.people.org, email="invited@example.com", role="viewer"
+    )
+    return invitation
 
 
 def _waiting_upgrade(w: World) -> Upgrade:

@@ -10,7 +10,7 @@ from django.core import mail
 from django.test import Client
 
 from fleet.core.audit import Actor
-from fleet.core.models import Membership
+from fleet.core.models import AuditLog, Membership
 from fleet.core.services import member_invite
 from tests.conftest import PASSWORD
 
@@ -214,3 +214,103 @@ def test_admin_sign_in_still_works_for_staff_only(people) -> None:
     response = client.post("/admin/login/", {"username": people.staff.username, "password": PASSWORD})
     assert response.status_code == 302 and response["Location"] == "/admin/"
     assert client.get("/admin/").status_code == 200
+
+
+def test_signing_in_with_empty_fields_says_which_is_missing(people, settings) -> None:
+    settings.OTB = {**settings.OTB, "LOGIN_MAX_FAILURES_PER_IP": 2}
+    client = Client()
+    # when both fields are left empty, each says so (and it is not counted as a failed sign-in)
+    for _ in range(3):
+        response = client.post("/accounts/login/", {"username": "", "password": ""})
+        assert response.status_code == 200
+        content = response.content.decode()
+        assert re.search(r'id="id_username-errors"[^>]*><li>Type the email address or username of', content)
+        assert re.search(r'id="id_password-errors"[^>]*><li>Type your password\.', content)
+    # then a real sign-in from the same address still works
+    response = client.post("/accounts/login/", {"username": people.viewer.username, "password": PASSWORD})
+    assert response.status_code == 302
+
+
+def test_staff_without_organisation_get_the_console_menu(people) -> None:
+    client = logged_in(people.staff)
+    # the portal's pages send them to the console, whose menu is theirs
+    assert client.get("/boxes/")["Location"] == "/console/"
+    content = client.get("/console/").content.decode()
+    menu = content.split('aria-label="Main"', 1)[1].split("</nav>", 1)[0]
+    assert "Rollouts" in menu and "Audit log" in menu and "Find a box" in menu
+    assert "Claim a box" not in menu and "API tokens" not in menu
+    assert "not in an organisation yet" not in client.get("/console/search/").content.decode()
+
+
+def test_staff_who_belong_to_an_organisation_switch_between_portal_and_console(people) -> None:
+    Membership.objects.create(user=people.staff, organization=people.org, role="viewer")
+    client = logged_in(people.staff)
+    portal = client.get("/boxes/").content.decode().split('aria-label="Main"', 1)[1].split("</nav>", 1)[0]
+    assert "Claim a box" in portal and "Support console" in portal
+    console = client.get("/console/").content.decode().split('aria-label="Main"', 1)[1].split("</nav>", 1)[0]
+    assert "Rollouts" in console and "Customer portal" in console and "Claim a box" not in console
+
+
+def test_an_invitation_link_creates_the_account_of_a_new_person(
+    people, django_capture_on_commit_callbacks
+) -> None:
+    # given an invitation for an address that has no account, mailed with a link
+    with django_capture_on_commit_callbacks(execute=True):
+        _, token = member_invite(
+            actor=Actor.for_user(people.owner),
+            organization=people.org,
+            email="New@Example.com",
+            role="viewer",
+        )
+    (email,) = mail.outbox
+    # the token travels after "#" (never to a server log), and alone for pasting
+    assert f"/invitations/accept#{token}" in email.body
+    client = Client()
+    # the page asks an anonymous visitor for a password
+    page = client.get("/invitations/accept").content.decode()
+    assert 'name="password1"' in page and "data-token-from-link" in page
+    # passwords that differ, or too short, are said next to the field; no account is made
+    differ = client.post(
+        "/invitations/accept", {"token": token, "password1": "a-long-passphrase", "password2": "another-one"}
+    )
+    assert differ.status_code == 400
+    assert re.search(
+        r'id="id_password2-errors"[^>]*><li>The two passwords are not the same', differ.content.decode()
+    )
+    short = client.post("/invitations/accept", {"token": token, "password1": "abc", "password2": "abc"})
+    assert short.status_code == 400
+    assert re.search(r'id="id_password1-errors"[^>]*><li>This password is too short', short.content.decode())
+    assert not User.objects.filter(email__iexact="new@example.com").exists()
+    # when the passwords match, the account exists, the person is signed in and a member
+    done = client.post(
+        "/invitations/accept",
+        {"token": token, "password1": "a-long-passphrase", "password2": "a-long-passphrase"},
+    )
+    assert done.status_code == 302 and done["Location"] == "/boxes/"
+    user = User.objects.get(email__iexact="new@example.com")
+    assert user.check_password("a-long-passphrase")
+    assert Membership.objects.get(user=user, organization=people.org).role == "viewer"
+    assert int(client.session["_auth_user_id"]) == user.pk
+    assert "Welcome!" in client.get("/boxes/").content.decode()
+    assert AuditLog.objects.filter(action="member.sign_up", organization=people.org).exists()
+    # and the token works once
+    again = Client().post(
+        "/invitations/accept", {"token": token, "password1": "x-y-z-w-v-u", "password2": "x-y-z-w-v-u"}
+    )
+    assert again.status_code == 400 and b"already accepted" in again.content
+
+
+def test_an_invitation_for_an_existing_account_asks_to_sign_in_first(people) -> None:
+    _, token = member_invite(
+        actor=Actor.for_user(people.outsider),
+        organization=people.other_org,
+        email="viewer@example.com",
+        role="viewer",
+    )
+    response = Client().post(
+        "/invitations/accept",
+        {"token": token, "password1": "a-long-passphrase", "password2": "a-long-passphrase"},
+    )
+    assert response.status_code == 400
+    assert b"There is already an account for viewer@example.com: sign in with it" in response.content
+    assert not Membership.objects.filter(user=people.viewer, organization=people.other_org).exists()

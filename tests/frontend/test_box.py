@@ -258,3 +258,103 @@ def test_events_fragment_lists_the_timeline(people, box) -> None:
     event_record(box_id=box.pk, kind="wan_down", data={"iface": "wan1"})
     content = logged_in(people.viewer).get(f"/boxes/{box.pk}/events/").content.decode()
     assert "WAN down" in content and "wan1" in content
+
+
+def test_no_command_is_chosen_in_advance_and_a_disruptive_one_needs_confirming(people, box) -> None:
+    from fleet.commands.models import Command
+
+    client = logged_in(people.admin)
+    url = f"/boxes/{box.pk}/commands/new/"
+    # the menu starts on "Choose a command…", not on reboot
+    page = client.get(f"/boxes/{box.pk}/").content.decode()
+    assert re.search(r'<option value="" selected>Choose a command…</option>', page)
+    # sending nothing says so next to the menu
+    empty = client.post(url, {"kind": ""}, HTTP_HX_REQUEST="true")
+    assert empty.status_code == 400
+    assert re.search(
+        r'id="id_command_kind-errors"[^>]*><li>Choose the command to send\.', empty.content.decode()
+    )
+    # a reboot without the confirmation (a replayed or scripted request) is refused, next to it
+    for kind, says in (("reboot", "Reboot restarts the box"), ("restart_services", "Restarting services")):
+        refused = client.post(url, {"kind": kind}, HTTP_HX_REQUEST="true")
+        assert refused.status_code == 400
+        assert re.search(rf'id="id_command_confirm-errors"[^>]*><li>{says}', refused.content.decode())
+        # without script too: back to the page, with the reason
+        plain = client.post(url, {"kind": kind}, follow=True)
+        assert "Tick the box to confirm" in plain.content.decode()
+    assert not Command.objects.filter(box=box).exists()
+    # confirmed, it is sent, and the list below the form shows it at once (out of band)
+    sent = client.post(url, {"kind": "reboot", "confirm": "on"}, HTTP_HX_REQUEST="true")
+    assert sent.status_code == 200
+    content = sent.content.decode()
+    assert f"Reboot sent to {box.serial}." in content and 'id="commands-list" hx-swap-oob="true"' in content
+    assert Command.objects.get(box=box).kind == "reboot"
+    # a command that interrupts nothing needs no confirmation
+    assert client.post(url, {"kind": "diagnostics"}, HTTP_HX_REQUEST="true").status_code == 200
+
+
+def test_command_errors_name_the_field_by_its_label_in_sentences(people, box) -> None:
+    client = logged_in(people.admin)
+    url = f"/boxes/{box.pk}/commands/new/"
+    # with script: next to the field
+    refused = client.post(url, {"kind": "speed_test", "iface": "wan9"}, HTTP_HX_REQUEST="true")
+    assert re.search(
+        r"id=\"id_command_iface-errors\"[^>]*><li>Choose one of the box&#x27;s links from the list",
+        refused.content.decode(),
+    )
+    # without script: in the message, after the field's label (never "iface: Select a valid choice")
+    plain = client.post(url, {"kind": "speed_test", "iface": "wan9"}, follow=True).content.decode()
+    assert "Not sent. Through: Choose one of the box&#x27;s links from the list" in plain
+    assert "iface:" not in plain
+
+
+def test_upgrade_now_restarts_the_box_only_once_confirmed(people, box) -> None:
+    from fleet.firmware.models import Upgrade
+    from tests.fleet.firmware.firmware_helpers import make_release
+
+    make_release("9.0.0")
+    client = logged_in(people.admin)
+    page = client.get(f"/boxes/{box.pk}/").content.decode()
+    assert "Yes, restart the box to install 9.0.0 now" in page
+    url = f"/boxes/{box.pk}/firmware/upgrade/"
+    refused = client.post(url, {}, HTTP_HX_REQUEST="true")
+    assert refused.status_code == 400
+    assert re.search(
+        r'id="id_upgrade_confirm-errors"[^>]*><li>Installing 9\.0\.0 restarts the box',
+        refused.content.decode(),
+    )
+    assert not Upgrade.objects.filter(box=box).exists()
+    done = client.post(url, {"confirm": "on"}, HTTP_HX_REQUEST="true")
+    assert done.status_code == 200 and "Upgrade to 9.0.0 sent" in done.content.decode()
+    assert Upgrade.objects.get(box=box).release.version == "9.0.0"
+
+
+def test_the_maintenance_window_is_edited_on_the_box_page(people, box) -> None:
+    from fleet.firmware.models import BoxUpgradePolicy
+
+    client = logged_in(people.admin)
+    url = f"/boxes/{box.pk}/firmware/"
+    # the page shows the window, every night 02:00-05:00 by default
+    page = client.get(f"/boxes/{box.pk}/").content.decode()
+    assert "02:00\N{EN DASH}05:00, every day" in page and 'name="window_start"' in page
+    # no day and an impossible hour: each field says so, nothing is saved
+    refused = client.post(
+        url, {"window_start": "25:00", "window_end": "05:00", "auto_upgrade": "on"}, HTTP_HX_REQUEST="true"
+    )
+    assert refused.status_code == 400
+    content = refused.content.decode()
+    assert re.search(
+        r'id="id_window_start-errors"[^>]*><li>Give the time the window starts as hours', content
+    )
+    refused = client.post(url, {"window_start": "01:00", "window_end": "04:00"}, HTTP_HX_REQUEST="true")
+    assert re.search(r'id="id_window_days-errors"[^>]*><li>Choose at least one day', refused.content.decode())
+    assert not BoxUpgradePolicy.objects.filter(box=box).exists()
+    # a weekend window from 23:30 past midnight is saved, and shown
+    saved = client.post(
+        url,
+        {"window_days": ["5", "6"], "window_start": "23:30", "window_end": "03:00", "auto_upgrade": "on"},
+        HTTP_HX_REQUEST="true",
+    )
+    assert saved.status_code == 200 and "23:30\N{EN DASH}03:00, Sat, Sun" in saved.content.decode()
+    policy = BoxUpgradePolicy.objects.get(box=box)
+    assert policy.window_days == [5, 6] and policy.window_start.strftime("%H:%M") == "23:30"

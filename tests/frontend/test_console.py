@@ -291,3 +291,28 @@ def test_audit_log_is_searchable(people, claimed_box_factory) -> None:
     content = client.get("/console/audit/", {"serial": "ACME-0020", "action": "box.update"}).content.decode()
     assert "box.update" in content and "user:owner@example.com" in content and "box.claim" not in content
     assert "box.claim" in client.get("/console/audit/", {"q": "ACME-0020"}).content.decode()
+
+
+def test_bad_console_searches_say_what_is_wrong_instead_of_showing_everything(
+    people, claimed_box_factory
+) -> None:
+    claimed_box_factory(people.org, "ACME-0030")
+    client = logged_in(people.staff)
+    # a search over 100 characters is said next to the field
+    search = client.get("/console/search/", {"q": "x" * 120})
+    assert search.status_code == 400
+    assert "Search for at most 100 characters (this one has 120)." in search.content.decode()
+    # the audit log: a filter too long is said next to it (also in an htmx answer, out of band), and
+    # no entry is listed
+    audit = client.get("/console/audit/", {"serial": "S" * 65})
+    assert audit.status_code == 400
+    content = audit.content.decode()
+    assert re.search(r'id="id_serial-errors"[^>]*><li>A serial number is at most 64 characters\.', content)
+    assert "box.claim" not in content
+    rows = client.get(
+        "/console/audit/", {"serial": "S" * 65}, HTTP_HX_REQUEST="true", HTTP_HX_TARGET="audit-results"
+    )
+    assert 'id="id_serial-slot" hx-swap-oob="true"' in rows.content.decode()
+    # a page that is not a number: the first page, with a note
+    content = client.get("/console/audit/", {"page": "abc"}).content.decode()
+    assert "There is no page “abc”" in content and "box.claim" in content

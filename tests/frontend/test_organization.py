@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
+
 import pytest
 from django.contrib.auth.models import User
 from django.core import mail
 from django.test import Client
+from django.utils import timezone
 
 from fleet.core.models import ApiToken, Invitation, Membership
 from fleet.monitoring.models import AlertRule, NotificationTarget
@@ -153,3 +157,113 @@ def test_viewers_cannot_change_alerts(people) -> None:
     )
     assert response.status_code == 403
     assert not NotificationTarget.objects.exists()
+
+
+def test_owners_resend_and_revoke_pending_invitations(people, django_capture_on_commit_callbacks) -> None:
+    client = logged_in(people.owner)
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post("/members/", {"email": "late@example.com", "role": "viewer"})
+    invitation = Invitation.objects.get(email="late@example.com")
+    first_link = mail.outbox[0].body.split("#", 1)[1].split()[0]
+    # a second invitation to the same address is refused next to the field: re-send instead
+    twice = client.post("/members/", {"email": "late@example.com", "role": "admin"})
+    assert twice.status_code == 400
+    assert re.search(
+        r'id="id_email-errors"[^>]*><li>There is already a pending invitation for late@example.com',
+        twice.content.decode(),
+    )
+    # the list offers re-send and revoke
+    page = client.get("/members/").content.decode()
+    assert (
+        f"/members/invitations/{invitation.pk}/resend/" in page
+        and f"/members/invitations/{invitation.pk}/revoke/" in page
+    )
+    # re-sent: a new link, valid 7 days again; the old link no longer works
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.post(f"/members/invitations/{invitation.pk}/resend/").status_code == 302
+    second_link = mail.outbox[1].body.split("#", 1)[1].split()[0]
+    assert second_link != first_link
+    newcomer = Client().post(
+        "/invitations/accept",
+        {"token": first_link, "password1": "a-long-passphrase", "password2": "a-long-passphrase"},
+    )
+    assert newcomer.status_code == 400 and b"does not exist or has expired" in newcomer.content
+    # revoked: the new link stops working too, and the invitation leaves the list
+    assert client.post(f"/members/invitations/{invitation.pk}/revoke/").status_code == 302
+    invitation.refresh_from_db()
+    assert invitation.revoked_at is not None
+    content = client.get("/members/").content.decode()
+    assert "The invitation to late@example.com is revoked: its link no longer works." in content
+    assert f"/members/invitations/{invitation.pk}/" not in content
+    newcomer = Client().post(
+        "/invitations/accept",
+        {"token": second_link, "password1": "a-long-passphrase", "password2": "a-long-passphrase"},
+    )
+    assert newcomer.status_code == 400
+    # only owners may; another organisation's invitation is not found
+    other = Invitation.objects.create(
+        organization=people.other_org,
+        email="x@example.com",
+        role="viewer",
+        token_hash="0" * 64,
+        expires_at=invitation.expires_at,
+    )
+    assert logged_in(people.admin).post(f"/members/invitations/{invitation.pk}/resend/").status_code == 404
+    assert client.post(f"/members/invitations/{other.pk}/revoke/").status_code == 404
+
+
+def test_an_admin_cannot_resend_an_invitation(people) -> None:
+    invitation = Invitation.objects.create(
+        organization=people.org,
+        email="x@example.com",
+        role="viewer",
+        token_hash="1" * 64,
+        expires_at=timezone.now() + timedelta(days=1),
+    )
+    assert logged_in(people.admin).post(f"/members/invitations/{invitation.pk}/revoke/").status_code == 403
+    invitation.refresh_from_db()
+    assert invitation.revoked_at is None
+
+
+def test_an_alert_rule_is_edited_with_errors_next_to_the_fields_and_tested(people) -> None:
+    target = NotificationTarget.objects.create(
+        organization=people.org, name="Ops mail", kind="email", email="ops@example.com"
+    )
+    rule = AlertRule.objects.create(organization=people.org, name="Lossy", kind="loss_above", threshold=5)
+    client = logged_in(people.admin)
+    url = f"/alerts/rule/{rule.pk}/"
+    assert url in client.get("/alerts/").content.decode()
+    # out of range: said next to the threshold, in a sentence with the unit; nothing saved
+    refused = client.post(url, {"name": "Lossy", "threshold": "250", "duration_minutes": "5", "box": ""})
+    assert refused.status_code == 400
+    assert re.search(
+        r'id="id_rule_threshold-errors"[^>]*><li>Give a threshold from 0 to below 100 %\.',
+        refused.content.decode(),
+    )
+    rule.refresh_from_db()
+    assert rule.threshold == 5
+    # without targets, a test says the rule notifies nobody
+    response = client.post(f"/alerts/rule/{rule.pk}/test/", follow=True)
+    assert "This rule notifies nobody" in response.content.decode()
+    # saved with a target, then tested: the email goes out and the page says so
+    saved = client.post(
+        url,
+        {
+            "name": "Lossy links",
+            "threshold": "7.5",
+            "duration_minutes": "10",
+            "box": "",
+            "targets": [str(target.pk)],
+        },
+    )
+    assert saved.status_code == 302
+    rule.refresh_from_db()
+    assert (rule.name, rule.threshold, rule.duration_minutes) == ("Lossy links", 7.5, 10)
+    assert list(rule.targets.all()) == [target]
+    response = client.post(f"/alerts/rule/{rule.pk}/test/", follow=True)
+    assert "Ops mail (email): sent to ops@example.com." in response.content.decode()
+    assert mail.outbox[-1].subject == "[otb] TEST: Lossy links"
+    # a viewer may look but not change or test
+    viewer = logged_in(people.viewer)
+    assert viewer.post(url, {"name": "x", "threshold": "1", "duration_minutes": "5"}).status_code == 403
+    assert viewer.post(f"/alerts/rule/{rule.pk}/test/").status_code == 403

@@ -199,11 +199,13 @@ def member_invite(
     email = _email_normalise(email)
     parsed_role = _role_parse(role)
     if Membership.objects.filter(organization=organization, user__email__iexact=email).exists():
-        raise Conflict(f"{email} is already a member of {organization.name}.", field="email")
+        raise Conflict(
+            f"Someone with the address {email} is already a member of {organization.name}.", field="email"
+        )
     pending = Invitation.objects.select_for_update().filter(organization=organization, email__iexact=email)
     if any(_invitation_pending(invitation) for invitation in pending):
         raise Conflict(
-            f"{email} already has a pending invitation: re-send it from the list of invitations instead.",
+            f"There is already a pending invitation for {email}: re-send it from the list of invitations.",
             field="email",
         )
     issued = token_issue(TokenKind.INVITATION)

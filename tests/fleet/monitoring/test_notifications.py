@@ -116,6 +116,7 @@ def test_a_test_notification_reaches_every_target_of_the_rule_and_says_what_each
             kind="webhook",
             url=receiver.url,
         )
+        assert secret is not None
         broken, _ = notification_target_create(
             actor=Actor.for_user(people.admin),
             organization=people.org,
