@@ -26,7 +26,7 @@ from fleet.firmware import selectors as firmware_selectors
 from fleet.firmware import services as firmware_services
 from fleet.firmware.choices import FAILURE_STATES, WAITING_STATES, RolloutAction, UpgradeState
 from frontend import selectors
-from frontend.errors import errors_on_form, form_add_domain_error, page_errors
+from frontend.errors import errors_on_form, form_add_domain_error, page_errors, sentence
 from frontend.forms import AuditFilterForm, ConsoleSearchForm, RolloutForm, StaffActionForm
 from frontend.views.box import box_context
 from provisioning.addressing import host_address
@@ -350,7 +350,7 @@ def rollout_action(request: HttpRequest, rollout_id: str, action: str) -> HttpRe
             reason=request.POST.get("reason", "")[:500],
         )
     except DomainError as exc:
-        messages.error(request, exc.message)
+        messages.error(request, sentence(exc.message))
     else:
         messages.success(request, f"Rollout: {RolloutAction(action).label.lower()} done.")
     return redirect(reverse("frontend:rollout", args=[rollout.pk]))

@@ -129,7 +129,7 @@ def member_role_update(request: HttpRequest, membership_id: str) -> HttpResponse
     form = MemberRoleForm(request.POST)
     with errors_as_message(request):
         if not form.is_valid():
-            raise DomainError("choose a role", field="role")
+            raise DomainError("Choose a role from the list.", field="role")
         member_set_role(
             actor=Actor.from_request(request), membership=membership, role=form.cleaned_data["role"]
         )
