@@ -98,6 +98,11 @@ def test_browser_box_page_forms_show_their_errors(
         lambda: BoxUpgradePolicy.objects.filter(box=box, window_days=[5]).exists(), message="not saved"
     )
     screenshot(page, "test_browser_box_page_forms_show_their_errors")
+    # when their role is lowered meanwhile, a save is refused (403): the page says so, in words
+    Membership.objects.filter(user=people.admin, organization=people.org).update(role="viewer")
+    page.get_by_label("Mode").select_option("aggregate")
+    page.get_by_role("button", name="Save policy").click()
+    assert "403" in visible_error(page, "#request-error")
     assert [e for e in page.errors if "Content Security Policy" in e] == []
 
 
