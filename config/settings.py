@@ -92,6 +92,44 @@ if not OTB_SECRETS_KEYS:
         )
     ]
 
+# Firmware signing (fleet/firmware, docs/firmware-and-rollouts.md). OTB_FIRMWARE_SIGNING_KEY_FILE: the
+# service's own ed25519 private key (PKCS#8 PEM, or the base64 of a 32-byte seed), with which staff sign
+# uploaded images in the console; unset, images are signed offline (manage.py sign_firmware). In
+# development a key is generated once under var/secrets/. The public key the boxes verify with is
+# OTB_FIRMWARE_SIGNING_PUBLIC_KEY, or else the public half of that key file.
+FIRMWARE_SIGNING_KEY_FILE = os.environ.get("OTB_FIRMWARE_SIGNING_KEY_FILE", "")
+if not FIRMWARE_SIGNING_KEY_FILE and OTB_ENV == "development":
+    _kept_secret(
+        "firmware-signing.key",
+        "OTB_FIRMWARE_SIGNING_KEY_FILE",
+        lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
+    )
+    FIRMWARE_SIGNING_KEY_FILE = str(VAR_DIR / "secrets" / "firmware-signing.key")
+
+
+def _signing_public_key(path: str) -> str:
+    """The base64 public key of the ed25519 private key file at ``path``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    data = Path(path).read_bytes()
+    if b"PRIVATE KEY" in data:
+        key = serialization.load_pem_private_key(data, password=None)
+    else:
+        key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(data.strip(), validate=True))
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ImproperlyConfigured(f"OTB_FIRMWARE_SIGNING_KEY_FILE {path} is not an ed25519 private key")
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+try:
+    FIRMWARE_SIGNING_PUBLIC_KEY = os.environ.get("OTB_FIRMWARE_SIGNING_PUBLIC_KEY", "") or (
+        _signing_public_key(FIRMWARE_SIGNING_KEY_FILE) if FIRMWARE_SIGNING_KEY_FILE else ""
+    )
+except (OSError, ValueError) as exc:
+    raise ImproperlyConfigured(f"OTB_FIRMWARE_SIGNING_KEY_FILE {FIRMWARE_SIGNING_KEY_FILE}: {exc}") from exc
+
 DEBUG = env_bool("DEBUG", OTB_ENV == "development")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["*"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
@@ -343,7 +381,11 @@ OTB = {
     # Commands people may have waiting (pending or sent, not expired) per box.
     "MAX_OPEN_COMMANDS_PER_BOX": env_int("OTB_MAX_OPEN_COMMANDS_PER_BOX", 10),
     "API_TOKEN_DEFAULT_DAYS": env_int("OTB_API_TOKEN_DEFAULT_DAYS", 90),
-    "FIRMWARE_SIGNING_PUBLIC_KEY": os.environ.get("OTB_FIRMWARE_SIGNING_PUBLIC_KEY", ""),
+    "FIRMWARE_SIGNING_PUBLIC_KEY": FIRMWARE_SIGNING_PUBLIC_KEY,
+    # The service's own signing key (the console's "Sign with the service's key"); "" = none.
+    "FIRMWARE_SIGNING_KEY_FILE": FIRMWARE_SIGNING_KEY_FILE,
+    # The largest firmware image accepted (console and API uploads), bytes.
+    "FIRMWARE_MAX_IMAGE_BYTES": env_int("OTB_FIRMWARE_MAX_IMAGE_BYTES", 256 * 1024 * 1024),
     "RAW_RETENTION_DAYS": env_int("OTB_RAW_RETENTION_DAYS", 7),
     "ROLLUP_5M_RETENTION_DAYS": env_int("OTB_ROLLUP_5M_RETENTION_DAYS", 90),
     "ROLLUP_1H_RETENTION_DAYS": env_int("OTB_ROLLUP_1H_RETENTION_DAYS", 730),

@@ -16,6 +16,7 @@ import datetime as dt
 import hashlib
 import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -43,6 +44,7 @@ from fleet.firmware.choices import (
     RolloutState,
     UpgradeState,
 )
+from fleet.firmware import signing
 from fleet.firmware.delivery import commands_cancel_unstarted
 from fleet.firmware.engine import rollout_mark_paused, upgrades_dispatch_standalone
 from fleet.firmware.models import DEFAULT_WINDOW_DAYS, BoxUpgradePolicy, Release, Rollout, Upgrade
@@ -218,17 +220,26 @@ def release_update(
     return locked
 
 
+def image_size_limit() -> int:
+    """The largest image accepted, in bytes (``OTB_FIRMWARE_MAX_IMAGE_BYTES``)."""
+    return int(settings.OTB.get("FIRMWARE_MAX_IMAGE_BYTES") or 256 * 1024 * 1024)
+
+
 def release_image_upload(
     *, actor: Actor, release: Release, upload: Any, filename: str | None = None
 ) -> Release:
-    """Store a draft release's image, computing its size and SHA-256 from the bytes. If a SHA-256
-    was announced beforehand it must match (InvalidInput on ``image`` otherwise)."""
+    """Store a draft release's image, computing its size and SHA-256 from the bytes, read in chunks
+    (never whole in memory). If a SHA-256 was announced beforehand it must match, and the image may
+    not exceed ``image_size_limit()`` (InvalidInput on ``image`` otherwise)."""
     authorize_staff(actor)
     digest = hashlib.sha256()
     size = 0
+    limit = image_size_limit()
     for chunk in upload.chunks() if hasattr(upload, "chunks") else iter(lambda: upload.read(1 << 20), b""):
         digest.update(chunk)
         size += len(chunk)
+        if size > limit:
+            raise InvalidInput(f"The image is larger than the limit of {limit:,} bytes.", field="image")
     if size == 0:
         raise InvalidInput("the image is empty", field="image")
     if hasattr(upload, "seek"):
@@ -327,6 +338,82 @@ def release_withdraw(*, actor: Actor, release: Release, reason: str = "") -> Rel
             )
         _cancel_waiting(
             Upgrade.objects.filter(release=locked, rollout__isnull=True), now=now, reason="release withdrawn"
+        )
+    return locked
+
+
+def release_add(
+    *,
+    actor: Actor,
+    version: str,
+    hardware_models: list[str],
+    upload: Any,
+    channel: str = ReleaseChannel.STABLE,
+    notes: str = "",
+    signature: str = "",
+    filename: str | None = None,
+) -> Release:
+    """A draft release with its uploaded image (and its detached signature when given) in one
+    transaction: ``release_create`` then ``release_image_upload``; nothing is kept when either
+    refuses (the image is stored only after every check has passed)."""
+    with transaction.atomic():
+        release = release_create(
+            actor=actor,
+            version=version,
+            hardware_models=hardware_models,
+            channel=channel,
+            notes=notes,
+            signature=signature,
+        )
+        return release_image_upload(actor=actor, release=release, upload=upload, filename=filename)
+
+
+def signing_key_configured() -> bool:
+    """Whether the service has a signing key of its own (``OTB_FIRMWARE_SIGNING_KEY_FILE``)."""
+    return bool(settings.OTB.get("FIRMWARE_SIGNING_KEY_FILE"))
+
+
+def release_sign(*, actor: Actor, release: Release) -> Release:
+    """Sign a draft's uploaded image with the service's key (``OTB_FIRMWARE_SIGNING_KEY_FILE``) and
+    store the signature. Conflict when the service has no key, when the key is not the pair of the
+    public key the boxes verify with, or when the release is no draft; InvalidInput on ``image``
+    without an uploaded image (an external image is signed where it is built). Ed25519 signs the
+    whole message at once, so the image is read into memory here (as ``sign_firmware`` does)."""
+    authorize_staff(actor)
+    path = str(settings.OTB.get("FIRMWARE_SIGNING_KEY_FILE") or "")
+    if not path:
+        raise Conflict(
+            "The service has no signing key (OTB_FIRMWARE_SIGNING_KEY_FILE): upload a detached signature.",
+            field="signature",
+        )
+    try:
+        key = signing.private_key_load(Path(path))
+    except (OSError, ValueError) as exc:
+        raise Conflict(f"The service's signing key cannot be read: {exc}.", field="signature") from exc
+    public_key = str(settings.OTB.get("FIRMWARE_SIGNING_PUBLIC_KEY") or "")
+    if public_key and signing.public_key_b64(key) != public_key:
+        raise Conflict(
+            "The service's signing key is not the pair of OTB_FIRMWARE_SIGNING_PUBLIC_KEY, the key the "
+            "boxes verify with: boxes would refuse the image.",
+            field="signature",
+        )
+    with transaction.atomic():
+        locked = _locked_release(release)
+        if locked.state != ReleaseState.DRAFT:
+            raise Conflict(f"Only a draft is signed; this release is {locked.state}.", field="state")
+        if not locked.image:
+            raise InvalidInput("Upload the image first: only an uploaded image is signed here.", field="image")
+        with locked.image.open("rb") as handle:
+            signature = base64.b64encode(key.sign(handle.read())).decode()
+        before = _release_audit(locked)
+        locked.signature = signature
+        locked.save(update_fields=["signature", "updated_at"])
+        audit_record(
+            actor=actor,
+            action="release.sign",
+            target=locked,
+            before=before,
+            after={**_release_audit(locked), "signed_by": "service key"},
         )
     return locked
 

@@ -13,7 +13,6 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -21,22 +20,14 @@ from fleet.core.audit import Actor
 from fleet.core.errors import DomainError
 from fleet.firmware import services
 from fleet.firmware.models import Release
+from fleet.firmware.signing import private_key_load
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
-    data = path.read_bytes()
-    if b"PRIVATE KEY" in data:
-        key = serialization.load_pem_private_key(data, password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise CommandError(f"{path} is not an ed25519 private key")
-        return key
     try:
-        seed = base64.b64decode(data.strip(), validate=True)
-    except ValueError as exc:
-        raise CommandError(f"{path}: neither a PEM key nor base64") from exc
-    if len(seed) != 32:
-        raise CommandError(f"{path}: a raw ed25519 seed is 32 bytes")
-    return Ed25519PrivateKey.from_private_bytes(seed)
+        return private_key_load(path)
+    except (OSError, ValueError) as exc:
+        raise CommandError(str(exc)) from exc
 
 
 class Command(BaseCommand):
