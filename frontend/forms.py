@@ -16,6 +16,7 @@ from fleet.commands.choices import CommandKind
 from fleet.core.choices import ReleaseChannel, Role, WanMode, WanRole
 from fleet.core.errors import DomainError
 from fleet.firmware.targeting import phases_validate, target_normalize
+from fleet.firmware.signing import signature_from_file
 from fleet.monitoring.choices import TargetKind
 from provisioning.wan_policy import WAN_MAX_KBPS
 
@@ -664,3 +665,81 @@ class RolloutForm(PortalForm):
             if data.get(key):
                 target[key] = data[key].strip()
         return target
+
+
+class ReleaseSignatureField(forms.FileField):
+    """A detached signature file (raw 64 bytes or their base64), read as the base64 text a release
+    stores."""
+
+    def clean(self, data: Any, initial: Any = None) -> str:  # type: ignore[override]
+        upload = super().clean(data, initial)
+        if not upload:
+            return ""
+        if upload.size > 4096:
+            raise forms.ValidationError(
+                "This is not a signature file: a signature is 64 bytes (88 in base64)."
+            )
+        try:
+            return signature_from_file(upload.read())
+        except ValueError as exc:
+            raise forms.ValidationError(f"This file is not an ed25519 signature: {exc}.") from exc
+
+
+class ReleaseForm(forms.Form):
+    """A new release: what it is, its image and (optionally) its detached signature. The image comes
+    last in the page: an upload cut off at the size limit loses the fields after it."""
+
+    version = forms.CharField(label="Version", max_length=64, help_text="For example 24.10.1-otb3.")
+    hardware_models = forms.CharField(
+        label="Hardware models",
+        max_length=500,
+        help_text="The models it fits, comma separated (OTB-v2c, OTB-v2b).",
+    )
+    channel = forms.ChoiceField(
+        label="Channel", choices=ReleaseChannel.choices, initial=ReleaseChannel.STABLE
+    )
+    notes = forms.CharField(label="Release notes", required=False, widget=forms.Textarea(attrs={"rows": 3}))
+    signature = ReleaseSignatureField(
+        label="Detached signature (optional)",
+        required=False,
+        help_text="From manage.py sign_firmware (base64) or the raw 64 bytes; "
+        "or sign with the service's key afterwards.",
+    )
+    image = forms.FileField(
+        label="Image", help_text="The sysupgrade image; its size and SHA-256 are computed here."
+    )
+
+    def clean_hardware_models(self) -> list[str]:
+        models = [item.strip() for item in self.cleaned_data["hardware_models"].split(",") if item.strip()]
+        if not models:
+            raise forms.ValidationError("Give at least one hardware model, e.g. OTB-v2c.")
+        return models
+
+
+class ReleaseSignatureForm(forms.Form):
+    """A detached signature for a draft: a file, or its base64 text pasted."""
+
+    signature_file = ReleaseSignatureField(label="Signature file", required=False)
+    signature = forms.CharField(
+        label="…or the signature as base64",
+        required=False,
+        max_length=200,
+        widget=forms.TextInput(attrs={"class": "mono"}),
+    )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if not self.errors and not data.get("signature_file") and not data.get("signature", "").strip():
+            raise forms.ValidationError("Choose a signature file or paste the signature.")
+        return data
+
+    def signature_value(self) -> str:
+        return self.cleaned_data.get("signature_file") or self.cleaned_data.get("signature", "").strip()
+
+
+class ReleaseWithdrawForm(forms.Form):
+    reason = forms.CharField(
+        label="Why",
+        max_length=500,
+        help_text="Shown on the release and in the audit log; its rollouts are aborted.",
+    )

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from frontend.views import accounts, box, console, organization, portal
+from frontend.views import accounts, box, console, organization, portal, releases
 
 app_name = "frontend"
 urlpatterns = [
@@ -56,5 +56,8 @@ urlpatterns = [
     path("console/rollouts/new/", console.rollout_new, name="rollout_new"),
     path("console/rollouts/<uuid:rollout_id>/", console.rollout_detail, name="rollout"),
     path("console/rollouts/<uuid:rollout_id>/<slug:action>/", console.rollout_action, name="rollout_action"),
+    path("console/releases/", releases.release_list, name="releases"),
+    path("console/releases/<uuid:release_id>/", releases.release_detail, name="release"),
+    path("console/releases/<uuid:release_id>/<slug:action>/", releases.release_action, name="release_action"),
     path("console/audit/", console.console_audit, name="audit"),
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from django import template
 
 from fleet.commands.choices import CommandState
-from fleet.firmware.choices import RolloutState
+from fleet.firmware.choices import ReleaseState, RolloutState
 from provisioning.choices import ServerStatus
 
 register = template.Library()
@@ -33,6 +33,11 @@ COMMAND_TONES: dict[str, str] = {
     CommandState.EXPIRED: "bad",
     CommandState.CANCELLED: "",
 }
+RELEASE_TONES: dict[str, str] = {
+    ReleaseState.DRAFT: "warn",
+    ReleaseState.PUBLISHED: "ok",
+    ReleaseState.WITHDRAWN: "bad",
+}
 SERVER_TONES: dict[str, str] = {
     ServerStatus.ACTIVE: "ok",
     ServerStatus.DRAINING: "warn",
@@ -52,6 +57,11 @@ def rollout_badge(state: str) -> str:
 @register.filter
 def command_badge(state: str) -> str:
     return _badge(COMMAND_TONES.get(state, ""))
+
+
+@register.filter
+def release_badge(state: str) -> str:
+    return _badge(RELEASE_TONES.get(state, ""))
 
 
 @register.filter

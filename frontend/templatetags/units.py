@@ -21,3 +21,14 @@ def bitrate(bps: Any) -> str:
         if bps >= size:
             return f"{bps / size:.1f} {unit}"
     return f"{int(bps)} bit/s"
+
+
+@register.filter
+def bytesize(size: Any) -> str:
+    """A size in bytes as people read it, with the exact count: "12.4 MB (12,402,688 bytes)"."""
+    if size is None or isinstance(size, bool) or not isinstance(size, int):
+        return UNKNOWN
+    for unit, factor in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= factor:
+            return f"{size / factor:.1f} {unit} ({size:,} bytes)"
+    return f"{size:,} bytes"

@@ -19,6 +19,13 @@ pytestmark = pytest.mark.django_db
 
 def test_seed_demo_runs_twice(settings: Any, tmp_path: Path) -> None:
     settings.VAR_DIR = tmp_path
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "media")},
+        },
+    }
     # when the seed runs twice
     status, first = run("seed_demo")
     counts = (Box.objects.count(), Box.objects.filter(state=BoxState.CLAIMED).count())

@@ -2,7 +2,9 @@
 
 Demo Corp (owner demo@example.com), a staff superuser, two regions with two aggregation servers and
 address pools each, 20 imported boxes DEMO-0001..DEMO-0020 of which 10 are claimed and provisioned
-into Demo Corp (some with WAN policies), and ``var/demo-boxes.csv`` for the fleet simulator.
+into Demo Corp (some with WAN policies), one firmware release (signed with the service's key and
+published when the service has one: always under ``make run``), and ``var/demo-boxes.csv`` for the
+fleet simulator.
 Everything goes through the services, as an operator would.
 """
 
@@ -16,12 +18,16 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.files.base import ContentFile
 from django.core.management.base import BaseCommand
 
 from fleet.core.audit import Actor
 from fleet.core.choices import BoxState
 from fleet.core.models import Box, Membership, Organization, Region
 from fleet.core.services import organization_create, organization_update
+from fleet.firmware.choices import ReleaseState
+from fleet.firmware.models import Release
+from fleet.firmware.services import release_add, release_publish, release_sign, signing_key_configured
 from provisioning.models import AddressPool, AggregationServer
 from provisioning.services.configuration import box_set_wan_policy
 from provisioning.services.infrastructure import pool_create, region_create, server_create
@@ -32,6 +38,8 @@ ORGANIZATION = "Demo Corp"
 OWNER_EMAIL, OWNER_PASSWORD = "demo@example.com", "demo-password-1"
 STAFF_EMAIL, STAFF_PASSWORD = "staff@example.com", "staff-password-1"
 BOX_COUNT, CLAIMED_COUNT = 20, 10
+# Newer than what the simulated boxes run (23.05.3-otb.1), so a rollout of it has boxes to upgrade.
+DEMO_RELEASE = "24.10.1-otb.1"
 MODELS = ("OTB-v2c", "OTB-v2b", "OTB-plus")
 
 REGIONS: list[dict[str, Any]] = [
@@ -103,6 +111,7 @@ class Command(BaseCommand):
         regions = self._infrastructure(actor)
         organization = self._people(actor, regions["eu-west"])
         self._boxes(actor, organization)
+        self._release(actor)
         path = self._csv()
         url = settings.OTB["LOCAL_URL"]
         self.stdout.write(
@@ -179,6 +188,30 @@ class Command(BaseCommand):
             policy = WAN_POLICIES[(index - 1) % len(WAN_POLICIES)] if index <= 6 else None
             if policy is not None:
                 box_set_wan_policy(actor=actor, box=box, **policy)
+
+    def _release(self, actor: Actor) -> None:
+        release = Release.objects.filter(version=DEMO_RELEASE).first()
+        if release is None:
+            # a small deterministic image: the simulated boxes only pretend to flash it
+            image = b"".join(hashlib.sha256(f"demo-image:{i}".encode()).digest() for i in range(32768))
+            release = release_add(
+                actor=actor,
+                version=DEMO_RELEASE,
+                hardware_models=list(MODELS),
+                notes="Demo release: OpenWrt 24.10 with the bonding agent.",
+                upload=ContentFile(image, name=f"otb-{DEMO_RELEASE}-sysupgrade.img"),
+            )
+        if release.state == ReleaseState.DRAFT and signing_key_configured():
+            if not release.signature:
+                release = release_sign(actor=actor, release=release)
+            release = release_publish(actor=actor, release=release)
+        if release.state == ReleaseState.DRAFT:
+            self.stdout.write(
+                f"release: {DEMO_RELEASE} left as a draft (the service has no signing key, "
+                "OTB_FIRMWARE_SIGNING_KEY_FILE): sign and publish it in the console's Releases page"
+            )
+        else:
+            self.stdout.write(f"release: {DEMO_RELEASE} {release.state}")
 
     def _csv(self) -> Path:
         path = Path(settings.VAR_DIR) / "demo-boxes.csv"
