@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 import dj_database_url
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.exceptions import ImproperlyConfigured
 
 from config.checkout_services import checkout_service_url
@@ -109,9 +111,6 @@ if not FIRMWARE_SIGNING_KEY_FILE and OTB_ENV == "development":
 
 def _signing_public_key(path: str) -> str:
     """The base64 public key of the ed25519 private key file at ``path``."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     data = Path(path).read_bytes()
     if b"PRIVATE KEY" in data:
         key = serialization.load_pem_private_key(data, password=None)

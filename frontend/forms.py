@@ -671,7 +671,7 @@ class ReleaseSignatureField(forms.FileField):
     """A detached signature file (raw 64 bytes or their base64), read as the base64 text a release
     stores."""
 
-    def clean(self, data: Any, initial: Any = None) -> str:  # type: ignore[override]
+    def clean(self, data: Any, initial: Any = None) -> str:
         upload = super().clean(data, initial)
         if not upload:
             return ""

@@ -33,6 +33,7 @@ from fleet.core.background import task_queue
 from fleet.core.choices import BoxState, ReleaseChannel, Role
 from fleet.core.errors import Conflict, InvalidInput
 from fleet.core.models import Box
+from fleet.firmware import signing
 from fleet.firmware.choices import (
     ACTIVE_ROLLOUT_STATES,
     FAILURE_STATES,
@@ -44,7 +45,6 @@ from fleet.firmware.choices import (
     RolloutState,
     UpgradeState,
 )
-from fleet.firmware import signing
 from fleet.firmware.delivery import commands_cancel_unstarted
 from fleet.firmware.engine import rollout_mark_paused, upgrades_dispatch_standalone
 from fleet.firmware.models import DEFAULT_WINDOW_DAYS, BoxUpgradePolicy, Release, Rollout, Upgrade
@@ -222,7 +222,8 @@ def release_update(
 
 def image_size_limit() -> int:
     """The largest image accepted, in bytes (``OTB_FIRMWARE_MAX_IMAGE_BYTES``)."""
-    return int(settings.OTB.get("FIRMWARE_MAX_IMAGE_BYTES") or 256 * 1024 * 1024)
+    limit = settings.OTB.get("FIRMWARE_MAX_IMAGE_BYTES")
+    return limit if isinstance(limit, int) and limit > 0 else 256 * 1024 * 1024
 
 
 def release_image_upload(
@@ -402,7 +403,9 @@ def release_sign(*, actor: Actor, release: Release) -> Release:
         if locked.state != ReleaseState.DRAFT:
             raise Conflict(f"Only a draft is signed; this release is {locked.state}.", field="state")
         if not locked.image:
-            raise InvalidInput("Upload the image first: only an uploaded image is signed here.", field="image")
+            raise InvalidInput(
+                "Upload the image first: only an uploaded image is signed here.", field="image"
+            )
         with locked.image.open("rb") as handle:
             signature = base64.b64encode(key.sign(handle.read())).decode()
         before = _release_audit(locked)

@@ -120,7 +120,9 @@ def test_a_wrong_signature_is_refused_when_publishing(people: Any, media: Path) 
     client = staff(people)
     new_release(client)
     release = Release.objects.get()
-    response = client.post(f"/console/releases/{release.pk}/signature/", {"signature": sign(b"another image")})
+    response = client.post(
+        f"/console/releases/{release.pk}/signature/", {"signature": sign(b"another image")}
+    )
     assert response.status_code == 302
     response = client.post(f"/console/releases/{release.pk}/publish/", follow=True)
     assert "does not verify" in response.content.decode()
@@ -135,7 +137,11 @@ def test_form_errors_are_on_their_fields_and_nothing_is_kept(people: Any, media:
     settings.OTB = {**settings.OTB, "FIRMWARE_MAX_IMAGE_BYTES": 1000}
     response = new_release(client, image=b"x" * (2 << 20))
     content = response.content.decode()
-    assert response.status_code == 400 and 'id="id_image-errors"' in content and "larger than the limit" in content
+    assert (
+        response.status_code == 400
+        and 'id="id_image-errors"' in content
+        and "larger than the limit" in content
+    )
     assert not Release.objects.exists() and not list((media / "media").rglob("*"))
 
     # a bad version, no model, a file that is no signature: each on its field
@@ -158,7 +164,10 @@ def test_form_errors_are_on_their_fields_and_nothing_is_kept(people: Any, media:
     # a signature form with nothing in it, or garbage
     release = Release.objects.get()
     response = client.post(f"/console/releases/{release.pk}/signature/", {"signature": ""})
-    assert response.status_code == 400 and "Choose a signature file or paste the signature" in response.content.decode()
+    assert (
+        response.status_code == 400
+        and "Choose a signature file or paste the signature" in response.content.decode()
+    )
     response = client.post(f"/console/releases/{release.pk}/signature/", {"signature": "abc"})
     assert response.status_code == 400 and 'id="id_signature-errors"' in response.content.decode()
 
