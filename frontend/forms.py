@@ -15,8 +15,8 @@ from django.db import models
 from fleet.commands.choices import CommandKind
 from fleet.core.choices import ReleaseChannel, Role, WanMode, WanRole
 from fleet.core.errors import DomainError
-from fleet.firmware.targeting import phases_validate, target_normalize
 from fleet.firmware.signing import signature_from_file
+from fleet.firmware.targeting import phases_validate, target_normalize
 from fleet.monitoring.choices import TargetKind
 from provisioning.wan_policy import WAN_MAX_KBPS
 
