@@ -23,6 +23,10 @@ from .telemetry import TelemetryPump
 from .util import CONFIG_FILE, read_json, write_json
 
 HOOK_TIMEOUT = 120.0
+#: Seconds between attempts when the server could not be reached to fetch a wanted config or to
+#: report an applied one (a WAN just came back and its routes are not there yet, the server restarts):
+#: the cycle retries on its own instead of waiting for the next trigger, which may never come.
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 #: Applies a config in process: None when applied, else the error text reported to the server.
 ConfigApplier = Callable[[Dict[str, Any]], Awaitable[Optional[str]]]
@@ -57,21 +61,31 @@ class ConfigCycle:
         self.enabled = enabled
         self.http_semaphore = http_semaphore
         self.applied_hash: Optional[str] = store.meta_get("applied_config_hash")
+        self.desired_hash: Optional[str] = None
+        self.retry_delays = RETRY_DELAYS
         self._running = False
         self._dirty = False
+        # (hash, error) applied on the box but not yet acknowledged by the server
+        self._unreported: Optional[tuple] = None
 
     def on_desired_hash(self, desired: Optional[str]) -> None:
-        """The server wants ``desired`` applied: start a cycle unless it already is."""
+        """The server wants ``desired`` applied: start a cycle unless it already is. Such a cycle
+        retries until the server could be reached (see RETRY_DELAYS)."""
+        if desired:
+            self.desired_hash = desired
         if self.enabled and desired and desired != self.applied_hash:
-            self.spawn(self.run())
+            self.spawn(self.run(retry=True))
 
-    async def run(self) -> Dict[str, Any]:
-        """Fetch + apply + report; coalesces concurrent triggers into one more round."""
+    async def run(self, retry: bool = False) -> Dict[str, Any]:
+        """Fetch + apply + report; coalesces concurrent triggers into one more round. With ``retry``,
+        a round that could not reach the server is tried again after a delay, for as long as the
+        server wants a config the box has not applied (or an applied one is not reported)."""
         if self._running:
             self._dirty = True
             return {"queued": True}
         self._running = True
         result: Dict[str, Any] = {}
+        attempt = 0
         try:
             while True:
                 self._dirty = False
@@ -80,11 +94,22 @@ class ConfigCycle:
                         result = await self._refresh()
                 else:
                     result = await self._refresh()
+                if retry and result.get("unreachable") and self._still_wanted():
+                    delay = self.retry_delays[min(attempt, len(self.retry_delays) - 1)]
+                    attempt += 1
+                    self.reporter.log.info("config_retry", in_s=delay, attempt=attempt)
+                    await asyncio.sleep(delay)
+                    continue
                 if not self._dirty:
                     break
         finally:
             self._running = False
         return result
+
+    def _still_wanted(self) -> bool:
+        return self._unreported is not None or (
+            self.desired_hash is not None and self.desired_hash != self.applied_hash
+        )
 
     async def run_when_idle(self) -> Dict[str, Any]:
         """A cycle of its own, once the one in progress (if any) has finished."""
@@ -106,9 +131,11 @@ class ConfigCycle:
             )
         except Exception as e:
             self.reporter.error("config_fetch_failed", str(e))
-            return {"error": f"fetch failed: {e}"}
+            return {"error": f"fetch failed: {e}", "unreachable": transient(e)}
         if status == 304:
             if h == self.applied_hash or saved is None:
+                if h is not None and self._unreported is not None and self._unreported[0] == h:
+                    return await self._report(h, self._unreported[1], changed=False)
                 return {"config_hash": h, "changed": False, "error": None}
             body = saved
         if not isinstance(body, dict) or not h:
@@ -128,10 +155,6 @@ class ConfigCycle:
             error = await self.applier(body)
         elif self.apply_hook and path:
             error = await asyncio.to_thread(run_apply_hook, self.apply_hook, path)
-        try:
-            await asyncio.to_thread(httpapi.post_applied, self.fleet.server, self.fleet.token, h, error)
-        except Exception as e:
-            self.reporter.error("config_report_failed", str(e))
         if error is None:
             self.applied_hash = h
             self.store.meta_set("applied_config_hash", h)
@@ -139,7 +162,28 @@ class ConfigCycle:
         else:
             self.reporter.error("config_apply_failed", error, config_hash=h)
         self.reporter.status_update(force=True, applied_config_hash=self.applied_hash)
-        return {"config_hash": h, "changed": True, "error": error}
+        return await self._report(h, error, changed=True)
+
+    async def _report(self, h: str, error: Optional[str], *, changed: bool) -> Dict[str, Any]:
+        """Tell the server what was applied; remembered for the next round when it cannot be told."""
+        result: Dict[str, Any] = {"config_hash": h, "changed": changed, "error": error}
+        try:
+            await asyncio.to_thread(httpapi.post_applied, self.fleet.server, self.fleet.token, h, error)
+        except Exception as e:
+            self.reporter.error("config_report_failed", str(e))
+            if transient(e):
+                self._unreported = (h, error)
+                result["unreachable"] = True
+        else:
+            self._unreported = None
+        return result
+
+
+def transient(error: Exception) -> bool:
+    """Worth trying again: the server was not reached, was busy or failed (not a refusal)."""
+    if isinstance(error, httpapi.HttpError):
+        return error.status >= 500 or error.status in (408, 429)
+    return True
 
 
 def run_apply_hook(hook: str, config_path: str, timeout: float = HOOK_TIMEOUT) -> Optional[str]:

@@ -31,6 +31,7 @@ class FakeHTTP:
         self.applied: list[dict[str, Any]] = []
         self.uploads: list[int] = []  # bytes received by each speed-test upload
         self.speedtest_busy = False  # answer speed tests 429 (another test of the box runs)
+        self.drop_next: dict[str, int] = {}  # path -> close this many requests without answering
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -78,7 +79,18 @@ class FakeHTTP:
                 fake.uploads.append(received)
                 return self._json(200, {"bytes": received, "duration_s": round(last - first, 6)})
 
+            def _dropped(self) -> bool:
+                """A network-level failure: the connection closes without an answer."""
+                if fake.drop_next.get(self.path, 0) > 0:
+                    fake.drop_next[self.path] -= 1
+                    fake.requests.append({"method": self.command, "path": self.path, "dropped": True})
+                    self.close_connection = True
+                    return True
+                return False
+
             def do_POST(self) -> None:
+                if self._dropped():
+                    return None
                 if self.path == "/api/v1/agent/speedtest":
                     return self._speedtest_upload()
                 n = int(self.headers.get("Content-Length") or 0)
@@ -110,6 +122,8 @@ class FakeHTTP:
                 return self._err(404, "not_found", self.path)
 
             def do_GET(self) -> None:
+                if self._dropped():
+                    return None
                 fake.requests.append({"method": "GET", "path": self.path, "headers": dict(self.headers)})
                 if not self._auth():
                     return self._err(401, "unauthorized", "bad token")

@@ -86,6 +86,34 @@ def token_for(fake_http, serial="BOX1"):
     return tok
 
 
+async def test_a_config_that_could_not_be_fetched_or_reported_is_retried_without_a_new_trigger(
+    fleet, tmp_path
+):
+    """Found in the lab: a config_changed arriving while the box's route to the server is being
+    rebuilt (a WAN just came back) failed to fetch, and nothing fetched it again."""
+    fake_http, ws = fleet
+    agent = make_agent(fake_http, ws, tmp_path, token_for(fake_http))
+    agent.config.retry_delays = (0.05, 0.1)
+    task = asyncio.create_task(agent.run())
+    try:
+        await wait_for(lambda: fake_http.applied)
+        h2 = fake_http.set_config({"wan_policy": {"mode": "failover", "interfaces": []}})
+        fake_http.drop_next["/api/v1/agent/config"] = 2
+        fake_http.drop_next["/api/v1/agent/config/applied"] = 1
+        await ws.send("BOX1", {"type": "config_changed", "desired_config_hash": h2})
+        await wait_for(lambda: fake_http.applied[-1] == {"config_hash": h2, "error": None})
+        assert agent.applied_hash == h2
+        dropped = [r["path"] for r in fake_http.requests if r.get("dropped")]
+        assert dropped == ["/api/v1/agent/config"] * 2 + ["/api/v1/agent/config/applied"]
+        # once applied and reported, no more rounds
+        rounds = len(fake_http.config_requests())
+        await asyncio.sleep(0.3)
+        assert len(fake_http.config_requests()) == rounds
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 10)
+
+
 async def test_session_hello_welcome_telemetry_config(fleet, tmp_path):
     fake_http, ws = fleet
     token = token_for(fake_http)
