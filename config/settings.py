@@ -396,6 +396,15 @@ OTB = {
     "OTB_COMPAT_SUBSCRIBE_WINDOW_S": env_int("OTB_COMPAT_SUBSCRIBE_WINDOW_S", 3600),
     # The delay (s) the server asks an idle box to wait between polls of actions/todo.
     "OTB_COMPAT_POLL_DELAY_S": env_int("OTB_COMPAT_POLL_DELAY_S", 10),
+    # Configuration backups (fleet/commands/backups.py, docs/alerts-and-commands.md): the newest N kept per
+    # box, bounds per backup and per file, how long a stock box may add files to a backup it started,
+    # and how long a restore download link (/1.0) stays valid.
+    "BACKUP_KEEP_PER_BOX": env_int("OTB_BACKUP_KEEP_PER_BOX", 10),
+    "BACKUP_MAX_FILES": env_int("OTB_BACKUP_MAX_FILES", 500),
+    "BACKUP_MAX_BYTES": env_int("OTB_BACKUP_MAX_BYTES", 768 * 1024),
+    "BACKUP_MAX_FILE_BYTES": env_int("OTB_BACKUP_MAX_FILE_BYTES", 128 * 1024),
+    "BACKUP_UPLOAD_WINDOW_S": env_int("OTB_BACKUP_UPLOAD_WINDOW_S", 900),
+    "BACKUP_URL_TTL_S": env_int("OTB_BACKUP_URL_TTL_S", 600),
     # Alert notifications (fleet/monitoring): first retry delay, doubled per attempt; whether webhooks
     # may target private/loopback addresses (never in production: customers must not probe our network).
     "NOTIFY_RETRY_BASE_S": env_int("OTB_NOTIFY_RETRY_BASE_S", 30),

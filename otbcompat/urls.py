@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from otbcompat import views
+from otbcompat import backup_views, views
 
 app_name = "otbcompat"
 
@@ -10,4 +10,11 @@ urlpatterns = [
     path("subscribe", views.subscribe, name="subscribe"),
     path("renew_jwt", views.renew_jwt, name="renew-jwt"),
     path("devices/<str:device_id>/actions/todo", views.actions_todo, name="actions-todo"),
+    path("devices/<str:device_id>/service/<str:service_id>/backups", backup_views.backups, name="backups"),
+    path(
+        "devices/<str:device_id>/service/<str:service_id>/backups/<str:backup_id>",
+        backup_views.backup,
+        name="backup",
+    ),
+    path("backup_archives/<str:token>", backup_views.backup_archive, name="backup-archive"),
 ]

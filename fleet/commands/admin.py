@@ -11,7 +11,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from fleet.commands.choices import CommandKind
-from fleet.commands.models import Command
+from fleet.commands.models import Backup, BackupFile, Command
 from fleet.commands.services import DEFAULT_TTL_S, command_cancel, command_create, command_validate
 from fleet.core.audit import Actor
 from fleet.core.errors import DomainError
@@ -141,3 +141,31 @@ class CommandAdmin(admin.ModelAdmin):
             self.message_user(
                 request, f"{refused} command(s) were already running or finished.", messages.WARNING
             )
+
+
+class BackupFileInline(admin.TabularInline):
+    model = BackupFile
+    fields = ("filename", "mode", "uid", "gid", "is_symlink", "symlink", "size_bytes")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+
+@admin.register(Backup)
+class BackupAdmin(admin.ModelAdmin):
+    """Read-only: backups are made by the ``backup`` command and restored by the ``restore`` command
+    (the box page and the API); deleting one here is allowed, like in the API."""
+
+    list_display = ["id", "box", "source", "created_at", "file_count", "size_bytes"]
+    list_filter = ["source"]
+    search_fields = ["box__serial", "id"]
+    list_select_related = ["box"]
+    readonly_fields = ["id", "box", "command", "source", "created_at", "file_count", "size_bytes"]
+    inlines = [BackupFileInline]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

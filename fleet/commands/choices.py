@@ -8,6 +8,8 @@ class CommandKind(models.TextChoices):
     SPEED_TEST = "speed_test", "Speed test"
     REFRESH_CONFIG = "refresh_config", "Refresh configuration"
     FIRMWARE_UPGRADE = "firmware_upgrade", "Firmware upgrade"
+    BACKUP = "backup", "Back up configuration"
+    RESTORE = "restore", "Restore configuration"
 
 
 class CommandState(models.TextChoices):
@@ -30,3 +32,10 @@ FINISHED_STATES = (
     CommandState.EXPIRED,
     CommandState.CANCELLED,
 )
+
+
+class BackupSource(models.TextChoices):
+    """Who uploaded a backup: a stock OverTheBox box (``/1.0``, one file per call) or ``otb-agent``."""
+
+    OTB = "otb", "OverTheBox firmware"
+    AGENT = "agent", "otb-agent"

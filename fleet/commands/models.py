@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from fleet.commands.choices import FINISHED_STATES, OPEN_STATES, CommandKind, CommandState
+from fleet.commands.choices import FINISHED_STATES, OPEN_STATES, BackupSource, CommandKind, CommandState
 
 
 class Command(models.Model):
@@ -71,3 +71,56 @@ class Command(models.Model):
     @property
     def is_running(self) -> bool:
         return self.state == CommandState.RUNNING
+
+
+class Backup(models.Model):
+    """A configuration backup of one box: a set of files (``BackupFile``) with their modes and owners.
+
+    ``command`` is the ``backup`` command that asked for it (null once that command is gone).
+    ``file_count`` and ``size_bytes`` are kept by the service that adds files, under a lock of this row,
+    and stay within the ``BACKUP_MAX_FILES`` / ``BACKUP_MAX_BYTES`` settings. A stock OverTheBox box
+    uploads one file per request while the backup is open (``BACKUP_UPLOAD_WINDOW_S`` after
+    ``created_at``); ``otb-agent`` uploads all files in one request. Only the newest
+    ``BACKUP_KEEP_PER_BOX`` backups of a box are kept."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    box = models.ForeignKey("fleet.Box", on_delete=models.CASCADE, related_name="backups")
+    command = models.ForeignKey(
+        Command, null=True, blank=True, on_delete=models.SET_NULL, related_name="backups"
+    )
+    source = models.CharField(max_length=8, choices=BackupSource.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+    file_count = models.PositiveIntegerField(default=0)
+    size_bytes = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["box", "-created_at"], name="backup_box_created_idx")]
+
+    def __str__(self) -> str:
+        return f"backup {self.id} of {self.box_id}"
+
+
+class BackupFile(models.Model):
+    """One file of a backup, as the box had it: an absolute path (unique in its backup), permission
+    bits, owner, and either text ``content`` or, for a symlink, its target in ``symlink``."""
+
+    backup = models.ForeignKey(Backup, on_delete=models.CASCADE, related_name="files")
+    filename = models.CharField(max_length=1024)
+    mode = models.PositiveIntegerField()
+    uid = models.PositiveIntegerField(default=0)
+    gid = models.PositiveIntegerField(default=0)
+    is_symlink = models.BooleanField(default=False)
+    symlink = models.CharField(max_length=1024, blank=True, default="")
+    content = models.TextField(blank=True, default="")
+    size_bytes = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["filename"]
+        constraints = [
+            models.UniqueConstraint(fields=["backup", "filename"], name="backupfile_unique_name"),
+            models.CheckConstraint(condition=Q(mode__lte=0o7777), name="backupfile_mode_bits"),
+        ]
+
+    def __str__(self) -> str:
+        return self.filename

@@ -30,7 +30,7 @@ from fleet.commands.choices import (
     CommandKind,
     CommandState,
 )
-from fleet.commands.models import Command
+from fleet.commands.models import Backup, Command
 from fleet.core.access import authorize
 from fleet.core.audit import Actor, audit_record
 from fleet.core.choices import BoxState, Role
@@ -96,6 +96,8 @@ def _validate_params(kind: str, params: Any) -> dict[str, Any]:
         CommandKind.SPEED_TEST: ("bytes", "direction", "iface"),
         CommandKind.REFRESH_CONFIG: (),
         CommandKind.FIRMWARE_UPGRADE: ("release_id", "version", "url", "sha256", "signature", "size"),
+        CommandKind.BACKUP: (),
+        CommandKind.RESTORE: ("backup_id",),
     }
     for key in params:
         if key not in allowed[kind]:
@@ -137,6 +139,21 @@ def _validate_params(kind: str, params: Any) -> dict[str, Any]:
     return clean
 
 
+def _restore_params_check(box: Box, params: dict[str, Any]) -> None:
+    """``restore.backup_id`` must name a backup of this very box that holds files."""
+    backup_id = params.get("backup_id")
+    try:
+        parsed = UUID(backup_id) if isinstance(backup_id, str) else None
+    except ValueError:
+        parsed = None
+    backup = Backup.objects.filter(pk=parsed, box_id=box.pk).first() if parsed else None
+    if backup is None:
+        raise InvalidInput("backup_id must name a backup of this box", field="params.backup_id")
+    if backup.file_count == 0:
+        raise InvalidInput("this backup holds no file", field="params.backup_id")
+    params["backup_id"] = str(parsed)
+
+
 def _validate_ttl(ttl_s: Any) -> int:
     if ttl_s is None:
         return DEFAULT_TTL_S
@@ -158,6 +175,8 @@ def command_validate(
             "Firmware upgrades are started by a rollout or by “Upgrade now”, not as a command.", field="kind"
         )
     clean_params = _validate_params(kind, params)
+    if kind == CommandKind.RESTORE:
+        _restore_params_check(box, clean_params)
     ttl = _validate_ttl(ttl_s)
     if box.state != BoxState.CLAIMED or box.organization_id is None:
         raise Conflict("Commands can only be sent to a claimed box.", field="box")

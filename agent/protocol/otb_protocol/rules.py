@@ -90,6 +90,8 @@ COMMAND_KINDS = (
     "speed_test",
     "refresh_config",
     "firmware_upgrade",
+    "backup",
+    "restore",
 )
 
 # ``diagnostics.checks`` selects a subset of these (all by default).
