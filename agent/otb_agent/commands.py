@@ -22,7 +22,7 @@ from otb_protocol import (
     SPEED_TEST_MAX_BYTES,
 )
 
-from . import firmware, httpapi
+from . import backup, firmware, httpapi
 from .channel import Channel
 from .collectors import Collector
 from .configcycle import ConfigCycle
@@ -67,6 +67,13 @@ class CommandRunner:
             "speed_test": self._speed_test,
             "refresh_config": self._refresh_config,
             "firmware_upgrade": self._firmware_upgrade,
+        }
+        # Handlers that also need the command's id (the server files the backup under it).
+        self._handlers_with_id: Dict[
+            str, Callable[[str, Dict[str, Any], Progress], Awaitable[CommandOutcome]]
+        ] = {
+            "backup": self._backup,
+            "restore": self._restore,
         }
 
     # -- delivery
@@ -114,7 +121,11 @@ class CommandRunner:
         kind = cmd["kind"]
         try:
             handler = self._handlers.get(kind)
-            if handler is None:
+            with_id = self._handlers_with_id.get(kind)
+            if with_id is not None:
+                ok, output, error = await with_id(cid, cmd.get("params") or {}, self._progress(cid))
+                result = _result(cid, ok, output, error)
+            elif handler is None:
                 result = _result(cid, False, {}, "unsupported")
             else:
                 ok, output, error = await handler(cmd.get("params") or {}, self._progress(cid))
@@ -236,6 +247,40 @@ class CommandRunner:
         return await self.system.firmware_upgrade(
             self.fleet, upgrade, current_version=self.collector.firmware_version(), progress=progress
         )
+
+    async def _backup(self, cid: str, params: Dict[str, Any], progress: Progress) -> CommandOutcome:
+        """Collect the configuration files (:mod:`otb_agent.backup`) and upload them as one backup."""
+        files, skipped = await asyncio.to_thread(backup.collect, self.fleet.state_dir, backup.backup_paths())
+        await progress.report(50, f"uploading {len(files)} files")
+        try:
+            answer = await asyncio.to_thread(
+                httpapi.backup_upload, self.fleet.server, self.fleet.token, cid, files
+            )
+        except (httpapi.HttpError, OSError, ValueError) as e:
+            return False, {"files": len(files), "skipped": skipped}, f"upload failed: {e}"[:4000]
+        return True, {"backup_id": answer.get("id"), "files": len(files), "skipped": skipped}, None
+
+    async def _restore(self, cid: str, params: Dict[str, Any], progress: Progress) -> CommandOutcome:
+        """Fetch the backup ``params.backup_id`` and write back the files this box backs up."""
+        backup_id = params.get("backup_id")
+        if not isinstance(backup_id, str) or not backup_id:
+            return False, {}, "params.backup_id is required"
+        try:
+            found = await asyncio.to_thread(
+                httpapi.backup_fetch, self.fleet.server, self.fleet.token, backup_id
+            )
+        except (httpapi.HttpError, OSError, ValueError) as e:
+            return (
+                False,
+                {"backup_id": backup_id},
+                f"params.backup_id: fetching the backup failed: {e}"[:4000],
+            )
+        await progress.report(50, "writing files")
+        outcome = await asyncio.to_thread(backup.restore, found.get("files") or [], backup.backup_paths())
+        output = {"backup_id": backup_id, **outcome}
+        if outcome["failed"]:
+            return False, output, "could not write: " + ", ".join(f["filename"] for f in outcome["failed"])
+        return True, output, None
 
 
 def _result(cid: str, ok: bool, output: Dict[str, Any], error: Optional[str] = None) -> Dict[str, Any]:

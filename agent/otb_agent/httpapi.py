@@ -12,6 +12,7 @@ import ssl
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
@@ -139,6 +140,27 @@ def post_applied(
         token=token,
         timeout=timeout,
     )
+
+
+def backup_upload(
+    server: str, token: str, command_id: str, files: Any, timeout: float = DEFAULT_TIMEOUT
+) -> Dict[str, Any]:
+    """Upload a whole backup for the ``backup`` command ``command_id``; the server's backup object."""
+    _, _, raw = request(
+        "POST",
+        api_url(server, "/api/v1/agent/backups"),
+        body={"command_id": command_id, "files": files},
+        token=token,
+        timeout=timeout,
+    )
+    return json.loads(raw.decode("utf-8"))
+
+
+def backup_fetch(server: str, token: str, backup_id: str, timeout: float = DEFAULT_TIMEOUT) -> Dict[str, Any]:
+    """One backup of this box with its files' text (for the ``restore`` command)."""
+    path = "/api/v1/agent/backups/" + urllib.parse.quote(backup_id, safe="")
+    _, _, raw = request("GET", api_url(server, path), token=token, timeout=timeout)
+    return json.loads(raw.decode("utf-8"))
 
 
 # --------------------------------------------------------------------------- speed test
