@@ -380,6 +380,8 @@ OTB = {
     # Commands people may have waiting (pending or sent, not expired) per box.
     "MAX_OPEN_COMMANDS_PER_BOX": env_int("OTB_MAX_OPEN_COMMANDS_PER_BOX", 10),
     "API_TOKEN_DEFAULT_DAYS": env_int("OTB_API_TOKEN_DEFAULT_DAYS", 90),
+    # A server whose gateway has not reported for this long is flagged in the console (reports: 10 s).
+    "GATEWAY_STALE_S": env_int("OTB_GATEWAY_STALE_S", 60),
     "FIRMWARE_SIGNING_PUBLIC_KEY": FIRMWARE_SIGNING_PUBLIC_KEY,
     # The service's own signing key (the console's "Sign with the service's key"); "" = none.
     "FIRMWARE_SIGNING_KEY_FILE": FIRMWARE_SIGNING_KEY_FILE,

@@ -606,7 +606,66 @@ class RolloutForm(PortalForm):
         error_messages=_required("Give the phases as percentages, e.g. 1, 10, 50, 100."),
         help_text="Each phase waits for the previous one to be healthy.",
     )
-    force = forms.BooleanField(label="Also boxes with automatic upgrades off", required=False)
+    soak_minutes = forms.IntegerField(
+        label="Soak time between phases (minutes)",
+        required=False,
+        initial=60,
+        min_value=0,
+        max_value=30 * 24 * 60,
+        error_messages={
+            "invalid": "Give the soak time as a whole number of minutes, e.g. 60.",
+            "min_value": "The soak time cannot be negative.",
+            "max_value": "The soak time is at most 30 days (43,200 minutes).",
+        },
+        help_text="Once a phase has settled, the next one opens after this long (empty: 60).",
+    )
+    max_failure_pct = forms.FloatField(
+        label="Pause when a phase's failures exceed (%)",
+        required=False,
+        initial=2.0,
+        min_value=0,
+        max_value=100,
+        error_messages={
+            "invalid": "Give the failure threshold as a number, e.g. 2 or 0.5.",
+            "min_value": "The failure threshold is a percentage from 0 to 100.",
+            "max_value": "The failure threshold is a percentage from 0 to 100.",
+        },
+        help_text="Counted in the open phase; the rollout pauses and says why (empty: 2).",
+    )
+    max_failures = forms.IntegerField(
+        label="…or when the rollout's failures exceed (boxes)",
+        required=False,
+        min_value=0,
+        max_value=10_000_000,
+        error_messages={
+            "invalid": "Give the failure count as a whole number, or leave it empty.",
+            "min_value": "The failure count cannot be negative.",
+            "max_value": "The failure count is at most 10,000,000.",
+        },
+        help_text="Empty: no limit on the count.",
+    )
+    max_in_flight = forms.IntegerField(
+        label="Upgrades in flight at once",
+        required=False,
+        initial=500,
+        min_value=1,
+        max_value=100_000,
+        error_messages={
+            "invalid": "Give how many upgrades may run at once as a whole number, e.g. 500.",
+            "min_value": "At least one upgrade must be allowed in flight.",
+            "max_value": "At most 100,000 upgrades may be in flight at once.",
+        },
+        help_text="Sent and not finished; the next are sent as these finish (empty: 500).",
+    )
+    force = forms.BooleanField(
+        label="Force: also boxes with automatic upgrades off, and ignore maintenance windows",
+        required=False,
+        help_text="Boxes are then upgraded as soon as their phase opens, at any hour, "
+        "including customers who turned automatic upgrades off.",
+    )
+
+    # the rollout service's names for the settings above
+    SERVICE_FIELDS = {"soak_s": "soak_minutes"}
 
     def __init__(
         self,
@@ -624,7 +683,20 @@ class RolloutForm(PortalForm):
         return [item for item in value.replace(",", " ").split() if item]
 
     def domain_field(self, name: str | None) -> str | None:
-        return super().domain_field((name or "").removeprefix("target."))
+        name = (name or "").removeprefix("target.")
+        return super().domain_field(self.SERVICE_FIELDS.get(name, name))
+
+    def policy(self) -> dict[str, Any]:
+        """The rollout's pace and failure policy, as ``rollout_create`` takes them (a field left
+        empty keeps the service's default)."""
+        data = self.cleaned_data
+        policy = {
+            "soak_s": data["soak_minutes"] * 60 if data.get("soak_minutes") is not None else None,
+            "max_failure_pct": data.get("max_failure_pct"),
+            "max_failures": data.get("max_failures"),
+            "max_in_flight": data.get("max_in_flight"),
+        }
+        return {key: value for key, value in policy.items() if value is not None}
 
     def clean_phases(self) -> list[int]:
         try:

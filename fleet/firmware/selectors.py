@@ -3,10 +3,12 @@ index on ``(rollout, state, phase)``), whatever the size of the rollout."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 from uuid import UUID
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Max, Q, QuerySet
+from django.utils import timezone
 
 from fleet.core.errors import NotFound
 from fleet.core.models import Box
@@ -15,10 +17,12 @@ from fleet.firmware.choices import (
     IN_FLIGHT_STATES,
     WAITING_STATES,
     ReleaseState,
+    RolloutState,
     UpgradeState,
 )
 from fleet.firmware.models import BoxUpgradePolicy, Release, Rollout, Upgrade
 from fleet.firmware.targeting import phases_validate, target_normalize, target_plan
+from fleet.firmware.windows import next_window_start
 
 TOP_REASONS = 20
 
@@ -175,3 +179,117 @@ def release_downloadable_by_box(*, release_id: Any, box: Box) -> Release | None:
     if Upgrade.objects.filter(box=box, release=release, state__in=IN_FLIGHT_STATES).exists():
         return release
     return None
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds % 86400 == 0 and seconds >= 86400:
+        return f"{seconds // 86400} day{'s' if seconds >= 172800 else ''}"
+    if seconds % 3600 == 0 and seconds >= 3600:
+        return f"{seconds // 3600} h"
+    if seconds >= 60:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
+def rollout_waiting(*, rollout: Rollout, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """Why the rollout is waiting and until when, as the engine (``fleet.firmware.engine``) decides
+    it: the start time, the soak time before the next phase, the maintenance windows of boxes whose
+    phase is open, the in-flight limit, offline and postponed boxes. Each item is ``{"kind", "text",
+    "until" (aware datetime or None), "boxes" (count or None), "last" (the last window to open)}``;
+    a fixed number of queries (windows grouped by time zone and policy: few distinct values)."""
+    now = now or timezone.now()
+    reasons: list[dict[str, Any]] = []
+
+    def say(kind: str, text: str, until: dt.datetime | None = None, boxes: int | None = None) -> None:
+        reasons.append({"kind": kind, "text": text, "until": until, "boxes": boxes, "last": None})
+
+    if rollout.state == RolloutState.DRAFT:
+        say("draft", "Not started yet: nothing is sent until someone starts it.")
+        return reasons
+    if rollout.state == RolloutState.SCHEDULED and rollout.start_at and rollout.start_at > now:
+        say("start", "Scheduled: the first phase opens at the start time.", rollout.start_at)
+        return reasons
+    if rollout.state == RolloutState.PAUSED:
+        say(
+            "paused",
+            f"Paused: {rollout.pause_reason or 'no reason given'}. Nothing is sent until it is resumed.",
+        )
+        return reasons
+    if rollout.state != RolloutState.RUNNING or rollout.current_phase < 0:
+        return reasons
+    current, last = rollout.current_phase, len(rollout.phases) - 1
+    upgrades = Upgrade.objects.filter(rollout_id=rollout.pk)
+    if rollout.phase_settled_at is not None and current < last:
+        opens = rollout.phase_settled_at + dt.timedelta(seconds=rollout.soak_s)
+        if opens > now:
+            say(
+                "soak",
+                f"Phase {current + 1} has settled: phase {current + 2} ({rollout.phases[current + 1]} %) "
+                f"opens after the soak time of {_duration(rollout.soak_s)}.",
+                opens,
+            )
+    in_flight = upgrades.filter(state__in=IN_FLIGHT_STATES).count()
+    if in_flight >= rollout.max_in_flight:
+        say(
+            "in_flight",
+            f"The in-flight limit is reached ({rollout.max_in_flight} at once): the next upgrades are "
+            "sent as these finish.",
+            boxes=in_flight,
+        )
+    if not rollout.force:
+        closed: list[tuple[dt.datetime | None, int]] = []
+        groups = (
+            upgrades.filter(state=UpgradeState.SCHEDULED, phase__lte=current, forced=False)
+            .values_list(
+                "box__organization__timezone",
+                "box__upgrade_policy__window_days",
+                "box__upgrade_policy__window_start",
+                "box__upgrade_policy__window_end",
+            )
+            .annotate(n=Count("pk"))
+        )
+        for zone, days, start, end, count in groups:
+            opens_at = next_window_start(now, zone or "UTC", days, start, end)
+            if opens_at is None or opens_at > now:
+                closed.append((opens_at, count))
+        if closed:
+            boxes = sum(count for _, count in closed)
+            times = sorted(opens_at for opens_at, _ in closed if opens_at is not None)
+            say(
+                "window",
+                f"{boxes} box{'es' if boxes != 1 else ''} of the open phases wait{'s' if boxes == 1 else ''} "
+                "for their maintenance window (each box's, in its customer's time zone).",
+                times[0] if times else None,
+                boxes,
+            )
+            if len(times) > 1 and times[-1] != times[0]:
+                reasons[-1]["last"] = times[-1]
+    pending = upgrades.filter(state=UpgradeState.PENDING, phase__lte=current)
+    postponed = pending.filter(not_before__gt=now).aggregate(n=Count("pk"), latest=Max("not_before"))
+    if postponed["n"]:
+        say(
+            "postponed",
+            f"{postponed['n']} box{'es' if postponed['n'] != 1 else ''} postponed by the customer.",
+            postponed["latest"],
+            postponed["n"],
+        )
+    offline = pending.exclude(not_before__gt=now).filter(
+        Q(box__status__online=False) | Q(box__status__isnull=True)
+    )
+    offline_count = offline.count()
+    if offline_count:
+        grace = (
+            rollout.phase_opened_at + dt.timedelta(seconds=rollout.offline_grace_s)
+            if rollout.phase_opened_at and current == last
+            else None
+        )
+        say(
+            "offline",
+            f"{offline_count} box{'es' if offline_count != 1 else ''} of the open phases "
+            f"{'are' if offline_count != 1 else 'is'} offline: upgraded when back"
+            + (", waited for until the offline grace ends." if grace else "."),
+            grace,
+            offline_count,
+        )
+    return reasons

@@ -57,3 +57,28 @@ def window_sql(now_param: str = "%(now)s") -> str:
             ({clock} >= {start} AND {dow} = ANY({days}))
          OR ({clock} < {end} AND (({dow} + 6) %% 7) = ANY({days}))))
     )"""
+
+
+def next_window_start(
+    now: dt.datetime,
+    timezone_name: str,
+    days: list[int] | None = None,
+    start: dt.time | None = None,
+    end: dt.time | None = None,
+) -> dt.datetime | None:
+    """When the window next opens: ``now`` while it is open, None when it never does (no day)."""
+    days = DEFAULT_WINDOW_DAYS if days is None else days
+    start = DEFAULT_WINDOW_START if start is None else start
+    end = DEFAULT_WINDOW_END if end is None else end
+    if in_window(now, timezone_name, days, start, end):
+        return now
+    zone = _zone(timezone_name)
+    today = now.astimezone(zone).date()
+    opens_at = dt.time(0, 0) if start == end else start  # start = end: the whole listed day
+    for offset in range(8):
+        day = today + dt.timedelta(days=offset)
+        if day.weekday() in days:
+            candidate = dt.datetime.combine(day, opens_at, tzinfo=zone)
+            if candidate > now:
+                return candidate
+    return None

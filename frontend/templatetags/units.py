@@ -32,3 +32,18 @@ def bytesize(size: Any) -> str:
         if size >= factor:
             return f"{size / factor:.1f} {unit} ({size:,} bytes)"
     return f"{size:,} bytes"
+
+
+@register.filter
+def duration(seconds: Any) -> str:
+    """A duration in seconds in its largest whole unit: "1 h", "90 min", "2 days", "45 s"."""
+    if seconds is None or isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return UNKNOWN
+    seconds = int(seconds)
+    for unit, size in (("day", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if unit == 'day' and count > 1 else ''}"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds} s"

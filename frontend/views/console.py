@@ -3,11 +3,13 @@ and the audit log. The Django admin stays available for everything else."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, cast
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -15,6 +17,7 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from fleet.core import selectors as fleet_selectors
@@ -77,21 +80,45 @@ def staff_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
     return login_required(wrapper)
 
 
+def _percent(part: int, whole: int) -> int:
+    return round(100 * part / whole) if whole else 0
+
+
 @staff_required
 def console_home(request: HttpRequest) -> HttpResponse:
-    """Fleet health: online share, boxes per server and region against capacity, ingest, alerts."""
+    """Fleet health: online share, ingest, alerts; per region and server the boxes against both caps
+    (slots, and public IPv4 addresses left in the pools: the one that runs out first), and per server
+    what its gateway last reported, flagged when that is older than ``OTB_GATEWAY_STALE_S``."""
     health = selectors.fleet_health()
     servers = provisioning_selectors.server_capacity_summary()
     regions = selectors.boxes_per_region()
+    ipv4 = provisioning_selectors.public_ipv4_usage()
+    stale_s = settings.OTB.get("GATEWAY_STALE_S")
+    stale_after = dt.timedelta(seconds=stale_s if isinstance(stale_s, int) and stale_s > 0 else 60)
+    now = timezone.now()
     capacity_by_region: dict[str, dict[str, int]] = {}
     for server in servers:
         totals = capacity_by_region.setdefault(server["region"], {"capacity": 0, "assigned": 0})
         totals["capacity"] += server["capacity"]
         totals["assigned"] += server["assigned"]
+        server["used_pct"] = _percent(server["assigned"], server["capacity"])
+        server["ipv4"] = ipv4["servers"].get(server["id"], {})
+        # what the server can still take: the first of its two caps to run out
+        server["room"] = min(max(server["spare"], 0), server["ipv4"].get("available", 0))
+        gateway = server["gateway"]
+        if gateway is not None:
+            gateway["stale"] = now - gateway["last_report_at"] > stale_after
     for region in regions:
         region.update(capacity_by_region.get(region["code"], {"capacity": 0, "assigned": 0}))
-    for server in servers:
-        server["used_pct"] = round(100 * server["assigned"] / server["capacity"]) if server["capacity"] else 0
+        region["ipv4"] = ipv4["regions"].get(
+            region["code"], {"size": 0, "active": 0, "quarantined": 0, "free": 0}
+        )
+        region["ipv4"]["used_pct"] = _percent(
+            region["ipv4"]["active"] + region["ipv4"]["quarantined"], region["ipv4"]["size"]
+        )
+        slots_left = max(region["capacity"] - region["assigned"], 0)
+        region["room"] = min(slots_left, region["ipv4"]["free"])
+        region["cap"] = "addresses" if region["ipv4"]["free"] < slots_left else "slots"
     template = (
         "frontend/console/_health.html" if request.headers.get("HX-Request") else "frontend/console/home.html"
     )
@@ -103,6 +130,7 @@ def console_home(request: HttpRequest) -> HttpResponse:
             "health": health,
             "servers": servers,
             "regions": regions,
+            "stale_after_s": int(stale_after.total_seconds()),
             "search": ConsoleSearchForm(),
         },
     )
@@ -251,9 +279,10 @@ def console_audit(request: HttpRequest) -> HttpResponse:
 # -- rollouts --------------------------------------------------------------------------------------
 
 
-def _rollout_form(data: Any = None) -> RolloutForm:
+def _rollout_form(data: Any = None, initial: dict[str, Any] | None = None) -> RolloutForm:
     return RolloutForm(
         data,
+        initial=initial,
         releases=[
             (str(release.pk), f"{release.version} ({release.channel})")
             for release in firmware_selectors.releases_published()
@@ -272,7 +301,7 @@ def rollout_list(request: HttpRequest) -> HttpResponse:
 @page_errors
 def rollout_new(request: HttpRequest) -> HttpResponse:
     """Create a rollout; "Preview" shows which boxes match and which are skipped, and why."""
-    form = _rollout_form(request.POST or None)
+    form = _rollout_form(request.POST or None, initial={"release": request.GET.get("release", "")})
     preview = None
     status = 200
     if request.method == "POST":
@@ -287,7 +316,10 @@ def rollout_new(request: HttpRequest) -> HttpResponse:
             try:
                 if request.POST.get("intent") == "create":
                     rollout = firmware_services.rollout_create(
-                        actor=Actor.from_request(request), name=form.cleaned_data["name"], **arguments
+                        actor=Actor.from_request(request),
+                        name=form.cleaned_data["name"],
+                        **arguments,
+                        **form.policy(),
                     )
                     if request.POST.get("start") == "1":
                         firmware_services.rollout_start(actor=Actor.from_request(request), rollout=rollout)
@@ -309,28 +341,66 @@ def rollout_new(request: HttpRequest) -> HttpResponse:
 
 
 def _rollout_progress(rollout: Any) -> dict[str, Any]:
-    """The rollout engine's progress summary, with the shares the progress bar needs."""
+    """The rollout engine's progress summary, with the shares the progress bar and its legend need
+    (of the upgrades not skipped; what is neither done, in flight nor failed is still to do)."""
     progress = firmware_selectors.rollout_progress(rollout=rollout)
     counts = progress["counts"]
     progress["succeeded"] = counts.get(UpgradeState.SUCCEEDED, 0)
     progress["waiting"] = sum(counts.get(state, 0) for state in WAITING_STATES)
     progress["failed"] = sum(counts.get(state, 0) for state in FAILURE_STATES)
     progress["skipped"] = counts.get(UpgradeState.SKIPPED, 0)
-    considered = max(sum(counts.values()) - progress["skipped"], 1)
+    progress["cancelled"] = counts.get(UpgradeState.CANCELLED, 0)
+    progress["considered"] = sum(counts.values()) - progress["skipped"]
+    considered = max(progress["considered"], 1)
     progress["pct_done"] = round(100 * progress["succeeded"] / considered)
     progress["pct_in_flight"] = round(100 * progress["in_flight"] / considered)
     progress["pct_failed"] = round(100 * progress["failed"] / considered)
+    progress["pct_rest"] = max(
+        0, 100 - progress["pct_done"] - progress["pct_in_flight"] - progress["pct_failed"]
+    )
     return progress
+
+
+UPGRADES_PAGE_SIZE = 50
+
+
+def _rollout_boxes(request: HttpRequest, rollout: Any) -> dict[str, Any]:
+    """The page of the rollout's per-box list asked for (``?state=``, ``?page=``): a bad value shows
+    every state, or the nearest page, with a note."""
+    state = request.GET.get("state", "")
+    note = ""
+    if state and state not in UpgradeState.values:
+        note = f"There is no upgrade state “{state[:40]}”: every state is listed."
+        state = ""
+    upgrades = firmware_selectors.rollout_upgrades(rollout=rollout, state=state or None).select_related(
+        "box__organization", "box__status"
+    )
+    paginator = Paginator(upgrades, UPGRADES_PAGE_SIZE)
+    page = paginator.get_page(request.GET.get("page"))
+    return {
+        "upgrades_page": page,
+        "upgrades": list(page.object_list),
+        "state_filter": state,
+        "state_choices": UpgradeState.choices,
+        "boxes_note": note,
+        "boxes_query": f"state={state}&" if state else "",
+    }
 
 
 @staff_required
 @page_errors
 def rollout_detail(request: HttpRequest, rollout_id: str) -> HttpResponse:
-    """A rollout's progress, refreshed live while it runs."""
+    """A rollout's progress, why it waits and until when, and its boxes, refreshed live while it runs."""
     rollout = firmware_selectors.rollout_get(rollout_id=rollout_id)
-    context = {"nav": "console", "rollout": rollout, "progress": _rollout_progress(rollout)}
+    context = {
+        "nav": "console",
+        "rollout": rollout,
+        "progress": _rollout_progress(rollout),
+        "waiting": firmware_selectors.rollout_waiting(rollout=rollout),
+        **_rollout_boxes(request, rollout),
+    }
     if request.headers.get("HX-Request"):
-        return render(request, "frontend/console/_rollout_progress.html", context)
+        return render(request, "frontend/console/_rollout_live.html", context)
     return render(request, "frontend/console/rollout.html", context)
 
 

@@ -10,8 +10,8 @@ from django.db.models import Count, DecimalField, F, Func, Q, QuerySet
 
 from fleet.core.errors import NotFound
 from fleet.core.models import Region
-from provisioning.choices import AssignmentState
-from provisioning.models import AddressPool, AggregationServer, BoxTunnelStatus
+from provisioning.choices import AssignmentState, PoolPurpose
+from provisioning.models import AddressAssignment, AddressPool, AggregationServer, BoxTunnelStatus
 
 GATEWAY_FIELDS = (
     "last_report_at",
@@ -93,6 +93,55 @@ def pool_utilisation(pool: AddressPool) -> dict[str, int]:
     size = int(cast(Any, pool).usable_count)
     active, quarantined = int(cast(Any, pool).active_count), int(cast(Any, pool).quarantined_count)
     return {"size": size, "active": active, "quarantined": quarantined, "free": size - active - quarantined}
+
+
+def _usage(size: int = 0, active: int = 0, quarantined: int = 0) -> dict[str, int]:
+    return {"size": size, "active": active, "quarantined": quarantined, "free": size - active - quarantined}
+
+
+def public_ipv4_usage() -> dict[str, dict[str, dict[str, int]]]:
+    """Public IPv4 addresses, the real cap on how many boxes can be served (a box needs one; a server
+    takes from its own pools first, then its region's shared pools).
+
+    ``regions``: per region code, the addresses its pools (its own and its servers') may hand out
+    (``size``), ``active``, ``quarantined`` and ``free``. ``servers``: per server id, ``in_use``
+    (active addresses of its boxes), its own pools' usage (``own_*``) and ``available`` (free in its
+    own pools plus free in its region's shared pools). Three queries whatever the number of pools."""
+    regions: dict[str, dict[str, int]] = {}
+    shared_free: dict[str, int] = {}
+    own: dict[str, dict[str, int]] = {}
+    pools = pools_with_utilisation().select_related("server__region").filter(purpose=PoolPurpose.PUBLIC_IPV4)
+    for pool in pools:
+        usage = pool_utilisation(pool)
+        region = pool.region or (pool.server.region if pool.server else None)
+        if region is None:
+            continue
+        total = regions.setdefault(region.code, _usage())
+        for key in ("size", "active", "quarantined", "free"):
+            total[key] += usage[key]
+        if pool.server_id is None:
+            shared_free[region.code] = shared_free.get(region.code, 0) + usage["free"]
+        else:
+            mine = own.setdefault(str(pool.server_id), _usage())
+            for key in ("size", "active", "quarantined", "free"):
+                mine[key] += usage[key]
+    in_use = dict(
+        AddressAssignment.objects.filter(
+            purpose=PoolPurpose.PUBLIC_IPV4, state=AssignmentState.ACTIVE, box__server__isnull=False
+        )
+        .values_list("box__server_id")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    servers: dict[str, dict[str, int]] = {}
+    for server_id, region_code in AggregationServer.objects.values_list("id", "region__code"):
+        mine = own.get(str(server_id), _usage())
+        servers[str(server_id)] = {
+            "in_use": in_use.get(server_id, 0),
+            **{f"own_{key}": value for key, value in mine.items()},
+            "available": mine["free"] + shared_free.get(region_code, 0),
+        }
+    return {"regions": regions, "servers": servers}
 
 
 def servers_with_spare() -> QuerySet[AggregationServer]:

@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 
 from fleet.firmware.models import DEFAULT_WINDOW_END, DEFAULT_WINDOW_START
-from fleet.firmware.windows import in_window, window_sql
+from fleet.firmware.windows import in_window, next_window_start, window_sql
 
 UTC = dt.UTC
 # Wednesday 2026-01-14 (Paris is UTC+1 in winter)
@@ -58,3 +58,32 @@ def test_python_and_sql_windows_agree(
 
 def test_default_window_is_nightly() -> None:
     assert (dt.time(2), dt.time(5)) == (DEFAULT_WINDOW_START, DEFAULT_WINDOW_END)
+
+
+@pytest.mark.parametrize(
+    ("now", "zone", "days", "start", "end", "expected"),
+    [
+        # open now: now
+        (at(1, 30), "Europe/Paris", None, None, None, at(1, 30)),
+        # Wednesday 13:00 Paris, nightly 02:00-05:00: Thursday 02:00 Paris = 01:00 UTC
+        (at(12), "Europe/Paris", None, None, None, at(1, day=WEDNESDAY + dt.timedelta(days=1))),
+        # Saturdays only (5), 22:00-04:00 across midnight: Saturday 22:00 UTC
+        (at(12), "UTC", [5], dt.time(22), dt.time(4), at(22, day=WEDNESDAY + dt.timedelta(days=3))),
+        # all day on Mondays (start = end): next Monday 00:00 New York = 05:00 UTC
+        (
+            at(12),
+            "America/New_York",
+            [0],
+            dt.time(3),
+            dt.time(3),
+            at(5, day=WEDNESDAY + dt.timedelta(days=5)),
+        ),
+        # no day at all: never
+        (at(12), "UTC", [], dt.time(2), dt.time(5), None),
+    ],
+)
+def test_next_window_start(now: Any, zone: str, days: Any, start: Any, end: Any, expected: Any) -> None:
+    opens = next_window_start(now, zone, days, start, end)
+    assert opens == expected
+    if opens is not None:  # and the window is indeed open then, and Python and SQL agree on it
+        assert in_window(opens, zone, days, start, end)
