@@ -350,6 +350,7 @@ class CommandForm(PortalForm):
             (CommandKind.DIAGNOSTICS, "Run diagnostics"),
             (CommandKind.SPEED_TEST, "Speed test"),
             (CommandKind.REFRESH_CONFIG, "Refresh configuration"),
+            (CommandKind.BACKUP, "Back up configuration"),
             (CommandKind.RESTART_SERVICES, "Restart services"),
             (CommandKind.REBOOT, "Reboot"),
         ],
@@ -406,6 +407,48 @@ class CommandForm(PortalForm):
         if self.cleaned_data.get("iface"):
             params["iface"] = self.cleaned_data["iface"]
         return params
+
+
+class BackupCompareForm(PortalForm):
+    """Choose two backups of the box to compare (a GET form: the diff page's query)."""
+
+    old = forms.ChoiceField(label="Compare", error_messages={"required": "Choose a backup to compare."})
+    new = forms.ChoiceField(
+        label="with", error_messages={"required": "Choose the backup to compare it with."}
+    )
+
+    def __init__(self, *args: Any, backups: Sequence[Any] = (), **kwargs: Any) -> None:
+        kwargs.setdefault("auto_id", "id_compare_%s")
+        super().__init__(*args, **kwargs)
+        choices = [
+            (str(item.pk), f"{item.created_at:%Y-%m-%d %H:%M} ({item.file_count} files)") for item in backups
+        ]
+        cast(forms.ChoiceField, self.fields["old"]).choices = choices
+        cast(forms.ChoiceField, self.fields["new"]).choices = choices
+
+
+class BackupActionForm(PortalForm):
+    """Restore or delete a backup: the person ticks ``confirm`` (a request without it is refused)."""
+
+    MESSAGES = {
+        "restore": "Restoring writes the backup's files back on the box, replacing its configuration.",
+        "delete": "A deleted backup cannot be restored.",
+    }
+    confirm = forms.BooleanField(required=False)
+
+    def __init__(self, *args: Any, action: str, **kwargs: Any) -> None:
+        kwargs.setdefault("auto_id", f"id_{action}_%s")
+        super().__init__(*args, **kwargs)
+        self.action = action
+        self.fields["confirm"].label = (
+            "Yes, restore this backup on the box" if action == "restore" else "Yes, delete this backup"
+        )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if not data.get("confirm"):
+            self.add_error("confirm", f"{self.MESSAGES[self.action]} Tick the box to confirm.")
+        return data
 
 
 class InviteForm(PortalForm):

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from frontend.views import accounts, box, console, organization, portal, releases
+from frontend.views import accounts, backups, box, console, organization, portal, releases
 
 app_name = "frontend"
 urlpatterns = [
@@ -26,6 +26,18 @@ urlpatterns = [
     path("boxes/<uuid:box_id>/commands/", box.box_commands_fragment, name="box_commands"),
     path("boxes/<uuid:box_id>/commands/new/", box.box_command_create, name="box_command"),
     path("boxes/<uuid:box_id>/policy/", box.box_policy_update, name="box_policy"),
+    path("boxes/<uuid:box_id>/backups/diff/", backups.backup_diff_page, name="box_backup_diff"),
+    path("boxes/<uuid:box_id>/backups/<uuid:backup_id>/", backups.backup_page, name="box_backup"),
+    path(
+        "boxes/<uuid:box_id>/backups/<uuid:backup_id>/archive/",
+        backups.backup_archive,
+        name="box_backup_archive",
+    ),
+    path(
+        "boxes/<uuid:box_id>/backups/<uuid:backup_id>/<slug:action>/",
+        backups.backup_action,
+        name="box_backup_action",
+    ),
     path("boxes/<uuid:box_id>/rename/", box.box_rename, name="box_rename"),
     path("boxes/<uuid:box_id>/firmware/", box.box_firmware_settings, name="box_firmware_settings"),
     path("boxes/<uuid:box_id>/firmware/<slug:action>/", box.box_firmware_action, name="box_firmware_action"),

@@ -46,6 +46,7 @@ from frontend.forms import (
     UpgradeNowForm,
     WanPolicyForm,
 )
+from frontend.views.backups import backups_context
 from provisioning.selectors.boxes import box_addresses
 from provisioning.selectors.infrastructure import box_tunnel_status
 from provisioning.services.configuration import box_set_wan_policy, box_settings_authorize, box_update
@@ -176,6 +177,7 @@ def box_context(request: HttpRequest, box: Box, *, console: bool = False) -> dic
         ),
         "command_form": CommandForm(wans=wans),
         "box_url": reverse("frontend:console_box" if console else "frontend:box", args=[box.pk]),
+        **backups_context(box),
         **_firmware_panel(box, console=console),
     }
 
