@@ -407,6 +407,9 @@ OTB = {
     "BACKUP_MAX_FILE_BYTES": env_int("OTB_BACKUP_MAX_FILE_BYTES", 128 * 1024),
     "BACKUP_UPLOAD_WINDOW_S": env_int("OTB_BACKUP_UPLOAD_WINDOW_S", 900),
     "BACKUP_URL_TTL_S": env_int("OTB_BACKUP_URL_TTL_S", 600),
+    # How long after its expiry a box's JWT is still taken on the telemetry routes (events, properties,
+    # metrics, diagnostics), so the reports it queued before renewing are not lost (docs/otb-protocol.md).
+    "OTB_COMPAT_TELEMETRY_JWT_GRACE_S": env_int("OTB_COMPAT_TELEMETRY_JWT_GRACE_S", 24 * 3600),
     # Alert notifications (fleet/monitoring): first retry delay, doubled per attempt; whether webhooks
     # may target private/loopback addresses (never in production: customers must not probe our network).
     "NOTIFY_RETRY_BASE_S": env_int("OTB_NOTIFY_RETRY_BASE_S", 30),

@@ -49,8 +49,9 @@ def jwt_encode(claims: dict[str, Any], keys: Sequence[str | bytes]) -> str:
     return signing_input + "." + _b64encode(_signature(signing_input.encode(), keys[0]))
 
 
-def jwt_decode(token: str, keys: Sequence[str | bytes], *, now: float) -> dict[str, Any]:
-    """The claims of a token signed by any of ``keys``; raises JwtInvalid, or JwtExpired after ``exp``."""
+def jwt_decode(token: str, keys: Sequence[str | bytes], *, now: float, leeway: float = 0.0) -> dict[str, Any]:
+    """The claims of a token signed by any of ``keys``; raises JwtInvalid, or JwtExpired once ``leeway``
+    seconds past ``exp`` (0: at ``exp``)."""
     parts = token.split(".")
     if len(parts) != 3:
         raise JwtInvalid("not three parts")
@@ -68,6 +69,6 @@ def jwt_decode(token: str, keys: Sequence[str | bytes], *, now: float) -> dict[s
     exp = claims.get("exp")
     if not isinstance(exp, int | float):
         raise JwtInvalid("no exp")
-    if now >= exp:
+    if now >= exp + leeway:
         raise JwtExpired("expired")
     return claims

@@ -28,9 +28,31 @@ class OtbDevice(models.Model):
     linked_at = models.DateTimeField(null=True, blank=True)
     confirmed_at = models.DateTimeField(null=True, blank=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
+    # The last ``properties`` document the box posted, normalised and bounded (otbcompat.telemetry):
+    # every UCI interface with its addresses, public IP, AS and multipath status, mounts, board, release.
+    properties = models.JSONField(default=dict, blank=True)
+    properties_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"{self.board} {self.mac} ({self.id})"
+
+
+class OtbDiagnostic(models.Model):
+    """One run of the box's ``diagnostic`` action (``POST devices/{id}/diagnostics``): the box then
+    PUTs its items to ``diagnostics/{id}``, which join the result of ``command`` (the diagnostics
+    command the action came from) under ``checks``. Only the device that created it may add items."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    device = models.ForeignKey(OtbDevice, on_delete=models.CASCADE, related_name="diagnostics")
+    command = models.ForeignKey("commands.Command", on_delete=models.CASCADE, related_name="+")
+    items = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"diagnostic {self.id} of command {self.command_id}"

@@ -47,9 +47,10 @@ def device_service_box(device: OtbDevice, service_id: str) -> Box:
     return box
 
 
-def device_from_path(authorization: str | None, device_id: str) -> OtbDevice:
-    """Authenticate the Bearer JWT and check that ``devices/{device_id}/…`` is the device itself."""
-    device = device_authenticate(authorization)
+def device_from_path(authorization: str | None, device_id: str, *, expired_grace_s: float = 0) -> OtbDevice:
+    """Authenticate the Bearer JWT and check that ``devices/{device_id}/…`` is the device itself
+    (``expired_grace_s``: see :func:`device_authenticate`)."""
+    device = device_authenticate(authorization, expired_grace_s=expired_grace_s)
     try:
         asked = uuid.UUID(device_id)
     except ValueError as exc:
@@ -169,13 +170,19 @@ def jwts_revoke(device: OtbDevice) -> None:
         locked.save(update_fields=["jwt_generation"])
 
 
-def device_authenticate(authorization: str | None) -> OtbDevice:
+def device_authenticate(authorization: str | None, *, expired_grace_s: float = 0) -> OtbDevice:
     """The device a ``Bearer <jwt>`` header stands for; 401 Client::Unauthorized when the JWT is missing,
-    bad, expired or revoked (so the box renews), 403 when the device itself is revoked or gone."""
+    bad, expired or revoked (so the box renews), 403 when the device itself is revoked or gone.
+
+    ``expired_grace_s`` > 0 (the telemetry routes only) also accepts a JWT that expired less than that
+    long ago, when it is correctly signed and of the device's current generation: the box's queued
+    events and properties precede its first poll after an expiry, and a 401 would drop them."""
     if not authorization or not authorization.startswith("Bearer "):
         raise OtbUnauthorized("a Bearer JWT is required")
     try:
-        claims = jwt_decode(authorization[7:].strip(), settings.OTB_COMPAT_JWT_KEYS, now=time.time())
+        claims = jwt_decode(
+            authorization[7:].strip(), settings.OTB_COMPAT_JWT_KEYS, now=time.time(), leeway=expired_grace_s
+        )
     except JwtExpired as exc:
         raise OtbUnauthorized("the JWT has expired; renew it") from exc
     except JwtInvalid as exc:

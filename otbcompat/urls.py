@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from otbcompat import backup_views, views
+from otbcompat import backup_views, telemetry_views, views
 
 app_name = "otbcompat"
 
@@ -17,4 +17,14 @@ urlpatterns = [
         name="backup",
     ),
     path("backup_archives/<str:token>", backup_views.backup_archive, name="backup-archive"),
+    # Telemetry (docs/otb-protocol.md, "Telemetry").
+    path("devices/<str:device_id>/events", telemetry_views.events, name="events"),
+    path("devices/<str:device_id>/properties", telemetry_views.properties, name="properties"),
+    path("devices/<str:device_id>/service/<str:service_id>/metrics", telemetry_views.metrics, name="metrics"),
+    path("devices/<str:device_id>/diagnostics", telemetry_views.diagnostics, name="diagnostics"),
+    path(
+        "devices/<str:device_id>/diagnostics/<str:diagnostic_id>",
+        telemetry_views.diagnostic_item,
+        name="diagnostic-item",
+    ),
 ]

@@ -6,7 +6,6 @@ body, follows no redirects and acts only on ``{"class": "Client::…"}`` errors.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -16,6 +15,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from otbcompat.errors import OtbBadRequest, OtbError
 from otbcompat.services import device_from_path, device_subscribe, jwt_renew, setting_int
+from otbcompat.wire import json_loads
 
 MAX_BODY = 64 * 1024
 
@@ -46,15 +46,15 @@ def otb_view(*methods: str) -> Callable[[View], View]:
     return decorate
 
 
-def json_body(request: HttpRequest) -> Any:
+def json_body(request: HttpRequest, *, max_bytes: int = MAX_BODY, strict: bool = True) -> Any:
     raw = request.body
-    if len(raw) > MAX_BODY:
-        raise OtbBadRequest(f"the body is larger than {MAX_BODY} bytes")
+    if len(raw) > max_bytes:
+        raise OtbBadRequest(f"the body is larger than {max_bytes} bytes")
     if not raw.strip():
         return None
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return json_loads(raw, strict=strict)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise OtbBadRequest("the body is not valid JSON") from exc
 
 

@@ -348,7 +348,9 @@ def command_complete(
             return None
         target = S.SUCCEEDED if ok else S.FAILED
         changed = command_transition(command=command, target=target)
-        command.result = _without_nul(output or {})
+        # Merged into what the command holds already: a stock OverTheBox box's diagnostic items
+        # arrive (otbcompat) before the action's own result.
+        command.result = {**(command.result or {}), **_without_nul(output or {})}
         command.error = _without_nul(error or "")[:4096]
         if ok:
             command.progress = 100

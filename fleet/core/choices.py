@@ -71,3 +71,12 @@ class EventKind(models.TextChoices):
     ALERT_FIRING = "alert_firing", "Alert firing"
     ALERT_RESOLVED = "alert_resolved", "Alert resolved"
     PUBLIC_IP_CHANGED = "public_ip_changed", "Public IP changed"
+    # Reported by stock OverTheBox boxes (/1.0 events, otbcompat): boot, daemon start, netifd
+    # interface hotplug of interfaces that are not WAN links (a WAN's are wan_up / wan_down), and any
+    # other event name, kept as it came.
+    BOX_BOOTED = "box_booted", "Box booted"
+    BOX_STARTED = "box_started", "Box daemon started"
+    IFACE_UP = "iface_up", "Interface up"
+    IFACE_DOWN = "iface_down", "Interface down"
+    IFACE_UPDATED = "iface_updated", "Interface updated"
+    BOX_REPORTED = "box_reported", "Box reported an event"

@@ -302,6 +302,8 @@ class TelemetryWriter:
         stale: set[tuple[UUID, datetime]] = set()
         # The accepted messages of each box in seq order, each with its samples in time order.
         accepted: dict[UUID, list[tuple[_Message, list[tuple[datetime, dict[str, Any]]]]]] = {}
+        # The links' stored states, read here already when a reading leaves ``up`` to them (None).
+        previous: dict[UUID, dict[str, WanState]] | None = None
         for i in order:
             message = batch[i]
             box_id = message.box_id
@@ -317,6 +319,10 @@ class TelemetryWriter:
             for idx, sample in enumerate(message.samples):
                 ts = sample_time(sample["ts"], received)
                 wans = sample["wans"]
+                if any(wan["up"] is None for wan in wans):
+                    if previous is None:
+                        previous = await self._wan_previous(cur, list(locked))
+                    wans = sample["wans"] = _wans_resolved(wans, previous.get(box_id, {}))
                 wans_up = sum(1 for wan in wans if wan["up"])
                 # In the order of BOX_SAMPLE's columns.
                 box_rows.append(
@@ -384,10 +390,8 @@ class TelemetryWriter:
         if not accepted:
             self._count(batch, results, box_rows)
             return Committed(results)
-        await cur.execute(WAN_PREVIOUS_SQL, (list(accepted),))
-        previous: dict[UUID, dict[str, WanState]] = {}
-        for box_id, iface, up, up_changed_at, degraded_since in await cur.fetchall():
-            previous.setdefault(box_id, {})[iface] = WanState(up, up_changed_at, degraded_since)
+        if previous is None:
+            previous = await self._wan_previous(cur, list(accepted))
         advances: dict[UUID, BoxWans] = {}
         updates: dict[UUID, _BoxUpdate] = {}
         events: list[tuple[Any, Any, datetime, str, dict[str, Any]]] = []
@@ -430,6 +434,17 @@ class TelemetryWriter:
             await self._broadcast(organizations, updates)
 
         return Committed(results, after_commit)
+
+    @staticmethod
+    async def _wan_previous(
+        cur: psycopg.AsyncCursor[Any], box_ids: list[UUID]
+    ) -> dict[UUID, dict[str, WanState]]:
+        """The stored state of the links of ``box_ids`` (read under the boxes' status row locks)."""
+        await cur.execute(WAN_PREVIOUS_SQL, (box_ids,))
+        previous: dict[UUID, dict[str, WanState]] = {}
+        for box_id, iface, up, up_changed_at, degraded_since in await cur.fetchall():
+            previous.setdefault(box_id, {})[iface] = WanState(up, up_changed_at, degraded_since)
+        return previous
 
     def _count(self, batch: list[_Message], results: list[bool | Exception], box_rows: list[Any]) -> None:
         self.stats["batches"] += 1
@@ -539,6 +554,19 @@ class TelemetryWriter:
             await abroadcast_to_people(box_id, organizations.get(box_id), telemetry_payload(box_id, update))
         if len(self._last_broadcast) > 100000:
             self._last_broadcast.clear()
+
+
+def _wans_resolved(wans: list[dict[str, Any]], stored: Mapping[str, WanState]) -> list[dict[str, Any]]:
+    """The readings with ``up: None`` (a source that does not say, e.g. a stock OverTheBox box's
+    metrics: its link state comes from its interface events) given the link's stored state; a link
+    with no row yet is up when it has an RTT (the box's tracker got an answer over it)."""
+    resolved = []
+    for wan in wans:
+        if wan["up"] is None:
+            known = stored.get(_link_name(wan))
+            wan = {**wan, "up": known.up if known is not None else wan["rtt_ms"] is not None}
+        resolved.append(wan)
+    return resolved
 
 
 def _time_of(pair: tuple[datetime, dict[str, Any]]) -> datetime:
