@@ -25,6 +25,8 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("fleet.core.urls")),
     path("api/v1/", include("fleet.telemetry.urls")),
+    # The claim (serial + code, or an OverTheBox device id) is otbcompat's: it may link an OTB device.
+    path("api/v1/", include("otbcompat.api_urls")),
     path("api/v1/", include("provisioning.urls")),
     path("api/v1/", include("fleet.firmware.urls")),
     path("api/v1/", include("fleet.commands.urls")),

@@ -161,19 +161,38 @@ class FleetFilterForm(FilterForm):
 
 
 class BoxClaimForm(PortalForm):
+    """Serial + claim code (every box), or the device id a stock OverTheBox box shows."""
+
     serial = forms.CharField(
-        label="Serial number",
-        max_length=64,
-        help_text="On the label under the box.",
-        error_messages=_required("Type the serial number printed on the box's label."),
+        label="Serial number", max_length=64, required=False, help_text="On the label under the box."
     )
     claim_code = forms.CharField(
         label="Claim code",
         max_length=128,
         strip=False,
+        required=False,
         help_text="Printed next to the serial number.",
-        error_messages=_required("Type the claim code printed next to the serial number."),
     )
+    device_id = forms.CharField(
+        label="OverTheBox device id",
+        max_length=64,
+        required=False,
+        help_text="Or, for a box running the OverTheBox firmware: the device id its web interface shows "
+        "(instead of serial and claim code).",
+    )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if (cleaned.get("device_id") or "").strip():
+            return cleaned
+        missing = {
+            "serial": "Type the serial number printed on the box's label (or an OverTheBox device id).",
+            "claim_code": "Type the claim code printed next to the serial number.",
+        }
+        for field, message in missing.items():
+            if not (cleaned.get(field) or "").strip() and field not in self.errors:
+                self.add_error(field, message)
+        return cleaned
 
 
 class BoxRenameForm(PortalForm):

@@ -16,6 +16,7 @@ from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
+from fleet.core.choices import BoxState
 from fleet.core.errors import InvalidInput
 from fleet.core.models import Box
 from fleet.core.validators import mac_normalise
@@ -196,4 +197,25 @@ def device_authenticate(authorization: str | None, *, expired_grace_s: float = 0
         raise OtbForbiddenResubscribe("this device is unknown or revoked; subscribe again")
     if claims.get("gen") != device.jwt_generation:
         raise OtbUnauthorized("the JWT was revoked; renew it")
+    if device.box is not None and device.box.state != BoxState.CLAIMED:
+        _link_stale_drop(device)
     return device
+
+
+def _link_stale_drop(device: OtbDevice) -> None:
+    """The device's box was unclaimed or decommissioned (by any path: API, portal, console, admin):
+    unlink the device and stop its JWTs (401: it renews and is pending again) or, for a retired box,
+    its token too (403: it subscribes again as a new device). Seen on the device's first call after."""
+    retired = device.box is not None and device.box.state == BoxState.DECOMMISSIONED
+    with transaction.atomic():
+        locked = OtbDevice.objects.select_for_update().get(id=device.id)
+        locked.box = None
+        locked.linked_at = None
+        locked.confirmed_at = None
+        locked.jwt_generation += 1
+        if retired:
+            locked.revoked_at = timezone.now()
+        locked.save(update_fields=["box", "linked_at", "confirmed_at", "jwt_generation", "revoked_at"])
+    if retired:
+        raise OtbForbiddenResubscribe("this device's box was decommissioned; subscribe again")
+    raise OtbUnauthorized("this device's box was unclaimed; renew the JWT")

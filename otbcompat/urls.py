@@ -10,6 +10,8 @@ urlpatterns = [
     path("subscribe", views.subscribe, name="subscribe"),
     path("renew_jwt", views.renew_jwt, name="renew-jwt"),
     path("devices/<str:device_id>/actions/todo", views.actions_todo, name="actions-todo"),
+    path("devices/<str:device_id>/service/associated", views.associated, name="service-associated"),
+    path("devices/<str:device_id>/service/<str:service_id>/confirm", views.confirm, name="service-confirm"),
     path("devices/<str:device_id>/service/<str:service_id>/backups", backup_views.backups, name="backups"),
     path(
         "devices/<str:device_id>/service/<str:service_id>/backups/<str:backup_id>",

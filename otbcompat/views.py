@@ -13,8 +13,15 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from otbcompat.binding import service_associated, service_confirm
 from otbcompat.errors import OtbBadRequest, OtbError
-from otbcompat.services import device_from_path, device_subscribe, jwt_renew, setting_int
+from otbcompat.services import (
+    device_from_path,
+    device_service_box,
+    device_subscribe,
+    jwt_renew,
+    setting_int,
+)
 from otbcompat.wire import json_loads
 
 MAX_BODY = 64 * 1024
@@ -79,3 +86,25 @@ def actions_todo(request: HttpRequest, device_id: str) -> HttpResponse:
     return JsonResponse(
         {"id": None, "action": "wait", "arguments": {"delay": setting_int("OTB_COMPAT_POLL_DELAY_S")}}
     )
+
+
+def _no_body(request: HttpRequest) -> None:
+    """Routes the box calls without a body: an empty body or ``{}`` (anything else is a mistake)."""
+    if json_body(request) not in (None, {}):
+        raise OtbBadRequest("body: this call takes no body")
+
+
+@otb_view("GET")
+def associated(request: HttpRequest, device_id: str) -> HttpResponse:
+    device = device_from_path(request.headers.get("Authorization"), device_id)
+    _no_body(request)
+    return JsonResponse({"service": service_associated(device=device)})
+
+
+@otb_view("POST")
+def confirm(request: HttpRequest, device_id: str, service_id: str) -> HttpResponse:
+    device = device_from_path(request.headers.get("Authorization"), device_id)
+    device_service_box(device, service_id)
+    _no_body(request)
+    service_confirm(device=device)
+    return JsonResponse({})

@@ -30,6 +30,7 @@ class BoxOutputSerializer(serializers.Serializer):
     model = serializers.CharField()
     mac = serializers.CharField()
     state = serializers.CharField()
+    protocol = serializers.CharField(help_text="agent (otb-agent) or otb (the stock OverTheBox firmware)")
     organization = OrganizationRefSerializer(allow_null=True)
     server = ServerRefSerializer(allow_null=True)
     public_ipv4 = serializers.SerializerMethodField()

@@ -12,7 +12,6 @@ urlpatterns = [
     path("agent/config/applied", agent.AgentConfigAppliedApi.as_view(), name="agent-config-applied"),
     # boxes
     path("boxes/", boxes.BoxListApi.as_view(), name="box-list"),
-    path("boxes/claim", boxes.BoxClaimApi.as_view(), name="box-claim"),
     path("boxes/<uuid:box_id>/", boxes.BoxDetailApi.as_view(), name="box-detail"),
     path("boxes/<uuid:box_id>/wan-policy", boxes.BoxWanPolicyApi.as_view(), name="box-wan-policy"),
     path("boxes/<uuid:box_id>/port-forwards", boxes.BoxPortForwardsApi.as_view(), name="box-port-forwards"),

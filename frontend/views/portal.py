@@ -17,7 +17,7 @@ from frontend import selectors
 from frontend.context import current_organization
 from frontend.errors import form_add_domain_error, page_errors
 from frontend.forms import BoxClaimForm, FleetFilterForm
-from provisioning.services.lifecycle import box_claim
+from otbcompat.binding import box_claim_with_device, device_claim
 
 PAGE_SIZE = 50
 
@@ -82,7 +82,8 @@ def fleet_page(request: HttpRequest) -> HttpResponse:
 @login_required
 @page_errors
 def box_claim_page(request: HttpRequest) -> HttpResponse:
-    """Claim a box with its serial and claim code (admins and owners)."""
+    """Claim a box with its serial and claim code, or a stock OverTheBox box by the device id it shows
+    (admins and owners)."""
     portal = current_organization(request)
     if portal is None:
         return _no_organization(request)
@@ -91,19 +92,25 @@ def box_claim_page(request: HttpRequest) -> HttpResponse:
     retry_after_s = 0
     if request.method == "POST":
         if form.is_valid():
+            actor = Actor.from_request(request)
+            device_id = form.cleaned_data["device_id"].strip()
             try:
-                box = box_claim(
-                    actor=Actor.from_request(request),
-                    organization=portal.organization,
-                    serial=form.cleaned_data["serial"].strip(),
-                    claim_code=form.cleaned_data["claim_code"].strip(),
-                )
+                if device_id:
+                    claimed = device_claim(actor=actor, organization=portal.organization, device_id=device_id)
+                else:
+                    claimed = box_claim_with_device(
+                        actor=actor,
+                        organization=portal.organization,
+                        serial=form.cleaned_data["serial"].strip(),
+                        claim_code=form.cleaned_data["claim_code"].strip(),
+                    )
             except DomainError as exc:
                 form_add_domain_error(form, exc)
                 status_code = exc.status if exc.status != 404 else 400
                 retry_after_s = exc.retry_after_s if isinstance(exc, RateLimited) else 0
             else:
-                if getattr(box, "newly_claimed", True):
+                box = claimed.box
+                if claimed.newly_claimed:
                     messages.success(request, f"Box {box.serial} is now part of {portal.organization.name}.")
                 else:
                     messages.info(

@@ -1,8 +1,8 @@
-"""Box endpoints: what customers do (list and detail, rename and tag, claim, WAN policy, unclaim,
+"""Box endpoints: what customers do (list and detail, rename and tag, WAN policy, unclaim,
 transfer) and what staff do (reassign to another server, release addresses, revoke credentials,
-decommission). Each parses, resolves the box (or organisation) the caller may see, calls one lifecycle
-or configuration service (which decides whether the caller's role allows it) and answers with the
-box."""
+decommission); the claim is ``otbcompat.apis`` (it may link an OverTheBox device). Each parses,
+resolves the box (or organisation) the caller may see, calls one lifecycle or configuration service
+(which decides whether the caller's role allows it) and answers with the box."""
 
 from __future__ import annotations
 
@@ -10,26 +10,24 @@ import uuid
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import serializers, status
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from fleet.core.access import box_for, box_visible, organization_visible
+from fleet.core.access import box_for, box_visible
 from fleet.core.apis.base import ApiView
 from fleet.core.audit import Actor
 from fleet.core.choices import Role
-from fleet.core.errors import InvalidInput, NotFound
+from fleet.core.errors import NotFound
 from fleet.core.models import Box
 from fleet.core.permissions import IsPerson, IsStaff
-from fleet.core.selectors import memberships_of_user
-from fleet.core.serializers import SerialField, StrictCharField, StrictSerializer, StrictUUIDField, represent
+from fleet.core.serializers import StrictCharField, StrictSerializer, StrictUUIDField, represent
 from provisioning.models import AggregationServer
 from provisioning.selectors.boxes import box_list, boxes_annotated
 from provisioning.serializers import BoxOutputSerializer
 from provisioning.services.configuration import box_set_port_forwards, box_set_wan_policy, box_update
 from provisioning.services.lifecycle import (
-    box_claim,
     box_decommission,
     box_reassign_server,
     box_release_addresses,
@@ -91,45 +89,6 @@ class BoxDetailApi(ApiView):
         data.is_valid(raise_exception=True)
         box = box_update(actor=actor, box=box, **data.validated_data)
         return Response(box_output(box))
-
-
-class BoxClaimApi(ApiView):
-    permission_classes = [IsPerson]
-
-    class InputSerializer(StrictSerializer):
-        serial = SerialField()
-        claim_code = StrictCharField(max_length=128, trim_whitespace=False)
-        organization = StrictUUIDField(required=False)
-
-    @extend_schema(
-        request=InputSerializer,
-        responses={
-            201: BoxOutputSerializer,
-            200: OpenApiResponse(BoxOutputSerializer, description="the organisation already held the box"),
-        },
-    )
-    def post(self, request: Request) -> Response:
-        """201 with the box when this call claimed it; 200 with the box, unchanged, when the
-        organisation already held it (a retried claim is harmless)."""
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        values = data.validated_data
-        organization_id = values.get("organization")
-        if organization_id is None:
-            memberships = list(memberships_of_user(user=request.user, auth=request.auth)[:2])
-            if len(memberships) != 1:
-                raise InvalidInput("say which organization claims the box", field="organization")
-            organization_id = memberships[0].organization_id
-        actor = self.actor(request)
-        organization = organization_visible(actor, organization_id)
-        box = box_claim(
-            actor=actor,
-            organization=organization,
-            serial=values["serial"],
-            claim_code=values["claim_code"],
-        )
-        created = getattr(box, "newly_claimed", True)
-        return Response(box_output(box), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 class BoxWanPolicyApi(ApiView):

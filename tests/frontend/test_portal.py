@@ -193,3 +193,21 @@ def test_a_viewer_cannot_claim(people, box_factory, provisioned_region) -> None:
     response = client.post("/boxes/claim/", {"serial": "NEW-0003", "claim_code": CLAIM_CODE})
     assert response.status_code == 403
     assert Box.objects.get(serial="NEW-0003").organization_id is None
+
+
+def test_claim_an_overthebox_box_by_its_device_id(people, provisioned_region) -> None:
+    from otbcompat.models import OtbDevice
+    from tests.otbcompat.test_identity import subscribe
+
+    # given a stock OverTheBox box that subscribed
+    answer = subscribe(Client(), mac="00:0d:b9:4a:31:01")
+    client = logged_in(people.admin)
+    # an unknown id is an error on the device id field, and nothing is claimed
+    wrong = client.post("/boxes/claim/", {"device_id": "00000000-0000-0000-0000-000000000000"})
+    assert wrong.status_code == 400 and 'id="id_device_id-errors"' in wrong.content.decode()
+    # when the admin types the device id the box shows (no serial, no claim code)
+    response = client.post("/boxes/claim/", {"device_id": answer["device_id"]})
+    # then a box is claimed for the organisation, linked to the device, and the admin lands on it
+    device = OtbDevice.objects.select_related("box").get(id=answer["device_id"])
+    assert device.box is not None and device.box.organization_id == people.org.pk
+    assert response.status_code == 302 and response["Location"] == f"/boxes/{device.box.pk}/"

@@ -1,0 +1,92 @@
+"""Binding a stock OverTheBox box over real HTTP (uvicorn, PostgreSQL, Redis): the box subscribes, its
+owner claims it by device id through the REST API, the box learns its service, confirms it and pulls its
+configuration, each call made with curl exactly as the box's ``otb_call`` makes it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+
+from fleet.core.models import Box
+from otbcompat.models import OtbDevice
+from tests.e2e.test_otb_identity_e2e import otb_call
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(shutil.which("curl") is None, reason="curl is needed to call like the box"),
+]
+
+
+def api_post(base: str, path: str, token: str, body: Any) -> tuple[int, Any]:
+    done = subprocess.run(
+        [
+            "curl", "--silent", "--show-error", "--max-time", "10", "-X", "POST",
+            "-H", "Content-Type: application/json", "-H", f"Authorization: Bearer {token}",
+            "-d", json.dumps(body), "-w", "\n%{http_code}", f"{base}{path}",
+        ],
+        capture_output=True, text=True, timeout=15, check=True,
+    )  # fmt: skip
+    text, _, status = done.stdout.rpartition("\n")
+    return int(status), json.loads(text)
+
+
+def subscribe(base: str, mac: str) -> dict[str, Any]:
+    body = {"private_ips": ["192.168.100.1"], "board": "pc-engines-apu2", "macaddr": mac}
+    status, answer = otb_call(base, "POST", "subscribe", body)
+    assert status == 200, answer
+    return dict(answer)
+
+
+def test_subscribe_claim_associated_confirm_over_real_http(
+    asgi_server: Any, people: Any, api_token_factory: Any, provisioned_region: Any
+) -> None:
+    base = asgi_server.url
+    box = subscribe(base, "00:0d:b9:4a:21:01")
+    device = box["device_id"]
+    # pending: no service yet
+    status, answer = otb_call(base, "GET", f"devices/{device}/service/associated", jwt=box["jwt"])
+    assert (status, answer) == (200, {"service": None})
+    # the owner claims it by the device id the box shows
+    token = api_token_factory(people.admin, people.org)
+    status, claimed = api_post(base, "/api/v1/boxes/claim", token, {"device_id": device})
+    assert status == 201, claimed
+    service = f"overthebox.{claimed['id']}"
+    # the box learns its service (askServiceConfirmation), then confirms it with no body
+    status, answer = otb_call(base, "GET", f"devices/{device}/service/associated", jwt=box["jwt"])
+    assert (status, answer) == (200, {"service": service})
+    status, _ = otb_call(base, "POST", f"devices/{device}/service/{service}/confirm", jwt=box["jwt"])
+    assert status == 200
+    linked = OtbDevice.objects.get(id=device)
+    assert linked.confirmed_at is not None and str(linked.box_id) == claimed["id"]
+    assert Box.objects.get(pk=claimed["id"]).protocol == "otb"
+
+
+def test_a_box_cannot_bind_to_or_confirm_another(
+    asgi_server: Any, people: Any, api_token_factory: Any, provisioned_region: Any
+) -> None:
+    base = asgi_server.url
+    mine = subscribe(base, "00:0d:b9:4a:21:02")
+    theirs = subscribe(base, "00:0d:b9:4a:21:03")
+    outsider = api_token_factory(people.outsider, people.other_org)
+    status, claimed = api_post(base, "/api/v1/boxes/claim", outsider, {"device_id": theirs["device_id"]})
+    assert status == 201, claimed
+    their_service = f"overthebox.{claimed['id']}"
+    # my JWT on their device id
+    status, answer = otb_call(
+        base, "GET", f"devices/{theirs['device_id']}/service/associated", jwt=mine["jwt"]
+    )
+    assert status == 403 and answer["class"] == "Client::Forbidden"
+    # my device id confirming their service
+    path = f"devices/{mine['device_id']}/service/{their_service}/confirm"
+    status, answer = otb_call(base, "POST", path, jwt=mine["jwt"])
+    assert status == 403 and answer["class"] == "Client::Forbidden"
+    # their device cannot be claimed by my organisation
+    admin = api_token_factory(people.admin, people.org)
+    status, refused = api_post(base, "/api/v1/boxes/claim", admin, {"device_id": theirs["device_id"]})
+    assert status == 409 and "device_id" in refused["error"]["fields"]
+    assert OtbDevice.objects.get(id=theirs["device_id"]).confirmed_at is None
