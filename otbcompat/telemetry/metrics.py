@@ -82,15 +82,36 @@ class Report:
     mem_free_kb: int | None
 
 
-def _uci_name(tags: dict[str, Any], path: str) -> str:
-    # ``uci show network | grep`` may print several lines: the first is the interface.
-    name = fields.text(tags.get("uci_name"), f"{path}.tags.uci_name", max_len=256).strip()
-    name = name.splitlines()[0].strip() if name else ""
-    return "" if name == "none" else name[:32]
+def _uci_names(tags: dict[str, Any], path: str) -> list[str]:
+    # ``uci show network | grep "'eth1'"`` prints one line per section naming the device (a ``device``
+    # section and the interface, say): every line is a candidate; "none" is unmapped.
+    text = fields.text(tags.get("uci_name"), f"{path}.tags.uci_name", max_len=256)
+    return [line.strip()[:32] for line in text.splitlines() if line.strip() and line.strip() != "none"]
 
 
-def metrics_parse(body: Any) -> Report:
-    """The report, validated whole (400 naming the first bad field). Unknown metric names are ignored."""
+class _Naming:
+    """The UCI interface a measurement is about, from the box's properties when it posted them: a
+    candidate that is one of its WANs, else the interface its properties give the device, else the
+    first candidate, else the device itself."""
+
+    def __init__(self, properties: dict[str, Any] | None) -> None:
+        properties = properties or {}
+        self.wans = set(properties.get("wans") or ())
+        self.by_device = {
+            item["device"]: item["name"] for item in properties.get("interfaces") or () if item.get("device")
+        }
+
+    def name(self, device: str, candidates: list[str]) -> str:
+        for candidate in candidates:
+            if candidate in self.wans:
+                return candidate
+        return self.by_device.get(device) or (candidates[0] if candidates else device)
+
+
+def metrics_parse(body: Any, properties: dict[str, Any] | None = None) -> Report:
+    """The report, validated whole (400 naming the first bad field), its measurements named by UCI
+    interface (``properties``: the box's last properties document). Unknown metric names are ignored."""
+    naming = _Naming(properties)
     items = fields.listing(body, "body", max_items=MAX_METRICS, allow_null=False)
     counters: list[_Counter] = []
     latency: dict[str, float] = {}
@@ -108,14 +129,12 @@ def metrics_parse(body: Any) -> Report:
             if direction not in ("in", "out"):
                 raise fields.bad(f"{path}.tags.direction", 'must be "in" or "out"')
             device = fields.text(tags.get("iface"), f"{path}.tags.iface", max_len=32, required=True).strip()
-            iface = _uci_name(tags, path) or device
+            iface = naming.name(device, _uci_names(tags, path))
             counter = fields.integer(value, f"{path}.value", minimum=0, maximum=fields.COUNTER_MAX)
             counters.append(_Counter(iface, direction, counter))
         elif name == "icmp_latency":
-            iface = (
-                _uci_name(tags, path)
-                or fields.text(tags.get("iface"), f"{path}.tags.iface", max_len=32).strip()
-            )
+            device = fields.text(tags.get("iface"), f"{path}.tags.iface", max_len=32).strip()
+            iface = naming.name(device, _uci_names(tags, path))
             rtt = fields.number(value, f"{path}.value", minimum=0, maximum=RTT_MAX_MS)
             if iface:
                 latency[iface] = rtt
@@ -142,7 +161,7 @@ def counter_rates(
         client = cache._cache.get_client(write=True)  # type: ignore[attr-defined]
         previous = client.hgetall(key)
         pipe = client.pipeline(transaction=False)
-        pipe.hset(key, mapping={f"{c.iface}|{c.direction}": f"{c.value} {received:.3f}" for c in counters})
+        pipe.hset(key, mapping={f"{c.iface}|{c.direction}": f"{c.value} {received:.6f}" for c in counters})
         pipe.expire(key, COUNTERS_TTL_S)
         pipe.execute()
     except redis.RedisError:
@@ -159,7 +178,7 @@ def counter_rates(
                 before, at = -1, received
             elapsed = received - at
             if 0 <= before <= counter.value and elapsed >= 1:
-                rate = int((counter.value - before) * 8 / elapsed)
+                rate = round((counter.value - before) * 8 / elapsed)
                 if rate > RATE_MAX_BPS:
                     rate = None
         rates[(counter.iface, counter.direction)] = rate
@@ -266,7 +285,7 @@ def metrics_report(
     sequence number is the receive time in microseconds: later reports always sort after). Returns the
     sample stored."""
     received = received if received is not None else time.time()
-    report = metrics_parse(body)
+    report = metrics_parse(body, device.properties)
     sample = metrics_sample(device=device, box=box, report=report, received=received)
     message = {
         "box_id": box.pk,

@@ -27,6 +27,7 @@ from fleet.telemetry.models import WanStatus
 from otbcompat.jwt import jwt_encode
 from otbcompat.models import OtbDevice, OtbDiagnostic
 from otbcompat.services import device_revoke, jwts_revoke, service_name
+from otbcompat.telemetry.metrics import counter_rates
 
 pytestmark = pytest.mark.django_db
 
@@ -527,3 +528,65 @@ def test_the_grace_is_bounded_and_never_covers_a_revoked_jwt_or_device(link: Any
     revoked = linked.call("POST", "events", start, jwt=expired_jwt(linked.device, seconds_ago=10))
     assert revoked.status_code == 403 and revoked.json()["class"] == "Client::Unauthorized"
     assert not Event.objects.exists()
+
+
+# -- metrics: rates from the box's counters --------------------------------------------------------
+
+
+def test_rates_come_from_consecutive_counters_and_a_counter_reset_gives_none(link: Any) -> None:
+    from otbcompat.telemetry.metrics import metrics_parse
+
+    linked = link()
+
+    def rates(rx: int, tx: int, at: float) -> dict[tuple[str, str], int | None]:
+        report = metrics_parse(
+            [
+                {
+                    "name": "linux_net_bytes",
+                    "value": rx,
+                    "tags": {"direction": "in", "iface": "eth1", "uci_name": "wan1"},
+                },
+                {
+                    "name": "linux_net_bytes",
+                    "value": tx,
+                    "tags": {"direction": "out", "iface": "eth1", "uci_name": "wan1"},
+                },
+            ]
+        )
+        return counter_rates(linked.box.pk, report.counters, at)
+
+    t0 = float(int(time.time()))
+    assert rates(1_000_000, 500_000, t0) == {("wan1", "in"): None, ("wan1", "out"): None}  # nothing before
+    # 7.5 MB in and 1.5 MB out over 60 s: 1 Mbit/s and 200 kbit/s
+    assert rates(8_500_000, 2_000_000, t0 + 60) == {("wan1", "in"): 1_000_000, ("wan1", "out"): 200_000}
+    # the box rebooted: its counters start again from zero, which is no rate (not a negative or huge one)
+    assert rates(20_000, 10_000, t0 + 120) == {("wan1", "in"): None, ("wan1", "out"): None}
+    assert rates(620_000, 10_000, t0 + 180) == {("wan1", "in"): 80_000, ("wan1", "out"): 0}
+    # a report less than a second after the previous one gives no rate either
+    assert rates(700_000, 20_000, t0 + 180.5)[("wan1", "in")] is None
+
+
+def test_an_unmapped_counter_and_a_multiline_uci_name_are_read_as_the_box_means_them() -> None:
+    from otbcompat.telemetry.metrics import metrics_parse
+
+    # uci_name "none" is unmapped (the device's name stands); "wan1\nwan1_dev" is what `uci show | grep`
+    # gives when two sections name the device: the first line is the interface
+    body = (
+        b'[{"name":"linux_net_bytes","value":5,"tags":{"direction":"in","iface":"eth3","uci_name":"none"}},\n'
+        b'{"name":"icmp_latency","value":9.5,"tags":{"host":"none","iface":"eth1","uci_name":"wan1\nwan1_dev"}}]'
+    )
+    from otbcompat.wire import json_loads
+
+    report = metrics_parse(json_loads(body, strict=False))
+    assert [(counter.iface, counter.direction) for counter in report.counters] == [("eth3", "in")]
+    assert report.latency == {"wan1": 9.5}
+    # with the box's properties: the candidate that is a WAN wins over a device section listed first,
+    # and a device its properties name is that interface
+    properties = {
+        "wans": ["wan1", "wan2"],
+        "interfaces": [{"name": "wan2", "device": "eth3"}, {"name": "wan1", "device": ""}],
+    }
+    body = body.replace(b'"wan1\nwan1_dev"', b'"wan1_dev\nwan1"')
+    report = metrics_parse(json_loads(body, strict=False), properties)
+    assert [(counter.iface, counter.direction) for counter in report.counters] == [("wan2", "in")]
+    assert report.latency == {"wan1": 9.5}

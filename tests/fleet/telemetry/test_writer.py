@@ -205,3 +205,59 @@ async def test_each_value_lands_in_its_column(people: Any, box_factory: Any) -> 
     )
     assert (row.rx_bps, row.tx_bps, row.public_ip, row.subflows) == (7001, 7002, "203.0.113.9", 3)
     assert row.degraded_since is None and abs(row.up_changed_at.timestamp() - ts) < 0.001
+
+
+async def test_a_reading_that_leaves_up_to_the_stored_state_never_moves_the_link(
+    people: Any, box_factory: Any
+) -> None:
+    # given (a stock OverTheBox box) a link its ifdown event set down, a link stored up, and no row for
+    # two others: its metrics do not say whether a link is up ("up": None)
+    box = await database_sync_to_async(box_factory)(organization=people.org)
+    t0 = time.time() - 30
+
+    def rows() -> None:
+        from datetime import UTC, datetime
+
+        at = datetime.fromtimestamp(t0, UTC)
+        for iface, up in (("wan1", False), ("wan2", True)):
+            WanStatus.objects.create(box=box, iface=iface, up=up, up_changed_at=at, updated_at=at)
+
+    await database_sync_to_async(rows)()
+    unknown = [
+        {**wan("wan1"), "up": None},
+        {**wan("wan2", rtt=None), "up": None},
+        {**wan("wan3"), "up": None},  # new, with an RTT: up
+        {**wan("wan4", rtt=None), "up": None},  # new, no RTT: down
+    ]
+    writer = TelemetryWriter(flush_interval_ms=5)
+    try:
+        # when its sample is stored
+        stored = await writer.submit(
+            box_id=box.pk,
+            organization_id=people.org.pk,
+            session_id="s",
+            seq=1,
+            samples=[sample(wans=unknown)],
+        )
+    finally:
+        await writer.close()
+    assert stored is True
+    # then the stored links keep their state (no wan_up for the link its event set down), new links
+    # start as their RTT says, and the samples hold the resolved state
+    states = await database_sync_to_async(
+        lambda: dict(WanStatus.objects.filter(box=box).values_list("iface", "up"))
+    )()
+    assert states == {"wan1": False, "wan2": True, "wan3": True, "wan4": False}
+    kinds = await database_sync_to_async(
+        lambda: sorted(Event.objects.filter(box=box).values_list("kind", "data__iface"))
+    )()
+    assert kinds == [("wan_down", "wan4")]
+
+    def sample_states() -> dict[str, bool]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT iface, up FROM telemetry_wan_sample WHERE box_id = %s", [box.pk])
+            return dict(cursor.fetchall())
+
+    assert await database_sync_to_async(sample_states)() == states
+    status = await database_sync_to_async(BoxStatus.objects.get)(box=box)
+    assert (status.wans_up, status.wans_total) == (2, 4)
