@@ -22,7 +22,7 @@ from fleet.core.audit import Actor
 from fleet.core.choices import BoxProtocol, EventKind
 from fleet.core.models import Box, Event
 from fleet.telemetry.models import BoxStatus, WanStatus
-from otbcompat.models import OtbDevice
+from otbcompat.binding import device_claim
 from otbcompat.services import service_name
 from tests.e2e.test_otb_identity_e2e import otb_call
 from tests.otbcompat.test_telemetry import properties_document
@@ -58,10 +58,10 @@ def api_get(base: str, path: str, token: str) -> Any:
 
 
 def test_events_properties_metrics_and_diagnostics_over_real_http(
-    asgi_server: Any, people: Any, box_factory: Any, api_token_factory: Any
+    asgi_server: Any, people: Any, provisioned_region: Any, api_token_factory: Any
 ) -> None:
     base = asgi_server.url
-    # given a subscribed box, linked by a claim to a box of the organisation (not yet confirmed)
+    # given a subscribed box, claimed by its owner by the device id it shows (not yet confirmed)
     status, answer = otb_call(
         base,
         "POST",
@@ -69,8 +69,8 @@ def test_events_properties_metrics_and_diagnostics_over_real_http(
         {"private_ips": ["192.168.100.1"], "board": "pc-engines-apu2", "macaddr": "00:0d:b9:4a:22:01"},
     )
     assert status == 200, answer
-    box = box_factory(organization=people.org, protocol=BoxProtocol.OTB)
-    OtbDevice.objects.filter(pk=answer["device_id"]).update(box=box, linked_at=timezone.now())
+    box = device_claim(actor=Actor.system("test"), organization=people.org, device_id=answer["device_id"]).box
+    assert box.protocol == BoxProtocol.OTB
     jwt, device = answer["jwt"], f"devices/{answer['device_id']}"
 
     # the daemon's start: its start event and its properties (a JSON string)

@@ -1,6 +1,7 @@
 """What a stock OverTheBox box reports over /1.0: events, properties, diagnostics, bad input, security and
 the expired-JWT grace of the telemetry routes. Requests are shaped like the box's ``otb_call``
-(pretty-printed bodies, ``Content-Type: application/json``, ``X-Overthebox-Version``); the properties
+(pretty-printed bodies, ``Content-Type: application/json``, ``X-Overthebox-Version``), by devices
+claimed through ``otbcompat.binding.device_claim``; the properties
 body is a JSON *string*, as the box sends it. (Metrics go through the telemetry writer on its own
 connections: tests/e2e/test_otb_telemetry_e2e.py, over real HTTP.)"""
 
@@ -24,6 +25,7 @@ from fleet.core.audit import Actor
 from fleet.core.choices import BoxProtocol, EventKind
 from fleet.core.models import AuditLog, Box, Event
 from fleet.telemetry.models import WanStatus
+from otbcompat.binding import device_claim
 from otbcompat.jwt import jwt_encode
 from otbcompat.models import OtbDevice, OtbDiagnostic
 from otbcompat.services import device_revoke, jwts_revoke, service_name
@@ -72,21 +74,20 @@ def subscribe(client: Client, mac: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def link(people: Any, box_factory: Any) -> Any:
-    """link(mac) -> a subscribed device linked to a claimed box of people.org (what the claim does:
-    OtbDevice.box, linked_at, Box.protocol = otb), not yet confirmed."""
+def link(people: Any, provisioned_region: Any) -> Any:
+    """link(organization=people.org) -> a subscribed device claimed by its device id into the
+    organisation (otbcompat.binding: a provisioned box with protocol otb), not yet confirmed."""
     counter = iter(range(10, 99))
 
     def make(organization: Any = None) -> Linked:
         client = Client()
         answer = subscribe(client, f"00:0d:b9:4a:11:{next(counter)}")
-        box = box_factory(
-            organization=organization or people.org, protocol=BoxProtocol.OTB, firmware_version=""
+        claimed = device_claim(
+            actor=Actor.system("test"), organization=organization or people.org, device_id=answer["device_id"]
         )
-        device = OtbDevice.objects.get(pk=answer["device_id"])
-        device.box, device.linked_at = box, timezone.now()
-        device.save(update_fields=["box", "linked_at"])
-        return Linked(device=device, box=box, jwt=answer["jwt"], token=answer["token"], client=client)
+        device = OtbDevice.objects.select_related("box").get(pk=answer["device_id"])
+        assert device.box == claimed.box and claimed.box.protocol == BoxProtocol.OTB
+        return Linked(device=device, box=claimed.box, jwt=answer["jwt"], token=answer["token"], client=client)
 
     return make
 
