@@ -10,7 +10,7 @@ from __future__ import annotations
 from django import template
 
 from fleet.commands.choices import CommandState
-from fleet.firmware.choices import ReleaseState, RolloutState
+from fleet.firmware.choices import FAILURE_STATES, IN_FLIGHT_STATES, ReleaseState, RolloutState, UpgradeState
 from provisioning.choices import ServerStatus
 
 register = template.Library()
@@ -38,6 +38,11 @@ RELEASE_TONES: dict[str, str] = {
     ReleaseState.PUBLISHED: "ok",
     ReleaseState.WITHDRAWN: "bad",
 }
+UPGRADE_TONES: dict[str, str] = {
+    **dict.fromkeys(IN_FLIGHT_STATES, "warn"),
+    **dict.fromkeys(FAILURE_STATES, "bad"),
+    UpgradeState.SUCCEEDED: "ok",
+}
 SERVER_TONES: dict[str, str] = {
     ServerStatus.ACTIVE: "ok",
     ServerStatus.DRAINING: "warn",
@@ -62,6 +67,12 @@ def command_badge(state: str) -> str:
 @register.filter
 def release_badge(state: str) -> str:
     return _badge(RELEASE_TONES.get(state, ""))
+
+
+@register.filter
+def upgrade_badge(state: str) -> str:
+    """Succeeded green, in flight amber, failed red; waiting, cancelled and skipped neutral."""
+    return _badge(UPGRADE_TONES.get(state, "plain"))
 
 
 @register.filter

@@ -24,13 +24,15 @@ def bitrate(bps: Any) -> str:
 
 
 @register.filter
-def bytesize(size: Any) -> str:
-    """A size in bytes as people read it, with the exact count: "12.4 MB (12,402,688 bytes)"."""
+def bytesize(size: Any, short: str = "") -> str:
+    """A size in bytes as people read it, with the exact count: "12.4 MB (12,402,688 bytes)";
+    ``|bytesize:"short"`` leaves the count out."""
     if size is None or isinstance(size, bool) or not isinstance(size, int):
         return UNKNOWN
     for unit, factor in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if size >= factor:
-            return f"{size / factor:.1f} {unit} ({size:,} bytes)"
+            readable = f"{size / factor:.1f} {unit}"
+            return readable if short else f"{readable} ({size:,} bytes)"
     return f"{size:,} bytes"
 
 

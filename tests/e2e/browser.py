@@ -105,14 +105,14 @@ def _server_env(database_name: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="session")
-def asgi_server(django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: Any) -> Iterator[LiveServer]:
-    """uvicorn serving config.asgi (HTTP and websockets) on a free port, against the test database."""
+def asgi_server_start(log_path: Path, env_extra: dict[str, str] | None = None) -> LiveServer:
+    """uvicorn serving config.asgi (HTTP and websockets) on a free port, against the test database,
+    with ``env_extra`` on top of the environment; waits until it answers. Stop it with
+    ``asgi_server_stop``."""
     from django.conf import settings
 
     port = free_port()
-    log_path = tmp_path_factory.mktemp("uvicorn") / "uvicorn.log"
-    env = _server_env(settings.DATABASES["default"]["NAME"])
+    env = {**_server_env(settings.DATABASES["default"]["NAME"]), **(env_extra or {})}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [
@@ -147,12 +147,24 @@ def asgi_server(django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: 
             process.kill()
             pytest.fail(f"uvicorn did not start:\n{server.log_tail()}")
         time.sleep(0.2)
-    yield server
-    process.terminate()
+    return server
+
+
+def asgi_server_stop(server: LiveServer) -> None:
+    server.process.terminate()
     try:
-        process.wait(timeout=10)
+        server.process.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        process.kill()
+        server.process.kill()
+        server.process.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def asgi_server(django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: Any) -> Iterator[LiveServer]:
+    """uvicorn serving config.asgi (HTTP and websockets) on a free port, against the test database."""
+    server = asgi_server_start(tmp_path_factory.mktemp("uvicorn") / "uvicorn.log")
+    yield server
+    asgi_server_stop(server)
 
 
 @pytest.fixture(scope="module")
@@ -170,10 +182,10 @@ def browser() -> Iterator[Any]:
         instance.close()
 
 
-@pytest.fixture
-def page(browser: Any, asgi_server: LiveServer, request: Any) -> Iterator[Any]:
-    """A fresh browser context (no cookies) per test; console errors are collected on ``page.errors``."""
-    context = browser.new_context(base_url=asgi_server.url, viewport={"width": 1360, "height": 900})
+def page_open(browser: Any, url: str, viewport: dict[str, int] | None = None) -> Any:
+    """A fresh browser context (no cookies) and its page on ``url``; console errors are collected on
+    ``page.errors``. Close it with ``page.context.close()``."""
+    context = browser.new_context(base_url=url, viewport=viewport or {"width": 1360, "height": 900})
     context.set_default_timeout(15000)
     tab = context.new_page()
     tab.errors = []
@@ -182,8 +194,15 @@ def page(browser: Any, asgi_server: LiveServer, request: Any) -> Iterator[Any]:
         "console",
         lambda message: tab.errors.append(message.text) if message.type == "error" else None,
     )
+    return tab
+
+
+@pytest.fixture
+def page(browser: Any, asgi_server: LiveServer, request: Any) -> Iterator[Any]:
+    """A fresh browser context (no cookies) per test; console errors are collected on ``page.errors``."""
+    tab = page_open(browser, asgi_server.url)
     yield tab
-    context.close()
+    tab.context.close()
 
 
 def screenshot(page: Any, name: str) -> Path:

@@ -117,7 +117,7 @@ def test_the_page_says_why_it_waits_with_a_legend_and_the_boxes(people: Any) -> 
     assert f'datetime="{opens.astimezone(timezone.get_current_timezone()).isoformat()}"' in page
     # the progress bar has a legend that names every colour, at 0 % done
     assert 'id="progress-legend"' in page
-    for label in ("Succeeded 0 %", "In flight 0 %", "Failed 0 %", "Not yet sent"):
+    for label in ("Succeeded 0 %", "In flight 0 %", "Failed 0 %", "Not sent yet"):
         assert label in page, label
     # and every box is listed with its state; the list filters by state
     for box in boxes:
