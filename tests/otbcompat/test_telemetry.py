@@ -255,6 +255,20 @@ def test_unknown_event_names_are_kept_not_refused_and_an_unsynced_clock_is_repla
     assert event.ts >= before  # 1970 from a box without NTP yet: stored at the receive time
 
 
+def test_the_box_page_timeline_shows_the_boxs_events(link: Any, people: Any, client_for: Any) -> None:
+    linked = link()
+    at = int(time.time())
+    for body in (
+        {"event_name": "ifdown", "timestamp": at, "details": {"interface": "wan1", "device": "eth1"}},
+        {"event_name": "ifup", "timestamp": at, "details": {"interface": "lan", "device": "eth0"}},
+        {"event_name": "free", "timestamp": at, "details": {}},
+    ):
+        assert linked.call("POST", "events", body).status_code == 200
+    page = client_for(people.viewer).get(f"/boxes/{linked.box.pk}/events/").content.decode()
+    assert "WAN down" in page and "Interface up" in page and "Box reported an event" in page
+    assert ">wan1<" in page and ">lan<" in page and ">free<" in page
+
+
 def test_events_of_a_device_linked_to_no_box_are_accepted_and_not_kept() -> None:
     client = Client()
     answer = subscribe(client, "00:0d:b9:4a:11:01")
