@@ -12,6 +12,7 @@ urlpatterns = [
     path("devices/<str:device_id>/actions/todo", views.actions_todo, name="actions-todo"),
     path("devices/<str:device_id>/service/associated", views.associated, name="service-associated"),
     path("devices/<str:device_id>/service/<str:service_id>/confirm", views.confirm, name="service-confirm"),
+    path("devices/<str:device_id>/config", views.config, name="config"),
     path("devices/<str:device_id>/service/<str:service_id>/backups", backup_views.backups, name="backups"),
     path(
         "devices/<str:device_id>/service/<str:service_id>/backups/<str:backup_id>",

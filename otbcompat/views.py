@@ -14,6 +14,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from otbcompat.binding import service_associated, service_confirm
+from otbcompat.configuration import otb_config_serve
 from otbcompat.errors import OtbBadRequest, OtbError
 from otbcompat.services import (
     device_from_path,
@@ -108,3 +109,11 @@ def confirm(request: HttpRequest, device_id: str, service_id: str) -> HttpRespon
     _no_body(request)
     service_confirm(device=device)
     return JsonResponse({})
+
+
+@otb_view("GET")
+def config(request: HttpRequest, device_id: str) -> HttpResponse:
+    device = device_from_path(request.headers.get("Authorization"), device_id)
+    _no_body(request)
+    document = otb_config_serve(box=device.box, confirmed=device.confirmed_at is not None)
+    return JsonResponse(document)

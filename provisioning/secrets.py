@@ -7,11 +7,25 @@ is rotated by putting a new one first, re-encrypting (``secret_reencrypt``), the
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
+
+# The characters a generated key or password may hold: a stock OverTheBox box pastes config values
+# unquoted into ``uci batch`` (whitespace splits, ``#``/``;`` truncate, quotes vanish, ``\`` escapes),
+# so every credential served to it must stay within this set (docs/otb-protocol.md).
+UCI_SAFE = r"[A-Za-z0-9_.:/+=-]*"
+_UCI_SAFE = re.compile(UCI_SAFE)
+
+
+def _uci_safe(value: str) -> str:
+    """``value``, or RuntimeError if a generator ever produced a character outside ``UCI_SAFE``."""
+    if not _UCI_SAFE.fullmatch(value):
+        raise RuntimeError("a generated credential holds a character outside [A-Za-z0-9_.:/+=-]")
+    return value
 
 
 class SecretDecryptionError(Exception):
@@ -52,14 +66,14 @@ def secret_reencrypt(ciphertext: str) -> str:
 
 def wireguard_key_generate() -> str:
     """A random 32-byte WireGuard preshared key, base64 encoded as ``wg genpsk`` prints it."""
-    return base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+    return _uci_safe(base64.b64encode(secrets.token_bytes(32)).decode("ascii"))
 
 
 def symmetric_key_generate() -> str:
     """A random 32-byte key, hex encoded (the glorytun key file format)."""
-    return secrets.token_hex(32)
+    return _uci_safe(secrets.token_hex(32))
 
 
 def password_generate() -> str:
-    """A random shadowsocks password (32 bytes of entropy, URL-safe)."""
-    return secrets.token_urlsafe(32)
+    """A random shadowsocks password (32 bytes of entropy, URL-safe: within ``UCI_SAFE``)."""
+    return _uci_safe(secrets.token_urlsafe(32))

@@ -13,6 +13,7 @@ import pytest
 
 from fleet.core.models import Box
 from otbcompat.models import OtbDevice
+from otbcompat.services import device_revoke
 from tests.e2e.test_otb_identity_e2e import otb_call
 
 pytestmark = [
@@ -63,7 +64,14 @@ def test_subscribe_claim_associated_confirm_over_real_http(
     assert status == 200
     linked = OtbDevice.objects.get(id=device)
     assert linked.confirmed_at is not None and str(linked.box_id) == claimed["id"]
-    assert Box.objects.get(pk=claimed["id"]).protocol == "otb"
+    # then it pulls its configuration (GET with Content-Type and no body), built from our provisioning
+    status, config = otb_call(base, "GET", f"devices/{device}/config", jwt=box["jwt"])
+    assert status == 200, config
+    assert config["glorytun_mud_conf"]["dev"] == "tun0"
+    assert config["shadow_conf"]["server"] == provisioned_region.server.public_ipv4
+    assert config["shadow_conf"]["port"] == Box.objects.get(pk=claimed["id"]).tunnel_port
+    stored = Box.objects.get(pk=claimed["id"])
+    assert stored.protocol == "otb" and stored.applied_config_hash == stored.config_hash
 
 
 def test_a_box_cannot_bind_to_or_confirm_another(
@@ -90,3 +98,10 @@ def test_a_box_cannot_bind_to_or_confirm_another(
     status, refused = api_post(base, "/api/v1/boxes/claim", admin, {"device_id": theirs["device_id"]})
     assert status == 409 and "device_id" in refused["error"]["fields"]
     assert OtbDevice.objects.get(id=theirs["device_id"]).confirmed_at is None
+    # nor read their config
+    status, answer = otb_call(base, "GET", f"devices/{theirs['device_id']}/config", jwt=mine["jwt"])
+    assert status == 403 and "shadow_conf" not in answer
+    # a revoked device's JWT stops working at once (it must subscribe again)
+    device_revoke(OtbDevice.objects.get(id=theirs["device_id"]))
+    status, answer = otb_call(base, "GET", f"devices/{theirs['device_id']}/config", jwt=theirs["jwt"])
+    assert status == 403 and answer["class"] == "Client::Unauthorized"
