@@ -25,6 +25,7 @@ from otb_agent.util import Logger, ensure_dir
 from . import __version__
 from .converge import WG_CHILD, Converger, Result, box_pieces
 from .peers import Peer, PeersError, fetch_peers, keep_previous, parse_peers
+from .ping import PingResponder
 from .plan import Plan, build_plan
 from .report import Reporter, send_report
 from .runner import DryRunRunner, Runner
@@ -53,6 +54,7 @@ class Gateway:
         poll_interval: float = 2.0,
         report_interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        ping: Optional[PingResponder] = None,
     ) -> None:
         self.server = server
         self.token = token
@@ -65,6 +67,7 @@ class Gateway:
         self.poll_interval = poll_interval
         self.report_interval = report_interval
         self.clock = clock
+        self.ping = ping
         self.stop_event = threading.Event()
         self.etag: Optional[str] = None
         self.peers: Tuple[Peer, ...] = ()
@@ -115,6 +118,9 @@ class Gateway:
         started = self.clock()
         result = self.converger.converge(plan)
         self.plan = plan
+        if self.ping is not None:
+            # /ping is answered on the server end of each box's tunnel pair (the boxes' monitoring_ip)
+            self.ping.allow(peer.tunnel.server_address for peer in self.peers if peer.tunnel is not None)
         self.errors = [*self.problems, *result.errors]
         self.failed_rounds = self.failed_rounds + 1 if result.errors else 0
         if result.commands or result.errors:
@@ -169,6 +175,15 @@ class Gateway:
     def run(self) -> int:
         adopted = self.supervisor.adopt()
         self.log.info("gateway_start", version=__version__, server=self.server, adopted=adopted)
+        if self.ping is not None:
+            self.ping.start()
+        try:
+            return self._loop()
+        finally:
+            if self.ping is not None:
+                self.ping.stop()
+
+    def _loop(self) -> int:
         now = self.clock()
         next_poll, next_report, next_resync = now, now + min(2.0, self.report_interval), now + RESYNC_S
         retry_at = 0.0
@@ -230,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="stop the children, delete the nftables table and otbgw0, and exit (no backend needed)",
     )
+    p.add_argument(
+        "--ping-port",
+        type=int,
+        default=80,
+        help="port of the GET /ping responder stock OverTheBox boxes poll on their monitoring_ip "
+        "(the server end of their tunnel pair); 0 turns it off (default 80)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -246,6 +268,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     runner: Runner = DryRunRunner() if args.dry_run else Runner()
     if not 1 <= args.wg_port <= 65535:
         return _usage_error("--wg-port must be from 1 to 65535")
+    if not 0 <= args.ping_port <= 65535:
+        return _usage_error("--ping-port must be from 0 (off) to 65535")
     if args.poll_interval <= 0 or args.report_interval <= 0:
         return _usage_error("--poll-interval and --report-interval must be positive")
     if not args.dry_run:
@@ -278,6 +302,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         log=log,
         poll_interval=args.poll_interval,
         report_interval=args.report_interval,
+        ping=PingResponder(port=args.ping_port, log=log) if args.ping_port else None,
     )
     if args.once or args.dry_run:
         return gateway.once()
