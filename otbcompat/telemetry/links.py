@@ -2,8 +2,8 @@
 
 Which interfaces are WANs: those the box bonds, i.e. whose UCI ``multipath`` is ``on``, ``master``,
 ``backup`` or ``handover`` in its properties (``lan``, ``loopback``, ``tun0`` and links the owner
-switched ``off`` are not). Until the box posted its properties, a name starting with ``wan`` (the
-box's own naming: ``wan1``, ``wan2``…) counts as one. Links are named by their UCI interface name,
+switched ``off`` are not). Until the box posted its properties, a name ``wan`` followed by digits (the
+box's own naming: ``wan1``, ``wan2``…; not an IPv6 alias such as ``wan1_6``) counts as one. Links are named by their UCI interface name,
 as the box's metrics tag them (``uci_name``).
 
 Who moves what: the box's ``ifup``/``ifdown`` events move ``up`` (with ``wan_up``/``wan_down`` on the
@@ -14,6 +14,7 @@ here first locks the box's ``telemetry_boxstatus`` row, as the writer does, so t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,6 +26,8 @@ from fleet.core.choices import EventKind, WanKind
 from fleet.core.models import Box
 from fleet.telemetry.models import WanStatus
 
+# The box's own names for its WANs; not their IPv6 aliases (``wan1_6``).
+_WAN_NAME = re.compile(r"wan\d*")
 WAN_MULTIPATH = frozenset({"on", "master", "backup", "handover"})
 # USB/QMI modems (4G/5G sticks) show up under these device names on OpenWrt.
 _LTE_DEVICE_PREFIXES = ("wwan", "wwx", "usb", "qmi")
@@ -48,7 +51,7 @@ def is_wan(name: str, wan_names: list[str] | None) -> bool:
     """Whether the UCI interface ``name`` is a WAN link (``wan_names``: from the box's properties)."""
     if wan_names is not None:
         return name in wan_names
-    return name.startswith("wan")
+    return _WAN_NAME.fullmatch(name) is not None
 
 
 def wan_kind(device: str) -> str:

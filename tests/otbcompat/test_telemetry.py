@@ -239,6 +239,16 @@ def test_wan_ifdown_then_ifup_move_the_link_and_record_wan_down_and_up(link: Any
     assert wan.up is True
 
 
+def test_before_the_properties_only_wan_and_digits_names_a_wan_link(link: Any) -> None:
+    linked = link()
+    at = int(time.time())
+    for interface in ("wan2", "wan1_6", "wwan"):
+        body = {"event_name": "ifup", "timestamp": at, "details": {"interface": interface, "device": "eth2"}}
+        assert linked.call("POST", "events", body).status_code == 200
+    assert list(WanStatus.objects.filter(box=linked.box).values_list("iface", flat=True)) == ["wan2"]
+    assert Event.objects.filter(box=linked.box, kind=EventKind.IFACE_UP).count() == 2
+
+
 def test_unknown_event_names_are_kept_not_refused_and_an_unsynced_clock_is_replaced(link: Any) -> None:
     linked = link()
     before = timezone.now()
