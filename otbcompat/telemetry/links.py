@@ -3,8 +3,8 @@
 Which interfaces are WANs: those the box bonds, i.e. whose UCI ``multipath`` is ``on``, ``master``,
 ``backup`` or ``handover`` in its properties (``lan``, ``loopback``, ``tun0`` and links the owner
 switched ``off`` are not). Until the box posted its properties, a name ``wan`` followed by digits (the
-box's own naming: ``wan1``, ``wan2``…; not an IPv6 alias such as ``wan1_6``) counts as one. Links are named by their UCI interface name,
-as the box's metrics tag them (``uci_name``).
+box's own naming: ``wan1``, ``wan2``…; not an IPv6 alias such as ``wan1_6``) counts as one. Links are
+named by their UCI interface name, as the box's metrics tag them (``uci_name``).
 
 Who moves what: the box's ``ifup``/``ifdown`` events move ``up`` (with ``wan_up``/``wan_down`` on the
 timeline, at the event's time); its properties add and remove links and set their label and public IP;
