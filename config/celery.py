@@ -16,6 +16,7 @@ app.autodiscover_tasks()
 
 app.conf.beat_schedule = {
     "commands-expire": {"task": "fleet.commands.tasks.commands_expire_task", "schedule": 60.0},
+    "remote-accesses-expire": {"task": "fleet.commands.tasks.remote_accesses_expire_task", "schedule": 60.0},
     "alerts-evaluate": {"task": "fleet.monitoring.tasks.alerts_evaluate_task", "schedule": 30.0},
     "notifications-requeue-stale": {
         "task": "fleet.monitoring.tasks.notifications_requeue_stale_task",

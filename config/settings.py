@@ -410,6 +410,14 @@ OTB = {
     # How long after its expiry a box's JWT is still taken on the telemetry routes (events, properties,
     # metrics, diagnostics), so the reports it queued before renewing are not lost (docs/otb-protocol.md).
     "OTB_COMPAT_TELEMETRY_JWT_GRACE_S": env_int("OTB_COMPAT_TELEMETRY_JWT_GRACE_S", 24 * 3600),
+    # Remote access to stock OverTheBox boxes (fleet/commands/remote_access.py, docs/otb-protocol.md): the
+    # bastion the boxes open their reverse SSH session to, its SSH host key, the ports of its sessions,
+    # and the longest session an owner may approve.
+    "REMOTE_ACCESS_BASTION_HOST": os.environ.get("OTB_REMOTE_ACCESS_BASTION_HOST", ""),
+    "REMOTE_ACCESS_BASTION_HOST_KEY": os.environ.get("OTB_REMOTE_ACCESS_BASTION_HOST_KEY", ""),
+    "REMOTE_ACCESS_PORT_MIN": env_int("OTB_REMOTE_ACCESS_PORT_MIN", 20000),
+    "REMOTE_ACCESS_PORT_MAX": env_int("OTB_REMOTE_ACCESS_PORT_MAX", 20999),
+    "REMOTE_ACCESS_MAX_DURATION_S": env_int("OTB_REMOTE_ACCESS_MAX_DURATION_S", 7 * 24 * 3600),
     # Alert notifications (fleet/monitoring): first retry delay, doubled per attempt; whether webhooks
     # may target private/loopback addresses (never in production: customers must not probe our network).
     "NOTIFY_RETRY_BASE_S": env_int("OTB_NOTIFY_RETRY_BASE_S", 30),

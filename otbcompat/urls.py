@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from otbcompat import backup_views, telemetry_views, views
+from otbcompat import backup_views, remote_access_views, telemetry_views, views
 
 app_name = "otbcompat"
 
@@ -29,5 +29,10 @@ urlpatterns = [
         "devices/<str:device_id>/diagnostics/<str:diagnostic_id>",
         telemetry_views.diagnostic_item,
         name="diagnostic-item",
+    ),
+    path(
+        "devices/<str:device_id>/remote_accesses/<str:remote_access_id>/keys",
+        remote_access_views.remote_access_keys,
+        name="remote-access-keys",
     ),
 ]

@@ -10,8 +10,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from fleet.commands.choices import CommandKind
-from fleet.commands.models import Backup, BackupFile, Command
+from fleet.commands.choices import REMOTE_ACCESS_KINDS, CommandKind
+from fleet.commands.models import Backup, BackupFile, Command, RemoteAccess
 from fleet.commands.services import DEFAULT_TTL_S, command_cancel, command_create, command_validate
 from fleet.core.audit import Actor
 from fleet.core.errors import DomainError
@@ -23,7 +23,9 @@ class CommandCreateForm(forms.ModelForm):
 
     kind = forms.ChoiceField(
         choices=[
-            (value, label) for value, label in CommandKind.choices if value != CommandKind.FIRMWARE_UPGRADE
+            (value, label)
+            for value, label in CommandKind.choices
+            if value != CommandKind.FIRMWARE_UPGRADE and value not in REMOTE_ACCESS_KINDS
         ]
     )
     params = forms.JSONField(
@@ -163,6 +165,22 @@ class BackupAdmin(admin.ModelAdmin):
     list_select_related = ["box"]
     readonly_fields = ["id", "box", "command", "source", "created_at", "file_count", "size_bytes"]
     inlines = [BackupFileInline]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(RemoteAccess)
+class RemoteAccessAdmin(admin.ModelAdmin):
+    """Read-only: remote accesses are asked for, approved and closed through the API (owner consent)."""
+
+    list_display = ["id", "box", "state", "exposed_port", "requested_at", "approved_at", "expires_at"]
+    list_filter = ["state"]
+    search_fields = ["box__serial", "id"]
+    list_select_related = ["box"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -10,6 +10,10 @@ class CommandKind(models.TextChoices):
     FIRMWARE_UPGRADE = "firmware_upgrade", "Firmware upgrade"
     BACKUP = "backup", "Back up configuration"
     RESTORE = "restore", "Restore configuration"
+    # Sent by a remote access (fleet.commands.remote_access), never by hand; stock OverTheBox boxes only.
+    REMOTE_ACCESS_PREPARE = "remote_access_prepare", "Prepare remote access"
+    REMOTE_ACCESS_CONNECT = "remote_access_connect", "Open remote access"
+    REMOTE_ACCESS_DISCONNECT = "remote_access_disconnect", "Close remote access"
 
 
 class CommandState(models.TextChoices):
@@ -39,3 +43,27 @@ class BackupSource(models.TextChoices):
 
     OTB = "otb", "OverTheBox firmware"
     AGENT = "agent", "otb-agent"
+
+
+# The commands of a remote access: created by its service only, understood by stock OverTheBox boxes
+# (the agent protocol has no such command).
+REMOTE_ACCESS_KINDS = (
+    CommandKind.REMOTE_ACCESS_PREPARE,
+    CommandKind.REMOTE_ACCESS_CONNECT,
+    CommandKind.REMOTE_ACCESS_DISCONNECT,
+)
+
+
+class RemoteAccessState(models.TextChoices):
+    """requested -> approved (the box is asked for its key) -> connected (the box is told to open the
+    reverse SSH tunnel) -> closed | expired; a request may also be rejected, or expire unapproved."""
+
+    REQUESTED = "requested", "Waiting for the owner's approval"
+    APPROVED = "approved", "Approved, waiting for the box"
+    CONNECTED = "connected", "Open"
+    CLOSED = "closed", "Closed"
+    EXPIRED = "expired", "Expired"
+    REJECTED = "rejected", "Rejected"
+
+
+OPEN_REMOTE_ACCESS_STATES = (RemoteAccessState.APPROVED, RemoteAccessState.CONNECTED)

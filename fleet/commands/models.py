@@ -13,7 +13,14 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from fleet.commands.choices import FINISHED_STATES, OPEN_STATES, BackupSource, CommandKind, CommandState
+from fleet.commands.choices import (
+    FINISHED_STATES,
+    OPEN_STATES,
+    BackupSource,
+    CommandKind,
+    CommandState,
+    RemoteAccessState,
+)
 
 
 class Command(models.Model):
@@ -124,3 +131,55 @@ class BackupFile(models.Model):
 
     def __str__(self) -> str:
         return self.filename
+
+
+class RemoteAccess(models.Model):
+    """A time-limited reverse SSH session from a stock OverTheBox box to our bastion, asked for by an
+    admin (or staff) and approved by an owner of the box's organisation.
+
+    Once approved it is open until ``expires_at`` (``duration_s`` after the approval) unless closed
+    earlier; ``bastion_port`` is the bastion's SSH port for this session, unique among open sessions
+    (a database constraint). ``device_public_key`` is the box's host key, which it sends when asked."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    box = models.ForeignKey("fleet.Box", on_delete=models.CASCADE, related_name="remote_accesses")
+    state = models.CharField(
+        max_length=16, choices=RemoteAccessState.choices, default=RemoteAccessState.REQUESTED
+    )
+    exposed_port = models.PositiveIntegerField(help_text="the box's port the session reaches (22: SSH)")
+    public_key = models.CharField(max_length=1024, help_text="the SSH key allowed in on the box")
+    duration_s = models.PositiveIntegerField()
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_at = models.DateTimeField(auto_now_add=True)
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    bastion_port = models.PositiveIntegerField(null=True, blank=True)
+    device_public_key = models.CharField(max_length=1024, blank=True, default="")
+    connected_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-requested_at"]
+        indexes = [models.Index(fields=["state", "expires_at"], name="remoteaccess_state_exp_idx")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["bastion_port"],
+                condition=Q(state__in=["approved", "connected"]),
+                name="remoteaccess_open_port_unique",
+            ),
+            models.CheckConstraint(
+                condition=Q(exposed_port__gte=1) & Q(exposed_port__lte=65535), name="remoteaccess_port_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"remote access {self.id} to {self.box_id} ({self.state})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in (RemoteAccessState.APPROVED, RemoteAccessState.CONNECTED)

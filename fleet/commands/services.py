@@ -27,6 +27,7 @@ from otb_protocol import (
 from fleet.commands.choices import (
     DELIVERABLE_STATES,
     FINISHED_STATES,
+    REMOTE_ACCESS_KINDS,
     CommandKind,
     CommandState,
 )
@@ -98,6 +99,16 @@ def _validate_params(kind: str, params: Any) -> dict[str, Any]:
         CommandKind.FIRMWARE_UPGRADE: ("release_id", "version", "url", "sha256", "signature", "size"),
         CommandKind.BACKUP: (),
         CommandKind.RESTORE: ("backup_id",),
+        CommandKind.REMOTE_ACCESS_PREPARE: ("remote_access_id",),
+        CommandKind.REMOTE_ACCESS_CONNECT: (
+            "remote_access_id",
+            "ip",
+            "port",
+            "forwarded_port",
+            "server_public_key",
+            "remote_public_key",
+        ),
+        CommandKind.REMOTE_ACCESS_DISCONNECT: ("remote_access_id",),
     }
     for key in params:
         if key not in allowed[kind]:
@@ -174,6 +185,8 @@ def command_validate(
         raise InvalidInput(
             "Firmware upgrades are started by a rollout or by “Upgrade now”, not as a command.", field="kind"
         )
+    if kind in REMOTE_ACCESS_KINDS and not internal:
+        raise InvalidInput("Remote access commands are sent by an approved remote access.", field="kind")
     clean_params = _validate_params(kind, params)
     if kind == CommandKind.RESTORE:
         _restore_params_check(box, clean_params)

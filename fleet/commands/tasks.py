@@ -6,6 +6,7 @@ import logging
 
 from celery import shared_task
 
+from fleet.commands.remote_access import remote_accesses_expire
 from fleet.commands.services import commands_expire
 
 logger = logging.getLogger(__name__)
@@ -18,3 +19,9 @@ def commands_expire_task() -> int:
     if expired:
         logger.info("expired %d commands", expired)
     return expired
+
+
+@shared_task(name="fleet.commands.tasks.remote_accesses_expire_task", ignore_result=True, time_limit=60)
+def remote_accesses_expire_task() -> int:
+    """Periodic (every 60 s): end remote accesses past their time (the box is told to disconnect)."""
+    return remote_accesses_expire()

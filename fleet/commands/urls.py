@@ -1,6 +1,6 @@
 from django.urls import path
 
-from fleet.commands import apis, backup_apis
+from fleet.commands import apis, backup_apis, remote_access_apis
 
 urlpatterns = [
     path("agent/speedtest", apis.AgentSpeedtestApi.as_view(), name="agent-speedtest"),
@@ -25,6 +25,21 @@ urlpatterns = [
         "boxes/<str:box_id>/backups/<str:backup_id>/archive",
         backup_apis.BoxBackupArchiveApi.as_view(),
         name="box-backup-archive",
+    ),
+    path(
+        "boxes/<str:box_id>/remote-accesses/",
+        remote_access_apis.BoxRemoteAccessListApi.as_view(),
+        name="box-remote-accesses",
+    ),
+    path(
+        "boxes/<str:box_id>/remote-accesses/<str:remote_access_id>/",
+        remote_access_apis.BoxRemoteAccessDetailApi.as_view(),
+        name="box-remote-access",
+    ),
+    path(
+        "boxes/<str:box_id>/remote-accesses/<str:remote_access_id>/<str:action>",
+        remote_access_apis.BoxRemoteAccessActionApi.as_view(),
+        name="box-remote-access-action",
     ),
     path(
         "boxes/<str:box_id>/backups/<str:backup_id>/restore",
