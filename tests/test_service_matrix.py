@@ -6,16 +6,20 @@ the trusted system passes; a refusal writes nothing."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import inspect
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.contrib import admin
 from django.core.files.base import ContentFile
-from django.test import Client, RequestFactory
+from django.test import Client, RequestFactory, override_settings
 from django.utils import timezone
 
 from fleet.commands import services as commands
@@ -167,6 +171,21 @@ def _waiting_upgrade(w: World) -> Upgrade:
     )
 
 
+def _release_sign(w: World, a: Actor, release: Any) -> Any:
+    """Sign with a service key of the test's own (the service refuses without one)."""
+    with tempfile.TemporaryDirectory() as folder:
+        key_file = Path(folder) / "service.key"
+        key_file.write_bytes(base64.b64encode(b"\x05" * 32))
+        with override_settings(
+            OTB={
+                **settings.OTB,
+                "FIRMWARE_SIGNING_KEY_FILE": str(key_file),
+                "FIRMWARE_SIGNING_PUBLIC_KEY": "",
+            }
+        ):
+            return firmware.release_sign(actor=a, release=release)
+
+
 def _rollout(*, started: bool = False, paused: bool = False) -> Callable[[World], Any]:
     def make(w: World) -> Any:
         rollout = firmware.rollout_create(actor=SYSTEM, release=make_release("2.0.0"), name="r", phases=[100])
@@ -247,6 +266,8 @@ SERVICES = [
     row("release_update", lambda w: make_release("2.0.0", publish=False), lambda w, a, release: firmware.release_update(actor=a, release=release, notes="notes"), STAFF),
     row("release_image_upload", lambda w: firmware.release_create(actor=SYSTEM, version="3.0.0", hardware_models=["OTB-v2c"]),
         lambda w, a, release: firmware.release_image_upload(actor=a, release=release, upload=ContentFile(b"image", name="fw.img")), STAFF),
+    row("release_add", None, lambda w, a, _: firmware.release_add(actor=a, version="3.0.0", hardware_models=["OTB-v2c"], upload=ContentFile(b"image", name="fw.img")), STAFF),
+    row("release_sign", lambda w: firmware.release_add(actor=SYSTEM, version="3.0.0", hardware_models=["OTB-v2c"], upload=ContentFile(b"image", name="fw.img")), _release_sign, STAFF),
     row("release_publish", lambda w: make_release("2.0.0", publish=False), lambda w, a, release: firmware.release_publish(actor=a, release=release), STAFF),
     row("release_withdraw", lambda w: make_release("2.0.0"), lambda w, a, release: firmware.release_withdraw(actor=a, release=release), STAFF),
     row("rollout_create", lambda w: make_release("2.0.0"), lambda w, a, release: firmware.rollout_create(actor=a, release=release, name="r"), STAFF),
