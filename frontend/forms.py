@@ -470,6 +470,54 @@ class BackupActionForm(PortalForm):
         return data
 
 
+class RemoteAccessRequestForm(PortalForm):
+    """Ask for a remote access session to a stock OverTheBox box."""
+
+    exposed_port = forms.IntegerField(
+        label="Port of the box",
+        initial=22,
+        min_value=1,
+        max_value=65535,
+        help_text="22 for SSH, 443 for its web interface",
+        error_messages={"required": "Give the box's port to reach.", "invalid": "Give a port number."},
+    )
+    public_key = forms.CharField(
+        label="SSH public key let in",
+        max_length=1024,
+        help_text="one OpenSSH public key line, e.g. ssh-ed25519 AAAA… you@example",
+        error_messages={"required": "Paste the SSH public key of the person connecting."},
+    )
+    hours = forms.IntegerField(
+        label="For (hours)",
+        initial=24,
+        min_value=1,
+        max_value=168,
+        error_messages={"required": "Say for how many hours.", "invalid": "Give a whole number of hours."},
+    )
+
+    def domain_field(self, name: str | None) -> str | None:
+        return {"duration_s": "hours"}.get(name or "", super().domain_field(name))
+
+
+class RemoteAccessActionForm(PortalForm):
+    """Approve (ticking ``confirm``: it lets someone into the box), reject or close a remote access."""
+
+    confirm = forms.BooleanField(required=False, label="Yes, let this key into the box for the time asked")
+
+    def __init__(self, *args: Any, action: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.action = action
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if self.action == "approve" and not data.get("confirm"):
+            self.add_error(
+                "confirm",
+                "Approving lets the key shown into the box until the session ends. Tick the box to confirm.",
+            )
+        return data
+
+
 class InviteForm(PortalForm):
     email = forms.EmailField(
         label="Email",

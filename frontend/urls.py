@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from frontend.views import accounts, backups, box, console, organization, portal, releases
+from frontend.views import accounts, backups, box, console, organization, portal, releases, remote_access
 
 app_name = "frontend"
 urlpatterns = [
@@ -26,6 +26,12 @@ urlpatterns = [
     path("boxes/<uuid:box_id>/commands/", box.box_commands_fragment, name="box_commands"),
     path("boxes/<uuid:box_id>/commands/new/", box.box_command_create, name="box_command"),
     path("boxes/<uuid:box_id>/policy/", box.box_policy_update, name="box_policy"),
+    path("boxes/<uuid:box_id>/remote-access/", remote_access.remote_access_ask, name="box_remote_access"),
+    path(
+        "boxes/<uuid:box_id>/remote-access/<uuid:remote_access_id>/<slug:action>/",
+        remote_access.remote_access_action,
+        name="box_remote_access_action",
+    ),
     path("boxes/<uuid:box_id>/backups/diff/", backups.backup_diff_page, name="box_backup_diff"),
     path("boxes/<uuid:box_id>/backups/<uuid:backup_id>/", backups.backup_page, name="box_backup"),
     path(

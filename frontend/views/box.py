@@ -47,6 +47,7 @@ from frontend.forms import (
     WanPolicyForm,
 )
 from frontend.views.backups import backups_context
+from frontend.views.remote_access import remote_access_context
 from provisioning.selectors.boxes import box_addresses
 from provisioning.selectors.infrastructure import box_tunnel_status
 from provisioning.services.configuration import box_set_wan_policy, box_settings_authorize, box_update
@@ -178,6 +179,7 @@ def box_context(request: HttpRequest, box: Box, *, console: bool = False) -> dic
         "command_form": CommandForm(wans=wans),
         "box_url": reverse("frontend:console_box" if console else "frontend:box", args=[box.pk]),
         **backups_context(box),
+        **remote_access_context(request, box),
         **_firmware_panel(box, console=console),
     }
 
