@@ -60,8 +60,8 @@ SESSION_PREFIX = "otb-"
 
 
 def otb_session_id(device: OtbDevice) -> str:
-    """The session id an OTB box's telemetry is stored under (``BoxStatus.session_id`` names the
-    current one: presence sets it when it marks the box online, so its telemetry can revive it)."""
+    """The session id an OTB box's telemetry is stored under: never a box's current agent session, so
+    the writer never revives (``box_online``) an OTB box from its reports; its polls make its presence."""
     return f"{SESSION_PREFIX}{device.pk}"
 
 
