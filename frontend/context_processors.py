@@ -32,7 +32,7 @@ CONSOLE_PREFIX = "/console/"
 def _console_section(path: str) -> str:
     """Which console menu entry a console page belongs to (for ``aria-current``)."""
     rest = path.removeprefix(CONSOLE_PREFIX)
-    for section in ("search", "boxes", "rollouts", "releases", "audit"):
+    for section in ("search", "boxes", "rollouts", "releases", "audit", "otb-devices"):
         if rest.startswith(f"{section}/"):
             return "search" if section == "boxes" else section
     return "health" if not rest else ""

@@ -925,3 +925,35 @@ class ReleaseWithdrawForm(forms.Form):
         max_length=500,
         help_text="Shown on the release and in the audit log; its rollouts are aborted.",
     )
+
+
+OTB_DEVICE_STATES = [
+    ("pending", "Pending (not claimed)"),
+    ("linked", "Linked (service not confirmed)"),
+    ("active", "Active"),
+    ("revoked", "Revoked"),
+    ("all", "Any state"),
+]
+
+
+class OtbDeviceFilterForm(PortalForm):
+    q = forms.CharField(
+        label="Device id, MAC or board",
+        max_length=SEARCH_MAX,
+        required=False,
+        error_messages={"max_length": TOO_LONG},
+    )
+    state = forms.ChoiceField(label="State", choices=OTB_DEVICE_STATES, required=False)
+
+
+class StaffDeviceClaimForm(PortalForm):
+    """Support staff claim a stock OverTheBox device for a customer (the choices are set by the view)."""
+
+    device_id = forms.CharField(
+        label="OverTheBox device id",
+        max_length=64,
+        error_messages=_required("Type the device id the box shows."),
+    )
+    organization = forms.ChoiceField(
+        label="For the customer", error_messages=_required("Pick the customer who owns the box.")
+    )

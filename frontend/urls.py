@@ -78,4 +78,5 @@ urlpatterns = [
     path("console/releases/<uuid:release_id>/", releases.release_detail, name="release"),
     path("console/releases/<uuid:release_id>/<slug:action>/", releases.release_action, name="release_action"),
     path("console/audit/", console.console_audit, name="audit"),
+    path("console/otb-devices/", console.console_otb_devices, name="otb_devices"),
 ]

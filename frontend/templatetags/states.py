@@ -7,9 +7,12 @@ say; this module only picks colours.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import template
 
 from fleet.commands.choices import CommandState
+from fleet.core.choices import BoxProtocol
 from fleet.firmware.choices import FAILURE_STATES, IN_FLIGHT_STATES, ReleaseState, RolloutState, UpgradeState
 from provisioning.choices import ServerStatus
 
@@ -84,3 +87,19 @@ def server_badge(status: str) -> str:
 def server_status_label(status: str) -> str:
     """The label of a server status given as its value (the capacity summary carries values)."""
     return str(ServerStatus(status).label) if status in ServerStatus.values else status
+
+
+@register.filter
+def box_protocol(box: Any) -> str:
+    """How a box talks to us, with its version: "OverTheBox firmware 1.1.3" or "otb-agent 0.9.2"."""
+    if getattr(box, "protocol", None) == BoxProtocol.OTB:
+        return f"OverTheBox firmware {box.firmware_version or '(version not reported yet)'}"
+    return f"otb-agent {getattr(box, 'agent_version', '') or '(version not reported yet)'}"
+
+
+OTB_DEVICE_TONES: dict[str, str] = {"pending": "warn", "linked": "warn", "active": "ok", "revoked": "bad"}
+
+
+@register.filter
+def otb_device_badge(state: str) -> str:
+    return f"badge {OTB_DEVICE_TONES.get(state, '')}".strip()

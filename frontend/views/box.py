@@ -48,6 +48,7 @@ from frontend.forms import (
 )
 from frontend.views.backups import backups_context
 from frontend.views.remote_access import remote_access_context
+from otbcompat.selectors import STATE_LABELS, box_otb_device, device_state
 from provisioning.selectors.boxes import box_addresses
 from provisioning.selectors.infrastructure import box_tunnel_status
 from provisioning.services.configuration import box_set_wan_policy, box_settings_authorize, box_update
@@ -148,6 +149,13 @@ def _firmware_panel(
     }
 
 
+def _otb(box: Box) -> dict[str, Any]:
+    """The stock OverTheBox device of an OTB box and its binding state (pending, linked, active)."""
+    device = box_otb_device(box=box)
+    state = device_state(device) if device is not None else ""
+    return {"otb_device": device, "otb_state": state, "otb_state_label": STATE_LABELS.get(state, "")}
+
+
 def box_context(request: HttpRequest, box: Box, *, console: bool = False) -> dict[str, Any]:
     role = _role(request, box)
     status, wans = box_live_status(box_id=box.pk)
@@ -181,6 +189,7 @@ def box_context(request: HttpRequest, box: Box, *, console: bool = False) -> dic
         **backups_context(box),
         **remote_access_context(request, box),
         **_firmware_panel(box, console=console),
+        **_otb(box),
     }
 
 
@@ -199,7 +208,9 @@ def box_page(request: HttpRequest, box_id: str) -> HttpResponse:
 def box_status_fragment(request: HttpRequest, box_id: str) -> HttpResponse:
     box = box_for(request.user, box_id, Role.VIEWER)
     status, wans = box_live_status(box_id=box.pk)
-    return render(request, "frontend/box/_status.html", {"box": box, "status": status, "wans": wans})
+    return render(
+        request, "frontend/box/_status.html", {"box": box, "status": status, "wans": wans, **_otb(box)}
+    )
 
 
 @login_required

@@ -30,8 +30,17 @@ from fleet.firmware import services as firmware_services
 from fleet.firmware.choices import FAILURE_STATES, WAITING_STATES, RolloutAction, UpgradeState
 from frontend import selectors
 from frontend.errors import errors_on_form, form_add_domain_error, page_errors, sentence
-from frontend.forms import AuditFilterForm, ConsoleSearchForm, RolloutForm, StaffActionForm
+from frontend.forms import (
+    AuditFilterForm,
+    ConsoleSearchForm,
+    OtbDeviceFilterForm,
+    RolloutForm,
+    StaffActionForm,
+    StaffDeviceClaimForm,
+)
 from frontend.views.box import box_context
+from otbcompat import selectors as otb_selectors
+from otbcompat.binding import device_claim
 from provisioning.addressing import host_address
 from provisioning.choices import PoolPurpose
 from provisioning.selectors import infrastructure as provisioning_selectors
@@ -234,6 +243,61 @@ def console_box_action(request: HttpRequest, box_id: str, action: str) -> HttpRe
             "meta": STAFF_ACTIONS[action],
             "form": form,
             "public_ipv4": public_ipv4,
+        },
+        status=status,
+    )
+
+
+@staff_required
+@page_errors
+def console_otb_devices(request: HttpRequest) -> HttpResponse:
+    """Stock OverTheBox devices (the pending ones by default: subscribed, nobody claimed them yet), and
+    a claim of one for a customer (the same claim as the customer's, audited as the staff member)."""
+    filters = OtbDeviceFilterForm(request.GET or None)
+    claim = StaffDeviceClaimForm(request.POST or None, initial={"device_id": request.GET.get("device", "")})
+    cast(forms.ChoiceField, claim.fields["organization"]).choices = [
+        ("", "Pick a customer"),
+        *selectors.organization_choices(),
+    ]
+    status = 200
+    if request.method == "POST":
+        if claim.is_valid():
+            organization = selectors.organization_get(organization_id=claim.cleaned_data["organization"])
+            if organization is None:
+                claim.add_error("organization", "Pick the customer who owns the box.")
+            else:
+                with errors_on_form(claim):
+                    claimed = device_claim(
+                        actor=Actor.from_request(request),
+                        organization=organization,
+                        device_id=claim.cleaned_data["device_id"].strip(),
+                    )
+                    messages.success(
+                        request,
+                        f"Box {claimed.box.serial} is now part of {organization.name}, linked to the device.",
+                    )
+                    return redirect("frontend:console_box", box_id=claimed.box.pk)
+        status = 400
+    query, state = "", otb_selectors.PENDING
+    if filters.is_valid():
+        query = filters.cleaned_data["q"]
+        state = filters.cleaned_data["state"] or otb_selectors.PENDING
+    elif filters.errors:
+        status = 400
+    devices = [
+        (device, otb_selectors.device_state(device))
+        for device in otb_selectors.devices_for_console(query=query, state="" if state == "all" else state)
+    ]
+    return render(
+        request,
+        "frontend/console/otb_devices.html",
+        {
+            "nav": "console",
+            "filters": filters,
+            "claim": claim,
+            "devices": devices,
+            "state_labels": otb_selectors.STATE_LABELS,
+            "limit": otb_selectors.CONSOLE_LIMIT,
         },
         status=status,
     )

@@ -1,0 +1,60 @@
+"""Reads about stock OverTheBox devices for the portal and the console: a box's device and its binding
+state, and the devices support staff look through (the pending ones first)."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Any
+
+from django.db.models import Q, QuerySet
+
+from fleet.core.choices import BoxProtocol
+from otbcompat.models import OtbDevice
+
+PENDING, LINKED, ACTIVE, REVOKED = "pending", "linked", "active", "revoked"
+STATE_LABELS = {
+    PENDING: "Pending: not claimed yet",
+    LINKED: "Linked: waiting for the box to confirm its service",
+    ACTIVE: "Active",
+    REVOKED: "Revoked",
+}
+CONSOLE_LIMIT = 100
+
+
+def device_state(device: OtbDevice) -> str:
+    """pending (subscribed, no claim), linked (claimed, service not confirmed), active, or revoked."""
+    if device.revoked_at is not None:
+        return REVOKED
+    if device.box_id is None:
+        return PENDING
+    return ACTIVE if device.confirmed_at is not None else LINKED
+
+
+def box_otb_device(*, box: Any) -> OtbDevice | None:
+    """The live device linked to an OTB box (one query; none for an agent box)."""
+    if getattr(box, "protocol", None) != BoxProtocol.OTB:
+        return None
+    return OtbDevice.objects.filter(box_id=box.pk, revoked_at__isnull=True).first()
+
+
+def devices_for_console(*, query: str = "", state: str = "") -> QuerySet[OtbDevice]:
+    """Devices for support staff, newest first, at most ``CONSOLE_LIMIT``: ``state`` pending (the
+    default view: subscribed, unclaimed, not revoked) or any other state; ``query`` matches the device
+    id (whole), or a part of the MAC or board."""
+    devices = OtbDevice.objects.select_related("box", "box__organization").order_by("-created_at")
+    if state == PENDING:
+        devices = devices.filter(box__isnull=True, revoked_at__isnull=True)
+    elif state == LINKED:
+        devices = devices.filter(box__isnull=False, confirmed_at__isnull=True, revoked_at__isnull=True)
+    elif state == ACTIVE:
+        devices = devices.filter(box__isnull=False, confirmed_at__isnull=False, revoked_at__isnull=True)
+    elif state == REVOKED:
+        devices = devices.filter(revoked_at__isnull=False)
+    text = query.strip()
+    if text:
+        condition = Q(mac__icontains=text.lower()) | Q(board__icontains=text)
+        with contextlib.suppress(ValueError):  # a whole device id also matches exactly
+            condition |= Q(id=uuid.UUID(text))
+        devices = devices.filter(condition)
+    return devices[:CONSOLE_LIMIT]
