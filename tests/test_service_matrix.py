@@ -22,6 +22,7 @@ from django.core.files.base import ContentFile
 from django.test import Client, RequestFactory, override_settings
 from django.utils import timezone
 
+from fleet.commands import backups, remote_access
 from fleet.commands import services as commands
 from fleet.commands.models import Command
 from fleet.commands.services import command_cancel, command_create
@@ -186,6 +187,48 @@ def _release_sign(w: World, a: Actor, release: Any) -> Any:
             return firmware.release_sign(actor=a, release=release)
 
 
+def _backup(w: World) -> Any:
+    command = command_create(actor=SYSTEM, box=w.box, kind="backup")
+    file = {
+        "filename": "/etc/config/network",
+        "mode": "644",
+        "uid": 0,
+        "gid": 0,
+        "is_symlink": False,
+        "symlink": "",
+        "content": "x",
+    }
+    return backups.backup_create_with_files(box=w.box, command_id=str(command.pk), files=[file])
+
+
+def _otb_box(w: World) -> Any:
+    w.box.protocol = "otb"
+    w.box.save(update_fields=["protocol"])
+    return w.box
+
+
+REMOTE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq0rXbDzJbYcbkP3z1c6G1K2u7tXcWQ3yDlrRfCwB4u support"
+BASTION = {"REMOTE_ACCESS_BASTION_HOST": "bastion.example.net", "REMOTE_ACCESS_BASTION_HOST_KEY": REMOTE_KEY}
+
+
+def _remote_access(*, approved: bool = False) -> Callable[[World], Any]:
+    def make(w: World) -> Any:
+        access = remote_access.remote_access_request(
+            actor=SYSTEM, box=_otb_box(w), exposed_port=22, public_key=REMOTE_KEY
+        )
+        if approved:
+            with override_settings(OTB={**settings.OTB, **BASTION}):
+                access = remote_access.remote_access_approve(actor=SYSTEM, access=access)
+        return access
+
+    return make
+
+
+def _approve(w: World, a: Actor, access: Any) -> Any:
+    with override_settings(OTB={**settings.OTB, **BASTION}):
+        return remote_access.remote_access_approve(actor=a, access=access)
+
+
 def _rollout(*, started: bool = False, paused: bool = False) -> Callable[[World], Any]:
     def make(w: World) -> Any:
         rollout = firmware.rollout_create(actor=SYSTEM, release=make_release("2.0.0"), name="r", phases=[100])
@@ -257,6 +300,14 @@ SERVICES = [
     # -- commands ----------------------------------------------------------------------------------------------
     row("command_create", None, lambda w, a, _: command_create(actor=a, box=w.box, kind="reboot"), ADMIN),
     row("command_cancel", lambda w: command_create(actor=SYSTEM, box=w.box, kind="reboot"), lambda w, a, command: command_cancel(actor=a, command=command), ADMIN),
+    # -- configuration backups and remote access (fleet.commands.backups, fleet.commands.remote_access) -------
+    row("backup_restore", _backup, lambda w, a, backup: backups.backup_restore(actor=a, backup=backup), ADMIN),
+    row("backup_delete", _backup, lambda w, a, backup: backups.backup_delete(actor=a, backup=backup), ADMIN),
+    row("remote_access_request", _otb_box, lambda w, a, box: remote_access.remote_access_request(actor=a, box=box, exposed_port=22, public_key=REMOTE_KEY), ADMIN),
+    # the customer's consent: an owner (never staff on their behalf), or the trusted system
+    row("remote_access_approve", _remote_access(), _approve, "F F ok N N F F ok"),
+    row("remote_access_reject", _remote_access(), lambda w, a, access: remote_access.remote_access_reject(actor=a, access=access), ADMIN),
+    row("remote_access_close", _remote_access(approved=True), lambda w, a, access: remote_access.remote_access_close(actor=a, access=access), ADMIN),
     # -- firmware: a box's upgrades --------------------------------------------------------------------------
     row("box_upgrade_policy_update", None, lambda w, a, _: firmware.box_upgrade_policy_update(actor=a, box=w.box, auto_upgrade=False), ADMIN),
     row("box_upgrade_now", lambda w: make_release("2.0.0"), lambda w, a, release: firmware.box_upgrade_now(actor=a, box=w.box, release=release), ADMIN),
@@ -317,6 +368,8 @@ def test_every_service_taking_an_actor_is_in_the_matrix() -> None:
         rules,
         notifications,
         commands,
+        backups,
+        remote_access,
         firmware,
     )
     taking_an_actor = {

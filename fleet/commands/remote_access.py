@@ -147,7 +147,9 @@ def _command(box: Box, kind: str, params: dict[str, Any], until: datetime | None
 def remote_access_approve(*, actor: Actor, access: RemoteAccess) -> RemoteAccess:
     """An owner of the box's organisation (only: staff cannot consent for the customer) approves the
     request: its clock starts, it gets a bastion port, and the box is asked to prepare."""
-    if organization_role(actor.user, cast(UUID, access.box.organization_id), actor.token) != Role.OWNER:
+    organization_id = cast(UUID, access.box.organization_id)
+    authorize(actor, organization_id=organization_id, minimum=Role.VIEWER)  # NotFound when not theirs
+    if not actor.trusted and organization_role(actor.user, organization_id, actor.token) != Role.OWNER:
         raise Forbidden("only an owner of the box's organisation can approve a remote access", field="state")
     _bastion()
     for attempt in range(3):
