@@ -178,6 +178,11 @@ def box_claim_with_device(
     owner links the device by its id."""
     box = box_claim(actor=actor, organization=organization, serial=serial, claim_code=claim_code)
     changed = bool(getattr(box, "newly_claimed", True))
+    if changed:
+        # A link left from before the box was unclaimed (its device has not called since) is not
+        # carried over to the new claim: the device is pending again and is linked afresh below.
+        for stale in OtbDevice.objects.select_for_update().filter(box=box):
+            device_unlink(device=stale, revoke=False)
     device = OtbDevice.objects.filter(box=box).first()
     if device is None and box.mac:
         pending = list(

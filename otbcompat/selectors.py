@@ -9,7 +9,7 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 
-from fleet.core.choices import BoxProtocol
+from fleet.core.choices import BoxProtocol, BoxState
 from otbcompat.models import OtbDevice
 
 PENDING, LINKED, ACTIVE, REVOKED = "pending", "linked", "active", "revoked"
@@ -23,11 +23,16 @@ CONSOLE_LIMIT = 100
 
 
 def device_state(device: OtbDevice) -> str:
-    """pending (subscribed, no claim), linked (claimed, service not confirmed), active, or revoked."""
+    """pending (subscribed, no claim), linked (claimed, service not confirmed), active, or revoked. A
+    link to a box that is no longer claimed counts as dropped (the device's next call drops it:
+    pending after an unclaim, revoked after a decommission)."""
     if device.revoked_at is not None:
         return REVOKED
-    if device.box_id is None:
+    box = device.box
+    if box is None:
         return PENDING
+    if box.state != BoxState.CLAIMED:
+        return REVOKED if box.state == BoxState.DECOMMISSIONED else PENDING
     return ACTIVE if device.confirmed_at is not None else LINKED
 
 
@@ -35,7 +40,7 @@ def box_otb_device(*, box: Any) -> OtbDevice | None:
     """The live device linked to an OTB box (one query; none for an agent box)."""
     if getattr(box, "protocol", None) != BoxProtocol.OTB:
         return None
-    return OtbDevice.objects.filter(box_id=box.pk, revoked_at__isnull=True).first()
+    return OtbDevice.objects.select_related("box").filter(box_id=box.pk, revoked_at__isnull=True).first()
 
 
 def devices_for_console(*, query: str = "", state: str = "") -> QuerySet[OtbDevice]:
@@ -43,14 +48,18 @@ def devices_for_console(*, query: str = "", state: str = "") -> QuerySet[OtbDevi
     default view: subscribed, unclaimed, not revoked) or any other state; ``query`` matches the device
     id (whole), or a part of the MAC or board."""
     devices = OtbDevice.objects.select_related("box", "box__organization").order_by("-created_at")
+    live = Q(revoked_at__isnull=True)
+    linked = Q(box__state=BoxState.CLAIMED)
     if state == PENDING:
-        devices = devices.filter(box__isnull=True, revoked_at__isnull=True)
+        devices = devices.filter(
+            live & (Q(box__isnull=True) | ~Q(box__state__in=[BoxState.CLAIMED, BoxState.DECOMMISSIONED]))
+        )
     elif state == LINKED:
-        devices = devices.filter(box__isnull=False, confirmed_at__isnull=True, revoked_at__isnull=True)
+        devices = devices.filter(live & linked, confirmed_at__isnull=True)
     elif state == ACTIVE:
-        devices = devices.filter(box__isnull=False, confirmed_at__isnull=False, revoked_at__isnull=True)
+        devices = devices.filter(live & linked, confirmed_at__isnull=False)
     elif state == REVOKED:
-        devices = devices.filter(revoked_at__isnull=False)
+        devices = devices.filter(Q(revoked_at__isnull=False) | Q(box__state=BoxState.DECOMMISSIONED))
     text = query.strip()
     if text:
         condition = Q(mac__icontains=text.lower()) | Q(board__icontains=text)

@@ -105,3 +105,52 @@ def test_a_box_cannot_bind_to_or_confirm_another(
     device_revoke(OtbDevice.objects.get(id=theirs["device_id"]))
     status, answer = otb_call(base, "GET", f"devices/{theirs['device_id']}/config", jwt=theirs["jwt"])
     assert status == 403 and answer["class"] == "Client::Unauthorized"
+
+
+def raw_call(base: str, method: str, path: str, body: str, jwt: str) -> tuple[int, Any]:
+    """curl as the box calls, with a body given verbatim (malformed on purpose)."""
+    done = subprocess.run(
+        [
+            "curl", "--silent", "--show-error", "--max-time", "5", "-X", method,
+            "-H", "Content-Type: application/json", "-H", "X-Overthebox-Version: 1.1.3",
+            "-H", f"Authorization: Bearer {jwt}", "--data-binary", body, "-w", "\n%{http_code}",
+            f"{base}/1.0/{path}",
+        ],
+        capture_output=True, text=True, timeout=10, check=True,
+    )  # fmt: skip
+    text, _, status = done.stdout.rpartition("\n")
+    return int(status), json.loads(text)
+
+
+def test_bad_input_on_every_binding_route_is_a_clear_4xx(
+    asgi_server: Any, people: Any, api_token_factory: Any, provisioned_region: Any
+) -> None:
+    base = asgi_server.url
+    box = subscribe(base, "00:0d:b9:4a:21:04")
+    device = box["device_id"]
+    token = api_token_factory(people.admin, people.org)
+    # the claim API: malformed JSON, a wrong type, both ways at once, an unknown field
+    for body, field in (
+        ({"device_id": 7}, "device_id"),
+        ({"device_id": device, "claim_code": "x"}, "claim_code"),
+        ({"device_id": device, "colour": "red"}, "colour"),
+    ):
+        status, answer = api_post(base, "/api/v1/boxes/claim", token, body)
+        assert status == 400 and field in answer["error"]["fields"], (body, answer)
+    status, claimed = api_post(base, "/api/v1/boxes/claim", token, {"device_id": device})
+    assert status == 201
+    service = f"overthebox.{claimed['id']}"
+    # the /1.0 routes: a body where none belongs, malformed JSON, the wrong method
+    for method, path, body in (
+        ("GET", f"devices/{device}/service/associated", '{"x": 1}'),
+        ("POST", f"devices/{device}/service/{service}/confirm", "{nope"),
+        ("POST", f"devices/{device}/service/{service}/confirm", '["not", "empty"]'),
+        ("GET", f"devices/{device}/config", '{"x": 1}'),
+        ("PUT", f"devices/{device}/config", "{}"),
+        ("DELETE", f"devices/{device}/service/associated", ""),
+    ):
+        status, answer = raw_call(base, method, path, body, box["jwt"])
+        assert status in (400, 405) and answer["class"].startswith("Client::"), (method, path, answer)
+    # nothing was half-written: the service is still unconfirmed, the config not recorded as applied
+    assert OtbDevice.objects.get(id=device).confirmed_at is None
+    assert Box.objects.get(pk=claimed["id"]).applied_at is None

@@ -122,3 +122,12 @@ def test_only_staff_see_the_devices(people) -> None:
     assert logged_in(people.owner).get("/console/otb-devices/").status_code == 403
     assert logged_in(people.owner).post("/console/otb-devices/", {}).status_code == 403
     assert logged_in(people.staff).get("/console/otb-devices/", {"q": "x" * 101}).status_code == 400
+
+
+def test_a_device_of_an_unclaimed_box_shows_as_pending_in_the_console(people, provisioned_region) -> None:
+    from provisioning.services.lifecycle import box_unclaim
+
+    _, answer, box = claimed_otb_box(people)
+    box_unclaim(actor=Actor.for_user(people.admin), box=box)
+    content = logged_in(people.staff).get("/console/otb-devices/").content.decode()
+    assert f'data-device="{answer["device_id"]}"' in content

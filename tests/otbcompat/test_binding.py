@@ -13,7 +13,7 @@ from django.test import Client
 from fleet.core.audit import Actor
 from fleet.core.choices import BoxProtocol, BoxState
 from fleet.core.models import AuditLog, Box
-from otbcompat.binding import device_claim
+from otbcompat.binding import box_claim_with_device, device_claim
 from otbcompat.models import OtbDevice
 from provisioning.models import AddressAssignment, TunnelCredential
 from provisioning.services.lifecycle import box_decommission, box_unclaim
@@ -268,3 +268,29 @@ def test_decommission_revokes_the_device(people, provisioned_region) -> None:
     renew = otb_call(box_client, "POST", "renew_jwt", {"id": answer["device_id"], "token": answer["token"]})
     assert renew.status_code == 403
     assert OtbDevice.objects.get(id=answer["device_id"]).box_id is None
+
+
+def test_a_serial_reclaim_links_the_device_afresh_after_an_unclaim(
+    people, box_factory, provisioned_region
+) -> None:
+    # given imported hardware claimed by serial + code, its device linked and confirmed
+    box = box_factory("OTB-HW-0004", mac=MAC)
+    box_client = Client()
+    answer = subscribe(box_client, mac=MAC)
+    actor = Actor.for_user(people.admin)
+    box_claim_with_device(actor=actor, organization=people.org, serial="OTB-HW-0004", claim_code=CLAIM_CODE)
+    assert confirm(box_client, answer, f"overthebox.{box.pk}").status_code == 200
+    # when the owner unclaims it and another customer claims it with the code, before the box calls
+    box_unclaim(actor=actor, box=Box.objects.get(pk=box.pk))
+    claimed = box_claim_with_device(
+        actor=Actor.for_user(people.outsider),
+        organization=people.other_org,
+        serial="OTB-HW-0004",
+        claim_code=CLAIM_CODE,
+    )
+    # then the device is linked to the new claim but must confirm again, with a new JWT
+    device = OtbDevice.objects.get(id=answer["device_id"])
+    assert claimed.device is not None and claimed.device.id == device.id
+    assert device.box_id == box.pk and device.confirmed_at is None
+    stale = associated(box_client, answer)
+    assert stale.status_code == 401 and stale.json()["class"] == "Client::Unauthorized"
