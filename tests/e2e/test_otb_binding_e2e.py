@@ -141,7 +141,7 @@ def test_bad_input_on_every_binding_route_is_a_clear_4xx(
     assert status == 201
     service = f"overthebox.{claimed['id']}"
     # the /1.0 routes: a body where none belongs, malformed JSON, the wrong method
-    for method, path, body in (
+    for method, path, raw in (
         ("GET", f"devices/{device}/service/associated", '{"x": 1}'),
         ("POST", f"devices/{device}/service/{service}/confirm", "{nope"),
         ("POST", f"devices/{device}/service/{service}/confirm", '["not", "empty"]'),
@@ -149,7 +149,7 @@ def test_bad_input_on_every_binding_route_is_a_clear_4xx(
         ("PUT", f"devices/{device}/config", "{}"),
         ("DELETE", f"devices/{device}/service/associated", ""),
     ):
-        status, answer = raw_call(base, method, path, body, box["jwt"])
+        status, answer = raw_call(base, method, path, raw, box["jwt"])
         assert status in (400, 405) and answer["class"].startswith("Client::"), (method, path, answer)
     # nothing was half-written: the service is still unconfirmed, the config not recorded as applied
     assert OtbDevice.objects.get(id=device).confirmed_at is None
