@@ -1,6 +1,9 @@
 """``otb-agent simulate``: many virtual boxes in one asyncio process.
 
-Each box: a SimulatedCollector and its SimulatedSystem (the simulated box), a MemoryStore
+Each box: a SimulatedCollector and its SimulatedSystem (the simulated box: its links from the
+optional ``wans`` column of ``--boxes-csv`` or field of ``--credentials-file``, e.g.
+``wan:fiber wan2:lte``, else drawn from its
+serial; its traffic follows the WAN policy it applied), a MemoryStore
 (``--memory-buffer``) or SqliteStore in ``D/<serial>/``, one Agent task. Handshakes go through a
 semaphore (``--concurrency``) and the first connections are spread over ``--ramp`` seconds.
 Progress is one JSON line on stdout every ``--progress-interval`` seconds, and a final summary on
@@ -22,7 +25,7 @@ from typing import Any, Dict, List, Optional
 
 from .agent import Agent, Stats
 from .backoff import Backoff
-from .collectors.simulated import SimulatedCollector, SimulatedSystem
+from .collectors.simulated import SimulatedCollector, SimulatedSystem, wans_from_spec
 from .enrollment import EnrollError, enroll_box
 from .store import MemoryStore, SqliteStore, Store
 from .util import CREDENTIALS_FILE, DB_FILE, Logger, read_json
@@ -44,17 +47,29 @@ def load_boxes(args: Any) -> List[Dict[str, Any]]:
                 if not line:
                     continue
                 row = json.loads(line)
-                boxes.append({"serial": str(row["serial"]), "agent_token": str(row["agent_token"])})
+                try:
+                    wans = wans_from_spec(str(row.get("wans") or ""))
+                except ValueError as e:
+                    raise SystemExit(f"otb-agent: {args.credentials_file}: {row.get('serial')}: {e}") from None
+                boxes.append(
+                    {"serial": str(row["serial"]), "agent_token": str(row["agent_token"]), "wans": wans}
+                )
     elif args.boxes_csv:
         with open(args.boxes_csv, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or not {"serial", "factory_secret"} <= set(reader.fieldnames):
                 raise SystemExit("otb-agent: --boxes-csv needs a header with serial,factory_secret")
-            for row in reader:
+            for number, row in enumerate(reader, start=2):
                 if row.get("serial"):
-                    boxes.append(
-                        {"serial": row["serial"].strip(), "factory_secret": row["factory_secret"].strip()}
-                    )
+                    box: Dict[str, Any] = {
+                        "serial": row["serial"].strip(),
+                        "factory_secret": row["factory_secret"].strip(),
+                    }
+                    try:  # optional: the box's links, as the demo seed gave them to its WAN policy
+                        box["wans"] = wans_from_spec(row.get("wans") or "")
+                    except ValueError as e:
+                        raise SystemExit(f"otb-agent: {args.boxes_csv} line {number}: {e}") from None
+                    boxes.append(box)
     else:
         n = args.boxes or 1
         boxes = [
@@ -188,7 +203,7 @@ class Simulation:
         if self.stop_event is not None and self.stop_event.is_set():
             return
         flaky = args.fail_fraction > 0 and ((i * 2654435761) % 10000) / 10000.0 < args.fail_fraction
-        collector = SimulatedCollector(serial, flaky=flaky)
+        collector = SimulatedCollector(serial, flaky=flaky, wans=box.get("wans"))
         system = SimulatedSystem(
             collector,
             flaky=flaky,

@@ -8,7 +8,9 @@ import stat
 import sys
 from types import SimpleNamespace
 
+import pytest
 from otb_agent import cli, x25519
+from otb_agent.collectors.simulated import SimulatedCollector
 from otb_agent.simulate import Simulation, load_boxes
 
 
@@ -216,6 +218,27 @@ async def test_simulate_credentials_file_and_csv(fleet, tmp_path, monkeypatch):
     assert [b["serial"] for b in boxes] == ["BOX1", "BOX2"]
     summary = await Simulation(args, boxes, out=io.StringIO()).main()
     assert summary["enrolled"] == 1 and summary["enroll_failed"] == 1
+
+
+async def test_simulate_takes_each_box_links_from_the_csv(fleet, tmp_path, monkeypatch):
+    # given the demo's CSV, which names each box's links (as its seeded WAN policy does)
+    fake_http, ws = fleet
+    monkeypatch.setenv("OTB_AGENT_WS_URL", ws.url)
+    csv_path = tmp_path / "boxes.csv"
+    csv_path.write_text("serial,factory_secret,wans\nBOX1,s3cret,wan:fiber wan2:lte\n")
+    args = _sim_args(tmp_path, fake_http.url, boxes_csv=str(csv_path), duration=0.8, no_config=True)
+    boxes = load_boxes(args)
+    assert boxes[0]["wans"] == [("wan", "fiber"), ("wan2", "lte")]
+    # when the box runs, it reports exactly those links
+    sim = Simulation(args, boxes, out=io.StringIO())
+    await sim.main()
+    collector = sim.agents[0].collector
+    assert isinstance(collector, SimulatedCollector)
+    assert [(w.iface, w.kind) for w in collector.wans] == [("wan", "fiber"), ("wan2", "lte")]
+    # and a malformed column names its line
+    csv_path.write_text("serial,factory_secret,wans\nBOX1,s3cret,wan:fiber\nBOX2,x,wan2:warp\n")
+    with pytest.raises(SystemExit, match="line 3: wans: 'wan2:warp'"):
+        load_boxes(args)
 
 
 def test_console_script_entry_point():

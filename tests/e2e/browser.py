@@ -236,10 +236,13 @@ class SimulatedAgent:
                 self.process.wait(timeout=5)
 
 
-def agent_start(server: LiveServer, *, serial: str, token: str, workdir: Path) -> SimulatedAgent:
-    """``otb-agent simulate`` for one already enrolled box, sending telemetry every second."""
+def agent_start(
+    server: LiveServer, *, serial: str, token: str, workdir: Path, wans: str = ""
+) -> SimulatedAgent:
+    """``otb-agent simulate`` for one already enrolled box, sending telemetry every second; ``wans``
+    gives its links (``"wan:fiber wan2:lte"``), else the simulator draws them from the serial."""
     credentials = workdir / "credentials.jsonl"
-    credentials.write_text(json.dumps({"serial": serial, "agent_token": token}) + "\n")
+    credentials.write_text(json.dumps({"serial": serial, "agent_token": token, "wans": wans}) + "\n")
     log_path = workdir / f"agent-{time.monotonic_ns()}.log"
     agent_bin = Path(sys.executable).with_name("otb-agent")
     command = [str(agent_bin)] if agent_bin.exists() else [sys.executable, "-m", "otb_agent.cli"]

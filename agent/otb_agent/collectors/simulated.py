@@ -1,23 +1,45 @@
-"""Simulated box: 2-4 WANs of different kinds, random-walk latency/loss/throughput.
+"""Simulated box: 2-4 WANs of different kinds, random-walk latency/loss/throughput, obeying the WAN
+policy it applied.
 
 :class:`SimulatedCollector` makes its telemetry; :class:`SimulatedSystem` answers the agent's
-commands for it (reboots, firmware upgrades and speed tests are faked in process). Seeded by serial
-(same serial -> same WAN set). Uses a tiny splitmix64 PRNG instead of random.Random (which costs
-~2.5 KiB of state per box) to keep 10,000 boxes cheap.
+commands for it (reboots, firmware upgrades, speed tests and diagnostics are simulated in process;
+nothing looks at the host running the simulator). Seeded by serial (same serial -> same WAN set),
+or given its WANs (``wans``, e.g. from the demo's ``var/demo-boxes.csv``). Uses a tiny splitmix64
+PRNG instead of random.Random (which costs ~2.5 KiB of state per box) to keep 10,000 boxes cheap.
+
+The traffic follows the policy (docs/agent-protocol.md, "The simulated box"): the links carrying
+are the primaries that are up, or, while every primary is down, the backups that are up; disabled
+links carry nothing and are not reported (not monitored, as on a real box); links the policy does
+not name are primaries. ``aggregate`` and ``failover`` bond the carrying links (MPTCP subflows:
+the traffic splits by capacity); ``load-balance`` pins each connection to one of them. The box's
+own ``rx_bps``/``tx_bps`` is the tunnel's goodput: what the links carry less the tunnel's headers
+and, when several links carry one bonded connection, the scheduler's losses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 import uuid
 import zlib
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from otb_protocol import (
+    WAN_MODE_AGGREGATE,
+    WAN_MODE_LOAD_BALANCE,
+    WAN_MODES,
+    WAN_ROLE_BACKUP,
+    WAN_ROLE_DISABLED,
+    WAN_ROLE_PRIMARY,
+    WAN_ROLES,
+)
 
 from ..firmware import UpgradeParams
 from ..httpapi import InterfaceError
 from ..system import BoxSystem, CommandOutcome, FleetAccess, Progress
+from . import simulated_tools
 from .base import Collector
 
 _MASK = (1 << 64) - 1
@@ -45,6 +67,47 @@ _LABELS = {
     "5g": "5G",
     "satellite": "Satellite",
 }
+_MOBILE = ("lte", "5g", "satellite")
+
+# The WANs' public addresses: the documentation ranges (RFC 5737), never real address space. The
+# upper half of each, as the demo's own public pools and aggregation servers use the lower halves.
+WAN_NETWORKS = ("192.0.2", "198.51.100", "203.0.113")
+WAN_HOSTS = (128, 254)
+
+# The tunnel (shadowsocks over MPTCP, docs/agent-protocol.md): each 1500-byte packet a subflow
+# carries holds 72 bytes of headers the LAN never sees (outer IPv4 20, TCP 20, timestamps 12,
+# MPTCP DSS 20), so one link through the tunnel delivers 0.952 of what it carries (measured on a
+# shaped 20 Mbit/s link: 19.1). A connection bonded over several links also loses to reordering and
+# the scheduler: measured, bonded throughput was 0.88 to 0.94 of the sum of the links, so the
+# bonding factor is 0.966 +- 0.02 (0.92 overall, with noise).
+MTU = 1500
+TUNNEL_HEADER_BYTES = 72
+HEADER_EFFICIENCY = 1 - TUNNEL_HEADER_BYTES / MTU
+BONDING_EFFICIENCY = 0.966
+BONDING_NOISE = 0.02
+
+# The traffic offered to the box: a random walk of the share of its primaries' capacity in use.
+UPLOAD_SHARE = 0.5  # of the upload capacity, relative to the download's share
+LOAD_BALANCE_CONNECTIONS = (4, 16)  # bulk connections spread per sample, fewest to most
+
+_SPEC_ITEM = re.compile(r"([a-z0-9._-]{1,15}):([a-z0-9]+)")
+
+
+def wans_from_spec(spec: str) -> List[Tuple[str, str]]:
+    """``"wan:fiber wan2:vdsl wan3:lte"`` -> ``[("wan", "fiber"), ...]`` (the demo's CSV column and
+    ``--wan``); ValueError naming the bad item."""
+    wans: List[Tuple[str, str]] = []
+    for item in spec.replace(",", " ").split():
+        match = _SPEC_ITEM.fullmatch(item)
+        if match is None:
+            raise ValueError(f"wans: {item!r} is not IFACE:KIND")
+        iface, kind = match.groups()
+        if kind not in PROFILES:
+            raise ValueError(f"wans: {item!r}: kind must be one of {', '.join(PROFILES)}")
+        if any(iface == seen for seen, _ in wans):
+            raise ValueError(f"wans: {iface!r} is listed twice")
+        wans.append((iface, kind))
+    return wans
 
 
 class _Rng:
@@ -68,7 +131,20 @@ class _Rng:
 
 
 class _Wan:
-    __slots__ = ("down_left", "iface", "ip", "kind", "label", "lat", "loss", "profile")
+    __slots__ = (
+        "down_left",
+        "down_mbps",
+        "iface",
+        "ip",
+        "kind",
+        "label",
+        "lat",
+        "loss",
+        "profile",
+        "role",
+        "rtt",
+        "up_mbps",
+    )
 
     def __init__(self, iface: str, kind: str, ip: str) -> None:
         self.iface = iface
@@ -79,27 +155,57 @@ class _Wan:
         self.loss = self.profile[2]
         self.down_left = 0  # samples left before the link comes back
         self.ip = ip
+        self.role = WAN_ROLE_PRIMARY  # from the policy; a link it does not name is a primary
+        self.down_mbps: float = self.profile[3]  # the profile's speed, or the policy's if lower
+        self.up_mbps: float = self.profile[4]
+        self.rtt: Optional[float] = None  # the last sample's, for the diagnostics
+
+    @property
+    def up(self) -> bool:
+        return self.down_left == 0
+
+    def gateway(self) -> str:
+        return self.ip.rsplit(".", 1)[0] + ".1"
+
+
+def carrying_links(wans: Sequence[_Wan], ups: Sequence[bool]) -> List[bool]:
+    """Which links carry traffic: the primaries that are up, or while every primary is down the
+    backups that are up (MPTCP's backup subflows); never a disabled link."""
+    primaries = [up and w.role == WAN_ROLE_PRIMARY for w, up in zip(wans, ups)]
+    if any(primaries):
+        return primaries
+    return [up and w.role == WAN_ROLE_BACKUP for w, up in zip(wans, ups)]
 
 
 class SimulatedCollector(Collector):
     name = "simulated"
     blocking = False
+    tunnel_iface = "otb0"
 
-    def __init__(self, serial: str, flaky: bool = False, clock: Any = time.time) -> None:
+    def __init__(
+        self,
+        serial: str,
+        flaky: bool = False,
+        clock: Any = time.time,
+        wans: Optional[Sequence[Tuple[str, str]]] = None,
+    ) -> None:
         self.serial = serial
         self.clock = clock
         self.rng = _Rng(zlib.crc32(serial.encode("utf-8")) * 2654435761)
         rng = self.rng
-        n = rng.randint(2, 4)
-        kinds = [rng.choice(_FIXED)] + [rng.choice(_BACKUP) for _ in range(n - 1)]
+        if wans:
+            links = list(wans)
+        else:
+            n = rng.randint(2, 4)
+            kinds = [rng.choice(_FIXED)] + [rng.choice(_BACKUP) for _ in range(n - 1)]
+            links = [("wan" if i == 0 else f"wan{i + 1}", kind) for i, kind in enumerate(kinds)]
+        first_network = rng.randint(0, len(WAN_NETWORKS) - 1)
         self.wans: List[_Wan] = []
-        for i, kind in enumerate(kinds):
-            ip = (
-                f"{rng.choice((198, 203))}.{51 if i % 2 else 0}.{113 if i % 2 else 100}.{rng.randint(1, 254)}"
-            )
-            self.wans.append(_Wan("wan" if i == 0 else f"wan{i + 1}", kind, ip))
+        for i, (iface, kind) in enumerate(links):
+            network = WAN_NETWORKS[(first_network + i) % len(WAN_NETWORKS)]
+            self.wans.append(_Wan(iface, kind, f"{network}.{rng.randint(*WAN_HOSTS)}"))
         self.flaky = flaky
-        self.load = rng.random() * 0.3  # fraction of total capacity in use (random walk)
+        self.load = rng.random() * 0.3  # share of the primaries' capacity in use (random walk)
         self.mem = 30.0 + rng.random() * 20
         self.conntrack = rng.randint(50, 800)
         self._boot_at = clock() - rng.randint(600, 30 * 86400)
@@ -111,6 +217,34 @@ class SimulatedCollector(Collector):
         self.installed_version = "23.05.3-otb.1"
         self.pending_upgrade: Optional[Tuple[str, bool]] = None  # (version, comes back unhealthy)
         self.unhealthy = False
+        # The applied configuration: the policy's mode, and what the diagnostics show.
+        self.mode = WAN_MODE_AGGREGATE
+        self.config: Dict[str, Any] = {}
+        self.tunnel_rx_bytes = 0
+        self.tunnel_tx_bytes = 0
+        self._last_ts: Optional[float] = None
+
+    # -- configuration
+    def configure(self, config: Dict[str, Any]) -> None:
+        """Apply the WAN policy: mode, each named link's role and its speeds (``down_kbps`` /
+        ``up_kbps`` shape a link below its line rate). Links the policy names but the box does not
+        have are ignored (the portal flags them); links it does not name are primaries."""
+        policy = config.get("wan_policy")
+        policy = policy if isinstance(policy, dict) else {}
+        mode = policy.get("mode")
+        self.mode = mode if mode in WAN_MODES else WAN_MODE_AGGREGATE
+        named: Dict[str, Dict[str, Any]] = {}
+        for item in policy.get("interfaces") or []:
+            if isinstance(item, dict) and isinstance(item.get("name"), str):
+                named[item["name"]] = item
+        for w in self.wans:
+            item = named.get(w.iface, {})
+            role = item.get("role")
+            w.role = role if role in WAN_ROLES else WAN_ROLE_PRIMARY
+            w.down_mbps = _capped(w.profile[3], item.get("down_kbps"))
+            w.up_mbps = _capped(w.profile[4], item.get("up_kbps"))
+        # Only what the diagnostics show is kept (10,000 boxes in one process).
+        self.config = {key: config[key] for key in ("server", "tunnel", "public_ipv4") if key in config}
 
     # -- box info
     def uptime_s(self) -> int:
@@ -134,16 +268,61 @@ class SimulatedCollector(Collector):
         self._boot_at = self.clock()
         self._boot_id = str(uuid.uuid4())
         self.conntrack = 20
+        self.tunnel_rx_bytes = self.tunnel_tx_bytes = 0
         for w in self.wans:
             w.down_left = 0
         if self.pending_upgrade is not None:  # a simulated firmware upgrade takes effect now
             self.installed_version, self.unhealthy = self.pending_upgrade
             self.pending_upgrade = None
 
+    # -- the state the commands look at
+    def links_up(self) -> List[bool]:
+        return [w.up and not self.unhealthy for w in self.wans]
+
+    def carrying(self) -> List[_Wan]:
+        """The links carrying traffic right now (see :func:`carrying_links`)."""
+        return [w for w, carries in zip(self.wans, carrying_links(self.wans, self.links_up())) if carries]
+
+    def tunnel_up(self) -> bool:
+        return bool(self.carrying())
+
+    def tunnel_efficiency(self, carrying: int) -> float:
+        """The share of what the links carry that reaches the LAN (see the constants above)."""
+        if carrying > 1 and self.mode != WAN_MODE_LOAD_BALANCE:
+            noise = (self.rng.random() + self.rng.random() - 1.0) * BONDING_NOISE
+            return HEADER_EFFICIENCY * (BONDING_EFFICIENCY + noise)
+        return HEADER_EFFICIENCY
+
     # -- sampling
     def _walk(self, value: float, lo: float, hi: float, step: float) -> float:
         value += (self.rng.random() - 0.5) * 2 * step
         return lo if value < lo else hi if value > hi else value
+
+    def _split(self, carrying: List[_Wan], demand: float, upload: bool) -> Dict[str, int]:
+        """Bits per second each carrying link moves for ``demand``: by capacity when bonded, by
+        connection for load-balance; never more than a link's capacity."""
+        rng = self.rng
+        caps = [(w.up_mbps if upload else w.down_mbps) * 1e6 for w in carrying]
+        total = sum(caps)
+        if not carrying or total <= 0:
+            return {}
+        if self.mode == WAN_MODE_LOAD_BALANCE:
+            low, high = LOAD_BALANCE_CONNECTIONS
+            connections = low + int(self.load * (high - low))
+            counts = [0] * len(carrying)
+            for _ in range(connections):  # each connection lands on a link, weighted by capacity
+                point, index = rng.random() * total, 0
+                while index < len(caps) - 1 and point >= caps[index]:
+                    point -= caps[index]
+                    index += 1
+                counts[index] += 1
+            shares = [count / connections for count in counts]
+        else:
+            shares = [cap / total for cap in caps]
+        return {
+            w.iface: int(min(cap, demand * share * (0.9 + rng.random() * 0.2)))
+            for w, cap, share in zip(carrying, caps, shares)
+        }
 
     def collect(self) -> Dict[str, Any]:
         rng = self.rng
@@ -151,40 +330,36 @@ class SimulatedCollector(Collector):
         self.load = self._walk(self.load, 0.01, 0.95, 0.08)
         self.mem = self._walk(self.mem, 15.0, 85.0, 1.5)
         self.conntrack = int(self._walk(self.conntrack, 10, 20000, 60))
-        ups = []
         for w in self.wans:
             if w.down_left > 0:
                 w.down_left -= 1
             elif rng.random() < w.profile[5] * fail_mult:
                 w.down_left = rng.randint(2, 30)
-            ups.append(w.down_left == 0 and not self.unhealthy)
-        # Failover: the traffic is spread over the links that are up, by capacity.
-        cap_down = sum(w.profile[3] for w, up in zip(self.wans, ups) if up)
-        cap_up = sum(w.profile[4] for w, up in zip(self.wans, ups) if up)
-        total_cap = sum(w.profile[3] for w in self.wans) or 1.0
-        demand_down = self.load * total_cap * 1e6
-        demand_up = demand_down * 0.2
+        carrying = self.carrying()
+        primaries = [w for w in self.wans if w.role == WAN_ROLE_PRIMARY] or [
+            w for w in self.wans if w.role != WAN_ROLE_DISABLED
+        ]
+        demand_down = self.load * sum(w.down_mbps for w in primaries) * 1e6
+        demand_up = self.load * UPLOAD_SHARE * sum(w.up_mbps for w in primaries) * 1e6
+        rx = self._split(carrying, demand_down, upload=False)
+        tx = self._split(carrying, demand_up, upload=True)
         wans = []
-        tot_rx = tot_tx = 0
-        for w, up in zip(self.wans, ups):
+        for w, up in zip(self.wans, self.links_up()):
+            if w.role == WAN_ROLE_DISABLED:
+                continue  # not monitored, as on a real box
             base_rtt, jit, base_loss = w.profile[0], w.profile[1], w.profile[2]
             if up:
-                share_d = w.profile[3] / cap_down if cap_down else 0.0
-                share_u = w.profile[4] / cap_up if cap_up else 0.0
-                rx = int(min(w.profile[3] * 1e6, demand_down * share_d) * (0.9 + rng.random() * 0.2))
-                tx = int(min(w.profile[4] * 1e6, demand_up * share_u) * (0.9 + rng.random() * 0.2))
                 w.lat = self._walk(w.lat, 0.8, 3.0, 0.05 + 0.1 * self.load)
                 w.loss = self._walk(w.loss, 0.0, 5.0 * (1 + base_loss), 0.05 + base_loss * 0.2)
-                rtt = round(base_rtt * w.lat + rng.random() * jit, 2)
-                jitter = round(jit * (0.5 + rng.random()), 2)
+                rtt: Optional[float] = round(base_rtt * w.lat + rng.random() * jit, 2)
+                jitter: Optional[float] = round(jit * (0.5 + rng.random()), 2)
                 loss = round(w.loss, 2)
-                subflows = 2 if w.kind in ("lte", "5g", "satellite") else 1
+                subflows = 2 if w.kind in _MOBILE else 1
             else:
-                rx = tx = subflows = 0
                 rtt = jitter = None
                 loss = 100.0
-            tot_rx += rx
-            tot_tx += tx
+                subflows = 0
+            w.rtt = rtt
             wans.append(
                 {
                     "iface": w.iface,
@@ -194,33 +369,60 @@ class SimulatedCollector(Collector):
                     "rtt_ms": rtt,
                     "jitter_ms": jitter,
                     "loss_pct": loss,
-                    "rx_bps": rx,
-                    "tx_bps": tx,
+                    "rx_bps": rx.get(w.iface, 0),
+                    "tx_bps": tx.get(w.iface, 0),
                     "public_ip": w.ip if up else None,
                     "subflows": subflows,
                 }
             )
+        efficiency = self.tunnel_efficiency(len(carrying))
+        tunnel_rx = int(sum(rx.values()) * efficiency)
+        tunnel_tx = int(sum(tx.values()) * efficiency)
+        now = self.clock()
+        if self._last_ts is not None and now > self._last_ts:
+            self.tunnel_rx_bytes += int(tunnel_rx / 8 * (now - self._last_ts))
+            self.tunnel_tx_bytes += int(tunnel_tx / 8 * (now - self._last_ts))
+        self._last_ts = now
         cpu = min(100.0, 3.0 + self.load * 60 + rng.random() * 5)
         return {
-            "ts": round(self.clock(), 3),
+            "ts": round(now, 3),
             "cpu_pct": round(cpu, 2),
             "mem_pct": round(self.mem, 2),
             "load1": round(cpu / 100 * 2 + rng.random() * 0.1, 2),
             "uptime_s": self.uptime_s(),
-            "tunnel_up": any(ups),
+            "tunnel_up": bool(carrying),
             "conntrack": self.conntrack,
-            "rx_bps": tot_rx,
-            "tx_bps": tot_tx,
+            "rx_bps": tunnel_rx,
+            "tx_bps": tunnel_tx,
             "wans": wans,
         }
 
-    def capacity_mbps(self, upload: bool = False, iface: Optional[str] = None) -> Optional[float]:
-        """Download (or upload) capacity of the WANs that are up, or of the WAN ``iface`` only;
-        None if there is no such WAN."""
-        wans = [w for w in self.wans if iface is None or w.iface == iface]
-        if iface is not None and not wans:
-            return None
-        return sum(w.profile[4 if upload else 3] for w in wans if w.down_left == 0)
+    def speed_test_mbps(self, *, upload: bool, iface: Optional[str]) -> float:
+        """What a speed test can move right now, before its noise: through the tunnel (``iface``
+        None) the carrying links' spare capacity less the tunnel's overhead, or one link's spare
+        capacity. InterfaceError if the box has no such link, OSError if it is down or disabled."""
+        if iface is None:
+            links = self.carrying()
+            if not links:
+                raise OSError("network is unreachable: no WAN link is up")
+            efficiency = self.tunnel_efficiency(len(links))
+        else:
+            links = [w for w in self.wans if w.iface == iface]
+            if not links:
+                raise InterfaceError(f"no network interface named {iface!r}")
+            if links[0].role == WAN_ROLE_DISABLED:
+                raise OSError(f"network is unreachable: {iface} is disabled by the WAN policy")
+            if not links[0].up or self.unhealthy:
+                raise OSError(f"network is unreachable: {iface} is down")
+            efficiency = 1.0
+        capacity = sum(w.up_mbps if upload else w.down_mbps for w in links)
+        return capacity * efficiency * max(0.3, 1.0 - 0.6 * self.load)
+
+
+def _capped(line_mbps: float, kbps: Any) -> float:
+    if isinstance(kbps, int) and not isinstance(kbps, bool) and kbps > 0:
+        return min(line_mbps, kbps / 1000.0)
+    return line_mbps
 
 
 class SimulatedSystem(BoxSystem):
@@ -229,13 +431,15 @@ class SimulatedSystem(BoxSystem):
     A reboot, or a successful firmware upgrade, takes the box down for ``reboot_delay`` seconds
     (the agent ends its session and reconnects afterwards, with a new boot id); an upgrade goes
     through its stages (``upgrade_stage_delay`` seconds each), fails if ``upgrade_fails``, and brings
-    the box back with every link down if ``upgrade_unhealthy``. Speed
-    tests are figures drawn from the WANs' capacity. ``flaky`` boxes drop their connection at random.
-    Diagnostics are :class:`BoxSystem`'s: the real checks, run on the host.
+    the box back with every link down if ``upgrade_unhealthy``. Speed tests are figures drawn from
+    the links the policy uses. Diagnostics describe the simulated box (its links, routes, MPTCP
+    endpoints and tunnel, as the real tools print them: :mod:`.simulated_tools`), never the host
+    running the simulator. ``flaky`` boxes drop their connection at random.
     """
 
     RESTART_DELAY_S = 1.0
     LINK_DROP_PROBABILITY = 0.02  # per telemetry sample, for a flaky box
+    CHECK_DELAY_S = 0.05  # per diagnostics check, so that progress is seen moving
 
     def __init__(
         self,
@@ -263,16 +467,32 @@ class SimulatedSystem(BoxSystem):
         await asyncio.sleep(self.RESTART_DELAY_S)
         return True, {"restarted": True, "simulated": True}, None
 
+    async def diagnostics(
+        self,
+        fleet: FleetAccess,
+        *,
+        checks: Optional[Sequence[str]],
+        tunnel_iface: Optional[str],
+        progress: Progress,
+    ) -> Dict[str, Any]:
+        """The checks of :func:`otb_agent.diagnostics.run_checks`, answered for the simulated box."""
+        network = simulated_tools.SimulatedNetwork(self.collector, fleet.server)
+        results: Dict[str, Any] = {}
+        wanted = network.wanted(checks)
+        for index, name in enumerate(wanted):
+            await asyncio.sleep(self.CHECK_DELAY_S)
+            results[name] = await network.check(name)
+            await progress.report(int((index + 1) * 100 / len(wanted)), f"{name} done")
+        return {"checks": results, "server": network.server(), "simulated": True}
+
     def speed_test_output(self) -> Dict[str, Any]:
         return {"simulated": True}
 
     async def speed_test(
         self, fleet: FleetAccess, *, direction: str, nbytes: int, iface: Optional[str]
     ) -> Tuple[int, float]:
-        capacity = self.collector.capacity_mbps(upload=direction == "upload", iface=iface)
-        if capacity is None:
-            raise InterfaceError(f"no network interface named {iface!r}")
-        mbps = capacity * (0.6 + self.collector.rng.random() * 0.3)
+        capacity = self.collector.speed_test_mbps(upload=direction == "upload", iface=iface)
+        mbps = capacity * (0.9 + self.collector.rng.random() * 0.1)
         duration = nbytes * 8 / (mbps * 1e6) if mbps > 0 else 0.0
         await asyncio.sleep(min(duration, 2.0))
         return nbytes, duration
