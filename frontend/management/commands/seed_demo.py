@@ -2,9 +2,10 @@
 
 Demo Corp (owner demo@example.com), a staff superuser, two regions with two aggregation servers and
 address pools each, 20 imported boxes DEMO-0001..DEMO-0020 of which 10 are claimed and provisioned
-into Demo Corp (some with WAN policies), one firmware release (signed with the service's key and
-published when the service has one: always under ``make run``), and ``var/demo-boxes.csv`` for the
-fleet simulator.
+into Demo Corp (six with WAN policies naming the links their simulated boxes have), one firmware
+release (signed with the service's key and published when the service has one: always under ``make
+run``), and ``var/demo-boxes.csv`` for the fleet simulator (with each box's links). A policy naming
+links the demo box does not have (seeded by an older version) is replaced by the seed's on a re-run.
 Everything goes through the services, as an operator would.
 """
 
@@ -61,30 +62,63 @@ REGIONS: list[dict[str, Any]] = [
     },
 ]
 
-WAN_POLICIES: list[dict[str, Any]] = [
+# Each demo site: the box's links (the simulator runs the box with them: the ``wans`` column of
+# ``var/demo-boxes.csv``, ``IFACE:KIND`` as docs/agent-protocol.md says) and the WAN policy seeded
+# for it, whose interfaces are those same links (mode, role per link, optional speeds in kbit/s).
+DEMO_SITES: list[dict[str, Any]] = [
     {
+        "links": [("wan", "fiber"), ("wan2", "vdsl"), ("wan3", "lte")],
         "mode": "aggregate",
-        "interfaces": [
-            {"name": "wan1", "role": "primary", "kind": "fiber", "down_kbps": 1_000_000, "up_kbps": 500_000},
-            {"name": "wan2", "role": "primary", "kind": "vdsl", "down_kbps": 60_000, "up_kbps": 12_000},
-            {"name": "lte0", "role": "backup", "kind": "lte"},
-        ],
+        "roles": {"wan": "primary", "wan2": "primary", "wan3": "backup"},
+        "speeds": {"wan": (1_000_000, 500_000), "wan2": (60_000, 12_000)},
     },
     {
+        "links": [("wan", "fiber"), ("wan2", "5g")],
         "mode": "failover",
-        "interfaces": [
-            {"name": "wan1", "role": "primary", "kind": "fiber"},
-            {"name": "lte0", "role": "backup", "kind": "5g"},
-        ],
+        "roles": {"wan": "primary", "wan2": "backup"},
+        "speeds": {},
     },
     {
+        "links": [("wan", "adsl"), ("wan2", "adsl"), ("wan3", "lte")],
         "mode": "load-balance",
-        "interfaces": [
-            {"name": "wan1", "role": "primary", "kind": "adsl", "down_kbps": 15_000, "up_kbps": 1_000},
-            {"name": "wan2", "role": "primary", "kind": "adsl", "down_kbps": 15_000, "up_kbps": 1_000},
-        ],
+        "roles": {"wan": "primary", "wan2": "primary", "wan3": "disabled"},
+        "speeds": {"wan": (15_000, 1_000), "wan2": (15_000, 1_000)},
     },
+    # Sites without a seeded policy: every link a primary, aggregated.
+    {"links": [("wan", "cable"), ("wan2", "lte")]},
+    {"links": [("wan", "vdsl"), ("wan2", "vdsl"), ("wan3", "5g")]},
 ]
+POLICY_SITES = 3  # the first sites have a policy: boxes 1..6 get them in turn
+POLICY_BOXES = 6
+
+
+def demo_site(index: int) -> dict[str, Any]:
+    """The site of demo box ``index``: boxes 1..6 cycle through the sites with a policy, the others
+    through the rest."""
+    if index <= POLICY_BOXES:
+        return DEMO_SITES[(index - 1) % POLICY_SITES]
+    others = DEMO_SITES[POLICY_SITES:]
+    return others[index % len(others)]
+
+
+def demo_links(index: int) -> str:
+    """The links of demo box ``index`` as the simulator takes them (``wan:fiber wan2:lte``)."""
+    return " ".join(f"{iface}:{kind}" for iface, kind in demo_site(index)["links"])
+
+
+def demo_policy(index: int) -> dict[str, Any] | None:
+    """The WAN policy seeded for demo box ``index`` (None: the box keeps the default), naming its
+    links with their kinds."""
+    site = demo_site(index)
+    if index > POLICY_BOXES or "mode" not in site:
+        return None
+    interfaces = []
+    for iface, kind in site["links"]:
+        interface: dict[str, Any] = {"name": iface, "role": site["roles"][iface], "kind": kind}
+        if iface in site["speeds"]:
+            interface["down_kbps"], interface["up_kbps"] = site["speeds"][iface]
+        interfaces.append(interface)
+    return {"mode": site["mode"], "interfaces": interfaces}
 
 
 def demo_box(index: int) -> dict[str, str]:
@@ -180,12 +214,13 @@ class Command(BaseCommand):
         for index in range(1, CLAIMED_COUNT + 1):
             data = demo_box(index)
             box = Box.objects.get(serial=data["serial"])
-            if box.state != BoxState.UNCLAIMED:
-                continue
-            box = box_claim(
-                actor=actor, organization=organization, serial=box.serial, claim_code=data["claim_code"]
-            )
-            policy = WAN_POLICIES[(index - 1) % len(WAN_POLICIES)] if index <= 6 else None
+            policy = demo_policy(index)
+            if box.state == BoxState.UNCLAIMED:
+                box = box_claim(
+                    actor=actor, organization=organization, serial=box.serial, claim_code=data["claim_code"]
+                )
+            elif not self._names_missing_links(box, index):
+                continue  # seeded before, or edited since: kept as it is
             if policy is not None:
                 box_set_wan_policy(actor=actor, box=box, **policy)
 
@@ -213,13 +248,22 @@ class Command(BaseCommand):
         else:
             self.stdout.write(f"release: {DEMO_RELEASE} {release.state}")
 
+    @staticmethod
+    def _names_missing_links(box: Box, index: int) -> bool:
+        """Whether the box's policy names links its simulated box does not have (a demo seeded by an
+        older version named ``wan1``/``lte0``): such a policy is replaced by the seed's."""
+        names = {item.get("name") for item in (box.wan_policy or {}).get("interfaces", [])}
+        return bool(names - {iface for iface, _ in demo_site(index)["links"]})
+
     def _csv(self) -> Path:
         path = Path(settings.VAR_DIR) / "demo-boxes.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["serial", "factory_secret", "claim_code"])
+            writer.writerow(["serial", "factory_secret", "claim_code", "wans"])
             for index in range(1, BOX_COUNT + 1):
                 data = demo_box(index)
-                writer.writerow([data["serial"], data["factory_secret"], data["claim_code"]])
+                writer.writerow(
+                    [data["serial"], data["factory_secret"], data["claim_code"], demo_links(index)]
+                )
         return path
