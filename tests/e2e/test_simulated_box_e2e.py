@@ -18,7 +18,6 @@ from fleet.commands.models import Command
 from fleet.commands.services import command_create
 from fleet.core.audit import Actor
 from fleet.core.models import Box
-from provisioning.services.configuration import box_set_wan_policy
 from tests.e2e.browser import LiveServer, agent_start, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
