@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID
 
 from django.db import connection
+from django.db.models import Subquery
 
 from fleet.core.errors import InvalidInput
 from fleet.telemetry.models import BoxStatus, WanStatus
@@ -192,5 +193,8 @@ def box_live_status(*, box_id: UUID) -> tuple[BoxStatus | None, list[WanStatus]]
 
 
 def box_wans(*, box_id: UUID) -> list[WanStatus]:
-    """The WAN links the box reports, by interface name (one query)."""
-    return list(WanStatus.objects.filter(box_id=box_id).order_by("iface"))
+    """The WAN links of the box's latest report, by interface name (one query). The writer stamps
+    every link of a report with the same ``updated_at``; a link the box stopped reporting (disabled
+    by its WAN policy, unplugged) keeps its row with an older stamp and is not listed."""
+    latest = WanStatus.objects.filter(box_id=box_id).order_by("-updated_at").values("updated_at")[:1]
+    return list(WanStatus.objects.filter(box_id=box_id, updated_at=Subquery(latest)).order_by("iface"))
