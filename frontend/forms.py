@@ -221,8 +221,10 @@ class BoxRenameForm(PortalForm):
 
 
 class WanPolicyForm(PortalForm):
-    """Mode plus one role per interface; the interface fields are added from the box's links. A
-    service error about the links as a whole (``interfaces``) is shown with the roles."""
+    """Mode plus one role per interface; the interface fields are added from the editor's links
+    (``frontend.views.box._policy_interfaces``). A link the box does not report also gets a
+    ``forget_<n>`` box that removes it from the policy. A service error about the links as a whole
+    (``interfaces``) is shown with the roles."""
 
     mode = forms.ChoiceField(label="Mode", choices=WanMode.choices)
     download_kbps = forms.IntegerField(
@@ -249,9 +251,20 @@ class WanPolicyForm(PortalForm):
                 choices=WanRole.choices,
                 initial=interface.get("role", WanRole.PRIMARY),
             )
+            if interface.get("reported") == "no":
+                self.fields[f"forget_{index}"] = forms.BooleanField(
+                    label="Remove from the policy", required=False
+                )
 
-    def role_fields(self) -> list[tuple[dict, forms.BoundField]]:
-        return [(interface, self[f"role_{index}"]) for index, interface in enumerate(self.interfaces)]
+    def role_fields(self) -> list[tuple[dict, forms.BoundField, forms.BoundField | None]]:
+        return [
+            (
+                interface,
+                self[f"role_{index}"],
+                self[f"forget_{index}"] if f"forget_{index}" in self.fields else None,
+            )
+            for index, interface in enumerate(self.interfaces)
+        ]
 
     def domain_field(self, name: str | None) -> str | None:
         # ``interfaces[2].role`` is the third link's role field; ``interfaces`` is every role at once
@@ -262,9 +275,12 @@ class WanPolicyForm(PortalForm):
         return super().domain_field(name)
 
     def policy_interfaces(self) -> list[dict]:
-        """The interfaces as the service takes them, keeping what the editor does not show."""
+        """The interfaces as the service takes them, keeping what the editor does not show and
+        leaving out the ones to forget."""
         result = []
         for index, interface in enumerate(self.interfaces):
+            if self.cleaned_data.get(f"forget_{index}"):
+                continue
             entry = {
                 key: interface[key] for key in ("name", "kind", "up_kbps", "down_kbps") if key in interface
             }

@@ -70,18 +70,42 @@ def _can_edit(role: str) -> bool:
 
 
 def _policy_interfaces(box: Box, wans: list[Any]) -> list[dict[str, Any]]:
-    """The policy's interfaces, plus links the box reports that the policy does not name yet."""
+    """The WAN policy editor's links: the policy's, in its order (the links' order of preference),
+    then the links the box reports that the policy does not name yet (primaries by default).
+
+    Each says whether the box reports it (``reported``: ``yes``; ``no`` for a link named by the
+    policy but missing from the box's latest report, which the editor flags and lets one remove;
+    ``disabled`` for a disabled one, never monitored so never reported; ``unknown`` while the box
+    has not reported any link). A reported link keeps the kind and label the box reports."""
     policy = box.wan_policy or {}
     interfaces = [dict(item) for item in policy.get("interfaces", []) if isinstance(item, dict)]
-    labels = {wan.iface: wan.label for wan in wans}
+    reported = {wan.iface: wan for wan in wans}
     known = {item.get("name") for item in interfaces}
     for wan in wans:
         if wan.iface not in known:
-            kind = wan.kind if wan.kind in WanKind.values else WanKind.OTHER
-            interfaces.append({"name": wan.iface, "role": WanRole.PRIMARY, "kind": kind})
+            interfaces.append({"name": wan.iface, "role": WanRole.PRIMARY})
     for item in interfaces:
-        item["label"] = labels.get(item.get("name")) or item.get("name")
+        wan = reported.get(item.get("name"))
+        if wan is not None:
+            item["kind"] = wan.kind if wan.kind in WanKind.values else WanKind.OTHER
+            item["label"] = wan.label or wan.iface
+            item["reported"] = "yes"
+        else:
+            item["label"] = item.get("name")
+            item["reported"] = (
+                "unknown" if not wans else "disabled" if item.get("role") == WanRole.DISABLED else "no"
+            )
     return interfaces
+
+
+def _mode_label(box: Box) -> str:
+    mode = (box.wan_policy or {}).get("mode", WanMode.AGGREGATE)
+    return str(WanMode(mode).label) if mode in WanMode.values else str(mode)
+
+
+def _unreported(box: Box, wans: list[Any]) -> list[str]:
+    """The links the policy gives a role to that the box does not report (their role has no effect)."""
+    return [item["name"] for item in _policy_interfaces(box, wans) if item["reported"] == "no"]
 
 
 def _events(box: Box) -> list[Any]:
@@ -184,6 +208,8 @@ def box_context(request: HttpRequest, box: Box, *, console: bool = False) -> dic
         "rename_form": BoxRenameForm(
             initial={"name": box.name, "tags": " ".join(box.tags)}, auto_id="id_rename_%s"
         ),
+        "unreported": _unreported(box, wans),
+        "policy_mode_label": _mode_label(box),
         "command_form": CommandForm(wans=wans),
         "box_url": reverse("frontend:console_box" if console else "frontend:box", args=[box.pk]),
         **backups_context(box),
@@ -219,7 +245,8 @@ def box_status_fragment(request: HttpRequest, box_id: str) -> HttpResponse:
 def box_config_fragment(request: HttpRequest, box_id: str) -> HttpResponse:
     """Whether the box has applied the desired configuration (polled while it has not)."""
     box = box_for(request.user, box_id, Role.VIEWER)
-    return render(request, "frontend/box/_config_state.html", {"box": box})
+    unreported = _unreported(box, box_wans(box_id=box.pk))
+    return render(request, "frontend/box/_config_state.html", {"box": box, "unreported": unreported})
 
 
 @login_required
@@ -269,7 +296,8 @@ def box_policy_update(request: HttpRequest, box_id: str) -> HttpResponse:
     actor = Actor.from_request(request)
     box = box_visible(actor, box_id)
     box_settings_authorize(actor=actor, box=box)
-    form = WanPolicyForm(request.POST, interfaces=_policy_interfaces(box, box_wans(box_id=box.pk)))
+    wans = box_wans(box_id=box.pk)
+    form = WanPolicyForm(request.POST, interfaces=_policy_interfaces(box, wans))
     if form.is_valid():
         with errors_on_form(form):
             box = box_set_wan_policy(
@@ -291,6 +319,7 @@ def box_policy_update(request: HttpRequest, box_id: str) -> HttpResponse:
                 "can_edit": True,
                 "saved": not form.errors,
                 "console": _console(request),
+                "unreported": _unreported(box, wans),
             },
             status=status,
         )

@@ -11,10 +11,11 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
+from fleet.core.audit import Actor
 from fleet.core.models import AuditLog, Box
 from fleet.telemetry.models import BoxStatus, WanStatus
 from provisioning.models import BoxTunnelStatus
-from provisioning.services.configuration import box_config_applied
+from provisioning.services.configuration import box_config_applied, box_set_wan_policy
 from tests.conftest import People
 
 pytestmark = pytest.mark.django_db
@@ -160,6 +161,50 @@ def test_the_box_page_shows_the_tunnel_as_its_server_sees_it(people, box) -> Non
     assert "Tunnel at the server" in content
     assert "48.0 Mbit/s" in content and "2.5 Mbit/s" in content
     assert "<dd>17</dd>" in content and "42 s ago" in content and box.server.name in content
+
+
+def test_the_policy_editor_shows_the_box_links_and_flags_those_it_does_not_report(people, box) -> None:
+    # given a policy naming a link the box reports (wan0), one it does not (lte0) and a disabled one
+    # (wan9: a disabled link is not monitored, so not reported either); the box also reports wan1
+    box_set_wan_policy(
+        actor=Actor.system("test"),
+        box=box,
+        mode="failover",
+        interfaces=[
+            {"name": "wan0", "role": "primary", "kind": "fiber"},
+            {"name": "lte0", "role": "backup", "kind": "lte"},
+            {"name": "wan9", "role": "disabled", "kind": "adsl"},
+        ],
+    )
+    box_config_applied(box=box, config_hash=Box.objects.get(pk=box.pk).config_hash)
+    client = logged_in(people.admin)
+    page = client.get(f"/boxes/{box.pk}/").content.decode()
+    # then the editor lists the policy's links in order, then the box's link it does not name yet
+    form = page[page.index('id="policy-form"') :]
+    rows = re.findall(r'data-link="([^"]+)" data-reported="(\w+)"', form)
+    assert rows == [("wan0", "yes"), ("lte0", "no"), ("wan9", "disabled"), ("wan1", "yes")]
+    # and it flags lte0, which the box does not report, with a way to remove it
+    lte0 = form[form.index('data-link="lte0"') : form.index('data-link="wan9"')]
+    assert "Not reported by the box" in lte0 and 'name="forget_1"' in lte0
+    assert "Not reported by the box" not in form[form.index('data-link="wan9"') :]
+    # and the configuration state says the box applied it, but not for lte0
+    state = client.get(f"/boxes/{box.pk}/config-state/").content.decode()
+    assert 'data-state="applied"' in state and 'data-state="unreported"' in state and "lte0" in state
+    # when the admin removes lte0 from the policy and saves
+    response = client.post(
+        f"/boxes/{box.pk}/policy/",
+        {"mode": "failover", "role_0": "primary", "role_1": "backup", "forget_1": "on", "role_2": "disabled",
+         "role_3": "backup"},
+        HTTP_HX_REQUEST="true",
+    )  # fmt: skip
+    assert response.status_code == 200, response.content.decode()
+    box.refresh_from_db()
+    # then the policy keeps the others, with the kind the box reports for wan1
+    assert [(i["name"], i["role"], i["kind"]) for i in box.wan_policy["interfaces"]] == [
+        ("wan0", "primary", "fiber"),
+        ("wan9", "disabled", "adsl"),
+        ("wan1", "backup", "lte"),
+    ]
 
 
 def test_an_invalid_wan_policy_is_refused_with_the_field(people, box) -> None:
