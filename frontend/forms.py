@@ -406,7 +406,7 @@ class CommandForm(PortalForm):
     iface = forms.ChoiceField(
         label="Through",
         required=False,
-        choices=[("", "Default route")],
+        choices=[("", "All links (tunnel)")],
         error_messages={
             "invalid_choice": "Choose one of the box's links from the list (it does not report that one)."
         },
@@ -416,7 +416,7 @@ class CommandForm(PortalForm):
     def __init__(self, *args: Any, wans: Sequence[Any] = (), **kwargs: Any) -> None:
         kwargs.setdefault("auto_id", "id_command_%s")
         super().__init__(*args, **kwargs)
-        cast(forms.ChoiceField, self.fields["iface"]).choices = [("", "Default route")] + [
+        cast(forms.ChoiceField, self.fields["iface"]).choices = [("", "All links (tunnel)")] + [
             (wan.iface, f"{wan.label or wan.iface} ({wan.iface})") for wan in wans
         ]
 

@@ -7,6 +7,7 @@ polls the configuration state while the box has not applied the desired configur
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -18,11 +19,12 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
+from fleet.commands.choices import CommandKind, CommandState
 from fleet.commands.selectors import command_list_for_box
 from fleet.commands.services import command_create
 from fleet.core.access import ROLE_RANK, box_for, box_visible, is_staff, require_role
 from fleet.core.audit import Actor
-from fleet.core.choices import Role, WanKind, WanMode, WanRole
+from fleet.core.choices import Role, WanMode
 from fleet.core.errors import Conflict, NotFound
 from fleet.core.models import Box
 from fleet.firmware.choices import OPEN_STATES as OPEN_UPGRADE_STATES
@@ -36,6 +38,8 @@ from fleet.firmware.services import (
 )
 from fleet.monitoring.selectors import event_list
 from fleet.telemetry.selectors import box_live_status, box_wans
+from frontend.box_links import policy_links, unreported_links, wan_rows
+from frontend.command_output import speed_test_history, speed_test_latest
 from frontend.errors import errors_on_form, form_error_summary, page_errors
 from frontend.forms import (
     WEEKDAYS,
@@ -55,6 +59,7 @@ from provisioning.services.configuration import box_set_wan_policy, box_settings
 
 EVENTS_SHOWN = 30
 COMMANDS_SHOWN = 15
+SPEED_TESTS_SHOWN = 100  # the speed-test chart's points
 
 
 def _role(request: HttpRequest, box: Box) -> str:
@@ -69,43 +74,9 @@ def _can_edit(role: str) -> bool:
     return ROLE_RANK[Role(role)] >= ROLE_RANK[Role.ADMIN]
 
 
-def _policy_interfaces(box: Box, wans: list[Any]) -> list[dict[str, Any]]:
-    """The WAN policy editor's links: the policy's, in its order (the links' order of preference),
-    then the links the box reports that the policy does not name yet (primaries by default).
-
-    Each says whether the box reports it (``reported``: ``yes``; ``no`` for a link named by the
-    policy but missing from the box's latest report, which the editor flags and lets one remove;
-    ``disabled`` for a disabled one, never monitored so never reported; ``unknown`` while the box
-    has not reported any link). A reported link keeps the kind and label the box reports."""
-    policy = box.wan_policy or {}
-    interfaces = [dict(item) for item in policy.get("interfaces", []) if isinstance(item, dict)]
-    reported = {wan.iface: wan for wan in wans}
-    known = {item.get("name") for item in interfaces}
-    for wan in wans:
-        if wan.iface not in known:
-            interfaces.append({"name": wan.iface, "role": WanRole.PRIMARY})
-    for item in interfaces:
-        wan = reported.get(item.get("name"))
-        if wan is not None:
-            item["kind"] = wan.kind if wan.kind in WanKind.values else WanKind.OTHER
-            item["label"] = wan.label or wan.iface
-            item["reported"] = "yes"
-        else:
-            item["label"] = item.get("name")
-            item["reported"] = (
-                "unknown" if not wans else "disabled" if item.get("role") == WanRole.DISABLED else "no"
-            )
-    return interfaces
-
-
 def _mode_label(box: Box) -> str:
     mode = (box.wan_policy or {}).get("mode", WanMode.AGGREGATE)
     return str(WanMode(mode).label) if mode in WanMode.values else str(mode)
-
-
-def _unreported(box: Box, wans: list[Any]) -> list[str]:
-    """The links the policy gives a role to that the box does not report (their role has no effect)."""
-    return [item["name"] for item in _policy_interfaces(box, wans) if item["reported"] == "no"]
 
 
 def _events(box: Box) -> list[Any]:
@@ -114,6 +85,24 @@ def _events(box: Box) -> list[Any]:
 
 def _commands(box: Box) -> list[Any]:
     return list(command_list_for_box(box_id=box.pk)[:COMMANDS_SHOWN])
+
+
+def _commands_context(box: Box, wans: list[Any]) -> dict[str, Any]:
+    """The commands list with the speed tests' latest figures and history (its chart's data)."""
+    commands = _commands(box)
+    tests = command_list_for_box(
+        box_id=box.pk, filters={"kind": CommandKind.SPEED_TEST, "state": CommandState.SUCCEEDED}
+    )[:SPEED_TESTS_SHOWN]
+    labels = {wan.iface: wan.label for wan in wans if wan.label}
+    history = speed_test_history(tests)
+    return {
+        "commands": commands,
+        "commands_open": any(command.is_open for command in commands),
+        "wan_labels": labels,
+        # in an attribute, not a <script> block: htmx drops scripts from swapped fragments
+        "speed_history_json": json.dumps(history),
+        "speed_latest": speed_test_latest(history, labels),
+    }
 
 
 def _firmware(box: Box) -> dict[str, Any]:
@@ -183,7 +172,6 @@ def _otb(box: Box) -> dict[str, Any]:
 def box_context(request: HttpRequest, box: Box, *, console: bool = False) -> dict[str, Any]:
     role = _role(request, box)
     status, wans = box_live_status(box_id=box.pk)
-    commands = _commands(box)
     return {
         "nav": "console" if console else "boxes",
         "console": console,
@@ -192,23 +180,23 @@ def box_context(request: HttpRequest, box: Box, *, console: bool = False) -> dic
         "can_edit": _can_edit(role),
         "status": status,
         "wans": wans,
+        "wan_rows": wan_rows(box, wans),
         "addresses": box_addresses(box=box),
         "tunnel": box_tunnel_status(box_id=box.pk),
         "events": _events(box),
-        "commands": commands,
-        "commands_open": any(command.is_open for command in commands),
+        **_commands_context(box, wans),
         "policy_form": WanPolicyForm(
             initial={
                 "mode": (box.wan_policy or {}).get("mode", WanMode.AGGREGATE),
                 "download_kbps": (box.wan_policy or {}).get("download_kbps"),
                 "upload_kbps": (box.wan_policy or {}).get("upload_kbps"),
             },
-            interfaces=_policy_interfaces(box, wans),
+            interfaces=policy_links(box, wans),
         ),
         "rename_form": BoxRenameForm(
             initial={"name": box.name, "tags": " ".join(box.tags)}, auto_id="id_rename_%s"
         ),
-        "unreported": _unreported(box, wans),
+        "unreported": unreported_links(box, wans),
         "policy_mode_label": _mode_label(box),
         "command_form": CommandForm(wans=wans),
         "box_url": reverse("frontend:console_box" if console else "frontend:box", args=[box.pk]),
@@ -235,7 +223,9 @@ def box_status_fragment(request: HttpRequest, box_id: str) -> HttpResponse:
     box = box_for(request.user, box_id, Role.VIEWER)
     status, wans = box_live_status(box_id=box.pk)
     return render(
-        request, "frontend/box/_status.html", {"box": box, "status": status, "wans": wans, **_otb(box)}
+        request,
+        "frontend/box/_status.html",
+        {"box": box, "status": status, "wans": wans, "wan_rows": wan_rows(box, wans), **_otb(box)},
     )
 
 
@@ -245,7 +235,7 @@ def box_status_fragment(request: HttpRequest, box_id: str) -> HttpResponse:
 def box_config_fragment(request: HttpRequest, box_id: str) -> HttpResponse:
     """Whether the box has applied the desired configuration (polled while it has not)."""
     box = box_for(request.user, box_id, Role.VIEWER)
-    unreported = _unreported(box, box_wans(box_id=box.pk))
+    unreported = unreported_links(box, box_wans(box_id=box.pk))
     return render(request, "frontend/box/_config_state.html", {"box": box, "unreported": unreported})
 
 
@@ -262,16 +252,8 @@ def box_events_fragment(request: HttpRequest, box_id: str) -> HttpResponse:
 @page_errors
 def box_commands_fragment(request: HttpRequest, box_id: str) -> HttpResponse:
     box = box_for(request.user, box_id, Role.VIEWER)
-    commands = _commands(box)
-    return render(
-        request,
-        "frontend/box/_commands.html",
-        {
-            "box": box,
-            "commands": commands,
-            "commands_open": any(command.is_open for command in commands),
-        },
-    )
+    context = {"box": box, **_commands_context(box, box_wans(box_id=box.pk))}
+    return render(request, "frontend/box/_commands.html", context)
 
 
 def _console(request: HttpRequest) -> bool:
@@ -297,7 +279,7 @@ def box_policy_update(request: HttpRequest, box_id: str) -> HttpResponse:
     box = box_visible(actor, box_id)
     box_settings_authorize(actor=actor, box=box)
     wans = box_wans(box_id=box.pk)
-    form = WanPolicyForm(request.POST, interfaces=_policy_interfaces(box, wans))
+    form = WanPolicyForm(request.POST, interfaces=policy_links(box, wans))
     if form.is_valid():
         with errors_on_form(form):
             box = box_set_wan_policy(
@@ -319,7 +301,7 @@ def box_policy_update(request: HttpRequest, box_id: str) -> HttpResponse:
                 "can_edit": True,
                 "saved": not form.errors,
                 "console": _console(request),
-                "unreported": _unreported(box, wans),
+                "unreported": unreported_links(box, wans),
             },
             status=status,
         )
@@ -377,7 +359,6 @@ def box_command_create(request: HttpRequest, box_id: str) -> HttpResponse:
             )
             sent = f"{command.get_kind_display()} sent to {box.name or box.serial}."
     if _htmx(request):
-        commands = _commands(box)
         context = {
             "box": box,
             "command_form": form if form.errors else CommandForm(wans=wans),
@@ -385,8 +366,7 @@ def box_command_create(request: HttpRequest, box_id: str) -> HttpResponse:
             "console": _console(request),
             "can_edit": True,
             # the list below the form shows the new command at once (an out-of-band swap)
-            "commands": commands,
-            "commands_open": any(command.is_open for command in commands),
+            **_commands_context(box, wans),
             "commands_oob": bool(sent),
         }
         return render(request, "frontend/box/_command_form.html", context, status=400 if form.errors else 200)

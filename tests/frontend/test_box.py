@@ -63,6 +63,23 @@ def test_box_page_shows_status_links_network_and_firmware(people, box) -> None:
     assert "uPlot.iife.min.js" in content
 
 
+def test_the_wan_table_names_each_link_once_and_times_have_one_format(people, box) -> None:
+    # given the box reports wan0 labelled "Fiber" (a fiber link) and wan1 labelled "4G" (LTE)
+    content = logged_in(people.viewer).get(f"/boxes/{box.pk}/").content.decode()
+    table = content[
+        content.index('id="wan-table"') : content.index("</table>", content.index('id="wan-table"'))
+    ]
+    # then each link reads "label · interface", not "Fiber Fiber · wan0"
+    captions = re.findall(r'<th scope="row">(.*?)</th>', table)
+    assert captions == ['Fiber <span class="sub">wan0</span>', '4G <span class="sub">wan1</span>']
+    assert re.findall(r'data-role="(\w+)"', table) == ["primary", "primary"]
+    # and every date on the page is written one way (the script shows it in the viewer's zone)
+    times = re.findall(r"<time datetime=\"[^\"]+\">([^<]*)</time>", content)
+    assert times and all(
+        re.fullmatch(r"\d{1,2} [A-Z][a-z]{2} \d{4}, \d{2}:\d{2}:\d{2} UTC", t) for t in times
+    ), times
+
+
 def test_another_organisations_box_is_not_found(people, box) -> None:
     client = logged_in(people.outsider)
     for url in (

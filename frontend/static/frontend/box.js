@@ -16,7 +16,7 @@
     var v = Number(value);
     var i = 0;
     while (Math.abs(v) >= 1000 && i < units.length - 1) { v /= 1000; i += 1; }
-    return (i === 0 ? v.toFixed(0) : v.toFixed(v < 10 ? 2 : 1)) + " " + units[i];
+    return (i === 0 || Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(Math.abs(v) < 10 ? 2 : 1)) + " " + units[i];
   }
   function fmtNumber(value, digits, unit) {
     if (value === null || value === undefined || isNaN(value)) { return "–"; }
@@ -46,25 +46,47 @@
   Chart.prototype.width = function () {
     return Math.max(this.el.clientWidth || this.el.parentNode.clientWidth || 300, 240);
   };
+  // Times on the charts: the portal's one format (portal.js) in the legend, its time (or its day,
+  // for ranges over two days) on the axis; the viewer's time zone, as everywhere.
+  var TICK_SECONDS = new Intl.DateTimeFormat("en-GB", { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" });
+  var TICK_TIME = new Intl.DateTimeFormat("en-GB", { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
+  var TICK_DAY = new Intl.DateTimeFormat("en-GB", { day: "numeric", month: "short" });
+  function formatWhen(date) {
+    return window.otb && window.otb.formatWhen ? window.otb.formatWhen(date) : date.toISOString();
+  }
+  function timeAxis() {
+    return {
+      values: function (u, ticks) {
+        var span = ticks.length > 1 ? ticks[ticks.length - 1] - ticks[0] : 0;
+        var format = span > 2 * 86400 ? TICK_DAY : span > 600 ? TICK_TIME : TICK_SECONDS;
+        return ticks.map(function (t) { return format.format(new Date(t * 1000)); });
+      },
+    };
+  }
+  var TIME_SERIES = { label: "Time", value: function (u, v) { return v === null || v === undefined ? "–" : formatWhen(new Date(v * 1000)); } };
+
   Chart.prototype.build = function () {
     if (!window.uPlot || !this.el) { return; }
     if (this.plot) { this.plot.destroy(); }
     var format = this.format;
-    var series = [{}].concat(this.names.map(function (name, index) {
+    var styles = this.styles || {};
+    var series = [TIME_SERIES].concat(this.names.map(function (name, index) {
+      var style = styles[name] || {};
       return {
         label: name,
-        stroke: name === "aggregate" ? "#111827" : name === "sum of links" ? "#9aa8b8" : PALETTE[index % PALETTE.length],
+        stroke: style.stroke || (name === "aggregate" ? "#111827" : name === "sum of links" ? "#9aa8b8" : PALETTE[index % PALETTE.length]),
         width: name === "aggregate" ? 2.5 : 1.6,
-        dash: name === "sum of links" ? [6, 4] : undefined,
+        dash: style.dash || (name === "sum of links" ? [6, 4] : undefined),
         value: function (u, v) { return v === null || v === undefined ? "–" : format(v); },
-        spanGaps: false,
+        spanGaps: Boolean(style.spanGaps),
+        points: style.points,
       };
     }));
     this.plot = new window.uPlot({
       width: this.width(),
-      height: 200,
+      height: this.height || 200,
       series: series,
-      axes: [{}, { values: function (u, ticks) { return ticks.map(format); }, size: 80 }],
+      axes: [timeAxis(), { values: function (u, ticks) { return ticks.map(format); }, size: 92 }],
       legend: { live: true },
       cursor: { drag: { x: false, y: false } },
     }, this.data, this.el);
@@ -76,7 +98,7 @@
     if (rebuild) { this.build(); } else if (this.plot) { this.plot.setData(this.data); }
   };
   Chart.prototype.resize = function () {
-    if (this.plot) { this.plot.setSize({ width: this.width(), height: 200 }); }
+    if (this.plot) { this.plot.setSize({ width: this.width(), height: this.height || 200 }); }
   };
 
   // ---------------------------------------------------------------------------------------------
@@ -91,6 +113,7 @@
       loss: new Chart("chart-loss", function (v) { return fmtNumber(v, 1, "%"); }),
     },
     count: 0,
+    backfilled: 0,
   };
 
   function liveRedraw() {
@@ -113,12 +136,36 @@
     })));
   }
 
+  function knowIface(iface) {
+    if (live.ifaces.indexOf(iface) === -1) { live.ifaces.push(iface); live.ifaces.sort(); }
+  }
+
+  function showTotals(row) {
+    setText("agg-rx", fmtBps(row.aggregate_rx));
+    setText("agg-tx", fmtBps(row.aggregate_tx));
+    setText("sum-rx", fmtBps(row.sum_rx));
+    setText("sum-tx", fmtBps(row.sum_tx));
+    setText("efficiency", row.sum_rx > 0 && row.aggregate_rx !== null && row.aggregate_rx !== undefined
+      ? (100 * row.aggregate_rx / row.sum_rx).toFixed(1) + " %" : "–");
+  }
+
+  function liveCounter() {
+    var counter = document.getElementById("live-points");
+    if (!counter) { return; }
+    counter.dataset.count = String(live.count);
+    counter.dataset.backfill = String(live.backfilled);
+    var parts = [];
+    if (live.backfilled) { parts.push(live.backfilled + " points from the last hour"); }
+    parts.push(live.count + " live update" + (live.count === 1 ? "" : "s") + " received");
+    counter.textContent = parts.join(", then ");
+  }
+
   function onTelemetry(p) {
     var ts = p.ts ? Date.parse(p.ts) / 1000 : Date.now() / 1000;
     var row = { ts: ts, aggregate_rx: p.rx_bps, aggregate_tx: p.tx_bps, wans: {}, sum_rx: 0, sum_tx: 0 };
     (p.wans || []).forEach(function (wan) {
       row.wans[wan.iface] = wan;
-      if (live.ifaces.indexOf(wan.iface) === -1) { live.ifaces.push(wan.iface); live.ifaces.sort(); }
+      knowIface(wan.iface);
       if (wan.up) { row.sum_rx += Number(wan.rx_bps || 0); row.sum_tx += Number(wan.tx_bps || 0); }
       updateWanRow(wan);
     });
@@ -127,18 +174,99 @@
     if (live.rows.length > LIVE_POINTS) { live.rows.shift(); }
     live.count += 1;
     liveRedraw();
-    setText("agg-rx", fmtBps(p.rx_bps));
-    setText("agg-tx", fmtBps(p.tx_bps));
-    setText("sum-rx", fmtBps(row.sum_rx));
-    setText("sum-tx", fmtBps(row.sum_tx));
+    showTotals(row);
     var up = (p.wans || []).filter(function (w) { return w.up; }).length;
     setText("wans-up", up + " of " + (p.wans || []).length);
-    var counter = document.getElementById("live-points");
-    if (counter) {
-      counter.dataset.count = String(live.count);
-      counter.textContent = live.count + " live update" + (live.count === 1 ? "" : "s") + " received";
+    liveCounter();
+    setText("live-updated", "updated " + formatWhen(new Date(ts * 1000)));
+  }
+
+  // Back-fill: the last hour from the telemetry API, so the live charts are full on arrival; the
+  // websocket's points then follow (a point is drawn once: the back-fill stops where they start).
+  function backfillLive() {
+    var seconds = Number(root.dataset.liveWindow || 3600);
+    var end = new Date();
+    var start = new Date(end.getTime() - seconds * 1000);
+    var query = "?resolution=raw&max_points=" + LIVE_POINTS + "&from=" + encodeURIComponent(start.toISOString()) +
+      "&to=" + encodeURIComponent(end.toISOString());
+    return fetch(root.dataset.telemetryUrl + query, {
+      credentials: "same-origin",
+      headers: { Accept: "application/json" },
+    }).then(function (response) {
+      if (!response.ok) { throw new Error("HTTP " + response.status); }
+      return response.json();
+    }).then(function (body) {
+      var rows = historyRows(body);
+      var firstLive = live.rows.length ? live.rows[0].ts : Infinity;
+      rows = rows.filter(function (row) { return row.ts < firstLive; });
+      live.rows = rows.concat(live.rows).slice(-LIVE_POINTS);
+      live.backfilled = rows.length;
+      if (rows.length && !live.count) { showTotals(rows[rows.length - 1]); }
+      liveRedraw();
+      liveCounter();
+    }).catch(function (error) {
+      setText("live-points", "The last hour could not be loaded (" + error.message + "); live updates follow.");
+    });
+  }
+
+  // Rows of the live charts from a telemetry API answer (box points and per-link points by time).
+  function historyRows(body) {
+    var byTs = {};
+    function rowAt(ts) {
+      var t = Date.parse(ts) / 1000;
+      if (!byTs[t]) { byTs[t] = { ts: t, aggregate_rx: null, aggregate_tx: null, wans: {}, sum_rx: 0, sum_tx: 0 }; }
+      return byTs[t];
     }
-    setText("live-updated", "updated " + new Date(ts * 1000).toLocaleTimeString());
+    (body.box || []).forEach(function (point) {
+      var row = rowAt(point.ts);
+      row.aggregate_rx = point.rx_bps;
+      row.aggregate_tx = point.tx_bps;
+    });
+    (body.wans || []).forEach(function (series) {
+      knowIface(series.iface);
+      (series.points || []).forEach(function (point) {
+        var row = rowAt(point.ts);
+        var up = point.up_ratio === null || point.up_ratio === undefined ? true : point.up_ratio >= 0.5;
+        row.wans[series.iface] = { iface: series.iface, up: up, rx_bps: point.rx_bps, tx_bps: point.tx_bps,
+          rtt_ms: point.rtt_ms, loss_pct: point.loss_pct };
+        row.sum_rx += Number(point.rx_bps || 0);
+        row.sum_tx += Number(point.tx_bps || 0);
+      });
+    });
+    return Object.keys(byTs).map(Number).sort(function (a, b) { return a - b; }).map(function (t) { return byTs[t]; });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Speed tests: download (solid) and upload (dashed) per target, from the commands fragment's data.
+  var speedChart = new Chart("chart-speed", function (v) { return fmtBps(v * 1e6); });
+  speedChart.height = 180;
+  function drawSpeed() {
+    speedChart.el = document.getElementById("chart-speed");
+    if (!speedChart.el || !speedChart.el.dataset.points) { return; }
+    var points;
+    try { points = JSON.parse(speedChart.el.dataset.points); } catch (e) { return; }
+    var targets = [];
+    points.forEach(function (point) { if (targets.indexOf(point.target) === -1) { targets.push(point.target); } });
+    targets.sort();
+    var times = points.map(function (point) { return Date.parse(point.ts) / 1000; });
+    var names = [];
+    var columns = [];
+    speedChart.styles = {};
+    targets.forEach(function (target, index) {
+      var label = target || "tunnel";
+      var colour = target ? PALETTE[(index + 1) % PALETTE.length] : "#111827";
+      ["down", "up"].forEach(function (direction) {
+        var name = (direction === "down" ? "↓ " : "↑ ") + label;
+        names.push(name);
+        speedChart.styles[name] = { stroke: colour, dash: direction === "up" ? [6, 4] : undefined, spanGaps: true,
+          points: { show: true, size: 6 } };
+        columns.push(points.map(function (point) {
+          return point.target === target ? point[direction + "_mbps"] : null;
+        }));
+      });
+    });
+    speedChart.plot = null;  // the fragment was swapped: a new element
+    speedChart.set(names, [times].concat(columns));
   }
 
   function setText(id, text) {
@@ -334,6 +462,8 @@
     });
     loadHistory("hour");
     liveRedraw();
+    backfillLive();
+    drawSpeed();
     connect();
     var resizeTimer = null;
     window.addEventListener("resize", function () {
@@ -341,8 +471,14 @@
       resizeTimer = setTimeout(function () {
         Object.keys(live.charts).forEach(function (k) { live.charts[k].resize(); });
         Object.keys(history).forEach(function (k) { history[k].resize(); });
+        speedChart.resize();
       }, 150);
     });
   });
-  document.addEventListener("htmx:afterSwap", function (event) { humanizeBps(event.target); });
+  document.addEventListener("htmx:afterSwap", function (event) {
+    humanizeBps(event.target);
+    if (document.getElementById("chart-speed") && !document.querySelector("#chart-speed .uplot")) {
+      drawSpeed();
+    }
+  });
 })();

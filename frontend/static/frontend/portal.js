@@ -99,30 +99,31 @@
     }
   });
 
-  // Local, readable times: <time datetime="..." data-relative> shows "3 min ago" and keeps ticking.
-  function relative(iso) {
-    var then = Date.parse(iso);
-    if (isNaN(then)) { return null; }
-    var seconds = Math.round((Date.now() - then) / 1000);
-    if (seconds < 5) { return "just now"; }
-    if (seconds < 60) { return seconds + " s ago"; }
-    if (seconds < 3600) { return Math.round(seconds / 60) + " min ago"; }
-    if (seconds < 86400) { return Math.round(seconds / 3600) + " h ago"; }
-    return Math.round(seconds / 86400) + " d ago";
+  // Every date and time in one format, in the viewer's time zone: "6 Dec 2026, 16:42:05". The
+  // server writes <time datetime="ISO">6 Dec 2026, 15:42:05 UTC</time> (the same format in UTC,
+  // for a page read without script); here each one is rewritten in the browser's zone, which the
+  // title names.
+  var zone = (Intl.DateTimeFormat().resolvedOptions().timeZone) || "";
+  var ONE_FORMAT = new Intl.DateTimeFormat("en-GB", {
+    day: "numeric", month: "short", year: "numeric",
+    hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
+  });
+  var LONG_FORMAT = new Intl.DateTimeFormat("en-GB", { dateStyle: "full", timeStyle: "long" });
+  function formatWhen(date) {
+    return ONE_FORMAT.format(date);
   }
   function refreshTimes(root) {
-    (root || document).querySelectorAll("time[data-relative]").forEach(function (el) {
-      var text = relative(el.getAttribute("datetime"));
-      if (text) {
-        if (!el.title) { el.title = el.textContent.trim(); }
-        el.textContent = text;
-      }
+    (root || document).querySelectorAll("time[datetime]").forEach(function (el) {
+      var then = new Date(el.getAttribute("datetime"));
+      if (isNaN(then.getTime())) { return; }
+      el.textContent = formatWhen(then);
+      el.title = LONG_FORMAT.format(then) + (zone ? " (" + zone + ")" : "");
     });
   }
   document.addEventListener("DOMContentLoaded", function () { refreshTimes(document); });
   document.addEventListener("htmx:afterSwap", function (event) { refreshTimes(event.target); });
-  setInterval(function () { refreshTimes(document); }, 15000);
 
   window.otb = window.otb || {};
   window.otb.refreshTimes = refreshTimes;
+  window.otb.formatWhen = formatWhen;
 })();
