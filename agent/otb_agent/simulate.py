@@ -50,7 +50,8 @@ def load_boxes(args: Any) -> List[Dict[str, Any]]:
                 try:
                     wans = wans_from_spec(str(row.get("wans") or ""))
                 except ValueError as e:
-                    raise SystemExit(f"otb-agent: {args.credentials_file}: {row.get('serial')}: {e}") from None
+                    where = f"{args.credentials_file}: {row.get('serial')}"
+                    raise SystemExit(f"otb-agent: {where}: {e}") from None
                 boxes.append(
                     {"serial": str(row["serial"]), "agent_token": str(row["agent_token"]), "wans": wans}
                 )
