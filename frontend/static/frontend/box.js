@@ -56,6 +56,7 @@
   }
   function timeAxis() {
     return {
+      space: 72,  // pixels between ticks: room for "12:18:33"
       values: function (u, ticks) {
         var span = ticks.length > 1 ? ticks[ticks.length - 1] - ticks[0] : 0;
         var format = span > 2 * 86400 ? TICK_DAY : span > 600 ? TICK_TIME : TICK_SECONDS;
