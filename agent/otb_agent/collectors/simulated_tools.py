@@ -11,7 +11,6 @@ only the name lookup of the fleet server is real (the simulated box does reach t
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import socket
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
@@ -121,7 +120,7 @@ class SimulatedNetwork:
                 f"src {self.tunnel.get('box_address')}"
             )
         for w in usable:
-            network = ipaddress.ip_network(f"{w.ip}/24", strict=False)
+            network = w.ip.rsplit(".", 1)[0] + ".0/24"
             lines.append(f"{network} dev {w.iface} proto kernel scope link src {w.ip}")
         lines.append(f"192.168.100.0/{LAN_PREFIX} dev lan proto kernel scope link src {LAN_ADDRESS}")
         ok = bool(usable)
