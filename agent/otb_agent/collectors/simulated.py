@@ -18,7 +18,6 @@ and, when several links carry one bonded connection, the scheduler's losses.
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 import zlib
@@ -26,9 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from otb_protocol import (
     WAN_MODE_AGGREGATE,
-    WAN_MODE_LOAD_BALANCE,
     WAN_MODES,
-    WAN_ROLE_BACKUP,
     WAN_ROLE_DISABLED,
     WAN_ROLE_PRIMARY,
     WAN_ROLES,
@@ -36,73 +33,24 @@ from otb_protocol import (
 
 from ..httpapi import InterfaceError
 from .base import Collector
+from .simulated_links import (
+    _BACKUP,
+    _FIXED,
+    _MOBILE,
+    HEADER_EFFICIENCY,
+    PROFILES,
+    UPLOAD_SHARE,
+    WAN_HOSTS,
+    WAN_NETWORKS,
+    _Wan,
+    capped,
+    carrying_links,
+    split,
+    tunnel_efficiency,
+    wans_from_spec,
+)
 
 _MASK = (1 << 64) - 1
-
-# kind: (base rtt ms, jitter ms, base loss %, down Mbit/s, up Mbit/s, P(link failure) per sample)
-PROFILES: Dict[str, tuple] = {
-    "fiber": (5.0, 0.5, 0.0, 900.0, 300.0, 0.001),
-    "cable": (12.0, 2.0, 0.05, 300.0, 30.0, 0.002),
-    "vdsl": (15.0, 1.5, 0.1, 60.0, 12.0, 0.002),
-    "adsl": (35.0, 3.0, 0.3, 12.0, 1.0, 0.003),
-    "sdsl": (12.0, 1.0, 0.05, 20.0, 20.0, 0.002),
-    "lte": (40.0, 12.0, 0.8, 80.0, 25.0, 0.006),
-    "5g": (22.0, 6.0, 0.4, 400.0, 60.0, 0.005),
-    "satellite": (600.0, 40.0, 1.0, 100.0, 10.0, 0.004),
-}
-_FIXED = ("fiber", "vdsl", "adsl", "cable", "sdsl")
-_BACKUP = ("lte", "lte", "5g", "vdsl", "adsl", "satellite")
-_LABELS = {
-    "fiber": "Fibre",
-    "cable": "Cable",
-    "vdsl": "VDSL",
-    "adsl": "ADSL",
-    "sdsl": "SDSL",
-    "lte": "4G",
-    "5g": "5G",
-    "satellite": "Satellite",
-}
-_MOBILE = ("lte", "5g", "satellite")
-
-# The WANs' public addresses: the documentation ranges (RFC 5737), never real address space. The
-# upper half of each, as the demo's own public pools and aggregation servers use the lower halves.
-WAN_NETWORKS = ("192.0.2", "198.51.100", "203.0.113")
-WAN_HOSTS = (128, 254)
-
-# The tunnel (shadowsocks over MPTCP, docs/agent-protocol.md): each 1500-byte packet a subflow
-# carries holds 72 bytes of headers the LAN never sees (outer IPv4 20, TCP 20, timestamps 12,
-# MPTCP DSS 20), so one link through the tunnel delivers 0.952 of what it carries (measured on a
-# shaped 20 Mbit/s link: 19.1). A connection bonded over several links also loses to reordering and
-# the scheduler: measured, bonded throughput was 0.88 to 0.94 of the sum of the links, so the
-# bonding factor is 0.966 +- 0.02 (0.92 overall, with noise).
-MTU = 1500
-TUNNEL_HEADER_BYTES = 72
-HEADER_EFFICIENCY = 1 - TUNNEL_HEADER_BYTES / MTU
-BONDING_EFFICIENCY = 0.966
-BONDING_NOISE = 0.02
-
-# The traffic offered to the box: a random walk of the share of its primaries' capacity in use.
-UPLOAD_SHARE = 0.5  # of the upload capacity, relative to the download's share
-LOAD_BALANCE_CONNECTIONS = (4, 16)  # bulk connections spread per sample, fewest to most
-
-_SPEC_ITEM = re.compile(r"([a-z0-9._-]{1,15}):([a-z0-9]+)")
-
-
-def wans_from_spec(spec: str) -> List[Tuple[str, str]]:
-    """``"wan:fiber wan2:vdsl wan3:lte"`` -> ``[("wan", "fiber"), ...]`` (the demo's CSV column and
-    ``--wan``); ValueError naming the bad item."""
-    wans: List[Tuple[str, str]] = []
-    for item in spec.replace(",", " ").split():
-        match = _SPEC_ITEM.fullmatch(item)
-        if match is None:
-            raise ValueError(f"wans: {item!r} is not IFACE:KIND")
-        iface, kind = match.groups()
-        if kind not in PROFILES:
-            raise ValueError(f"wans: {item!r}: kind must be one of {', '.join(PROFILES)}")
-        if any(iface == seen for seen, _ in wans):
-            raise ValueError(f"wans: {iface!r} is listed twice")
-        wans.append((iface, kind))
-    return wans
 
 
 class _Rng:
@@ -123,53 +71,6 @@ class _Rng:
 
     def choice(self, seq: Any) -> Any:
         return seq[int(self.random() * len(seq))]
-
-
-class _Wan:
-    __slots__ = (
-        "down_left",
-        "down_mbps",
-        "iface",
-        "ip",
-        "kind",
-        "label",
-        "lat",
-        "loss",
-        "profile",
-        "role",
-        "rtt",
-        "up_mbps",
-    )
-
-    def __init__(self, iface: str, kind: str, ip: str) -> None:
-        self.iface = iface
-        self.kind = kind
-        self.label = _LABELS.get(kind, kind)
-        self.profile = PROFILES[kind]
-        self.lat = 1.0  # multiplicative random walk around the base rtt
-        self.loss = self.profile[2]
-        self.down_left = 0  # samples left before the link comes back
-        self.ip = ip
-        self.role = WAN_ROLE_PRIMARY  # from the policy; a link it does not name is a primary
-        self.down_mbps: float = self.profile[3]  # the profile's speed, or the policy's if lower
-        self.up_mbps: float = self.profile[4]
-        self.rtt: Optional[float] = None  # the last sample's, for the diagnostics
-
-    @property
-    def up(self) -> bool:
-        return self.down_left == 0
-
-    def gateway(self) -> str:
-        return self.ip.rsplit(".", 1)[0] + ".1"
-
-
-def carrying_links(wans: Sequence[_Wan], ups: Sequence[bool]) -> List[bool]:
-    """Which links carry traffic: the primaries that are up, or while every primary is down the
-    backups that are up (MPTCP's backup subflows); never a disabled link."""
-    primaries = [up and w.role == WAN_ROLE_PRIMARY for w, up in zip(wans, ups)]
-    if any(primaries):
-        return primaries
-    return [up and w.role == WAN_ROLE_BACKUP for w, up in zip(wans, ups)]
 
 
 class SimulatedCollector(Collector):
@@ -236,8 +137,8 @@ class SimulatedCollector(Collector):
             item = named.get(w.iface, {})
             role = item.get("role")
             w.role = role if role in WAN_ROLES else WAN_ROLE_PRIMARY
-            w.down_mbps = _capped(w.profile[3], item.get("down_kbps"))
-            w.up_mbps = _capped(w.profile[4], item.get("up_kbps"))
+            w.down_mbps = capped(w.profile[3], item.get("down_kbps"))
+            w.up_mbps = capped(w.profile[4], item.get("up_kbps"))
         # Only what the diagnostics show is kept (10,000 boxes in one process).
         self.config = {key: config[key] for key in ("server", "tunnel", "public_ipv4") if key in config}
 
@@ -282,42 +183,12 @@ class SimulatedCollector(Collector):
         return bool(self.carrying())
 
     def tunnel_efficiency(self, carrying: int) -> float:
-        """The share of what the links carry that reaches the LAN (see the constants above)."""
-        if carrying > 1 and self.mode != WAN_MODE_LOAD_BALANCE:
-            noise = (self.rng.random() + self.rng.random() - 1.0) * BONDING_NOISE
-            return HEADER_EFFICIENCY * (BONDING_EFFICIENCY + noise)
-        return HEADER_EFFICIENCY
+        return tunnel_efficiency(self.mode, carrying, self.rng)
 
     # -- sampling
     def _walk(self, value: float, lo: float, hi: float, step: float) -> float:
         value += (self.rng.random() - 0.5) * 2 * step
         return lo if value < lo else hi if value > hi else value
-
-    def _split(self, carrying: List[_Wan], demand: float, upload: bool) -> Dict[str, int]:
-        """Bits per second each carrying link moves for ``demand``: by capacity when bonded, by
-        connection for load-balance; never more than a link's capacity."""
-        rng = self.rng
-        caps = [(w.up_mbps if upload else w.down_mbps) * 1e6 for w in carrying]
-        total = sum(caps)
-        if not carrying or total <= 0:
-            return {}
-        if self.mode == WAN_MODE_LOAD_BALANCE:
-            low, high = LOAD_BALANCE_CONNECTIONS
-            connections = low + int(self.load * (high - low))
-            counts = [0] * len(carrying)
-            for _ in range(connections):  # each connection lands on a link, weighted by capacity
-                point, index = rng.random() * total, 0
-                while index < len(caps) - 1 and point >= caps[index]:
-                    point -= caps[index]
-                    index += 1
-                counts[index] += 1
-            shares = [count / connections for count in counts]
-        else:
-            shares = [cap / total for cap in caps]
-        return {
-            w.iface: int(min(cap, demand * share * (0.9 + rng.random() * 0.2)))
-            for w, cap, share in zip(carrying, caps, shares)
-        }
 
     def collect(self) -> Dict[str, Any]:
         rng = self.rng
@@ -336,8 +207,8 @@ class SimulatedCollector(Collector):
         ]
         demand_down = self.load * sum(w.down_mbps for w in primaries) * 1e6
         demand_up = self.load * UPLOAD_SHARE * sum(w.up_mbps for w in primaries) * 1e6
-        rx = self._split(carrying, demand_down, upload=False)
-        tx = self._split(carrying, demand_up, upload=True)
+        rx = split(self.mode, carrying, demand_down, upload=False, load=self.load, rng=rng)
+        tx = split(self.mode, carrying, demand_up, upload=True, load=self.load, rng=rng)
         wans = []
         for w, up in zip(self.wans, self.links_up()):
             if w.role == WAN_ROLE_DISABLED:
@@ -414,14 +285,15 @@ class SimulatedCollector(Collector):
         return capacity * efficiency * max(0.3, 1.0 - 0.6 * self.load)
 
 
-def _capped(line_mbps: float, kbps: Any) -> float:
-    if isinstance(kbps, int) and not isinstance(kbps, bool) and kbps > 0:
-        return min(line_mbps, kbps / 1000.0)
-    return line_mbps
-
-
 # The system lives in a module of its own so that neither module is large to compile: `otb-agent run`
 # imports this one, within its memory budget (bench/agent.py), also when no bytecode is cached.
 from .simulated_system import SimulatedSystem  # noqa: E402
 
-__all__ = ["PROFILES", "SimulatedCollector", "SimulatedSystem", "carrying_links", "wans_from_spec"]
+__all__ = [
+    "HEADER_EFFICIENCY",
+    "PROFILES",
+    "SimulatedCollector",
+    "SimulatedSystem",
+    "carrying_links",
+    "wans_from_spec",
+]
