@@ -28,7 +28,7 @@ from .backoff import Backoff
 from .collectors.simulated import SimulatedCollector, SimulatedSystem, wans_from_spec
 from .enrollment import EnrollError, enroll_box
 from .store import MemoryStore, SqliteStore, Store
-from .util import CREDENTIALS_FILE, DB_FILE, Logger, read_json
+from .util import CONFIG_FILE, CREDENTIALS_FILE, DB_FILE, Logger, read_json
 
 
 def simulated_pick(index: int, fraction: float) -> bool:
@@ -205,6 +205,9 @@ class Simulation:
             return
         flaky = args.fail_fraction > 0 and ((i * 2654435761) % 10000) / 10000.0 < args.fail_fraction
         collector = SimulatedCollector(serial, flaky=flaky, wans=box.get("wans"))
+        saved = None if args.memory_buffer else read_json(os.path.join(state_dir, CONFIG_FILE))
+        if isinstance(saved, dict):  # as `otb-agent run` does: a 304 later does not apply it again
+            collector.configure(saved)
         system = SimulatedSystem(
             collector,
             flaky=flaky,

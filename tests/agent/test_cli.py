@@ -241,6 +241,32 @@ async def test_simulate_takes_each_box_links_from_the_csv(fleet, tmp_path, monke
         load_boxes(args)
 
 
+async def test_a_restarted_simulated_box_applies_the_configuration_it_kept(fleet, tmp_path, monkeypatch):
+    # given a simulated box that applied a policy disabling wan2 before the simulator stopped
+    fake_http, ws = fleet
+    monkeypatch.setenv("OTB_AGENT_WS_URL", ws.url)
+    csv_path = tmp_path / "boxes.csv"
+    csv_path.write_text("serial,factory_secret,wans\nBOX1,s3cret,wan:fiber wan2:lte\n")
+    args = _sim_args(
+        tmp_path, fake_http.url, boxes_csv=str(csv_path), duration=0.8, no_config=True, memory_buffer=False
+    )
+    state = tmp_path / "sim" / "BOX1"
+    state.mkdir(parents=True)
+    policy = {
+        "mode": "failover",
+        "interfaces": [{"name": "wan", "role": "primary"}, {"name": "wan2", "role": "disabled"}],
+    }
+    (state / "config.json").write_text(json.dumps({"config_hash": "ab12", "wan_policy": policy}))
+    # when the simulator starts again (the server answers 304: the configuration did not change)
+    sim = Simulation(args, load_boxes(args), out=io.StringIO())
+    await sim.main()
+    # then the box runs with that policy from the start
+    collector = sim.agents[0].collector
+    assert isinstance(collector, SimulatedCollector)
+    assert collector.mode == "failover" and [w.role for w in collector.wans] == ["primary", "disabled"]
+    assert [wan["iface"] for wan in collector.collect()["wans"]] == ["wan"]
+
+
 def test_console_script_entry_point():
     from importlib.metadata import entry_points
 
