@@ -31,9 +31,9 @@ def sign_in(page: Any) -> None:
 
 
 def send(page: Any, kind: str, **choices: str) -> None:
-    page.select_option("#id_kind", kind)
+    page.select_option("#id_command_kind", kind)
     for field, value in choices.items():
-        page.select_option(f"#id_{field}", value)
+        page.select_option(f"#id_command_{field}", value)
     page.get_by_role("button", name="Send").click()
 
 
