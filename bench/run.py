@@ -20,7 +20,18 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 LOG_DIR = BENCH_DIR.parent / "var" / "bench-logs"
-ORDER = ["provision", "checkin", "ingest", "sessions", "agent", "rollout", "portal", "scaleout", "lab"]
+ORDER = [
+    "provision",
+    "checkin",
+    "otb_poll",
+    "ingest",
+    "sessions",
+    "agent",
+    "rollout",
+    "portal",
+    "scaleout",
+    "lab",
+]
 
 
 def discover() -> list[str]:

@@ -6,7 +6,8 @@ thread per request, and the response handed back through asgiref), which cost ~1
 request: 20-30 % of a cheap authenticated API call (measured: ``GET /api/v1/me`` 6.1-7.2 -> 5.0-5.3 ms
 of server CPU, 18-36 % more requests/s per process). Here they run on Django's WSGI handler in a fixed
 pool of ``OTB_HTTP_THREADS`` threads (a2wsgi), in the same uvicorn process that serves the websockets.
-The config poll's 304 fast path answers before either (fleet/checkin.py).
+The config poll's 304 fast path answers before either (provisioning/checkin.py), and so does the idle
+poll of stock OverTheBox boxes (otbcompat/fastpath.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from config.websocket_routing import websocket_urlpatterns  # noqa: E402
+from otbcompat.fastpath import OtbTodoFastPath  # noqa: E402
 from provisioning.checkin import ConfigNotModifiedFastPath  # noqa: E402
 
 http_application = WSGIMiddleware(
@@ -32,7 +34,7 @@ http_application = WSGIMiddleware(
 
 application = ProtocolTypeRouter(
     {
-        "http": ConfigNotModifiedFastPath(http_application),
+        "http": OtbTodoFastPath(ConfigNotModifiedFastPath(http_application)),
         "websocket": URLRouter(websocket_urlpatterns),
     }
 )

@@ -34,6 +34,10 @@ app.conf.beat_schedule = {
         "task": "provisioning.tasks.addresses_release_quarantined_task",
         "schedule": 300.0,
     },
+    "otbcompat-presence-flush": {
+        "task": "otbcompat.tasks.otb_presence_flush_task",
+        "schedule": float(os.environ.get("OTB_COMPAT_PRESENCE_FLUSH_S", "10")),
+    },
     "rollouts-tick": {
         "task": "fleet.firmware.tasks.rollouts_tick_task",
         "schedule": float(os.environ.get("OTB_ROLLOUT_TICK_S", "30")),

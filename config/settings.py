@@ -418,6 +418,9 @@ OTB = {
     "REMOTE_ACCESS_PORT_MIN": env_int("OTB_REMOTE_ACCESS_PORT_MIN", 20000),
     "REMOTE_ACCESS_PORT_MAX": env_int("OTB_REMOTE_ACCESS_PORT_MAX", 20999),
     "REMOTE_ACCESS_MAX_DURATION_S": env_int("OTB_REMOTE_ACCESS_MAX_DURATION_S", 7 * 24 * 3600),
+    # askServiceConfirmation and the derived configure are repeated at most this often per device.
+    "OTB_COMPAT_ASK_CONFIRMATION_EVERY_S": env_int("OTB_COMPAT_ASK_CONFIRMATION_EVERY_S", 300),
+    "OTB_COMPAT_CONFIGURE_EVERY_S": env_int("OTB_COMPAT_CONFIGURE_EVERY_S", 30),
     # Alert notifications (fleet/monitoring): first retry delay, doubled per attempt; whether webhooks
     # may target private/loopback addresses (never in production: customers must not probe our network).
     "NOTIFY_RETRY_BASE_S": env_int("OTB_NOTIFY_RETRY_BASE_S", 30),

@@ -35,4 +35,5 @@ urlpatterns = [
         remote_access_views.remote_access_keys,
         name="remote-access-keys",
     ),
+    path("devices/<str:device_id>/actions/<str:action_id>", views.action_report, name="action-report"),
 ]

@@ -13,15 +13,16 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from otbcompat.actions import action_result, todo_next
 from otbcompat.binding import service_associated, service_confirm
 from otbcompat.configuration import otb_config_serve
 from otbcompat.errors import OtbBadRequest, OtbError
+from otbcompat.presence import poll_seen
 from otbcompat.services import (
     device_from_path,
     device_service_box,
     device_subscribe,
     jwt_renew,
-    setting_int,
 )
 from otbcompat.wire import json_loads
 
@@ -80,13 +81,23 @@ def renew_jwt(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"jwt": jwt_renew(json_body(request))})
 
 
+def base_url(request: HttpRequest) -> str:
+    """The scheme and host the box called (download addresses in actions point back at it)."""
+    return f"{request.scheme}://{request.get_host()}"
+
+
 @otb_view("GET")
 def actions_todo(request: HttpRequest, device_id: str) -> HttpResponse:
-    device_from_path(request.headers.get("Authorization"), device_id)
-    # Until the queue of commands is mapped (issue #13 item 4), an idle box is paced by `wait`.
-    return JsonResponse(
-        {"id": None, "action": "wait", "arguments": {"delay": setting_int("OTB_COMPAT_POLL_DELAY_S")}}
-    )
+    device = device_from_path(request.headers.get("Authorization"), device_id)
+    poll_seen(device=device, version=request.headers.get("X-Overthebox-Version"))
+    return JsonResponse(todo_next(device=device, base_url=base_url(request)))
+
+
+@otb_view("PUT")
+def action_report(request: HttpRequest, device_id: str, action_id: str) -> HttpResponse:
+    device = device_from_path(request.headers.get("Authorization"), device_id)
+    command = action_result(device=device, action_id=action_id, body=json_body(request))
+    return JsonResponse({"id": str(command.id), "status": command.state})
 
 
 def _no_body(request: HttpRequest) -> None:

@@ -14,6 +14,9 @@ class CommandKind(models.TextChoices):
     REMOTE_ACCESS_PREPARE = "remote_access_prepare", "Prepare remote access"
     REMOTE_ACCESS_CONNECT = "remote_access_connect", "Open remote access"
     REMOTE_ACCESS_DISCONNECT = "remote_access_disconnect", "Close remote access"
+    # Stock OverTheBox boxes only (Box.protocol "otb"; otbcompat/actions.py maps every kind to its action).
+    REFRESH_PROPERTIES = "refresh_properties", "Refresh properties"
+    UPDATE_RELEASE_CHANNEL = "update_release_channel", "Update release channel"
 
 
 class CommandState(models.TextChoices):
@@ -67,3 +70,7 @@ class RemoteAccessState(models.TextChoices):
 
 
 OPEN_REMOTE_ACCESS_STATES = (RemoteAccessState.APPROVED, RemoteAccessState.CONNECTED)
+
+
+# Kinds only stock OverTheBox boxes understand (the agent protocol has no such command).
+OTB_ONLY_KINDS = (CommandKind.REFRESH_PROPERTIES, CommandKind.UPDATE_RELEASE_CHANNEL, *REMOTE_ACCESS_KINDS)

@@ -9,6 +9,7 @@ expired or cancelled command) are ignored and logged, never an error for the age
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime, timedelta
 from typing import Any, cast
 from uuid import UUID
@@ -27,6 +28,7 @@ from otb_protocol import (
 from fleet.commands.choices import (
     DELIVERABLE_STATES,
     FINISHED_STATES,
+    OTB_ONLY_KINDS,
     REMOTE_ACCESS_KINDS,
     CommandKind,
     CommandState,
@@ -34,7 +36,7 @@ from fleet.commands.choices import (
 from fleet.commands.models import Backup, Command
 from fleet.core.access import authorize
 from fleet.core.audit import Actor, audit_record
-from fleet.core.choices import BoxState, Role
+from fleet.core.choices import BoxProtocol, BoxState, Role
 from fleet.core.doorbells import doorbell_command
 from fleet.core.errors import Conflict, InvalidInput, NotFound
 from fleet.core.events import event_record
@@ -46,6 +48,11 @@ DEFAULT_TTL_S = 3600
 MIN_TTL_S = 10
 MAX_TTL_S = 24 * 3600
 MAX_OUTPUT_BYTES = 256 * 1024
+# ``restart_services.services`` (stock OverTheBox boxes run ``/etc/init.d/<name> restart`` for each).
+SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_SERVICES = 16
+# What a stock box restarts when no list is given: the tunnel and the proxy our configuration sets up.
+OTB_DEFAULT_SERVICES = ("glorytun", "shadowsocks")
 
 S = CommandState
 # The one table of legal moves. ``sent -> sent`` is a redelivery (after a reconnect).
@@ -85,14 +92,15 @@ def command_transition(*, command: Command, target: str, now: datetime | None = 
     return changed
 
 
-def _validate_params(kind: str, params: Any) -> dict[str, Any]:
+def _validate_params(kind: str, params: Any, *, otb: bool = False) -> dict[str, Any]:
     if params is None:
         params = {}
     if not isinstance(params, dict):
         raise InvalidInput("params must be an object", field="params")
     allowed: dict[str, tuple[str, ...]] = {
         CommandKind.REBOOT: ("delay_s",),
-        CommandKind.RESTART_SERVICES: (),
+        # The agent restarts its own set; a stock OverTheBox box restarts the init scripts named.
+        CommandKind.RESTART_SERVICES: ("services",) if otb else (),
         CommandKind.DIAGNOSTICS: ("checks",),
         CommandKind.SPEED_TEST: ("bytes", "direction", "iface"),
         CommandKind.REFRESH_CONFIG: (),
@@ -109,11 +117,25 @@ def _validate_params(kind: str, params: Any) -> dict[str, Any]:
             "remote_public_key",
         ),
         CommandKind.REMOTE_ACCESS_DISCONNECT: ("remote_access_id",),
+        CommandKind.REFRESH_PROPERTIES: (),
+        CommandKind.UPDATE_RELEASE_CHANNEL: (),
     }
     for key in params:
         if key not in allowed[kind]:
             raise InvalidInput(f"unknown parameter {key!r} for {kind}", field=f"params.{key}")
     clean = dict(params)
+    if kind == CommandKind.RESTART_SERVICES and otb:
+        services = params.get("services", list(OTB_DEFAULT_SERVICES))
+        if (
+            not isinstance(services, list)
+            or not 1 <= len(services) <= MAX_SERVICES
+            or any(not isinstance(name, str) or not SERVICE_NAME.match(name) for name in services)
+        ):
+            raise InvalidInput(
+                f"services must be a list of 1 to {MAX_SERVICES} init script names (letters, digits, _ . -)",
+                field="params.services",
+            )
+        clean["services"] = list(dict.fromkeys(services))
     if kind == CommandKind.REBOOT and "delay_s" in params:
         delay = params["delay_s"]
         if type(delay) is not int or not 0 <= delay <= 3600:
@@ -187,7 +209,10 @@ def command_validate(
         )
     if kind in REMOTE_ACCESS_KINDS and not internal:
         raise InvalidInput("Remote access commands are sent by an approved remote access.", field="kind")
-    clean_params = _validate_params(kind, params)
+    otb = box.protocol == BoxProtocol.OTB
+    if kind in OTB_ONLY_KINDS and not otb:
+        raise InvalidInput(f"{kind} is only for stock OverTheBox boxes", field="kind")
+    clean_params = _validate_params(kind, params, otb=otb)
     if kind == CommandKind.RESTORE:
         _restore_params_check(box, clean_params)
     ttl = _validate_ttl(ttl_s)
@@ -280,6 +305,46 @@ def commands_pending_for_box(*, box_id: UUID | str) -> list[dict[str, Any]]:
         for command in commands:
             command.save(update_fields=command_transition(command=command, target=S.SENT, now=now))
     return [command_protocol_frame(command) for command in commands]
+
+
+def command_take_next(*, box_id: UUID | str, exclude_kinds: tuple[str, ...] = ()) -> Command | None:
+    """The box's oldest unexpired **pending** command, marked sent; None when there is none.
+
+    For boxes that poll (stock OverTheBox boxes): a command is handed out once. It is never handed
+    out again while sent (a reboot reports its result only after rebooting: handing it out again
+    would reboot the box in a loop); unanswered, it expires. ``exclude_kinds`` are left pending."""
+    now = timezone.now()
+    with transaction.atomic():
+        command = (
+            Command.objects.select_for_update(skip_locked=True)
+            .filter(box_id=box_id, state=S.PENDING, expires_at__gt=now)
+            .exclude(kind__in=exclude_kinds)
+            .order_by("created_at", "id")
+            .first()
+        )
+        if command is not None:
+            command.save(update_fields=command_transition(command=command, target=S.SENT, now=now))
+    return command
+
+
+MAX_LATE_REPORTS = 5
+
+
+def command_late_report(*, box_id: UUID | str, command_id: UUID | str, report: dict[str, Any]) -> Command:
+    """Keep a result that arrived for an already finished command (a stock box reports a failed
+    sysupgrade ``error`` at once and ``done`` after its next start) in ``result["late_reports"]``
+    (the newest ``MAX_LATE_REPORTS``) without changing its state. Raises NotFound for a command of
+    another box."""
+    with transaction.atomic():
+        command = _locked_command_of_box(box_id, command_id)
+        result = dict(command.result) if isinstance(command.result, dict) else {}
+        late = list(result.get("late_reports") or [])
+        late.append({**_without_nul(report), "at": timezone.now().isoformat()})
+        result["late_reports"] = late[-MAX_LATE_REPORTS:]
+        command.result = result
+        command.save(update_fields=["result"])
+    logger.info("late result for %s command %s (%s) kept", command.kind, command.pk, command.state)
+    return command
 
 
 def command_mark_sent(*, command_id: UUID | str) -> Command | None:

@@ -1,0 +1,121 @@
+"""The idle poll of stock OverTheBox boxes answered on the event loop (otbcompat/fastpath.py), through
+the real ASGI application: what it answers itself, and every case it leaves to Django."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import HttpCommunicator
+from django.test import Client
+from django.utils import timezone
+
+from config.asgi import application
+from fleet.commands.choices import CommandKind
+from fleet.commands.services import command_create
+from fleet.core.audit import Actor
+from fleet.core.models import Box
+from otbcompat.models import OtbDevice
+from otbcompat.presence import redis_client, seen_key
+from otbcompat.services import jwts_revoke
+from tests.otbcompat.test_actions import device_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def poll(
+    device: dict[str, Any], *, jwt: str | None = None, path_id: str | None = None
+) -> dict[str, Any]:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"x-overthebox-version", b"1.1.3"),
+        (b"authorization", f"Bearer {jwt or device['jwt']}".encode()),
+    ]
+    path = f"/1.0/devices/{path_id or device['device_id']}/actions/todo"
+    return await HttpCommunicator(application, "GET", path, headers=headers).get_response(timeout=10)
+
+
+def header(response: dict[str, Any], name: bytes) -> str | None:
+    return next((value.decode() for key, value in response["headers"] if key.lower() == name), None)
+
+
+def answered_by_django(response: dict[str, Any]) -> bool:
+    # Django's middleware adds X-Frame-Options to every response; the fast path does not
+    return header(response, b"x-frame-options") is not None
+
+
+@pytest.fixture(autouse=True)
+async def _pools_closed() -> Any:
+    yield
+    await application.application_mapping["http"].close()
+
+
+@pytest.fixture
+def linked(people: Any, claimed_box_factory: Any) -> tuple[Box, dict[str, Any]]:
+    box = claimed_box_factory(people.org)
+    return box, device_for(Client(), box)
+
+
+async def test_an_idle_poll_is_answered_without_django_and_noted_for_presence(
+    linked: tuple[Box, dict[str, Any]],
+) -> None:
+    box, device = linked
+    response = await poll(device)
+    assert response["status"] == 200 and not answered_by_django(response)
+    assert response["body"] == b'{"id": null, "action": "wait", "arguments": {"delay": 10}}'
+    await application.application_mapping["http"].presence_write()
+    noted = await sync_to_async(redis_client().hget)(seen_key(), device["device_id"])
+    assert noted is not None and noted.decode().endswith(f"|{box.pk}|1.1.3")
+
+
+async def test_a_pending_device_is_idle_too() -> None:
+    device = await sync_to_async(device_for)(Client(), None)
+    response = await poll(device)
+    assert response["status"] == 200 and not answered_by_django(response)
+
+
+async def test_a_pending_command_goes_to_django(linked: tuple[Box, dict[str, Any]]) -> None:
+    box, device = linked
+    command = await sync_to_async(command_create)(
+        actor=Actor.system("test"), box=box, kind=CommandKind.REBOOT
+    )
+    response = await poll(device)
+    assert answered_by_django(response)
+    assert b'"action": "reboot"' in response["body"] and str(command.id).encode() in response["body"]
+
+
+@pytest.mark.parametrize("case", ["unconfirmed", "config_changed"])
+async def test_derived_actions_go_to_django(linked: tuple[Box, dict[str, Any]], case: str) -> None:
+    box, device = linked
+    if case == "unconfirmed":
+        await sync_to_async(OtbDevice.objects.filter(id=device["device_id"]).update)(confirmed_at=None)
+        expected = b"askServiceConfirmation"
+    else:
+        await sync_to_async(Box.objects.filter(pk=box.pk).update)(applied_config_hash="older")
+        expected = b"configure"
+    response = await poll(device)
+    assert answered_by_django(response) and expected in response["body"]
+
+
+@pytest.mark.parametrize("case", ["revoked_device", "revoked_jwts", "bad_signature", "other_device"])
+async def test_callers_that_are_not_in_order_get_djangos_answer(
+    linked: tuple[Box, dict[str, Any]], case: str
+) -> None:
+    _box, device = linked
+    jwt, path_id, status, error_class = None, None, 401, "Client::Unauthorized"
+    if case == "revoked_device":
+        await sync_to_async(OtbDevice.objects.filter(id=device["device_id"]).update)(
+            revoked_at=timezone.now()
+        )
+        status = 403
+    elif case == "revoked_jwts":
+        await sync_to_async(jwts_revoke)(await sync_to_async(OtbDevice.objects.get)(id=device["device_id"]))
+    elif case == "bad_signature":
+        jwt = device["jwt"][:-3] + "AAA"
+    else:
+        other = await sync_to_async(device_for)(Client(), None)
+        path_id, status, error_class = other["device_id"], 403, "Client::Forbidden"
+    response = await poll(device, jwt=jwt, path_id=path_id)
+    assert answered_by_django(response)
+    assert response["status"] == status and error_class.encode() in response["body"]
