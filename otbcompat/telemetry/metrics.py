@@ -54,6 +54,8 @@ COUNTERS_TTL_S = 24 * 3600
 # Leaves a margin under the box's 5 s curl limit.
 SUBMIT_TIMEOUT_S = 4.0
 TUNNEL = "tun0"
+# Tries at a sequence number when reports of one box race for it (several processes).
+SEQ_ATTEMPTS = 5
 # Tracked, but never a WAN (before the properties say which are).
 NOT_WANS = frozenset({TUNNEL, "lan", "loopback"})
 SESSION_PREFIX = "otb-"
@@ -281,9 +283,10 @@ metrics_loop = MetricsLoop()
 def metrics_report(
     *, device: OtbDevice, box: Box, body: Any, received: float | None = None
 ) -> dict[str, Any]:
-    """Validate the report whole, derive its sample and store it through the telemetry writer (the
-    sequence number is the receive time in microseconds: later reports always sort after). Returns the
-    sample stored."""
+    """Validate the report whole, derive its sample and store it through the telemetry writer. Its
+    sequence number is the box's next one (``BoxStatus.last_seq`` + 1: the box has none of its own, and
+    small consecutive numbers keep the box's sequence as an agent's would be); a report that met
+    another one of the same box taking that number is given the next. Returns the sample stored."""
     received = received if received is not None else time.time()
     report = metrics_parse(body, device.properties)
     sample = metrics_sample(device=device, box=box, report=report, received=received)
@@ -293,13 +296,10 @@ def metrics_report(
         "session_id": otb_session_id(device),
         "samples": [sample],
     }
-    seq = time.time_ns() // 1000
-    for _ in range(3):
-        if metrics_loop.store(seq=seq, **message):
-            return sample
-        # Below the watermark (another process's clock ran ahead): go just above it.
+    for _ in range(SEQ_ATTEMPTS):
         last_seq = BoxStatus.objects.filter(box_id=box.pk).values_list("last_seq", flat=True).first() or 0
-        seq = max(seq, last_seq) + 1
+        if metrics_loop.store(seq=last_seq + 1, **message):
+            return sample
     raise TelemetryRejected("the report could not be given a sequence number")
 
 

@@ -5,6 +5,7 @@ diagnostic run attached to its command."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import shutil
 import time
@@ -14,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from fleet.commands.models import Command
@@ -143,7 +145,15 @@ def test_events_properties_metrics_and_diagnostics_over_real_http(
     live_wans = {wan["iface"]: wan for wan in live["wans"]}
     assert live_wans["wan1"]["rtt_ms"] == 14.5 and live_wans["wan1"]["public_ip"] == "198.51.100.7"
     assert live_wans["wan2"]["up"] is True and live["load1"] == 0.42 and live["mem_pct"] is None
-    assert BoxStatus.objects.get(box=box).last_seq > 0
+    assert BoxStatus.objects.get(box=box).last_seq == 2  # the box's own sequence: one per report
+    # reports of one box arriving together each get their own number: none is dropped as a duplicate
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        statuses = list(pool.map(lambda _: otb_call(base, "POST", metrics, second, jwt)[0], range(3)))
+    assert statuses == [200, 200, 200]
+    assert BoxStatus.objects.get(box=box).last_seq == 5
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT seq FROM telemetry_box_sample WHERE box_id = %s ORDER BY seq", [box.pk])
+        assert [row[0] for row in cursor.fetchall()] == [1, 2, 3, 4, 5]
 
     # a diagnostic run of our diagnostics command: its items join the command's result
     command = command_create(actor=Actor.system("test"), box=box, kind="diagnostics")
