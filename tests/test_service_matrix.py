@@ -62,6 +62,8 @@ from fleet.monitoring.services import (
 )
 from frontend.views import box as box_pages
 from frontend.views import console as console_pages
+from otbcompat import binding
+from otbcompat.services import device_subscribe
 from provisioning.admin import BoxAdmin
 from provisioning.apis import boxes as box_apis
 from provisioning.services import configuration, infrastructure, inventory, lifecycle
@@ -120,6 +122,13 @@ STAFF = "F F F F F F ok ok"
 def row(name: str, setup: Setup, call: Call, outcomes: str) -> tuple[str, Setup, Call, dict[str, str]]:
     """``outcomes``: one per caller, in CALLERS order: ``ok``, ``F`` (Forbidden) or ``N`` (NotFound)."""
     return name, setup, call, dict(zip(CALLERS, outcomes.split(), strict=True))
+
+
+def _otb_device(w: World) -> Any:
+    """A stock OverTheBox box that subscribed (pending)."""
+    return device_subscribe(
+        {"macaddr": "00:0d:b9:4a:61:01", "board": "pc-engines-apu2"}, source_ip=None
+    ).device
 
 
 def _spare_server(w: World) -> Any:
@@ -251,6 +260,9 @@ def _membership(w: World) -> Membership:
 SERVICES = [
     # -- the box lifecycle (provisioning.services.lifecycle) -------------------------------------------- viewer admin owner outsider foreign agent staff system
     row("box_claim", None, lambda w, a, _: lifecycle.box_claim(actor=a, organization=w.people.org, serial=w.unclaimed.serial, claim_code=CLAIM_CODE), ADMIN),
+    # -- binding stock OverTheBox devices (otbcompat.binding) -------------------------------------------------
+    row("box_claim_with_device", None, lambda w, a, _: binding.box_claim_with_device(actor=a, organization=w.people.org, serial=w.unclaimed.serial, claim_code=CLAIM_CODE), ADMIN),
+    row("device_claim", _otb_device, lambda w, a, device: binding.device_claim(actor=a, organization=w.people.org, device_id=str(device.id)), ADMIN),
     row("box_unclaim", None, lambda w, a, _: lifecycle.box_unclaim(actor=a, box=w.box), ADMIN),
     # the owner of Acme is not a member of Globex: the target is invisible to them
     row("box_transfer", None, lambda w, a, _: lifecycle.box_transfer(actor=a, box=w.box, organization=w.people.other_org), "F F N N N F ok ok"),
@@ -371,6 +383,7 @@ def test_every_service_taking_an_actor_is_in_the_matrix() -> None:
         backups,
         remote_access,
         firmware,
+        binding,
     )
     taking_an_actor = {
         name
