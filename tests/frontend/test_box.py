@@ -80,6 +80,17 @@ def test_the_wan_table_names_each_link_once_and_times_have_one_format(people, bo
     ), times
 
 
+def test_an_offline_box_shows_its_links_as_unknown_not_up(people, box) -> None:
+    # given the box went offline while its links were last reported up with traffic
+    BoxStatus.objects.filter(box=box).update(online=False, offline_since=timezone.now())
+    content = logged_in(people.viewer).get(f"/boxes/{box.pk}/status/").content.decode()
+    table = content[content.index('id="wan-table"') : content.index("</table>")]
+    # then no link reads "Up" with figures, each says it is not known, with its last report in the title
+    assert ">Up<" not in table and "Mbit/s" not in table and "50000000" not in table
+    assert table.count(">Unknown</span>") == 2
+    assert "it last reported this link up" in table
+
+
 def test_another_organisations_box_is_not_found(people, box) -> None:
     client = logged_in(people.outsider)
     for url in (
