@@ -156,7 +156,7 @@
     counter.dataset.count = String(live.count);
     counter.dataset.backfill = String(live.backfilled);
     var parts = [];
-    if (live.backfilled) { parts.push(live.backfilled + " points from the last hour"); }
+    if (live.backfilled) { parts.push(live.backfilled + " point" + (live.backfilled === 1 ? "" : "s") + " from the last hour"); }
     parts.push(live.count + " live update" + (live.count === 1 ? "" : "s") + " received");
     counter.textContent = parts.join(", then ");
   }
