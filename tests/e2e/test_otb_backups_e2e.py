@@ -1,7 +1,8 @@
 """A stock OverTheBox box's backup and restore over real HTTP (uvicorn), in shell as the box does it:
-``stat -c '%a;%u;%g'``, jq's pretty-printed file objects PUT one per call through curl shaped like
-``otb_call``, then the restore: the link from ``GET …/backups/{id}`` fetched with plain curl (no header)
-and piped into tar extracting from the root, as ``sysupgrade --restore-backup -`` does."""
+our ``backup`` command reaches it through ``actions/todo``; ``stat -c '%a;%u;%g'``, jq's pretty-printed
+file objects PUT one per call through curl shaped like ``otb_call``, the action reported done; then our
+``restore`` command: the link from ``GET …/backups/{id}`` fetched with plain curl (no header) and piped
+into tar extracting from the root, as ``sysupgrade --restore-backup -`` does."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from fleet.commands.choices import CommandKind
-from fleet.commands.models import Backup, BackupFile
+from fleet.commands.backups import backup_restore
+from fleet.commands.choices import CommandKind, CommandState
+from fleet.commands.models import Backup, BackupFile, Command
 from fleet.commands.services import command_create
 from fleet.core.audit import Actor
 from fleet.core.choices import BoxProtocol
@@ -42,6 +44,14 @@ otb_call() {
         -H "X-Overthebox-Version: 1.1.3" -H "Authorization: Bearer $JWT" "$@" "$OTB_BASE/1.0/$path"
 }
 service_path="devices/$DEVICE_ID/service/$SERVICE"
+
+do_poll() {
+    otb_call GET "devices/$DEVICE_ID/actions/todo" > "$WORK/todo.json"
+}
+
+do_report() {
+    otb_call PUT "devices/$DEVICE_ID/actions/$1" --data '{"status": "done", "details": ""}' > /dev/null
+}
 
 do_backup() {
     start=$(jq -n -c --arg id "$ACTION_ID" '{ device_action_id: $id }')
@@ -81,16 +91,25 @@ def box_shell(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
     )
 
 
+def poll(env: dict[str, str], work: Path) -> dict[str, Any]:
+    done = box_shell(env, "poll")
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads((work / "todo.json").read_text()))
+
+
 def test_otb_box_backs_up_then_restores_over_real_http(
     asgi_server: Any, box_factory: Any, people: Any, tmp_path: Path
 ) -> None:
     # given a stock box linked to a claimed box of the organisation, and a backup action for it
     box = box_factory(organization=people.org)
     subscription = device_subscribe({"macaddr": "00:0d:b9:4a:11:31", "board": "apu2"}, source_ip="192.0.2.31")
-    OtbDevice.objects.filter(id=subscription.device.id).update(box=box, linked_at=timezone.now())
+    now = timezone.now()
+    OtbDevice.objects.filter(id=subscription.device.id).update(box=box, linked_at=now, confirmed_at=now)
     box.protocol = BoxProtocol.OTB
-    box.save(update_fields=["protocol"])
-    action = command_create(actor=Actor.system("test"), box=box, kind=CommandKind.BACKUP)
+    box.applied_config_hash = box.config_hash
+    box.save(update_fields=["protocol", "applied_config_hash"])
+    admin = Actor.for_user(people.admin)
+    action = command_create(actor=admin, box=box, kind=CommandKind.BACKUP)
     # and its configuration files: text with tabs and quotes, a private file, a symlink
     etc = tmp_path / "box" / "etc"
     (etc / "config").mkdir(parents=True)
@@ -106,14 +125,18 @@ def test_otb_box_backs_up_then_restores_over_real_http(
         "JWT": subscription.jwt,
         "DEVICE_ID": str(subscription.device.id),
         "SERVICE": service_name(box),
-        "ACTION_ID": str(action.pk),
         "FILES": " ".join(files),
         "WORK": str(tmp_path),
     }
 
-    # when the box runs its backup action
-    done = box_shell(env, "backup")
+    # when the box polls, gets the backup action, runs it and reports it done
+    todo = poll(env, tmp_path)
+    assert (todo["id"], todo["action"]) == (str(action.pk), "backup"), todo
+    done = box_shell({**env, "ACTION_ID": todo["id"]}, "backup")
     assert done.returncode == 0, done.stderr
+    assert box_shell(env, "report", todo["id"]).returncode == 0
+    action.refresh_from_db()
+    assert action.state == CommandState.SUCCEEDED
 
     # then the server holds the files as the box had them
     backup = Backup.objects.get(pk=(tmp_path / "backup_id").read_text().strip())
@@ -123,11 +146,21 @@ def test_otb_box_backs_up_then_restores_over_real_http(
     assert (stored[files[1]].mode, stored[files[1]].gid) == (0o600, 42)
     assert stored[files[2]].is_symlink and stored[files[2]].symlink == "/usr/share/zoneinfo/UTC"
 
-    # when the box restores it into an empty root
+    # when an admin restores it: the box gets the restore action naming the backup, and restores it
+    # into an empty root
+    restore = backup_restore(actor=admin, backup=backup)
+    todo = poll(env, tmp_path)
+    assert (todo["id"], todo["action"], todo["arguments"]) == (
+        str(restore.pk),
+        "restore",
+        {"backup_id": str(backup.pk)},
+    )
     root = tmp_path / "restored"
     root.mkdir()
-    done = box_shell({**env, "RESTORE_ROOT": str(root)}, "restore", str(backup.pk))
+    done = box_shell({**env, "RESTORE_ROOT": str(root)}, "restore", todo["arguments"]["backup_id"])
     assert done.returncode == 0, done.stderr
+    assert box_shell(env, "report", todo["id"]).returncode == 0
+    assert Command.objects.get(pk=restore.pk).state == CommandState.SUCCEEDED
 
     # then every file is back with its text, mode and owner, the symlink too
     back = root / str(etc).lstrip("/")
