@@ -484,7 +484,8 @@ async def test_an_in_process_applier_gets_the_config_and_its_error_is_the_applie
         outcome[0] = None
         h2 = fake_http.set_config({"wan_policy": {"mode": "failover", "interfaces": []}})
         await ws.send("BOX1", {"type": "config_changed", "desired_config_hash": h2})
-        await wait_for(lambda: agent.applied_hash == h2)
+        # the agent records h2 as applied before its report reaches the server: wait for both
+        await wait_for(lambda: agent.applied_hash == h2 and fake_http.applied[-1]["config_hash"] == h2)
         assert fake_http.applied[-1] == {"config_hash": h2, "error": None}
         assert seen[-1]["wan_policy"]["mode"] == "failover"
     finally:
