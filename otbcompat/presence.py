@@ -105,7 +105,9 @@ ORDER BY s.box_id FOR UPDATE OF s
 STATUS_SEEN_SQL = f"""
 UPDATE {BoxStatus._meta.db_table} AS s SET
     last_seen_at = GREATEST(s.last_seen_at, v.seen),
-    firmware_version = CASE WHEN v.version <> '' THEN v.version ELSE s.firmware_version END,
+    -- the header is at most 5 characters: the start of a longer version the properties gave is no change
+    firmware_version = CASE WHEN v.version <> '' AND NOT starts_with(s.firmware_version, v.version)
+        THEN v.version ELSE s.firmware_version END,
     connected_at = CASE WHEN s.online THEN s.connected_at ELSE v.seen END,
     online = true, offline_since = NULL, updated_at = now()
 FROM unnest(%s::uuid[], %s::timestamptz[], %s::text[]) AS v(box_id, seen, version)

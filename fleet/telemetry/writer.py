@@ -145,7 +145,7 @@ def _overloaded() -> Exception:
 
 
 LOCK_SQL = (
-    "SELECT box_id, last_seq, online, session_id FROM telemetry_boxstatus "
+    "SELECT box_id, last_seq, online, session_id, tunnel_up FROM telemetry_boxstatus "
     "WHERE box_id = ANY(%s) ORDER BY box_id FOR UPDATE"
 )
 # Every column but the key has a database default (BoxStatus fields' ``db_default``).
@@ -323,6 +323,9 @@ class TelemetryWriter:
                     if previous is None:
                         previous = await self._wan_previous(cur, list(locked))
                     wans = sample["wans"] = _wans_resolved(wans, previous.get(box_id, {}))
+                if sample["tunnel_up"] is None:
+                    # A source that does not say (a stock OverTheBox box): the stored state stands.
+                    sample["tunnel_up"] = locked[box_id][4]
                 wans_up = sum(1 for wan in wans if wan["up"])
                 # In the order of BOX_SAMPLE's columns.
                 box_rows.append(
@@ -459,7 +462,7 @@ class TelemetryWriter:
         """A box's new live status: its latest sample by time (the last one applied on a tie), the
         highest seq, the last ``dropped`` reported; ``revive`` when the box is marked offline but
         this is its current session."""
-        _, _, online, session_id = locked
+        _, _, online, session_id, _ = locked
         update: _BoxUpdate | None = None
         for message, timed in messages:
             for ts, sample in timed:

@@ -5,7 +5,7 @@ box (``otb_save_event``) for ``boot``, ``start`` and every netifd hotplug action
 - ``ifup``/``ifdown`` of a WAN link move its state (``links.link_state_report``): ``wan_up`` /
   ``wan_down`` on the timeline when it changes;
 - of any other interface (``lan``, ``tun0``…), and every ``ifupdate``: ``iface_up`` / ``iface_down``
-  / ``iface_updated``;
+  / ``iface_updated``; ``tun0``'s also set the tunnel's state (``BoxStatus.tunnel_up``);
 - ``boot`` → ``box_booted``, ``start`` (the daemon started) → ``box_started``;
 - any other name is kept as ``box_reported`` with its name and details: never refused.
 
@@ -26,7 +26,7 @@ from fleet.core.events import events_record_batch
 from fleet.telemetry.writer import sample_time
 from otbcompat.models import OtbDevice
 from otbcompat.telemetry import fields
-from otbcompat.telemetry.links import is_wan, link_state_report
+from otbcompat.telemetry.links import TUNNEL, is_wan, link_state_report, tunnel_state_set
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ def event_report(*, device: OtbDevice, body: Any, received: float | None = None)
         if name in ("ifup", "ifdown") and is_wan(interface, device.properties.get("wans")):
             recorded = link_state_report(box=box, name=interface, device=hw_device, up=name == "ifup", ts=ts)
         elif name in _IFACE:
+            if interface == TUNNEL and name in ("ifup", "ifdown"):
+                tunnel_state_set(box=box, up=name == "ifup")
             data = {"iface": interface, "device": hw_device, "source": "otb"}
             recorded = {**base, "kind": _IFACE[name], "data": data}
         elif name in _SIMPLE:

@@ -24,10 +24,11 @@ from django.utils import timezone
 
 from fleet.core.choices import EventKind, WanKind
 from fleet.core.models import Box
-from fleet.telemetry.models import WanStatus
+from fleet.telemetry.models import BoxStatus, WanStatus
 
 # The box's own names for its WANs; not their IPv6 aliases (``wan1_6``).
 _WAN_NAME = re.compile(r"wan\d*")
+TUNNEL = "tun0"
 WAN_MULTIPATH = frozenset({"on", "master", "backup", "handover"})
 # USB/QMI modems (4G/5G sticks) show up under these device names on OpenWrt.
 _LTE_DEVICE_PREFIXES = ("wwan", "wwx", "usb", "qmi")
@@ -45,6 +46,14 @@ def status_lock(box_id: Any) -> None:
     with connection.cursor() as cursor:
         cursor.execute(_CREATE_STATUS, [box_id])
         cursor.execute(_LOCK_STATUS, [box_id])
+
+
+def tunnel_state_set(*, box: Box, up: bool) -> None:
+    """The tunnel's state (``BoxStatus.tunnel_up``) as the box's ``tun0`` events and properties say:
+    the box's metrics leave it as stored (the writer keeps a ``tunnel_up`` of null as it is), and the
+    health of a firmware upgrade reads it. Call inside a transaction."""
+    status_lock(box.pk)
+    BoxStatus.objects.filter(box_id=box.pk).exclude(tunnel_up=up).update(tunnel_up=up)
 
 
 def is_wan(name: str, wan_names: list[str] | None) -> bool:

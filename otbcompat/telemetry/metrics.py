@@ -12,9 +12,9 @@ They become ONE sample of our pipeline, stored by the telemetry writer (``fleet.
 into the same partitioned tables as an agent's samples: per WAN, throughput (bits/s) from the counters'
 difference with the previous report (kept in Redis; a counter that went back, at a reboot, gives no rate:
 0 for that one sample), RTT from ``icmp_latency``, ``up`` left to the link's stored state (its events
-move it); for the box, ``load1``, and throughput from the tunnel's (``tun0``) counters. The box sends no
-CPU, total memory (so no ``mem_pct``: free memory alone is not a percentage), uptime, tunnel state,
-conntrack, loss or jitter: those stay null.
+move it); for the box, ``load1``, throughput from the tunnel's (``tun0``) counters, and the tunnel's
+state as stored (its ``tun0`` events and properties set it). The box sends no CPU, total memory (so no
+``mem_pct``: free memory alone is not a percentage), uptime, conntrack, loss or jitter: those stay null.
 
 The writer is asynchronous and per event loop, and /1.0 views are plain Django views running in the
 ASGI server's thread pool; so each process runs one writer on an event loop of its own
@@ -40,7 +40,7 @@ from fleet.telemetry.models import BoxStatus, WanStatus
 from fleet.telemetry.writer import StorageUnavailable, TelemetryRejected, close_writer, get_writer
 from otbcompat.models import OtbDevice
 from otbcompat.telemetry import fields
-from otbcompat.telemetry.links import is_wan
+from otbcompat.telemetry.links import TUNNEL, is_wan
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,6 @@ RATE_MAX_BPS = 10**12
 COUNTERS_TTL_S = 24 * 3600
 # Leaves a margin under the box's 5 s curl limit.
 SUBMIT_TIMEOUT_S = 4.0
-TUNNEL = "tun0"
 # Tries at a sequence number when reports of one box race for it (several processes).
 SEQ_ATTEMPTS = 5
 # Tracked, but never a WAN (before the properties say which are).
@@ -222,7 +221,7 @@ def metrics_sample(*, device: OtbDevice, box: Box, report: Report, received: flo
         "mem_pct": None,
         "load1": report.load1,
         "uptime_s": None,
-        "tunnel_up": None,
+        "tunnel_up": None,  # the stored state: the box's tun0 events and properties set it
         "conntrack": None,
         "rx_bps": rates.get((TUNNEL, "in")),
         "tx_bps": rates.get((TUNNEL, "out")),

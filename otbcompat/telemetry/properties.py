@@ -9,7 +9,8 @@ on ``refreshProperties`` (already before activation: linked, not yet confirmed).
 Every UCI interface is listed (``loopback``, ``lan``, ``tun0`` once configured); any field may be
 ``""`` or null. The document is kept, normalised and bounded, in ``OtbDevice.properties`` (with
 ``wans``, the names of the WAN links); on the linked box it sets the WAN list
-(``links.links_from_properties``: label, public IP), the firmware version (``release.version``) and,
+(``links.links_from_properties``: label, public IP), the tunnel's state (``tun0`` with an address:
+up), the firmware version (``release.version``) and,
 when the box has none, its model (``board.board_name``).
 """
 
@@ -26,7 +27,13 @@ from otbcompat.errors import OtbBadRequest
 from otbcompat.models import OtbDevice
 from otbcompat.telemetry import fields
 from otbcompat.telemetry.firmware import firmware_release_report
-from otbcompat.telemetry.links import WAN_MULTIPATH, ReportedLink, links_from_properties
+from otbcompat.telemetry.links import (
+    TUNNEL,
+    WAN_MULTIPATH,
+    ReportedLink,
+    links_from_properties,
+    tunnel_state_set,
+)
 from otbcompat.wire import json_loads
 
 MAX_INTERFACES = 64
@@ -142,6 +149,8 @@ def properties_report(*, device: OtbDevice, body: Any) -> dict[str, Any]:
                 if item["name"] in document["wans"]
             ]
             events_record_batch(links_from_properties(box=box, reported=reported))
+            tunnel = next((item for item in document["interfaces"] if item["name"] == TUNNEL), None)
+            tunnel_state_set(box=box, up=tunnel is not None and bool(tunnel["ip"]))
             model = document["board"].get("board_name", "")[:64]
             if model and not box.model:
                 Box.objects.filter(pk=box.pk, model="").update(model=model)

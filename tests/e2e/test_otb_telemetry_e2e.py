@@ -145,6 +145,7 @@ def test_events_properties_metrics_and_diagnostics_over_real_http(
     live_wans = {wan["iface"]: wan for wan in live["wans"]}
     assert live_wans["wan1"]["rtt_ms"] == 14.5 and live_wans["wan1"]["public_ip"] == "198.51.100.7"
     assert live_wans["wan2"]["up"] is True and live["load1"] == 0.42 and live["mem_pct"] is None
+    assert live["tunnel_up"] is True and live["wans_up"] == 2  # tun0 had an address in the properties
     assert BoxStatus.objects.get(box=box).last_seq == 2  # the box's own sequence: one per report
     # reports of one box arriving together each get their own number: none is dropped as a duplicate
     with concurrent.futures.ThreadPoolExecutor(3) as pool:

@@ -24,7 +24,7 @@ from fleet.commands.services import command_complete, command_create
 from fleet.core.audit import Actor
 from fleet.core.choices import BoxProtocol, EventKind
 from fleet.core.models import AuditLog, Box, Event
-from fleet.telemetry.models import WanStatus
+from fleet.telemetry.models import BoxStatus, WanStatus
 from otbcompat.binding import device_claim
 from otbcompat.jwt import jwt_encode
 from otbcompat.models import OtbDevice, OtbDiagnostic
@@ -352,6 +352,37 @@ def test_the_version_header_moves_the_firmware_and_its_5_character_cut_does_not(
     # the box's fallback when /etc/otb-version is missing names no version
     assert linked.call("POST", "events", boot, version="0.0-0").status_code == 200
     assert Box.objects.get(pk=linked.box.pk).firmware_version == "1.11"
+
+
+def test_polls_keep_the_full_version_the_properties_gave_and_the_status_is_healthy_for_rollouts(
+    link: Any,
+) -> None:
+    from otbcompat.presence import presence_flush
+
+    linked = link()
+    presence_flush()  # whatever earlier tests left
+    document = properties_document(release={"version": "v1.10.2"})
+    assert linked.call("POST", "properties", as_string_body(document), version="1.10.").status_code == 200
+    # the polls carry the 5-character cut of it: the live status keeps the full version the rollout
+    # engine compares with its release, and the tunnel state the properties gave (tun0 has an address)
+    assert linked.call("GET", "actions/todo", version="1.10.").status_code == 200
+    presence_flush()
+    status = BoxStatus.objects.get(box=linked.box)
+    assert (status.firmware_version, status.tunnel_up, status.online) == ("1.10.2", True, True)
+    # another version in a poll's header is recorded there
+    assert linked.call("GET", "actions/todo", version="1.11").status_code == 200
+    presence_flush()
+    assert BoxStatus.objects.get(box=linked.box).firmware_version == "1.11"
+
+
+def test_tun0_events_set_the_tunnel_state(link: Any) -> None:
+    linked = link()
+    at = int(time.time())
+    for name, expected in (("ifup", True), ("ifdown", False)):
+        body = {"event_name": name, "timestamp": at, "details": {"interface": "tun0", "device": "tun0"}}
+        assert linked.call("POST", "events", body).status_code == 200
+        assert BoxStatus.objects.get(box=linked.box).tunnel_up is expected
+    assert not WanStatus.objects.filter(box=linked.box).exists()
 
 
 # -- diagnostics ----------------------------------------------------------------------------------

@@ -221,6 +221,7 @@ async def test_a_reading_that_leaves_up_to_the_stored_state_never_moves_the_link
         at = datetime.fromtimestamp(t0, UTC)
         for iface, up in (("wan1", False), ("wan2", True)):
             WanStatus.objects.create(box=box, iface=iface, up=up, up_changed_at=at, updated_at=at)
+        BoxStatus.objects.create(box=box, tunnel_up=False)  # its tun0 went down
 
     await database_sync_to_async(rows)()
     unknown = [
@@ -237,7 +238,7 @@ async def test_a_reading_that_leaves_up_to_the_stored_state_never_moves_the_link
             organization_id=people.org.pk,
             session_id="s",
             seq=1,
-            samples=[sample(wans=unknown)],
+            samples=[{**sample(wans=unknown), "tunnel_up": None}],
         )
     finally:
         await writer.close()
@@ -260,4 +261,11 @@ async def test_a_reading_that_leaves_up_to_the_stored_state_never_moves_the_link
 
     assert await database_sync_to_async(sample_states)() == states
     status = await database_sync_to_async(BoxStatus.objects.get)(box=box)
-    assert (status.wans_up, status.wans_total) == (2, 4)
+    assert (status.wans_up, status.wans_total, status.tunnel_up) == (2, 4, False)
+
+    def sample_tunnel() -> Any:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT tunnel_up FROM telemetry_box_sample WHERE box_id = %s", [box.pk])
+            return cursor.fetchall()
+
+    assert await database_sync_to_async(sample_tunnel)() == [(False,)]
