@@ -68,9 +68,20 @@ class FileInput:
         return len(self.content.encode("utf-8")) + len(self.symlink.encode("utf-8"))
 
 
+def _encodable(value: str) -> bool:
+    """False for text PostgreSQL cannot store: a lone UTF-16 surrogate (``"\\ud800"`` in JSON)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _path_clean(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidInput("an absolute path is required", field=field)
+    if not _encodable(value):
+        raise InvalidInput("not valid Unicode text", field=field)
     if len(value) > PATH_MAX or "\x00" in value or not value.isprintable():
         raise InvalidInput(f"at most {PATH_MAX} printable characters", field=field)
     if not value.startswith("/") or posixpath.normpath(value) != value or value == "/":
@@ -109,7 +120,12 @@ def backup_file_clean(raw: Any, *, prefix: str = "") -> FileInput:
     content = raw.get("content")
     if content is None:
         content = ""
-    if not isinstance(symlink, str) or len(symlink) > PATH_MAX or "\x00" in symlink:
+    if (
+        not isinstance(symlink, str)
+        or len(symlink) > PATH_MAX
+        or "\x00" in symlink
+        or not _encodable(symlink)
+    ):
         raise InvalidInput(f"the link's target, at most {PATH_MAX} characters", field=f"{prefix}symlink")
     if is_symlink and not symlink:
         raise InvalidInput("a symlink needs its target", field=f"{prefix}symlink")
@@ -117,6 +133,8 @@ def backup_file_clean(raw: Any, *, prefix: str = "") -> FileInput:
         raise InvalidInput("the file's text", field=f"{prefix}content")
     if "\x00" in content:
         raise InvalidInput("text files only: the content holds a NUL character", field=f"{prefix}content")
+    if not _encodable(content):
+        raise InvalidInput("text files only: the content is not valid Unicode", field=f"{prefix}content")
     if is_symlink:
         content = ""
     limit = backup_setting("BACKUP_MAX_FILE_BYTES")

@@ -214,6 +214,8 @@ def test_start_bad_input_names_the_field_and_writes_nothing(ours: LinkedBox, bod
         (box_file("/etc/x", is_symlink=True, symlink=""), "symlink"),
         (box_file("/etc/x", content=5), "content"),
         (box_file("/etc/x", content="a\u0000b"), "content"),
+        ('{"filename": "/etc/x", "mode": "644", "content": "a\\ud800b"}', "content"),
+        ('{"filename": "/etc/\\udfff", "mode": "644", "content": ""}', "filename"),
         ("{not json", "body"),
         ("[]", "body"),
     ],

@@ -263,6 +263,28 @@ def test_agent_upload_bad_input_names_the_field_and_writes_nothing(
     assert not Backup.objects.exists() and not BackupFile.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("raw_file", "field"),
+    [
+        ('{"filename": "/etc/x", "mode": "644", "content": "a\\ud800b"}', "files[0].content"),
+        ('{"filename": "/etc/\\udfff", "mode": "644", "content": ""}', "files[0].filename"),
+        (
+            '{"filename": "/etc/x", "mode": "644", "is_symlink": true, "symlink": "/\\udfff"}',
+            "files[0].symlink",
+        ),
+    ],
+)
+def test_agent_upload_of_text_postgresql_cannot_hold_is_a_400(
+    agent: Any, box: Any, raw_file: str, field: str
+) -> None:
+    # a lone surrogate is valid JSON but no UTF-8: it must be refused, not reach the database
+    body = f'{{"command_id": "{backup_command(box).pk}", "files": [{raw_file}]}}'
+    response = agent.generic("POST", "/api/v1/agent/backups", body, content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert field in response.json()["error"]["fields"]
+    assert not Backup.objects.exists()
+
+
 @override_settings(OTB={**settings.OTB, "BACKUP_MAX_FILES": 2, "BACKUP_MAX_FILE_BYTES": 10})
 def test_agent_upload_over_the_bounds_writes_nothing(agent: Any, box: Any) -> None:
     too_many = upload(agent, box, [file(f"/etc/{index}") for index in range(3)])
