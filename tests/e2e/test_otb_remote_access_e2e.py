@@ -1,6 +1,7 @@
-"""A stock OverTheBox box's ``remoteAccessPrepare`` over real HTTP (uvicorn with a bastion configured):
-the owner approves a request, the box posts its host key with curl as its script does (``jq -n -c``
-body through ``otb_device_post``), and the server tells it to connect; another box's JWT cannot."""
+"""A stock OverTheBox box's remote access over real HTTP (uvicorn with a bastion configured): the owner
+approves a request, the box polls ``remoteAccessPrepare``, posts its host key with curl as its script
+does (``jq -n -c`` body through ``otb_device_post``), polls ``remoteAccessConnect`` with the bastion's
+details, and ``remoteAccessDisconnect`` once closed; another box's JWT cannot post the key."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from django.utils import timezone
 
 from fleet.commands.choices import CommandKind
 from fleet.commands.models import Command, RemoteAccess
-from fleet.commands.remote_access import remote_access_approve, remote_access_request
+from fleet.commands.remote_access import remote_access_approve, remote_access_close, remote_access_request
 from fleet.core.audit import Actor
 from fleet.core.choices import BoxProtocol
 from otbcompat.models import OtbDevice
@@ -42,6 +43,10 @@ ENV = {
 }
 
 # The box's otb_device_post with the body its prepare script builds; prints the status last.
+POLL = r"""
+curl --silent --show-error --max-time 5 -H "Content-Type: application/json" -H "X-Overthebox-Version: 1.1.3" \
+    -H "Authorization: Bearer $JWT" "$OTB_BASE/1.0/devices/$DEVICE_ID/actions/todo"
+"""
 POST_KEY = r"""
 body=$(jq -n -c --arg pubkey "$BOX_KEY" '{public_key: $pubkey}')
 curl --silent --show-error --max-time 5 -X POST -H "Content-Type: application/json" \
@@ -77,13 +82,26 @@ def post_key(server: LiveServer, jwt: str, device_id: str, access_id: str) -> tu
     return int(status), json.loads(text)
 
 
+def poll(server: LiveServer, jwt: str, device_id: str) -> dict[str, Any]:
+    done = subprocess.run(
+        ["bash", "-c", POLL],
+        env={"PATH": "/usr/bin:/bin", "OTB_BASE": server.url, "JWT": jwt, "DEVICE_ID": device_id},
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    return dict(json.loads(done.stdout))
+
+
 def test_the_box_posts_its_key_and_is_told_to_connect(
     bastion_server: LiveServer, box_factory: Any, people: Any
 ) -> None:
     # given an owner's approval of a request for a stock box
     box = box_factory(organization=people.org, protocol=BoxProtocol.OTB)
     mine = device_subscribe({"macaddr": "00:0d:b9:4a:33:01", "board": "apu2"}, source_ip="192.0.2.51")
-    OtbDevice.objects.filter(id=mine.device.id).update(box=box, linked_at=timezone.now())
+    now = timezone.now()
+    OtbDevice.objects.filter(id=mine.device.id).update(box=box, linked_at=now, confirmed_at=now)
     bastion = {
         "REMOTE_ACCESS_BASTION_HOST": "bastion.example.net",
         "REMOTE_ACCESS_BASTION_HOST_KEY": BASTION_KEY,
@@ -98,7 +116,15 @@ def test_the_box_posts_its_key_and_is_told_to_connect(
         )
         remote_access_approve(actor=Actor.for_user(people.owner), access=access)
 
-    # when another box tries to post its key for it, then the box itself
+    # when the box polls, it is asked to prepare
+    device_id = str(mine.device.id)
+    todo = poll(bastion_server, mine.jwt, device_id)
+    assert (todo["action"], todo["arguments"]) == (
+        "remoteAccessPrepare",
+        {"remote_access_id": str(access.pk)},
+    )
+
+    # and another box tries to post its key for it, then the box itself
     theirs = device_subscribe({"macaddr": "00:0d:b9:4a:33:02", "board": "apu2"}, source_ip="192.0.2.52")
     status, answer = post_key(bastion_server, theirs.jwt, str(mine.device.id), str(access.pk))
     assert status == 403 and answer["class"] == "Client::Forbidden"
@@ -114,3 +140,13 @@ def test_the_box_posts_its_key_and_is_told_to_connect(
     )
     assert connect.params["port"] == access.bastion_port and connect.params["forwarded_port"] == 22
     assert RemoteAccess.objects.count() == 1
+    todo = poll(bastion_server, mine.jwt, device_id)
+    assert todo["action"] == "remoteAccessConnect" and todo["arguments"] == connect.params
+
+    # and once the owner closes it, the box is told to disconnect
+    remote_access_close(actor=Actor.for_user(people.owner), access=access)
+    todo = poll(bastion_server, mine.jwt, device_id)
+    assert (todo["action"], todo["arguments"]) == (
+        "remoteAccessDisconnect",
+        {"remote_access_id": str(access.pk)},
+    )
