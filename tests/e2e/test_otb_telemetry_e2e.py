@@ -172,3 +172,51 @@ def test_events_properties_metrics_and_diagnostics_over_real_http(
     assert status == 200
     result = Command.objects.get(pk=command.pk).result or {}
     assert result["checks"]["uptime"]["ok"] is True and "load average" in result["checks"]["uptime"]["output"]
+
+
+def test_a_diagnostics_command_runs_as_the_box_runs_its_diagnostic_action(
+    asgi_server: Any, people: Any, provisioned_region: Any
+) -> None:
+    base = asgi_server.url
+    # given a claimed box that confirmed its service
+    status, answer = otb_call(
+        base,
+        "POST",
+        "subscribe",
+        {"private_ips": ["192.168.100.1"], "board": "pc-engines-apu2", "macaddr": "00:0d:b9:4a:22:02"},
+    )
+    assert status == 200, answer
+    box = device_claim(actor=Actor.system("test"), organization=people.org, device_id=answer["device_id"]).box
+    jwt, device = answer["jwt"], f"devices/{answer['device_id']}"
+    status, _ = otb_call(base, "POST", f"{device}/service/{service_name(box)}/confirm", None, jwt)
+    assert status == 200
+    # when its owner orders diagnostics, the box's poll hands out the diagnostic action (after the
+    # derived actions a new box gets first)
+    command = command_create(actor=Actor.system("test"), box=box, kind="diagnostics")
+    for _ in range(6):
+        status, action = otb_call(base, "GET", f"{device}/actions/todo", None, jwt)
+        assert status == 200, action
+        if action["action"] == "diagnostic":
+            break
+    assert action == {"id": str(command.pk), "action": "diagnostic", "arguments": {}}
+    # and the box does what otb-action-diagnostic does: a run with the action id, one PUT per script,
+    # then the action's result (its output: the names and the server's answers)
+    status, started = otb_call(base, "POST", f"{device}/diagnostics", {"device_action_id": action["id"]}, jwt)
+    assert status == 200, started
+    for name, code, output in (("uptime", 0, "+ uptime\n up 3 days"), ("dig", 9, ";; connection timed out")):
+        item = {
+            "name": name,
+            "cmd": f"/usr/share/otb/diagnostics.d/{name}",
+            "exit_code": code,
+            "output": output,
+        }
+        status, _ = otb_call(base, "PUT", f"{device}/diagnostics/{started['diagnostic_id']}", item, jwt)
+        assert status == 200
+    report = {"status": "done", "details": "uptime\n{}\ndig\n{}\n"}
+    status, _ = otb_call(base, "PUT", f"{device}/actions/{action['id']}", report, jwt)
+    assert status == 200
+    # then the command succeeded with the items and the action's report in its result
+    finished = Command.objects.get(pk=command.pk)
+    result = finished.result or {}
+    assert finished.state == "succeeded" and result["details"] == report["details"]
+    assert result["checks"]["uptime"]["ok"] is True and result["checks"]["dig"]["error"] == "exit status 9"
