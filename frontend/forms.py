@@ -177,13 +177,14 @@ class BoxClaimForm(PortalForm):
         label="OverTheBox device id",
         max_length=64,
         required=False,
-        help_text="Or, for a box running the OverTheBox firmware: the device id its web interface shows "
-        "(instead of serial and claim code).",
+        help_text="For a box running the OverTheBox firmware: the device id its web interface shows "
+        "(alone, or with the serial and claim code of imported hardware).",
     )
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        if (cleaned.get("device_id") or "").strip():
+        has_serial_or_code = any((cleaned.get(field) or "").strip() for field in ("serial", "claim_code"))
+        if (cleaned.get("device_id") or "").strip() and not has_serial_or_code:
             return cleaned
         missing = {
             "serial": "Type the serial number printed on the box's label (or an OverTheBox device id).",

@@ -33,15 +33,12 @@ class BoxClaimApi(ApiView):
         organization = StrictUUIDField(required=False)
 
         def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-            if "device_id" in attrs:
-                for field in ("serial", "claim_code"):
-                    if field in attrs:
-                        raise InvalidInput("give either device_id or serial and claim_code", field=field)
+            if "device_id" in attrs and "serial" not in attrs and "claim_code" not in attrs:
                 return attrs
             for field in ("serial", "claim_code"):
                 if field not in attrs:
                     raise InvalidInput(
-                        "this field is required (or give the device_id an OverTheBox box shows)",
+                        "this field is required (or give only the device_id an OverTheBox box shows)",
                         field=field,
                     )
             return attrs
@@ -68,7 +65,7 @@ class BoxClaimApi(ApiView):
             organization_id = memberships[0].organization_id
         actor = self.actor(request)
         organization = organization_visible(actor, organization_id)
-        if "device_id" in values:
+        if "serial" not in values:
             claimed = device_claim(actor=actor, organization=organization, device_id=values["device_id"])
         else:
             claimed = box_claim_with_device(
@@ -76,6 +73,7 @@ class BoxClaimApi(ApiView):
                 organization=organization,
                 serial=values["serial"],
                 claim_code=values["claim_code"],
+                device_id=values.get("device_id"),
             )
         return Response(
             box_output(claimed.box),

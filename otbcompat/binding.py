@@ -170,31 +170,46 @@ def device_claim(*, actor: Actor, organization: Organization, device_id: Any) ->
 
 @transaction.atomic
 def box_claim_with_device(
-    *, actor: Actor, organization: Organization, serial: str, claim_code: str
+    *, actor: Actor, organization: Organization, serial: str, claim_code: str, device_id: Any = None
 ) -> Claimed:
-    """The serial + claim code claim (``provisioning.services.lifecycle.box_claim``), and for imported
-    OTB hardware the link of the pending device whose subscribed MAC is the box's. Only an
-    unambiguous match is linked (exactly one pending, unrevoked device with that MAC); otherwise the
-    owner links the device by its id."""
+    """The serial + claim code claim (``provisioning.services.lifecycle.box_claim``), and, when
+    ``device_id`` is given, the link of that OverTheBox device to the box: it must be pending or
+    already this box's, unrevoked, and subscribed with the box's MAC. A device is never linked by its
+    MAC alone: a MAC is not a secret, and anyone could subscribe a device with an imported box's MAC
+    before its owner claims it (its tunnel credentials would go to that device). Any refusal undoes
+    the claim (nothing half-done)."""
     box = box_claim(actor=actor, organization=organization, serial=serial, claim_code=claim_code)
     changed = bool(getattr(box, "newly_claimed", True))
     if changed:
         # A link left from before the box was unclaimed (its device has not called since) is not
-        # carried over to the new claim: the device is pending again and is linked afresh below.
+        # carried over to the new claim: the device is pending again and must be linked afresh.
         for stale in OtbDevice.objects.select_for_update().filter(box=box):
             device_unlink(device=stale, revoke=False)
     device = OtbDevice.objects.filter(box=box).first()
-    if device is None and box.mac:
-        pending = list(
-            OtbDevice.objects.select_for_update()
-            .filter(mac=box.mac, box__isnull=True, revoked_at__isnull=True)
-            .order_by("-created_at")[:2]
+    if device_id is None or not str(device_id).strip():
+        return Claimed(box=box, newly_claimed=changed, device=device)
+    parsed = _device_id_parse(str(device_id).strip())
+    candidate = (
+        OtbDevice.objects.select_for_update(of=("self",)).filter(id=parsed).first() if parsed else None
+    )
+    if candidate is None or candidate.revoked_at is not None:
+        raise InvalidInput("unknown or revoked device id", field="device_id", code="invalid_device_id")
+    if candidate.box_id is not None and candidate.box_id != box.pk:
+        raise Conflict(
+            "this device is already linked to another box", field="device_id", code="already_claimed"
         )
-        if len(pending) == 1:
-            device = pending[0]
-            _device_link(actor=actor, device=device, box=box)
-            changed = True
-    return Claimed(box=box, newly_claimed=changed, device=device)
+    if box.mac and candidate.mac != box.mac:
+        raise InvalidInput(
+            "this device did not subscribe with this box's MAC address: check the device id the box shows",
+            field="device_id",
+            code="device_mismatch",
+        )
+    if candidate.box_id != box.pk:
+        if device is not None:
+            device_unlink(device=device, revoke=True)
+        _device_link(actor=actor, device=candidate, box=box)
+        changed = True
+    return Claimed(box=box, newly_claimed=changed, device=candidate)
 
 
 def device_unlink(*, device: OtbDevice, revoke: bool) -> None:

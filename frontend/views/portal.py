@@ -94,15 +94,17 @@ def box_claim_page(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             actor = Actor.from_request(request)
             device_id = form.cleaned_data["device_id"].strip()
+            serial = form.cleaned_data["serial"].strip()
             try:
-                if device_id:
+                if device_id and not serial:
                     claimed = device_claim(actor=actor, organization=portal.organization, device_id=device_id)
                 else:
                     claimed = box_claim_with_device(
                         actor=actor,
                         organization=portal.organization,
-                        serial=form.cleaned_data["serial"].strip(),
+                        serial=serial,
                         claim_code=form.cleaned_data["claim_code"].strip(),
+                        device_id=device_id or None,
                     )
             except DomainError as exc:
                 form_add_domain_error(form, exc)

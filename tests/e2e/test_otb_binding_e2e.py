@@ -129,10 +129,10 @@ def test_bad_input_on_every_binding_route_is_a_clear_4xx(
     box = subscribe(base, "00:0d:b9:4a:21:04")
     device = box["device_id"]
     token = api_token_factory(people.admin, people.org)
-    # the claim API: malformed JSON, a wrong type, both ways at once, an unknown field
+    # the claim API: malformed JSON, a wrong type, a claim code without its serial, an unknown field
     for body, field in (
         ({"device_id": 7}, "device_id"),
-        ({"device_id": device, "claim_code": "x"}, "claim_code"),
+        ({"device_id": device, "claim_code": "x"}, "serial"),
         ({"device_id": device, "colour": "red"}, "colour"),
     ):
         status, answer = api_post(base, "/api/v1/boxes/claim", token, body)

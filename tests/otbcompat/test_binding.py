@@ -78,15 +78,16 @@ def test_claim_by_device_id_provisions_a_box_and_links_the_device(
     assert Box.objects.filter(mac=MAC).count() == 1
 
 
-def test_claim_by_serial_and_code_links_the_pending_device_with_the_box_mac(
+def test_claim_by_serial_code_and_device_id_links_the_device_subscribed_with_the_box_mac(
     people, client_for, box_factory, provisioned_region
 ) -> None:
     # given imported hardware and the box itself, which subscribed with that MAC
     box = box_factory("OTB-HW-0001", mac=MAC)
     box_client = Client()
     answer = subscribe(box_client, mac=MAC)
-    # when the owner claims it by serial and claim code
-    response = claim(client_for(people.admin), {"serial": "OTB-HW-0001", "claim_code": CLAIM_CODE})
+    # when the owner claims it by serial and claim code, with the device id the box shows
+    body = {"serial": "OTB-HW-0001", "claim_code": CLAIM_CODE, "device_id": answer["device_id"]}
+    response = claim(client_for(people.admin), body)
     # then the box is claimed and the device is linked to it
     assert response.status_code == 201, response.content
     assert response.json()["protocol"] == "otb"
@@ -94,18 +95,37 @@ def test_claim_by_serial_and_code_links_the_pending_device_with_the_box_mac(
     box.refresh_from_db()
     assert box.protocol == BoxProtocol.OTB and box.state == BoxState.CLAIMED
     assert associated(box_client, answer).json() == {"service": f"overthebox.{box.pk}"}
+    # and the same request again changes nothing
+    assert claim(client_for(people.admin), body).status_code == 200
 
 
-def test_serial_claim_links_no_device_when_the_mac_is_ambiguous(
+def test_a_device_subscribed_with_the_box_mac_is_never_linked_by_the_mac_alone(
     people, client_for, box_factory, provisioned_region
 ) -> None:
+    # given imported hardware whose MAC someone else subscribed first (a MAC is not a secret)
     box = box_factory("OTB-HW-0002", mac=MAC)
-    subscribe(Client(), mac=MAC)
-    subscribe(Client(), mac=MAC)  # a second device claims the same MAC: a MAC is not a secret
+    impostor = subscribe(Client(), mac=MAC)
+    # when the owner claims it by serial and claim code only
     response = claim(client_for(people.admin), {"serial": "OTB-HW-0002", "claim_code": CLAIM_CODE})
+    # then the box is claimed, and no device gets its service (nor its tunnel credentials)
     assert response.status_code == 201 and response.json()["protocol"] == "agent"
     assert not OtbDevice.objects.filter(box=box).exists()
-    assert Box.objects.get(pk=box.pk).protocol == BoxProtocol.AGENT
+    assert associated(Client(), impostor).json() == {"service": None}
+
+
+def test_a_device_id_of_another_mac_undoes_the_whole_claim(
+    people, client_for, box_factory, provisioned_region
+) -> None:
+    box = box_factory("OTB-HW-0005", mac=MAC)
+    other = subscribe(Client(), mac="00:0d:b9:4a:99:99")
+    body = {"serial": "OTB-HW-0005", "claim_code": CLAIM_CODE, "device_id": other["device_id"]}
+    response = claim(client_for(people.admin), body)
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["code"] == "device_mismatch"
+    assert "device_id" in response.json()["error"]["fields"]
+    box.refresh_from_db()
+    assert box.organization_id is None and box.state == BoxState.UNCLAIMED and box.server_id is None
+    assert OtbDevice.objects.get(id=other["device_id"]).box_id is None
 
 
 def test_device_id_of_imported_hardware_is_refused_without_its_claim_code(
@@ -160,7 +180,7 @@ def test_bad_device_ids_are_clear_4xx_and_count_as_failed_claims(
     [
         ({}, "serial"),
         ({"serial": "X-1"}, "claim_code"),
-        ({"device_id": str(uuid.uuid4()), "serial": "X-1"}, "serial"),
+        ({"device_id": str(uuid.uuid4()), "serial": "X-1"}, "claim_code"),
         ({"device_id": 12}, "device_id"),
         ({"device_id": "x" * 65}, "device_id"),
         ({"device_id": str(uuid.uuid4()), "colour": "red"}, "colour"),
@@ -278,7 +298,13 @@ def test_a_serial_reclaim_links_the_device_afresh_after_an_unclaim(
     box_client = Client()
     answer = subscribe(box_client, mac=MAC)
     actor = Actor.for_user(people.admin)
-    box_claim_with_device(actor=actor, organization=people.org, serial="OTB-HW-0004", claim_code=CLAIM_CODE)
+    box_claim_with_device(
+        actor=actor,
+        organization=people.org,
+        serial="OTB-HW-0004",
+        claim_code=CLAIM_CODE,
+        device_id=answer["device_id"],
+    )
     assert confirm(box_client, answer, f"overthebox.{box.pk}").status_code == 200
     # when the owner unclaims it and another customer claims it with the code, before the box calls
     box_unclaim(actor=actor, box=Box.objects.get(pk=box.pk))
@@ -287,6 +313,7 @@ def test_a_serial_reclaim_links_the_device_afresh_after_an_unclaim(
         organization=people.other_org,
         serial="OTB-HW-0004",
         claim_code=CLAIM_CODE,
+        device_id=answer["device_id"],
     )
     # then the device is linked to the new claim but must confirm again, with a new JWT
     device = OtbDevice.objects.get(id=answer["device_id"])
