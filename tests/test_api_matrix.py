@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
+from fleet.commands.backups import backup_create_with_files
+from fleet.commands.services import command_create
 from fleet.core.audit import Actor
 from fleet.core.models import AuditLog, Invitation, Membership
 from fleet.core.services import api_token_create, enrollment_token_create, member_invite
@@ -62,6 +64,14 @@ def world(
     _, invitation_token = member_invite(
         actor=owner_actor, organization=people.org, email="outsider@example.com", role="viewer"
     )
+    backup_command = command_create(actor=Actor.system("test"), box=box, kind="backup")
+    backup = backup_create_with_files(
+        box=box,
+        command_id=str(backup_command.pk),
+        files=[{"filename": "/etc/config/network", "mode": "644", "uid": 0, "gid": 0, "is_symlink": False,
+                "symlink": "", "content": "config interface 'lan'\n"}],
+    )  # fmt: skip
+    their_backup_command = command_create(actor=Actor.system("test"), box=their_box, kind="backup")
     ids = {
         "org": str(people.org.pk),
         "other_org": str(people.other_org.pk),
@@ -77,6 +87,8 @@ def world(
         "server": str(provisioned_region.server.pk),
         "spare_server": str(spare_server.pk),
         "pool": str(next(iter(provisioned_region.pools.values())).pk),
+        "backup": str(backup.pk),
+        "their_backup_command": str(their_backup_command.pk),
     }
     clients: dict[str, APIClient] = {"anonymous": APIClient()}
     for role in ("outsider", "viewer", "admin", "owner", "staff"):
@@ -153,6 +165,21 @@ ENDPOINTS = [
     row("post", "/api/v1/boxes/{box}/transfer", lambda i: {"organization": i["other_org"]},
                                                                       "401 404 403 403 404 200 P P"),
     row("get", "/api/v1/boxes/{box}/audit", None,                     "401 404 200 200 200 200 P P"),
+    # -- configuration backups and remote access (the agent of their box uploads for its own command) ------
+    row("get", "/api/v1/boxes/{box}/backups/", None,                  "401 404 200 200 200 200 P P"),
+    row("get", "/api/v1/boxes/{box}/backups/{backup}/", None,         "401 404 200 200 200 200 P P"),
+    row("get", "/api/v1/boxes/{box}/backups/{backup}/file?path=/etc/config/network", None,
+                                                                      "401 404 200 200 200 200 P P"),
+    row("get", "/api/v1/boxes/{box}/backups/diff?old={backup}&new={backup}", None,
+                                                                      "401 404 200 200 200 200 P P"),
+    row("get", "/api/v1/boxes/{box}/backups/{backup}/archive", None,  "401 404 200 200 200 200 P P"),
+    row("post", "/api/v1/boxes/{box}/backups/{backup}/restore", None, "401 404 403 201 201 201 P P"),
+    row("delete", "/api/v1/boxes/{box}/backups/{backup}/", None,      "401 404 403 204 204 204 P P"),
+    row("post", "/api/v1/agent/backups", lambda i: {"command_id": i["their_backup_command"], "files": []},
+                                                                      "401 401 401 401 401 401 201 403"),
+    # a backup of our box is not found by the agent of theirs
+    row("get", "/api/v1/agent/backups/{backup}", None,                "401 401 401 401 401 401 404 403"),
+    row("get", "/api/v1/boxes/{box}/remote-accesses/", None,          "401 404 200 200 200 200 P P"),
     row("get", "/api/v1/audit/", None,                                "401 200 200 200 200 200 P P"),
     # -- provisioning: staff, and aggregation servers for their peers ---------------------------------------
     row("get", "/api/v1/servers/self/peers", None,                    "401 403 403 403 403 403 403 200"),
