@@ -319,6 +319,7 @@ SERVICES = [
     # the customer's consent: an owner (never staff on their behalf), or the trusted system
     row("remote_access_approve", _remote_access(), _approve, "F F ok N N F F ok"),
     row("remote_access_reject", _remote_access(), lambda w, a, access: remote_access.remote_access_reject(actor=a, access=access), ADMIN),
+    row("remote_accesses_open", None, lambda w, a, _: remote_access.remote_accesses_open(actor=a), STAFF),
     row("remote_access_close", _remote_access(approved=True), lambda w, a, access: remote_access.remote_access_close(actor=a, access=access), ADMIN),
     # -- firmware: a box's upgrades --------------------------------------------------------------------------
     row("box_upgrade_policy_update", None, lambda w, a, _: firmware.box_upgrade_policy_update(actor=a, box=w.box, auto_upgrade=False), ADMIN),

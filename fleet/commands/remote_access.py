@@ -36,7 +36,7 @@ from fleet.commands.choices import (
 )
 from fleet.commands.models import Command, RemoteAccess
 from fleet.commands.services import command_create
-from fleet.core.access import authorize, organization_role
+from fleet.core.access import authorize, authorize_staff, organization_role
 from fleet.core.audit import Actor, audit_record
 from fleet.core.choices import BoxProtocol, BoxState, Role
 from fleet.core.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -302,6 +302,17 @@ def remote_accesses_expire(*, now: datetime | None = None) -> int:
     if ended:
         logger.info("remote accesses expired", extra={"count": ended})
     return ended
+
+
+def remote_accesses_open(*, actor: Actor) -> QuerySet[RemoteAccess]:
+    """Every open session (approved or connected, not past ``expires_at``), for the bastion to admit:
+    staff (or the system) only."""
+    authorize_staff(actor)
+    return (
+        RemoteAccess.objects.filter(state__in=OPEN_REMOTE_ACCESS_STATES, expires_at__gt=timezone.now())
+        .select_related("box", "requested_by", "approved_by")
+        .order_by("expires_at", "id")
+    )
 
 
 def remote_access_list_for_box(*, box_id: UUID) -> QuerySet[RemoteAccess]:

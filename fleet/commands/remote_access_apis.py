@@ -17,12 +17,13 @@ from fleet.commands.remote_access import (
     remote_access_list_for_box,
     remote_access_reject,
     remote_access_request,
+    remote_accesses_open,
 )
 from fleet.core.access import box_for
 from fleet.core.apis.base import ApiView
 from fleet.core.choices import Role
 from fleet.core.errors import InvalidInput
-from fleet.core.permissions import IsPerson
+from fleet.core.permissions import IsPerson, IsStaff
 
 
 class RemoteAccessOutputSerializer(serializers.ModelSerializer):
@@ -114,3 +115,16 @@ class BoxRemoteAccessActionApi(ApiView):
             raise InvalidInput("approve, reject or close", field="action")
         access = ACTIONS[action](actor=self.actor(request), access=access)
         return Response(RemoteAccessOutputSerializer(access).data)
+
+
+class OpenRemoteAccessListApi(ApiView):
+    """Every open remote access session (staff only): what the bastion admits. For each: the box's
+    host key (``device_public_key``: the key its ``limited-user`` login must accept on
+    ``bastion_port``), the key let into the box (``public_key``) and ``expires_at``."""
+
+    permission_classes = [IsStaff]
+
+    def get(self, request: Request) -> Response:
+        return self.paginated(
+            request, remote_accesses_open(actor=self.actor(request)), RemoteAccessOutputSerializer
+        )

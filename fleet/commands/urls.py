@@ -27,6 +27,11 @@ urlpatterns = [
         name="box-backup-archive",
     ),
     path(
+        "remote-accesses/open",
+        remote_access_apis.OpenRemoteAccessListApi.as_view(),
+        name="remote-accesses-open",
+    ),
+    path(
         "boxes/<str:box_id>/remote-accesses/",
         remote_access_apis.BoxRemoteAccessListApi.as_view(),
         name="box-remote-accesses",

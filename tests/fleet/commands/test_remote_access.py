@@ -224,3 +224,20 @@ def test_bad_device_keys_are_400_naming_the_field(otb_box: Any, people: Any, cli
     unknown = post_key(otb_box, "00000000-0000-0000-0000-000000000000")
     assert unknown.status_code == 404 and unknown.json()["class"] == "Client::NotFound"
     assert not Command.objects.filter(kind=CommandKind.REMOTE_ACCESS_CONNECT).exists()
+
+
+@override_settings(OTB=BASTION)
+def test_the_bastion_lists_open_sessions_staff_only(otb_box: Any, people: Any, client_for: Any) -> None:
+    owner = client_for(people.owner)
+    open_id = ask(owner, otb_box).json()["id"]
+    owner.post(f"/api/v1/boxes/{otb_box.pk}/remote-accesses/{open_id}/approve")
+    post_key(otb_box, open_id)
+    waiting = ask(owner, otb_box).json()["id"]
+    listed = client_for(people.staff).get("/api/v1/remote-accesses/open")
+    assert listed.status_code == 200
+    assert [
+        (item["id"], item["bastion_port"], item["device_public_key"]) for item in listed.json()["results"]
+    ] == [(open_id, 20000, BOX_KEY)]
+    assert waiting not in str(listed.json())
+    # an owner of the organisation is not the bastion
+    assert owner.get("/api/v1/remote-accesses/open").status_code == 403
