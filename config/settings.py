@@ -421,6 +421,9 @@ OTB = {
     # askServiceConfirmation and the derived configure are repeated at most this often per device.
     "OTB_COMPAT_ASK_CONFIRMATION_EVERY_S": env_int("OTB_COMPAT_ASK_CONFIRMATION_EVERY_S", 300),
     "OTB_COMPAT_CONFIGURE_EVERY_S": env_int("OTB_COMPAT_CONFIGURE_EVERY_S", 30),
+    # The opkg feeds of stock OverTheBox boxes per release channel (release_channel), JSON:
+    # {"stable": [["<feed name>", "<url with @ARCH@/@BOARD@>"], ...], "beta": [...], "dev": [...]}.
+    "OTB_COMPAT_RELEASE_FEEDS": os.environ.get("OTB_COMPAT_RELEASE_FEEDS", "{}"),
     # Alert notifications (fleet/monitoring): first retry delay, doubled per attempt; whether webhooks
     # may target private/loopback addresses (never in production: customers must not probe our network).
     "NOTIFY_RETRY_BASE_S": env_int("OTB_NOTIFY_RETRY_BASE_S", 30),

@@ -32,6 +32,7 @@ urlpatterns = [
     path("api/v1/", include("fleet.commands.urls")),
     path("api/v1/", include("fleet.monitoring.urls")),
     # Stock OverTheBox boxes: their /1.0 device protocol, routes exactly as the box writes them.
+    path("1.0/", include("fleet.firmware.otb_urls")),
     path("1.0/", include("otbcompat.urls")),
     path("", include("frontend.urls")),
 ]

@@ -27,10 +27,13 @@ from fleet.core.doorbells import broadcast_to_people
 from fleet.core.events import events_record_batch
 from fleet.telemetry.models import BoxStatus
 from otbcompat.models import OtbDevice
+from otbcompat.telemetry.firmware import version_clean
 
 logger = logging.getLogger(__name__)
 
 VERSION_MAX = 16
+# The header is a cut of the full version the properties give (otbcompat.telemetry.firmware): the
+# status keeps the full one while the header is its prefix.
 
 
 def seen_key() -> str:
@@ -44,12 +47,10 @@ def redis_client() -> Any:
 
 
 def clean_version(value: str | None) -> str:
-    """``X-Overthebox-Version`` as stored: printable, at most ``VERSION_MAX`` characters (the box sends
-    5: ``git describe | cut -c 2-6``)."""
-    if not value:
-        return ""
-    text = "".join(ch for ch in value.strip() if ch.isprintable() and ch != "|")
-    return text[:VERSION_MAX]
+    """``X-Overthebox-Version`` as the telemetry part reads it (``v`` and a trailing dot dropped; "" for
+    what is not a version), at most ``VERSION_MAX`` characters (the box sends 5: ``git describe | cut
+    -c 2-6``)."""
+    return version_clean(value)[:VERSION_MAX]
 
 
 def seen_value(*, box_id: Any, version: str, at: float) -> str:

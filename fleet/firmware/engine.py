@@ -23,6 +23,7 @@ from django.utils import timezone
 from fleet.commands.choices import CommandState
 from fleet.commands.models import Command
 from fleet.core.audit import Actor, audit_record
+from fleet.core.choices import BoxProtocol
 from fleet.core.models import Box, Organization
 from fleet.firmware.choices import (
     FAILURE_STATES,
@@ -98,6 +99,44 @@ def _came_back(upgrade: Upgrade, status: dict[str, Any] | None, reference: dt.da
     return bool(connected_at and reference and connected_at > reference)
 
 
+def otb_version_matches(running: str, version: str) -> bool:
+    """A stock OverTheBox box runs ``version``: its reported version is it (``v`` aside), or is the
+    5-character cut ``X-Overthebox-Version`` carries (``git describe | cut -c 2-6``) of it, perhaps
+    without its trailing dot (``1.10.`` or ``1.10`` for ``1.10.2``)."""
+    running, version = running.strip().lstrip("vV"), version.strip().lstrip("vV")
+    if not running:
+        return False
+    return running == version or (4 <= len(running) <= 5 and version.startswith(running))
+
+
+def _otb_evaluate(
+    upgrade: Upgrade, *, version: str, command: dict[str, Any] | None, status: dict[str, Any]
+) -> tuple[str, str] | None:
+    """A stock OverTheBox box's upgrade judged by the version it reports, never by its ``done`` alone:
+    succeeded once it is seen (polling) after the command went out, on the new version; failed when it
+    is seen on another version after reporting ``done`` (it came back on the old image). None: the
+    command's state decides (an ``error`` fails it; a ``done`` reported later is kept on the command
+    without changing it: a failed sysupgrade is reported ``done`` after the next start)."""
+    if not status.get("online"):
+        return None
+    seen = status.get("last_seen_at")
+    running = str(status.get("firmware_version") or "")
+    finished_at = command.get("finished_at") if command else None
+    if seen and upgrade.sent_at and seen > upgrade.sent_at and otb_version_matches(running, version):
+        return U.SUCCEEDED, ""
+    if (
+        command
+        and command["state"] == CommandState.SUCCEEDED
+        and seen
+        and finished_at
+        and seen > finished_at
+        and running
+        and not otb_version_matches(running, version)
+    ):
+        return U.FAILED, f"the box came back on {running}, not {version}"
+    return None
+
+
 def upgrade_evaluate(
     upgrade: Upgrade,
     *,
@@ -116,6 +155,20 @@ def upgrade_evaluate(
     """
     progress = upgrade.progress
     state = upgrade.state
+    if status and status.get("box__protocol") == BoxProtocol.OTB:
+        judged = _otb_evaluate(upgrade, version=version, command=command, status=status)
+        if judged is not None:
+            return judged[0], judged[1], 100 if judged[0] == U.SUCCEEDED else progress
+        if command and command["state"] == CommandState.SUCCEEDED:
+            # done, not seen back on the new version yet: wait (up to the health window)
+            deadline = (command.get("finished_at") or now) + dt.timedelta(seconds=health_window_s)
+            if now >= deadline:
+                return (
+                    U.TIMED_OUT,
+                    f"the box did not come back on {version} within {health_window_s} s",
+                    progress,
+                )
+            return U.REBOOTING, None, 100
     finished_at = command.get("finished_at") if command else None
     reference = finished_at or upgrade.rebooting_at or upgrade.sent_at
     if _came_back(upgrade, status, reference):
@@ -208,6 +261,8 @@ def _sync_page(upgrades: list[Upgrade], now: dt.datetime, summary: TickSummary) 
             "tunnel_up",
             "wans_up",
             "last_seq",
+            "last_seen_at",
+            "box__protocol",
         )
     }
     changed: list[Upgrade] = []
