@@ -155,6 +155,9 @@ class ConfigCycle:
             error = await self.applier(body)
         elif self.apply_hook and path:
             error = await asyncio.to_thread(run_apply_hook, self.apply_hook, path)
+        # reported first, then recorded: whoever sees the new applied hash knows the server was told
+        # (or that the cycle will tell it: ``_unreported``)
+        result = await self._report(h, error, changed=True)
         if error is None:
             self.applied_hash = h
             self.store.meta_set("applied_config_hash", h)
@@ -162,7 +165,7 @@ class ConfigCycle:
         else:
             self.reporter.error("config_apply_failed", error, config_hash=h)
         self.reporter.status_update(force=True, applied_config_hash=self.applied_hash)
-        return await self._report(h, error, changed=True)
+        return result
 
     async def _report(self, h: str, error: Optional[str], *, changed: bool) -> Dict[str, Any]:
         """Tell the server what was applied; remembered for the next round when it cannot be told."""
