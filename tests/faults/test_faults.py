@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -35,13 +37,18 @@ pytestmark = [pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    the_stack = Stack(tmp_path_factory.mktemp("faults"))
+def stack() -> Iterator[Stack]:
+    # Not under pytest's basetemp: the embedded PostgreSQL runs as another user, who must traverse
+    # every parent, and any pytest starting on the machine (a nested run, another checkout's suite)
+    # makes /tmp/pytest-of-<user> 0700 again, after which pg_ctl could no longer stop the server.
+    root = Path(tempfile.mkdtemp(prefix="otb-faults-"))
+    the_stack = Stack(root)
     try:
         the_stack.up()
         yield the_stack
     finally:
         the_stack.down()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _token(stack: Stack, serial: str) -> str:
