@@ -9,11 +9,14 @@ the middleware stack and two ORM queries. This ASGI wrapper answers exactly the 
 - ONE prepared query on a small async psycopg pool reads what decides the answer: the device is not
   revoked and the JWT's generation is current, and either it is linked to no box, or it is confirmed,
   its box runs its desired configuration and has no pending unexpired command;
+- when the database does not answer (pool timeout, connection refused) a validly signed box is paced
+  with ``wait`` rather than handed to Django, which would fail it too: an error makes it poll again
+  within a second;
 - the poll is noted for presence in memory and written to Redis once a second for all boxes of the
   process (one HSET of many fields; ``otbcompat.presence`` flushes them to the database).
 
-Anything else (no or bad JWT, another device, a command or a derived action due, the database not
-answering) goes to Django unchanged: Django stays the one place that hands out actions, writes and
+Anything else (no or bad JWT, another device, a command or a derived action due, an unexpected
+error) goes to Django unchanged: Django stays the one place that hands out actions, writes and
 reports errors.
 """
 
@@ -27,9 +30,10 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, cast
 
+import psycopg
 import redis.asyncio as aioredis
 from django.conf import settings
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from fleet.core.live_connections import conninfo_from_settings
 from otbcompat.jwt import JwtExpired, JwtInvalid, jwt_decode
@@ -56,6 +60,11 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
+def wait_body() -> bytes:
+    delay = int(cast(dict[str, Any], settings.OTB)["OTB_COMPAT_POLL_DELAY_S"])
+    return b'{"id": null, "action": "wait", "arguments": {"delay": %d}}' % delay
+
+
 class OtbTodoFastPath:
     """Wraps the HTTP application; see the module docstring for what it answers itself."""
 
@@ -67,7 +76,7 @@ class OtbTodoFastPath:
         self._redis: Any = None
         self._seen: dict[str, str] = {}
         self._writer: asyncio.Task[None] | None = None
-        self._body = b""
+        self._body = wait_body()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
@@ -98,7 +107,13 @@ class OtbTodoFastPath:
             async with self._pool.connection(timeout=2.0) as conn:
                 cursor = await conn.execute(_QUERY, (device_id,), prepare=True)
                 row = await cursor.fetchone()
-        except Exception:  # the database is Django's to report; the fast path just steps aside
+        except (PoolTimeout, psycopg.OperationalError):
+            # The database is saturated or down: Django would fail the same way, and a box that gets an
+            # error polls again within a second. A box whose JWT we signed is paced instead (``wait``
+            # tells nothing and does nothing; a command waits one more delay); not noted as seen.
+            logger.warning("OTB todo fast path: database unavailable; pacing the box", exc_info=True)
+            return True
+        except Exception:  # anything else is Django's to report; the fast path just steps aside
             logger.warning("OTB todo fast path unavailable; deferring to Django", exc_info=True)
             return False
         if row is None:
@@ -127,8 +142,7 @@ class OtbTodoFastPath:
         self._pool, self._loop = pool, loop
         self._redis = aioredis.Redis.from_url(settings.REDIS_URL)
         self._writer = loop.create_task(self._write_presence())
-        delay = int(cast(dict[str, Any], settings.OTB)["OTB_COMPAT_POLL_DELAY_S"])
-        self._body = b'{"id": null, "action": "wait", "arguments": {"delay": %d}}' % delay
+        self._body = wait_body()
 
     async def _write_presence(self) -> None:
         """Once a second: the polls answered here since the last write, in one HSET."""

@@ -119,3 +119,25 @@ async def test_callers_that_are_not_in_order_get_djangos_answer(
     response = await poll(device, jwt=jwt, path_id=path_id)
     assert answered_by_django(response)
     assert response["status"] == status and error_class.encode() in response["body"]
+
+
+async def test_a_database_that_does_not_answer_paces_signed_boxes(
+    linked: tuple[Box, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from psycopg_pool import PoolTimeout
+
+    from otbcompat.fastpath import OtbTodoFastPath
+
+    _box, device = linked
+
+    async def saturated(self: Any) -> None:
+        raise PoolTimeout("couldn't get a connection after 2.00 sec")
+
+    monkeypatch.setattr(OtbTodoFastPath, "_ensure_loop_state", saturated)
+    # a box we signed is told to wait (Django would fail too, and an error makes it poll every second)
+    response = await poll(device)
+    assert response["status"] == 200 and not answered_by_django(response)
+    assert b'"action": "wait"' in response["body"]
+    # a JWT we did not sign still gets Django's 401
+    response = await poll(device, jwt=device["jwt"][:-3] + "AAA")
+    assert answered_by_django(response) and response["status"] == 401
