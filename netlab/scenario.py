@@ -39,6 +39,7 @@ PACKAGES = {
     "iperf3": "iperf3",
     "ping": "iputils-ping",
     "tc": "iproute2",
+    "conntrack": "conntrack",
 }
 BIN = Path(sys.executable).parent
 PEER_PORT = 7007

@@ -30,6 +30,7 @@ from .plan import (
     NFT_FAMILY,
     NFT_TABLE,
     SCHEMA_COUNTER_PREFIX,
+    SET_PORTS,
     WG_IFACE,
     WG_MTU,
     BoxPlan,
@@ -483,6 +484,7 @@ class Converger:
     def _nft(self, plan: Plan, actual: Actual, result: Result, owners: Dict[str, str]) -> None:
         if actual.table_signature != plan.host.table_signature:
             return  # the table could not be made; the error is recorded
+        ports_before = set(actual.elements.get(SET_PORTS, {}))
         groups: Dict[str, List[List[str]]] = {}  # box id -> [deletes, object deletes, adds]
 
         def group(box_id: str) -> List[List[str]]:
@@ -556,6 +558,22 @@ class Converger:
             self._stale = True
             return
         self._nft_applied(plan, actual, want_elements, want_counters, want_limits)
+        for port in sorted(ports_before ^ set(want_elements.get(SET_PORTS, {}))):
+            self._conntrack_forget(port)
+
+    def _conntrack_forget(self, port: str) -> None:
+        """Forget the UDP flows to a box port that just came or went. NAT is decided on a flow's
+        first packet: a box whose WireGuard spoke before its port was redirected (the gateway polls
+        every 2 s, a new box gets its config at once) keeps a flow that is not redirected, and its
+        retries and keepalives (every 25 s, under the 30 s timeout) keep that flow alive for ever."""
+        argv = ["conntrack", "-D", "-p", "udp", "--orig-port-dst", port]
+        try:
+            done = self.runner.run(argv, check=False)
+        except CommandError as e:  # conntrack missing: the box waits for its flow to time out
+            self.log.warning("conntrack_flush_failed", port=port, error=str(e))
+            return
+        if done.returncode not in (0, 1):  # 1: no flow to delete
+            self.log.warning("conntrack_flush_failed", port=port, error=done.stderr.strip()[:200])
 
     def _nft_batch(self, groups: Dict[str, List[List[str]]], result: Result, box: Optional[str]) -> bool:
         lines: List[str] = []

@@ -74,6 +74,7 @@ class FakeHost(Runner):
         self.link: FakeLink | None = None
         self.fail: dict[str, str] = {}  # a command line containing the key fails with the value
         self.established: dict[int, int] = {}  # port -> established MPTCP connections
+        self.conntrack_flushed: list[str] = []  # UDP ports whose flows `conntrack -D` forgot
 
     # -- helpers for tests ------------------------------------------------------------------------
 
@@ -197,6 +198,9 @@ class FakeHost(Runner):
             return self._nft(argv[1:], stdin)
         if program == "wg":
             return self._wg(argv[1:], stdin)
+        if program == "conntrack" and argv[1:5] == ["-D", "-p", "udp", "--orig-port-dst"]:
+            self.conntrack_flushed.append(argv[5])
+            raise _Failed(1, "conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted.")
         if program == "ss" and "-HnM" in argv:
             return "".join(
                 f"0 0 198.51.100.1:{port} 192.0.2.9:{40000 + n}\n"
