@@ -14,6 +14,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from cryptography.hazmat.primitives import serialization
@@ -128,6 +129,40 @@ try:
     )
 except (OSError, ValueError) as exc:
     raise ImproperlyConfigured(f"OTB_FIRMWARE_SIGNING_KEY_FILE {FIRMWARE_SIGNING_KEY_FILE}: {exc}") from exc
+
+def public_url_parse(raw: str | None) -> str:
+    """OTB_PUBLIC_URL: the origin (``scheme://host[:port]``) people and boxes reach the service at.
+    Every absolute link the service sends (emails, webhooks, API page links, the schema's server) is
+    built on it, never on a request's Host header. Required in production; the dev server outside."""
+    if not raw:
+        if PRODUCTION:
+            raise ImproperlyConfigured(
+                "OTB_PUBLIC_URL must be set in production: the address people and boxes reach the "
+                "service at, e.g. https://fleet.example.net (links in emails and webhooks start with it)"
+            )
+        return f"http://127.0.0.1:{env_int('OTB_PORT', 8000)}"  # make run's own address
+    try:
+        parts = urlsplit(raw.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"OTB_PUBLIC_URL is not a valid URL ({exc}): {raw!r}") from exc
+    if (
+        parts.scheme not in {"http", "https"}
+        or not parts.hostname
+        or parts.username is not None
+        or parts.path not in {"", "/"}
+        or parts.query
+        or parts.fragment
+    ):
+        raise ImproperlyConfigured(
+            "OTB_PUBLIC_URL must be an http(s) origin such as https://fleet.example.net "
+            f"(no path, query or credentials), not {raw!r}"
+        )
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+OTB_PUBLIC_URL = public_url_parse(os.environ.get("OTB_PUBLIC_URL"))
 
 DEBUG = env_bool("DEBUG", OTB_ENV == "development")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["*"])
@@ -340,6 +375,11 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "GET_LIB_DOC_EXCLUDES": "fleet.core.apis.base.schema_doc_excludes",
+    # The schema's server is OTB_PUBLIC_URL, read when the schema is generated (fleet.core.apis.schema).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "fleet.core.apis.schema.servers_hook",
+    ],
 }
 
 # Celery: one broker (Redis), queues per workload, every periodic task in config/celery.py.

@@ -94,10 +94,19 @@ class AdminLoginView(ThrottledLoginMixin, auth_views.LoginView):
         return context
 
 
+class PasswordResetView(auth_views.PasswordResetView):
+    """Django's reset, with the emailed link on the public address (OTB_PUBLIC_URL) instead of the
+    requesting Host header (a forged Host would otherwise mail a link to someone else's site)."""
+
+    @property
+    def extra_email_context(self) -> dict[str, str]:  # type: ignore[override]
+        return {"public_url": settings.OTB_PUBLIC_URL}
+
+
 login = LoginView.as_view()
 admin_login = AdminLoginView.as_view()
 logout = auth_views.LogoutView.as_view()
-password_reset = auth_views.PasswordResetView.as_view(
+password_reset = PasswordResetView.as_view(
     template_name="frontend/auth/password_reset_form.html",
     email_template_name="frontend/auth/password_reset_email.txt",
     subject_template_name="frontend/auth/password_reset_subject.txt",

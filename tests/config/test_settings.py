@@ -1,5 +1,6 @@
-"""Production settings load from the documented environment, and refuse to start without secrets;
-outside production, without DATABASE_URL / REDIS_URL, the settings use this checkout's own services."""
+"""Production settings load from the documented environment, and refuse to start without secrets or
+the public address; outside production, without DATABASE_URL / REDIS_URL, the settings use this
+checkout's own services."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from config.settings import public_url_parse
+
 ROOT = Path(__file__).resolve().parents[2]
 PRINT_KEYS = (
     "import django; django.setup(); from django.conf import settings; print(len(settings.OTB_SECRETS_KEYS))"
@@ -21,18 +27,19 @@ def fernet_key() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
 
 
-def production(**env: str) -> subprocess.CompletedProcess[str]:
+def production(*, command: str = PRINT_KEYS, **env: str) -> subprocess.CompletedProcess[str]:
     base = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "OTB_ENV": "production",
         "SECRET_KEY": secrets.token_urlsafe(50),
         "ALLOWED_HOSTS": "fleet.example.net",
+        "OTB_PUBLIC_URL": "https://fleet.example.net",
         "DATABASE_URL": os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
         "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
     }
     return subprocess.run(
-        [sys.executable, "-c", PRINT_KEYS],
+        [sys.executable, "-c", command],
         cwd=ROOT,
         env={**base, **env},
         capture_output=True,
@@ -67,7 +74,8 @@ def test_production_refuses_to_start_without_a_key() -> None:
 
 PRINT_SERVICES = (
     "import django; django.setup(); from django.conf import settings; d = settings.DATABASES['default'];"
-    " print(d['HOST'], d['PORT'], d['NAME'], settings.REDIS_URL, settings.OTB['LOCAL_URL'])"
+    " print(d['HOST'], d['PORT'], d['NAME'], settings.REDIS_URL, settings.OTB['LOCAL_URL'],"
+    " settings.OTB_PUBLIC_URL)"
 )
 
 
@@ -156,3 +164,64 @@ def test_local_url_follows_otb_port(tmp_path: Path) -> None:
     services_env_written(tmp_path, postgres=21234, redis=26234)
     assert development(tmp_path).stdout.split()[4] == "http://127.0.0.1:8000/"
     assert development(tmp_path, OTB_PORT="30123").stdout.split()[4] == "http://127.0.0.1:30123/"
+    # and so do the links the service sends (OTB_PUBLIC_URL unset outside production)
+    assert development(tmp_path, OTB_PORT="30123").stdout.split()[5] == "http://127.0.0.1:30123"
+
+
+def test_production_refuses_to_start_without_the_public_url() -> None:
+    # given a production environment complete but for OTB_PUBLIC_URL
+    result = production(OTB_SECRETS_KEY=fernet_key(), OTB_PUBLIC_URL="")
+    # then the settings refuse to load, saying what to set and why
+    assert result.returncode != 0
+    assert "OTB_PUBLIC_URL must be set in production" in result.stderr
+    assert "https://fleet.example.net" in result.stderr
+
+
+def test_production_refuses_a_public_url_that_is_not_an_origin() -> None:
+    result = production(OTB_SECRETS_KEY=fernet_key(), OTB_PUBLIC_URL="fleet.example.net/portal")
+    assert result.returncode != 0
+    assert "OTB_PUBLIC_URL must be an http(s) origin" in result.stderr
+    assert "'fleet.example.net/portal'" in result.stderr
+
+
+def test_production_reads_the_public_url() -> None:
+    command = (
+        "import django; django.setup(); from django.conf import settings; print(settings.OTB_PUBLIC_URL)"
+    )
+    result = production(
+        command=command, OTB_SECRETS_KEY=fernet_key(), OTB_PUBLIC_URL="https://fleet.example.net/"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "https://fleet.example.net"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, "http://127.0.0.1:8000"),  # outside production: the dev server
+        ("https://fleet.example.net", "https://fleet.example.net"),
+        ("https://fleet.example.net/", "https://fleet.example.net"),
+        ("HTTPS://Fleet.Example.NET:8443", "https://fleet.example.net:8443"),
+        ("http://[2001:db8::1]:8000", "http://[2001:db8::1]:8000"),
+    ],
+)
+def test_the_public_url_is_kept_as_an_origin(raw: str | None, expected: str) -> None:
+    assert public_url_parse(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "fleet.example.net",
+        "ftp://fleet.example.net",
+        "https://fleet.example.net/fleet",
+        "https://fleet.example.net/?a=1",
+        "https://fleet.example.net/#top",
+        "https://user:pw@fleet.example.net",
+        "https://fleet.example.net:99999",
+        "https://",
+    ],
+)
+def test_a_public_url_that_is_not_an_origin_is_refused(raw: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match="OTB_PUBLIC_URL"):
+        public_url_parse(raw)

@@ -15,6 +15,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.mail import send_mail
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -23,6 +24,7 @@ from fleet.core.audit import Actor, audit_record
 from fleet.core.choices import Role
 from fleet.core.doorbells import doorbell_reauthorize
 from fleet.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from fleet.core.links import public_link
 from fleet.core.models import ApiToken, Invitation, Membership, Organization
 from fleet.core.tokens import TokenKind, digest, token_issue
 
@@ -161,12 +163,12 @@ def _invitation_mail(invitation: Invitation, token: str) -> None:
     """Mail the invitation after commit. The link carries the token after ``#``: a browser never
     sends that part to a server, so the token stays out of every access log and referrer."""
     organization, role = invitation.organization, Role(invitation.role)
-    base = getattr(settings, "OTB_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+    accept = public_link(reverse("frontend:invitation_accept"))  # on OTB_PUBLIC_URL, never the Host
     body = (
         f"You have been invited to join {organization.name} on otb-fleet as {role.label.lower()}.\n\n"
         f"Open this link to accept, and to create your account if you have none yet "
-        f"(valid for 7 days):\n\n{base}/invitations/accept#{token}\n\n"
-        f"If the link does not open, go to {base}/invitations/accept and paste this token:\n\n{token}\n"
+        f"(valid for 7 days):\n\n{accept}#{token}\n\n"
+        f"If the link does not open, go to {accept} and paste this token:\n\n{token}\n"
     )
     email = invitation.email
     transaction.on_commit(

@@ -14,6 +14,7 @@ from uuid import UUID
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from fleet.core.access import authorize
@@ -21,6 +22,7 @@ from fleet.core.audit import Actor, audit_record
 from fleet.core.choices import EventKind, Role
 from fleet.core.errors import Conflict
 from fleet.core.models import Event
+from fleet.core.links import public_link
 from fleet.monitoring.choices import DeliveryState, TargetKind
 from fleet.monitoring.models import Alert, AlertRule, NotificationDelivery, NotificationTarget
 from fleet.monitoring.services.alerts import notifications_queue
@@ -51,7 +53,7 @@ def notification_retry_delay(attempts: int) -> float:
 
 def notification_payload(delivery: NotificationDelivery, now: datetime) -> dict[str, Any]:
     """The webhook JSON body (also the source of the email text): an alert event, or a notice of a
-    box event."""
+    box event. ``box.url`` is the box's portal page on the public address (OTB_PUBLIC_URL)."""
     if delivery.box_event is not None:
         return _notice_payload(delivery, delivery.box_event, now)
     alert = cast(Alert, delivery.alert)
@@ -77,7 +79,12 @@ def notification_payload(delivery: NotificationDelivery, now: datetime) -> dict[
             "threshold": rule.threshold,
             "duration_minutes": rule.duration_minutes,
         },
-        "box": {"id": str(box.pk), "serial": box.serial, "name": box.name},
+        "box": {
+            "id": str(box.pk),
+            "serial": box.serial,
+            "name": box.name,
+            "url": public_link(reverse("frontend:box", args=[box.pk])),
+        },
     }
 
 
@@ -89,7 +96,12 @@ def _notice_payload(delivery: NotificationDelivery, event: Event, now: datetime)
         "sent_at": int(now.timestamp()),
         "organization": str(event.organization_id),
         "notice": {"id": str(event.pk), "kind": event.kind, "ts": event.ts.isoformat(), "data": event.data},
-        "box": {"id": str(box.pk), "serial": box.serial, "name": box.name},
+        "box": {
+            "id": str(box.pk),
+            "serial": box.serial,
+            "name": box.name,
+            "url": public_link(reverse("frontend:box", args=[box.pk])),
+        },
     }
 
 
@@ -132,6 +144,7 @@ def _email_text(payload: dict[str, Any]) -> tuple[str, str]:
         else "",
         f"Condition since: {alert['started_at']}",
         f"Resolved at: {alert['resolved_at']}" if alert["resolved_at"] else "",
+        f"Box page: {box['url']}",
     ]
     return subject, "\n".join(line for line in lines if line) + "\n"
 
