@@ -375,6 +375,22 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "GET_LIB_DOC_EXCLUDES": "fleet.core.apis.base.schema_doc_excludes",
+    # Every choice set is one named enum component (without this, two sets behind fields of one name,
+    # e.g. "state", get hashed names and a warning, which fails `spectacular --fail-on-warn`).
+    "ENUM_NAME_OVERRIDES": {
+        f"{name}Enum": f"{module}.{name}"
+        for module, names in (
+            ("fleet.core.choices", ("Role", "BoxState", "WanMode", "WanRole", "WanKind", "ReleaseChannel")),
+            ("fleet.core.choices", ("EventKind",)),
+            ("fleet.commands.choices", ("CommandKind", "CommandState")),
+            ("fleet.firmware.choices", ("ReleaseState", "RolloutState", "RolloutAction", "UpgradeState")),
+            ("fleet.firmware.choices", ("SkipReason",)),
+            ("fleet.monitoring.choices", ("AlertRuleKind", "AlertState", "TargetKind", "NotificationEvent")),
+            ("fleet.monitoring.choices", ("DeliveryState",)),
+            ("provisioning.choices", ("ServerStatus", "PoolPurpose", "AssignmentState", "TunnelKind")),
+        )
+        for name in names
+    },
     # The schema's server is OTB_PUBLIC_URL, read when the schema is generated (fleet.core.apis.schema).
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

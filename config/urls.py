@@ -7,6 +7,12 @@ from config.metrics import metrics_view
 from fleet.core.health import healthz
 from frontend.views.accounts import admin_login
 
+# Under /api/ even a failure outside any view answers in the API's error shape (fleet.core.api_errors).
+handler400 = "fleet.core.api_errors.bad_request_handler"
+handler403 = "fleet.core.api_errors.permission_denied_handler"
+handler404 = "fleet.core.api_errors.not_found_handler"
+handler500 = "fleet.core.api_errors.server_error_handler"
+
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("metrics", metrics_view, name="metrics"),

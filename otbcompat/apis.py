@@ -14,6 +14,7 @@ from rest_framework.response import Response
 
 from fleet.core.access import organization_visible
 from fleet.core.apis.base import ApiView
+from fleet.core.apis.schema import ERROR_CONFLICT, ERROR_RATE_LIMITED, error_response
 from fleet.core.errors import InvalidInput
 from fleet.core.permissions import IsPerson
 from fleet.core.selectors import memberships_of_user
@@ -48,6 +49,9 @@ class BoxClaimApi(ApiView):
         responses={
             201: BoxOutputSerializer,
             200: OpenApiResponse(BoxOutputSerializer, description="the organisation already held it"),
+            404: error_response(404, "No such organisation"),
+            409: ERROR_CONFLICT,
+            429: ERROR_RATE_LIMITED,
         },
     )
     def post(self, request: Request) -> Response:

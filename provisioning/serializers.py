@@ -9,12 +9,6 @@ from rest_framework import serializers
 from fleet.core.serializers import OrganizationRefSerializer
 
 
-class RegionRefSerializer(serializers.Serializer):
-    id = serializers.UUIDField()
-    code = serializers.CharField()
-    name = serializers.CharField()
-
-
 class ServerRefSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     name = serializers.CharField()

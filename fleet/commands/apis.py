@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -25,6 +25,7 @@ from fleet.commands.speedtest import (
 )
 from fleet.core.access import box_for
 from fleet.core.apis.base import ApiView
+from fleet.core.apis.schema import ERROR_CONFLICT, ERROR_RATE_LIMITED, error_response
 from fleet.core.authentication import AgentPrincipal, BearerTokenAuthentication
 from fleet.core.choices import Role
 from fleet.core.permissions import IsAgent, IsPerson
@@ -57,6 +58,7 @@ class CommandOutputSerializer(serializers.ModelSerializer):
             "delivery_count",
         ]
 
+    @extend_schema_field(serializers.CharField(allow_null=True))
     def get_created_by(self, command: Command) -> str | None:
         return command.created_by.get_username() if command.created_by else None
 
@@ -73,6 +75,12 @@ class BoxCommandListApi(ApiView):
         params = serializers.JSONField(required=False, default=dict)
         ttl_s = serializers.IntegerField(required=False, allow_null=True, default=None)
 
+    @extend_schema(
+        summary="A box's commands",
+        parameters=[FilterSerializer],
+        responses={200: CommandOutputSerializer(many=True)},
+        tags=["commands"],
+    )
     def get(self, request: Request, box_id: Any) -> Response:
         box = box_for(request.user, box_id, Role.VIEWER, request.auth)
         filters = self.FilterSerializer(data=request.query_params)
@@ -83,6 +91,12 @@ class BoxCommandListApi(ApiView):
             CommandOutputSerializer,
         )
 
+    @extend_schema(
+        summary="Send a command to a box",
+        request=InputSerializer,
+        responses={201: CommandOutputSerializer, 409: ERROR_CONFLICT},
+        tags=["commands"],
+    )
     def post(self, request: Request, box_id: Any) -> Response:
         box = box_for(request.user, box_id, Role.VIEWER, request.auth)
         payload = self.InputSerializer(data=request.data)
@@ -94,6 +108,7 @@ class BoxCommandListApi(ApiView):
 class CommandDetailApi(ApiView):
     permission_classes = [IsPerson]
 
+    @extend_schema(summary="A command", responses={200: CommandOutputSerializer}, tags=["commands"])
     def get(self, request: Request, command_id: Any) -> Response:
         command = command_get_for_user(user=request.user, command_id=command_id, auth=request.auth)
         return Response(CommandOutputSerializer(command).data)
@@ -102,6 +117,12 @@ class CommandDetailApi(ApiView):
 class CommandCancelApi(ApiView):
     permission_classes = [IsPerson]
 
+    @extend_schema(
+        summary="Cancel a command the box has not started",
+        request=None,
+        responses={200: CommandOutputSerializer, 409: ERROR_CONFLICT},
+        tags=["commands"],
+    )
     def post(self, request: Request, command_id: Any) -> Response:
         command = command_get_for_user(user=request.user, command_id=command_id, auth=request.auth)
         command = command_cancel(actor=self.actor(request), command=command)
@@ -128,7 +149,8 @@ class AgentSpeedtestApi(ApiView):
         parameters=[
             OpenApiParameter("bytes", int, description="payload size, at most 100 MB (default 10 MB)")
         ],
-        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY},
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, 429: ERROR_RATE_LIMITED},
+        tags=["agent"],
     )
     def get(self, request: Request) -> StreamingHttpResponse:
         size = speedtest_download_size(request.query_params.get("bytes"))
@@ -146,7 +168,13 @@ class AgentSpeedtestApi(ApiView):
             " it is counted and discarded. 429 with Retry-After while another test of the box runs."
         ),
         request={"application/octet-stream": OpenApiTypes.BINARY},
-        responses={200: OutputSerializer},
+        responses={
+            200: OutputSerializer,
+            411: error_response(411),
+            413: error_response(413, "The declared body is over 100 MB"),
+            429: ERROR_RATE_LIMITED,
+        },
+        tags=["agent"],
     )
     def post(self, request: Request) -> Response:
         size = speedtest_upload_size(request.META.get("CONTENT_LENGTH"))

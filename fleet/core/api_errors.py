@@ -1,5 +1,10 @@
 """One JSON error shape for every API failure:
-``{"error": {"code": ..., "message": ..., "fields": {"<field>": ["..."]}}}``."""
+``{"error": {"code": ..., "message": ..., "fields": {"<field>": ["..."]}}}``.
+
+DRF's exception handler covers the views; the handlers below (``handler400/403/404/500`` in
+config/urls.py) cover what fails before or outside a view under ``/api/`` (an unknown path, a path
+parameter that is not a UUID, a refused Host, an unexpected error), so a client generated from the
+schema never meets an HTML page there. Other paths keep Django's pages."""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -75,3 +81,34 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         code = exc.get_codes() if isinstance(exc.get_codes(), str) else exc.default_code
         response.data = {"error": {"code": code, "message": str(exc.detail)}}
     return response
+
+
+API_PATH_PREFIX = "/api/"
+
+
+def _error_json(status_code: int, code: str, message: str) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message}}, status=status_code)
+
+
+def bad_request_handler(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if request.path.startswith(API_PATH_PREFIX):
+        return _error_json(400, "bad_request", "the request could not be understood")
+    return defaults.bad_request(request, exception)
+
+
+def permission_denied_handler(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if request.path.startswith(API_PATH_PREFIX):
+        return _error_json(403, "permission_denied", "you may not do this")
+    return defaults.permission_denied(request, exception)
+
+
+def not_found_handler(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if request.path.startswith(API_PATH_PREFIX):
+        return _error_json(404, "not_found", "no such endpoint or object")
+    return defaults.page_not_found(request, exception)
+
+
+def server_error_handler(request: HttpRequest) -> HttpResponse:
+    if request.path.startswith(API_PATH_PREFIX):
+        return _error_json(500, "server_error", "internal error (reported with the request id)")
+    return defaults.server_error(request)

@@ -123,6 +123,12 @@ class OrganizationRefSerializer(serializers.Serializer):
     name = serializers.CharField()
 
 
+class RegionRefSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    code = serializers.CharField()
+    name = serializers.CharField()
+
+
 class AuditEntrySerializer(serializers.Serializer):
     id = serializers.UUIDField()
     created_at = serializers.DateTimeField()

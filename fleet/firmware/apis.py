@@ -9,6 +9,8 @@ from typing import Any
 from uuid import UUID
 
 from django.http import HttpResponse, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
@@ -16,6 +18,7 @@ from rest_framework.response import Response
 
 from fleet.core.access import box_for
 from fleet.core.apis.base import ApiView
+from fleet.core.apis.schema import ERROR_CONFLICT, error_response
 from fleet.core.choices import ReleaseChannel, Role
 from fleet.core.errors import InvalidInput, NotFound
 from fleet.core.permissions import IsAgent, IsPerson, IsStaff
@@ -49,6 +52,7 @@ class ReleaseOutputSerializer(serializers.ModelSerializer):
             "created_at",
         ]
 
+    @extend_schema_field(OpenApiTypes.BOOL)
     def get_image_uploaded(self, release: Release) -> bool:
         return bool(release.image)
 
@@ -138,6 +142,56 @@ class BoxUpgradeOutputSerializer(UpgradeOutputSerializer):
         fields = [*UpgradeOutputSerializer.Meta.fields, "version"]
 
 
+class RolloutActionOutputSerializer(RolloutOutputSerializer):
+    retried = serializers.IntegerField(
+        required=False, help_text="retry-failed only: how many failed upgrades were queued again"
+    )
+
+    class Meta(RolloutOutputSerializer.Meta):
+        fields = [*RolloutOutputSerializer.Meta.fields, "retried"]
+
+
+class RolloutPhaseProgressSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    percent = serializers.IntegerField()
+    size = serializers.IntegerField()
+    open = serializers.BooleanField()
+    states = serializers.DictField(child=serializers.IntegerField(), help_text="upgrades per state")
+
+
+class RolloutFailureReasonSerializer(serializers.Serializer):
+    state = serializers.CharField()
+    reason = serializers.CharField()
+    count = serializers.IntegerField()
+
+
+class RolloutProgressSerializer(serializers.Serializer):
+    state = serializers.CharField()
+    current_phase = serializers.IntegerField()
+    phase_opened_at = serializers.DateTimeField(allow_null=True)
+    pause_reason = serializers.CharField()
+    total = serializers.IntegerField()
+    counts = serializers.DictField(child=serializers.IntegerField(), help_text="upgrades per state")
+    in_flight = serializers.IntegerField()
+    phases = RolloutPhaseProgressSerializer(many=True)
+    failure_reasons = RolloutFailureReasonSerializer(many=True)
+
+
+class RolloutPreviewOutputSerializer(serializers.Serializer):
+    matched = serializers.IntegerField(help_text="claimed boxes the target selects")
+    eligible = serializers.IntegerField(help_text="of those, the boxes that would be upgraded")
+    filters = serializers.DictField(child=serializers.IntegerField(), help_text="boxes each filter keeps")
+    skipped = serializers.DictField(child=serializers.IntegerField(), help_text="boxes skipped, by reason")
+    phase_sizes = serializers.ListField(child=serializers.IntegerField())
+
+
+class RolloutDetailOutputSerializer(RolloutOutputSerializer):
+    progress = RolloutProgressSerializer(read_only=True)
+
+    class Meta(RolloutOutputSerializer.Meta):
+        fields = [*RolloutOutputSerializer.Meta.fields, "progress"]
+
+
 def _uuid(value: Any, what: str) -> UUID:
     try:
         return UUID(str(value))
@@ -165,6 +219,12 @@ class ReleaseListApi(ApiView):
         sha256 = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
         signature = serializers.CharField(required=False, allow_blank=True, default="", max_length=100)
 
+    @extend_schema(
+        summary="List firmware releases (every state)",
+        parameters=[FilterSerializer],
+        responses={200: ReleaseOutputSerializer(many=True)},
+        tags=["firmware"],
+    )
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
@@ -175,6 +235,12 @@ class ReleaseListApi(ApiView):
             releases = releases.filter(channel=filters.validated_data["channel"])
         return self.paginated(request, releases, ReleaseOutputSerializer)
 
+    @extend_schema(
+        summary="Create a draft release",
+        request=InputSerializer,
+        responses={201: ReleaseOutputSerializer, 409: ERROR_CONFLICT},
+        tags=["firmware"],
+    )
     def post(self, request: Request) -> Response:
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -196,9 +262,16 @@ class ReleaseDetailApi(ApiView):
         size = serializers.IntegerField(required=False, min_value=1)
         sha256 = serializers.CharField(required=False, max_length=64)
 
+    @extend_schema(summary="A release", responses={200: ReleaseOutputSerializer}, tags=["firmware"])
     def get(self, request: Request, release_id: str) -> Response:
         return Response(ReleaseOutputSerializer(selectors.release_get(release_id=release_id)).data)
 
+    @extend_schema(
+        summary="Change a release (a published one: its notes only)",
+        request=InputSerializer,
+        responses={200: ReleaseOutputSerializer, 409: ERROR_CONFLICT},
+        tags=["firmware"],
+    )
     def patch(self, request: Request, release_id: str) -> Response:
         release = selectors.release_get(release_id=release_id)
         payload = self.InputSerializer(data=request.data)
@@ -218,6 +291,23 @@ class ReleaseImageApi(ApiView):
     # to a temporary file in chunks, and the service reads it back in chunks.
     streams_body = True
 
+    @extend_schema(
+        summary="Upload the image of a draft release (multipart field `image`)",
+        request={
+            "multipart/form-data": {
+                "type": "object",
+                "properties": {"image": {"type": "string", "format": "binary"}},
+                "required": ["image"],
+            }
+        },
+        responses={
+            200: ReleaseOutputSerializer,
+            409: ERROR_CONFLICT,
+            413: error_response(413),
+            415: error_response(415, "The body is not multipart/form-data"),
+        },
+        tags=["firmware"],
+    )
     def post(self, request: Request, release_id: str) -> Response:
         release = selectors.release_get(release_id=release_id)
         upload = request.FILES.get("image")
@@ -232,6 +322,12 @@ class ReleaseImageApi(ApiView):
 class ReleasePublishApi(ApiView):
     permission_classes = [IsStaff]
 
+    @extend_schema(
+        summary="Publish a draft release",
+        request=None,
+        responses={200: ReleaseOutputSerializer, 409: ERROR_CONFLICT},
+        tags=["firmware"],
+    )
     def post(self, request: Request, release_id: str) -> Response:
         release = selectors.release_get(release_id=release_id)
         release = services.release_publish(actor=self.actor(request), release=release)
@@ -244,6 +340,12 @@ class ReleaseWithdrawApi(ApiView):
     class InputSerializer(serializers.Serializer):
         reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
+    @extend_schema(
+        summary="Withdraw a published release (downloads stop at once)",
+        request=InputSerializer,
+        responses={200: ReleaseOutputSerializer, 409: ERROR_CONFLICT},
+        tags=["firmware"],
+    )
     def post(self, request: Request, release_id: str) -> Response:
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -276,9 +378,22 @@ class RolloutInputSerializer(serializers.Serializer):
 class RolloutListApi(ApiView):
     permission_classes = [IsStaff]
 
+    @extend_schema(
+        summary="List rollouts", responses={200: RolloutOutputSerializer(many=True)}, tags=["rollouts"]
+    )
     def get(self, request: Request) -> Response:
         return self.paginated(request, selectors.rollouts_list(), RolloutOutputSerializer)
 
+    @extend_schema(
+        summary="Create a rollout of a published release",
+        request=RolloutInputSerializer,
+        responses={
+            201: RolloutOutputSerializer,
+            404: error_response(404, "No such release"),
+            409: ERROR_CONFLICT,
+        },
+        tags=["rollouts"],
+    )
     def post(self, request: Request) -> Response:
         payload = RolloutInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -302,6 +417,12 @@ class RolloutPreviewApi(ApiView):
         )
         force = serializers.BooleanField(required=False, default=False)
 
+    @extend_schema(
+        summary="Preview a rollout: the boxes it would select, skip and upgrade per phase",
+        request=InputSerializer,
+        responses={200: RolloutPreviewOutputSerializer, 404: error_response(404, "No such release")},
+        tags=["rollouts"],
+    )
     def post(self, request: Request) -> Response:
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -318,6 +439,11 @@ class RolloutPreviewApi(ApiView):
 class RolloutDetailApi(ApiView):
     permission_classes = [IsStaff]
 
+    @extend_schema(
+        summary="A rollout with its progress",
+        responses={200: RolloutDetailOutputSerializer},
+        tags=["rollouts"],
+    )
     def get(self, request: Request, rollout_id: str) -> Response:
         rollout = selectors.rollout_get(rollout_id=rollout_id)
         body = RolloutOutputSerializer(rollout).data
@@ -338,6 +464,12 @@ class RolloutActionApi(ApiView):
             child=serializers.UUIDField(), required=False, allow_null=True, default=None
         )
 
+    @extend_schema(
+        summary="Act on a rollout (its `actions` say which its state allows)",
+        request=InputSerializer,
+        responses={200: RolloutActionOutputSerializer, 409: ERROR_CONFLICT},
+        tags=["rollouts"],
+    )
     def post(self, request: Request, rollout_id: str) -> Response:
         rollout = selectors.rollout_get(rollout_id=rollout_id)
         payload = self.InputSerializer(data=request.data)
@@ -359,6 +491,12 @@ class RolloutUpgradeListApi(ApiView):
     class FilterSerializer(serializers.Serializer):
         state = serializers.ChoiceField(choices=UpgradeState.choices, required=False)
 
+    @extend_schema(
+        summary="The upgrades of a rollout",
+        parameters=[FilterSerializer],
+        responses={200: UpgradeOutputSerializer(many=True)},
+        tags=["rollouts"],
+    )
     def get(self, request: Request, rollout_id: str) -> Response:
         rollout = selectors.rollout_get(rollout_id=rollout_id)
         filters = self.FilterSerializer(data=request.query_params)
@@ -387,6 +525,17 @@ class BoxUpgradePolicyApi(ApiView):
         window_start = serializers.TimeField(required=False)
         window_end = serializers.TimeField(required=False)
 
+    class OutputSerializer(serializers.Serializer):
+        box = serializers.UUIDField()
+        auto_upgrade = serializers.BooleanField()
+        release_channel = serializers.ChoiceField(choices=ReleaseChannel.choices)
+        timezone = serializers.CharField(help_text="the organisation's: the window is in local time")
+        window_days = serializers.ListField(
+            child=serializers.IntegerField(min_value=0, max_value=6), help_text="0 is Monday"
+        )
+        window_start = serializers.CharField(help_text="HH:MM")
+        window_end = serializers.CharField(help_text="HH:MM")
+
     def _body(self, box: Any) -> dict[str, Any]:
         policy = selectors.box_upgrade_policy(box=box)
         return {
@@ -397,10 +546,21 @@ class BoxUpgradePolicyApi(ApiView):
             **services.policy_as_dict(policy),
         }
 
+    @extend_schema(
+        summary="A box's upgrade policy (maintenance window)",
+        responses={200: OutputSerializer},
+        tags=["firmware"],
+    )
     def get(self, request: Request, box_id: str) -> Response:
         box = box_for(request.user, box_id, Role.VIEWER, request.auth)
         return Response(self._body(box))
 
+    @extend_schema(
+        summary="Change a box's upgrade policy",
+        request=InputSerializer,
+        responses={200: OutputSerializer, 409: ERROR_CONFLICT},
+        tags=["firmware"],
+    )
     def patch(self, request: Request, box_id: str) -> Response:
         box = box_for(request.user, box_id, Role.VIEWER, request.auth)
         payload = self.InputSerializer(data=request.data)
@@ -412,6 +572,11 @@ class BoxUpgradePolicyApi(ApiView):
 class BoxUpgradeListApi(ApiView):
     permission_classes = [IsPerson]
 
+    @extend_schema(
+        summary="A box's upgrade history",
+        responses={200: BoxUpgradeOutputSerializer(many=True)},
+        tags=["firmware"],
+    )
     def get(self, request: Request, box_id: str) -> Response:
         box = box_for(request.user, box_id, Role.VIEWER, request.auth)
         return self.paginated(request, selectors.box_upgrades(box=box), BoxUpgradeOutputSerializer)
@@ -423,6 +588,12 @@ class BoxUpgradeNowApi(ApiView):
     class InputSerializer(serializers.Serializer):
         release = serializers.UUIDField(required=False, allow_null=True, default=None)
 
+    @extend_schema(
+        summary="Upgrade a box now (to the given or the newest fitting release)",
+        request=InputSerializer,
+        responses={202: BoxUpgradeOutputSerializer, 409: ERROR_CONFLICT},
+        tags=["firmware"],
+    )
     def post(self, request: Request, box_id: str) -> Response:
         box = box_for(request.user, box_id, Role.VIEWER, request.auth)
         payload = self.InputSerializer(data=request.data)
@@ -443,6 +614,12 @@ class UpgradePostponeApi(ApiView):
     class InputSerializer(serializers.Serializer):
         until = serializers.DateTimeField()
 
+    @extend_schema(
+        summary="Postpone a waiting upgrade (up to 7 days)",
+        request=InputSerializer,
+        responses={200: BoxUpgradeOutputSerializer, 409: ERROR_CONFLICT},
+        tags=["firmware"],
+    )
     def post(self, request: Request, upgrade_id: str) -> Response:
         upgrade = (
             Upgrade.objects.select_related("box", "release").filter(pk=_uuid(upgrade_id, "upgrade")).first()
@@ -507,6 +684,23 @@ class AgentFirmwareImageApi(ApiView):
 
     permission_classes = [IsAgent]
 
+    @extend_schema(
+        summary="Download a release image (agent token; resumable with Range)",
+        parameters=[
+            OpenApiParameter("Range", str, OpenApiParameter.HEADER, description="bytes=N-, N-M or -N"),
+            OpenApiParameter(
+                "If-Range", str, OpenApiParameter.HEADER, description="the ETag of a partial copy"
+            ),
+        ],
+        responses={
+            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+            (206, "application/octet-stream"): OpenApiResponse(
+                OpenApiTypes.BINARY, description="the range asked"
+            ),
+            416: OpenApiResponse(description="The range is not in the image (Content-Range: bytes */size)"),
+        },
+        tags=["agent"],
+    )
     def get(self, request: Request, release_id: str) -> HttpResponse | StreamingHttpResponse:
         principal: Any = request.user  # an AgentPrincipal (IsAgent)
         release = selectors.release_downloadable_by_box(release_id=release_id, box=principal.box)

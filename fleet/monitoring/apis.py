@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -55,6 +56,12 @@ class BoxEventListApi(ApiView):
     permission_classes = [IsPerson]
     pagination_class = EventPagination
 
+    @extend_schema(
+        summary="A box's timeline (cursor pagination, newest first)",
+        parameters=[EventFilterSerializer],
+        responses={200: EventOutputSerializer(many=True)},
+        tags=["events"],
+    )
     def get(self, request: Request, box_id: Any) -> Response:
         box = box_for(request.user, box_id, Role.VIEWER, request.auth)
         filters = EventFilterSerializer(data=request.query_params)
@@ -70,6 +77,12 @@ class OrganizationEventListApi(ApiView):
     class FilterSerializer(EventFilterSerializer):
         box = serializers.UUIDField(required=False)
 
+    @extend_schema(
+        summary="An organisation's timeline (cursor pagination, newest first)",
+        parameters=[FilterSerializer],
+        responses={200: EventOutputSerializer(many=True)},
+        tags=["events"],
+    )
     def get(self, request: Request, org_id: Any) -> Response:
         organization = organization_for(request.user, org_id, Role.VIEWER, request.auth)
         filters = self.FilterSerializer(data=request.query_params)
@@ -105,6 +118,7 @@ class AlertRuleOutputSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
 
+    @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
     def get_targets(self, rule: AlertRule) -> list[str]:
         return sorted(str(target.pk) for target in rule.targets.all())
 
@@ -122,12 +136,23 @@ class AlertRuleInputSerializer(serializers.Serializer):
 class AlertRuleListApi(ApiView):
     permission_classes = [IsPerson]
 
+    @extend_schema(
+        summary="An organisation's alert rules",
+        responses={200: AlertRuleOutputSerializer(many=True)},
+        tags=["alerts"],
+    )
     def get(self, request: Request, org_id: Any) -> Response:
         organization = organization_for(request.user, org_id, Role.VIEWER, request.auth)
         return self.paginated(
             request, selectors.alert_rule_list(organization_id=organization.pk), AlertRuleOutputSerializer
         )
 
+    @extend_schema(
+        summary="Create an alert rule",
+        request=AlertRuleInputSerializer,
+        responses={201: AlertRuleOutputSerializer},
+        tags=["alerts"],
+    )
     def post(self, request: Request, org_id: Any) -> Response:
         actor = self.actor(request)
         organization = organization_visible(actor, org_id)
@@ -148,11 +173,18 @@ class AlertRuleDetailApi(ApiView):
         name = serializers.CharField(max_length=100, required=False)
         kind = None  # type: ignore[assignment]  # fixed at creation
 
+    @extend_schema(summary="An alert rule", responses={200: AlertRuleOutputSerializer}, tags=["alerts"])
     def get(self, request: Request, org_id: Any, rule_id: Any) -> Response:
         organization = organization_for(request.user, org_id, Role.VIEWER, request.auth)
         rule = selectors.alert_rule_get(organization_id=organization.pk, rule_id=rule_id)
         return Response(AlertRuleOutputSerializer(rule).data)
 
+    @extend_schema(
+        summary="Change an alert rule (its kind is fixed)",
+        request=UpdateSerializer,
+        responses={200: AlertRuleOutputSerializer},
+        tags=["alerts"],
+    )
     def patch(self, request: Request, org_id: Any, rule_id: Any) -> Response:
         actor = self.actor(request)
         organization = organization_visible(actor, org_id)
@@ -166,6 +198,7 @@ class AlertRuleDetailApi(ApiView):
         rule = selectors.alert_rule_get(organization_id=organization.pk, rule_id=rule.pk)
         return Response(AlertRuleOutputSerializer(rule).data)
 
+    @extend_schema(summary="Delete an alert rule", request=None, responses={204: None}, tags=["alerts"])
     def delete(self, request: Request, org_id: Any, rule_id: Any) -> Response:
         actor = self.actor(request)
         organization = organization_visible(actor, org_id)
@@ -185,6 +218,15 @@ class NotificationTargetOutputSerializer(serializers.ModelSerializer):
         fields = ["id", "organization", "name", "kind", "email", "url", "enabled", "created_at", "updated_at"]
 
 
+class NotificationTargetCreatedSerializer(NotificationTargetOutputSerializer):
+    secret = serializers.CharField(
+        required=False, help_text="a webhook's signing secret: only when created or rotated, shown once"
+    )
+
+    class Meta(NotificationTargetOutputSerializer.Meta):
+        fields = [*NotificationTargetOutputSerializer.Meta.fields, "secret"]
+
+
 def _target_body(target: NotificationTarget, secret: str | None) -> dict[str, Any]:
     body = dict(NotificationTargetOutputSerializer(target).data)
     if secret:
@@ -202,6 +244,11 @@ class NotificationTargetListApi(ApiView):
         url = serializers.CharField(required=False, allow_blank=True, max_length=500)
         enabled = serializers.BooleanField(required=False, default=True)
 
+    @extend_schema(
+        summary="An organisation's notification targets",
+        responses={200: NotificationTargetOutputSerializer(many=True)},
+        tags=["alerts"],
+    )
     def get(self, request: Request, org_id: Any) -> Response:
         organization = organization_for(request.user, org_id, Role.VIEWER, request.auth)
         return self.paginated(
@@ -210,6 +257,12 @@ class NotificationTargetListApi(ApiView):
             NotificationTargetOutputSerializer,
         )
 
+    @extend_schema(
+        summary="Create a notification target (a webhook's secret is in the answer, once)",
+        request=InputSerializer,
+        responses={201: NotificationTargetCreatedSerializer},
+        tags=["alerts"],
+    )
     def post(self, request: Request, org_id: Any) -> Response:
         actor = self.actor(request)
         organization = organization_visible(actor, org_id)
@@ -231,11 +284,20 @@ class NotificationTargetDetailApi(ApiView):
         enabled = serializers.BooleanField(required=False)
         rotate_secret = serializers.BooleanField(required=False, default=False)
 
+    @extend_schema(
+        summary="A notification target", responses={200: NotificationTargetOutputSerializer}, tags=["alerts"]
+    )
     def get(self, request: Request, org_id: Any, target_id: Any) -> Response:
         organization = organization_for(request.user, org_id, Role.VIEWER, request.auth)
         target = selectors.notification_target_get(organization_id=organization.pk, target_id=target_id)
         return Response(NotificationTargetOutputSerializer(target).data)
 
+    @extend_schema(
+        summary="Change a notification target (`rotate_secret`: a new webhook secret, in the answer once)",
+        request=UpdateSerializer,
+        responses={200: NotificationTargetCreatedSerializer},
+        tags=["alerts"],
+    )
     def patch(self, request: Request, org_id: Any, target_id: Any) -> Response:
         actor = self.actor(request)
         organization = organization_visible(actor, org_id)
@@ -245,6 +307,9 @@ class NotificationTargetDetailApi(ApiView):
         target, secret = notification_target_update(actor=actor, target=target, **payload.validated_data)
         return Response(_target_body(target, secret))
 
+    @extend_schema(
+        summary="Delete a notification target", request=None, responses={204: None}, tags=["alerts"]
+    )
     def delete(self, request: Request, org_id: Any, target_id: Any) -> Response:
         actor = self.actor(request)
         organization = organization_visible(actor, org_id)
@@ -289,6 +354,12 @@ class AlertListApi(ApiView):
         state = serializers.ChoiceField(choices=AlertState.choices, required=False)
         box = serializers.UUIDField(required=False)
 
+    @extend_schema(
+        summary="An organisation's alerts",
+        parameters=[FilterSerializer],
+        responses={200: AlertOutputSerializer(many=True)},
+        tags=["alerts"],
+    )
     def get(self, request: Request, org_id: Any) -> Response:
         organization = organization_for(request.user, org_id, Role.VIEWER, request.auth)
         filters = self.FilterSerializer(data=request.query_params)
@@ -337,6 +408,12 @@ class NotificationDeliveryListApi(ApiView):
     class FilterSerializer(serializers.Serializer):
         alert = serializers.UUIDField(required=False)
 
+    @extend_schema(
+        summary="Notification deliveries of the caller's organisations",
+        parameters=[FilterSerializer],
+        responses={200: NotificationDeliveryOutputSerializer(many=True)},
+        tags=["alerts"],
+    )
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)

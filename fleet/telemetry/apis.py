@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -34,8 +35,60 @@ TelemetryQuerySerializer = type(
         "to": serializers.DateTimeField(required=False),
         "resolution": serializers.ChoiceField(choices=["auto", "raw", "5m", "1h"], default="auto"),
         "max_points": serializers.IntegerField(
-            min_value=1, max_value=MAX_MAX_POINTS, default=DEFAULT_MAX_POINTS
+            min_value=1,
+            max_value=MAX_MAX_POINTS,
+            default=DEFAULT_MAX_POINTS,
+            help_text="at most this many points per series",
         ),
+    },
+)
+
+
+class BoxPointSerializer(serializers.Serializer):
+    ts = serializers.DateTimeField()
+    samples = serializers.IntegerField()
+    cpu_pct = serializers.FloatField(allow_null=True)
+    cpu_max_pct = serializers.FloatField(allow_null=True)
+    mem_pct = serializers.FloatField(allow_null=True)
+    load1 = serializers.FloatField(allow_null=True)
+    rx_bps = serializers.FloatField(allow_null=True)
+    rx_max_bps = serializers.FloatField(allow_null=True)
+    tx_bps = serializers.FloatField(allow_null=True)
+    tx_max_bps = serializers.FloatField(allow_null=True)
+    tunnel_up_ratio = serializers.FloatField(allow_null=True)
+
+
+class WanPointSerializer(serializers.Serializer):
+    ts = serializers.DateTimeField()
+    samples = serializers.IntegerField()
+    up_ratio = serializers.FloatField(allow_null=True)
+    rtt_ms = serializers.FloatField(allow_null=True)
+    rtt_max_ms = serializers.FloatField(allow_null=True)
+    jitter_ms = serializers.FloatField(allow_null=True)
+    loss_pct = serializers.FloatField(allow_null=True)
+    rx_bps = serializers.FloatField(allow_null=True)
+    rx_max_bps = serializers.FloatField(allow_null=True)
+    tx_bps = serializers.FloatField(allow_null=True)
+    tx_max_bps = serializers.FloatField(allow_null=True)
+
+
+class WanSeriesSerializer(serializers.Serializer):
+    iface = serializers.CharField()
+    points = WanPointSerializer(many=True)
+
+
+# The answer of BoxTelemetryApi ("from" is a keyword: declared with a namespace dict).
+TelemetrySeriesSerializer = type(
+    "TelemetrySeriesSerializer",
+    (serializers.Serializer,),
+    {
+        "box_id": serializers.UUIDField(),
+        "from": serializers.DateTimeField(),
+        "to": serializers.DateTimeField(),
+        "resolution": serializers.ChoiceField(choices=["raw", "5m", "1h"]),
+        "bucket_s": serializers.IntegerField(help_text="seconds each point covers"),
+        "box": BoxPointSerializer(many=True),
+        "wans": WanSeriesSerializer(many=True),
     },
 )
 
@@ -46,15 +99,16 @@ class BoxTelemetryApi(ApiView):
     permission_classes = [IsPerson]
 
     @extend_schema(
+        summary="A box's time series (CPU, memory, load, traffic, tunnel; per WAN: RTT, jitter, loss)",
         parameters=[
-            OpenApiParameter("from", str, description="ISO 8601; default: 6 hours before `to`"),
-            OpenApiParameter("to", str, description="ISO 8601; default: now"),
-            OpenApiParameter("resolution", str, enum=["auto", "raw", "5m", "1h"]),
+            TelemetryQuerySerializer,
             OpenApiParameter(
-                "max_points", int, description=f"1..{MAX_MAX_POINTS}, default {DEFAULT_MAX_POINTS}"
+                "from", OpenApiTypes.DATETIME, description="ISO 8601; default: 6 hours before `to`"
             ),
+            OpenApiParameter("to", OpenApiTypes.DATETIME, description="ISO 8601; default: now"),
         ],
-        responses={200: dict},
+        responses={200: TelemetrySeriesSerializer},
+        tags=["telemetry"],
     )
     def get(self, request: Request, box_id: uuid.UUID) -> Response:
         box = box_for(request.user, box_id, Role.VIEWER, request.auth)
@@ -67,6 +121,25 @@ class BoxTelemetryApi(ApiView):
             start=start, end=end, resolution=data["resolution"], max_points=data["max_points"]
         )
         return Response(telemetry_series(box_id=box.pk, plan=plan))
+
+
+class BoxStatusAnswerSerializer(serializers.Serializer):
+    """What BoxStatusApi answers: the box, its live status (for a box that never connected only
+    ``online`` false and ``last_seen_at`` null) and its WAN links. Documentation only: the view
+    serialises with its nested serializers."""
+
+    box_id = serializers.UUIDField()
+    serial = serializers.CharField()
+    never_connected = serializers.BooleanField()
+    wans = serializers.ListField(child=serializers.DictField())
+
+    def get_fields(self) -> dict[str, Any]:
+        fields = super().get_fields()
+        for name, field in BoxStatusApi.OutputSerializer().get_fields().items():
+            field.required = name in {"online", "last_seen_at"}
+            fields[name] = field
+        fields["wans"] = BoxStatusApi.WanOutputSerializer(many=True)
+        return fields
 
 
 class BoxStatusApi(ApiView):
@@ -111,7 +184,11 @@ class BoxStatusApi(ApiView):
         wans_total = serializers.IntegerField()
         dropped_samples = serializers.IntegerField()
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(
+        summary="A box's live status and WAN links",
+        responses={200: BoxStatusAnswerSerializer},
+        tags=["telemetry"],
+    )
     def get(self, request: Request, box_id: uuid.UUID) -> Response:
         box = box_for(request.user, box_id, Role.VIEWER, request.auth)
         status, wans = box_live_status(box_id=box.pk)

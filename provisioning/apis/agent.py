@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from fleet.core.apis.base import ApiView, etag_matches
+from fleet.core.apis.schema import ERROR_CONFLICT, ERROR_RATE_LIMITED, error_response
 from fleet.core.authentication import AgentPrincipal, BearerTokenAuthentication
 from fleet.core.permissions import IsAgent
 from fleet.core.serializers import SerialField, StrictCharField, StrictSerializer
@@ -42,7 +43,19 @@ class AgentEnrollApi(ApiView):
         agent_token = serializers.CharField()
         serial = serializers.CharField()
 
-    @extend_schema(request=InputSerializer, responses={201: OutputSerializer}, auth=[])
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            201: OutputSerializer,
+            401: error_response(
+                401, "Unknown serial, wrong factory secret or enrollment token (enroll_failed)"
+            ),
+            403: error_response(403, "The serial is another owner's, or decommissioned"),
+            409: ERROR_CONFLICT,
+            429: ERROR_RATE_LIMITED,
+        },
+        auth=[],
+    )
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

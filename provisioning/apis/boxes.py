@@ -17,6 +17,7 @@ from rest_framework.response import Response
 
 from fleet.core.access import box_for, box_visible
 from fleet.core.apis.base import ApiView
+from fleet.core.apis.schema import ERROR_CONFLICT, ERROR_RATE_LIMITED, error_response
 from fleet.core.audit import Actor
 from fleet.core.choices import Role
 from fleet.core.errors import NotFound
@@ -153,7 +154,7 @@ class BoxPortForwardsApi(ApiView):
 class BoxUnclaimApi(ApiView):
     permission_classes = [IsPerson]
 
-    @extend_schema(request=None, responses={200: BoxOutputSerializer})
+    @extend_schema(request=None, responses={200: BoxOutputSerializer, 409: ERROR_CONFLICT})
     def post(self, request: Request, box_id: uuid.UUID) -> Response:
         actor = self.actor(request)
         box = box_unclaim(actor=actor, box=box_visible(actor, box_id))
@@ -166,7 +167,7 @@ class BoxTransferApi(ApiView):
     class InputSerializer(StrictSerializer):
         organization = StrictUUIDField()
 
-    @extend_schema(request=InputSerializer, responses={200: BoxOutputSerializer})
+    @extend_schema(request=InputSerializer, responses={200: BoxOutputSerializer, 409: ERROR_CONFLICT})
     def post(self, request: Request, box_id: uuid.UUID) -> Response:
         actor = self.actor(request)
         box = box_visible(actor, box_id)
@@ -209,7 +210,7 @@ class BoxReassignServerApi(ApiView):
     @extend_schema(
         summary="Move a box to another aggregation server (the given one, or the best other one)",
         request=InputSerializer,
-        responses=BoxProvisioningOutput,
+        responses={200: BoxProvisioningOutput, 409: ERROR_CONFLICT},
         tags=["boxes"],
     )
     def post(self, request: Request, box_id: uuid.UUID) -> Response:
@@ -254,7 +255,10 @@ class BoxDecommissionApi(ApiView):
     permission_classes = [IsStaff]
 
     @extend_schema(
-        summary="Retire a box for good", request=None, responses=BoxProvisioningOutput, tags=["boxes"]
+        summary="Retire a box for good",
+        request=None,
+        responses={200: BoxProvisioningOutput, 409: ERROR_CONFLICT},
+        tags=["boxes"],
     )
     def post(self, request: Request, box_id: uuid.UUID) -> Response:
         return _box_action(request, box_id, box_decommission)

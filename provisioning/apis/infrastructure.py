@@ -303,6 +303,7 @@ class ServerRotateTokenApi(ApiView):
 
 
 class PoolOutput(serializers.ModelSerializer):
+    cidr = serializers.CharField(read_only=True)
     utilisation = serializers.SerializerMethodField()
 
     class Meta:

@@ -1,6 +1,7 @@
 """What every REST endpoint shares (every view under /api/v1/ derives from ``ApiView``, checked by
-tests/test_api_conventions.py): body-size refusal before parsing, JSON only, the schema names, the
-acting person, one way to paginate, and ETag matching."""
+tests/test_api_conventions.py): body-size refusal before parsing, JSON only, the schema (component
+names and declared errors, fleet.core.apis.schema), the acting person, one way to paginate, and ETag
+matching."""
 
 from __future__ import annotations
 
@@ -9,12 +10,20 @@ from typing import Any
 from django.db.models import QuerySet
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
-from drf_spectacular.plumbing import get_lib_doc_excludes
+from drf_spectacular.plumbing import ResolvedComponent, get_lib_doc_excludes
 from rest_framework.pagination import BasePagination
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from fleet.core.apis.schema import (
+    ERROR_COMPONENT,
+    ERROR_SCHEMA,
+    RETRY_AFTER_HEADER,
+    component_name,
+    error_response,
+)
 from fleet.core.audit import Actor
 from fleet.core.pagination import Pagination
 from fleet.core.parsers import JSONParser
@@ -37,17 +46,50 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
 
 
 class ApiSchema(AutoSchema):
-    """Names nested ``InputSerializer``/``OutputSerializer`` components after their view
-    (``BoxClaimInput``), so the many small serializers of the same name do not collide."""
-
-    NESTED = {"InputSerializer": "Input", "OutputSerializer": "Output", "CreatedSerializer": "Created"}
+    """Names every serializer component uniquely (``component_name``: a view's nested
+    ``InputSerializer`` is ``<View>Input``) and declares, on every operation, the errors it can
+    answer in the one error shape (fleet.core.apis.schema)."""
 
     def get_serializer_name(self, serializer: Any, direction: str) -> str:
-        name = super().get_serializer_name(serializer, direction)  # type: ignore[arg-type]
-        suffix = self.NESTED.get(type(serializer).__name__)
-        if suffix is None:
-            return name
-        return type(self.view).__name__.removesuffix("Api") + suffix
+        return component_name(type(serializer))
+
+    def error_statuses(self) -> set[int]:
+        """The error statuses every operation of this kind can answer; a view adds its own (409,
+        429, ...) in its ``extend_schema(responses=...)``."""
+        view: Any = self.view
+        statuses = {400}  # validation; a NUL character in any query parameter (QueryStringMiddleware)
+        open_to_all = all(isinstance(permission, AllowAny) for permission in view.get_permissions())
+        if not open_to_all:
+            statuses.add(403)
+            if view.get_authenticators():
+                statuses.add(401)
+        if "{" in self.path:
+            statuses.add(404)
+        if self.method in BODY_METHODS and not view.streams_body:
+            statuses.add(413)
+            if self.get_request_serializer() is not None:
+                statuses.add(415)
+        return statuses
+
+    def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
+        responses: dict[str, Any] = super()._get_response_bodies(direction)
+        self.registry.register_on_missing(
+            ResolvedComponent(
+                name=ERROR_COMPONENT,
+                type=ResolvedComponent.SCHEMA,
+                schema=ERROR_SCHEMA,
+                object=ERROR_COMPONENT,
+            )
+        )
+        for status in self.error_statuses():
+            code = str(status)
+            if code not in responses:
+                responses[code] = self._get_response_for_code(
+                    error_response(status), code, direction=direction
+                )
+        if "429" in responses:
+            responses["429"].setdefault("headers", {}).update(RETRY_AFTER_HEADER)
+        return dict(sorted(responses.items()))
 
 
 def etag_matches(if_none_match: str, config_hash: str) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -14,11 +14,14 @@ from rest_framework.response import Response
 from fleet.core import selectors
 from fleet.core.access import organization_for, organization_visible
 from fleet.core.apis.base import ApiView
+from fleet.core.apis.schema import ERROR_CONFLICT, error_response
 from fleet.core.choices import Role
 from fleet.core.errors import InvalidInput, NotFound
 from fleet.core.models import ApiToken, EnrollmentToken, Membership, Region
 from fleet.core.permissions import IsPerson
 from fleet.core.serializers import (
+    OrganizationRefSerializer,
+    RegionRefSerializer,
     StrictBooleanField,
     StrictCharField,
     StrictIntegerField,
@@ -48,11 +51,18 @@ class OrganizationOutputSerializer(serializers.Serializer):
     preferred_region = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()
 
+    @extend_schema_field(RegionRefSerializer(allow_null=True))
     def get_preferred_region(self, organization: Any) -> dict[str, Any] | None:
         region = organization.preferred_region
         if region is None:
             return None
         return {"id": str(region.pk), "code": region.code, "name": region.name}
+
+
+class MemberUserSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+    email = serializers.CharField()
 
 
 class MembershipOutputSerializer(serializers.Serializer):
@@ -61,6 +71,7 @@ class MembershipOutputSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     user = serializers.SerializerMethodField()
 
+    @extend_schema_field(MemberUserSerializer)
     def get_user(self, membership: Membership) -> dict[str, Any]:
         user = membership.user
         return {"id": user.pk, "username": user.get_username(), "email": user.email}
@@ -75,6 +86,7 @@ class ApiTokenOutputSerializer(serializers.Serializer):
     expires_at = serializers.DateTimeField()
     last_used_at = serializers.DateTimeField(allow_null=True)
 
+    @extend_schema_field(OrganizationRefSerializer)
     def get_organization(self, token: ApiToken) -> dict[str, Any]:
         return {"id": str(token.organization_id), "name": token.organization.name}
 
@@ -89,15 +101,21 @@ class EnrollmentTokenOutputSerializer(serializers.Serializer):
     uses = serializers.IntegerField()
 
 
+class MeMembershipSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    role = serializers.ChoiceField(choices=Role.choices)
+    organization = OrganizationRefSerializer()
+
+
 class MeApi(ApiView):
     permission_classes = [IsPerson]
 
     class OutputSerializer(serializers.Serializer):
         id = serializers.IntegerField()
         username = serializers.CharField()
-        email = serializers.EmailField()
+        email = serializers.CharField()
         is_staff = serializers.BooleanField()
-        memberships = serializers.ListField(child=serializers.DictField())
+        memberships = MeMembershipSerializer(many=True)
 
     @extend_schema(responses={200: OutputSerializer})
     def get(self, request: Request) -> Response:
@@ -154,7 +172,9 @@ class OrganizationDetailApi(ApiView):
         organization = organization_for(request.user, organization_id, Role.VIEWER, request.auth)
         return Response(OrganizationOutputSerializer(organization).data)
 
-    @extend_schema(request=InputSerializer, responses={200: OrganizationOutputSerializer})
+    @extend_schema(
+        request=InputSerializer, responses={200: OrganizationOutputSerializer, 409: ERROR_CONFLICT}
+    )
     def patch(self, request: Request, organization_id: uuid.UUID) -> Response:
         actor = self.actor(request)
         organization = organization_visible(actor, organization_id)
@@ -186,7 +206,7 @@ class MemberDetailApi(ApiView):
     class InputSerializer(StrictSerializer):
         role = serializers.ChoiceField(choices=Role.choices)
 
-    @extend_schema(request=InputSerializer, responses={200: MembershipOutputSerializer})
+    @extend_schema(request=InputSerializer, responses={200: MembershipOutputSerializer, 409: ERROR_CONFLICT})
     def patch(self, request: Request, organization_id: uuid.UUID, membership_id: uuid.UUID) -> Response:
         actor = self.actor(request)
         membership = selectors.membership_get(
@@ -197,7 +217,7 @@ class MemberDetailApi(ApiView):
         membership = member_set_role(actor=actor, membership=membership, **data.validated_data)
         return Response(MembershipOutputSerializer(membership).data)
 
-    @extend_schema(request=None, responses={204: None})
+    @extend_schema(request=None, responses={204: None, 409: ERROR_CONFLICT})
     def delete(self, request: Request, organization_id: uuid.UUID, membership_id: uuid.UUID) -> Response:
         actor = self.actor(request)
         membership = selectors.membership_get(
@@ -220,7 +240,7 @@ class InvitationCreateApi(ApiView):
         role = serializers.CharField()
         expires_at = serializers.DateTimeField()
 
-    @extend_schema(request=InputSerializer, responses={201: OutputSerializer})
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer, 409: ERROR_CONFLICT})
     def post(self, request: Request, organization_id: uuid.UUID) -> Response:
         actor = self.actor(request)
         organization = organization_visible(actor, organization_id)
@@ -236,7 +256,14 @@ class InvitationAcceptApi(ApiView):
     class InputSerializer(StrictSerializer):
         token = StrictCharField(max_length=200)
 
-    @extend_schema(request=InputSerializer, responses={201: MembershipOutputSerializer})
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            201: MembershipOutputSerializer,
+            404: error_response(404, "No such invitation, or it expired"),
+            409: ERROR_CONFLICT,
+        },
+    )
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -263,7 +290,10 @@ class ApiTokenListApi(ApiView):
             request, selectors.api_tokens_of_user(user=request.user), ApiTokenOutputSerializer
         )
 
-    @extend_schema(request=InputSerializer, responses={201: CreatedSerializer})
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: CreatedSerializer, 404: error_response(404, "No such organisation")},
+    )
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
