@@ -325,3 +325,38 @@ def test_a_nul_byte_in_any_query_parameter_is_a_400_naming_it(
     page = client_for(people.owner).get("/boxes/?q=a%00b")
     assert page.status_code == 400
     assert b"NUL" in page.content
+
+
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        ("/api/v1/boxes/", "state"),
+        ("/api/v1/boxes/", "organization"),
+        ("/api/v1/boxes/", "server"),
+        ("/api/v1/boxes/", "drift"),
+        ("/api/v1/boxes/{box}/commands/", "state"),
+        ("/api/v1/boxes/{box}/commands/", "kind"),
+        ("/api/v1/boxes/{box}/events/", "from"),
+        ("/api/v1/boxes/{box}/events/", "kind"),
+        ("/api/v1/boxes/{box}/telemetry", "resolution"),
+        ("/api/v1/boxes/{box}/telemetry", "to"),
+        ("/api/v1/organizations/{org}/events/", "to"),
+        ("/api/v1/organizations/{org}/alerts/", "state"),
+        ("/api/v1/notification-deliveries/", "alert"),
+        ("/api/v1/firmware/releases/", "state"),
+        ("/api/v1/firmware/releases/", "channel"),
+    ],
+)
+def test_a_typed_query_parameter_given_empty_is_a_400_naming_it(
+    people: Any, box_factory: Any, client_for: Any, path: str, parameter: str
+) -> None:
+    # given a list whose filter has a type (an enum, a UUID, a date-time, a boolean)
+    box = box_factory(organization=people.org)
+    url = path.format(box=box.pk, org=people.org.pk)
+    client = client_for(people.staff)
+    assert client.get(url).status_code == 200
+    # when the filter is given empty (it was taken as no filter at all: found by the fuzzing)
+    response = client.get(f"{url}?{parameter}=")
+    # then it is refused, naming it
+    assert response.status_code == 400, response.content
+    assert list(response.json()["error"]["fields"]) == [parameter]

@@ -29,6 +29,7 @@ from fleet.core.apis.schema import ERROR_CONFLICT, ERROR_RATE_LIMITED, error_res
 from fleet.core.authentication import AgentPrincipal, BearerTokenAuthentication
 from fleet.core.choices import Role
 from fleet.core.permissions import IsAgent, IsPerson
+from fleet.core.serializers import QuerySerializer
 
 
 class CommandOutputSerializer(serializers.ModelSerializer):
@@ -66,7 +67,7 @@ class CommandOutputSerializer(serializers.ModelSerializer):
 class BoxCommandListApi(ApiView):
     permission_classes = [IsPerson]
 
-    class FilterSerializer(serializers.Serializer):
+    class FilterSerializer(QuerySerializer):
         state = serializers.ChoiceField(choices=CommandState.choices, required=False)
         kind = serializers.ChoiceField(choices=CommandKind.choices, required=False)
 

@@ -118,6 +118,23 @@ class StrictUUIDField(serializers.UUIDField):
         return super().to_internal_value(data)
 
 
+class QuerySerializer(serializers.Serializer):
+    """Typed query parameters (``?state=&from=``). A parameter given empty is refused naming it:
+    DRF reads a query string like a form and takes ``?state=`` as no filter at all, which is not what
+    the schema says (an enum, a UUID, a date-time) nor what the caller meant."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            blank = sorted(
+                name
+                for name, field in self.fields.items()
+                if data.get(name) == "" and not getattr(field, "allow_blank", False)
+            )
+            if blank:
+                raise serializers.ValidationError({name: ["must not be empty"] for name in blank})
+        return super().to_internal_value(data)
+
+
 class OrganizationRefSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     name = serializers.CharField()

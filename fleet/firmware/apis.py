@@ -22,6 +22,7 @@ from fleet.core.apis.schema import ERROR_CONFLICT, error_response
 from fleet.core.choices import ReleaseChannel, Role
 from fleet.core.errors import InvalidInput, NotFound
 from fleet.core.permissions import IsAgent, IsPerson, IsStaff
+from fleet.core.serializers import QuerySerializer
 from fleet.firmware import selectors, services
 from fleet.firmware.choices import ReleaseState, RolloutAction, UpgradeState
 from fleet.firmware.models import Release, Rollout, Upgrade
@@ -205,7 +206,7 @@ def _uuid(value: Any, what: str) -> UUID:
 class ReleaseListApi(ApiView):
     permission_classes = [IsStaff]
 
-    class FilterSerializer(serializers.Serializer):
+    class FilterSerializer(QuerySerializer):
         state = serializers.ChoiceField(choices=ReleaseState.choices, required=False)
         channel = serializers.ChoiceField(choices=ReleaseChannel.choices, required=False)
 
@@ -488,7 +489,7 @@ class RolloutActionApi(ApiView):
 class RolloutUpgradeListApi(ApiView):
     permission_classes = [IsStaff]
 
-    class FilterSerializer(serializers.Serializer):
+    class FilterSerializer(QuerySerializer):
         state = serializers.ChoiceField(choices=UpgradeState.choices, required=False)
 
     @extend_schema(

@@ -15,6 +15,7 @@ from fleet.core.choices import EventKind, Role
 from fleet.core.models import Event
 from fleet.core.pagination import EventPagination
 from fleet.core.permissions import IsPerson
+from fleet.core.serializers import QuerySerializer
 from fleet.monitoring import selectors
 from fleet.monitoring.choices import AlertRuleKind, AlertState, TargetKind
 from fleet.monitoring.models import Alert, AlertRule, NotificationDelivery, NotificationTarget
@@ -28,7 +29,7 @@ from fleet.monitoring.services import (
 )
 
 
-class EventFilterSerializer(serializers.Serializer):
+class EventFilterSerializer(QuerySerializer):
     kind = serializers.ChoiceField(choices=EventKind.choices, required=False)
     to = serializers.DateTimeField(required=False)
 
@@ -350,7 +351,7 @@ class AlertOutputSerializer(serializers.ModelSerializer):
 class AlertListApi(ApiView):
     permission_classes = [IsPerson]
 
-    class FilterSerializer(serializers.Serializer):
+    class FilterSerializer(QuerySerializer):
         state = serializers.ChoiceField(choices=AlertState.choices, required=False)
         box = serializers.UUIDField(required=False)
 
@@ -405,7 +406,7 @@ class NotificationDeliveryOutputSerializer(serializers.ModelSerializer):
 class NotificationDeliveryListApi(ApiView):
     permission_classes = [IsPerson]
 
-    class FilterSerializer(serializers.Serializer):
+    class FilterSerializer(QuerySerializer):
         alert = serializers.UUIDField(required=False)
 
     @extend_schema(

@@ -17,7 +17,7 @@ from fleet.core.access import box_for
 from fleet.core.apis.base import ApiView
 from fleet.core.choices import Role
 from fleet.core.permissions import IsPerson
-from fleet.core.serializers import FiniteFloatField
+from fleet.core.serializers import FiniteFloatField, QuerySerializer
 from fleet.telemetry.selectors import (
     DEFAULT_MAX_POINTS,
     MAX_MAX_POINTS,
@@ -29,7 +29,7 @@ from fleet.telemetry.selectors import (
 # "from" is a Python keyword, so the query serializer is declared with a namespace dict.
 TelemetryQuerySerializer = type(
     "TelemetryQuerySerializer",
-    (serializers.Serializer,),
+    (QuerySerializer,),
     {
         "from": serializers.DateTimeField(required=False),
         "to": serializers.DateTimeField(required=False),

@@ -70,6 +70,9 @@ class BoxFilter(django_filters.FilterSet):
     tag = django_filters.CharFilter(method="filter_tag", max_length=40)
     firmware = django_filters.CharFilter(field_name="firmware_version")
 
+    # Filters whose value has a type (a UUID, a state, a boolean): never empty.
+    TYPED = ("organization", "state", "server", "drift")
+
     class Meta:
         model = Box
         fields: list[str] = []
@@ -96,6 +99,10 @@ class BoxFilter(django_filters.FilterSet):
 def box_list(*, user: Any, auth: Any = None, filters: dict[str, Any] | None = None) -> QuerySet[Box]:
     """The visible boxes narrowed by ``BoxFilter``; invalid filter values raise ValidationError."""
     queryset = boxes_visible(user=user, auth=auth)
+    # django-filter takes ``?state=`` as no filter; a typed filter given empty is refused instead
+    blank = sorted(name for name in BoxFilter.TYPED if (filters or {}).get(name) == "")
+    if blank:
+        raise ValidationError({name: ["must not be empty"] for name in blank})
     filterset = BoxFilter(filters or {}, queryset=queryset)
     if not filterset.is_valid():
         raise ValidationError(filterset.errors)
