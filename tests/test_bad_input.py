@@ -13,6 +13,7 @@ from rest_framework.test import APIClient
 
 from fleet.core.models import AgentCredential, ApiToken, AuditLog, Box, EnrollmentToken, Invitation
 from tests.conftest import CLAIM_CODE, FACTORY_SECRET
+from tests.fleet.firmware.firmware_helpers import make_release
 
 pytestmark = pytest.mark.django_db
 
@@ -360,3 +361,36 @@ def test_a_typed_query_parameter_given_empty_is_a_400_naming_it(
     # then it is refused, naming it
     assert response.status_code == 400, response.content
     assert list(response.json()["error"]["fields"]) == [parameter]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        # each endpoint coerced the wrong type, or ignored the unknown key (found by the fuzzing)
+        ("/api/v1/regions/", {"code": 1228440, "name": "Region"}, "code"),
+        ("/api/v1/regions/", {"code": "eu-1", "name": "Region", "colour": "red"}, "colour"),
+        ("/api/v1/firmware/releases/", {"version": "1.0", "hardware_models": [7]}, "hardware_models[0]"),
+        ("/api/v1/firmware/releases/{release}/withdraw", {"reason": "x", "downgrade": None}, "downgrade"),
+        ("/api/v1/firmware/releases/{release}/withdraw", {"reason": " " + "*" * 2000}, "reason"),
+        ("/api/v1/rollouts/preview", {"release": "{release}", "force": "yes"}, "force"),
+        ("/api/v1/boxes/{box}/commands/", {"kind": "reboot", "ttl_s": "60"}, "ttl_s"),
+        ("/api/v1/organizations/{org}/alert-rules/", {"name": 5, "kind": "box_offline"}, "name"),
+        (
+            "/api/v1/organizations/{org}/notification-targets/",
+            {"name": "n", "kind": "email", "enabled": 1},
+            "enabled",
+        ),
+        ("/api/v1/boxes/{box}/revoke-credentials", {"reissue": "true"}, "reissue"),
+    ],
+)
+def test_every_request_body_is_strict_about_types_and_keys(
+    people: Any, claimed_box_factory: Any, client_for: Any, path: str, body: dict[str, Any], field: str
+) -> None:
+    release = make_release("7.7.7")
+    box = claimed_box_factory(people.org)
+    values = {"box": box.pk, "org": people.org.pk, "release": release.pk}
+    body = {key: value.format(**values) if isinstance(value, str) else value for key, value in body.items()}
+    before = counts()
+    response = client_for(people.staff).post(path.format(**values), body, format="json")
+    assert_refused(response, 400, before)
+    assert field in response.json()["error"]["fields"], response.content

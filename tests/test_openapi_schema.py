@@ -155,3 +155,15 @@ def test_pages_keep_their_html_not_found(client: Any) -> None:
     response = client.get("/no-such-page/")
     assert response.status_code == 404
     assert response["Content-Type"].startswith("text/html")
+
+
+def test_every_json_request_body_refuses_unknown_keys(schema: dict[str, Any]) -> None:
+    # the schema says what the API does: unknown keys are refused (fleet.core.serializers.StrictSerializer)
+    loose = []
+    for method, path, operation in operations(schema):
+        content = operation.get("requestBody", {}).get("content", {})
+        if "application/json" in content:
+            body = component_of(schema, content["application/json"]["schema"])
+            if body.get("additionalProperties") is not False:
+                loose.append(f"{method} {path}")
+    assert loose == []

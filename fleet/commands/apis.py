@@ -29,7 +29,7 @@ from fleet.core.apis.schema import ERROR_CONFLICT, ERROR_RATE_LIMITED, error_res
 from fleet.core.authentication import AgentPrincipal, BearerTokenAuthentication
 from fleet.core.choices import Role
 from fleet.core.permissions import IsAgent, IsPerson
-from fleet.core.serializers import QuerySerializer
+from fleet.core.serializers import QuerySerializer, StrictSerializer
 
 
 class CommandOutputSerializer(serializers.ModelSerializer):
@@ -71,7 +71,7 @@ class BoxCommandListApi(ApiView):
         state = serializers.ChoiceField(choices=CommandState.choices, required=False)
         kind = serializers.ChoiceField(choices=CommandKind.choices, required=False)
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictSerializer):
         kind = serializers.ChoiceField(choices=CommandKind.choices)
         params = serializers.JSONField(required=False, default=dict)
         ttl_s = serializers.IntegerField(required=False, allow_null=True, default=None)

@@ -15,21 +15,80 @@ from rest_framework import serializers
 
 from fleet.core.validators import SERIAL_RE
 
+# The JSON type each kind of field takes, checked before DRF would coerce (``1`` into ``"1"``,
+# ``"12"`` into 12, ``"yes"`` into True). Order matters: BooleanField before IntegerField's kin,
+# serializers (objects) before the generic string fields.
+_STRING_FIELDS = (
+    serializers.CharField,
+    serializers.ChoiceField,
+    serializers.UUIDField,
+    serializers.DateTimeField,
+    serializers.DateField,
+    serializers.TimeField,
+    serializers.RelatedField,
+)
+
+
+def json_type_errors(field: serializers.Field, value: Any, name: str) -> dict[str, list[str]]:
+    """What is wrong with the JSON type of ``value`` for ``field`` (keyed by the field's path,
+    ``targets[2]``), before any conversion; lists are checked item by item. A string longer than
+    the field's ``max_length`` is refused before DRF trims its whitespace, so the schema's
+    ``maxLength`` is exactly what the API takes."""
+    if value is None or isinstance(field, serializers.JSONField):
+        return {}  # null: the field's allow_null decides; JSON: anything goes
+    expected: tuple[type, ...]
+    if isinstance(field, serializers.BooleanField):
+        expected, message = (bool,), "must be true or false"
+    elif isinstance(field, serializers.IntegerField):
+        expected, message = (int,), "must be a whole number"
+    elif isinstance(field, serializers.FloatField | serializers.DecimalField):
+        expected, message = (int, float), "must be a number"
+    elif isinstance(field, serializers.ListSerializer | serializers.ListField):
+        if not isinstance(value, list):
+            return {name: ["must be a list"]}
+        child = field.child
+        errors: dict[str, list[str]] = {}
+        for index, item in enumerate(value):
+            errors.update(json_type_errors(child, item, f"{name}[{index}]"))  # type: ignore[arg-type]
+        return errors
+    elif isinstance(field, serializers.BaseSerializer | serializers.DictField):
+        expected, message = (dict,), "must be an object"
+    elif isinstance(field, _STRING_FIELDS):
+        expected, message = (str,), "must be a string"
+    else:
+        return {}
+    if isinstance(value, bool) and bool not in expected:
+        return {name: [message]}
+    if not isinstance(value, expected):
+        return {name: [message]}
+    max_length = getattr(field, "max_length", None)
+    too_long = max_length is not None and isinstance(value, str) and len(value) > max_length
+    if too_long and isinstance(field, serializers.CharField):
+        return {name: [f"at most {max_length} characters"]}
+    return {}
+
 
 class StrictFieldsMixin:
-    """Refuse keys the serializer does not declare (``{"fields": {"<key>": ["unknown field"]}}``)."""
+    """Refuse keys the serializer does not declare (``{"fields": {"<key>": ["unknown field"]}}``)
+    and values of the wrong JSON type (``json_type_errors``), naming each."""
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, Mapping):
-            known = {name for name, field in self.fields.items() if not field.read_only}  # type: ignore[attr-defined]
-            unknown = sorted(str(key) for key in data if key not in known)
+            fields = {name: field for name, field in self.fields.items() if not field.read_only}  # type: ignore[attr-defined]
+            unknown = sorted(str(key) for key in data if key not in fields)
             if unknown:
                 raise serializers.ValidationError({key: ["unknown field"] for key in unknown})
+            errors: dict[str, list[str]] = {}
+            for name, value in data.items():
+                errors.update(json_type_errors(fields[name], value, name))
+            if errors:
+                raise serializers.ValidationError(errors)
         return super().to_internal_value(data)  # type: ignore[misc]
 
 
 class StrictSerializer(StrictFieldsMixin, serializers.Serializer):
-    pass
+    """A request body: no unknown key, no value of the wrong JSON type (the schema says which:
+    ``additionalProperties: false``, fleet.core.apis.base.ApiSchema)."""
 
 
 @cache

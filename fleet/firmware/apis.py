@@ -22,7 +22,7 @@ from fleet.core.apis.schema import ERROR_CONFLICT, error_response
 from fleet.core.choices import ReleaseChannel, Role
 from fleet.core.errors import InvalidInput, NotFound
 from fleet.core.permissions import IsAgent, IsPerson, IsStaff
-from fleet.core.serializers import QuerySerializer
+from fleet.core.serializers import QuerySerializer, StrictSerializer
 from fleet.firmware import selectors, services
 from fleet.firmware.choices import ReleaseState, RolloutAction, UpgradeState
 from fleet.firmware.models import Release, Rollout, Upgrade
@@ -210,7 +210,7 @@ class ReleaseListApi(ApiView):
         state = serializers.ChoiceField(choices=ReleaseState.choices, required=False)
         channel = serializers.ChoiceField(choices=ReleaseChannel.choices, required=False)
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictSerializer):
         version = serializers.CharField(max_length=64)
         hardware_models = serializers.ListField(child=serializers.CharField(max_length=64), min_length=1)
         channel = serializers.ChoiceField(choices=ReleaseChannel.choices, default=ReleaseChannel.STABLE)
@@ -252,7 +252,7 @@ class ReleaseListApi(ApiView):
 class ReleaseDetailApi(ApiView):
     permission_classes = [IsStaff]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictSerializer):
         notes = serializers.CharField(required=False, allow_blank=True)
         signature = serializers.CharField(required=False, max_length=100)
         hardware_models = serializers.ListField(
@@ -338,7 +338,7 @@ class ReleasePublishApi(ApiView):
 class ReleaseWithdrawApi(ApiView):
     permission_classes = [IsStaff]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictSerializer):
         reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
     @extend_schema(
@@ -360,7 +360,7 @@ class ReleaseWithdrawApi(ApiView):
 # --- rollouts (staff) ------------------------------------------------------------------------------
 
 
-class RolloutInputSerializer(serializers.Serializer):
+class RolloutInputSerializer(StrictSerializer):
     release = serializers.UUIDField()
     name = serializers.CharField(max_length=120)
     target = serializers.JSONField(required=False, default=dict)
@@ -410,7 +410,7 @@ class RolloutPreviewApi(ApiView):
 
     permission_classes = [IsStaff]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictSerializer):
         release = serializers.UUIDField()
         target = serializers.JSONField(required=False, default=dict)
         phases = serializers.ListField(
@@ -459,7 +459,7 @@ class RolloutActionApi(ApiView):
     permission_classes = [IsStaff]
     action = ""
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictSerializer):
         reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
         boxes = serializers.ListField(
             child=serializers.UUIDField(), required=False, allow_null=True, default=None
@@ -515,7 +515,7 @@ class RolloutUpgradeListApi(ApiView):
 class BoxUpgradePolicyApi(ApiView):
     permission_classes = [IsPerson]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictSerializer):
         auto_upgrade = serializers.BooleanField(required=False)
         window_days = serializers.ListField(
             child=serializers.IntegerField(min_value=0, max_value=6),
@@ -586,7 +586,7 @@ class BoxUpgradeListApi(ApiView):
 class BoxUpgradeNowApi(ApiView):
     permission_classes = [IsPerson]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictSerializer):
         release = serializers.UUIDField(required=False, allow_null=True, default=None)
 
     @extend_schema(
@@ -612,7 +612,7 @@ class BoxUpgradeNowApi(ApiView):
 class UpgradePostponeApi(ApiView):
     permission_classes = [IsPerson]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictSerializer):
         until = serializers.DateTimeField()
 
     @extend_schema(

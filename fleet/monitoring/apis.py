@@ -15,7 +15,7 @@ from fleet.core.choices import EventKind, Role
 from fleet.core.models import Event
 from fleet.core.pagination import EventPagination
 from fleet.core.permissions import IsPerson
-from fleet.core.serializers import QuerySerializer
+from fleet.core.serializers import QuerySerializer, StrictSerializer
 from fleet.monitoring import selectors
 from fleet.monitoring.choices import AlertRuleKind, AlertState, TargetKind
 from fleet.monitoring.models import Alert, AlertRule, NotificationDelivery, NotificationTarget
@@ -124,7 +124,7 @@ class AlertRuleOutputSerializer(serializers.ModelSerializer):
         return sorted(str(target.pk) for target in rule.targets.all())
 
 
-class AlertRuleInputSerializer(serializers.Serializer):
+class AlertRuleInputSerializer(StrictSerializer):
     name = serializers.CharField(max_length=100)
     kind = serializers.ChoiceField(choices=AlertRuleKind.choices)
     threshold = serializers.FloatField(required=False, allow_null=True)
@@ -238,7 +238,7 @@ def _target_body(target: NotificationTarget, secret: str | None) -> dict[str, An
 class NotificationTargetListApi(ApiView):
     permission_classes = [IsPerson]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictSerializer):
         name = serializers.CharField(max_length=100)
         kind = serializers.ChoiceField(choices=TargetKind.choices)
         email = serializers.CharField(required=False, allow_blank=True, max_length=254)
@@ -278,7 +278,7 @@ class NotificationTargetListApi(ApiView):
 class NotificationTargetDetailApi(ApiView):
     permission_classes = [IsPerson]
 
-    class UpdateSerializer(serializers.Serializer):
+    class UpdateSerializer(StrictSerializer):
         name = serializers.CharField(max_length=100, required=False)
         email = serializers.CharField(required=False, allow_blank=True, max_length=254)
         url = serializers.CharField(required=False, allow_blank=True, max_length=500)

@@ -202,7 +202,7 @@ def _box_action(request: Request, box_id: uuid.UUID, action: Any, **kwargs: Any)
 class BoxReassignServerApi(ApiView):
     permission_classes = [IsStaff]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictSerializer):
         server = serializers.PrimaryKeyRelatedField(
             queryset=AggregationServer.objects.all(), required=False, allow_null=True
         )
@@ -235,7 +235,7 @@ class BoxReleaseAddressesApi(ApiView):
 class BoxRevokeCredentialsApi(ApiView):
     permission_classes = [IsStaff]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictSerializer):
         include_agent = serializers.BooleanField(default=False)
         reissue = serializers.BooleanField(default=False)
 

@@ -158,7 +158,7 @@ class RegionOutput(serializers.ModelSerializer):
 class RegionListApi(ApiView):
     permission_classes = [IsStaff]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictSerializer):
         code = serializers.SlugField(max_length=32)
         name = serializers.CharField(max_length=100)
 
@@ -220,7 +220,7 @@ class ServerCreatedOutput(ServerOutput):
 class ServerListApi(ApiView):
     permission_classes = [IsStaff]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictSerializer):
         name = serializers.CharField(max_length=100)
         region = serializers.PrimaryKeyRelatedField(queryset=Region.objects.all())
         hostname = serializers.CharField(max_length=253)
@@ -254,7 +254,7 @@ class ServerListApi(ApiView):
 class ServerDetailApi(ApiView):
     permission_classes = [IsStaff]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictSerializer):
         name = serializers.CharField(max_length=100, required=False)
         region = serializers.PrimaryKeyRelatedField(queryset=Region.objects.all(), required=False)
         hostname = serializers.CharField(max_length=253, required=False)
@@ -338,7 +338,7 @@ class PoolOutput(serializers.ModelSerializer):
 class PoolListApi(ApiView):
     permission_classes = [IsStaff]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictSerializer):
         name = serializers.CharField(max_length=100)
         cidr = serializers.CharField(max_length=64)
         purpose = serializers.ChoiceField(choices=PoolPurpose.choices)

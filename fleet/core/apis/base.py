@@ -27,6 +27,7 @@ from fleet.core.apis.schema import (
 from fleet.core.audit import Actor
 from fleet.core.pagination import Pagination
 from fleet.core.parsers import JSONParser
+from fleet.core.serializers import StrictFieldsMixin
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -52,6 +53,12 @@ class ApiSchema(AutoSchema):
 
     def get_serializer_name(self, serializer: Any, direction: str) -> str:
         return component_name(type(serializer))
+
+    def _map_basic_serializer(self, serializer: Any, direction: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = super()._map_basic_serializer(serializer, direction)
+        if direction == "request" and isinstance(serializer, StrictFieldsMixin):
+            schema["additionalProperties"] = False  # unknown keys are refused, naming them
+        return schema
 
     def error_statuses(self) -> set[int]:
         """The error statuses every operation of this kind can answer; a view adds its own (409,
