@@ -1,9 +1,10 @@
 """Schema-driven fuzzing of the whole REST API (issue #14): schemathesis generates requests from the
 OpenAPI schema the server serves, valid ones and invalid ones, and sends them over HTTP to the real
-server process (uvicorn serving config.asgi, as in production) with an agent token, a user (owner)
-token and a staff token. Every answer must be no server error, carry a status the schema declares
-for the operation, and match the declared content type, headers and body; invalid data must be
-refused (4xx), and an operation that declares a credential must refuse a request without one.
+server process (uvicorn serving config.asgi, as in production) with an agent token, an
+aggregation server's token, a user (owner) token and a staff token. Every answer must be no server
+error, carry a status the schema declares for the operation, and match the declared content type,
+headers and body; invalid data must be refused (4xx), and an operation that declares a credential
+must refuse a request without one.
 
 The run is bounded and repeatable: a fixed seed (hypothesis derandomised), a fixed number of examples
 per operation, generation mode and token, no example database and no shrinking. Part of the examples
@@ -68,7 +69,7 @@ CHECKS = [
     negative_data_rejection,
     ignored_auth,
 ]
-CALLERS = ("agent", "user", "staff")  # the agent first: the people's requests may revoke its box
+CALLERS = ("agent", "server", "user", "staff")  # machines first: the staff may revoke their tokens
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,7 @@ def world(
     Membership.objects.create(user=people.staff, organization=support, role=Role.OWNER)
     tokens = {
         "agent": agent_token_factory(agent_box),
+        "server": provisioned_region.server_token,  # an aggregation server (peers, gateway report)
         "user": api_token_factory(people.owner, people.org),
         "staff": api_token_factory(people.staff, support),
     }
