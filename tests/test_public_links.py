@@ -1,6 +1,6 @@
 """Every absolute link the service sends starts with the configured public address (OTB_PUBLIC_URL),
 whatever Host the request that caused it carried: invitation and password-reset emails, alert emails
-and webhook payloads, the API's page links (limit/offset and cursor), the OpenAPI schema's server."""
+and webhook payloads, notices of box events, the API's page links (limit/offset and cursor), the OpenAPI schema's server."""
 
 from __future__ import annotations
 
@@ -17,7 +17,12 @@ from fleet.core.audit import Actor
 from fleet.core.events import event_record
 from fleet.core.links import public_link, public_link_rebased
 from fleet.monitoring.models import NotificationDelivery
-from fleet.monitoring.services import alert_rule_evaluate, notification_deliver, notification_target_create
+from fleet.monitoring.services import (
+    alert_rule_evaluate,
+    event_notice_send,
+    notification_deliver,
+    notification_target_create,
+)
 from tests.fleet.monitoring.conftest import WebhookReceiver, at, offline_rule, set_offline
 
 PUBLIC = "https://fleet.example.net"
@@ -109,6 +114,26 @@ def test_every_link_the_service_sends_starts_with_the_public_url(
     assert all(sent.values()), sent
     assert FORGED_HOST not in json.dumps(sent)
     assert json.loads(webhook["body"])["box"]["url"] == f"{PUBLIC}/boxes/{box.pk}/"
+
+
+def test_a_box_event_notice_links_the_box_page_on_the_public_address(
+    public_url: str, people: Any, box_factory: Any
+) -> None:
+    # given a box whose public address changed, in an organisation without targets (owners get it)
+    box = box_factory(organization=people.org)
+    event = event_record(
+        box_id=box.pk,
+        kind="public_ip_changed",
+        organization_id=people.org.pk,
+        data={"old_public_ipv4": "198.51.100.7", "new_public_ipv4": "198.51.100.9"},
+    )
+    mail.outbox.clear()
+    # when its notice is sent
+    for delivery_id in event_notice_send(event_id=event.pk):
+        notification_deliver(delivery_id=delivery_id)
+    # then the email names the box page on the public address
+    assert mail.outbox, "no notice email"
+    assert all(links_in(message.body) == [f"{PUBLIC}/boxes/{box.pk}/"] for message in mail.outbox)
 
 
 def test_a_request_built_link_keeps_its_path_and_query_on_the_public_address(public_url: str) -> None:

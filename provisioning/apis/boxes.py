@@ -17,7 +17,7 @@ from rest_framework.response import Response
 
 from fleet.core.access import box_for, box_visible
 from fleet.core.apis.base import ApiView
-from fleet.core.apis.schema import ERROR_CONFLICT, ERROR_RATE_LIMITED, error_response
+from fleet.core.apis.schema import ERROR_CONFLICT
 from fleet.core.audit import Actor
 from fleet.core.choices import Role
 from fleet.core.errors import NotFound

@@ -55,9 +55,9 @@ from tests.fleet.firmware.firmware_helpers import make_release
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 SEED = 1414
-# Examples per operation, generation mode and token (about 90 operations x 3 tokens): about a minute
-# of fuzzing on two busy cores. Raise them locally for a longer hunt (seeds 2718 and 3141 at 25/40
-# were clean too).
+# Examples per operation, generation mode and token (about 90 operations x 4 tokens, the server's token
+# refused by all but its two): under two minutes of fuzzing on two cores. Raise them locally for a longer
+# hunt (seeds 2718 and 3141 at 25/40 were clean too).
 EXAMPLES = {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 16}
 PROBE = 3  # valid cases that tell whether the caller may use the operation at all
 CHECKS = [

@@ -21,8 +21,8 @@ from fleet.core.access import authorize
 from fleet.core.audit import Actor, audit_record
 from fleet.core.choices import EventKind, Role
 from fleet.core.errors import Conflict
-from fleet.core.models import Event
 from fleet.core.links import public_link
+from fleet.core.models import Event
 from fleet.monitoring.choices import DeliveryState, TargetKind
 from fleet.monitoring.models import Alert, AlertRule, NotificationDelivery, NotificationTarget
 from fleet.monitoring.services.alerts import notifications_queue
@@ -119,12 +119,14 @@ def _notice_email_text(payload: dict[str, Any]) -> tuple[str, str]:
             else "",
             "Its delegated IPv6 prefix changed too." if data.get("ipv6_prefix_changed") else "",
             "Update firewall rules, DNS records and allow-lists that name the old address.",
+            f"Box page: {box['url']}",
         ]
     else:
         label = EventKind(notice["kind"]).label
         subject = f"[otb] {which}: {label}"
         lines = [f"{label} on box {box['serial']} at {notice['ts']}."]
         lines += [f"{key}: {value}" for key, value in sorted(data.items())]
+        lines.append(f"Box page: {box['url']}")
     return subject, "\n".join(line for line in lines if line) + "\n"
 
 
@@ -232,7 +234,14 @@ def _test_payload(rule: AlertRule, now: datetime) -> dict[str, Any]:
             "threshold": rule.threshold,
             "duration_minutes": rule.duration_minutes,
         },
-        "box": {"id": str(box.pk), "serial": box.serial, "name": box.name} if box else None,
+        "box": {
+            "id": str(box.pk),
+            "serial": box.serial,
+            "name": box.name,
+            "url": public_link(reverse("frontend:box", args=[box.pk])),
+        }
+        if box
+        else None,
     }
 
 
