@@ -130,6 +130,7 @@ try:
 except (OSError, ValueError) as exc:
     raise ImproperlyConfigured(f"OTB_FIRMWARE_SIGNING_KEY_FILE {FIRMWARE_SIGNING_KEY_FILE}: {exc}") from exc
 
+
 def public_url_parse(raw: str | None) -> str:
     """OTB_PUBLIC_URL: the origin (``scheme://host[:port]``) people and boxes reach the service at.
     Every absolute link the service sends (emails, webhooks, API page links, the schema's server) is

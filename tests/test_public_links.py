@@ -1,6 +1,7 @@
 """Every absolute link the service sends starts with the configured public address (OTB_PUBLIC_URL),
 whatever Host the request that caused it carried: invitation and password-reset emails, alert emails
-and webhook payloads, notices of box events, the API's page links (limit/offset and cursor), the OpenAPI schema's server."""
+and webhook payloads, notices of box events, the API's page links (limit/offset and cursor), the
+OpenAPI schema's server."""
 
 from __future__ import annotations
 
