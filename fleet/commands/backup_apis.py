@@ -32,6 +32,7 @@ from fleet.core.authentication import AgentPrincipal, BearerTokenAuthentication
 from fleet.core.choices import Role
 from fleet.core.errors import InvalidInput
 from fleet.core.permissions import IsAgent, IsPerson
+from fleet.core.serializers import StrictSerializer
 
 
 class BackupOutputSerializer(serializers.ModelSerializer):
@@ -78,6 +79,7 @@ class BoxBackupListApi(ApiView):
 
     permission_classes = [IsPerson]
 
+    @extend_schema(responses={200: BackupOutputSerializer(many=True)})
     def get(self, request: Request, box_id: Any) -> Response:
         box = box_for(request.user, box_id, Role.VIEWER, request.auth)
         return self.paginated(request, backup_list_for_box(box_id=box.pk), BackupOutputSerializer)
@@ -95,6 +97,7 @@ class BoxBackupDetailApi(ApiView):
         backup = backup_get_for_box(box_id=box.pk, backup_id=backup_id)
         return Response(BackupDetailSerializer(backup).data)
 
+    @extend_schema(request=None, responses={204: None})
     def delete(self, request: Request, box_id: Any, backup_id: Any) -> Response:
         box = box_for(request.user, box_id, Role.VIEWER, request.auth)
         backup_delete(
@@ -207,7 +210,7 @@ class AgentBackupListApi(ApiView):
         symlink = serializers.CharField(allow_blank=True)
         content = serializers.CharField(allow_blank=True)
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictSerializer):
         command_id = serializers.UUIDField(help_text="the backup command")
         files = serializers.ListField(child=serializers.DictField())
 
@@ -219,6 +222,7 @@ class AgentBackupListApi(ApiView):
             raise InvalidInput("a JSON object with command_id and files is required", field="body")
         if body.get("command_id") is None:
             raise InvalidInput("the backup command's id is required", field="command_id")
+        self.InputSerializer(data=body).is_valid(raise_exception=True)  # no unknown key, no wrong type
         backup = backup_create_with_files(box=box, command_id=body.get("command_id"), files=body.get("files"))
         return Response(BackupOutputSerializer(backup).data, status=201)
 
@@ -235,7 +239,10 @@ class AgentBackupDetailApi(ApiView):
         class Meta(BackupOutputSerializer.Meta):
             fields = [*BackupOutputSerializer.Meta.fields, "files"]
 
-    @extend_schema(parameters=[OpenApiParameter("backup_id", str, OpenApiParameter.PATH)])
+    @extend_schema(
+        parameters=[OpenApiParameter("backup_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
+        responses=OutputSerializer,
+    )
     def get(self, request: Request, backup_id: Any) -> Response:
         box = cast(AgentPrincipal, request.user).box
         backup = backup_get_for_box(box_id=box.pk, backup_id=backup_id)

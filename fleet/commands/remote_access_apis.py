@@ -24,6 +24,7 @@ from fleet.core.apis.base import ApiView
 from fleet.core.choices import Role
 from fleet.core.errors import InvalidInput
 from fleet.core.permissions import IsPerson, IsStaff
+from fleet.core.serializers import StrictSerializer
 
 
 class RemoteAccessOutputSerializer(serializers.ModelSerializer):
@@ -64,11 +65,12 @@ class BoxRemoteAccessListApi(ApiView):
 
     permission_classes = [IsPerson]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictSerializer):
         exposed_port = serializers.JSONField(help_text="the box's TCP port to reach (22: SSH)")
         public_key = serializers.JSONField(help_text="the OpenSSH public key let in on the box")
         duration_s = serializers.JSONField(required=False, help_text="seconds once approved (default 1 day)")
 
+    @extend_schema(responses={200: RemoteAccessOutputSerializer(many=True)})
     def get(self, request: Request, box_id: Any) -> Response:
         box = box_for(request.user, box_id, Role.VIEWER, request.auth)
         return self.paginated(
@@ -80,6 +82,7 @@ class BoxRemoteAccessListApi(ApiView):
         box = box_for(request.user, box_id, Role.VIEWER, request.auth)
         if not isinstance(request.data, dict):
             raise InvalidInput("a JSON object is required", field="body")
+        self.InputSerializer(data=request.data).is_valid(raise_exception=True)  # no unknown key
         access = remote_access_request(
             actor=self.actor(request),
             box=box,
@@ -93,6 +96,7 @@ class BoxRemoteAccessListApi(ApiView):
 class BoxRemoteAccessDetailApi(ApiView):
     permission_classes = [IsPerson]
 
+    @extend_schema(responses=RemoteAccessOutputSerializer)
     def get(self, request: Request, box_id: Any, remote_access_id: Any) -> Response:
         box = box_for(request.user, box_id, Role.VIEWER, request.auth)
         access = remote_access_get_for_box(box_id=box.pk, remote_access_id=remote_access_id)
@@ -107,7 +111,9 @@ class BoxRemoteAccessActionApi(ApiView):
 
     permission_classes = [IsPerson]
 
-    @extend_schema(request=None, responses=RemoteAccessOutputSerializer)
+    @extend_schema(
+        request=None, responses=RemoteAccessOutputSerializer, operation_id="v1_boxes_remote_accesses_act"
+    )
     def post(self, request: Request, box_id: Any, remote_access_id: Any, action: str) -> Response:
         box = box_for(request.user, box_id, Role.VIEWER, request.auth)
         access = remote_access_get_for_box(box_id=box.pk, remote_access_id=remote_access_id)
