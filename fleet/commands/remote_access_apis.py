@@ -130,6 +130,7 @@ class OpenRemoteAccessListApi(ApiView):
 
     permission_classes = [IsStaff]
 
+    @extend_schema(responses={200: RemoteAccessOutputSerializer(many=True)})
     def get(self, request: Request) -> Response:
         return self.paginated(
             request, remote_accesses_open(actor=self.actor(request)), RemoteAccessOutputSerializer
