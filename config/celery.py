@@ -20,7 +20,7 @@ app.conf.beat_schedule = {
     "alerts-evaluate": {"task": "fleet.monitoring.tasks.alerts_evaluate_task", "schedule": 30.0},
     "notifications-requeue-stale": {
         "task": "fleet.monitoring.tasks.notifications_requeue_stale_task",
-        "schedule": 600.0,
+        "schedule": float(os.environ.get("OTB_NOTIFY_SWEEP_S", "60")),
     },
     "telemetry-presence-sweep": {"task": "fleet.telemetry.tasks.presence_sweep_task", "schedule": 15.0},
     "telemetry-rollup": {"task": "fleet.telemetry.tasks.telemetry_rollup_task", "schedule": 60.0},

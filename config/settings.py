@@ -414,7 +414,14 @@ CELERY_TASK_ROUTES = {
     "fleet.telemetry.tasks.*": {"queue": "telemetry"},
 }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# A worker killed mid-task (kill -9, OOM) never acknowledges the message it held (acks_late): the Redis
+# broker hands it out again after the visibility timeout. It must exceed the longest a message stays
+# unacknowledged: a prefetched message waits behind one running task, and the longest tasks may run
+# 600 s, so 2 x 600 s; retry countdowns stay under half of it (longer ones are left to the sweeps).
+# The work itself is recovered sooner from PostgreSQL: the rollout tick and the notification sweep
+# (docs/operations.md, "A worker killed mid-task").
+BROKER_VISIBILITY_TIMEOUT_S = env_int("OTB_BROKER_VISIBILITY_TIMEOUT_S", 1800)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": BROKER_VISIBILITY_TIMEOUT_S}
 
 # Domain settings.
 OTB = {
@@ -484,6 +491,9 @@ OTB = {
     # Alert notifications (fleet/monitoring): first retry delay, doubled per attempt; whether webhooks
     # may target private/loopback addresses (never in production: customers must not probe our network).
     "NOTIFY_RETRY_BASE_S": env_int("OTB_NOTIFY_RETRY_BASE_S", 30),
+    # A pending delivery overdue by this much, and not being sent, lost its task: the sweep queues it.
+    "NOTIFY_STALE_AFTER_S": env_int("OTB_NOTIFY_STALE_AFTER_S", 120),
+    "BROKER_VISIBILITY_TIMEOUT_S": BROKER_VISIBILITY_TIMEOUT_S,
     "WEBHOOK_ALLOW_PRIVATE": env_bool("OTB_WEBHOOK_ALLOW_PRIVATE", not PRODUCTION),
     # Live sessions and the telemetry writer (fleet/consumers.py, fleet/telemetry/writer.py).
     "MAX_SESSIONS_PER_PROCESS": env_int("OTB_MAX_SESSIONS_PER_PROCESS", 20000),

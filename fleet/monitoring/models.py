@@ -12,6 +12,7 @@ import uuid
 
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from fleet.monitoring.choices import (
     AlertRuleKind,
@@ -160,6 +161,10 @@ class NotificationDelivery(models.Model):
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     sent_at = models.DateTimeField(null=True, blank=True)
+    # When the next attempt is due (creation, then after each failure the backoff). A task that comes
+    # early (a duplicate) does nothing; a pending delivery overdue by NOTIFY_STALE_AFTER_S lost its
+    # task (a worker killed mid-delivery, a broker restart) and the sweep queues it again.
+    next_attempt_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["-created_at"]
@@ -190,7 +195,14 @@ class NotificationDelivery(models.Model):
                 name="notification_delivery_subject_and_recipient",
             ),
         ]
-        indexes = [models.Index(fields=["state", "created_at"], name="delivery_state_idx")]
+        indexes = [
+            models.Index(fields=["state", "created_at"], name="delivery_state_idx"),
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(state=DeliveryState.PENDING),
+                name="delivery_pending_due_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.event} -> {self.target_id or self.email} ({self.state})"

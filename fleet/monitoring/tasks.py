@@ -4,9 +4,10 @@ the stale sweep."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from celery import shared_task
+from django.conf import settings
 
 from fleet.core.events import EVENT_NOTICE_TASK
 from fleet.monitoring.services import (
@@ -40,12 +41,16 @@ def alerts_evaluate_task() -> dict[str, int]:
     time_limit=60,
 )
 def notification_deliver_task(self: Any, delivery_id: str) -> str | None:
-    """One attempt at a delivery; re-queues itself with exponential backoff while it stays pending."""
+    """One attempt at a delivery; re-queues itself with exponential backoff while it stays pending.
+    A countdown the broker could hand out twice (over half its visibility timeout) is left to the
+    sweep, which queues the delivery when its attempt is due (``next_attempt_at``)."""
     outcome = notification_deliver(delivery_id=delivery_id)
     if outcome is None:
         return None
     if outcome.retry:
-        raise self.retry(countdown=notification_retry_delay(outcome.attempts))
+        countdown = notification_retry_delay(outcome.attempts)
+        if countdown <= int(cast(int, settings.OTB["BROKER_VISIBILITY_TIMEOUT_S"])) / 2:
+            raise self.retry(countdown=countdown)
     return outcome.state
 
 
@@ -59,8 +64,8 @@ def event_notice_send_task(event_id: str) -> int:
     name="fleet.monitoring.tasks.notifications_requeue_stale_task", ignore_result=True, time_limit=60
 )
 def notifications_requeue_stale_task() -> int:
-    """Periodic (every 10 min): re-queue deliveries whose task was lost, and send the notices whose
-    task was lost."""
+    """Periodic (every minute, ``OTB_NOTIFY_SWEEP_S``): queue the overdue deliveries whose task was
+    lost, and send the notices whose task was lost."""
     return notifications_requeue_stale() + event_notices_sweep()
 
 

@@ -118,6 +118,11 @@ class Stack:
             "OTB_TELEMETRY_INTERVAL_S": "1",
             "OTB_HEARTBEAT_INTERVAL_S": "5",
             "OTB_ROLLOUT_TICK_S": "2",
+            # the notification sweep every 2 s, for deliveries overdue by 5 s (a minute / 2 minutes in
+            # production), so a killed worker's deliveries come back within the test's patience
+            "OTB_NOTIFY_SWEEP_S": "2",
+            "OTB_NOTIFY_STALE_AFTER_S": "5",
+            "OTB_WEBHOOK_ALLOW_PRIVATE": "1",  # the tests' webhook receiver listens on 127.0.0.1
             "OTB_CACHE_PREFIX": "otb-faults",
             "OTB_CHANNELS_PREFIX": "otb-faults",
             "PYTHONUNBUFFERED": "1",

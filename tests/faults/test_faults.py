@@ -8,7 +8,9 @@ running the real agent code (``otb-agent simulate``).
 - Redis restarted while agents stream: the sessions come back, telemetry resumes, and a command
   created while Redis was down still reaches its box (doorbells may be lost, state may not);
 - a reconnect storm of 2,000 sessions (the web process killed under them) while a person uses the
-  portal: the portal keeps answering."""
+  portal: the portal keeps answering;
+- the Celery worker killed with SIGKILL mid-rollout-phase and mid-notification-delivery: no upgrade
+  dispatched twice, no notification lost or sent twice (tests/faults/worker_kill.py)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import pytest
 import websockets
 
 from tests.faults.stack import ROOT, Stack, wait_for
+from tests.faults.worker_kill import worker_kill_run
 
 pytestmark = [pytest.mark.e2e]
 
@@ -222,6 +225,25 @@ def test_a_reconnect_storm_of_2000_sessions_while_the_portal_is_in_use(stack: St
     assert failures == [], failures
     assert len(latencies) >= 10
     assert storm_s < 120
+
+
+def test_a_worker_killed_mid_rollout_phase_and_mid_delivery_dispatches_and_notifies_exactly_once(
+    stack: Stack,
+) -> None:
+    outcome = worker_kill_run(stack, rollout_boxes=6, alert_boxes=4)
+    # the kill came mid-transaction: nothing of the phase's dispatch was left, every delivery pending
+    assert outcome.dispatched_before_restart == 0
+    assert outcome.pending_before_restart == 4
+    # no upgrade dispatched twice: one command per box, each upgrade holding its own
+    assert sorted(outcome.commands_per_box.values()) == [1] * 6, outcome.commands_per_box
+    assert (outcome.upgrades_sent, outcome.upgrade_commands) == (6, 6)
+    # no notification lost or sent twice: each sent with one recorded attempt; after the kill the
+    # receiver got each once (the one cut off mid-request again, with its delivery_id to drop it by)
+    assert set(outcome.deliveries.values()) == {("sent", 1)}, outcome.deliveries
+    assert len(outcome.received_before_kill) == 1
+    assert sorted(outcome.received_after_kill) == sorted(outcome.deliveries), outcome
+    assert set(outcome.received_before_kill) <= set(outcome.deliveries)
+    assert outcome.recover_s < 60
 
 
 def _read_lines(process: subprocess.Popen, lines: list[dict[str, Any]]) -> None:

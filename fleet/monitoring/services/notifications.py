@@ -1,6 +1,15 @@
 """Sending notification deliveries (of alerts, and notices of box events): email or signed webhook,
 one attempt per call, every attempt recorded on the delivery row. The Celery task retries with
-exponential backoff."""
+exponential backoff.
+
+PostgreSQL, not the broker, says what is left to send: a delivery is ``pending`` with the time its
+next attempt is due (``next_attempt_at``) until an attempt succeeds or the last one fails. The row
+stays locked during an attempt, so a second task for it waits its turn or skips it, and a task that
+comes before the attempt is due does nothing. A worker killed mid-attempt rolls the attempt back
+(the delivery is still pending, still due); the sweep (``notifications_requeue_stale``, every
+minute) queues every pending delivery overdue by ``NOTIFY_STALE_AFTER_S`` that no worker holds.
+Only an attempt cut off after the receiver read it can reach the receiver twice, with the same
+``delivery_id`` (webhooks) or ``Message-ID`` (emails) to drop the repeat by."""
 
 from __future__ import annotations
 
@@ -9,10 +18,11 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from django.conf import settings
-from django.core.mail import send_mail
+from django.core.mail import EmailMessage, send_mail
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
@@ -32,7 +42,9 @@ from provisioning.secrets import SecretDecryptionError, secret_decrypt
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 6
-STALE_AFTER = timedelta(hours=1)
+# A task that comes this much before the attempt is due still makes it (Celery's ETA timer is not
+# to the millisecond); earlier, it is a duplicate and does nothing.
+DUE_TOLERANCE = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -151,14 +163,24 @@ def _email_text(payload: dict[str, Any]) -> tuple[str, str]:
     return subject, "\n".join(line for line in lines if line) + "\n"
 
 
+def notification_message_id(delivery: NotificationDelivery) -> str:
+    """The email's Message-ID: one per delivery, the same on every attempt (a repeat after a worker
+    died mid-send is recognisably the same message)."""
+    host = urlsplit(settings.OTB_PUBLIC_URL).hostname or "otb-fleet"
+    return f"<notification-{delivery.pk}@{host}>"
+
+
 def _attempt(delivery: NotificationDelivery, now: datetime) -> tuple[bool, int | None, str]:
     target = delivery.target
     payload = notification_payload(delivery, now)
     if target is None or target.kind == TargetKind.EMAIL:
         subject, text = _email_text(payload)
         address = target.email if target is not None else delivery.email
+        message = EmailMessage(
+            subject, text, None, [address], headers={"Message-ID": notification_message_id(delivery)}
+        )
         try:
-            send_mail(subject, text, None, [address], fail_silently=False)
+            message.send(fail_silently=False)
         except Exception as exc:  # any SMTP/backend failure is a failed attempt, retried
             return False, None, f"{exc.__class__.__name__}: {exc}"[:500]
         return True, None, ""
@@ -174,9 +196,11 @@ def _attempt(delivery: NotificationDelivery, now: datetime) -> tuple[bool, int |
 
 
 def notification_deliver(*, delivery_id: UUID | str) -> DeliveryOutcome | None:
-    """Make one attempt at a pending delivery and record it. The row stays locked during the
-    attempt (at most the 10 s webhook timeout) so two workers never send it twice. After
-    ``MAX_ATTEMPTS`` failures the delivery is ``failed``. None if the delivery is gone or busy."""
+    """Make one attempt at a pending delivery whose attempt is due, and record it. The row stays
+    locked during the attempt (at most the 10 s webhook timeout) so two workers never send it twice;
+    a failed attempt sets when the next one is due (backoff). After ``MAX_ATTEMPTS`` failures the
+    delivery is ``failed``. None if the delivery is gone or busy; ``retry`` False and the state
+    ``pending`` when it is not due yet (a duplicate task: the one that is due comes later)."""
     now = timezone.now()
     with transaction.atomic():
         delivery = (
@@ -188,7 +212,7 @@ def notification_deliver(*, delivery_id: UUID | str) -> DeliveryOutcome | None:
         if delivery is None:
             logger.info("delivery %s not found or being sent elsewhere", delivery_id)
             return None
-        if delivery.state != DeliveryState.PENDING:
+        if delivery.state != DeliveryState.PENDING or delivery.next_attempt_at > now + DUE_TOLERANCE:
             return DeliveryOutcome(state=delivery.state, attempts=delivery.attempts, retry=False)
         if delivery.target is not None and not delivery.target.enabled:
             delivery.state, delivery.last_error = DeliveryState.FAILED, "target disabled"
@@ -202,7 +226,12 @@ def notification_deliver(*, delivery_id: UUID | str) -> DeliveryOutcome | None:
             delivery.state, delivery.sent_at = DeliveryState.SENT, timezone.now()
         elif delivery.attempts >= MAX_ATTEMPTS:
             delivery.state = DeliveryState.FAILED
-        delivery.save(update_fields=["attempts", "response_status", "last_error", "state", "sent_at"])
+        else:
+            delay = timedelta(seconds=notification_retry_delay(delivery.attempts))
+            delivery.next_attempt_at = timezone.now() + delay
+        delivery.save(
+            update_fields=["attempts", "response_status", "last_error", "state", "sent_at", "next_attempt_at"]
+        )
         if not ok:
             logger.warning("delivery %s attempt %d failed: %s", delivery.pk, delivery.attempts, error)
     return DeliveryOutcome(
@@ -299,13 +328,21 @@ def alert_rule_test_notify(*, actor: Actor, rule: AlertRule) -> list[TestNotific
 
 
 def notifications_requeue_stale(*, now: datetime | None = None) -> int:
-    """Re-queue pending deliveries older than every retry schedule (their task was lost with a
-    broker restart). The row lock in ``notification_deliver`` keeps a late duplicate harmless."""
+    """Queue again the pending deliveries whose attempt is overdue by more than
+    ``NOTIFY_STALE_AFTER_S`` and that no worker is attempting (those rows are locked and skipped):
+    their task was lost (a worker killed mid-delivery, a broker restart, a retry too far off for a
+    broker countdown). The row lock and the due check in ``notification_deliver`` make a task that
+    turns up twice harmless. Returns how many were queued (at most 1000 a sweep, oldest first)."""
     now = now or timezone.now()
-    ids = list(
-        NotificationDelivery.objects.filter(state=DeliveryState.PENDING, created_at__lt=now - STALE_AFTER)
-        .order_by("created_at")
-        .values_list("pk", flat=True)[:1000]
-    )
-    notifications_queue(delivery_ids=ids)
+    stale_after = timedelta(seconds=int(cast(int, settings.OTB.get("NOTIFY_STALE_AFTER_S", 120))))
+    with transaction.atomic():
+        ids = list(
+            NotificationDelivery.objects.select_for_update(skip_locked=True)
+            .filter(state=DeliveryState.PENDING, next_attempt_at__lt=now - stale_after)
+            .order_by("next_attempt_at")
+            .values_list("pk", flat=True)[:1000]
+        )
+        if ids:
+            logger.info("re-queueing %d overdue notification deliveries", len(ids))
+            transaction.on_commit(lambda: notifications_queue(delivery_ids=ids))
     return len(ids)

@@ -1,13 +1,20 @@
 """Delivering notifications (fleet.monitoring.services.notifications): by email, and by signed
-webhook to a real local HTTP receiver; failures recorded until the last attempt."""
+webhook to a real local HTTP receiver; failures recorded until the last attempt; a task that comes
+before the attempt is due does nothing; the sweep queues the overdue deliveries nobody is sending."""
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
+import redis
+from django.conf import settings
 from django.core import mail
+from django.db import connection
+from django.utils import timezone
 
 from fleet.core.audit import Actor
 from fleet.core.errors import Conflict
@@ -19,7 +26,9 @@ from fleet.monitoring.services import (
     alert_rule_test_notify,
     notification_deliver,
     notification_target_create,
+    notifications_requeue_stale,
 )
+from fleet.monitoring.services.alerts import NOTIFICATION_DELIVER_TASK
 from fleet.monitoring.webhooks import webhook_signature_valid
 from tests.fleet.monitoring.conftest import WebhookReceiver, at, offline_rule, set_offline
 
@@ -38,6 +47,7 @@ def test_email_delivery_lands_in_the_outbox(people: Any, box: Any, email_target:
     assert outcome is not None and outcome.state == "sent" and not outcome.retry
     assert len(mail.outbox) == 1
     assert mail.outbox[0].to == ["noc@example.com"]
+    assert mail.outbox[0].extra_headers["Message-ID"] == f"<notification-{delivery.pk}@127.0.0.1>"
     assert "FIRING" in mail.outbox[0].subject and box.serial in mail.outbox[0].body
     delivery.refresh_from_db()
     assert delivery.attempts == 1 and delivery.sent_at is not None
@@ -92,7 +102,10 @@ def test_webhook_failures_are_recorded_and_end_after_max_attempts(people: Any, b
         set_offline(box, since=at(0))
         alert_rule_evaluate(rule_id=rule.pk, now=at(6))
         delivery = NotificationDelivery.objects.get()
-        outcomes = [notification_deliver(delivery_id=delivery.pk) for _ in range(MAX_ATTEMPTS)]
+        outcomes = []
+        for _ in range(MAX_ATTEMPTS):
+            NotificationDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+            outcomes.append(notification_deliver(delivery_id=delivery.pk))
         retries = [outcome.retry if outcome is not None else None for outcome in outcomes]
         assert retries == [True] * (MAX_ATTEMPTS - 1) + [False]
         delivery.refresh_from_db()
@@ -153,3 +166,70 @@ def test_a_test_notification_of_a_rule_without_targets_is_refused(people: Any) -
     with pytest.raises(Conflict) as refused:
         alert_rule_test_notify(actor=Actor.for_user(people.admin), rule=rule)
     assert refused.value.field == "targets" and refused.value.message.startswith("This rule notifies nobody")
+
+
+def test_a_task_that_comes_before_the_attempt_is_due_does_nothing(people: Any, box: Any) -> None:
+    # given a delivery whose first attempt failed (the next one due after the backoff)
+    failing = WebhookReceiver(statuses=[500] * 10)
+    try:
+        target, _ = notification_target_create(
+            actor=Actor.for_user(people.admin), organization=people.org, name="Hook", kind="webhook",
+            url=failing.url,
+        )  # fmt: skip
+        rule = offline_rule(people, [target])
+        set_offline(box, since=at(0))
+        alert_rule_evaluate(rule_id=rule.pk, now=at(6))
+        delivery = NotificationDelivery.objects.get()
+        first = notification_deliver(delivery_id=delivery.pk)
+        assert first is not None and first.retry
+        delivery.refresh_from_db()
+        assert delivery.next_attempt_at > timezone.now() + timedelta(seconds=20)
+        # when a second copy of its task runs now (the sweep's, or one the broker handed out again)
+        early = notification_deliver(delivery_id=delivery.pk)
+        # then nothing is sent and nothing recorded; the retry that is due will make the attempt
+        assert early is not None and (early.state, early.attempts, early.retry) == ("pending", 1, False)
+        assert len(failing.requests) == 1
+    finally:
+        failing.close()
+
+
+def _queued_deliveries() -> list[str]:
+    """Delivery ids of the notification tasks waiting in the broker's default queue (Redis)."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    queued = []
+    for raw in client.lrange("default", 0, -1):
+        message = json.loads(raw)
+        if message["headers"]["task"] == NOTIFICATION_DELIVER_TASK:
+            queued.append(message["headers"]["argsrepr"].strip("(),' "))
+    return queued
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sweep_queues_overdue_deliveries_that_no_worker_is_sending(
+    people: Any, box_factory: Any, email_target: Any
+) -> None:
+    # given three pending deliveries: one overdue (its task lost with a killed worker), one due a
+    # moment ago (its task may just be waiting in the queue), and one overdue being sent right now
+    rule = offline_rule(people, [email_target])
+    boxes = [box_factory(organization=people.org) for _ in range(3)]
+    for box in boxes:
+        set_offline(box, since=at(0))
+    alert_rule_evaluate(rule_id=rule.pk, now=at(6))
+    overdue, recent, busy = NotificationDelivery.objects.order_by("alert__box__serial")
+    now = timezone.now()
+    NotificationDelivery.objects.filter(pk__in=[overdue.pk, busy.pk]).update(
+        next_attempt_at=now - timedelta(minutes=10)
+    )
+    NotificationDelivery.objects.filter(pk=recent.pk).update(next_attempt_at=now - timedelta(seconds=30))
+    redis.Redis.from_url(settings.REDIS_URL).delete("default")
+    db = connection.settings_dict
+    with psycopg.connect(
+        host=db["HOST"], port=db["PORT"], user=db["USER"], dbname=db["NAME"], autocommit=False
+    ) as sender:  # another worker, mid-attempt: it holds the row
+        sender.execute("SELECT 1 FROM monitoring_notificationdelivery WHERE id = %s FOR UPDATE", [busy.pk])
+        # when the sweep runs
+        queued = notifications_requeue_stale(now=now)
+        sender.rollback()
+    # then only the overdue delivery nobody holds is queued again
+    assert queued == 1
+    assert _queued_deliveries() == [str(overdue.pk)]
