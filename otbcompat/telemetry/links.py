@@ -111,6 +111,7 @@ def link_state_report(*, box: Box, name: str, device: str, up: bool, ts: datetim
             up_changed_at=ts,
             updated_at=now,
         )
+        _stamp_all(box, now)
         return _event(box, link, up, ts, device)
     if link.up == up or ts + BOX_CLOCK_RESOLUTION <= link.up_changed_at:
         return None
@@ -122,7 +123,15 @@ def link_state_report(*, box: Box, name: str, device: str, up: bool, ts: datetim
         link.degraded_since = None
         fields.append("degraded_since")
     link.save(update_fields=fields)
+    _stamp_all(box, now)
     return _event(box, link, up, ts, device)
+
+
+def _stamp_all(box: Box, now: datetime) -> None:
+    """Every link of the box carries the stamp of its latest report: our selectors list the links of
+    the latest report (``box_wans``), and a stock box reports one link per event (its properties say
+    which links exist, and remove the others)."""
+    WanStatus.objects.filter(box=box).exclude(updated_at=now).update(updated_at=now)
 
 
 def links_from_properties(*, box: Box, reported: list[ReportedLink]) -> list[dict[str, Any]]:
@@ -158,4 +167,5 @@ def links_from_properties(*, box: Box, reported: list[ReportedLink]) -> list[dic
     gone = set(existing) - {item.name for item in reported}
     if gone:
         WanStatus.objects.filter(box=box, iface__in=gone).delete()
+    _stamp_all(box, now)
     return events

@@ -25,6 +25,7 @@ from fleet.core.audit import Actor
 from fleet.core.choices import BoxProtocol, EventKind
 from fleet.core.models import AuditLog, Box, Event
 from fleet.telemetry.models import BoxStatus, WanStatus
+from fleet.telemetry.selectors import box_wans
 from otbcompat.binding import device_claim
 from otbcompat.jwt import jwt_encode
 from otbcompat.models import OtbDevice, OtbDiagnostic
@@ -316,6 +317,26 @@ def test_properties_as_a_json_string_set_the_wan_list_public_ips_and_firmware(li
     box = Box.objects.get(pk=linked.box.pk)
     assert box.firmware_version == "1.1.3"  # release.version without its "v"
     assert AuditLog.objects.filter(box_id=box.pk, action="box.versions_reported").count() == 1
+
+
+def test_an_event_on_one_link_keeps_every_link_of_the_box_listed(link: Any) -> None:
+    # the box's links are those of its latest report (box_wans); a stock box reports one link per
+    # event, so an ifdown of wan1 must not hide wan2 (found by the lifecycle test)
+    linked = link()
+    assert linked.call("POST", "properties", as_string_body(properties_document())).status_code == 200
+    ifdown = {
+        "event_name": "ifdown",
+        "timestamp": int(time.time()),
+        "details": {"interface": "wan1", "device": "eth1"},
+    }
+    assert linked.call("POST", "events", ifdown).status_code == 200
+    assert [wan.iface for wan in box_wans(box_id=linked.box.pk)] == ["wan1", "wan2"]
+    # a link the properties add joins the others too
+    document = properties_document()
+    extra = dict(document["interfaces"][3], name="wan3", label="VDSL", device="eth3")
+    document["interfaces"].insert(4, extra)
+    assert linked.call("POST", "properties", document).status_code == 200
+    assert [wan.iface for wan in box_wans(box_id=linked.box.pk)] == ["wan1", "wan2", "wan3"]
 
 
 def test_properties_as_an_object_also_work_and_a_link_no_longer_bonded_leaves_the_list(link: Any) -> None:
