@@ -93,10 +93,18 @@ def test_postgres_restart_while_50_agents_stream_loses_and_duplicates_nothing(st
     stack.postgres_start()
     restarted = time.monotonic()
     acked_before = stack.progress()["acked"]
+    backlog = stack.progress()["buffered"]
+
+    def drained() -> bool:
+        # the backlog is gone: at most about one sample per agent still in flight (exactly 0 is
+        # rarely seen while 50 agents sample twice a second on a busy machine)
+        progress = stack.progress()
+        return progress["buffered"] <= 50 and progress["acked"] > acked_before + backlog
+
     wait_for(
-        lambda: stack.progress()["buffered"] == 0 and stack.progress()["acked"] > acked_before + 100,
+        drained,
         90,
-        "the buffers to drain after PostgreSQL came back",
+        f"the buffers to drain after PostgreSQL came back (backlog {backlog})",
     )
     recovered_s = time.monotonic() - restarted
     stack.stop_simulator()
