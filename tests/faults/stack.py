@@ -159,6 +159,8 @@ class Stack:
         )  # fmt: skip
 
     def spawn(self, name: str, command: list[str], **kwargs: Any) -> subprocess.Popen:
+        if name in self.processes and self.processes[name].poll() is None:
+            self.kill(name, signal.SIGTERM)  # one per name: a process replaced here is never left running
         out = (self.root / "logs" / f"{name}.log").open("ab")
         process = subprocess.Popen(
             command,
