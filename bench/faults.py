@@ -6,7 +6,7 @@ devservices, the ASGI server, Celery, simulated boxes running the real agent cod
  "worker_kill_recover_s": ..., "lost": 0, "duplicated": 0}
 
 - PostgreSQL stopped for 10 s under 50 streaming agents, then started: seconds from the start until
-  every agent's buffer is drained;
+  the backlog the agents buffered meanwhile is acked (at most one sample per agent still in flight);
 - Redis stopped for 10 s: seconds from its start until telemetry flows from every box again;
 - the Celery worker killed with SIGKILL mid-rollout-phase and mid-notification-delivery
   (tests/faults/worker_kill.py), then started again: seconds from its start until the phase's
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -58,10 +59,13 @@ def main() -> int:
         time.sleep(10)
         stack.postgres_start()
         started = time.monotonic()
-        acked = stack.progress()["acked"]
-        wait_for(
-            lambda: stack.progress()["buffered"] == 0 and stack.progress()["acked"] > acked, 300, "drain"
-        )
+        acked, backlog = stack.progress()["acked"], stack.progress()["buffered"]
+
+        def drained() -> bool:  # as tests/faults: the backlog acked, at most one sample per agent in flight
+            progress = stack.progress()
+            return progress["buffered"] <= args.agents and progress["acked"] > acked + backlog
+
+        wait_for(drained, 300, "drain")
         result["pg_restart_recover_s"] = round(time.monotonic() - started, 2)
 
         stack.redis_stop()
@@ -86,6 +90,7 @@ def main() -> int:
         result.update({"acked": total, "lost": lost, "duplicated": duplicated})
     finally:
         stack.down()
+        shutil.rmtree(stack.root, ignore_errors=True)
     print(json.dumps(result), flush=True)
     return 0 if result.get("lost") == 0 and result.get("duplicated") == 0 else 1
 
