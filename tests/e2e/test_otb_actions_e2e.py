@@ -5,9 +5,7 @@ expired command is not delivered, another box's action is refused, and polls mak
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
 import time
 from datetime import timedelta
 from typing import Any
@@ -24,37 +22,13 @@ from fleet.core.models import Box
 from fleet.telemetry.models import BoxStatus
 from otbcompat.models import OtbDevice
 from otbcompat.presence import presence_flush
+from tests.e2e.otbbox import otb_call
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(shutil.which("curl") is None, reason="curl is needed to call like the box"),
 ]
-
-OTB_CALL = r"""
-otb_call() {
-    method=$1; path=$2; shift 2
-    set -- --silent --show-error --max-time 5 -X "$method" \
-        -H "Content-Type: application/json" -H "X-Overthebox-Version: 1.1.3" "$@"
-    [ -n "$JWT" ] && set -- "$@" -H "Authorization: Bearer $JWT"
-    curl "$@" -w '\n%{http_code}' "$OTB_BASE/1.0/$path"
-}
-otb_call "$@"
-"""
-
-
-def otb_call(base: str, method: str, path: str, body: Any = None, jwt: str = "") -> tuple[int, Any]:
-    args = ["-d", json.dumps(body, indent=2)] if body is not None else []
-    done = subprocess.run(
-        ["bash", "-c", OTB_CALL, "otb_call", method, path, *args],
-        env={"PATH": "/usr/bin:/bin", "OTB_BASE": base, "JWT": jwt},
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    )
-    text, _, status = done.stdout.rpartition("\n")
-    return int(status), json.loads(text) if text.strip() else None
 
 
 def linked_device(base: str, box: Box, mac: str) -> dict[str, Any]:

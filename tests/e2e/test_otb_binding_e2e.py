@@ -14,7 +14,7 @@ import pytest
 from fleet.core.models import Box
 from otbcompat.models import OtbDevice
 from otbcompat.services import device_revoke
-from tests.e2e.test_otb_identity_e2e import otb_call
+from tests.e2e.otbbox import otb_call
 
 pytestmark = [
     pytest.mark.e2e,

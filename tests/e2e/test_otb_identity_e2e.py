@@ -5,45 +5,16 @@ stored, pretty-printed bodies, and no redirect followed (no ``-L``)."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
 from typing import Any
 
 import pytest
 
 from otbcompat.models import OtbDevice
 from otbcompat.services import token_digest
+from tests.e2e.otbbox import otb_call
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-# The box's otb_call, with the base URL swapped; it prints the body, then the status on the last line.
-OTB_CALL = r"""
-otb_call() {
-    method=$1; path=$2; shift 2
-    set -- --silent --show-error --max-time 5 -X "$method" \
-        -H "Content-Type: application/json" -H "X-Overthebox-Version: v1.1.3" "$@"
-    [ -n "$JWT" ] && set -- "$@" -H "Authorization: Bearer $JWT"
-    curl "$@" -w '\n%{http_code}' "$OTB_BASE/1.0/$path"
-}
-otb_call "$@"
-"""
-
-
-def otb_call(base: str, method: str, path: str, body: Any = None, jwt: str = "") -> tuple[int, Any]:
-    args = ["-d", json.dumps(body, indent=2)] if body is not None else []
-    done = subprocess.run(
-        ["bash", "-c", OTB_CALL, "otb_call", method, path, *args],
-        env={"PATH": "/usr/bin:/bin", "OTB_BASE": base, "JWT": jwt},
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    )
-    text, _, status = done.stdout.rpartition("\n")
-    if not text.strip() or int(status) == 404:
-        return int(status), text
-    return int(status), json.loads(text)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is needed to call like the box")

@@ -25,7 +25,7 @@ import pytest
 from django.utils import timezone
 
 from otbcompat.models import OtbDevice
-from tests.e2e.test_otb_identity_e2e import otb_call
+from tests.e2e.otbbox import otb_call
 from tests.e2e.test_otb_telemetry_e2e import graph
 from tests.otbcompat.test_telemetry import expired_jwt, properties_document
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 import shutil
 import subprocess
@@ -38,6 +37,7 @@ from otbcompat import usign
 from otbcompat.models import OtbDevice
 from otbcompat.presence import presence_flush
 from tests.e2e.browser import LiveServer, _server_env, free_port
+from tests.e2e.otbbox import otb_call
 
 pytestmark = [
     pytest.mark.e2e,
@@ -48,16 +48,6 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[2]
 KEY = Ed25519PrivateKey.generate()
 PUBLIC_B64 = base64.b64encode(KEY.public_key().public_bytes_raw()).decode()
-OTB_CALL = r"""
-otb_call() {
-    method=$1; path=$2; shift 2
-    set -- --silent --show-error --max-time 5 -X "$method" \
-        -H "Content-Type: application/json" -H "X-Overthebox-Version: $VERSION" "$@"
-    [ -n "$JWT" ] && set -- "$@" -H "Authorization: Bearer $JWT"
-    curl "$@" -w '\n%{http_code}' "$OTB_BASE/1.0/$path"
-}
-otb_call "$@"
-"""
 
 
 @pytest.fixture(scope="module")
@@ -111,22 +101,6 @@ def signing_server(
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         process.kill()
-
-
-def otb_call(
-    base: str, method: str, path: str, body: Any = None, jwt: str = "", version: str = "1.1.3"
-) -> Any:
-    args = ["-d", json.dumps(body, indent=2)] if body is not None else []
-    done = subprocess.run(
-        ["bash", "-c", OTB_CALL, "otb_call", method, path, *args],
-        env={"PATH": "/usr/bin:/bin", "OTB_BASE": base, "JWT": jwt, "VERSION": version},
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    )
-    text, _, status = done.stdout.rpartition("\n")
-    return int(status), json.loads(text) if text.strip() else None
 
 
 def plain_curl(url: str, out: Path) -> int:

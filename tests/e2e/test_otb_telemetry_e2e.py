@@ -26,7 +26,7 @@ from fleet.core.models import Box, Event
 from fleet.telemetry.models import BoxStatus, WanStatus
 from otbcompat.binding import device_claim
 from otbcompat.services import service_name
-from tests.e2e.test_otb_identity_e2e import otb_call
+from tests.e2e.otbbox import otb_call
 from tests.otbcompat.test_telemetry import properties_document
 
 pytestmark = [
