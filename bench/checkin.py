@@ -31,6 +31,7 @@ from common import (
     log,
     percentile,
     recreate_database,
+    uvicorn_start,
     wait_healthy,
 )
 
@@ -158,26 +159,7 @@ def main() -> int:
 
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "config.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(args.workers),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-    )
+    server = uvicorn_start(port, args.workers, env)
     try:
         wait_healthy(base_url, server)
         context = multiprocessing.get_context("spawn")

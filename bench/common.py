@@ -62,6 +62,20 @@ def recreate_database(maintenance_url: str, name: str) -> None:
         conn.execute(f'CREATE DATABASE "{name}"')
 
 
+def uvicorn_start(
+    port: int, workers: int, env: dict[str, str], app: str = "config.asgi:application"
+) -> subprocess.Popen:
+    """The benchmarks' ASGI server: ``workers`` uvicorn processes on 127.0.0.1:``port``, quiet, in
+    their own session (stop them with a signal to the process group)."""
+    command = [
+        sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+        "--workers", str(workers), "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=Path(__file__).resolve().parent.parent, env=env, start_new_session=True
+    )
+
+
 def wait_healthy(base_url: str, process: subprocess.Popen, timeout_s: float = 60) -> None:
     import httpx
 

@@ -47,6 +47,7 @@ from common import (
     percentile,
     raise_nofile,
     recreate_database,
+    uvicorn_start,
     wait_healthy,
 )
 
@@ -348,26 +349,7 @@ def main() -> int:
     log(f"seeded {count} boxes with linked OTB devices in {time.monotonic() - seed_started:.1f} s")
 
     port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "config.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(args.workers),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-    )
+    server = uvicorn_start(port, args.workers, env)
     try:
         wait_healthy(f"http://127.0.0.1:{port}", server)
         # what the two idle server processes use by themselves (timers, the presence writer)

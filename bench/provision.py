@@ -30,6 +30,7 @@ from common import (
     log,
     percentile,
     recreate_database,
+    uvicorn_start,
     wait_healthy,
 )
 
@@ -195,25 +196,8 @@ def main() -> int:
 
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            os.environ.get("BENCH_ASGI_APP", "config.asgi:application"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(args.workers),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
+    server = uvicorn_start(
+        port, args.workers, env, app=os.environ.get("BENCH_ASGI_APP", "config.asgi:application")
     )
     try:
         wait_healthy(base_url, server)
