@@ -1,7 +1,10 @@
 import functools
+import logging
 
 import redis.utils
 from django.apps import AppConfig
+
+from fleet.core.logging import AccessLogRedactFilter
 
 
 def _cache_redis_lib_version() -> None:
@@ -21,3 +24,8 @@ class FleetConfig(AppConfig):
 
     def ready(self) -> None:
         _cache_redis_lib_version()
+        # uvicorn's access log (``make run``; production runs with --no-access-log) names the full
+        # path and query string with its own formatter: redact them at the record.
+        access = logging.getLogger("uvicorn.access")
+        if not any(isinstance(existing, AccessLogRedactFilter) for existing in access.filters):
+            access.addFilter(AccessLogRedactFilter())

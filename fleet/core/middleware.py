@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 
+from fleet.core.logging import secrets_redact
 from fleet.core.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from fleet.core.request_context import new_request_id, request_id_var
 
@@ -34,8 +35,9 @@ class MetricsMiddleware:
     """Counts every HTTP request by route (the URL pattern, so ids do not explode the label set),
     method and status, observes its duration (``otb_http_requests_total``,
     ``otb_http_request_seconds``), and writes one JSON log line per request (logger ``otb.http``:
-    request id, method, route, path without its query string, status, duration, client address, user
-    and organisation when known; never a header, a query string or a body, where secrets travel)."""
+    request id, method, route, path without its query string and with a download token redacted
+    (``fleet.core.logging.secrets_redact``), status, duration, client address, user and organisation
+    when known; never a header, a query string or a body, where secrets travel)."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -57,7 +59,7 @@ class MetricsMiddleware:
                 extra={
                     "method": request.method,
                     "route": route,
-                    "path": request.path[:300],
+                    "path": secrets_redact(request.path)[:300],
                     "status": response.status_code,
                     "duration_ms": round(elapsed * 1000, 2),
                     "client": request.META.get("REMOTE_ADDR"),

@@ -93,10 +93,18 @@ def _replace(text: str, old: str, new: str) -> str:
 
 
 def render_site(
-    *, web_ports: list[int], http_port: int, https_port: int, cert: Path, key: Path, static: Path
+    *,
+    web_ports: list[int],
+    http_port: int,
+    https_port: int,
+    cert: Path,
+    key: Path,
+    static: Path,
+    access_log: Path,
 ) -> str:
     """The shipped site with this test's ports and paths (each substitution must apply)."""
     text = SITE.read_text()
+    text = _replace(text, "/var/log/nginx/otb-fleet.access.log", str(access_log))
     text = _replace(text, "server 127.0.0.1:8001 max_fails=1 fail_timeout=5s;", "")
     text = _replace(
         text,
@@ -219,7 +227,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
         tmp_path / "nginx",
         render_site(
             web_ports=[web.port for web in webs], http_port=http_port, https_port=https_port,
-            cert=cert, key=key, static=static,
+            cert=cert, key=key, static=static, access_log=tmp_path / "nginx" / "logs" / "site.log",
         ),
     )  # fmt: skip
     try:
