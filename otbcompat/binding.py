@@ -15,7 +15,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from fleet.core.access import authorize
+from fleet.core.access import authorize, authorize_staff
 from fleet.core.audit import Actor, audit_record
 from fleet.core.choices import BoxProtocol, BoxState, Role
 from fleet.core.errors import Conflict, InvalidInput
@@ -221,6 +221,34 @@ def device_unlink(*, device: OtbDevice, revoke: bool) -> None:
             device_revoke(device)
         else:
             jwts_revoke(device)
+
+
+def box_device_revoke(*, actor: Actor, box: Box) -> dict[str, Any]:
+    """Stop the device linked to ``box`` (locked, in the caller's transaction): its token and every JWT
+    stop at once, and it is unlinked. Its next call, poll or renew, is 403 ``Client::Unauthorized``, on
+    which the box subscribes again: a new pending device, which the box's owner (or staff) claims again
+    by the id it then shows; the claim lands on this box by its MAC (docs/otb-protocol.md,
+    "Revocation"). Audited ``otb.device_revoke``. Returns ``{"otb_device": <id>}`` (``None``: the box
+    had no device) for the caller's audit entry. Staff only."""
+    authorize_staff(actor)
+    device = OtbDevice.objects.select_for_update().filter(box=box).first()
+    if device is None:
+        return {"otb_device": None}
+    before = {
+        "device": str(device.id),
+        "linked_at": device.linked_at.isoformat() if device.linked_at else None,
+        "confirmed_at": device.confirmed_at.isoformat() if device.confirmed_at else None,
+    }
+    device_unlink(device=device, revoke=True)
+    audit_record(
+        actor=actor,
+        action="otb.device_revoke",
+        box=box,
+        target=box,
+        before=before,
+        after={"device": str(device.id), "token_revoked": True, "jwts_revoked": True, "linked": False},
+    )
+    return {"otb_device": str(device.id)}
 
 
 def service_associated(*, device: OtbDevice) -> str | None:

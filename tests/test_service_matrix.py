@@ -131,6 +131,14 @@ def _otb_device(w: World) -> Any:
     ).device
 
 
+def _otb_linked(w: World) -> Any:
+    """The box as a stock OverTheBox box whose subscribed device is linked to it."""
+    device = _otb_device(w)
+    device.box, device.linked_at = _otb_box(w), timezone.now()
+    device.save(update_fields=["box", "linked_at"])
+    return device
+
+
 def _spare_server(w: World) -> Any:
     server, _ = infrastructure.server_create(
         actor=SYSTEM,
@@ -263,6 +271,7 @@ SERVICES = [
     # -- binding stock OverTheBox devices (otbcompat.binding) -------------------------------------------------
     row("box_claim_with_device", None, lambda w, a, _: binding.box_claim_with_device(actor=a, organization=w.people.org, serial=w.unclaimed.serial, claim_code=CLAIM_CODE), ADMIN),
     row("device_claim", _otb_device, lambda w, a, device: binding.device_claim(actor=a, organization=w.people.org, device_id=str(device.id)), ADMIN),
+    row("box_device_revoke", _otb_linked, lambda w, a, _: binding.box_device_revoke(actor=a, box=w.box), STAFF),
     row("box_unclaim", None, lambda w, a, _: lifecycle.box_unclaim(actor=a, box=w.box), ADMIN),
     # the owner of Acme is not a member of Globex: the target is invisible to them
     row("box_transfer", None, lambda w, a, _: lifecycle.box_transfer(actor=a, box=w.box, organization=w.people.other_org), "F F N N N F ok ok"),

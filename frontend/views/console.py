@@ -25,6 +25,7 @@ from fleet.core.access import box_for, box_visible, is_staff
 from fleet.core.audit import Actor
 from fleet.core.choices import Role
 from fleet.core.errors import DomainError
+from fleet.core.models import Box
 from fleet.firmware import selectors as firmware_selectors
 from fleet.firmware import services as firmware_services
 from fleet.firmware.choices import FAILURE_STATES, WAITING_STATES, RolloutAction, UpgradeState
@@ -41,6 +42,7 @@ from frontend.forms import (
 from frontend.views.box import box_context
 from otbcompat import selectors as otb_selectors
 from otbcompat.binding import device_claim
+from otbcompat.selectors import box_otb_device
 from provisioning.addressing import host_address
 from provisioning.choices import PoolPurpose
 from provisioning.selectors import infrastructure as provisioning_selectors
@@ -67,7 +69,9 @@ STAFF_ACTIONS: dict[str, dict[str, str]] = {
     "revoke": {
         "title": "Revoke its credentials",
         "explain": "The tunnel keys and the agent's credential are revoked at once: the box "
-        "disconnects and must enroll again.",
+        "disconnects and must enroll again. A stock OverTheBox box's device token and JWTs stop too: "
+        "the box subscribes again as a new device, which its owner (or staff, under OTB devices) "
+        "claims again by the device id the box shows.",
         "button": "Revoke credentials",
     },
     "decommission": {
@@ -190,6 +194,21 @@ def _public_ipv4(box: Any) -> str | None:
     )
 
 
+def _revoked_message(box: Box) -> str:
+    """What a revocation did, said to the staff member who asked for it."""
+    revoked: dict[str, Any] = getattr(box, "credentials_revoked", {})
+    parts = [
+        f"{revoked.get('tunnel_credentials', 0)} tunnel credential(s)",
+        f"{revoked.get('agent_credentials', 0)} agent credential(s)",
+    ]
+    if revoked.get("otb_device"):
+        parts.append(
+            f"the token and JWTs of OverTheBox device {revoked['otb_device']} (the box subscribes again "
+            "as a new device, to be claimed again)"
+        )
+    return f"Revoked for {box.serial}: {', '.join(parts)}."
+
+
 @staff_required
 @page_errors
 def console_box_action(request: HttpRequest, box_id: str, action: str) -> HttpResponse:
@@ -225,8 +244,10 @@ def console_box_action(request: HttpRequest, box_id: str, action: str) -> HttpRe
                     provisioning_services.box_release_addresses(actor=actor, box=box)
                     done = f"The addresses of {box.serial} are released."
                 elif action == "revoke":
-                    provisioning_services.box_revoke_credentials(actor=actor, box=box, include_agent=True)
-                    done = f"The credentials of {box.serial} are revoked."
+                    box = provisioning_services.box_revoke_credentials(
+                        actor=actor, box=box, include_agent=True
+                    )
+                    done = _revoked_message(box)
                 else:
                     provisioning_services.box_decommission(actor=actor, box=box)
                     done = f"{box.serial} is decommissioned."
@@ -243,6 +264,8 @@ def console_box_action(request: HttpRequest, box_id: str, action: str) -> HttpRe
             "meta": STAFF_ACTIONS[action],
             "form": form,
             "public_ipv4": public_ipv4,
+            # what a revocation will stop besides the box's keys: its OverTheBox device, if linked
+            "otb_device": box_otb_device(box=box) if action == "revoke" else None,
         },
         status=status,
     )

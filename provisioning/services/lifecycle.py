@@ -39,6 +39,7 @@ from provisioning.secrets import (
 )
 from provisioning.selectors.configuration import canonical_hash, config_document_build
 from provisioning.services.configuration import box_config_refresh, config_changed_on_commit
+from provisioning.signals import box_device_credentials_revoked
 
 
 def _box_state(box: Box) -> dict[str, Any]:
@@ -248,23 +249,39 @@ def box_release_addresses(*, actor: Actor, box: Box) -> Box:
 def box_revoke_credentials(
     *, actor: Actor, box: Box, include_agent: bool = False, reissue: bool = False
 ) -> Box:
-    """Revoke the box's live tunnel credentials (and its agent credential if ``include_agent``);
-    with ``reissue``, a claimed and provisioned box gets fresh tunnel credentials at once. Staff only."""
+    """Revoke the box's live tunnel credentials and, with ``include_agent``, the credentials the box
+    itself proves who it is with: its agent credential, and through ``box_device_credentials_revoked``
+    those the apps above keep (a stock OverTheBox device's token and JWTs, ``otbcompat``), all in this
+    transaction. With ``reissue``, a claimed and provisioned box gets fresh tunnel credentials at once.
+    Staff only. What was revoked is in the audit entry and on the returned box
+    (``credentials_revoked``: ``tunnel_credentials``, ``agent_credentials`` counts, and each
+    receiver's own keys, e.g. ``otb_device``)."""
     authorize_staff(actor)
     box = _box_locked(box)
     tunnel = _tunnel_credentials_revoke(box)
     agent = _agent_credentials_revoke(box) if include_agent else 0
+    others: dict[str, Any] = {}
+    if include_agent:
+        for _, answer in box_device_credentials_revoked.send(sender=Box, box=box, actor=actor):
+            others.update(cast(dict[str, Any], answer) or {})
     if reissue and box.state == BoxState.CLAIMED and box.server_id is not None:
         _credentials_issue(box)
     box_config_refresh(box=box)
+    revoked = {"tunnel_credentials": tunnel, "agent_credentials": agent, **others}
     audit_record(
         actor=actor,
         action="box.revoke_credentials",
         box=box,
         target=box,
         before={"tunnel_credentials": tunnel, "agent_credentials": agent},
-        after={"tunnel_credentials_revoked": tunnel, "agent_credentials_revoked": agent, "reissued": reissue},
+        after={
+            "tunnel_credentials_revoked": tunnel,
+            "agent_credentials_revoked": agent,
+            **{f"{name}_revoked": value for name, value in others.items()},
+            "reissued": reissue,
+        },
     )
+    box.credentials_revoked = revoked  # type: ignore[attr-defined]
     return box
 
 
