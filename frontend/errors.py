@@ -1,4 +1,5 @@
-"""How page views show domain errors: a field error on the form, a 404 page, a 403 page.
+"""How page views show domain errors: a field error on the form, a 404 page, a 403 page, or a page
+with the service's message.
 
 Services raise ``fleet.core.errors``; the API turns them into JSON (``fleet.core.api_errors``), the pages into
 what a person sees. Objects the person may not see are 404, exactly as in the API.
@@ -15,6 +16,7 @@ from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
 
 from fleet.core.errors import DomainError, Forbidden, NotFound
 
@@ -76,7 +78,9 @@ def errors_as_message(request: HttpRequest) -> Iterator[None]:
 
 
 def page_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Turn NotFound into a 404 and Forbidden into a 403 page for a view that does not handle them."""
+    """Turn NotFound into a 404 and Forbidden into a 403 page for a view that does not handle them,
+    and any other domain error into a page saying it, with its status (a backup no configured key
+    opens: 409), never a 500."""
 
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -86,5 +90,8 @@ def page_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse
             raise Http404(exc.message) from exc
         except Forbidden as exc:
             raise PermissionDenied(exc.message) from exc
+        except DomainError as exc:
+            context = {"message": sentence(exc.message)}
+            return render(request, "frontend/domain_error.html", context, status=exc.status)
 
     return wrapper

@@ -202,6 +202,9 @@ class TunnelCredential(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
+    # re-encrypted by ``manage.py secrets_reencrypt`` (fleet.core.secrets)
+    encrypted_fields = ("secret_ciphertext",)
+
     class Meta:
         constraints = [
             models.UniqueConstraint(

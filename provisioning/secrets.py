@@ -1,7 +1,9 @@
-"""Symmetric tunnel secrets encrypted at rest (Fernet / MultiFernet).
+"""Tunnel secrets: their generators, and their encryption at rest (Fernet / MultiFernet).
 
-Keys come from ``settings.OTB_SECRETS_KEYS``: the first key encrypts, every key decrypts, so a key
-is rotated by putting a new one first, re-encrypting (``secret_reencrypt``), then dropping the old one.
+The encryption lives in ``fleet.core.secrets`` (shared with webhook secrets and configuration backups)
+and is re-exported here. Keys come from ``settings.OTB_SECRETS_KEYS``: the first key encrypts, every
+key decrypts, so a key is rotated by putting a new one first, re-encrypting (``manage.py
+secrets_reencrypt``), then dropping the old one.
 """
 
 from __future__ import annotations
@@ -9,10 +11,19 @@ from __future__ import annotations
 import base64
 import re
 import secrets
-from functools import lru_cache
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from django.conf import settings
+from fleet.core.secrets import SecretDecryptionError, secret_decrypt, secret_encrypt, secret_reencrypt
+
+__all__ = [
+    "UCI_SAFE",
+    "SecretDecryptionError",
+    "password_generate",
+    "secret_decrypt",
+    "secret_encrypt",
+    "secret_reencrypt",
+    "symmetric_key_generate",
+    "wireguard_key_generate",
+]
 
 # The characters a generated key or password may hold: a stock OverTheBox box pastes config values
 # unquoted into ``uci batch`` (whitespace splits, ``#``/``;`` truncate, quotes vanish, ``\`` escapes),
@@ -26,42 +37,6 @@ def _uci_safe(value: str) -> str:
     if not _UCI_SAFE.fullmatch(value):
         raise RuntimeError("a generated credential holds a character outside [A-Za-z0-9_.:/+=-]")
     return value
-
-
-class SecretDecryptionError(Exception):
-    """A ciphertext that none of the configured keys can open (wrong key set or corrupt row)."""
-
-
-@lru_cache(maxsize=4)
-def _fernet(keys: tuple[str, ...]) -> MultiFernet:
-    if not keys:
-        raise RuntimeError("settings.OTB_SECRETS_KEYS is empty: tunnel secrets cannot be encrypted")
-    return MultiFernet([Fernet(key.encode() if isinstance(key, str) else key) for key in keys])
-
-
-def _current() -> MultiFernet:
-    return _fernet(tuple(settings.OTB_SECRETS_KEYS))
-
-
-def secret_encrypt(plaintext: str) -> str:
-    """Ciphertext (a Fernet token) of ``plaintext`` under the first configured key."""
-    return _current().encrypt(plaintext.encode("utf-8")).decode("ascii")
-
-
-def secret_decrypt(ciphertext: str) -> str:
-    """Plaintext of a ciphertext made with any configured key."""
-    try:
-        return _current().decrypt(ciphertext.encode("ascii")).decode("utf-8")
-    except (InvalidToken, ValueError) as exc:
-        raise SecretDecryptionError("tunnel secret cannot be decrypted with the configured keys") from exc
-
-
-def secret_reencrypt(ciphertext: str) -> str:
-    """The same plaintext encrypted under the current first key (key rotation)."""
-    try:
-        return _current().rotate(ciphertext.encode("ascii")).decode("ascii")
-    except (InvalidToken, ValueError) as exc:
-        raise SecretDecryptionError("tunnel secret cannot be decrypted with the configured keys") from exc
 
 
 def wireguard_key_generate() -> str:

@@ -147,11 +147,14 @@ class CommandAdmin(admin.ModelAdmin):
 
 class BackupFileInline(admin.TabularInline):
     model = BackupFile
-    fields = ("filename", "mode", "uid", "gid", "is_symlink", "symlink", "size_bytes")
+    fields = ("filename", "mode", "uid", "gid", "is_symlink", "symlink", "size_bytes", "sha256")
     readonly_fields = fields
     extra = 0
     can_delete = False
     show_change_link = False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[BackupFile]:
+        return super().get_queryset(request).defer("content_ciphertext")  # the list shows no content
 
 
 @admin.register(Backup)

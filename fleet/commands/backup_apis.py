@@ -49,7 +49,7 @@ class BackupFileMetaSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = BackupFile
-        fields = ["filename", "mode", "uid", "gid", "is_symlink", "symlink", "size_bytes"]
+        fields = ["filename", "mode", "uid", "gid", "is_symlink", "symlink", "size_bytes", "sha256"]
 
     def get_mode(self, file: BackupFile) -> str:
         """The permission bits in octal, as the box sent them (``"644"``)."""
@@ -57,6 +57,8 @@ class BackupFileMetaSerializer(serializers.ModelSerializer):
 
 
 class BackupFileSerializer(BackupFileMetaSerializer):
+    content = serializers.CharField(help_text="the file's text (stored encrypted, decrypted here)")
+
     class Meta(BackupFileMetaSerializer.Meta):
         fields = [*BackupFileMetaSerializer.Meta.fields, "content"]
 
@@ -70,7 +72,8 @@ class BackupDetailSerializer(BackupOutputSerializer):
     @extend_schema_field(BackupFileMetaSerializer(many=True))
     def get_files(self, backup: Backup) -> list[dict[str, Any]]:
         return cast(
-            list[dict[str, Any]], BackupFileMetaSerializer(backup_files(backup=backup), many=True).data
+            list[dict[str, Any]],
+            BackupFileMetaSerializer(backup_files(backup=backup, contents=False), many=True).data,
         )
 
 

@@ -6,6 +6,10 @@ and restored by a ``restore`` command whose ``params.backup_id`` names it (the b
 Bounds (settings ``OTB``): ``BACKUP_MAX_FILES`` files and ``BACKUP_MAX_BYTES`` bytes per backup,
 ``BACKUP_MAX_FILE_BYTES`` per file, the newest ``BACKUP_KEEP_PER_BOX`` backups per box kept (pruned
 when a new one is made), a stock box's uploads accepted ``BACKUP_UPLOAD_WINDOW_S`` after the start.
+
+File contents are stored encrypted (``BackupFile.content_ciphertext``, key ``OTB_SECRETS_KEYS``) and
+decrypted on read; sizes and SHA-256 checksums are of the plaintext. Retention never prunes a backup
+that an open ``restore`` command names while the box may still fetch it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from fleet.commands.choices import BackupSource, CommandKind
+from fleet.commands.choices import OPEN_STATES, BackupSource, CommandKind
 from fleet.commands.models import Backup, BackupFile, Command
 from fleet.commands.services import command_create
 from fleet.core.access import authorize
@@ -172,14 +176,39 @@ def _backup_command(box: Box, command_id: Any, field: str) -> Command | None:
 # --- writes -------------------------------------------------------------------------------------
 
 
+def _sealed(backup: Backup, item: FileInput) -> BackupFile:
+    fields = {name: value for name, value in item.__dict__.items() if name != "content"}
+    return BackupFile.sealed(backup=backup, size_bytes=item.size_bytes, content=item.content, **fields)
+
+
+def _restoring(box_id: UUID) -> set[str]:
+    """Ids (text) of the box's backups that an open ``restore`` command names: the box may still fetch
+    them. Read under the box row lock, which ``command_create`` also takes for a ``restore``, so a
+    restore being queued right now is either seen here or finds its backup gone."""
+    params = Command.objects.filter(
+        box_id=box_id, kind=CommandKind.RESTORE, state__in=OPEN_STATES
+    ).values_list("params", flat=True)
+    return {str(value.get("backup_id")) for value in params if isinstance(value, dict)}
+
+
+def _box_lock(box_id: UUID) -> None:
+    # The box row lock serialises the backups of one box, their pruning and the restores queued.
+    Box.objects.select_for_update().filter(pk=box_id).values_list("pk", flat=True).first()
+
+
 def backups_prune(*, box_id: UUID) -> int:
-    """Delete the backups of a box beyond the newest ``BACKUP_KEEP_PER_BOX``; returns how many."""
+    """Delete the backups of a box beyond the newest ``BACKUP_KEEP_PER_BOX``, except those an open
+    ``restore`` command names (kept over the count until it finishes); returns how many were deleted.
+    Call it inside a transaction holding the box row lock."""
     keep = max(1, backup_setting("BACKUP_KEEP_PER_BOX"))
-    stale = list(
-        Backup.objects.filter(box_id=box_id)
+    restoring = _restoring(box_id)
+    stale = [
+        pk
+        for pk in Backup.objects.filter(box_id=box_id)
         .order_by("-created_at", "-id")
         .values_list("pk", flat=True)[keep:]
-    )
+        if str(pk) not in restoring
+    ]
     if stale:
         Backup.objects.filter(pk__in=stale).delete()
         logger.info("backups pruned", extra={"box_id": str(box_id), "deleted": len(stale)})
@@ -187,8 +216,7 @@ def backups_prune(*, box_id: UUID) -> int:
 
 
 def _backup_start(box: Box, command: Command | None, source: str) -> Backup:
-    # The box row lock serialises two backups of one box, so pruning never races itself.
-    Box.objects.select_for_update().filter(pk=box.pk).values_list("pk", flat=True).first()
+    _box_lock(box.pk)
     backup = Backup.objects.create(box=box, command=command, source=source)
     backups_prune(box_id=box.pk)
     return backup
@@ -229,7 +257,8 @@ def backup_file_put(*, box: Box, backup_id: Any, raw: Any) -> BackupFile:
         _bounds_check(files=files, size=size)
         if previous is not None:
             previous.delete()
-        stored = BackupFile.objects.create(backup=backup, size_bytes=clean.size_bytes, **clean.__dict__)
+        stored = _sealed(backup, clean)
+        stored.save(force_insert=True)
         backup.file_count, backup.size_bytes = files, size
         backup.save(update_fields=["file_count", "size_bytes"])
     return stored
@@ -251,16 +280,15 @@ def backup_create_with_files(*, box: Box, command_id: Any, files: Any) -> Backup
     with transaction.atomic():
         command = _backup_command(box, command_id, "command_id")
         backup = _backup_start(box, command, BackupSource.AGENT)
-        BackupFile.objects.bulk_create(
-            [BackupFile(backup=backup, size_bytes=item.size_bytes, **item.__dict__) for item in cleaned]
-        )
+        BackupFile.objects.bulk_create([_sealed(backup, item) for item in cleaned])
         backup.file_count, backup.size_bytes = len(cleaned), size
         backup.save(update_fields=["file_count", "size_bytes"])
     return backup
 
 
 def backup_delete(*, actor: Actor, backup: Backup) -> None:
-    """Delete a backup (admin of the box's organisation, or staff); audited."""
+    """Delete a backup (admin of the box's organisation, or staff); audited. A person may delete one
+    that an open ``restore`` names (only retention spares those): the box's fetch then fails."""
     box = backup.box
     authorize(actor, organization_id=box.organization_id, minimum=Role.ADMIN)
     with transaction.atomic():
@@ -276,7 +304,8 @@ def backup_delete(*, actor: Actor, backup: Backup) -> None:
 
 def backup_restore(*, actor: Actor, backup: Backup) -> Command:
     """Queue a ``restore`` command of ``backup`` for its box (admin, or staff): the box fetches the
-    files and writes them back. Same checks and audit as every command."""
+    files and writes them back. Same checks and audit as every command (``command_create``: the
+    backup must still exist and every file decrypt, checked under the box row lock that pruning takes)."""
     return command_create(
         actor=actor, box=backup.box, kind=CommandKind.RESTORE, params={"backup_id": str(backup.pk)}
     )
@@ -309,9 +338,13 @@ def backup_get_for_box(*, box_id: UUID, backup_id: Any) -> Backup:
     return _backup_of_box(box_id, backup_id)
 
 
-def backup_files(*, backup: Backup) -> list[BackupFile]:
-    """The backup's files, by path."""
-    return list(BackupFile.objects.filter(backup=backup).order_by("filename"))
+def backup_files(*, backup: Backup, contents: bool = True) -> list[BackupFile]:
+    """The backup's files, by path; ``contents=False`` leaves the ciphertexts in the database (a
+    listing of paths, modes and checksums then reads no file's content)."""
+    queryset = BackupFile.objects.filter(backup=backup).order_by("filename")
+    if not contents:
+        queryset = queryset.defer("content_ciphertext")
+    return list(queryset)
 
 
 def backup_file_get(*, backup: Backup, filename: str) -> BackupFile:
@@ -336,16 +369,16 @@ def backup_diff(*, old: Backup, new: Backup) -> list[dict[str, Any]]:
     result = []
     for filename in sorted(before.keys() | after.keys()):
         a, b = before.get(filename), after.get(filename)
-        text_a = a.content if a else ""
-        text_b = b.content if b else ""
-        diff = "".join(
-            difflib.unified_diff(
-                text_a.splitlines(keepends=True),
-                text_b.splitlines(keepends=True),
-                fromfile=f"a{filename}" if a else "/dev/null",
-                tofile=f"b{filename}" if b else "/dev/null",
+        diff = ""
+        if not (a and b and a.sha256 == b.sha256):  # same checksum: same text, nothing to decrypt
+            diff = "".join(
+                difflib.unified_diff(
+                    (a.content if a else "").splitlines(keepends=True),
+                    (b.content if b else "").splitlines(keepends=True),
+                    fromfile=f"a{filename}" if a else "/dev/null",
+                    tofile=f"b{filename}" if b else "/dev/null",
+                )
             )
-        )
         meta = ""
         if a and b and _meta(a) != _meta(b):
             meta = f"{_meta(a)} -> {_meta(b)}"

@@ -7,7 +7,11 @@ and expires at ``expires_at`` if the box never finishes it.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import uuid
+from functools import cached_property
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -21,6 +25,10 @@ from fleet.commands.choices import (
     CommandState,
     RemoteAccessState,
 )
+from fleet.core.errors import Conflict
+from fleet.core.secrets import SecretDecryptionError, secret_decrypt_bytes, secret_encrypt_bytes
+
+logger = logging.getLogger(__name__)
 
 
 class Command(models.Model):
@@ -110,7 +118,12 @@ class Backup(models.Model):
 
 class BackupFile(models.Model):
     """One file of a backup, as the box had it: an absolute path (unique in its backup), permission
-    bits, owner, and either text ``content`` or, for a symlink, its target in ``symlink``."""
+    bits, owner, and either text ``content`` or, for a symlink, its target in ``symlink``.
+
+    The text is stored only encrypted (``/etc/config`` holds tunnel passwords and keys):
+    ``content_ciphertext`` is the raw Fernet token of its UTF-8 bytes under the first key of
+    ``OTB_SECRETS_KEYS`` (``fleet.core.secrets``), ``content`` decrypts it on first read. ``sha256``
+    and ``size_bytes`` are of the plaintext, so comparing two files needs no key."""
 
     backup = models.ForeignKey(Backup, on_delete=models.CASCADE, related_name="files")
     filename = models.CharField(max_length=1024)
@@ -119,8 +132,11 @@ class BackupFile(models.Model):
     gid = models.PositiveIntegerField(default=0)
     is_symlink = models.BooleanField(default=False)
     symlink = models.CharField(max_length=1024, blank=True, default="")
-    content = models.TextField(blank=True, default="")
+    content_ciphertext = models.BinaryField()
+    sha256 = models.CharField(max_length=64, help_text="SHA-256 (hex) of the content's UTF-8 bytes")
     size_bytes = models.PositiveIntegerField(default=0)
+
+    encrypted_fields = ("content_ciphertext",)
 
     class Meta:
         ordering = ["filename"]
@@ -131,6 +147,34 @@ class BackupFile(models.Model):
 
     def __str__(self) -> str:
         return self.filename
+
+    @classmethod
+    def sealed(cls, *, content: str, **fields: Any) -> BackupFile:
+        """An unsaved file holding ``content`` encrypted, with its checksum."""
+        data = content.encode("utf-8")
+        file = cls(
+            content_ciphertext=secret_encrypt_bytes(data), sha256=hashlib.sha256(data).hexdigest(), **fields
+        )
+        file.__dict__["content"] = content
+        return file
+
+    @cached_property
+    def content(self) -> str:
+        """The file's text, decrypted; Conflict (409, code ``backup_unreadable``) when no configured
+        key opens it (the key it was encrypted with has left ``OTB_SECRETS_KEYS``)."""
+        try:
+            return secret_decrypt_bytes(bytes(self.content_ciphertext)).decode("utf-8")
+        except SecretDecryptionError as exc:
+            logger.error(
+                "backup file cannot be decrypted",
+                extra={"backup_id": str(self.backup_id), "backup_file_id": self.pk},
+            )
+            raise Conflict(
+                f"{self.filename} of this backup cannot be decrypted with the configured keys "
+                "(OTB_SECRETS_KEYS): the key it was encrypted with has been removed",
+                field="backup_id",
+                code="backup_unreadable",
+            ) from exc
 
 
 class RemoteAccess(models.Model):

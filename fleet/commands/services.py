@@ -33,7 +33,7 @@ from fleet.commands.choices import (
     CommandKind,
     CommandState,
 )
-from fleet.commands.models import Backup, Command
+from fleet.commands.models import Backup, BackupFile, Command
 from fleet.core.access import authorize
 from fleet.core.audit import Actor, audit_record
 from fleet.core.choices import BoxProtocol, BoxState, Role
@@ -187,6 +187,20 @@ def _restore_params_check(box: Box, params: dict[str, Any]) -> None:
     params["backup_id"] = str(parsed)
 
 
+def _restore_backup_hold(box: Box, params: dict[str, Any]) -> None:
+    """Inside the transaction creating a ``restore``: lock the box row (``backups_prune`` and
+    ``backup_delete`` take it too, and spare a backup an open restore names, so the backup cannot
+    vanish between this check and the commit), check the backup is still there, and decrypt every
+    file so a backup the configured keys cannot open is refused now (Conflict ``backup_unreadable``)
+    rather than failing on the box."""
+    Box.objects.select_for_update().filter(pk=box.pk).values_list("pk", flat=True).first()
+    _restore_params_check(box, params)
+    for file in BackupFile.objects.filter(backup_id=params["backup_id"]).only(
+        "backup", "filename", "content_ciphertext"
+    ):
+        file.content  # noqa: B018 -- the decryption is the check
+
+
 def _validate_ttl(ttl_s: Any) -> int:
     if ttl_s is None:
         return DEFAULT_TTL_S
@@ -257,6 +271,8 @@ def command_create(
     organization_id = cast(UUID, box.organization_id)  # command_validate refused an unclaimed box
     now = timezone.now()
     with transaction.atomic():
+        if kind == CommandKind.RESTORE:
+            _restore_backup_hold(box, clean_params)
         if not internal:
             _open_commands_check(box, now)
         command = Command.objects.create(

@@ -40,6 +40,9 @@ class NotificationTarget(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    # re-encrypted by ``manage.py secrets_reencrypt`` (fleet.core.secrets)
+    encrypted_fields = ("secret_ciphertext",)
+
     class Meta:
         ordering = ["name"]
         constraints = [

@@ -3,12 +3,14 @@ and delete once confirmed, and nothing of another organisation."""
 
 from __future__ import annotations
 
+import base64
 import io
+import os
 import tarfile
 from typing import Any
 
 import pytest
-from django.test import Client
+from django.test import Client, override_settings
 
 from fleet.commands.backups import backup_create_with_files
 from fleet.commands.choices import CommandKind
@@ -121,3 +123,27 @@ def test_another_organisations_backups_are_not_found(people: Any, box: Any) -> N
         viewer.get(f"/boxes/{box.pk}/backups/diff/", {"old": "nope", "new": str(backup.pk)}).status_code
         == 404
     )
+
+
+def test_a_backup_no_configured_key_opens_is_a_clear_page_not_a_500(people: Any, box: Any) -> None:
+    # given two backups encrypted under a key that has since left OTB_SECRETS_KEYS
+    with override_settings(OTB_SECRETS_KEYS=[base64.urlsafe_b64encode(os.urandom(32)).decode()]):
+        old = make_backup(box, {"/etc/config/network": "option ipaddr '192.168.100.1'\n"})
+        new = make_backup(box, {"/etc/config/network": "option ipaddr '10.0.0.1'\n"})
+    viewer, admin = logged_in(people.viewer), logged_in(people.admin)
+    # when a person opens it, compares it or downloads it: a 409 page saying why
+    for response in (
+        viewer.get(f"/boxes/{box.pk}/backups/{old.pk}/"),
+        viewer.get(f"/boxes/{box.pk}/backups/diff/", {"old": str(old.pk), "new": str(new.pk)}),
+        viewer.get(f"/boxes/{box.pk}/backups/{old.pk}/archive/"),
+    ):
+        assert response.status_code == 409
+        page = response.content.decode()
+        assert "cannot be decrypted with the configured keys (OTB_SECRETS_KEYS)" in page
+        assert "Traceback" not in page
+    # and a restore is refused with that message on the page, nothing queued
+    refused = admin.post(f"/boxes/{box.pk}/backups/{old.pk}/restore/", {"confirm": "on"}, follow=True)
+    assert "cannot be decrypted with the configured keys" in refused.content.decode()
+    assert not Command.objects.filter(box=box, kind=CommandKind.RESTORE).exists()
+    # the box page still lists the backups (no key needed for that)
+    assert viewer.get(f"/boxes/{box.pk}/").status_code == 200

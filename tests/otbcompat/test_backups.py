@@ -4,8 +4,10 @@ and only ever for the box's own backups."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import os
 import tarfile
 from datetime import timedelta
 from typing import Any
@@ -268,3 +270,49 @@ def test_unknown_backup_ids_and_methods(ours: LinkedBox) -> None:
     assert otb_call(client, "DELETE", ours.path("backups/x"), jwt=ours.jwt).status_code == 405
     assert otb_call(client, "GET", ours.path("backups"), jwt=ours.jwt).status_code == 405
     assert otb_call(client, "GET", ours.path("backups/"), jwt=ours.jwt).status_code == 404
+
+
+def test_restore_of_an_encrypted_backup_gives_the_box_its_bytes_modes_and_owners(ours: LinkedBox) -> None:
+    # given a stock box that backed up a secret-bearing file (stored encrypted, never in clear)
+    secret = "config server 'ss'\n\toption password 'Sh4d0wS0cks-s3cr3t'\n"
+    client = Client()
+    backup_id = ours.start(client)
+    for item in (
+        box_file("/etc/config/shadowsocks-libev", secret, mode="600"),
+        box_file("/etc/dropbear/authorized_keys", "ssh-ed25519 AAAA otb\n", mode="640", uid=0, gid=1000),
+    ):
+        assert otb_call(client, "PUT", ours.path(f"backups/{backup_id}"), item, ours.jwt).status_code == 200
+    stored = BackupFile.objects.get(backup_id=backup_id, filename="/etc/config/shadowsocks-libev")
+    assert b"Sh4d0wS0cks" not in bytes(stored.content_ciphertext)
+    # when a restore is queued (its action carries the backup id: tests/otbcompat/test_actions.py), the
+    # box asks for the link and follows it with plain curl
+    restore = command_create(
+        actor=Actor.system("test"), box=ours.box, kind=CommandKind.RESTORE, params={"backup_id": backup_id}
+    )
+    assert restore.params == {"backup_id": backup_id}
+    url = otb_call(client, "GET", ours.path(f"backups/{backup_id}"), jwt=ours.jwt).json()["backup_url"]
+    archive = Client().get(url.removeprefix("http://testserver"))
+    # then the tar.gz holds the original bytes with their modes and owners
+    assert archive.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
+        members = {member.name: member for member in tar.getmembers()}
+        ss = tar.extractfile(members["etc/config/shadowsocks-libev"])
+        assert ss is not None and ss.read() == secret.encode()
+        assert members["etc/config/shadowsocks-libev"].mode == 0o600
+        keys = members["etc/dropbear/authorized_keys"]
+        assert (keys.mode, keys.uid, keys.gid) == (0o640, 0, 1000)
+
+
+def test_an_archive_no_configured_key_opens_is_a_clear_error_for_the_box(ours: LinkedBox) -> None:
+    # given a backup encrypted under a key that has since been removed
+    client = Client()
+    with override_settings(OTB_SECRETS_KEYS=[base64.urlsafe_b64encode(os.urandom(32)).decode()]):
+        backup_id = ours.start(client)
+        otb_call(client, "PUT", ours.path(f"backups/{backup_id}"), box_file("/etc/config/network"), ours.jwt)
+    url = otb_call(client, "GET", ours.path(f"backups/{backup_id}"), jwt=ours.jwt).json()["backup_url"]
+    # when the box downloads it
+    response = Client().get(url.removeprefix("http://testserver"))
+    # then it gets the protocol's error shape naming the cause, not a 500
+    assert response.status_code == 400, response.content
+    assert response.json()["class"] == "Client::BadRequest"
+    assert "cannot be decrypted with the configured keys" in response.json()["message"]
