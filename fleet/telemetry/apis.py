@@ -56,6 +56,8 @@ class BoxPointSerializer(serializers.Serializer):
     tx_bps = serializers.FloatField(allow_null=True)
     tx_max_bps = serializers.FloatField(allow_null=True)
     tunnel_up_ratio = serializers.FloatField(allow_null=True)
+    mem_free_kb = serializers.FloatField(allow_null=True, help_text="average free memory (kB)")
+    mem_free_min_kb = serializers.FloatField(allow_null=True, help_text="lowest free memory (kB)")
 
 
 class WanPointSerializer(serializers.Serializer):
@@ -177,6 +179,7 @@ class BoxStatusApi(ApiView):
         tunnel_up = serializers.BooleanField(allow_null=True)
         cpu_pct = FiniteFloatField(allow_null=True)
         mem_pct = FiniteFloatField(allow_null=True)
+        mem_free_kb = serializers.IntegerField(allow_null=True)
         load1 = FiniteFloatField(allow_null=True)
         rx_bps = serializers.IntegerField(allow_null=True)
         tx_bps = serializers.IntegerField(allow_null=True)

@@ -38,6 +38,8 @@ class BoxStatus(models.Model):
     tunnel_up = models.BooleanField(null=True, blank=True)
     cpu_pct = models.FloatField(null=True, blank=True)
     mem_pct = models.FloatField(null=True, blank=True)
+    # Free memory in kB, from a source that reports it (a stock OverTheBox box's ``os_mem_free``).
+    mem_free_kb = models.BigIntegerField(null=True, blank=True)
     load1 = models.FloatField(null=True, blank=True)
     rx_bps = models.BigIntegerField(null=True, blank=True)
     tx_bps = models.BigIntegerField(null=True, blank=True)

@@ -33,6 +33,8 @@ BOX_SAMPLE = ColumnSpec(
         ("tx_bps", "bigint"),
         ("wans_up", "smallint"),
         ("wans_total", "smallint"),
+        # Added by migration 0007 (null where the source does not report it: otb-agent boxes).
+        ("mem_free_kb", "bigint"),
     ),
 )
 # One row per WAN per sample.
@@ -71,6 +73,8 @@ BOX_ROLLUP = ColumnSpec(
         ("tx_avg", "double precision"),
         ("tx_max", "bigint"),
         ("tunnel_up_samples", "integer"),
+        ("mem_free_avg", "double precision"),
+        ("mem_free_min", "bigint"),
     ),
 )
 WAN_ROLLUP_KEY = ("box_id", "iface", "bucket")
@@ -114,6 +118,7 @@ BOX_STATUS_APPLY = model_spec(
     "last_seq",
     "cpu_pct",
     "mem_pct",
+    "mem_free_kb",
     "load1",
     "uptime_s",
     "tunnel_up",

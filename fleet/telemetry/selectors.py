@@ -76,7 +76,7 @@ _box, _wan, _box5, _wan5 = BOX_SAMPLE.c, WAN_SAMPLE.c, BOX_ROLLUP.c, WAN_ROLLUP.
 BOX_RAW_SQL = f"""
 SELECT date_bin(%(bucket)s, {_box.ts}, %(start)s) AS t, count(*), avg({_box.cpu_pct}), max({_box.cpu_pct}),
     avg({_box.mem_pct}), avg({_box.load1}), avg({_box.rx_bps}), max({_box.rx_bps}), avg({_box.tx_bps}),
-    max({_box.tx_bps}), avg({_box.tunnel_up}::int)
+    max({_box.tx_bps}), avg({_box.tunnel_up}::int), avg({_box.mem_free_kb}), min({_box.mem_free_kb})
 FROM {BOX_SAMPLE.table} WHERE {_box.box_id} = %(box)s AND {_box.ts} >= %(start)s AND {_box.ts} < %(end)s
 GROUP BY 1 ORDER BY 1
 """  # noqa: S608 (identifiers from the schema module)
@@ -96,7 +96,10 @@ SELECT date_bin(%(bucket)s, {_box5.bucket}, %(start)s) AS t, sum({_box5.samples}
     sum({_box5.load_avg} * {_box5.samples}) / sum({_box5.samples}),
     sum({_box5.rx_avg} * {_box5.samples}) / sum({_box5.samples}), max({_box5.rx_max}),
     sum({_box5.tx_avg} * {_box5.samples}) / sum({_box5.samples}), max({_box5.tx_max}),
-    sum({_box5.tunnel_up_samples})::float / sum({_box5.samples})
+    sum({_box5.tunnel_up_samples})::float / sum({_box5.samples}),
+    sum({_box5.mem_free_avg} * {_box5.samples})
+        / NULLIF(sum({_box5.samples}) FILTER (WHERE {_box5.mem_free_avg} IS NOT NULL), 0),
+    min({_box5.mem_free_min})
 FROM {box.table} WHERE {_box5.box_id} = %(box)s AND {_box5.bucket} >= %(start)s AND {_box5.bucket} < %(end)s
 GROUP BY 1 ORDER BY 1
 """  # noqa: S608
@@ -154,6 +157,8 @@ def telemetry_series(*, box_id: UUID, plan: SeriesPlan) -> dict[str, Any]:
                 "tx_bps": _num(row[8]),
                 "tx_max_bps": _num(row[9]),
                 "tunnel_up_ratio": _num(row[10]),
+                "mem_free_kb": _num(row[11]),
+                "mem_free_min_kb": _num(row[12]),
             }
             for row in cursor.fetchall()
         ]

@@ -118,6 +118,8 @@ BOX_5M: dict[str, Any] = dict(
         "tx_avg": f"avg({_box.tx_bps})",
         "tx_max": f"max({_box.tx_bps})",
         "tunnel_up_samples": f"count(*) FILTER (WHERE {_box.tunnel_up})",
+        "mem_free_avg": f"avg({_box.mem_free_kb})",
+        "mem_free_min": f"min({_box.mem_free_kb})",
     },
 )
 WAN_5M: dict[str, Any] = dict(
@@ -163,6 +165,12 @@ BOX_1H: dict[str, Any] = dict(
         "tx_avg": f"sum({_box5.tx_avg} * {_box5.samples}) / sum({_box5.samples})",
         "tx_max": f"max({_box5.tx_max})",
         "tunnel_up_samples": f"sum({_box5.tunnel_up_samples})",
+        # Weighted by the samples of the buckets that have a value (null for an otb-agent box).
+        "mem_free_avg": (
+            f"sum({_box5.mem_free_avg} * {_box5.samples})"
+            f" / NULLIF(sum({_box5.samples}) FILTER (WHERE {_box5.mem_free_avg} IS NOT NULL), 0)"
+        ),
+        "mem_free_min": f"min({_box5.mem_free_min})",
     },
 )
 WAN_1H: dict[str, Any] = dict(

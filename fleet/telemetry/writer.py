@@ -162,8 +162,8 @@ TEMP_TABLES_SQL = (
 UPDATE_STATUS_SQL = f"""
 UPDATE telemetry_boxstatus AS s SET
     last_seq = v.last_seq, last_seen_at = now(), cpu_pct = v.cpu_pct, mem_pct = v.mem_pct,
-    load1 = v.load1, uptime_s = v.uptime_s, tunnel_up = v.tunnel_up, rx_bps = v.rx_bps,
-    tx_bps = v.tx_bps, wans_up = v.wans_up, wans_total = v.wans_total,
+    mem_free_kb = v.mem_free_kb, load1 = v.load1, uptime_s = v.uptime_s, tunnel_up = v.tunnel_up,
+    rx_bps = v.rx_bps, tx_bps = v.tx_bps, wans_up = v.wans_up, wans_total = v.wans_total,
     dropped_samples = COALESCE(v.dropped_samples, s.dropped_samples),
     online = s.online OR v.revive, offline_since = CASE WHEN v.revive THEN NULL ELSE s.offline_since END,
     updated_at = now()
@@ -344,6 +344,8 @@ class TelemetryWriter:
                         sample["tx_bps"],
                         wans_up,
                         len(wans),
+                        # Not in an agent's frame (its protocol has no such field): null.
+                        sample.get("mem_free_kb"),
                     )
                 )
                 for wan in wans:
@@ -494,6 +496,7 @@ class TelemetryWriter:
                         update.last_seq,
                         sample["cpu_pct"],
                         sample["mem_pct"],
+                        sample.get("mem_free_kb"),
                         sample["load1"],
                         sample["uptime_s"],
                         sample["tunnel_up"],
@@ -586,6 +589,7 @@ def telemetry_payload(box_id: UUID, update: _BoxUpdate) -> dict[str, Any]:
         "seq": update.last_seq,
         "cpu_pct": sample["cpu_pct"],
         "mem_pct": sample["mem_pct"],
+        "mem_free_kb": sample.get("mem_free_kb"),
         "load1": sample["load1"],
         "tunnel_up": sample["tunnel_up"],
         "rx_bps": sample["rx_bps"],

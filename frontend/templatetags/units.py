@@ -37,6 +37,18 @@ def bytesize(size: Any, short: str = "") -> str:
 
 
 @register.filter
+def memory_kib(kib: Any) -> str:
+    """Memory as ``/proc/meminfo`` counts it (KiB, which it writes "kB"): "1.4 GiB", "512 MiB"."""
+    if kib is None or isinstance(kib, bool) or not isinstance(kib, int | float):
+        return UNKNOWN
+    if kib >= 1024 * 1024:
+        return f"{kib / (1024 * 1024):.1f} GiB"
+    if kib >= 1024:
+        return f"{kib / 1024:.0f} MiB"
+    return f"{int(kib)} KiB"
+
+
+@register.filter
 def duration(seconds: Any) -> str:
     """A duration in seconds in its largest whole unit: "1 h", "90 min", "2 days", "45 s"."""
     if seconds is None or isinstance(seconds, bool) or not isinstance(seconds, int | float):

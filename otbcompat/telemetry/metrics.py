@@ -13,8 +13,10 @@ into the same partitioned tables as an agent's samples: per WAN, throughput (bit
 difference with the previous report (kept in Redis; a counter that went back, at a reboot, gives no rate:
 0 for that one sample), RTT from ``icmp_latency``, ``up`` left to the link's stored state (its events
 move it); for the box, ``load1``, throughput from the tunnel's (``tun0``) counters, and the tunnel's
-state as stored (its ``tun0`` events and properties set it). The box sends no CPU, total memory (so no
-``mem_pct``: free memory alone is not a percentage), uptime, conntrack, loss or jitter: those stay null.
+state as stored (its ``tun0`` events and properties set it), and its free memory (``mem_free_kb``). The
+box sends no CPU, total memory (neither in its metrics nor in its properties, whose ``board`` is ``ubus
+call system board``: so no ``mem_pct``, free memory alone is not a percentage), uptime, conntrack, loss
+or jitter: those stay null.
 
 The writer is asynchronous and per event loop, and /1.0 views are plain Django views running in the
 ASGI server's thread pool; so each process runs one writer on an event loop of its own
@@ -218,7 +220,8 @@ def metrics_sample(*, device: OtbDevice, box: Box, report: Report, received: flo
     return {
         "ts": received,
         "cpu_pct": None,
-        "mem_pct": None,
+        "mem_pct": None,  # no total memory anywhere in what the box sends: no percentage
+        "mem_free_kb": report.mem_free_kb,
         "load1": report.load1,
         "uptime_s": None,
         "tunnel_up": None,  # the stored state: the box's tun0 events and properties set it

@@ -36,7 +36,9 @@ pytestmark = [
 ]
 
 
-def graph(rx: dict[str, int], tx: dict[str, int], latency: dict[str, float]) -> list[dict[str, Any]]:
+def graph(
+    rx: dict[str, int], tx: dict[str, int], latency: dict[str, float], mem_free: int = 1523400
+) -> list[dict[str, Any]]:
     """What otb-graph posts: a counter per /proc/net/dev interface and direction, the tracker's
     latency per WAN, the load and free memory; no timestamps."""
     mapping = {"eth0": "lan", "eth1": "wan1", "wwan0": "wan2", "tun0": "tun0", "lo": "none"}
@@ -49,7 +51,7 @@ def graph(rx: dict[str, int], tx: dict[str, int], latency: dict[str, float]) -> 
             tags = {"host": "none", "direction": direction, "iface": device, "uci_name": uci}
             body.append({"name": "linux_net_bytes", "value": counters.get(device, 0), "tags": tags})
     body.append({"name": "proc_loadavg_1m", "value": 0.42, "tags": {"host": "none"}})
-    body.append({"name": "os_mem_free", "value": 1523400, "tags": {"host": "none"}})
+    body.append({"name": "os_mem_free", "value": mem_free, "tags": {"host": "none"}})
     return body
 
 
@@ -109,6 +111,7 @@ def test_events_properties_metrics_and_diagnostics_over_real_http(
         rx={"eth1": 10_000_000 + 1_250_000, "wwan0": 5_000_000, "tun0": 12_000_000 + 1_000_000},
         tx={"eth1": 2_000_000 + 250_000, "wwan0": 1_000_000, "tun0": 2_500_000 + 200_000},
         latency={"wan1": 14.5},
+        mem_free=1400000,
     )
     status, body = otb_call(base, "POST", metrics, second, jwt)
     assert status == 200, body
@@ -137,6 +140,10 @@ def test_events_properties_metrics_and_diagnostics_over_real_http(
     assert max(point["rtt_max_ms"] for point in wan1) == 14.5
     assert max(point["up_ratio"] for point in wans["wan2"]) == 1.0  # its state came from its ifup
     assert max(point["load1"] for point in series["box"]) == 0.42
+    # its free memory (kB) in every point, the lowest too; no percentage (the box sends no total)
+    assert {point["mem_free_min_kb"] for point in series["box"]} <= {1523400.0, 1400000.0}
+    assert min(point["mem_free_min_kb"] for point in series["box"]) == 1400000.0
+    assert all(point["mem_pct"] is None for point in series["box"])
     # the box's throughput is the tunnel's; none on the first report (no previous counters)
     tunnel = [point["rx_max_bps"] for point in series["box"] if point["rx_max_bps"] is not None]
     assert len(tunnel) == 1 and 4_000_000 < tunnel[0] < 8_000_000, series["box"]
@@ -145,6 +152,7 @@ def test_events_properties_metrics_and_diagnostics_over_real_http(
     live_wans = {wan["iface"]: wan for wan in live["wans"]}
     assert live_wans["wan1"]["rtt_ms"] == 14.5 and live_wans["wan1"]["public_ip"] == "198.51.100.7"
     assert live_wans["wan2"]["up"] is True and live["load1"] == 0.42 and live["mem_pct"] is None
+    assert live["mem_free_kb"] == 1400000
     assert live["tunnel_up"] is True and live["wans_up"] == 2  # tun0 had an address in the properties
     assert BoxStatus.objects.get(box=box).last_seq == 2  # the box's own sequence: one per report
     # reports of one box arriving together each get their own number: none is dropped as a duplicate
@@ -153,8 +161,10 @@ def test_events_properties_metrics_and_diagnostics_over_real_http(
     assert statuses == [200, 200, 200]
     assert BoxStatus.objects.get(box=box).last_seq == 5
     with connection.cursor() as cursor:
-        cursor.execute("SELECT seq FROM telemetry_box_sample WHERE box_id = %s ORDER BY seq", [box.pk])
-        assert [row[0] for row in cursor.fetchall()] == [1, 2, 3, 4, 5]
+        cursor.execute(
+            "SELECT seq, mem_free_kb FROM telemetry_box_sample WHERE box_id = %s ORDER BY seq", [box.pk]
+        )
+        assert cursor.fetchall() == [(1, 1523400), (2, 1400000), (3, 1400000), (4, 1400000), (5, 1400000)]
 
     # a diagnostic run of our diagnostics command: its items join the command's result
     command = command_create(actor=Actor.system("test"), box=box, kind="diagnostics")

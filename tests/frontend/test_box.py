@@ -63,6 +63,16 @@ def test_box_page_shows_status_links_network_and_firmware(people, box) -> None:
     assert "uPlot.iife.min.js" in content
 
 
+def test_free_memory_shows_when_the_box_reports_it(people, box) -> None:
+    # given an agent box: no free memory reported, no line for it
+    assert 'id="mem-free"' not in logged_in(people.viewer).get(f"/boxes/{box.pk}/").content.decode()
+    # when the box reports its free memory (a stock OverTheBox box's os_mem_free, in kB)
+    BoxStatus.objects.filter(box=box).update(mem_free_kb=1523400)
+    content = logged_in(people.viewer).get(f"/boxes/{box.pk}/").content.decode()
+    # then the page shows it as people read it
+    assert re.search(r'id="mem-free">1\.5 GiB<', content), content
+
+
 def test_the_wan_table_names_each_link_once_and_times_have_one_format(people, box) -> None:
     # given the box reports wan0 labelled "Fiber" (a fiber link) and wan1 labelled "4G" (LTE)
     content = logged_in(people.viewer).get(f"/boxes/{box.pk}/").content.decode()

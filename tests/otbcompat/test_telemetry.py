@@ -643,6 +643,26 @@ def test_rates_come_from_consecutive_counters_and_a_counter_reset_gives_none(lin
     assert rates(700_000, 20_000, t0 + 180.5)[("wan1", "in")] is None
 
 
+def test_free_memory_is_the_samples_and_no_percentage_is_made_up(link: Any) -> None:
+    from otbcompat.telemetry.metrics import metrics_parse, metrics_sample
+
+    # given a report with the box's free memory (kB) and its load; nothing tells its total memory
+    linked = link()
+    body = [{"name": "os_mem_free", "value": 1523400, "tags": {"host": "none"}}]
+    report = metrics_parse([*body, {"name": "proc_loadavg_1m", "value": 0.5}])
+    # when it becomes a sample of our pipeline
+    sample = metrics_sample(device=linked.device, box=linked.box, report=report, received=time.time())
+    # then the free memory is kept as it came, and mem_pct stays unknown
+    assert (sample["mem_free_kb"], sample["mem_pct"], sample["load1"]) == (1523400, None, 0.5)
+    # and a report without it has none (not 0)
+    assert (
+        metrics_sample(device=linked.device, box=linked.box, report=metrics_parse([]), received=time.time())[
+            "mem_free_kb"
+        ]
+        is None
+    )
+
+
 def test_an_unmapped_counter_and_a_multiline_uci_name_are_read_as_the_box_means_them() -> None:
     from otbcompat.telemetry.metrics import metrics_parse
 

@@ -10,6 +10,7 @@ from django.db import connection
 from django.utils import timezone
 
 from fleet.telemetry.models import RollupWatermark
+from fleet.telemetry.selectors import telemetry_plan, telemetry_series
 from fleet.telemetry.storage import telemetry_partitions_ensure, telemetry_retention, telemetry_rollup
 
 pytestmark = pytest.mark.django_db
@@ -25,14 +26,24 @@ def partitions_of(parent: str) -> set[str]:
         return {row[0] for row in cursor.fetchall()}
 
 
-def insert_sample(box_id: Any, ts: datetime, *, seq: int = 1, idx: int = 0, cpu: float = 10.0) -> None:
+def insert_sample(
+    box_id: Any, ts: datetime, *, seq: int = 1, idx: int = 0, cpu: float = 10.0, mem_free: int | None = None
+) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO telemetry_box_sample (box_id, seq, idx, ts, cpu_pct, mem_pct, load1, uptime_s,"
-            " tunnel_up, conntrack, rx_bps, tx_bps, wans_up, wans_total)"
-            " VALUES (%s, %s, %s, %s, %s, 50, 1, 1, true, 1, 1000, 100, 1, 1)",
-            [box_id, seq, idx, ts, cpu],
+            " tunnel_up, conntrack, rx_bps, tx_bps, wans_up, wans_total, mem_free_kb)"
+            " VALUES (%s, %s, %s, %s, %s, 50, 1, 1, true, 1, 1000, 100, 1, 1, %s)",
+            [box_id, seq, idx, ts, cpu, mem_free],
         )
+
+
+def mem_free_of(box_id: Any, ts: datetime) -> int | None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT mem_free_kb FROM telemetry_box_sample WHERE box_id = %s AND ts = %s", [box_id, ts]
+        )
+        return cursor.fetchone()[0]
 
 
 def insert_wan(
@@ -74,12 +85,33 @@ def test_rows_in_default_move_into_a_new_partition(box_factory: Any) -> None:
     # given a sample stored before its day had a partition (it lands in DEFAULT)
     box = box_factory()
     at = timezone.now() + timedelta(days=40)
-    insert_sample(box.pk, at)
+    insert_sample(box.pk, at, mem_free=1523400)
     assert tablename_of(box.pk, at) == "telemetry_box_sample_default"
     # when the partition of that day is created
     telemetry_partitions_ensure(days_ahead=0, at=at)
-    # then the sample moved into it, not lost
+    # then the sample moved into it, not lost, its columns added since the table was made included
     assert tablename_of(box.pk, at) == f"telemetry_box_sample_p{at.astimezone(UTC):%Y%m%d}"
+    assert mem_free_of(box.pk, at) == 1523400
+
+
+def test_a_column_added_to_the_parent_is_on_every_partition(box_factory: Any) -> None:
+    # given partitions made by the migrations and one made afterwards (LIKE the parent, then attached)
+    box = box_factory()
+    at = timezone.now() + timedelta(days=50)
+    insert_sample(box.pk, at, mem_free=2048)
+    telemetry_partitions_ensure(days_ahead=0, at=at)
+    # then every partition of the samples and of both rollups has the free-memory columns
+    with connection.cursor() as cursor:
+        for parent, columns in (
+            ("telemetry_box_sample", {"mem_free_kb"}),
+            ("telemetry_box_rollup_5m", {"mem_free_avg", "mem_free_min"}),
+            ("telemetry_box_rollup_1h", {"mem_free_avg", "mem_free_min"}),
+        ):
+            for partition in partitions_of(parent) | {parent}:
+                cursor.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = %s", [partition]
+                )
+                assert columns <= {row[0] for row in cursor.fetchall()}, partition
 
 
 def test_retention_drops_whole_old_partitions_only(box_factory: Any) -> None:
@@ -110,10 +142,10 @@ def test_rollups_aggregate_closed_buckets_and_are_idempotent(box_factory: Any) -
         [(10, True, 10.0, 0.0), (20, True, 20.0, 10.0), (30, False, None, None)]
     ):
         ts = hour + timedelta(seconds=10 * (i + 1))
-        insert_sample(box.pk, ts, seq=i + 1, cpu=cpu)
+        insert_sample(box.pk, ts, seq=i + 1, cpu=cpu, mem_free=[1000, 2000, None][i])
         insert_wan(box.pk, ts, up=up, rtt=rtt, loss=loss, rx=1000 * (i + 1))
     ts = hour + timedelta(minutes=5, seconds=5)
-    insert_sample(box.pk, ts, seq=4, cpu=40)
+    insert_sample(box.pk, ts, seq=4, cpu=40, mem_free=4000)
     insert_wan(box.pk, ts, up=True, rtt=30.0, loss=0.0)
 
     # when the rollup runs twice
@@ -133,6 +165,13 @@ def test_rollups_aggregate_closed_buckets_and_are_idempotent(box_factory: Any) -
             (hour, 3, 20.0, 30.0),
             (hour + timedelta(minutes=5), 1, 40.0, 40.0),
         ]
+        # free memory: the average and the lowest of the samples that report it
+        cursor.execute(
+            "SELECT mem_free_avg, mem_free_min FROM telemetry_box_rollup_5m"
+            " WHERE box_id = %s ORDER BY bucket",
+            [box.pk],
+        )
+        assert cursor.fetchall() == [(1500.0, 1000), (4000.0, 4000)]
         cursor.execute(
             "SELECT samples, up_samples, rtt_count, rtt_avg, rtt_max, loss_avg, rx_avg, rx_max"
             " FROM telemetry_wan_rollup_5m WHERE box_id = %s AND bucket = %s",
@@ -145,12 +184,28 @@ def test_rollups_aggregate_closed_buckets_and_are_idempotent(box_factory: Any) -
             [box.pk, hour],
         )
         assert cursor.fetchone() == (4, 25.0, 40.0)
+        # weighted by the samples that reported free memory: (1500 * 3 + 4000) / 4
+        cursor.execute(
+            "SELECT mem_free_avg, mem_free_min FROM telemetry_box_rollup_1h WHERE box_id = %s", [box.pk]
+        )
+        assert cursor.fetchone() == (2125.0, 1000)
         cursor.execute(
             "SELECT samples, up_samples, rtt_avg, rtt_max FROM telemetry_wan_rollup_1h WHERE box_id = %s",
             [box.pk],
         )
         assert cursor.fetchone() == (4, 3, 20.0, 30.0)
     assert RollupWatermark.objects.get(name="5m").through > hour
+    # and the series read from each resolution carry free memory (average, lowest)
+    for resolution, max_points, expected in (
+        ("raw", 2000, [(1000.0, 1000.0), (2000.0, 2000.0), (None, None), (4000.0, 4000.0)]),
+        ("5m", 12, [(1500.0, 1000.0), (4000.0, 4000.0)]),
+        ("1h", 1, [(2125.0, 1000.0)]),
+    ):
+        end = hour + timedelta(hours=1)
+        plan = telemetry_plan(start=hour, end=end, resolution=resolution, max_points=max_points)
+        assert plan.resolution == resolution
+        points = telemetry_series(box_id=box.pk, plan=plan)["box"]
+        assert [(p["mem_free_kb"], p["mem_free_min_kb"]) for p in points] == expected, resolution
 
 
 def test_rollup_recounts_late_samples_within_the_lookback(box_factory: Any) -> None:
