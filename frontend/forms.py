@@ -631,7 +631,7 @@ class AlertRuleForm(PortalForm):
     threshold = forms.FloatField(
         label="Threshold",
         required=False,
-        help_text="Loss in % or RTT in ms.",
+        help_text="Loss in %, RTT in ms, free memory in MiB.",
         error_messages={"invalid": "Give the threshold as a number, e.g. 5 or 150."},
     )
     duration_minutes = forms.IntegerField(

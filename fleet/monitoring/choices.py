@@ -6,9 +6,11 @@ class AlertRuleKind(models.TextChoices):
     WAN_DOWN = "wan_down", "A WAN down for N minutes"
     LOSS_ABOVE = "loss_above", "A WAN's loss above threshold % for N minutes"
     RTT_ABOVE = "rtt_above", "A WAN's RTT above threshold ms for N minutes"
+    # Only boxes that report their free memory (stock OverTheBox boxes: ``BoxStatus.mem_free_kb``).
+    MEM_FREE_BELOW = "mem_free_below", "A box's free memory below threshold MiB for N minutes"
 
 
-THRESHOLD_KINDS = (AlertRuleKind.LOSS_ABOVE, AlertRuleKind.RTT_ABOVE)
+THRESHOLD_KINDS = (AlertRuleKind.LOSS_ABOVE, AlertRuleKind.RTT_ABOVE, AlertRuleKind.MEM_FREE_BELOW)
 
 
 class AlertState(models.TextChoices):

@@ -59,7 +59,8 @@ class NotificationTarget(models.Model):
 
 class AlertRule(models.Model):
     """An organisation's rule: fire when the condition held for ``duration_minutes``. ``threshold``
-    is the loss % or RTT ms for ``loss_above``/``rtt_above`` (required there, unused otherwise).
+    is the loss % or RTT ms for ``loss_above``/``rtt_above``, the free memory in MiB for
+    ``mem_free_below`` (required there, unused otherwise).
     ``box`` null means every box of the organisation."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -86,7 +87,8 @@ class AlertRule(models.Model):
                 name="alert_rule_duration_range",
             ),
             models.CheckConstraint(
-                condition=~Q(kind__in=["loss_above", "rtt_above"]) | Q(threshold__isnull=False),
+                condition=~Q(kind__in=["loss_above", "rtt_above", "mem_free_below"])
+                | Q(threshold__isnull=False),
                 name="alert_rule_threshold_required",
             ),
         ]

@@ -66,6 +66,21 @@ def _conditions(rule: AlertRule) -> dict[Key, Condition]:
             (box_id, ""): Condition(since=since, value=None)
             for box_id, since in statuses.values_list("box_id", "offline_since")
         }
+    if rule.kind == AlertRuleKind.MEM_FREE_BELOW:
+        # Online boxes only (an offline box's last report is stale), and only those that report their
+        # free memory: an otb-agent box sends none (its mem_free_kb is null) and never matches.
+        statuses = BoxStatus.objects.filter(
+            box__organization_id=rule.organization_id,
+            box__state=BoxState.CLAIMED,
+            online=True,
+            mem_free_kb__lt=(rule.threshold or 0) * 1024,
+        )
+        if rule.box_id:
+            statuses = statuses.filter(box_id=rule.box_id)
+        return {
+            (box_id, ""): Condition(since=None, value=round((free_kb or 0) / 1024, 1))
+            for box_id, free_kb in statuses.values_list("box_id", "mem_free_kb")
+        }
     # WAN rules only look at boxes that are online: an offline box's WAN rows are stale, and the
     # box_offline rule covers it.
     wans = WanStatus.objects.filter(

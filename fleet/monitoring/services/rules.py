@@ -20,10 +20,16 @@ from fleet.monitoring.models import Alert, AlertRule, NotificationTarget
 from fleet.monitoring.webhooks import webhook_secret_generate, webhook_url_validate
 from provisioning.secrets import secret_encrypt
 
-THRESHOLD_LIMITS = {AlertRuleKind.LOSS_ABOVE: (0.0, 100.0), AlertRuleKind.RTT_ABOVE: (0.0, 60000.0)}
+THRESHOLD_LIMITS = {
+    AlertRuleKind.LOSS_ABOVE: (0.0, 100.0),
+    AlertRuleKind.RTT_ABOVE: (0.0, 60000.0),
+    AlertRuleKind.MEM_FREE_BELOW: (0.0, 1048576.0),  # up to 1 TiB
+}
+# (what is compared, its unit, which side of the threshold fires)
 THRESHOLD_WHAT = {
-    AlertRuleKind.LOSS_ABOVE: ("packet loss", "%"),
-    AlertRuleKind.RTT_ABOVE: ("round-trip time", "ms"),
+    AlertRuleKind.LOSS_ABOVE: ("a link's packet loss", "%", "above"),
+    AlertRuleKind.RTT_ABOVE: ("a link's round-trip time", "ms", "above"),
+    AlertRuleKind.MEM_FREE_BELOW: ("the box's free memory", "MiB", "below"),
 }
 UNSET: Any = object()
 
@@ -44,10 +50,10 @@ def _clean_threshold(kind: str, threshold: Any) -> float | None:
     if kind not in THRESHOLD_KINDS:
         return None
     low, high = THRESHOLD_LIMITS[AlertRuleKind(kind)]
-    what, unit = THRESHOLD_WHAT[AlertRuleKind(kind)]
+    what, unit, side = THRESHOLD_WHAT[AlertRuleKind(kind)]
     if threshold is None or isinstance(threshold, bool) or not isinstance(threshold, int | float):
         raise InvalidInput(
-            f"Give a threshold in {unit}: the rule fires when a link's {what} stays above it.",
+            f"Give a threshold in {unit}: the rule fires when {what} stays {side} it.",
             field="threshold",
         )
     if not low <= float(threshold) < high:

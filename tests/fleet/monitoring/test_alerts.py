@@ -186,3 +186,56 @@ def test_disabled_targets_and_other_boxes_are_not_used(
     set_offline(other, since=at(0))
     alert_rule_evaluate(rule_id=rule.pk, now=at(5))
     assert list(Alert.objects.values_list("box_id", flat=True)) == [box.pk]
+
+
+def test_free_memory_below_fires_for_boxes_that_report_it_and_recovers(
+    people: Any, box: Any, box_factory: Any, email_target: Any
+) -> None:
+    # given a rule "free memory below 64 MiB for 3 minutes", an OTB box reporting 40 MiB free, an
+    # agent box (no free memory reported) and an OTB box that is offline
+    rule = alert_rule_create(
+        actor=Actor.for_user(people.admin),
+        organization=people.org,
+        name="Low memory",
+        kind="mem_free_below",
+        threshold=64,
+        duration_minutes=3,
+        target_ids=[email_target.pk],
+    )
+    set_online(box)
+    BoxStatus.objects.filter(box=box).update(mem_free_kb=40 * 1024)
+    agent = box_factory(organization=people.org)
+    set_online(agent)
+    offline = box_factory(organization=people.org)
+    set_offline(offline, since=at(0))
+    BoxStatus.objects.filter(box=offline).update(mem_free_kb=1024)
+    # when evaluated over 4 minutes
+    alert_rule_evaluate(rule_id=rule.pk, now=at(0))
+    assert alert_rule_evaluate(rule_id=rule.pk, now=at(2)).fired == 0
+    fired = alert_rule_evaluate(rule_id=rule.pk, now=at(4))
+    # then it fires for that box only, with the free memory in MiB as its value
+    assert fired.fired == 1
+    alert = Alert.objects.get()
+    assert (alert.box_id, alert.iface, alert.value, alert.state) == (box.pk, "", 40.0, "firing")
+    event = Event.objects.get(kind="alert_firing", box=box)
+    assert event.data["rule_kind"] == "mem_free_below" and event.data["threshold"] == 64.0
+    # when the box frees memory, it recovers
+    BoxStatus.objects.filter(box=box).update(mem_free_kb=200 * 1024)
+    assert alert_rule_evaluate(rule_id=rule.pk, now=at(12)).resolved == 1
+
+
+@pytest.mark.parametrize("threshold", [None, -1, 2**21, "64"])
+def test_free_memory_rule_needs_a_threshold_in_mib(people: Any, threshold: Any) -> None:
+    from fleet.core.errors import InvalidInput
+
+    with pytest.raises(InvalidInput) as refused:
+        alert_rule_create(
+            actor=Actor.for_user(people.admin),
+            organization=people.org,
+            name="Low memory",
+            kind="mem_free_below",
+            threshold=threshold,
+            duration_minutes=3,
+            target_ids=[],
+        )
+    assert refused.value.field == "threshold" and "MiB" in refused.value.message
