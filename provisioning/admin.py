@@ -455,14 +455,16 @@ class BoxAdmin(admin.ModelAdmin):
             lambda box: box_release_addresses(actor=staff_actor(request), box=box),
         )
 
-    @admin.action(description="Revoke credentials (agent, OverTheBox device and tunnels)")
+    @admin.action(description="Revoke credentials (agent, OTB device, tunnels: new tunnel keys issued)")
     def revoke_credentials(self, request: HttpRequest, queryset: QuerySet[Box]) -> None:
         run_for_each(
             self,
             request,
             queryset,
             "revoke",
-            lambda box: box_revoke_credentials(actor=staff_actor(request), box=box, include_agent=True),
+            lambda box: box_revoke_credentials(
+                actor=staff_actor(request), box=box, include_agent=True, reissue=True
+            ),
         )
 
     @admin.action(description="Decommission (irreversible)")

@@ -68,10 +68,11 @@ STAFF_ACTIONS: dict[str, dict[str, str]] = {
     },
     "revoke": {
         "title": "Revoke its credentials",
-        "explain": "The tunnel keys and the agent's credential are revoked at once: the box "
-        "disconnects and must enroll again. A stock OverTheBox box's device token and JWTs stop too: "
-        "the box subscribes again as a new device, which its owner (or staff, under OTB devices) "
-        "claims again by the device id the box shows.",
+        "explain": "The tunnel keys and the agent's credential are revoked at once, and a claimed "
+        "box gets new tunnel keys: the box disconnects, must enroll again, then gets the new keys "
+        "with its configuration. A stock OverTheBox box's device token and JWTs stop too: the box "
+        "subscribes again as a new device, which its owner (or staff, under OTB devices) claims "
+        "again by the device id the box shows.",
         "button": "Revoke credentials",
     },
     "decommission": {
@@ -198,7 +199,8 @@ def _revoked_message(box: Box) -> str:
     """What a revocation did, said to the staff member who asked for it."""
     revoked: dict[str, Any] = getattr(box, "credentials_revoked", {})
     parts = [
-        f"{revoked.get('tunnel_credentials', 0)} tunnel credential(s)",
+        f"{revoked.get('tunnel_credentials', 0)} tunnel credential(s)"
+        + (" (new ones issued)" if revoked.get("reissued") else ""),
         f"{revoked.get('agent_credentials', 0)} agent credential(s)",
     ]
     if revoked.get("otb_device"):
@@ -244,8 +246,10 @@ def console_box_action(request: HttpRequest, box_id: str, action: str) -> HttpRe
                     provisioning_services.box_release_addresses(actor=actor, box=box)
                     done = f"The addresses of {box.serial} are released."
                 elif action == "revoke":
+                    # Replaced, not only revoked: the box (re-enrolled, or its OTB device claimed
+                    # again) must get working keys, and only it can fetch them.
                     box = provisioning_services.box_revoke_credentials(
-                        actor=actor, box=box, include_agent=True
+                        actor=actor, box=box, include_agent=True, reissue=True
                     )
                     done = _revoked_message(box)
                 else:

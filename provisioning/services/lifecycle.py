@@ -254,8 +254,8 @@ def box_revoke_credentials(
     those the apps above keep (a stock OverTheBox device's token and JWTs, ``otbcompat``), all in this
     transaction. With ``reissue``, a claimed and provisioned box gets fresh tunnel credentials at once.
     Staff only. What was revoked is in the audit entry and on the returned box
-    (``credentials_revoked``: ``tunnel_credentials``, ``agent_credentials`` counts, and each
-    receiver's own keys, e.g. ``otb_device``)."""
+    (``credentials_revoked``: ``tunnel_credentials``, ``agent_credentials`` counts, each receiver's
+    own keys, e.g. ``otb_device``, and whether new tunnel credentials were ``reissued``)."""
     authorize_staff(actor)
     box = _box_locked(box)
     tunnel = _tunnel_credentials_revoke(box)
@@ -264,10 +264,11 @@ def box_revoke_credentials(
     if include_agent:
         for _, answer in box_device_credentials_revoked.send(sender=Box, box=box, actor=actor):
             others.update(cast(dict[str, Any], answer) or {})
-    if reissue and box.state == BoxState.CLAIMED and box.server_id is not None:
+    reissued = reissue and box.state == BoxState.CLAIMED and box.server_id is not None
+    if reissued:
         _credentials_issue(box)
     box_config_refresh(box=box)
-    revoked = {"tunnel_credentials": tunnel, "agent_credentials": agent, **others}
+    revoked = {"tunnel_credentials": tunnel, "agent_credentials": agent, **others, "reissued": reissued}
     audit_record(
         actor=actor,
         action="box.revoke_credentials",

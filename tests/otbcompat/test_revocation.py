@@ -59,9 +59,12 @@ def assert_stopped(box_client: Client, answer: dict[str, Any]) -> None:
 def test_console_revoke_stops_the_device_then_the_box_resubscribes_and_is_claimed_again(
     people: Any, client_for: Any, provisioned_region: Any
 ) -> None:
-    # given an active OTB box
+    # given an active OTB box and the tunnel key its config carries
     box_client = Client()
     answer, box = active_box(people, box_client)
+    config = otb_call(box_client, "GET", f"devices/{answer['device_id']}/config", jwt=answer["jwt"])
+    assert config.status_code == 200, config.content
+    old_key = config.json()["glorytun_mud_conf"]["key"]
     # when staff revoke its credentials in the console: the confirmation page names the device
     console = Client()
     console.force_login(people.staff)
@@ -71,7 +74,8 @@ def test_console_revoke_stops_the_device_then_the_box_resubscribes_and_is_claime
     assert response.status_code == 302
     # then the console says what it revoked, the device among it
     [message] = [str(m) for m in get_messages(response.wsgi_request)]
-    assert f"OverTheBox device {answer['device_id']}" in message and "3 tunnel credential(s)" in message
+    assert f"OverTheBox device {answer['device_id']}" in message
+    assert "3 tunnel credential(s) (new ones issued)" in message
     # and the device's JWT and token stop working at once; it is unlinked and revoked
     assert_stopped(box_client, answer)
     device = OtbDevice.objects.get(id=answer["device_id"])
@@ -96,6 +100,10 @@ def test_console_revoke_stops_the_device_then_the_box_resubscribes_and_is_claime
     assert associated(box_client, again).json() == {"service": service}
     assert confirm(box_client, again, service).status_code == 200
     assert todo(box_client, again).status_code == 200
+    # and its configuration carries the new tunnel keys, issued at the revocation
+    config = otb_call(box_client, "GET", f"devices/{again['device_id']}/config", jwt=again["jwt"])
+    assert config.status_code == 200, config.content
+    assert config.json()["glorytun_mud_conf"]["key"] != old_key
     # the revoked device stays revoked
     assert_stopped(box_client, answer)
 
@@ -140,6 +148,7 @@ def test_a_revocation_without_a_device_and_one_refused_change_nothing(
         "tunnel_credentials": 0,
         "agent_credentials": 1,
         "otb_device": None,
+        "reissued": False,
     }
     assert not AgentCredential.objects.filter(box=agent_box, revoked_at__isnull=True).exists()
     # when a customer admin tries it on the OTB box: refused, and nothing of it happened
