@@ -40,6 +40,7 @@ from otbcompat.downloads import firmware_path
 from otbcompat.errors import OtbBadRequest, OtbNotFound
 from otbcompat.models import OtbDevice
 from otbcompat.presence import redis_client, seen_key
+from otbcompat.selectors import otb_release_feeds
 from otbcompat.usign import UsignError, signature_file_from_b64
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,17 @@ def _sysupgrade_arguments(command: Command, base_url: str) -> dict[str, Any]:
     return {"url": f"{base_url}{path}"}
 
 
+def _release_channel_arguments(command: Command, base_url: str) -> dict[str, Any]:
+    # The box truncates /etc/opkg/distfeeds.conf before it reads our answer (a shell redirection),
+    # then writes one line per feed: with no feeds configured it would be left with none at all.
+    if not otb_release_feeds(box=command.box):
+        raise ActionUnavailable(
+            "no opkg feeds are configured for the box's release channel (OTB_COMPAT_RELEASE_FEEDS): "
+            "the box would empty its /etc/opkg/distfeeds.conf"
+        )
+    return {}
+
+
 ArgumentBuilder = Callable[[Command, str], dict[str, Any]]
 
 
@@ -115,7 +127,7 @@ ACTIONS: dict[str, tuple[str, ArgumentBuilder]] = {
     CommandKind.REMOTE_ACCESS_PREPARE: ("remoteAccessPrepare", _params),
     CommandKind.REMOTE_ACCESS_CONNECT: ("remoteAccessConnect", _params),
     CommandKind.REMOTE_ACCESS_DISCONNECT: ("remoteAccessDisconnect", _params),
-    CommandKind.UPDATE_RELEASE_CHANNEL: ("updateReleaseChannel", _no_arguments),
+    CommandKind.UPDATE_RELEASE_CHANNEL: ("updateReleaseChannel", _release_channel_arguments),
 }
 
 

@@ -41,6 +41,7 @@ SS_TIMEOUT_S = 600
 TRACK_INTERVAL_S = 5
 TRACK_TIMEOUT_S = 3
 TRACK_RETRY = 3
+TRACKER_INTERVAL_S = 5
 _SAFE = re.compile(UCI_SAFE)
 
 
@@ -59,7 +60,12 @@ def _uci_checked(document: dict[str, Any], *, box_id: Any) -> dict[str, Any]:
     """``document`` when every leaf is a number, a boolean or a string within ``UCI_SAFE``."""
     for section, values in document.items():
         for key, value in (values or {}).items():
-            leaves = list(value.items()) if isinstance(value, dict) else [(key, value)]
+            if isinstance(value, dict):
+                leaves = list(value.items())
+            elif isinstance(value, list):
+                leaves = [(key, item) for item in value]
+            else:
+                leaves = [(key, value)]
             for name, leaf in leaves:
                 if isinstance(leaf, bool | int) or leaf is None:
                     continue
@@ -104,6 +110,10 @@ def otb_config_build(*, box: Box) -> dict[str, Any]:
             "table": TUN_TABLE,
         },
         "ipv6_conf": _ipv6_conf(ours["ipv6_prefix"]),
+        # otb-tracker pings these over every WAN to judge each link. Feeds releases whose
+        # otb-action-configure reads it iterate ``.hosts[]`` under ``set -e``: without this section
+        # the script stops right after tun0 and never writes shadowsocks, syslog nor graph.
+        "tracker_conf": {"hosts": [server["public_ipv4"]], "interval_seconds": TRACKER_INTERVAL_S},
         "shadow_conf": {
             "server": server["public_ipv4"],
             "port": server["port"],

@@ -1,16 +1,22 @@
 """Reads about stock OverTheBox devices for the portal and the console: a box's device and its binding
-state, and the devices support staff look through (the pending ones first)."""
+state, and the devices support staff look through (the pending ones first); the opkg feeds a box's
+release channel gets."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import uuid
-from typing import Any
+from typing import Any, cast
 
+from django.conf import settings
 from django.db.models import Q, QuerySet
 
 from fleet.core.choices import BoxProtocol, BoxState
 from otbcompat.models import OtbDevice
+
+logger = logging.getLogger(__name__)
 
 PENDING, LINKED, ACTIVE, REVOKED = "pending", "linked", "active", "revoked"
 STATE_LABELS = {
@@ -67,3 +73,19 @@ def devices_for_console(*, query: str = "", state: str = "") -> QuerySet[OtbDevi
             condition |= Q(id=uuid.UUID(text))
         devices = devices.filter(condition)
     return devices[:CONSOLE_LIMIT]
+
+
+def otb_release_feeds(*, box: Any) -> list[dict[str, str]]:
+    """``OTB_COMPAT_RELEASE_FEEDS`` for the box's release channel, as ``{"type", "name", "url"}``.
+    The v1.x ``otb-action-updateReleaseChannel`` writes each one to /etc/opkg/distfeeds.conf as
+    ``type name url`` (jq ``[.type,.name,.url] | join(" ")``, then ``@ARCH@``/``@BOARD@`` replaced):
+    the ``src/gz <name> <url>`` line opkg reads. A broken setting gives no feeds (logged)."""
+    try:
+        configured = json.loads(
+            str(cast(dict[str, Any], settings.OTB).get("OTB_COMPAT_RELEASE_FEEDS") or "{}")
+        )
+        feeds = configured.get(box.release_channel) or []
+        return [{"type": "src/gz", "name": str(name), "url": str(address)} for name, address in feeds]
+    except (ValueError, TypeError, AttributeError):
+        logger.error("OTB_COMPAT_RELEASE_FEEDS is not {channel: [[name, url], ...]}")
+        return []

@@ -19,7 +19,6 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
-from fleet.core.models import Box
 from fleet.firmware.apis import _stream
 from fleet.firmware.choices import ReleaseState
 from fleet.firmware.delivery import MAX_COMMAND_TTL_S
@@ -27,6 +26,7 @@ from fleet.firmware.models import Release
 from fleet.firmware.services import latest_release_for
 from otbcompat.downloads import FIRMWARE, download_token_check, firmware_filename, firmware_path
 from otbcompat.errors import OtbForbidden
+from otbcompat.selectors import otb_release_feeds
 from otbcompat.services import device_from_path
 from otbcompat.usign import UsignError, signature_file_from_b64
 from otbcompat.views import otb_view
@@ -90,25 +90,6 @@ def otb_firmware_download(request: HttpRequest, token: str, filename: str) -> Ht
     return streamed
 
 
-def _feeds(box: Box) -> list[dict[str, str]]:
-    """``OTB_COMPAT_RELEASE_FEEDS`` for the box's channel. The box writes each feed to
-    /etc/opkg/distfeeds.conf as ``type url name`` (jq ``[.type,.url,.name] | join(" ")``) while opkg
-    reads ``src/gz <name> <url>``: so the feed's name goes in ``url`` and its address in ``name``."""
-    try:
-        configured = json.loads(
-            str(cast(dict[str, Any], settings.OTB).get("OTB_COMPAT_RELEASE_FEEDS") or "{}")
-        )
-        feeds = configured.get(box.release_channel) or []
-        return [{"type": "src/gz", "url": str(name), "name": str(address)} for name, address in feeds]
-    except (
-        ValueError,
-        TypeError,
-        AttributeError,
-    ):  # a broken setting: no feeds (the box then fails the action)
-        logger.error("OTB_COMPAT_RELEASE_FEEDS is not {channel: [[name, url], ...]}")
-        return []
-
-
 @otb_view("GET")
 def release_channel(request: HttpRequest, device_id: str) -> HttpResponse:
     """``GET devices/{id}/release_channel`` → ``{"feeds": [...], "image_url": ...}`` from the box's
@@ -123,5 +104,6 @@ def release_channel(request: HttpRequest, device_id: str) -> HttpResponse:
         path = firmware_path(release_id=str(release.pk), version=release.version, ttl_s=MAX_COMMAND_TTL_S)
         image_url = f"{request.scheme}://{request.get_host()}{path}"
     return HttpResponse(
-        json.dumps({"feeds": _feeds(box), "image_url": image_url}), content_type="application/json"
+        json.dumps({"feeds": otb_release_feeds(box=box), "image_url": image_url}),
+        content_type="application/json",
     )

@@ -103,7 +103,7 @@ def test_otb_box_lifecycle_over_real_http(
     assert status == 200, config
     assert config["glorytun_mud_conf"]["dev"] == "tun0"
     assert config["shadow_conf"]["server"] == provisioned_region.server.public_ipv4
-    for key in ("glorytun_mud_conf", "shadow_conf", "ipv6_conf", "log_conf", "graph_conf"):
+    for key in ("glorytun_mud_conf", "tracker_conf", "shadow_conf", "ipv6_conf", "log_conf", "graph_conf"):
         assert key in config, key
     unsafe = [v for v in scalars(config) if v is not None and not UCI_SAFE.fullmatch(str(v))]
     assert unsafe == [], unsafe

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from django.test import Client
 from fleet.core.audit import Actor
 from fleet.core.models import Box
 from otbcompat.binding import device_claim
+from otbcompat.configuration import OtbConfigUnavailable, _uci_checked
 from provisioning.choices import TunnelKind
 from provisioning.models import TunnelCredential
 from provisioning.secrets import (
@@ -200,6 +203,30 @@ def test_config_is_built_from_the_boxs_provisioning_and_recorded_as_applied(
     assert_round_trips(document)
 
 
+def box_jq(document: Any, program: str) -> subprocess.CompletedProcess[str]:
+    """``_get <section> | jq -c -r <program>`` as otb-action-configure runs it (set -e: a failure ends
+    the script)."""
+    return subprocess.run(
+        ["jq", "-c", "-r", program], input=json.dumps(document), capture_output=True, text=True, check=False
+    )
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="jq is what the box reads its config with")
+def test_config_has_the_tracker_section_the_box_iterates_under_set_e(people, provisioned_region) -> None:
+    # given a linked, confirmed box; when it pulls its config (recorded from the unchanged feeds
+    # script, otb-action-configure's _setup_tracker: `_get tracker_conf | jq -c -r '.hosts[]'`)
+    client, answer, _ = linked(people)
+    document = get_config(client, answer).json()
+    # then jq iterates the hosts without failing: without the section jq exits 5 ("Cannot iterate
+    # over null"), set -e ends the script after tun0, and shadowsocks, syslog and graph are never set
+    hosts = box_jq(document.get("tracker_conf"), ".hosts[]")
+    assert hosts.returncode == 0, hosts.stderr
+    assert hosts.stdout.split() == [provisioned_region.server.public_ipv4]
+    interval = box_jq(document.get("tracker_conf"), ".interval_seconds")
+    assert interval.returncode == 0 and int(interval.stdout) > 0
+    assert box_jq(None, ".hosts[]").returncode != 0  # what the box met before
+
+
 def test_config_before_link_or_confirmation_is_an_error_the_box_understands(
     people, provisioned_region
 ) -> None:
@@ -248,6 +275,13 @@ def test_a_value_outside_the_uci_charset_is_never_served(people, provisioned_reg
     assert response.status_code == 409, response.content
     assert "shadow_conf.password" in response.json()["error"] and "pass word" not in response.content.decode()
     assert Box.objects.get(pk=box.pk).applied_at is None
+
+
+def test_a_list_value_outside_the_uci_charset_is_refused() -> None:
+    # the tracker hosts are a list: each item is checked like any other value
+    with pytest.raises(OtbConfigUnavailable, match=r"tracker_conf\.hosts"):
+        _uci_checked({"tracker_conf": {"hosts": ["192.0.2.1", "not ok"]}}, box_id="x")
+    assert _uci_checked({"tracker_conf": {"hosts": ["192.0.2.1"]}}, box_id="x")
 
 
 # --- the charset where credentials are generated -------------------------------------------------------
