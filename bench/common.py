@@ -70,6 +70,7 @@ def uvicorn_start(
     command = [
         sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
         "--workers", str(workers), "--no-access-log", "--log-level", "warning",
+        "--http", "otbcompat.http:OtbHttpToolsProtocol",  # as in production (deploy/systemd)
     ]  # fmt: skip
     return subprocess.Popen(
         command, cwd=Path(__file__).resolve().parent.parent, env=env, start_new_session=True

@@ -462,6 +462,9 @@ OTB = {
     "OTB_COMPAT_SUBSCRIBE_WINDOW_S": env_int("OTB_COMPAT_SUBSCRIBE_WINDOW_S", 3600),
     # The delay (s) the server asks an idle box to wait between polls of actions/todo.
     "OTB_COMPAT_POLL_DELAY_S": env_int("OTB_COMPAT_POLL_DELAY_S", 10),
+    # How long (s) the todo fast path keeps "this device is idle" in memory; forgotten at once on a change
+    # through PostgreSQL LISTEN/NOTIFY (otbcompat/fastpath.py). 0: ask the database on every poll.
+    "OTB_COMPAT_IDLE_CACHE_S": env_int("OTB_COMPAT_IDLE_CACHE_S", 300),
     # Configuration backups (fleet/commands/backups.py, docs/alerts-and-commands.md): the newest N kept per
     # box, bounds per backup and per file, how long a stock box may add files to a backup it started,
     # and how long a restore download link (/1.0) stays valid.

@@ -18,16 +18,28 @@ the middleware stack and two ORM queries. This ASGI wrapper answers exactly the 
 Anything else (no or bad JWT, another device, a command or a derived action due, an unexpected
 error) goes to Django unchanged: Django stays the one place that hands out actions, writes and
 reports errors.
+
+**The idle cache.** Most polls ask the same question with the same JWT and get the same answer, so an
+idle answer is kept in memory per device (with the JWT it was given for) for up to
+``OTB_COMPAT_IDLE_CACHE_S``, and a poll that matches it is answered with no JWT check (the same token
+string was verified; only its ``exp`` is compared) and no query. It is forgotten at once, in every
+process, through PostgreSQL ``LISTEN otb_todo``: triggers (migration ``otbcompat.0004``) notify when a
+command becomes pending, a box's config hashes change, or a device is revoked, renewed, linked,
+confirmed or deleted. The cache is used only while the listener is connected; losing it empties the
+cache (notifications may have been missed), and an idle answer read while a notification arrived is
+not kept. Measured in ``bench/otb_poll.py`` (docs/otb-protocol.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import psycopg
@@ -36,6 +48,7 @@ from django.conf import settings
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from fleet.core.live_connections import conninfo_from_settings
+from fleet.core.metrics import OTB_TODO_POLLS
 from otbcompat.jwt import JwtExpired, JwtInvalid, jwt_decode
 from otbcompat.models import OtbDevice
 from otbcompat.presence import clean_version, seen_key, seen_value
@@ -44,6 +57,10 @@ logger = logging.getLogger(__name__)
 
 TODO_PATH = re.compile(r"^/1\.0/devices/([0-9a-fA-F-]{36})/actions/todo$")
 PRESENCE_WRITE_INTERVAL_S = 1.0
+NOTIFY_CHANNEL = "otb_todo"
+LISTEN_PROBE_S = 30.0  # with no notification for this long, the listener checks its connection
+LISTEN_PROBE_TIMEOUT_S = 5.0
+LISTEN_BACKOFF_MAX_S = 30.0
 _QUERY = f"""
 SELECT d.revoked_at IS NULL, d.jwt_generation, d.box_id, d.confirmed_at IS NOT NULL,
     b.config_hash = '' OR b.config_hash = b.applied_config_hash,
@@ -55,6 +72,12 @@ FROM {OtbDevice._meta.db_table} d LEFT JOIN fleet_box b ON b.id = d.box_id
 WHERE d.id = %s
 """  # noqa: S608 (identifiers from the models)
 
+ANSWERED_CACHE = OTB_TODO_POLLS.labels("cache")
+ANSWERED_EARLY = OTB_TODO_POLLS.labels("early")  # from the cache, in the HTTP parser (otbcompat.http)
+ANSWERED_QUERY = OTB_TODO_POLLS.labels("query")
+ANSWERED_PACED = OTB_TODO_POLLS.labels("paced")
+ANSWERED_DJANGO = OTB_TODO_POLLS.labels("django")
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -65,25 +88,58 @@ def wait_body() -> bytes:
     return b'{"id": null, "action": "wait", "arguments": {"delay": %d}}' % delay
 
 
+def idle_cache_s() -> float:
+    return float(cast(dict[str, Any], settings.OTB).get("OTB_COMPAT_IDLE_CACHE_S", 0))
+
+
+@dataclass(slots=True)
+class Idle:
+    """A device found idle: the JWT it was found with and until when that holds."""
+
+    token: str
+    exp: float  # the JWT's
+    until: float  # time.monotonic() deadline of this entry
+    box_id: str  # "" for a pending device
+    version: str | None  # the X-Overthebox-Version it sent, and as noted for presence
+    clean_version: str
+
+
+ACTIVE: OtbTodoFastPath | None = None
+
+
 class OtbTodoFastPath:
     """Wraps the HTTP application; see the module docstring for what it answers itself."""
 
     def __init__(self, app: Any, *, pool_size: int = 4) -> None:
         self.app = app
         self.pool_size = pool_size
+        global ACTIVE
+        ACTIVE = self
         self._pool: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._redis: Any = None
         self._seen: dict[str, str] = {}
         self._writer: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
         self._body = wait_body()
+        self._start, self._end = self._messages(self._body)
+        # the idle cache: device id -> Idle; box id -> its devices' ids (box notifications)
+        self._idle_for: dict[str, Idle] = {}
+        self._box_devices: dict[str, set[str]] = {}
+        self._cache_s = 0.0
+        self.listening = False
+        self.invalidations = 0  # notifications (and listener losses) so far: a fill that saw one is dropped
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
             match = TODO_PATH.match(scope["path"])
-            if match is not None and await self._idle(scope, match.group(1)):
-                await self._wait(send)
-                return
+            if match is not None:
+                if await self._idle(scope, match.group(1)):
+                    # copies: a server may consume what it is sent (channels' test communicator does)
+                    await send(self._start.copy())
+                    await send(self._end.copy())
+                    return
+                ANSWERED_DJANGO.inc()
         await self.app(scope, receive, send)
 
     async def _idle(self, scope: Scope, path_id: str) -> bool:
@@ -95,8 +151,12 @@ class OtbTodoFastPath:
                 version = value.decode("latin-1")
         if not authorization or not authorization.startswith("Bearer "):
             return False
+        token = authorization[7:].strip()
+        now = time.time()
+        if self.idle_known(path_id, token, version, now):
+            return True
         try:
-            claims = jwt_decode(authorization[7:].strip(), settings.OTB_COMPAT_JWT_KEYS, now=time.time())
+            claims = jwt_decode(token, settings.OTB_COMPAT_JWT_KEYS, now=now)
             device_id = uuid.UUID(str(claims.get("sub")))
             if device_id != uuid.UUID(path_id):
                 return False
@@ -104,6 +164,7 @@ class OtbTodoFastPath:
             return False
         try:
             await self._ensure_loop_state()
+            invalidations = self.invalidations
             async with self._pool.connection(timeout=2.0) as conn:
                 cursor = await conn.execute(_QUERY, (device_id,), prepare=True)
                 row = await cursor.fetchone()
@@ -112,6 +173,7 @@ class OtbTodoFastPath:
             # error polls again within a second. A box whose JWT we signed is paced instead (``wait``
             # tells nothing and does nothing; a command waits one more delay); not noted as seen.
             logger.warning("OTB todo fast path: database unavailable; pacing the box", exc_info=True)
+            ANSWERED_PACED.inc()
             return True
         except Exception:  # anything else is Django's to report; the fast path just steps aside
             logger.warning("OTB todo fast path unavailable; deferring to Django", exc_info=True)
@@ -123,8 +185,102 @@ class OtbTodoFastPath:
             return False
         if box_id is not None and (not confirmed or not config_applied or pending):
             return False
-        self._seen[str(device_id)] = seen_value(box_id=box_id, version=clean_version(version), at=time.time())
+        key, cleaned = str(device_id), clean_version(version)
+        self._seen[key] = seen_value(box_id=box_id, version=cleaned, at=now)
+        if self.listening and invalidations == self.invalidations and self._cache_s > 0 and key == path_id:
+            box = str(box_id) if box_id is not None else ""
+            self._forget(key)
+            self._idle_for[key] = Idle(
+                token=token,
+                exp=float(claims["exp"]),
+                until=time.monotonic() + self._cache_s,
+                box_id=box,
+                version=version,
+                clean_version=cleaned,
+            )
+            if box:
+                self._box_devices.setdefault(box, set()).add(key)
+        ANSWERED_QUERY.inc()
         return True
+
+    def idle_known(
+        self, path_id: str, token: str, version: str | None, now: float, *, counter: Any = ANSWERED_CACHE
+    ) -> bool:
+        """Whether the idle answer kept for ``path_id`` holds for this JWT; noted for presence if so.
+        Synchronous: also called by the HTTP protocol (otbcompat.http) before any ASGI task exists."""
+        known = self._idle_for.get(path_id)
+        if (
+            known is None
+            or known.token != token
+            or now >= known.exp
+            or time.monotonic() >= known.until
+            or not self.listening
+        ):
+            return False
+        if version != known.version:
+            known.version, known.clean_version = version, clean_version(version)
+        self._seen[path_id] = seen_value(box_id=known.box_id, version=known.clean_version, at=now)
+        counter.inc()
+        return True
+
+    @property
+    def wait_body(self) -> bytes:
+        return self._body
+
+    def _forget(self, device_id: str) -> None:
+        known = self._idle_for.pop(device_id, None)
+        if known is not None and known.box_id:
+            devices = self._box_devices.get(known.box_id)
+            if devices is not None:
+                devices.discard(device_id)
+                if not devices:
+                    del self._box_devices[known.box_id]
+
+    def invalidate(self, payload: str) -> None:
+        """A notification: ``b:<box id>`` or ``d:<device id>`` may no longer be idle."""
+        self.invalidations += 1
+        kind, _, ident = payload.partition(":")
+        if kind == "d":
+            self._forget(ident)
+        elif kind == "b":
+            for device_id in list(self._box_devices.get(ident, ())):
+                self._forget(device_id)
+        else:  # not ours to read: forget everything rather than keep a stale answer
+            self._forget_all()
+
+    def _forget_all(self) -> None:
+        self.invalidations += 1
+        self._idle_for.clear()
+        self._box_devices.clear()
+
+    async def _listen(self) -> None:
+        """Keep ``LISTEN otb_todo`` open; the idle cache is used only while it is."""
+        backoff = 0.5
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    **conninfo_from_settings(role="otb-todo-listen"), autocommit=True
+                )
+                async with conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self._forget_all()
+                    self.listening, backoff = True, 0.5
+                    while True:
+                        async for notify in conn.notifies(timeout=LISTEN_PROBE_S):
+                            self.invalidate(notify.payload)
+                        # quiet for a while: is the connection alive? (a dead peer must not hang here)
+                        await asyncio.wait_for(conn.execute("SELECT 1"), timeout=LISTEN_PROBE_TIMEOUT_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning(
+                    "OTB todo fast path: notification listener lost; idle cache off", exc_info=True
+                )
+            finally:
+                self.listening = False
+                self._forget_all()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, LISTEN_BACKOFF_MAX_S)
 
     async def _ensure_loop_state(self) -> None:
         loop = asyncio.get_running_loop()
@@ -143,6 +299,11 @@ class OtbTodoFastPath:
         self._redis = aioredis.Redis.from_url(settings.REDIS_URL)
         self._writer = loop.create_task(self._write_presence())
         self._body = wait_body()
+        self._start, self._end = self._messages(self._body)
+        self._cache_s = idle_cache_s()
+        self._forget_all()
+        if self._cache_s > 0:
+            self._listener = loop.create_task(self._listen())
 
     async def _write_presence(self) -> None:
         """Once a second: the polls answered here since the last write, in one HSET."""
@@ -159,22 +320,31 @@ class OtbTodoFastPath:
         except Exception:  # presence is best effort: the next polls note the boxes again
             logger.warning("OTB presence write failed for %d devices", len(seen), exc_info=True)
 
-    async def _wait(self, send: Send) -> None:
+    @staticmethod
+    def _messages(body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The two ASGI messages of the ``wait`` answer, built once."""
         headers = [
             (b"content-type", b"application/json"),
-            (b"content-length", str(len(self._body)).encode()),
+            (b"content-length", str(len(body)).encode()),
             (b"x-content-type-options", b"nosniff"),
         ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": self._body})
+        return (
+            {"type": "http.response.start", "status": 200, "headers": headers},
+            {"type": "http.response.body", "body": body},
+        )
 
     async def close(self) -> None:
         """Write what is noted and close the pool, then the wrapped application's (tests end their
         event loop)."""
         await self.presence_write()
-        if self._writer is not None:
-            self._writer.cancel()
-            self._writer = None
+        for task in (self._writer, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._writer = self._listener = None
+        self.listening = False
+        self._forget_all()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()

@@ -76,6 +76,9 @@ def web_command(python: str, port: int, workers: int) -> list[str]:
         str(workers),
         "--ws-max-size",
         "65536",
+        # stock OverTheBox boxes' idle polls answered in the parser callback (otbcompat/http.py)
+        "--http",
+        "otbcompat.http:OtbHttpToolsProtocol",
         # Bounded stop: after closing every session (1012), a consumer's channel-layer receive can
         # take up to the Redis read timeout (30 s) to give up (redis-py's cleanup of a cancelled
         # blocking read); nothing is pending by then, so do not wait for it.

@@ -87,6 +87,15 @@ BATCH_FAILED = Counter(
 )
 
 # -- HTTP -----------------------------------------------------------------------------------------
+OTB_TODO_POLLS = Counter(
+    "otb_compat_todo_polls",
+    "Polls of /1.0/devices/{id}/actions/todo seen by the fast path, by how they were answered: "
+    "cache (the idle answer kept in memory), early (the same, answered in the HTTP parser: "
+    "otbcompat.http), query (idle, after one query), paced (wait: database unavailable), "
+    "django (anything else)",
+    ["answer"],
+    registry=REGISTRY,
+)
 HTTP_REQUESTS = Counter(
     "otb_http_requests",
     "HTTP requests answered, by route (the URL pattern, not the path), method and status",

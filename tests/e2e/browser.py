@@ -128,6 +128,8 @@ def asgi_server_start(log_path: Path, env_extra: dict[str, str] | None = None) -
                 "warning",
                 "--ws",
                 "websockets",
+                "--http",  # as in production (deploy/systemd): idle OTB polls answered in the parser
+                "otbcompat.http:OtbHttpToolsProtocol",
             ],
             cwd=ROOT,
             env=env,

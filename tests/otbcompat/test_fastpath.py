@@ -141,3 +141,135 @@ async def test_a_database_that_does_not_answer_paces_signed_boxes(
     # a JWT we did not sign still gets Django's 401
     response = await poll(device, jwt=device["jwt"][:-3] + "AAA")
     assert answered_by_django(response) and response["status"] == 401
+
+
+def fast_path() -> Any:
+    return application.application_mapping["http"]
+
+
+async def until(condition: Any, timeout_s: float = 5.0) -> float:
+    """Wait for ``condition()`` to hold; returns the seconds it took (fails the test after timeout)."""
+    import asyncio
+    import time
+
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout_s, "condition not met in time"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
+class BrokenPool:
+    """Stands for the database in a cache hit: any use of it fails the poll's expectation."""
+
+    def connection(self, **_kwargs: Any) -> Any:
+        raise AssertionError("the idle cache should have answered without the database")
+
+    async def close(self) -> None:
+        return None
+
+
+async def idle_and_cached(device: dict[str, Any]) -> None:
+    response = await poll(device)
+    assert response["status"] == 200 and not answered_by_django(response)
+    await until(lambda: fast_path().listening)
+    response = await poll(device)  # the listener is up: this answer is kept
+    assert not answered_by_django(response)
+    assert device["device_id"] in fast_path()._idle_for
+
+
+async def test_an_idle_answer_is_kept_in_memory_and_answers_without_the_database(
+    linked: tuple[Box, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box, device = linked
+    await idle_and_cached(device)
+    monkeypatch.setattr(fast_path(), "_pool", BrokenPool())
+    response = await poll(device)
+    assert response["status"] == 200 and not answered_by_django(response)
+    assert b'"action": "wait"' in response["body"]
+    await fast_path().presence_write()  # still noted for presence
+    noted = await sync_to_async(redis_client().hget)(seen_key(), device["device_id"])
+    assert noted is not None and noted.decode().endswith(f"|{box.pk}|1.1.3")
+    # another JWT for the same device is checked again (the cache is for the token it was given)
+    response = await poll(device, jwt=device["jwt"][:-3] + "AAA")
+    assert answered_by_django(response) and response["status"] == 401
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("command", b'"action": "reboot"'),
+        ("config_changed", b"configure"),
+        ("unconfirmed", b"askServiceConfirmation"),
+        ("revoked_device", b"this device is unknown or revoked"),
+        ("revoked_jwts", b"Client::Unauthorized"),
+    ],
+)
+async def test_a_kept_idle_answer_is_forgotten_at_once_when_something_becomes_due(
+    linked: tuple[Box, dict[str, Any]], change: str, expected: bytes
+) -> None:
+    box, device = linked
+    await idle_and_cached(device)
+    if change == "command":
+        await sync_to_async(command_create)(actor=Actor.system("test"), box=box, kind=CommandKind.REBOOT)
+    elif change == "config_changed":
+        await sync_to_async(Box.objects.filter(pk=box.pk).update)(config_hash="newer")
+    elif change == "unconfirmed":
+        await sync_to_async(OtbDevice.objects.filter(id=device["device_id"]).update)(confirmed_at=None)
+    elif change == "revoked_device":
+        await sync_to_async(OtbDevice.objects.filter(id=device["device_id"]).update)(
+            revoked_at=timezone.now()
+        )
+    else:
+        await sync_to_async(jwts_revoke)(await sync_to_async(OtbDevice.objects.get)(id=device["device_id"]))
+    took = await until(lambda: device["device_id"] not in fast_path()._idle_for, timeout_s=2.0)
+    assert took < 1.0
+    response = await poll(device)
+    assert answered_by_django(response) and expected in response["body"]
+
+
+async def test_losing_the_listener_turns_the_idle_cache_off_until_it_is_back(
+    linked: tuple[Box, dict[str, Any]],
+) -> None:
+    from django.db import connection
+
+    box, device = linked
+    await idle_and_cached(device)
+
+    def terminate_listener() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name LIKE %s AND datname = current_database()",
+                ["%-otb-todo-listen"],
+            )
+            return int(cursor.fetchone()[0])
+
+    assert await sync_to_async(terminate_listener)() == 1
+    await until(lambda: not fast_path().listening)
+    assert fast_path()._idle_for == {}
+    # a change while nobody listens is still seen: the poll asks the database
+    await sync_to_async(command_create)(actor=Actor.system("test"), box=box, kind=CommandKind.REBOOT)
+    response = await poll(device)
+    assert answered_by_django(response) and b'"action": "reboot"' in response["body"]
+    await until(lambda: fast_path().listening)  # it reconnects by itself
+
+
+async def test_closing_leaves_no_connection_behind(linked: tuple[Box, dict[str, Any]]) -> None:
+    from django.db import connection
+
+    _box, device = linked
+    await idle_and_cached(device)
+    await fast_path().close()
+
+    def ours() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s"
+                " AND datname = current_database()",
+                ["%-otb-todo%"],
+            )
+            return int(cursor.fetchone()[0])
+
+    await until(lambda: True)
+    assert await sync_to_async(ours)() == 0
