@@ -50,9 +50,11 @@ def log(message: str) -> None:
     print(f"lab: {message}", file=sys.stderr, flush=True)
 
 
-def ensure_packages() -> None:
-    """Install the lab's Debian packages that are missing (apt, as root)."""
-    missing = sorted({package for binary, package in PACKAGES.items() if shutil.which(binary) is None})
+def ensure_packages(packages: dict[str, str] | None = None) -> None:
+    """Install the Debian packages (binary -> package; the lab's by default) that are missing (apt, as
+    root)."""
+    wanted = PACKAGES if packages is None else packages
+    missing = sorted({package for binary, package in wanted.items() if shutil.which(binary) is None})
     if not missing:
         return
     if os.geteuid() != 0:

@@ -36,6 +36,12 @@ def _telemetry_text(seq: int, samples: List[Dict[str, Any]], dropped: int) -> st
     return otb_protocol.encode(msg, validate=False)
 
 
+def _renumbered(text: str, seq: int) -> str:
+    msg = json.loads(text)
+    msg["seq"] = seq
+    return otb_protocol.encode(msg, validate=False)
+
+
 class Store(Protocol):
     """What the agent needs of a store (:class:`SqliteStore` or :class:`MemoryStore`)."""
 
@@ -53,6 +59,14 @@ class Store(Protocol):
 
     def ack_upto(self, seq: int) -> int:
         """Remove every message up to ``seq`` (cumulative ack); how many were removed."""
+
+    def next_seq(self) -> int:
+        """The seq the next appended message gets."""
+
+    def renumber_after(self, seq: int) -> int:
+        """Number every queued message after ``seq`` (in order, ``seq + 1`` upwards) and continue from
+        there: the server has seen up to ``seq`` although this store never numbered that far (its
+        counter was reset: state lost, a new disk), so these were never sent. How many."""
 
     def depth(self) -> int:
         """How many messages are queued."""
@@ -124,6 +138,15 @@ class MemoryStore:
                 del q[i]
                 return True
         return False
+
+    def renumber_after(self, seq: int) -> int:
+        items = list(self._q)
+        self._q = collections.deque(
+            (seq + 1 + index, _renumbered(text, seq + 1 + index), nsamples, dropped)
+            for index, (_, text, nsamples, dropped) in enumerate(items)
+        )
+        self._next_seq = max(self._next_seq, seq + 1 + len(items))
+        return len(items)
 
     def ack_upto(self, seq: int) -> int:
         n = 0
@@ -275,6 +298,24 @@ class SqliteStore:
         n = self._db.execute("DELETE FROM telemetry WHERE seq = ?", (seq,)).rowcount
         self._depth -= n
         return n > 0
+
+    def renumber_after(self, seq: int) -> int:
+        db = self._db
+        with self._tx():
+            rows = db.execute("SELECT seq, payload FROM telemetry ORDER BY seq").fetchall()
+            # every new number is above every old one (``seq`` >= the store's next), so no clash
+            for index, (old, text) in enumerate(rows):
+                new = seq + 1 + index
+                db.execute(
+                    "UPDATE telemetry SET seq = ?, payload = ? WHERE seq = ?",
+                    (new, _renumbered(text, new), old),
+                )
+            if self._get_next_seq() <= seq + len(rows):
+                db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES('next_seq', ?)",
+                    (str(seq + 1 + len(rows)),),
+                )
+        return len(rows)
 
     def ack_upto(self, seq: int) -> int:
         with self._tx():

@@ -78,7 +78,18 @@ class TelemetryPump:
         self._sent_upto = 0
 
     def welcomed(self, last_acked_seq: int) -> int:
-        """The server has everything up to ``last_acked_seq``: drop it from the queue (how many)."""
+        """The server has everything up to ``last_acked_seq``: drop it from the queue (how many).
+
+        A watermark at or beyond anything this store ever numbered means our counter was reset (state
+        lost, a new disk, a memory store after a restart): what is queued was never sent, so it is
+        numbered after the watermark instead of being taken as acknowledged."""
+        if last_acked_seq >= self.store.next_seq() and self.store.depth():
+            renumbered = self.store.renumber_after(last_acked_seq)
+            self.reporter.log.warning(
+                "telemetry_renumbered",
+                server_last_seq=last_acked_seq,
+                renumbered=renumbered,
+            )
         removed = self.store.ack_upto(last_acked_seq)
         self.last_acked_seq = max(self.last_acked_seq, last_acked_seq)
         return removed

@@ -20,6 +20,8 @@ from otb_agent.host import HostSystem
 from otb_agent.store import MemoryStore, SqliteStore
 from otb_agent.util import Status
 
+from tests.agent.test_store import sample as queued_sample
+
 
 class StubCollector(Collector):
     name = "stub"
@@ -491,6 +493,29 @@ async def test_an_in_process_applier_gets_the_config_and_its_error_is_the_applie
         await wait_for(lambda: agent.applied_hash == h2 and fake_http.applied[-1]["config_hash"] == h2)
         assert fake_http.applied[-1] == {"config_hash": h2, "error": None}
         assert seen[-1]["wan_policy"]["mode"] == "failover"
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 5)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+async def test_samples_queued_after_a_seq_reset_are_renumbered_not_lost(fleet, tmp_path, kind):
+    """The agent lost its state (a new disk, or a memory store after a restart) while the server has
+    its telemetry up to 500: what it queued before the welcome was never sent, so it is numbered after
+    500 and delivered, not taken as acknowledged."""
+    fake_http, ws = fleet
+    ws.last_seq["BOX1"] = 500
+    store = SqliteStore(str(tmp_path / "agent.db")) if kind == "sqlite" else MemoryStore()
+    for index in range(3):
+        store.append([{**queued_sample(index), "uptime_s": 1000 + index}])
+    agent = make_agent(fake_http, ws, tmp_path, token_for(fake_http), store=store)
+    task = asyncio.create_task(agent.run())
+    try:
+        await wait_for(lambda: len(ws.stored.get("BOX1", [])) >= 4)
+        assert ws.stored["BOX1"][:3] == [501, 502, 503]
+        sent = [frame for frame in ws.frames if frame["type"] == "telemetry" and frame["seq"] <= 503]
+        assert [frame["samples"][0]["uptime_s"] for frame in sent[:3]] == [1000, 1001, 1002]
+        assert not ws.invalid
     finally:
         agent.stop()
         await asyncio.wait_for(task, 5)

@@ -110,3 +110,15 @@ def test_command_records(make_store):
     assert rec["state"] == "running" and rec["boot_id"] == "b1" and rec["result"] is None
     s.command_finish("x", {"ok": False})
     assert s.command_get("x")["state"] == "done"
+
+
+def test_renumber_after_numbers_the_queue_past_the_servers_watermark(make_store):
+    s = make_store()
+    for i in range(3):
+        s.append([sample(i)])
+    assert s.renumber_after(41) == 3
+    assert [p[0] for p in s.pending(0, 10)] == [42, 43, 44]
+    assert [json.loads(t)["seq"] for _, t in s.pending(0, 10)] == [42, 43, 44]
+    assert [json.loads(t)["samples"] for _, t in s.pending(0, 10)] == [[sample(i)] for i in range(3)]
+    assert s.append([sample(3)]) == 45
+    assert s.ack_upto(41) == 0 and s.depth() == 4
