@@ -6,7 +6,7 @@ again by later migrations when it changes); see that file for why the locked wor
 
 from django.db import migrations
 
-from provisioning.sql import sql_file
+from provisioning.sql import definitions_sql
 
 DROP = """
 DROP FUNCTION IF EXISTS provisioning_place_box(uuid, uuid, uuid, text[]);
@@ -22,4 +22,4 @@ class Migration(migrations.Migration):
         ("fleet", "0001_initial"),
     ]
 
-    operations = [migrations.RunSQL(sql_file("placement.sql"), DROP)]
+    operations = [migrations.RunSQL(definitions_sql("placement.sql"), DROP)]

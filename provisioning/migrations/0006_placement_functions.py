@@ -4,7 +4,7 @@
 
 from django.db import migrations
 
-from provisioning.sql import sql_file
+from provisioning.sql import definitions_sql
 
 
 class Migration(migrations.Migration):
@@ -13,4 +13,4 @@ class Migration(migrations.Migration):
         ("fleet", "0005_region_table"),
     ]
 
-    operations = [migrations.RunSQL(sql_file("placement.sql"), migrations.RunSQL.noop)]
+    operations = [migrations.RunSQL(definitions_sql("placement.sql"), migrations.RunSQL.noop)]

@@ -4,10 +4,10 @@ than /31 never hands out its network or broadcast address (``provisioning_pool_f
 
 from django.db import migrations
 
-from provisioning.sql import sql_file
+from provisioning.sql import definitions_sql
 
 
 class Migration(migrations.Migration):
     dependencies = [("provisioning", "0006_placement_functions")]
 
-    operations = [migrations.RunSQL(sql_file("placement.sql"), migrations.RunSQL.noop)]
+    operations = [migrations.RunSQL(definitions_sql("placement.sql"), migrations.RunSQL.noop)]
