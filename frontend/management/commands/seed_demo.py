@@ -41,7 +41,7 @@ STAFF_EMAIL, STAFF_PASSWORD = "staff@example.com", "staff-password-1"
 BOX_COUNT, CLAIMED_COUNT = 20, 10
 # Newer than what the simulated boxes run (23.05.3-otb.1), so a rollout of it has boxes to upgrade.
 DEMO_RELEASE = "24.10.1-otb.1"
-MODELS = ("OTB-v2c", "OTB-v2b", "OTB-plus")
+MODELS = ("OTB-v2c", "OTB-v2b", "OTB-Plus")  # as the simulated agents report them
 
 REGIONS: list[dict[str, Any]] = [
     {
