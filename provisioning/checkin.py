@@ -90,7 +90,9 @@ class ConfigNotModifiedFastPath:
     async def _get_pool(self) -> Any:
         loop = asyncio.get_running_loop()
         if self._pool is None or self._pool_loop is not loop:
-            kwargs = conninfo_from_settings(role="checkin")
+            # autocommit: one round trip per poll (otherwise BEGIN before the query and the pool's ROLLBACK
+            # when the connection comes back), as the OTB todo fast path
+            kwargs = {**conninfo_from_settings(role="checkin"), "autocommit": True}
             pool = AsyncConnectionPool(
                 kwargs=kwargs, min_size=1, max_size=self.pool_size, open=False, name="otb-checkin"
             )
