@@ -27,7 +27,9 @@ process, through PostgreSQL ``LISTEN otb_todo``: triggers (migration ``otbcompat
 command becomes pending, a box's config hashes change, or a device is revoked, renewed, linked,
 confirmed or deleted. The cache is used only while the listener is connected; losing it empties the
 cache (notifications may have been missed), and an idle answer read while a notification arrived is
-not kept. Measured in ``bench/otb_poll.py`` (docs/otb-protocol.md).
+not kept. The listener proves it hears: at start and after 30 s without a notification it notifies
+itself and waits up to 5 s for it (a dead connection, or a transaction-mode pooler that accepts LISTEN
+and delivers nothing, turns the cache off). Measured in ``bench/otb_poll.py`` (docs/otb-protocol.md).
 """
 
 from __future__ import annotations
@@ -237,9 +239,12 @@ class OtbTodoFastPath:
                     del self._box_devices[known.box_id]
 
     def invalidate(self, payload: str) -> None:
-        """A notification: ``b:<box id>`` or ``d:<device id>`` may no longer be idle."""
-        self.invalidations += 1
+        """A notification: ``b:<box id>`` or ``d:<device id>`` may no longer be idle (``probe:…``: a
+        listener checking its own connection, nothing to forget)."""
         kind, _, ident = payload.partition(":")
+        if kind == "probe":
+            return
+        self.invalidations += 1
         if kind == "d":
             self._forget(ident)
         elif kind == "b":
@@ -263,13 +268,13 @@ class OtbTodoFastPath:
                 )
                 async with conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    await self._probe(conn)
                     self._forget_all()
                     self.listening, backoff = True, 0.5
                     while True:
                         async for notify in conn.notifies(timeout=LISTEN_PROBE_S):
                             self.invalidate(notify.payload)
-                        # quiet for a while: is the connection alive? (a dead peer must not hang here)
-                        await asyncio.wait_for(conn.execute("SELECT 1"), timeout=LISTEN_PROBE_TIMEOUT_S)
+                        await self._probe(conn)  # quiet for a while: do notifications still arrive?
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -281,6 +286,22 @@ class OtbTodoFastPath:
                 self._forget_all()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, LISTEN_BACKOFF_MAX_S)
+
+    async def _probe(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Notify ourselves and wait for it to come back: proves the connection is alive and really
+        listening (through a transaction-mode pooler, LISTEN "succeeds" and nothing arrives). Other
+        notifications that arrive meanwhile are applied. Raises when it does not come back in time."""
+        token = f"probe:{uuid.uuid4().hex}"
+        deadline = time.monotonic() + LISTEN_PROBE_TIMEOUT_S
+        await asyncio.wait_for(
+            conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, token)), timeout=LISTEN_PROBE_TIMEOUT_S
+        )
+        while (left := deadline - time.monotonic()) > 0:
+            async for notify in conn.notifies(timeout=left):
+                if notify.payload == token:
+                    return
+                self.invalidate(notify.payload)
+        raise RuntimeError("the listener's own notification did not come back: nothing is delivered")
 
     async def _ensure_loop_state(self) -> None:
         loop = asyncio.get_running_loop()

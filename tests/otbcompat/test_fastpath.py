@@ -222,8 +222,9 @@ async def test_a_kept_idle_answer_is_forgotten_at_once_when_something_becomes_du
         )
     else:
         await sync_to_async(jwts_revoke)(await sync_to_async(OtbDevice.objects.get)(id=device["device_id"]))
-    took = await until(lambda: device["device_id"] not in fast_path()._idle_for, timeout_s=2.0)
-    assert took < 1.0
+    # by the notification, within milliseconds (bounds for a loaded CI machine); the TTL is 300 s
+    took = await until(lambda: device["device_id"] not in fast_path()._idle_for, timeout_s=5.0)
+    assert took < 3.0
     response = await poll(device)
     assert answered_by_django(response) and expected in response["body"]
 
