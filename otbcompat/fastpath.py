@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import time
 import uuid
@@ -264,7 +265,7 @@ class OtbTodoFastPath:
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
-                    **conninfo_from_settings(role="otb-todo-listen"), autocommit=True
+                    **conninfo_from_settings(role=f"otb-todo-listen:{os.getpid()}"), autocommit=True
                 )
                 async with conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
@@ -309,7 +310,8 @@ class OtbTodoFastPath:
             return
         # autocommit: one round trip per poll (otherwise BEGIN before it and the pool's ROLLBACK after)
         pool = AsyncConnectionPool(
-            kwargs={**conninfo_from_settings(role="otb-todo"), "autocommit": True},
+            # the process id in the name: pg_stat_activity tells which web process holds what
+            kwargs={**conninfo_from_settings(role=f"otb-todo:{os.getpid()}"), "autocommit": True},
             min_size=1,
             max_size=self.pool_size,
             open=False,

@@ -3,6 +3,7 @@ the real ASGI application: what it answers itself, and every case it leaves to D
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -242,7 +243,7 @@ async def test_losing_the_listener_turns_the_idle_cache_off_until_it_is_back(
             cursor.execute(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                 " WHERE application_name LIKE %s AND datname = current_database()",
-                ["%-otb-todo-listen"],
+                [f"%-otb-todo-listen:{os.getpid()}"],  # this process's (an e2e server may share the db)
             )
             return int(cursor.fetchone()[0])
 
@@ -268,7 +269,7 @@ async def test_closing_leaves_no_connection_behind(linked: tuple[Box, dict[str, 
             cursor.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s"
                 " AND datname = current_database()",
-                ["%-otb-todo%"],
+                [f"%-otb-todo%:{os.getpid()}"],
             )
             return int(cursor.fetchone()[0])
 
