@@ -9,6 +9,13 @@ import json
 import subprocess
 from typing import Any
 
+from django.db.models import F
+from django.utils import timezone
+
+from fleet.core.choices import BoxProtocol
+from fleet.core.models import Box
+from otbcompat.models import OtbDevice
+
 OTB_CALL = r"""
 otb_call() {
     method=$1; path=$2; shift 2
@@ -42,3 +49,23 @@ def otb_call(
         return int(status), json.loads(text)
     except ValueError:
         return int(status), text
+
+
+def box_subscribe(base: str, mac: str, board: str = "pc-engines-apu2") -> dict[str, Any]:
+    """The box's anonymous ``subscribe``: its answer (device id, token, JWT), checked 200."""
+    body = {"private_ips": ["192.168.100.1"], "board": board, "macaddr": mac}
+    status, answer = otb_call(base, "POST", "subscribe", body)
+    assert status == 200, answer
+    return dict(answer)
+
+
+def linked_device(base: str, box: Box, mac: str, **box_fields: Any) -> dict[str, Any]:
+    """A subscribed device linked to ``box`` and confirmed, the box an OTB box running its desired
+    configuration (so its polls are idle), with ``box_fields`` set too; the subscribe answer."""
+    answer = box_subscribe(base, mac, board="apu2")
+    now = timezone.now()
+    OtbDevice.objects.filter(id=answer["device_id"]).update(box=box, linked_at=now, confirmed_at=now)
+    Box.objects.filter(pk=box.pk).update(
+        protocol=BoxProtocol.OTB, applied_config_hash=F("config_hash"), **box_fields
+    )
+    return answer

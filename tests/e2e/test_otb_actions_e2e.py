@@ -12,34 +12,20 @@ from typing import Any
 
 import httpx
 import pytest
-from django.db.models import F
 from django.utils import timezone
 
 from fleet.commands.choices import CommandState
 from fleet.commands.models import Command
-from fleet.core.choices import BoxProtocol
-from fleet.core.models import Box
 from fleet.telemetry.models import BoxStatus
 from otbcompat.models import OtbDevice
 from otbcompat.presence import presence_flush
-from tests.e2e.otbbox import otb_call
+from tests.e2e.otbbox import linked_device, otb_call
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(shutil.which("curl") is None, reason="curl is needed to call like the box"),
 ]
-
-
-def linked_device(base: str, box: Box, mac: str) -> dict[str, Any]:
-    status, answer = otb_call(
-        base, "POST", "subscribe", {"private_ips": ["192.168.100.1"], "board": "apu2", "macaddr": mac}
-    )
-    assert status == 200, answer
-    now = timezone.now()
-    OtbDevice.objects.filter(id=answer["device_id"]).update(box=box, linked_at=now, confirmed_at=now)
-    Box.objects.filter(pk=box.pk).update(protocol=BoxProtocol.OTB, applied_config_hash=F("config_hash"))
-    return answer
 
 
 def test_commands_reach_a_stock_box_and_results_land(

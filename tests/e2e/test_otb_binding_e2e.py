@@ -14,7 +14,7 @@ import pytest
 from fleet.core.models import Box
 from otbcompat.models import OtbDevice
 from otbcompat.services import device_revoke
-from tests.e2e.otbbox import otb_call
+from tests.e2e.otbbox import box_subscribe, otb_call
 
 pytestmark = [
     pytest.mark.e2e,
@@ -36,18 +36,11 @@ def api_post(base: str, path: str, token: str, body: Any) -> tuple[int, Any]:
     return int(status), json.loads(text)
 
 
-def subscribe(base: str, mac: str) -> dict[str, Any]:
-    body = {"private_ips": ["192.168.100.1"], "board": "pc-engines-apu2", "macaddr": mac}
-    status, answer = otb_call(base, "POST", "subscribe", body)
-    assert status == 200, answer
-    return dict(answer)
-
-
 def test_subscribe_claim_associated_confirm_over_real_http(
     asgi_server: Any, people: Any, api_token_factory: Any, provisioned_region: Any
 ) -> None:
     base = asgi_server.url
-    box = subscribe(base, "00:0d:b9:4a:21:01")
+    box = box_subscribe(base, "00:0d:b9:4a:21:01")
     device = box["device_id"]
     # pending: no service yet
     status, answer = otb_call(base, "GET", f"devices/{device}/service/associated", jwt=box["jwt"])
@@ -78,8 +71,8 @@ def test_a_box_cannot_bind_to_or_confirm_another(
     asgi_server: Any, people: Any, api_token_factory: Any, provisioned_region: Any
 ) -> None:
     base = asgi_server.url
-    mine = subscribe(base, "00:0d:b9:4a:21:02")
-    theirs = subscribe(base, "00:0d:b9:4a:21:03")
+    mine = box_subscribe(base, "00:0d:b9:4a:21:02")
+    theirs = box_subscribe(base, "00:0d:b9:4a:21:03")
     outsider = api_token_factory(people.outsider, people.other_org)
     status, claimed = api_post(base, "/api/v1/boxes/claim", outsider, {"device_id": theirs["device_id"]})
     assert status == 201, claimed
@@ -126,7 +119,7 @@ def test_bad_input_on_every_binding_route_is_a_clear_4xx(
     asgi_server: Any, people: Any, api_token_factory: Any, provisioned_region: Any
 ) -> None:
     base = asgi_server.url
-    box = subscribe(base, "00:0d:b9:4a:21:04")
+    box = box_subscribe(base, "00:0d:b9:4a:21:04")
     device = box["device_id"]
     token = api_token_factory(people.admin, people.org)
     # the claim API: malformed JSON, a wrong type, a claim code without its serial, an unknown field

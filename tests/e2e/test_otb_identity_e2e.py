@@ -12,7 +12,7 @@ import pytest
 
 from otbcompat.models import OtbDevice
 from otbcompat.services import token_digest
-from tests.e2e.otbbox import otb_call
+from tests.e2e.otbbox import box_subscribe, otb_call
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -20,13 +20,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is needed to call like the box")
 def test_subscribe_poll_expire_renew_over_real_http(asgi_server: Any) -> None:
     base = asgi_server.url
-    status, answer = otb_call(
-        base,
-        "POST",
-        "subscribe",
-        {"private_ips": ["192.168.100.1"], "board": "pc-engines-apu2", "macaddr": "00:0d:b9:4a:11:22"},
-    )
-    assert status == 200, answer
+    answer = box_subscribe(base, "00:0d:b9:4a:11:22")
     device = OtbDevice.objects.get(id=answer["device_id"])
     assert device.token_hash == token_digest(answer["token"])
 

@@ -25,7 +25,7 @@ import pytest
 from django.utils import timezone
 
 from otbcompat.models import OtbDevice
-from tests.e2e.otbbox import otb_call
+from tests.e2e.otbbox import box_subscribe, otb_call
 from tests.e2e.test_otb_telemetry_e2e import graph
 from tests.otbcompat.test_telemetry import expired_jwt, properties_document
 
@@ -72,13 +72,7 @@ def test_otb_box_lifecycle_over_real_http(
     )
 
     # subscribe: anonymous, a pending device; nothing to do until its owner claims it
-    status, subscribed = otb_call(
-        base,
-        "POST",
-        "subscribe",
-        {"private_ips": ["192.168.100.1"], "board": "pc-engines-apu2", "macaddr": "00:0d:b9:4a:31:01"},
-    )
-    assert status == 200, subscribed
+    subscribed = box_subscribe(base, "00:0d:b9:4a:31:01")
     device_id, jwt = subscribed["device_id"], subscribed["jwt"]
     device = f"devices/{device_id}"
     assert next_action(base, device, jwt)["action"] == "wait"

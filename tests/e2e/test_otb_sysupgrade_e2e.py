@@ -12,9 +12,7 @@ import hashlib
 import re
 import shutil
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +20,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.files.base import ContentFile
-from django.db.models import F
 from django.utils import timezone
 
 from fleet.core.audit import Actor
-from fleet.core.choices import BoxProtocol
 from fleet.core.models import Box
 from fleet.firmware.choices import ReleaseState, UpgradeState
 from fleet.firmware.engine import upgrades_sync
@@ -36,8 +32,8 @@ from fleet.telemetry.models import BoxStatus
 from otbcompat import usign
 from otbcompat.models import OtbDevice
 from otbcompat.presence import presence_flush
-from tests.e2e.browser import LiveServer, _server_env, free_port
-from tests.e2e.otbbox import otb_call
+from tests.e2e.browser import LiveServer, asgi_server_start, asgi_server_stop
+from tests.e2e.otbbox import linked_device, otb_call
 
 pytestmark = [
     pytest.mark.e2e,
@@ -45,7 +41,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("curl") is None, reason="curl is needed to call like the box"),
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY = Ed25519PrivateKey.generate()
 PUBLIC_B64 = base64.b64encode(KEY.public_key().public_bytes_raw()).decode()
 
@@ -55,52 +50,10 @@ def signing_server(
     django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: Any
 ) -> Iterator[LiveServer]:
     """uvicorn with OTB_FIRMWARE_SIGNING_PUBLIC_KEY set (the session's server has none)."""
-    from django.conf import settings
-
-    port = free_port()
     log_path = tmp_path_factory.mktemp("uvicorn-fw") / "uvicorn.log"
-    env = {
-        **_server_env(settings.DATABASES["default"]["NAME"]),
-        "OTB_FIRMWARE_SIGNING_PUBLIC_KEY": PUBLIC_B64,
-    }
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "config.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = LiveServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{server.url}/healthz", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"uvicorn did not start:\n{server.log_tail()}")
-        time.sleep(0.2)
+    server = asgi_server_start(log_path, {"OTB_FIRMWARE_SIGNING_PUBLIC_KEY": PUBLIC_B64})
     yield server
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    asgi_server_stop(server)
 
 
 def plain_curl(url: str, out: Path) -> int:
@@ -131,15 +84,7 @@ def published_release(model: str, version: str, image: bytes) -> Release:
 
 
 def online_device(base: str, box: Box, mac: str) -> dict[str, Any]:
-    status, answer = otb_call(
-        base, "POST", "subscribe", {"private_ips": ["192.168.100.1"], "board": "apu2", "macaddr": mac}
-    )
-    assert status == 200, answer
-    now = timezone.now()
-    OtbDevice.objects.filter(id=answer["device_id"]).update(box=box, linked_at=now, confirmed_at=now)
-    Box.objects.filter(pk=box.pk).update(
-        protocol=BoxProtocol.OTB, applied_config_hash=F("config_hash"), firmware_version="1.1.3"
-    )
+    answer = linked_device(base, box, mac, firmware_version="1.1.3")
     poll_and_flush(base, answer, "1.1.3")
     assert BoxStatus.objects.get(box=box).online
     return answer

@@ -26,7 +26,7 @@ from fleet.core.models import Box, Event
 from fleet.telemetry.models import BoxStatus, WanStatus
 from otbcompat.binding import device_claim
 from otbcompat.services import service_name
-from tests.e2e.otbbox import otb_call
+from tests.e2e.otbbox import box_subscribe, otb_call
 from tests.otbcompat.test_telemetry import properties_document
 
 pytestmark = [
@@ -66,13 +66,7 @@ def test_events_properties_metrics_and_diagnostics_over_real_http(
 ) -> None:
     base = asgi_server.url
     # given a subscribed box, claimed by its owner by the device id it shows (not yet confirmed)
-    status, answer = otb_call(
-        base,
-        "POST",
-        "subscribe",
-        {"private_ips": ["192.168.100.1"], "board": "pc-engines-apu2", "macaddr": "00:0d:b9:4a:22:01"},
-    )
-    assert status == 200, answer
+    answer = box_subscribe(base, "00:0d:b9:4a:22:01")
     box = device_claim(actor=Actor.system("test"), organization=people.org, device_id=answer["device_id"]).box
     assert box.protocol == BoxProtocol.OTB
     jwt, device = answer["jwt"], f"devices/{answer['device_id']}"
@@ -189,13 +183,7 @@ def test_a_diagnostics_command_runs_as_the_box_runs_its_diagnostic_action(
 ) -> None:
     base = asgi_server.url
     # given a claimed box that confirmed its service
-    status, answer = otb_call(
-        base,
-        "POST",
-        "subscribe",
-        {"private_ips": ["192.168.100.1"], "board": "pc-engines-apu2", "macaddr": "00:0d:b9:4a:22:02"},
-    )
-    assert status == 200, answer
+    answer = box_subscribe(base, "00:0d:b9:4a:22:02")
     box = device_claim(actor=Actor.system("test"), organization=people.org, device_id=answer["device_id"]).box
     jwt, device = answer["jwt"], f"devices/{answer['device_id']}"
     status, _ = otb_call(base, "POST", f"{device}/service/{service_name(box)}/confirm", None, jwt)
