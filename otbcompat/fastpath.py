@@ -41,7 +41,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -89,6 +89,23 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 def wait_body() -> bytes:
     delay = int(cast(dict[str, Any], settings.OTB)["OTB_COMPAT_POLL_DELAY_S"])
     return b'{"id": null, "action": "wait", "arguments": {"delay": %d}}' % delay
+
+
+def poll_credentials(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """(the Bearer token, ``X-Overthebox-Version``) of a poll's headers (ASGI's and uvicorn's parser
+    both give lower-case names); None for what is missing, the token for a non-Bearer authorization."""
+    authorization = version = None
+    for name, value in headers:
+        if name == b"authorization":
+            authorization = value
+        elif name == b"x-overthebox-version":
+            version = value
+    token = (
+        authorization[7:].strip().decode("latin-1")
+        if authorization is not None and authorization.startswith(b"Bearer ")
+        else None
+    )
+    return token, None if version is None else version.decode("latin-1")
 
 
 def idle_cache_s() -> float:
@@ -146,15 +163,9 @@ class OtbTodoFastPath:
         await self.app(scope, receive, send)
 
     async def _idle(self, scope: Scope, path_id: str) -> bool:
-        authorization = version = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-            elif name == b"x-overthebox-version":
-                version = value.decode("latin-1")
-        if not authorization or not authorization.startswith("Bearer "):
+        token, version = poll_credentials(scope["headers"])
+        if not token:
             return False
-        token = authorization[7:].strip()
         now = time.time()
         if self.idle_known(path_id, token, version, now):
             return True
@@ -190,21 +201,19 @@ class OtbTodoFastPath:
             return False
         key, cleaned = str(device_id), clean_version(version)
         self._seen[key] = seen_value(box_id=box_id, version=cleaned, at=now)
-        if self.listening and invalidations == self.invalidations and self._cache_s > 0 and key == path_id:
-            box = str(box_id) if box_id is not None else ""
-            self._forget(key)
-            self._idle_for[key] = Idle(
-                token=token,
-                exp=float(claims["exp"]),
-                until=time.monotonic() + self._cache_s,
-                box_id=box,
-                version=version,
-                clean_version=cleaned,
-            )
-            if box:
-                self._box_devices.setdefault(box, set()).add(key)
+        # kept only while the listener hears (it runs when the cache is on) and heard nothing meanwhile
+        if self.listening and invalidations == self.invalidations and key == path_id:
+            box = "" if box_id is None else str(box_id)
+            until = time.monotonic() + self._cache_s
+            self._keep(key, Idle(token, float(claims["exp"]), until, box, version, cleaned))
         ANSWERED_QUERY.inc()
         return True
+
+    def _keep(self, device_id: str, idle: Idle) -> None:
+        self._forget(device_id)
+        self._idle_for[device_id] = idle
+        if idle.box_id:
+            self._box_devices.setdefault(idle.box_id, set()).add(device_id)
 
     def idle_known(
         self, path_id: str, token: str, version: str | None, now: float, *, counter: Any = ANSWERED_CACHE

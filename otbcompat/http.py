@@ -29,6 +29,7 @@ TODO_URL = re.compile(rb"^/1\.0/devices/([0-9a-f-]{36})/actions/todo$")
 # the ASGI fast path's headers, in its order (the answers are byte for byte the same)
 CONTENT_TYPE = b"content-type: application/json\r\n"
 NOSNIFF = b"x-content-type-options: nosniff\r\n"
+BODY_HEADERS = (b"content-length", b"transfer-encoding")
 
 
 class OtbHttpToolsProtocol(HttpToolsProtocol):
@@ -47,23 +48,11 @@ class OtbHttpToolsProtocol(HttpToolsProtocol):
         match = TODO_URL.match(self.url)
         if match is None:
             return None
-        authorization = version = None
-        for name, value in self.headers:
-            if name == b"authorization":
-                authorization = value
-            elif name == b"x-overthebox-version":
-                version = value
-            elif name in (b"content-length", b"transfer-encoding") and value != b"0":
-                return None
-        if authorization is None or not authorization.startswith(b"Bearer "):
+        if any(name in BODY_HEADERS and value != b"0" for name, value in self.headers):
             return None
-        token = authorization[7:].strip().decode("latin-1")
-        if not active.idle_known(
-            match.group(1).decode("ascii"),
-            token,
-            None if version is None else version.decode("latin-1"),
-            time.time(),
-            counter=module.ANSWERED_EARLY,
+        token, version = module.poll_credentials(self.headers)
+        if not token or not active.idle_known(
+            match.group(1).decode("ascii"), token, version, time.time(), counter=module.ANSWERED_EARLY
         ):
             return None
         body = active.wait_body
