@@ -26,6 +26,7 @@ from fleet.core.audit import Actor
 from fleet.core.models import AuditLog
 from fleet.core.secrets import secret_decrypt, secret_encrypt
 from fleet.monitoring.models import NotificationTarget
+from tests.fleet.commands.test_backups import file
 
 pytestmark = pytest.mark.django_db
 
@@ -36,19 +37,6 @@ WIREGUARD = "config interface 'wg0'\n\toption private_key 'eIz0qXyA9p8GdcBvM1kV3
 
 def fernet_key() -> str:
     return base64.urlsafe_b64encode(os.urandom(32)).decode()
-
-
-def file(filename: str, content: str = "", mode: str = "644", **extra: Any) -> dict[str, Any]:
-    return {
-        "filename": filename,
-        "mode": mode,
-        "uid": 0,
-        "gid": 0,
-        "is_symlink": False,
-        "symlink": "",
-        "content": content,
-        **extra,
-    }
 
 
 def make_backup(box: Any, files: list[dict[str, Any]]) -> Backup:
